@@ -1,0 +1,162 @@
+// Encoding and decoding of wire messages. MQTT 3.1.1 has no content-type
+// property, so the encoding is told from the payload's first byte: '{' is
+// JSON, a CBOR map header (major type 5) is CBOR. Nothing else is accepted.
+
+import { Decoder, Encoder } from 'cbor-x';
+import { FIELDS, MAX_PAYLOAD, PROTOCOL_VERSION, SENDER_FIELD, type Encoding, type MessageByKind, type MessageKind } from './messages.ts';
+import { checkStruct, ProtocolError, structToCompact, toJsonValue } from './schema.ts';
+
+// Plain RFC 8949: no records, no tag 259 around maps, no typed-array tags, so
+// that libcbor, python cbor2 or a hand-written C decoder read it as is.
+// useTag259ForMaps is missing from cbor-x's typings but honoured by its encoder.
+const cborEncoder = new Encoder({ useRecords: false, variableMapSize: true, useTag259ForMaps: false, tagUint8Array: false } as ConstructorParameters<typeof Encoder>[0]);
+const cborDecoder = new Decoder({ useRecords: false, mapsAsObjects: false });
+
+export function detectEncoding(payload: Uint8Array): Encoding | undefined {
+  for (let i = 0; i < payload.length && i < 64; i++) {
+    const b = payload[i]!;
+    if (b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d) continue; // JSON whitespace
+    if (b === 0x7b) return 'json';
+    if (i === 0 && b >> 5 === 5) return 'cbor';
+    return undefined;
+  }
+  return undefined;
+}
+
+/** Parses bytes in either encoding into a raw value, without validation. */
+export function decodeRaw(payload: Uint8Array, maxBytes = Infinity): { value: unknown; encoding: Encoding } {
+  if (payload.length > maxBytes) throw new ProtocolError('too_large', `payload of ${payload.length} bytes exceeds the limit of ${maxBytes}`);
+  const encoding = detectEncoding(payload);
+  if (!encoding) throw new ProtocolError('malformed', 'payload is neither a JSON object nor a CBOR map');
+  try {
+    if (encoding === 'json') {
+      return { value: JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8')), encoding };
+    }
+    return { value: cborDecoder.decode(payload), encoding };
+  } catch (e) {
+    throw new ProtocolError('malformed', `${encoding === 'json' ? 'JSON' : 'CBOR'} does not parse: ${(e as Error).message}`);
+  }
+}
+
+export interface DecodeContext {
+  /** The proplet id carried by the topic, if any: fills an omitted sender id and must match a present one. */
+  propletId?: string;
+}
+
+export interface Decoded<K extends MessageKind> {
+  msg: MessageByKind[K];
+  encoding: Encoding;
+}
+
+/**
+ * Decodes and validates one message. Throws ProtocolError (never anything
+ * else) with a reason and a message naming the field.
+ */
+export function decode<K extends MessageKind>(kind: K, payload: Uint8Array, ctx: DecodeContext = {}): Decoded<K> {
+  const { value, encoding } = decodeRaw(payload, MAX_PAYLOAD[kind]);
+  const fields = FIELDS[kind];
+  const sender = SENDER_FIELD[kind];
+  let raw = value;
+  if (sender && ctx.propletId !== undefined) raw = withSender(raw, sender, fields[sender]!.key, ctx.propletId);
+  let msg: Record<string, unknown>;
+  try {
+    msg = checkStruct(fields, raw, '', encoding === 'json' || !hasIntegerKeys(raw));
+  } catch (e) {
+    if (e instanceof ProtocolError) throw e;
+    throw new ProtocolError('invalid', `validation failed: ${(e as Error).message}`);
+  }
+  if (typeof msg.v === 'number' && msg.v > PROTOCOL_VERSION) {
+    throw new ProtocolError('unsupported_version', `protocol version ${msg.v} is newer than ${PROTOCOL_VERSION}`, 'v');
+  }
+  if (sender && ctx.propletId !== undefined && msg[sender] !== ctx.propletId) {
+    throw new ProtocolError('id_mismatch', `${sender} ${JSON.stringify(msg[sender])} does not match the topic's ${JSON.stringify(ctx.propletId)}`, sender);
+  }
+  return { msg: msg as unknown as MessageByKind[K], encoding };
+}
+
+function hasIntegerKeys(v: unknown): boolean {
+  if (!(v instanceof Map)) return false;
+  for (const k of v.keys()) if (typeof k === 'number') return true;
+  return false;
+}
+
+// The compact form may leave the sender out when the topic carries it.
+function withSender(raw: unknown, name: string, key: number, id: string): unknown {
+  if (raw instanceof Map) {
+    if (raw.has(name) || raw.has(key)) return raw;
+    const m = new Map(raw);
+    m.set(hasIntegerKeys(raw) || raw.size === 0 ? key : name, id);
+    return m;
+  }
+  if (raw !== null && typeof raw === 'object' && !Array.isArray(raw) && !(name in raw)) return { ...raw, [name]: id };
+  return raw;
+}
+
+export interface EncodeOptions {
+  /** Leave the sender id out of the payload: the topic carries it (compact CBOR only). */
+  omitSender?: boolean;
+}
+
+/** Encodes a message: JSON with Propeller's names, or compact CBOR with integer keys. */
+export function encode<K extends MessageKind>(kind: K, msg: MessageByKind[K], encoding: Encoding, opts: EncodeOptions = {}): Buffer {
+  const fields = FIELDS[kind];
+  if (encoding === 'json') return Buffer.from(JSON.stringify(toJsonValue(msg)));
+  const m = structToCompact(fields, msg as unknown as Record<string, unknown>);
+  const sender = SENDER_FIELD[kind];
+  if (opts.omitSender && sender) m.delete(fields[sender]!.key);
+  return cborEncoder.encode(m);
+}
+
+/** Encodes any value as plain CBOR (for tools; wire messages go through encode()). */
+export function encodeCbor(value: unknown): Buffer {
+  return cborEncoder.encode(value);
+}
+
+/** Returns the sender id a proplet-sent payload claims, without full validation (the broker's ACL check). */
+export function claimedSender(kind: MessageKind, payload: Uint8Array): string | undefined | ProtocolError {
+  const sender = SENDER_FIELD[kind];
+  if (!sender) return undefined;
+  try {
+    const { value } = decodeRaw(payload, MAX_PAYLOAD[kind]);
+    const key = FIELDS[kind][sender]!.key;
+    let v: unknown;
+    if (value instanceof Map) v = value.has(sender) ? value.get(sender) : value.get(key);
+    else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[sender];
+    else return new ProtocolError('malformed', 'payload is not a map');
+    if (v === undefined || v === null) return undefined;
+    return checkStruct({ [sender]: FIELDS[kind][sender]! }, { [sender]: v }, '')[sender] as string;
+  } catch (e) {
+    return e instanceof ProtocolError ? e : new ProtocolError('malformed', String(e));
+  }
+}
+
+/**
+ * A payload as plain JSON-able data, for `propeller watch` and debugging:
+ * with Propeller's field names when it is a valid message of `kind`, else raw.
+ */
+export function toDisplay(payload: Uint8Array, kind?: MessageKind, ctx?: DecodeContext): unknown {
+  if (kind) {
+    try {
+      return toJsonValue(decode(kind, payload, ctx).msg);
+    } catch {
+      // shown raw below
+    }
+  }
+  try {
+    return mapsToObjects(decodeRaw(payload).value);
+  } catch {
+    return { _raw: Buffer.from(payload).toString('base64') };
+  }
+}
+
+function mapsToObjects(v: unknown): unknown {
+  if (v instanceof Map) {
+    const o: Record<string, unknown> = {};
+    for (const [k, x] of v) o[String(k)] = mapsToObjects(x);
+    return o;
+  }
+  if (v instanceof Uint8Array) return { _bytes: Buffer.from(v).toString('hex') };
+  if (typeof v === 'bigint') return v.toString();
+  if (Array.isArray(v)) return v.map(mapsToObjects);
+  return v;
+}

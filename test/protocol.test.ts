@@ -1,0 +1,198 @@
+import test from 'ava';
+import { randomBytes, randomUUID } from 'node:crypto';
+import {
+  claimedSender,
+  decode,
+  detectEncoding,
+  encode,
+  encodeCbor,
+  FIELDS,
+  ProtocolError,
+  type Alive,
+  type MessageByKind,
+  type MessageKind,
+  type Register,
+  type Result,
+  type Start,
+} from '../protocol/index.ts';
+
+const uuid = '8b1c9e9e-3f0e-4c4a-9e1d-0f5d2b7c1a11';
+
+const samples: { [K in MessageKind]: MessageByKind[K] } = {
+  'proplet.create': {
+    v: 1,
+    proplet_id: uuid,
+    name: 'esp32 kitchen',
+    device_type: 'esp32',
+    capabilities: ['wasm', 'sensor'],
+    labels: { floor: '2' },
+    capacity: { cpu_millis: 240, memory_bytes: 65536, max_tasks: 1 },
+    encoding: 'cbor',
+    addressing: 'direct',
+    running: [{ task_id: 't1', attempt: 2 }],
+    proplet_type: 'external',
+  },
+  'proplet.alive': { v: 1, proplet_id: uuid, status: 'alive', running_tasks: 1, memory_used: 12345 },
+  'proplet.results': { proplet_id: 'p1', task_id: uuid, attempt: 1, status: 'completed', results: { sum: 5, list: [1, 'a'] }, stdout: 'hi\n', exit_code: 0, duration_ms: 1.5 },
+  'proplet.metrics': { proplet_id: 'p1', cpu_percent: 12.5, memory_used: 1000, metrics: { temp: 21.5 } },
+  'manager.start': {
+    v: 1,
+    id: uuid,
+    name: 'add',
+    proplet_id: 'p1',
+    attempt: 1,
+    file: new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]),
+    cli_args: ['--x', '1'],
+    inputs: [2, 3],
+    env: { A: 'b' },
+    daemon: false,
+    timeout_ms: 1000,
+  },
+  'manager.stop': { id: uuid, proplet_id: 'p1' },
+  'registry.proplet': { proplet_id: 'p1', digest: 'sha256:abc', chunk_size: 512, next: 3, window: 4, missing: [1, 2] },
+  'registry.server': { digest: 'sha256:abc', idx: 0, total: 3, data: new Uint8Array([1, 2, 3]), crc32: 123456 },
+};
+
+for (const kind of Object.keys(samples) as MessageKind[]) {
+  for (const enc of ['json', 'cbor'] as const) {
+    test(`round trip ${kind} as ${enc}`, (t) => {
+      const bytes = encode(kind, samples[kind], enc);
+      t.is(detectEncoding(bytes), enc);
+      const { msg, encoding } = decode(kind, bytes);
+      t.is(encoding, enc);
+      t.deepEqual(norm(msg), norm(samples[kind]));
+    });
+  }
+}
+
+// Uint8Array vs Buffer compare by content
+function norm(v: unknown): unknown {
+  return JSON.parse(JSON.stringify(v, (_k, x) => (x instanceof Uint8Array || (x && x.type === 'Buffer') ? Buffer.from(x.data ?? x).toString('hex') : x)));
+}
+
+test('a Propeller-style JSON heartbeat and registration decode unchanged', (t) => {
+  const alive = decode('proplet.alive', Buffer.from(JSON.stringify({ proplet_id: 'py-1', status: 'alive' })));
+  t.deepEqual(alive.msg, { proplet_id: 'py-1', status: 'alive' });
+  const reg = decode('proplet.create', Buffer.from(JSON.stringify({ proplet_id: 'py-1', device_type: 'python-worker', capabilities: ['wasm', 'python'], extra: 1 })));
+  t.deepEqual(reg.msg, { proplet_id: 'py-1', device_type: 'python-worker', capabilities: ['wasm', 'python'] });
+  const res = decode('proplet.results', Buffer.from(JSON.stringify({ proplet_id: 'py-1', task_id: 't', results: [42] })));
+  t.deepEqual(res.msg.results, [42]);
+});
+
+test('heartbeat sizes: compact CBOR is at most 48 bytes', (t) => {
+  const id = randomUUID();
+  const propellerJson = Buffer.from(JSON.stringify({ proplet_id: id, status: 'alive' }));
+  const plainCbor = encodeCbor({ proplet_id: id, status: 'alive', running_tasks: 1, memory_used: 48000 });
+  const hb: Alive = { v: 1, proplet_id: id, status: 'alive', running_tasks: 1, memory_used: 48000 };
+  const compactWithId = encode('proplet.alive', hb, 'cbor');
+  const compactIdInTopic = encode('proplet.alive', hb, 'cbor', { omitSender: true });
+  t.log(`Propeller JSON heartbeat: ${propellerJson.length} B; plain CBOR with names: ${plainCbor.length} B`);
+  t.log(`compact CBOR with binary id: ${compactWithId.length} B (${compactWithId.toString('hex')})`);
+  t.log(`compact CBOR, id in topic: ${compactIdInTopic.length} B (${compactIdInTopic.toString('hex')})`);
+  t.true(compactWithId.length <= 48);
+  t.true(compactIdInTopic.length <= 48);
+  t.true(plainCbor.length > 48);
+  // the id-in-topic form decodes with the id taken from the topic
+  t.is(decode('proplet.alive', compactIdInTopic, { propletId: id }).msg.proplet_id, id);
+  t.throws(() => decode('proplet.alive', compactIdInTopic), { instanceOf: ProtocolError, message: /proplet_id: is required/ });
+});
+
+test('a payload id that disagrees with the topic id is refused', (t) => {
+  const bytes = encode('proplet.alive', { proplet_id: 'a' }, 'json');
+  const e = t.throws(() => decode('proplet.alive', bytes, { propletId: 'b' }), { instanceOf: ProtocolError });
+  t.is(e?.reason, 'id_mismatch');
+});
+
+const invalid: [string, MessageKind, string | Uint8Array, RegExp][] = [
+  ['missing id', 'proplet.alive', '{"status":"alive"}', /proplet_id: is required/],
+  ['wrong type', 'proplet.alive', '{"proplet_id":5}', /proplet_id: must be an id/],
+  ['wildcard in id', 'proplet.create', '{"proplet_id":"a/b"}', /proplet_id/],
+  ['bad enum', 'proplet.create', '{"proplet_id":"a","encoding":"xml"}', /encoding: must be one of json, cbor/],
+  ['bad nested', 'proplet.create', '{"proplet_id":"a","capacity":{"max_tasks":-1}}', /capacity.max_tasks/],
+  ['capabilities not strings', 'proplet.create', '{"proplet_id":"a","capabilities":[1]}', /capabilities\[0\]/],
+  ['float where int', 'proplet.alive', '{"proplet_id":"a","running_tasks":1.5}', /running_tasks: must be an integer/],
+  ['not base64', 'manager.start', '{"id":"t","file":"%%%"}', /file: must be base64/],
+  ['env not strings', 'manager.start', '{"id":"t","env":{"A":1}}', /env.A/],
+  ['proto key', 'manager.start', '{"id":"t","env":{"__proto__":"x"}}', /reserved key/],
+  ['array top level', 'proplet.alive', '[1,2]', /neither a JSON object nor a CBOR map/],
+  ['truncated JSON', 'proplet.alive', '{"proplet_id":"a"', /JSON does not parse/],
+  ['newer version', 'proplet.alive', '{"v":9,"proplet_id":"a"}', /newer/],
+  ['unknown compact key', 'proplet.alive', encodeCbor(new Map([[1, 'a'], [99, 1]])), /99: unknown field/],
+  ['truncated CBOR', 'proplet.alive', encode('proplet.alive', { proplet_id: 'abc', memory_used: 100000 }, 'cbor').subarray(0, 6), /CBOR does not parse/],
+  ['non-finite', 'proplet.results', encodeCbor(new Map<number, unknown>([[1, 'a'], [2, 't'], [10, NaN]])), /duration_ms: must be a finite number/],
+];
+for (const [name, kind, payload, re] of invalid) {
+  test(`rejects ${name}`, (t) => {
+    const bytes = typeof payload === 'string' ? Buffer.from(payload) : payload;
+    const e = t.throws(() => decode(kind, bytes), { instanceOf: ProtocolError });
+    t.regex(e!.message, re);
+  });
+}
+
+test('oversized payloads are refused before parsing', (t) => {
+  const big = Buffer.alloc(70 * 1024, 0x20);
+  big[0] = 0x7b;
+  const e = t.throws(() => decode('proplet.alive', big), { instanceOf: ProtocolError });
+  t.is(e?.reason, 'too_large');
+});
+
+test('claimedSender reads the id without full validation', (t) => {
+  t.is(claimedSender('proplet.alive', encode('proplet.alive', { proplet_id: 'p9', memory_used: 1 }, 'cbor')), 'p9');
+  t.is(claimedSender('proplet.alive', Buffer.from('{"proplet_id":"p9"}')), 'p9');
+  t.is(claimedSender('proplet.alive', Buffer.from('{"status":"alive"}')), undefined);
+  t.true(claimedSender('proplet.alive', Buffer.from('garbage')) instanceof ProtocolError);
+  t.is(claimedSender('manager.start', Buffer.from('{}')), undefined);
+});
+
+// Fuzz: random and truncated bytes never throw anything but ProtocolError, and
+// whatever is accepted passes validation again.
+test('fuzz: decoders never throw out and accept only valid messages', (t) => {
+  const kinds = Object.keys(FIELDS) as MessageKind[];
+  let seed = 42;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  let accepted = 0;
+  let rejected = 0;
+  const corpus: Uint8Array[] = [];
+  for (const kind of kinds) {
+    for (const enc of ['json', 'cbor'] as const) corpus.push(encode(kind, samples[kind], enc));
+  }
+  for (let i = 0; i < 4000; i++) {
+    let bytes: Uint8Array;
+    const base = corpus[Math.floor(rnd() * corpus.length)]!;
+    const mode = i % 4;
+    if (mode === 0) bytes = randomBytes(1 + Math.floor(rnd() * 64));
+    else if (mode === 1) bytes = base.subarray(0, Math.floor(rnd() * base.length));
+    else {
+      bytes = Buffer.from(base);
+      const flips = 1 + Math.floor(rnd() * 4);
+      for (let f = 0; f < flips; f++) bytes[Math.floor(rnd() * bytes.length)] = Math.floor(rnd() * 256);
+      if (mode === 3) bytes[0] = 0xa0 | Math.floor(rnd() * 32);
+    }
+    const kind = kinds[i % kinds.length]!;
+    try {
+      const { msg, encoding } = decode(kind, bytes);
+      accepted++;
+      // re-encode and decode again: what was accepted is valid
+      t.notThrows(() => decode(kind, encode(kind, msg as never, encoding)));
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) t.fail(`${kind}: non-protocol error ${(e as Error)?.stack}`);
+      rejected++;
+    }
+  }
+  t.log(`fuzz: ${accepted} accepted, ${rejected} rejected`);
+  t.true(rejected > 0);
+});
+
+test('compact CBOR uses integer keys and binary UUIDs', (t) => {
+  const start: Start = { id: uuid, proplet_id: uuid, name: 'x' };
+  const bytes = encode('manager.start', start, 'cbor');
+  // a3 (map of 3) 01 50 <16 bytes> 02 61 78 03 50 <16 bytes>
+  t.is(bytes[0], 0xa3);
+  t.is(bytes[1], 0x01);
+  t.is(bytes[2], 0x50);
+  t.is(bytes.length, 1 + (1 + 17) + (1 + 2) + (1 + 17));
+  const reg: Register = { proplet_id: 'p', encoding: 'cbor' };
+  t.is(encode('proplet.create', reg, 'cbor').toString('hex'), 'a2' + '01' + '6170' + '08' + '01');
+  const r: Result = { proplet_id: 'p', task_id: 't', status: 'failed' };
+  t.deepEqual(decode('proplet.results', encode('proplet.results', r, 'cbor')).msg, r);
+});
