@@ -43,7 +43,8 @@ export const RegisterFields: Fields = {
 export const AliveFields: Fields = {
   v: { key: 0, type: int(0, 255) },
   proplet_id: { key: 1, type: id, required: true },
-  status: { key: 2, type: oneOf('alive') },
+  // 'offline' is what a proplet's last will says when its connection dies.
+  status: { key: 2, type: oneOf('alive', 'offline') },
   running_tasks: { key: 3, type: int(0, 1_000_000) },
   memory_used: { key: 4, type: int() },
   running: { key: 5, type: arr(taskRef, 1024) },
@@ -148,7 +149,7 @@ export interface Register {
 export interface Alive {
   v?: number;
   proplet_id: string;
-  status?: 'alive';
+  status?: 'alive' | 'offline';
   running_tasks?: number;
   memory_used?: number;
   running?: TaskRef[];

@@ -117,7 +117,7 @@ const invalid: [string, MessageKind, string | Uint8Array, RegExp][] = [
   ['array top level', 'proplet.alive', '[1,2]', /neither a JSON object nor a CBOR map/],
   ['truncated JSON', 'proplet.alive', '{"proplet_id":"a"', /JSON does not parse/],
   ['newer version', 'proplet.alive', '{"v":9,"proplet_id":"a"}', /newer/],
-  ['unknown compact key', 'proplet.alive', encodeCbor(new Map([[1, 'a'], [99, 1]])), /99: unknown field/],
+  ['unknown compact key', 'proplet.alive', encodeCbor(new Map<number, unknown>([[1, "a"], [99, 1]])), /99: unknown field/],
   ['truncated CBOR', 'proplet.alive', encode('proplet.alive', { proplet_id: 'abc', memory_used: 100000 }, 'cbor').subarray(0, 6), /CBOR does not parse/],
   ['non-finite', 'proplet.results', encodeCbor(new Map<number, unknown>([[1, 'a'], [2, 't'], [10, NaN]])), /duration_ms: must be a finite number/],
 ];

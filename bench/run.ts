@@ -1,0 +1,17 @@
+// `npm run bench -- NAME [options]`: benchmarks that print figures and ratios
+// against a baseline measured in the same run. Results go in docs/performance.md.
+
+const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args: string[]): Promise<void> }> }> = {
+  dispatch: { summary: 'tasks through the HTTP API to local proplets: latency and throughput', load: () => import('./dispatch.ts') },
+};
+
+const [name, ...args] = process.argv.slice(2);
+if (!name || name === '--help' || name === '-h' || !BENCHES[name]) {
+  process.stdout.write(`Usage: npm run bench -- NAME [options]\n\nBenchmarks:\n${Object.entries(BENCHES)
+    .map(([k, b]) => `  ${k.padEnd(10)} ${b.summary}`)
+    .join('\n')}\n`);
+  process.exitCode = name && name !== '--help' && name !== '-h' ? 2 : 0;
+} else {
+  const b = await BENCHES[name]!.load();
+  await b.run(args);
+}

@@ -1,0 +1,133 @@
+// The broker's access rules as one pure function, so every decision can be
+// tested from a table without a socket. The rules (README.md has the table):
+//
+//   manager  publish and subscribe anything under the scope's base
+//   debug    subscribe anything under the base (wildcards included), publish nothing
+//   proplet  publish only its own create/alive/results/metrics, chunk requests
+//            and FL updates; subscribe only its own per-proplet topics and the
+//            shared start/stop/chunk topics, without wildcards
+
+import { base, parseTopic, propletSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
+import { claimedSender, isId, type MessageKind } from '../protocol/index.ts';
+import type { Role } from './credentials.ts';
+
+export type Action = 'publish' | 'subscribe';
+
+export type DenyReason =
+  /** Not under m/<domain>/c/<channel>/messages/ of this broker (other domain, '#', $SYS, ...). */
+  | 'outside_scope'
+  /** A topic level is empty ('a//b', trailing '/'). */
+  | 'empty_level'
+  /** A level holds a control character, is too long, or a wildcard is misplaced in a filter. */
+  | 'invalid_topic'
+  /** A wildcard where none is allowed (any publish; a proplet's subscribe). */
+  | 'wildcard'
+  /** The debug account publishes. */
+  | 'read_only'
+  /** Under the base but not a topic of the tree (proplet publish). */
+  | 'unknown_topic'
+  /** A kind this role may not publish (a proplet on manager.start/stop or registry.server). */
+  | 'kind_not_allowed'
+  /** The topic's proplet id is not the publisher's. */
+  | 'topic_id_mismatch'
+  /** The payload claims another proplet as its sender. */
+  | 'sender_mismatch'
+  /** Neither the topic nor the payload names the sender. */
+  | 'no_sender'
+  /** The payload does not parse, so its sender cannot be checked. */
+  | 'malformed_payload'
+  /** The payload exceeds the protocol's limit for its kind. */
+  | 'payload_too_large'
+  /** A proplet subscribes to a topic that is not one of its own or a shared one. */
+  | 'not_own_topic'
+  /** The identity itself is unusable (unknown role, proplet id not a valid level). */
+  | 'bad_identity';
+
+export type Decision = { ok: true } | { ok: false; reason: DenyReason };
+
+const OK: Decision = Object.freeze({ ok: true });
+const deny = (reason: DenyReason): Decision => ({ ok: false, reason });
+
+/** Kinds a proplet may publish. */
+export const PROPLET_PUBLISH_KINDS: ReadonlySet<TopicKind> = new Set<TopicKind>([
+  'proplet.create',
+  'proplet.alive',
+  'proplet.results',
+  'proplet.metrics',
+  'registry.proplet',
+  'fl.update',
+]);
+
+/** Shared (broadcast) topics every proplet may read, for Propeller's proplets that filter by id themselves. */
+export function sharedPropletSubscriptions(s: Scope): string[] {
+  return [topicOf(s, 'manager.start'), topicOf(s, 'manager.stop'), topicOf(s, 'registry.server')];
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * Decides one publish or subscribe. `topic` is the PUBLISH topic or the
+ * SUBSCRIBE filter; `payload` is checked for proplet publishes (the sender it
+ * claims). Pure: no I/O, no state.
+ */
+export function authorize(scope: Scope, role: Role, id: string, action: Action, topic: string, payload?: Uint8Array | string): Decision {
+  if (typeof topic !== 'string') return deny('invalid_topic');
+  const prefix = base(scope) + '/';
+  if (!topic.startsWith(prefix)) return deny('outside_scope');
+  const levels = topic.slice(prefix.length).split('/');
+  const shape = checkLevels(levels, action === 'subscribe' && role !== 'proplet');
+  if (shape) return deny(shape);
+
+  switch (role) {
+    case 'manager':
+      return OK;
+    case 'debug':
+      return action === 'subscribe' ? OK : deny('read_only');
+    case 'proplet':
+      if (!isId(id)) return deny('bad_identity');
+      return action === 'subscribe' ? propletSubscribe(scope, id, topic) : propletPublish(scope, id, topic, payload);
+    default:
+      return deny('bad_identity');
+  }
+}
+
+// Every level after the base: non-empty, no control characters, at most 128
+// characters; wildcards only where allowed and only as whole levels, '#' last.
+function checkLevels(levels: string[], wildcards: boolean): DenyReason | undefined {
+  for (let i = 0; i < levels.length; i++) {
+    const l = levels[i]!;
+    if (l.length === 0) return 'empty_level';
+    if (l === '+' || (l === '#' && i === levels.length - 1)) {
+      if (!wildcards) return 'wildcard';
+      continue;
+    }
+    if (l.length > 128) return 'invalid_topic';
+    for (let j = 0; j < l.length; j++) {
+      const c = l.charCodeAt(j);
+      if (c === 0x2b || c === 0x23) return wildcards ? 'invalid_topic' : 'wildcard';
+      if (c < 0x20 || c === 0x7f) return 'invalid_topic';
+    }
+  }
+  return undefined;
+}
+
+function propletSubscribe(scope: Scope, id: string, filter: string): Decision {
+  if (propletSubscriptions(scope, id).includes(filter)) return OK;
+  if (sharedPropletSubscriptions(scope).includes(filter)) return OK;
+  return deny('not_own_topic');
+}
+
+function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8Array | string | undefined): Decision {
+  const p = parseTopic(topic);
+  if (!p) return deny('unknown_topic');
+  if (p.domain !== scope.domain || p.channel !== scope.channel) return deny('outside_scope');
+  if (!PROPLET_PUBLISH_KINDS.has(p.kind)) return deny('kind_not_allowed');
+  if (p.propletId !== undefined && p.propletId !== id) return deny('topic_id_mismatch');
+  // FL update payloads are not defined yet: the topic's proplet id (always present) decides.
+  if (p.kind === 'fl.update') return OK;
+  const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
+  const claimed = claimedSender(p.kind as MessageKind, bytes);
+  if (claimed instanceof Error) return deny(claimed.reason === 'too_large' ? 'payload_too_large' : 'malformed_payload');
+  if (claimed !== undefined) return claimed === id ? OK : deny('sender_mismatch');
+  return p.propletId !== undefined ? OK : deny('no_sender');
+}

@@ -1,0 +1,549 @@
+// The embedded MQTT broker: Aedes behind per-account authentication, the
+// topic ACL of acl.ts and a packet-size guard, on TCP and optionally TLS and
+// WebSocket listeners.
+
+import { EventEmitter } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
+import { Counter, type Registry } from 'prom-client';
+import { MAX_PAYLOAD } from '../protocol/index.ts';
+import { scope as makeScope, type Scope } from '../topics/index.ts';
+import { authorize, type DenyReason } from './acl.ts';
+import { verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
+import { PacketGuard, type Violation } from './guard.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** Room for the fixed header, topic and packet id around a payload. */
+const HEADROOM = 64 * KiB;
+/** Largest payload a proplet sends (a result), plus headroom: 4 MiB + 64 KiB. */
+export const DEFAULT_MAX_PACKET_SIZE = Math.max(
+  MAX_PAYLOAD['proplet.create'],
+  MAX_PAYLOAD['proplet.alive'],
+  MAX_PAYLOAD['proplet.results'],
+  MAX_PAYLOAD['proplet.metrics'],
+  MAX_PAYLOAD['registry.proplet'],
+) + HEADROOM;
+/** Largest payload the manager sends (a start with an inline module), plus headroom: 32 MiB + 64 KiB. */
+export const DEFAULT_MANAGER_MAX_PACKET_SIZE = Math.max(...Object.values(MAX_PAYLOAD)) + HEADROOM;
+/** The CONNECT packet (client id, will, username, password) never needs more. */
+const MAX_CONNECT_SIZE = 64 * KiB;
+/** The deepest topic of the tree has 10 levels (FL updates); Aedes' default is 100. */
+const MAX_TOPIC_LEVELS = 16;
+/** MQTT's own ceiling: 1 + 4 length bytes + 268,435,455. */
+const MQTT_MAX_PACKET = 268_435_460;
+
+export type LogFn = (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
+
+export interface BrokerOptions {
+  /** The domain/channel this broker serves: every ACL rule is relative to its base topic. */
+  scope: Scope;
+  /** Accounts, looked up by MQTT username on CONNECT and again on every publish/delivery (revocation). */
+  credentials: CredentialLookup;
+  /** TCP listen address. Default '127.0.0.1'. */
+  host?: string;
+  /** TCP port. Default 1883; 0 picks a free port (read it back from `port`/`url`). */
+  port?: number;
+  /** Optional MQTT over WebSocket listener (needs the `ws` package). */
+  ws?: { host?: string; port: number };
+  /** Optional MQTT over TLS listener. */
+  tls?: { host?: string; port: number; key: string | Buffer; cert: string | Buffer; ca?: string | Buffer };
+  /** Largest packet from proplet, debug and anonymous clients, in bytes. Default 4 MiB + 64 KiB. */
+  maxPacketSize?: number;
+  /** Largest packet from the manager account. Default 32 MiB + 64 KiB (a start with a 16 MiB inline module). */
+  managerMaxPacketSize?: number;
+  /** How long a connection may stay without a CONNECT, in ms. Default 30000. */
+  connectTimeout?: number;
+  /** Accept clients without username and password, as the read-only debug role. Default false. */
+  allowAnonymous?: boolean;
+  /** When given, counters are registered here. */
+  registry?: Registry;
+  /** Default: warnings as one JSON line on stderr, info dropped. */
+  log?: LogFn;
+}
+
+/** What the broker remembers about an authenticated client (on the Aedes client object). */
+export interface Identity {
+  /** Credential id = MQTT username ('' when anonymous). */
+  id: string;
+  role: Role;
+  /** The hash the client authenticated against; a change means the credentials were replaced. */
+  hash: string;
+  anonymous: boolean;
+  /** The client id sent in CONNECT (Aedes' client.id is prefixed with the username). */
+  clientId: string;
+  /** Set when the client is being closed for a refused publish or revoked credentials: nothing more is accepted from it, not even its will. */
+  untrusted: boolean;
+}
+
+const IDENTITY = 'propellerIdentity';
+const LOOKUP_FAILED = Symbol('propeller.lookupFailed');
+const WILL = Symbol('propeller.will');
+const REFUSED = Symbol('propeller.refused');
+
+type Ext = Client & { [IDENTITY]?: Identity; [WILL]?: ConnectPacket['will'] };
+type Guarded = PacketGuard & { client?: Ext; remote?: string; transport?: string };
+
+/** The identity the broker attached to an Aedes client, if it authenticated. */
+export function identityOf(client: Client | null | undefined): Identity | undefined {
+  return client ? (client as Ext)[IDENTITY] : undefined;
+}
+
+function refusal(message: string): Error {
+  const e = new Error(message);
+  (e as Error & { [REFUSED]?: true })[REFUSED] = true;
+  return e;
+}
+
+function authError(message: string, returnCode: 3 | 4 | 5): Error & { returnCode: number } {
+  const e = refusal(message) as Error & { returnCode: number };
+  e.returnCode = returnCode;
+  return e;
+}
+
+/** Wire strings (client ids, usernames, topics) can be long: logs get at most 256 characters. */
+function clip(v: unknown): unknown {
+  return typeof v === 'string' && v.length > 256 ? v.slice(0, 256) + '…' : v;
+}
+
+function urlHost(h: string): string {
+  if (h === '0.0.0.0' || h === '') return '127.0.0.1';
+  if (h === '::') return '[::1]';
+  return h.includes(':') ? `[${h}]` : h;
+}
+
+function checkSize(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!Number.isInteger(v) || v < 64 || v > MQTT_MAX_PACKET) throw new RangeError(`${name} must be an integer between 64 and ${MQTT_MAX_PACKET}, got ${v}`);
+  return v;
+}
+
+function listen(server: net.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (e: Error): void => reject(e);
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.removeListener('error', onError);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
+function closeServer(server: net.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+const defaultLog: LogFn = (level, msg, fields) => {
+  if (level === 'warn') process.stderr.write(JSON.stringify({ t: new Date().toISOString(), level, c: 'broker', msg, ...fields }) + '\n');
+};
+
+// Just what is used of the `ws` package, which has no bundled types.
+interface WsModule {
+  WebSocketServer: new (opts: { server: http.Server; maxPayload?: number; perMessageDeflate?: boolean }) => WsServer;
+  createWebSocketStream: (ws: unknown, opts?: Record<string, unknown>) => Duplex;
+}
+interface WsServer extends EventEmitter {
+  close(cb?: (err?: Error) => void): void;
+}
+
+async function loadWs(): Promise<WsModule> {
+  const name = 'ws'; // a variable, so the compiler does not look for ws' types
+  try {
+    return (await import(name)) as WsModule;
+  } catch (e) {
+    throw new Error(`MQTT over WebSocket needs the 'ws' package, which cannot be loaded: ${(e as Error).message}`);
+  }
+}
+
+export class EmbeddedBroker {
+  private _port = 0;
+  private _url = '';
+  private _wsUrl?: string;
+  private _tlsUrl?: string;
+
+  private readonly drops = new Map<string, number>();
+  private authFails = 0;
+  private readonly dropCounter?: Counter<'reason'>;
+  private readonly authCounter?: Counter<string>;
+  private readonly byUser = new Map<string, Set<Ext>>();
+  /** Authenticated clients whose connection is open (Aedes' own counter drifts under concurrent client-id takeovers). */
+  private readonly live = new Set<Ext>();
+  private readonly conns = new Set<Guarded>();
+  private readonly servers: net.Server[] = [];
+  private wss?: WsServer;
+  private closing?: Promise<void>;
+  private readonly aedes: Aedes;
+  private readonly scope: Scope;
+  private readonly credentials: CredentialLookup;
+  private readonly log: LogFn;
+  private readonly maxPacket: number;
+  private readonly managerMaxPacket: number;
+  private readonly allowAnonymous: boolean;
+
+  private constructor(opts: BrokerOptions, aedes: Aedes, sizes: { max: number; manager: number }) {
+    this.aedes = aedes;
+    this.scope = { domain: opts.scope.domain, channel: opts.scope.channel };
+    this.credentials = opts.credentials;
+    const log = opts.log ?? defaultLog;
+    // a throwing logger must not break a hook (or crash the process from a promise)
+    this.log = (level, msg, fields) => {
+      try {
+        log(level, msg, fields);
+      } catch {
+        // nothing sensible left to do
+      }
+    };
+    this.maxPacket = sizes.max;
+    this.managerMaxPacket = sizes.manager;
+    this.allowAnonymous = opts.allowAnonymous === true;
+    if (opts.registry) {
+      this.dropCounter = metric(opts.registry, 'propeller_mqtt_dropped_total', 'MQTT packets dropped by the embedded broker, by reason', ['reason']) as Counter<'reason'>;
+      this.authCounter = metric(opts.registry, 'propeller_mqtt_auth_failures_total', 'MQTT CONNECTs refused by the embedded broker', []);
+    }
+  }
+
+  /** mqtt://HOST:PORT with the port actually bound. */
+  get url(): string {
+    return this._url;
+  }
+  get port(): number {
+    return this._port;
+  }
+  /** ws://HOST:PORT/mqtt when the WebSocket listener is on (any path is accepted). */
+  get wsUrl(): string | undefined {
+    return this._wsUrl;
+  }
+  /** mqtts://HOST:PORT when the TLS listener is on. */
+  get tlsUrl(): string | undefined {
+    return this._tlsUrl;
+  }
+
+  static async start(opts: BrokerOptions): Promise<EmbeddedBroker> {
+    if (!opts || !opts.scope || !opts.credentials) throw new TypeError('EmbeddedBroker.start needs scope and credentials');
+    makeScope(opts.scope.domain, opts.scope.channel); // throws on an invalid scope
+    const connectTimeout = opts.connectTimeout ?? 30_000;
+    if (!Number.isInteger(connectTimeout) || connectTimeout < 100) throw new RangeError(`connectTimeout must be an integer >= 100 ms, got ${connectTimeout}`);
+    const sizes = {
+      max: checkSize('maxPacketSize', opts.maxPacketSize, DEFAULT_MAX_PACKET_SIZE),
+      manager: checkSize('managerMaxPacketSize', opts.managerMaxPacketSize, DEFAULT_MANAGER_MAX_PACKET_SIZE),
+    };
+    const host = opts.host ?? '127.0.0.1';
+    const ws = opts.ws ? await loadWs() : undefined;
+
+    // The hooks need the instance and the instance needs Aedes: `self` is set
+    // right after createBroker, before anything listens.
+    let self: EmbeddedBroker | undefined;
+    const aedes = await Aedes.createBroker({
+      connectTimeout,
+      maxTopicLevels: MAX_TOPIC_LEVELS,
+      preConnect: (client, packet, cb) => self!.preConnect(client as Ext, packet, cb),
+      authenticate: (client, username, password, cb) => self!.authenticate(client as Ext, username, password, cb),
+      authorizePublish: (client, packet, cb) => self!.authorizePublish(client as Ext | null, packet, cb),
+      authorizeSubscribe: (client, sub, cb) => self!.authorizeSubscribe(client as Ext, sub, cb),
+      authorizeForward: (client, packet) => self!.authorizeForward(client as Ext, packet),
+    });
+    const b = new EmbeddedBroker(opts, aedes, sizes);
+    self = b;
+    aedes.on('clientError', (client: Client, err: Error) => b.onClientError(client as Ext, err));
+    aedes.on('connectionError', (client: Client, err: Error) => b.onClientError(client as Ext, err));
+    aedes.on('keepaliveTimeout', (client: Client) => b.log('info', 'mqtt keepalive timeout', b.who(client as Ext)));
+
+    try {
+      const tcp = net.createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 }, (s) => b.accept(s, 'tcp', remoteOf(s)));
+      b.servers.push(tcp);
+      b._port = await listen(tcp, opts.port ?? 1883, host);
+      b._url = `mqtt://${urlHost(host)}:${b._port}`;
+
+      if (opts.ws && ws) {
+        const httpServer = http.createServer((_req, res) => {
+          res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket only\n');
+        });
+        httpServer.on('clientError', (_e, socket) => socket.destroy());
+        b.servers.push(httpServer);
+        // maxPayload bounds one WebSocket message; the packet guard bounds MQTT packets.
+        const wss = new ws.WebSocketServer({ server: httpServer, perMessageDeflate: false, maxPayload: Math.max(sizes.max, sizes.manager) });
+        wss.on('error', () => {}); // the http server's errors surface on listen()
+        wss.on('connection', (socket: unknown, req: http.IncomingMessage) => {
+          b.accept(ws.createWebSocketStream(socket), 'ws', remoteOf(req.socket), req);
+        });
+        b.wss = wss;
+        const wsHost = opts.ws.host ?? host;
+        b._wsUrl = `ws://${urlHost(wsHost)}:${await listen(httpServer, opts.ws.port, wsHost)}/mqtt`;
+      }
+
+      if (opts.tls) {
+        const t = opts.tls;
+        const tlsServer = tls.createServer(
+          { key: t.key, cert: t.cert, ca: t.ca, minVersion: 'TLSv1.2', handshakeTimeout: connectTimeout },
+          (s) => b.accept(s, 'tls', remoteOf(s)),
+        );
+        tlsServer.on('tlsClientError', (e, s) => b.log('info', 'mqtt tls handshake failed', { remote: remoteOf(s), error: e.message }));
+        b.servers.push(tlsServer);
+        const tlsHost = t.host ?? host;
+        b._tlsUrl = `mqtts://${urlHost(tlsHost)}:${await listen(tlsServer, t.port, tlsHost)}`;
+      }
+    } catch (e) {
+      await b.close();
+      throw e;
+    }
+    return b;
+  }
+
+  /** Authenticated connections currently open. */
+  get connectedClients(): number {
+    return this.live.size;
+  }
+
+  /** Packets dropped since start, by reason (the same counts as propeller_mqtt_dropped_total). */
+  dropped(): Record<string, number> {
+    return Object.fromEntries(this.drops);
+  }
+
+  /** CONNECTs refused since start (the same count as propeller_mqtt_auth_failures_total). */
+  get authFailures(): number {
+    return this.authFails;
+  }
+
+  /** Closes every live connection of `username` (e.g. after its credentials are revoked); returns how many. Their wills are not published. */
+  disconnect(username: string): number {
+    const set = this.byUser.get(username);
+    if (!set) return 0;
+    let n = 0;
+    for (const client of set) {
+      const idn = identityOf(client);
+      if (idn) idn.untrusted = true;
+      if (!client.closed) n++;
+      client.close();
+    }
+    this.byUser.delete(username);
+    if (n) this.log('info', 'mqtt clients disconnected', { username, count: n });
+    return n;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const closed = this.servers.map(closeServer);
+      this.wss?.close();
+      await new Promise<void>((r) => this.aedes.close(() => r()));
+      // connections that never completed CONNECT are not Aedes clients yet
+      for (const c of this.conns) c.destroy();
+      for (const s of this.servers) if (s instanceof http.Server) s.closeAllConnections();
+      await Promise.all(closed);
+    })();
+    return this.closing;
+  }
+
+  // ---- connections ----
+
+  private accept(inner: Duplex, transport: string, remote: string, req?: http.IncomingMessage): void {
+    if (this.closing) {
+      inner.destroy();
+      return;
+    }
+    const guard: Guarded = new PacketGuard(inner, {
+      limit: (first) => {
+        if (first) return Math.min(this.maxPacket, MAX_CONNECT_SIZE);
+        return identityOf(guard.client)?.role === 'manager' ? this.managerMaxPacket : this.maxPacket;
+      },
+      onViolation: (v) => this.onViolation(guard, v),
+    });
+    guard.remote = remote;
+    guard.transport = transport;
+    this.conns.add(guard);
+    guard.on('close', () => this.conns.delete(guard));
+    // Aedes' typings want IncomingMessage & connDetails; it reads only what is there.
+    guard.client = this.aedes.handle(guard, req as Parameters<Aedes['handle']>[1]) as Ext;
+  }
+
+  private onViolation(guard: Guarded, v: Violation): void {
+    this.drop(v.reason);
+    const fields: Record<string, unknown> = { ...this.who(guard.client), remote: guard.remote, transport: guard.transport, reason: v.reason };
+    if (v.reason === 'too_large') Object.assign(fields, { size: v.size, limit: v.limit });
+    else fields.detail = v.detail;
+    this.log('warn', v.reason === 'too_large' ? 'mqtt packet too large, connection closed' : 'malformed mqtt stream, connection closed', fields);
+  }
+
+  private onClientError(client: Ext | undefined, err: Error): void {
+    if ((err as Error & { [REFUSED]?: true })[REFUSED]) return; // logged where it was refused
+    this.log('info', 'mqtt connection error', { ...this.who(client), error: err.message });
+  }
+
+  private who(client: Ext | undefined | null): Record<string, unknown> {
+    if (!client) return {};
+    const idn = identityOf(client);
+    const guard = client.conn as Guarded | undefined;
+    const out: Record<string, unknown> = { clientId: clip(idn?.clientId ?? client.id ?? undefined) };
+    if (idn) {
+      out.username = idn.anonymous ? undefined : idn.id;
+      out.role = idn.role;
+    }
+    if (guard?.remote) out.remote = guard.remote;
+    return out;
+  }
+
+  private drop(reason: string): void {
+    this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
+    this.dropCounter?.inc({ reason });
+  }
+
+  // ---- Aedes hooks ----
+
+  private preConnect(client: Ext, packet: ConnectPacket, cb: (err: Error | null, ok: boolean) => void): void {
+    // The will is checked against the ACL in authenticate(), once the role is known.
+    client[WILL] = packet.will;
+    cb(null, true);
+  }
+
+  private authenticate(
+    client: Ext,
+    username: string | undefined,
+    password: Buffer | undefined,
+    cb: (err: (Error & { returnCode: number }) | null, ok: boolean | null) => void,
+  ): void {
+    const wireId = client.id;
+    const refuse = (code: 3 | 4 | 5, reason: string, extra: Record<string, unknown> = {}): void => {
+      this.authFails++;
+      this.authCounter?.inc();
+      this.log('warn', 'mqtt connect refused', { clientId: clip(wireId), username: clip(username), remote: (client.conn as Guarded).remote, reason, ...extra });
+      cb(authError(`connect refused: ${reason}`, code), null);
+    };
+    const accept = (id: string, role: Role, hash: string, anonymous: boolean): void => {
+      const will = client[WILL];
+      delete client[WILL];
+      if (will) {
+        const d = authorize(this.scope, role, id, 'publish', will.topic, will.payload);
+        if (!d.ok) return refuse(5, 'will_refused', { topic: clip(will.topic), aclReason: d.reason });
+      }
+      const idn: Identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false };
+      client[IDENTITY] = idn;
+      // Client ids are free, so namespace them per account: a proplet reusing
+      // the manager's client id must not take over (close) the manager's session.
+      (client as { id: string }).id = `${anonymous ? '#anonymous' : id}/${wireId}`;
+      if (client.conn.destroyed) return cb(null, true); // gone while verifying: Aedes drops it
+      this.live.add(client);
+      if (!anonymous) {
+        let set = this.byUser.get(id);
+        if (!set) this.byUser.set(id, (set = new Set()));
+        set.add(client);
+      }
+      client.conn.once('close', () => {
+        this.live.delete(client);
+        const s = this.byUser.get(id);
+        if (s?.delete(client) && s.size === 0) this.byUser.delete(id);
+      });
+      cb(null, true);
+    };
+
+    if (username === undefined && password === undefined) {
+      if (!this.allowAnonymous) return refuse(5, 'anonymous');
+      return accept('', 'debug', '', true);
+    }
+    if (!username || !password || password.length === 0) return refuse(4, 'missing_credentials');
+    const secret = password.toString('utf8');
+    const rec = this.lookup(username);
+    if (rec === LOOKUP_FAILED) return refuse(3, 'lookup_failed');
+    if (!rec) {
+      verifyDummy(secret);
+      return refuse(4, 'unknown_user');
+    }
+    verifySecretAsync(secret, rec.hash)
+      .then((ok) => {
+        if (!ok) return refuse(4, 'bad_secret');
+        // the record may have been replaced while scrypt ran
+        const now = this.lookup(username);
+        if (now === LOOKUP_FAILED) return refuse(3, 'lookup_failed');
+        if (!now || now.hash !== rec.hash || now.role !== rec.role) return refuse(4, 'credentials_changed');
+        accept(username, rec.role, rec.hash, false);
+      })
+      .catch((e: unknown) => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) }));
+  }
+
+  /** credentials.get, shielded: a throwing lookup must not take the broker down. */
+  private lookup(id: string): CredentialRecord | undefined | typeof LOOKUP_FAILED {
+    try {
+      return this.credentials.get(id);
+    } catch (e) {
+      this.log('warn', 'credential lookup failed', { id: clip(id), error: (e as Error)?.message ?? String(e) });
+      return LOOKUP_FAILED;
+    }
+  }
+
+  /** True when the client's credentials were deleted or replaced since it connected, or it was marked untrusted. */
+  private revoked(idn: Identity): boolean {
+    if (idn.untrusted) return true;
+    if (idn.anonymous) return false;
+    const rec = this.lookup(idn.id);
+    // fails closed: a lookup that throws counts as revoked
+    return rec === LOOKUP_FAILED || !rec || rec.hash !== idn.hash || rec.role !== idn.role;
+  }
+
+  /** Drops the packet, counts and logs it, and marks the client so that nothing more is accepted from it. */
+  private refuse(client: Ext, idn: Identity | undefined, topic: string, reason: DenyReason | 'credentials_revoked' | 'no_identity'): Error {
+    this.drop(reason);
+    this.log('warn', 'mqtt publish refused, connection closed', { ...this.who(client), topic: clip(topic), reason });
+    if (idn) idn.untrusted = true;
+    return refusal(`publish refused: ${reason}`);
+  }
+
+  private authorizePublish(client: Ext | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+    if (!client) return cb(refusal('publish without a client')); // an orphaned will: its author cannot be checked
+    const idn = identityOf(client);
+    if (!idn) return cb(this.refuse(client, idn, packet.topic, 'no_identity'));
+    if (idn.untrusted) return cb(refusal('client no longer trusted')); // already counted and logged
+    if (this.revoked(idn)) return cb(this.refuse(client, idn, packet.topic, 'credentials_revoked'));
+    const d = authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
+    if (d.ok) return cb(null);
+    // The error makes Aedes close the connection (MQTT 3.1.1 has no way to refuse a publish).
+    cb(this.refuse(client, idn, packet.topic, d.reason));
+  }
+
+  private authorizeSubscribe(client: Ext, sub: Subscription, cb: (err: Error | null, sub?: Subscription | null) => void): void {
+    const idn = identityOf(client);
+    if (!idn || this.revoked(idn)) {
+      if (idn && !idn.untrusted) {
+        idn.untrusted = true;
+        this.drop('credentials_revoked');
+        this.log('warn', 'mqtt subscribe with revoked credentials, connection closed', { ...this.who(client), filter: clip(sub.topic) });
+      }
+      return cb(refusal('subscribe refused: credentials revoked'));
+    }
+    const d = authorize(this.scope, idn.role, idn.id, 'subscribe', sub.topic);
+    if (d.ok) return cb(null, sub);
+    // Refused filters get 0x80 in the SUBACK; the connection stays.
+    this.drop('subscribe_refused');
+    this.log('warn', 'mqtt subscribe refused', { ...this.who(client), filter: clip(sub.topic), reason: d.reason });
+    cb(null, null);
+  }
+
+  private authorizeForward(client: Ext, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const idn = identityOf(client);
+    if (!idn) return null;
+    if (this.revoked(idn)) {
+      if (!idn.untrusted) {
+        idn.untrusted = true;
+        this.drop('credentials_revoked');
+        this.log('warn', 'mqtt delivery to revoked credentials stopped, connection closed', this.who(client));
+        setImmediate(() => client.close());
+      }
+      return null;
+    }
+    return packet;
+  }
+}
+
+function remoteOf(s: net.Socket): string {
+  return s.remoteAddress ? `${s.remoteAddress}:${s.remotePort}` : 'unknown';
+}
+
+function metric(reg: Registry, name: string, help: string, labelNames: string[]): Counter<string> {
+  const existing = reg.getSingleMetric(name);
+  if (existing) {
+    if (existing instanceof Counter) return existing as Counter<string>;
+    throw new Error(`metric ${name} is already registered with another type`);
+  }
+  return new Counter({ name, help, labelNames, registers: [reg] });
+}

@@ -1,0 +1,174 @@
+// `propeller serve`: the embedded broker (unless an external one is named),
+// the control plane with its HTTP API, and optionally local node proplets.
+
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CredentialStore, EmbeddedBroker, generateSecret, parseCredentials } from '../broker/index.ts';
+import { ConfigError, ControlPlane, healthFromEnv } from '../control-plane/index.ts';
+import { createLogger, type Level } from '../control-plane/log.ts';
+import { NodeProplet } from '../proplet-node/proplet.ts';
+import { UsageError, int, str, type Command } from './args.ts';
+import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
+
+export const serve: Command = {
+  usage: 'propeller serve [options]',
+  summary: 'run the broker, the control plane and its HTTP API (and local proplets)',
+  options: {
+    ...scopeOptions,
+    host: { type: 'string' },
+    'mqtt-port': { type: 'string' },
+    'http-port': { type: 'string' },
+    'ws-port': { type: 'string' },
+    'tls-port': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    broker: { type: 'string' },
+    'mqtt-username': { type: 'string' },
+    'mqtt-password': { type: 'string' },
+    'data-dir': { type: 'string' },
+    credentials: { type: 'string' },
+    'debug-account': { type: 'boolean' },
+    'local-proplets': { type: 'string' },
+    'api-token': { type: 'string' },
+    'log-level': { type: 'string' },
+  },
+  help: `  --host ADDR            address the broker and HTTP API listen on (default 127.0.0.1)
+  --mqtt-port N          embedded broker port (env PROPELLER_MQTT_PORT, default 1883)
+  --http-port N          HTTP API port (env PROPELLER_HTTP_PORT, default 7070)
+  --ws-port N            also serve MQTT over WebSocket on this port
+  --tls-port N           also serve MQTT over TLS on this port (needs --tls-cert, --tls-key)
+  --broker URL           use this external broker instead of the embedded one (env MQTT_BROKER)
+  --mqtt-username U      control plane's account on the external broker (env MQTT_USERNAME)
+  --mqtt-password P      its password (env MQTT_PASSWORD)
+  --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
+  --credentials FILE     extra broker accounts (see broker/README.md for the format)
+  --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
+  --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
+  --api-token TOKEN      require this bearer token on the HTTP API (env PROPELLER_API_TOKEN)
+  --log-level LEVEL      debug, info, warn, error or silent (default info)
+${scopeHelp}
+  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env.`,
+  async run(v) {
+    const env = process.env;
+    const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
+    if (!['debug', 'info', 'warn', 'error', 'silent'].includes(level)) throw new UsageError(`--log-level must be debug, info, warn, error or silent`);
+    const log = createLogger(level);
+    const sc = scopeFrom(v);
+    const host = str(v.host) ?? '127.0.0.1';
+    const dataDir = dataDirFrom(v);
+    mkdirSync(dataDir, { recursive: true });
+    let health;
+    try {
+      health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000 });
+    } catch (e) {
+      if (e instanceof ConfigError) throw new UsageError(e.message);
+      throw e;
+    }
+    const external = str(v.broker) ?? env.MQTT_BROKER;
+    let broker: EmbeddedBroker | undefined;
+    let creds: CredentialStore | undefined;
+    let mqtt: { url: string; username?: string; password?: string };
+    if (external) {
+      mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD };
+    } else {
+      creds = openCredentials(join(dataDir, 'credentials.json'), str(v.credentials));
+      const managerSecret = creds.issue('propeller-manager', 'manager');
+      if (v['debug-account']) {
+        const secret = creds.issue('debug', 'debug');
+        const path = join(dataDir, 'debug.secret');
+        writeFileSync(path, secret + '\n', { mode: 0o600 });
+        log('info', 'debug account enabled: read-only, username debug', { password_file: path });
+      }
+      const tlsPort = str(v['tls-port']);
+      broker = await EmbeddedBroker.start({
+        scope: sc,
+        credentials: creds,
+        host,
+        port: int('mqtt-port', v['mqtt-port'] ?? env.PROPELLER_MQTT_PORT, 1883),
+        ...(v['ws-port'] ? { ws: { host, port: int('ws-port', v['ws-port'], 0) } } : {}),
+        ...(tlsPort ? { tls: { host, port: int('tls-port', tlsPort, 0), cert: readText(need(v, 'tls-cert')), key: readText(need(v, 'tls-key')) } } : {}),
+        log: (lvl, msg, fields) => log(lvl, msg, { c: 'broker', ...fields }),
+      });
+      mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
+      log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
+    }
+    const cp = new ControlPlane({
+      scope: sc,
+      mqtt,
+      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN },
+      health,
+      log,
+      defaultMetrics: true,
+      ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {
+              creds.delete(id);
+              broker?.disconnect(id);
+            },
+          },
+        } : {}),
+    });
+    const port = await cp.start();
+    const proplets: NodeProplet[] = [];
+    const n = int('local-proplets', v['local-proplets'], 0);
+    for (let i = 1; i <= n; i++) {
+      const id = `local-${i}`;
+      const secret = creds ? creds.issue(id, 'proplet') : undefined;
+      const p = new NodeProplet({ id, secret, url: mqtt.url, scope: sc, heartbeatMs: Math.min(10_000, health.offlineThresholdMs / 3), log: (l, m, f) => log(l, m, { c: id, ...f }) });
+      await p.start();
+      proplets.push(p);
+    }
+    log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string) => {
+        log('info', `${sig}: shutting down`);
+        resolve();
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
+    });
+    await Promise.all(proplets.map((p) => p.close()));
+    await cp.close();
+    await broker?.close();
+    return 0;
+  },
+};
+
+function need(v: Record<string, unknown>, name: string): string {
+  const x = str(v[name]);
+  if (!x) throw new UsageError(`--${name} is required with --tls-port`);
+  return x;
+}
+
+function readText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+/**
+ * Accounts issued by the control plane are kept in the data dir (hashes only),
+ * rewritten atomically on every change. Accounts from --credentials stay in
+ * their own file, which is their source of truth.
+ */
+function openCredentials(path: string, file: string | undefined): CredentialStore {
+  const fromFile = new Set<string>();
+  const store: CredentialStore = new CredentialStore({
+    onChange: () => {
+      const tmp = `${path}.tmp`;
+      writeFileSync(tmp, JSON.stringify(store.list().filter((r) => !fromFile.has(r.id)), null, 1), { mode: 0o600 });
+      chmodSync(tmp, 0o600);
+      renameSync(tmp, path);
+    },
+  });
+  if (existsSync(path)) {
+    for (const rec of parseCredentials(readText(path), path)) store.set(rec, { notify: false });
+  }
+  if (file) {
+    for (const rec of parseCredentials(readText(file), file)) {
+      store.set(rec, { notify: false });
+      fromFile.add(rec.id);
+    }
+  }
+  return store;
+}

@@ -1,0 +1,122 @@
+// A client for the control plane's HTTP API: what the CLI and the Kubernetes
+// adapter use. It depends on nothing but fetch and the API's JSON shapes.
+
+import type { Proplet, Task } from './model.ts';
+
+export class ApiError extends Error {
+  override name = 'ApiError';
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface TaskSpec {
+  name: string;
+  image_url?: string;
+  /** base64 */
+  file?: string;
+  cli_args?: string[];
+  inputs?: (number | string)[];
+  env?: Record<string, string>;
+  daemon?: boolean;
+  proplet_id?: string;
+  resources?: { cpu?: string | number; memory?: string | number };
+  labels?: Record<string, string>;
+  timeout_ms?: number;
+}
+
+export interface TaskResults {
+  task_id: string;
+  state: Task['state'];
+  error?: string;
+  results?: unknown;
+  stdout?: string;
+  stderr?: string;
+  exit_code?: number;
+  duration_ms?: number;
+  proplet_id?: string;
+}
+
+export class ControlPlaneClient {
+  constructor(
+    readonly baseUrl: string,
+    private token?: string,
+  ) {}
+
+  async request<T>(method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<T> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    let payload: BodyInit | undefined;
+    if (body instanceof Uint8Array) {
+      payload = body as Uint8Array<ArrayBuffer>;
+      headers['content-type'] = contentType;
+    } else if (body !== undefined) {
+      payload = JSON.stringify(body);
+      headers['content-type'] = 'application/json';
+    }
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.baseUrl), { method, headers, body: payload });
+    } catch (e) {
+      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      throw new ApiError(0, `cannot reach the control plane at ${this.baseUrl}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
+    }
+    const text = await res.text();
+    let json: unknown;
+    try {
+      json = text ? JSON.parse(text) : undefined;
+    } catch {
+      throw new ApiError(res.status, `control plane answered ${res.status} with a body that is not JSON`);
+    }
+    if (!res.ok) {
+      const err = json as { error?: string; field?: string } | undefined;
+      throw new ApiError(res.status, err?.error ?? `HTTP ${res.status}`, err?.field);
+    }
+    return json as T;
+  }
+
+  createTask(spec: TaskSpec) {
+    return this.request<Task>('POST', '/tasks', spec);
+  }
+  getTask(id: string, waitMs?: number) {
+    return this.request<Task>('GET', `/tasks/${encodeURIComponent(id)}${waitMs ? `?wait=${waitMs}ms` : ''}`);
+  }
+  listTasks(opts: { state?: string; offset?: number; limit?: number } = {}) {
+    const q = new URLSearchParams(Object.entries(opts).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)]));
+    return this.request<{ total: number; tasks: Task[] }>('GET', `/tasks?${q}`);
+  }
+  updateTask(id: string, patch: Partial<TaskSpec>) {
+    return this.request<Task>('PUT', `/tasks/${encodeURIComponent(id)}`, patch);
+  }
+  deleteTask(id: string) {
+    return this.request<{ deleted: string }>('DELETE', `/tasks/${encodeURIComponent(id)}`);
+  }
+  upload(id: string, wasm: Uint8Array) {
+    return this.request<Task>('PUT', `/tasks/${encodeURIComponent(id)}/upload`, wasm, 'application/wasm');
+  }
+  startTask(id: string) {
+    return this.request<Task>('POST', `/tasks/${encodeURIComponent(id)}/start`);
+  }
+  stopTask(id: string) {
+    return this.request<Task>('POST', `/tasks/${encodeURIComponent(id)}/stop`);
+  }
+  results(id: string, waitMs?: number) {
+    return this.request<TaskResults>('GET', `/tasks/${encodeURIComponent(id)}/results${waitMs ? `?wait=${waitMs}ms` : ''}`);
+  }
+  listProplets() {
+    return this.request<{ total: number; proplets: (Proplet & { assigned_tasks: number })[] }>('GET', '/proplets');
+  }
+  getProplet(id: string) {
+    return this.request<Proplet & { assigned_tasks: number }>('GET', `/proplets/${encodeURIComponent(id)}`);
+  }
+  addProplet(id: string) {
+    return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id });
+  }
+  health() {
+    return this.request<Record<string, unknown>>('GET', '/health');
+  }
+}

@@ -1,0 +1,288 @@
+// The HTTP API: Propeller's resource paths, JSON in and out. 400 names the
+// field, 404 the id, 413 the limit; nothing a client sends can crash it.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { MAX_INLINE_MODULE } from '../protocol/index.ts';
+import { ConfigError, parseDuration } from './config.ts';
+import type { Logger } from './log.ts';
+import type { ControlPlaneMetrics } from './metrics.ts';
+import { TERMINAL, type Proplet, type Task } from './model.ts';
+import type { Registry } from './registry.ts';
+import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
+import { TaskError, type TaskService } from './tasks.ts';
+
+export interface HttpApiOptions {
+  host?: string;
+  port?: number;
+  /** JSON bodies (a task with an inline base64 module is the largest). */
+  maxBodyBytes?: number;
+  maxUploadBytes?: number;
+  /** When set, every request but /health and /metrics needs `Authorization: Bearer <token>`. */
+  token?: string;
+  tasks: TaskService;
+  registry: Registry;
+  metrics: ControlPlaneMetrics;
+  log: Logger;
+  /** Issues MQTT credentials for a proplet; absent when an external broker manages them. */
+  issueCredentials?: (propletId: string) => string;
+  revokeCredentials?: (propletId: string) => void;
+  health?: () => Record<string, unknown>;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+interface Route {
+  method: string;
+  re: RegExp;
+  handler: Handler;
+  status?: number;
+}
+
+const MAX_WAIT_MS = 60_000;
+
+export class HttpApi {
+  private server: Server;
+  private routes: Route[] = [];
+
+  constructor(private o: HttpApiOptions) {
+    this.server = createServer((req, res) => {
+      this.serve(req, res).catch((e) => {
+        o.log('error', 'http handler crashed', { error: (e as Error).stack });
+        if (!res.headersSent) res.writeHead(500).end();
+      });
+    });
+    this.server.headersTimeout = 30_000;
+    this.server.requestTimeout = 120_000;
+    this.defineRoutes();
+  }
+
+  async listen(): Promise<number> {
+    const { host = '127.0.0.1', port = 7070 } = this.o;
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private route(method: string, path: string, handler: Handler, status?: number): void {
+    const re = new RegExp('^' + path.replace(/\{[a-z_]+\}/g, '([^/]+)') + '/?$');
+    this.routes.push({ method, re, handler, status });
+  }
+
+  private defineRoutes(): void {
+    const { tasks, registry } = this.o;
+    this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.list().length, ...this.o.health?.() }));
+    this.route('POST', '/tasks', async (req) => {
+      const input = parseTaskInput(await this.json(req)) as TaskInput;
+      return tasks.create(input);
+    }, 201);
+    this.route('GET', '/tasks', (_req, url) => {
+      const state = url.searchParams.get('state');
+      const offset = this.intParam(url, 'offset', 0);
+      const limit = this.intParam(url, 'limit', 100);
+      let all = tasks.list();
+      if (state) all = all.filter((t) => t.state.toLowerCase() === state.toLowerCase());
+      all.sort((a, b) => a.created_at.localeCompare(b.created_at));
+      return { total: all.length, offset, limit, tasks: all.slice(offset, offset + limit) };
+    });
+    this.route('GET', '/tasks/{id}', async (_req, url, [id]) => {
+      const wait = url.searchParams.get('wait');
+      if (wait) await this.waitTerminal(id!, wait);
+      return tasks.require(id!);
+    });
+    this.route('PUT', '/tasks/{id}', async (req, _url, [id]) => {
+      tasks.require(id!);
+      return tasks.update(id!, parseTaskInput(await this.json(req), true));
+    });
+    this.route('DELETE', '/tasks/{id}', (_req, _url, [id]) => {
+      tasks.delete(id!);
+      return { deleted: id };
+    });
+    this.route('PUT', '/tasks/{id}/upload', async (req, _url, [id]) => {
+      tasks.require(id!);
+      return tasks.upload(id!, await this.module(req));
+    });
+    this.route('POST', '/tasks/{id}/start', (_req, _url, [id]) => tasks.start(id!));
+    this.route('POST', '/tasks/{id}/stop', (_req, _url, [id]) => tasks.stop(id!));
+    this.route('GET', '/tasks/{id}/results', async (_req, url, [id]) => {
+      const wait = url.searchParams.get('wait');
+      if (wait) await this.waitTerminal(id!, wait);
+      const t = tasks.require(id!);
+      return { task_id: t.id, state: t.state, ...(t.error ? { error: t.error } : {}), ...(t.result ?? {}) };
+    });
+    this.route('GET', '/proplets', (_req, url) => {
+      const offset = this.intParam(url, 'offset', 0);
+      const limit = this.intParam(url, 'limit', 1000);
+      const all = registry.list().sort((a, b) => a.id.localeCompare(b.id));
+      return { total: all.length, offset, limit, proplets: all.slice(offset, offset + limit).map((p) => this.propletView(p)) };
+    });
+    this.route('GET', '/proplets/{id}', (_req, _url, [id]) => {
+      const p = registry.get(id!);
+      if (!p) throw new HttpError(404, `proplet ${id} not found`);
+      return this.propletView(p);
+    });
+    this.route('POST', '/proplets', async (req) => {
+      if (!this.o.issueCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
+      const body = (await this.json(req)) as Record<string, unknown>;
+      const id = body.proplet_id;
+      if (typeof id !== 'string' || !/^[^+#/\s]{1,128}$/.test(id)) throw new HttpError(400, "proplet_id: must be 1-128 characters without '+', '#', '/' or spaces", 'proplet_id');
+      return { proplet_id: id, secret: this.o.issueCredentials(id) };
+    }, 201);
+    this.route('DELETE', '/proplets/{id}', (_req, _url, [id]) => {
+      const had = registry.remove(id!);
+      this.o.revokeCredentials?.(id!);
+      if (!had && !this.o.revokeCredentials) throw new HttpError(404, `proplet ${id} not found`);
+      return { deleted: id };
+    });
+  }
+
+  private propletView(p: Proplet) {
+    return { ...p, assigned_tasks: this.o.tasks.assigned(p.id) };
+  }
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const method = req.method ?? 'GET';
+    let status = 200;
+    let body: unknown;
+    try {
+      if (url.pathname === '/metrics' && method === 'GET') {
+        const text = await this.o.metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': this.o.metrics.registry.contentType }).end(text);
+        this.o.metrics.httpRequests.inc({ method, code: '200' });
+        return;
+      }
+      if (this.o.token && url.pathname !== '/health' && req.headers.authorization !== `Bearer ${this.o.token}`) {
+        throw new HttpError(401, 'missing or wrong bearer token');
+      }
+      const matching = this.routes.filter((r) => r.re.test(url.pathname));
+      if (matching.length === 0) throw new HttpError(404, `no such path: ${url.pathname}`);
+      const route = matching.find((r) => r.method === method);
+      if (!route) throw new HttpError(405, `${method} not allowed on ${url.pathname}; allowed: ${matching.map((r) => r.method).join(', ')}`);
+      const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
+      body = await route.handler(req, url, params);
+      status = route.status ?? 200;
+    } catch (e) {
+      ({ status, body } = this.errorBody(e));
+      if (status >= 500) this.o.log('error', 'http error', { path: url.pathname, error: (e as Error).stack });
+      // Unread request bodies would otherwise keep the socket busy.
+      if (!req.complete) req.resume();
+    }
+    this.o.metrics.httpRequests.inc({ method, code: String(status) });
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  private errorBody(e: unknown): { status: number; body: unknown } {
+    if (e instanceof HttpError) return { status: e.status, body: { error: e.message, ...(e.field ? { field: e.field } : {}) } };
+    if (e instanceof InputError) return { status: 400, body: { error: e.message, field: e.field } };
+    if (e instanceof TaskError) {
+      const status = e.code === 'not_found' ? 404 : e.code === 'conflict' ? 409 : 400;
+      return { status, body: { error: e.message } };
+    }
+    return { status: 500, body: { error: 'internal error' } };
+  }
+
+  private intParam(url: URL, name: string, dflt: number): number {
+    const v = url.searchParams.get(name);
+    if (v === null) return dflt;
+    if (!/^\d{1,9}$/.test(v)) throw new HttpError(400, `${name}: must be a non-negative integer`, name);
+    return Number(v);
+  }
+
+  private async waitTerminal(id: string, wait: string): Promise<void> {
+    const t = this.o.tasks.require(id);
+    let ms: number;
+    try {
+      ms = Math.min(parseDuration('wait', wait), MAX_WAIT_MS);
+    } catch (e) {
+      throw new HttpError(400, (e as ConfigError).message, 'wait');
+    }
+    if (TERMINAL.has(t.state)) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.o.tasks.off('changed', onChange);
+        resolve();
+      };
+      const onChange = (x: Task) => {
+        if (x.id === id && TERMINAL.has(x.state)) done();
+      };
+      const timer = setTimeout(done, ms);
+      this.o.tasks.on('changed', onChange);
+    });
+  }
+
+  private async read(req: IncomingMessage, limit: number): Promise<Buffer> {
+    const declared = Number(req.headers['content-length']);
+    if (declared > limit) throw new HttpError(413, `request body of ${declared} bytes exceeds the limit of ${limit}`);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of req) {
+      size += (c as Buffer).length;
+      if (size > limit) throw new HttpError(413, `request body exceeds the limit of ${limit} bytes`);
+      chunks.push(c as Buffer);
+    }
+    return Buffer.concat(chunks);
+  }
+
+  private async json(req: IncomingMessage): Promise<unknown> {
+    const type = req.headers['content-type'] ?? 'application/json';
+    if (!type.startsWith('application/json')) throw new HttpError(415, `expected application/json, got ${type}`);
+    const raw = await this.read(req, this.o.maxBodyBytes ?? 24 * 1024 * 1024);
+    if (raw.length === 0) return {};
+    try {
+      return JSON.parse(raw.toString('utf8'));
+    } catch (e) {
+      throw new HttpError(400, `body is not valid JSON: ${(e as Error).message}`, 'body');
+    }
+  }
+
+  /** A module upload: raw bytes (application/wasm, octet-stream) or multipart with a `file` field, as Propeller's CLI sends. */
+  private async module(req: IncomingMessage): Promise<Uint8Array> {
+    const limit = this.o.maxUploadBytes ?? MAX_INLINE_MODULE;
+    const type = req.headers['content-type'] ?? 'application/octet-stream';
+    let bytes: Uint8Array;
+    if (type.startsWith('multipart/form-data')) {
+      const raw = await this.read(req, limit + 64 * 1024);
+      let form: FormData;
+      try {
+        form = await new Request('http://upload/', { method: 'POST', headers: { 'content-type': type }, body: new Uint8Array(raw) }).formData();
+      } catch (e) {
+        throw new HttpError(400, `multipart body does not parse: ${(e as Error).message}`, 'file');
+      }
+      const f = form.get('file');
+      if (!f || typeof f === 'string') throw new HttpError(400, 'multipart body has no file field named "file"', 'file');
+      bytes = new Uint8Array(await f.arrayBuffer());
+      if (bytes.length > limit) throw new HttpError(413, `module of ${bytes.length} bytes exceeds the limit of ${limit}`);
+    } else {
+      bytes = await this.read(req, limit);
+    }
+    if (!isWasm(bytes)) throw new HttpError(400, 'file: not a WebAssembly module (missing \\0asm magic and version)', 'file');
+    return bytes;
+  }
+}

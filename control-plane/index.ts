@@ -1,0 +1,111 @@
+// The control plane: registry, tasks, placement, MQTT gateway and HTTP API
+// wired together. It reaches the broker only by URL, so it neither knows nor
+// cares whether the broker is embedded or external.
+
+import type { Scope } from '../topics/index.ts';
+import { validateHealth, type HealthConfig } from './config.ts';
+import { HttpApi } from './http-api.ts';
+import { silent, type Logger } from './log.ts';
+import { ControlPlaneMetrics } from './metrics.ts';
+import { MqttGateway } from './mqtt-gateway.ts';
+import { roundRobin, type Placement } from './placement.ts';
+import { Registry } from './registry.ts';
+import { MemoryStore, type Store } from './store.ts';
+import { TaskService } from './tasks.ts';
+
+export interface ControlPlaneOptions {
+  scope: Scope;
+  mqtt: { url: string; username?: string; password?: string; clientId?: string };
+  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number };
+  health: HealthConfig;
+  store?: Store;
+  placement?: Placement;
+  maxAttempts?: number;
+  defaultTimeoutMs?: number;
+  /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
+  autoEvacuateTasks?: boolean;
+  credentials?: { issue(propletId: string): string; revoke(propletId: string): void };
+  log?: Logger;
+  defaultMetrics?: boolean;
+}
+
+export class ControlPlane {
+  readonly store: Store;
+  readonly registry: Registry;
+  readonly tasks: TaskService;
+  readonly metrics: ControlPlaneMetrics;
+  readonly gateway: MqttGateway;
+  readonly http: HttpApi;
+  private readonly log: Logger;
+
+  constructor(private o: ControlPlaneOptions) {
+    validateHealth(o.health);
+    this.log = o.log ?? silent;
+    this.store = o.store ?? new MemoryStore();
+    this.registry = new Registry(this.store, o.health);
+    this.metrics = new ControlPlaneMetrics(
+      { proplets: () => this.registry.values(), tasks: () => this.tasks.values() },
+      { defaultMetrics: o.defaultMetrics },
+    );
+    this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
+    this.tasks = new TaskService({
+      store: this.store,
+      registry: this.registry,
+      placement: o.placement ?? roundRobin(),
+      dispatcher: this.gateway,
+      metrics: this.metrics,
+      log: this.log,
+      maxAttempts: o.maxAttempts,
+      defaultTimeoutMs: o.defaultTimeoutMs,
+    });
+    this.http = new HttpApi({
+      ...o.http,
+      tasks: this.tasks,
+      registry: this.registry,
+      metrics: this.metrics,
+      log: this.log,
+      issueCredentials: o.credentials && ((id) => o.credentials!.issue(id)),
+      revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
+      health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
+    });
+    this.wireEvents();
+  }
+
+  private wireEvents(): void {
+    this.registry.on('up', (p, running) => {
+      this.tasks.reconcile(p, running);
+      this.tasks.schedulePlacement();
+    });
+    this.registry.on('load', () => this.tasks.schedulePlacement());
+    this.registry.on('state', (p, from, reason) => {
+      this.metrics.propletTransitions.inc({ to: p.state });
+      this.log(p.state === 'alive' ? 'info' : 'warn', 'proplet state', { proplet_id: p.id, from, to: p.state, reason });
+      if (p.state === 'failed' && this.o.autoEvacuateTasks !== false) {
+        const moved = this.tasks.evacuate(p.id, 'failed');
+        if (moved.length) this.log('warn', 'evacuated tasks', { proplet_id: p.id, tasks: moved });
+      }
+    });
+  }
+
+  /** Connects to the broker and opens the HTTP API; returns the API's port. */
+  async start(): Promise<number> {
+    await this.gateway.connect({ registry: this.registry, tasks: this.tasks });
+    const port = await this.http.listen();
+    this.registry.start();
+    this.tasks.startTimers();
+    this.log('info', 'control plane started', { http_port: port, broker: this.o.mqtt.url, domain: this.o.scope.domain, channel: this.o.scope.channel });
+    return port;
+  }
+
+  async close(): Promise<void> {
+    this.registry.stop();
+    this.tasks.stopTimers();
+    await this.http.close();
+    await this.gateway.close();
+    this.store.close();
+  }
+}
+
+export { parseDuration, healthFromEnv, ConfigError } from './config.ts';
+export { MemoryStore, type Store } from './store.ts';
+export type { Proplet, Task, TaskState } from './model.ts';

@@ -1,0 +1,89 @@
+// Prometheus metrics, one registry per control plane so that several can run
+// in one process (tests). Names follow the seeds where they apply.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Proplet, Task, TaskState } from './model.ts';
+
+export interface MetricsSources {
+  proplets(): Iterable<Proplet>;
+  tasks(): Iterable<Task>;
+}
+
+const TASK_STATES: TaskState[] = ['Pending', 'Scheduled', 'Running', 'Completed', 'Failed', 'Stopped'];
+const HEALTH_VALUE = { alive: 1, offline: 0, failed: -1 } as const;
+
+export class ControlPlaneMetrics {
+  readonly registry = new Registry();
+  readonly messagesReceived: Counter<'kind'>;
+  readonly messagesRejected: Counter<'kind' | 'reason'>;
+  readonly resultsIgnored: Counter<'reason'>;
+  readonly taskDuration: Histogram<'state'>;
+  readonly tasksDispatched: Counter<'addressing'>;
+  readonly httpRequests: Counter<'method' | 'code'>;
+  readonly propletTransitions: Counter<'to'>;
+
+  constructor(sources: MetricsSources, opts: { defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
+    new Gauge({
+      name: 'propeller_proplets_total',
+      help: 'Number of registered proplets, by state and type',
+      labelNames: ['state', 'type'],
+      registers,
+      collect() {
+        this.reset();
+        for (const state of ['alive', 'offline', 'failed']) for (const type of ['external', 'k8s']) this.set({ state, type }, 0);
+        for (const p of sources.proplets()) this.inc({ state: p.state, type: p.proplet_type });
+      },
+    });
+    new Gauge({
+      name: 'propeller_tasks_total',
+      help: 'Number of tasks, by state',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const state of TASK_STATES) this.set({ state }, 0);
+        for (const t of sources.tasks()) this.inc({ state: t.state });
+      },
+    });
+    new Gauge({
+      name: 'propeller_proplet_health_status',
+      help: 'Proplet health: 1 alive, 0 offline, -1 failed',
+      labelNames: ['proplet_id', 'device_type'],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of sources.proplets()) this.set({ proplet_id: p.id, device_type: p.device_type }, HEALTH_VALUE[p.state]);
+      },
+    });
+    this.taskDuration = new Histogram({
+      name: 'propeller_task_duration_seconds',
+      help: 'Task execution duration from start to result, by final state',
+      labelNames: ['state'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600],
+      registers,
+    });
+    this.messagesReceived = new Counter({ name: 'propeller_messages_received_total', help: 'MQTT messages received by kind', labelNames: ['kind'], registers });
+    this.messagesRejected = new Counter({
+      name: 'propeller_messages_rejected_total',
+      help: 'MQTT messages dropped by the control plane, by kind and reason',
+      labelNames: ['kind', 'reason'],
+      registers,
+    });
+    this.resultsIgnored = new Counter({
+      name: 'propeller_results_ignored_total',
+      help: 'Results not applied: unknown task, not running on that proplet, stale attempt',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.tasksDispatched = new Counter({
+      name: 'propeller_tasks_dispatched_total',
+      help: 'Start messages sent, by addressing (direct per-proplet topic or shared topic)',
+      labelNames: ['addressing'],
+      registers,
+    });
+    this.httpRequests = new Counter({ name: 'propeller_http_requests_total', help: 'HTTP API requests', labelNames: ['method', 'code'], registers });
+    this.propletTransitions = new Counter({ name: 'propeller_proplet_transitions_total', help: 'Proplet liveness transitions', labelNames: ['to'], registers });
+  }
+}

@@ -1,0 +1,152 @@
+// The control plane's one MQTT connection: the same code whether the broker is
+// the embedded one or an external Mosquitto/EMQX. Inbound messages are
+// validated here, at the edge; a bad one is dropped with a logged reason and a
+// metric, and never throws past this file.
+
+import mqtt, { type MqttClient } from 'mqtt';
+import { decode, encode, ProtocolError, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { managerFilters, parseTopic, topic, type Scope } from '../topics/index.ts';
+import type { Logger } from './log.ts';
+import type { ControlPlaneMetrics } from './metrics.ts';
+import type { Proplet } from './model.ts';
+import type { Registry } from './registry.ts';
+import type { Dispatcher, TaskService } from './tasks.ts';
+
+export interface GatewayOptions {
+  url: string;
+  username?: string;
+  password?: string;
+  clientId?: string;
+  scope: Scope;
+  log: Logger;
+  metrics: ControlPlaneMetrics;
+}
+
+export interface Handlers {
+  registry: Registry;
+  tasks: TaskService;
+  onMetrics?: (propletId: string, m: Record<string, unknown>) => void;
+}
+
+export class MqttGateway implements Dispatcher {
+  private client?: MqttClient;
+  private handlers?: Handlers;
+
+  constructor(private o: GatewayOptions) {}
+
+  get connected(): boolean {
+    return this.client?.connected ?? false;
+  }
+
+  async connect(handlers: Handlers): Promise<void> {
+    this.handlers = handlers;
+    const client = mqtt.connect(this.o.url, {
+      protocolVersion: 4,
+      username: this.o.username,
+      password: this.o.password,
+      // Stable per scope, so the persistent session below is found again after a restart.
+      clientId: this.o.clientId ?? `propeller-manager-${this.o.scope.domain}-${this.o.scope.channel}`,
+      // A persistent session lets the broker keep results for us across a control-plane restart.
+      clean: false,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+    });
+    this.client = client;
+    client.on('message', (t, payload) => this.handle(t, payload));
+    client.on('error', (e) => this.o.log('warn', 'mqtt error', { error: e.message }));
+    client.on('reconnect', () => this.o.log('info', 'mqtt reconnecting'));
+    client.on('connect', (ack) => {
+      // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
+      (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      this.o.log('info', 'mqtt connected', { url: this.o.url, session_present: ack.sessionPresent });
+      client.subscribe(managerFilters(this.o.scope), { qos: 1 }, (err, granted) => {
+        if (err) return this.o.log('error', 'subscribe failed', { error: err.message });
+        const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic);
+        if (refused?.length) this.o.log('error', 'broker refused subscriptions: check the manager account ACL', { refused });
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      const onErr = (e: Error) => {
+        client.end(true);
+        reject(new Error(`cannot connect to MQTT broker ${this.o.url}: ${e.message}`));
+      };
+      client.once('connect', () => {
+        client.off('error', onErr);
+        resolve();
+      });
+      client.once('error', onErr);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.client?.endAsync();
+  }
+
+  start(p: Proplet, msg: Start): void {
+    const direct = p.addressing === 'direct';
+    this.publish(topic(this.o.scope, 'manager.start', direct ? p.id : undefined), encode('manager.start', msg, p.encoding));
+    this.o.metrics.tasksDispatched.inc({ addressing: direct ? 'direct' : 'shared' });
+  }
+
+  stop(p: Proplet, msg: Stop): void {
+    this.publish(topic(this.o.scope, 'manager.stop', p.addressing === 'direct' ? p.id : undefined), encode('manager.stop', msg, p.encoding));
+  }
+
+  /** Raw publish for other control-plane services (registry chunks, FL). */
+  publish(t: string, payload: Uint8Array): void {
+    this.client?.publish(t, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1 }, (err) => {
+      if (err) this.o.log('warn', 'publish failed', { topic: t, error: err.message });
+    });
+  }
+
+  /** Exposed for tests: handle one inbound message as if it came from the broker. */
+  handle(t: string, payload: Buffer): void {
+    const parsed = parseTopic(t);
+    const kind = parsed?.kind ?? 'unknown';
+    try {
+      if (!parsed || parsed.domain !== this.o.scope.domain || parsed.channel !== this.o.scope.channel) {
+        return this.reject(kind, 'topic', `topic outside the tree: ${t}`);
+      }
+      this.o.metrics.messagesReceived.inc({ kind });
+      const h = this.handlers!;
+      const ctx = parsed.propletId !== undefined ? { propletId: parsed.propletId } : {};
+      switch (parsed.kind) {
+        case 'proplet.create': {
+          const { msg } = decode('proplet.create', payload, ctx);
+          const p = h.registry.register(msg);
+          this.o.log('info', 'proplet registered', { proplet_id: p.id, device_type: p.device_type, addressing: p.addressing, encoding: p.encoding });
+          return;
+        }
+        case 'proplet.alive': {
+          const { msg } = decode('proplet.alive', payload, ctx);
+          if (!h.registry.alive(msg)) this.reject(kind, 'unknown_proplet', `heartbeat from unregistered proplet ${msg.proplet_id}`);
+          return;
+        }
+        case 'proplet.results': {
+          const { msg } = decode('proplet.results', payload, ctx);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${msg.proplet_id}`);
+          const ignored = h.tasks.onResult(msg as Result);
+          if (ignored) this.o.log('info', 'result ignored', { reason: ignored, task_id: msg.task_id, proplet_id: msg.proplet_id, attempt: msg.attempt });
+          return;
+        }
+        case 'proplet.metrics': {
+          const { msg } = decode('proplet.metrics', payload, ctx);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${msg.proplet_id}`);
+          h.onMetrics?.(msg.proplet_id, msg as unknown as Record<string, unknown>);
+          return;
+        }
+        default:
+          return this.reject(kind, 'unsupported', `no handler for ${kind}`);
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) return this.reject(kind, e.reason, e.message);
+      this.o.log('error', 'handler failed', { kind, topic: t, error: (e as Error).stack });
+      this.o.metrics.messagesRejected.inc({ kind, reason: 'internal' });
+    }
+  }
+
+  private reject(kind: string, reason: string, detail: string): void {
+    this.o.metrics.messagesRejected.inc({ kind, reason });
+    this.o.log('warn', 'message dropped', { kind, reason, detail });
+  }
+}

@@ -1,0 +1,444 @@
+// Task lifecycle: Pending -> Scheduled -> Running -> Completed | Failed, plus
+// Stopped by the user. Every transition is timestamped and written to the
+// store as one record. Placement is event driven (task started, proplet up,
+// capacity freed) with a bounded retry timer as a safety net.
+
+import { createHash, randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Result, Start, Stop, TaskRef } from '../protocol/index.ts';
+import type { Logger } from './log.ts';
+import type { ControlPlaneMetrics } from './metrics.ts';
+import { TERMINAL, type AttemptRecord, type Proplet, type Task, type TaskState } from './model.ts';
+import type { Placement } from './placement.ts';
+import type { Registry } from './registry.ts';
+import type { Store } from './store.ts';
+import type { TaskInput } from './task-input.ts';
+
+/** How the control plane reaches proplets; the MQTT gateway implements it. */
+export interface Dispatcher {
+  start(proplet: Proplet, msg: Start): void;
+  stop(proplet: Proplet, msg: Stop): void;
+}
+
+export class TaskError extends Error {
+  override name = 'TaskError';
+  constructor(
+    readonly code: 'not_found' | 'conflict' | 'invalid',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface TaskServiceOptions {
+  store: Store;
+  registry: Registry;
+  placement: Placement;
+  dispatcher: Dispatcher;
+  metrics: ControlPlaneMetrics;
+  log: Logger;
+  /** Placements per task before it ends Failed (evacuations and refusals count). */
+  maxAttempts?: number;
+  /** Default wall-time limit for non-daemon tasks. */
+  defaultTimeoutMs?: number;
+  retryIntervalMs?: number;
+  now?: () => number;
+}
+
+export interface TaskEvents {
+  changed: [task: Task];
+}
+
+export class TaskService extends EventEmitter<TaskEvents> {
+  private tasks = new Map<string, Task>();
+  /** Active (Scheduled/Running) task ids per proplet: the load placement sees. */
+  private active = new Map<string, Set<string>>();
+  /** Tasks that want to run and wait for a proplet, oldest first. */
+  private waiting = new Set<string>();
+  private placeQueued = false;
+  private retryTimer?: NodeJS.Timeout;
+  private readonly now: () => number;
+  readonly maxAttempts: number;
+  readonly defaultTimeoutMs: number;
+
+  constructor(private o: TaskServiceOptions) {
+    super();
+    this.setMaxListeners(0);
+    this.now = o.now ?? Date.now;
+    this.maxAttempts = o.maxAttempts ?? 3;
+    this.defaultTimeoutMs = o.defaultTimeoutMs ?? 60_000;
+    for (const t of o.store.listTasks()) {
+      this.tasks.set(t.id, t);
+      if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
+      if ((t.state === 'Scheduled' || t.state === 'Running') && t.proplet_id) this.addActive(t.proplet_id, t.id);
+    }
+  }
+
+  get(id: string): Task | undefined {
+    return this.tasks.get(id);
+  }
+  list(): Task[] {
+    return [...this.tasks.values()];
+  }
+  values(): IterableIterator<Task> {
+    return this.tasks.values();
+  }
+  assigned(propletId: string): number {
+    return this.active.get(propletId)?.size ?? 0;
+  }
+  activeOn(propletId: string): string[] {
+    return [...(this.active.get(propletId) ?? [])];
+  }
+
+  require(id: string): Task {
+    const t = this.tasks.get(id);
+    if (!t) throw new TaskError('not_found', `task ${id} not found`);
+    return t;
+  }
+
+  create(input: TaskInput): Task {
+    const at = this.iso();
+    const t: Task = {
+      id: randomUUID(),
+      name: input.name,
+      cli_args: input.cli_args,
+      inputs: input.inputs,
+      env: input.env,
+      daemon: input.daemon,
+      resources: input.resources,
+      labels: input.labels,
+      state: 'Pending',
+      start_requested: false,
+      attempt: 0,
+      attempts: [],
+      history: [{ state: 'Pending', at, reason: 'created' }],
+      created_at: at,
+      updated_at: at,
+    };
+    if (input.image_url) t.image_url = input.image_url;
+    if (input.proplet_id) t.pinned_proplet_id = input.proplet_id;
+    if (input.timeout_ms) t.timeout_ms = input.timeout_ms;
+    if (input.file) this.attachModule(t, input.file);
+    if (!t.image_url && !t.module_digest) t.pending_reason = 'no module yet: upload one with PUT /tasks/{id}/upload';
+    this.save(t);
+    return t;
+  }
+
+  update(id: string, patch: Partial<TaskInput>): Task {
+    const t = this.require(id);
+    if (t.state === 'Scheduled' || t.state === 'Running') throw new TaskError('conflict', `task ${id} is ${t.state}: stop it before changing it`);
+    if (patch.name !== undefined) t.name = patch.name;
+    if (patch.image_url !== undefined) t.image_url = patch.image_url;
+    if (patch.cli_args !== undefined) t.cli_args = patch.cli_args;
+    if (patch.inputs !== undefined) t.inputs = patch.inputs;
+    if (patch.env !== undefined) t.env = patch.env;
+    if (patch.labels !== undefined) t.labels = patch.labels;
+    if (patch.daemon !== undefined) t.daemon = patch.daemon;
+    if (patch.resources !== undefined) t.resources = patch.resources;
+    if (patch.timeout_ms !== undefined) t.timeout_ms = patch.timeout_ms;
+    if (patch.proplet_id !== undefined) t.pinned_proplet_id = patch.proplet_id;
+    if (patch.file) this.attachModule(t, patch.file);
+    t.updated_at = this.iso();
+    this.save(t);
+    return t;
+  }
+
+  upload(id: string, bytes: Uint8Array): Task {
+    const t = this.require(id);
+    if (t.state === 'Scheduled' || t.state === 'Running') throw new TaskError('conflict', `task ${id} is ${t.state}: stop it before uploading a module`);
+    this.attachModule(t, bytes);
+    if (t.pending_reason?.startsWith('no module')) delete t.pending_reason;
+    t.updated_at = this.iso();
+    this.save(t);
+    return t;
+  }
+
+  delete(id: string): void {
+    const t = this.require(id);
+    if (t.state === 'Scheduled' || t.state === 'Running') this.stop(id);
+    this.tasks.delete(id);
+    this.waiting.delete(id);
+    this.o.store.deleteTask(id);
+  }
+
+  /** Asks for the task to run; it is placed now or as soon as a proplet can take it. */
+  start(id: string): Task {
+    const t = this.require(id);
+    if (t.state === 'Scheduled' || t.state === 'Running') throw new TaskError('conflict', `task ${id} is already ${t.state}`);
+    if (t.start_requested && t.state === 'Pending') return t;
+    if (!t.image_url && !t.module_digest) throw new TaskError('invalid', `task ${id} has no module: set image_url or file, or upload one`);
+    t.start_requested = true;
+    if (t.state !== 'Pending') {
+      // a re-run of a finished task: a fresh set of attempts
+      t.attempts = [];
+      delete t.error;
+      delete t.result;
+      delete t.excluded_proplets;
+      delete t.finished_at;
+      this.transition(t, 'Pending', 'restarted');
+    } else {
+      t.updated_at = this.iso();
+      this.save(t);
+    }
+    this.schedulePlacement();
+    return t;
+  }
+
+  stop(id: string): Task {
+    const t = this.require(id);
+    if (TERMINAL.has(t.state)) return t;
+    if (t.state === 'Pending') {
+      if (!t.start_requested) throw new TaskError('conflict', `task ${id} is not started`);
+      t.start_requested = false;
+      this.transition(t, 'Stopped', 'stopped by user before placement');
+      return t;
+    }
+    const p = t.proplet_id ? this.o.registry.get(t.proplet_id) : undefined;
+    if (p) this.o.dispatcher.stop(p, { id: t.id, proplet_id: p.id, attempt: t.attempt });
+    this.endAttempt(t, 'stopped');
+    t.start_requested = false;
+    this.release(t);
+    this.transition(t, 'Stopped', 'stopped by user');
+    return t;
+  }
+
+  /** Applies a result message. Returns why it was ignored, or undefined when applied. */
+  onResult(r: Result): string | undefined {
+    const t = this.tasks.get(r.task_id);
+    if (!t) return this.ignored('unknown_task');
+    if (t.proplet_id !== r.proplet_id || (t.state !== 'Scheduled' && t.state !== 'Running')) return this.ignored('not_running_there');
+    // Propeller's proplets send no attempt: it can only be the current one.
+    if (r.attempt !== undefined && r.attempt !== t.attempt) return this.ignored('stale_attempt');
+    const status = r.status ?? (r.error ? 'failed' : 'completed');
+    if (status === 'running') {
+      if (t.state === 'Scheduled') {
+        t.started_at = this.iso();
+        this.transition(t, 'Running', undefined);
+      }
+      return undefined;
+    }
+    const at = this.iso();
+    if (status === 'refused') {
+      // The proplet cannot take it (budget, capacity): never send it there again.
+      this.endAttempt(t, 'refused', r.error);
+      (t.excluded_proplets ??= []).push(r.proplet_id);
+      this.release(t);
+      this.retryOrFail(t, `refused by ${r.proplet_id}: ${r.error ?? 'no reason given'}`);
+      return undefined;
+    }
+    if (status === 'stopped') {
+      // A stop we did not ask for (the proplet shut the task down): the task did not finish.
+      this.endAttempt(t, 'stopped', r.error);
+      this.release(t);
+      t.error = r.error ?? 'stopped by the proplet';
+      this.finish(t, 'Failed', at, r);
+      return undefined;
+    }
+    this.endAttempt(t, status, r.error);
+    this.release(t);
+    if (status === 'failed') t.error = r.error ?? 'failed';
+    this.finish(t, status === 'completed' ? 'Completed' : 'Failed', at, r);
+    return undefined;
+  }
+
+  /** A proplet failed: its tasks are placed elsewhere, or fail when out of attempts. */
+  evacuate(propletId: string, reason: string): string[] {
+    const moved: string[] = [];
+    for (const id of this.activeOn(propletId)) {
+      const t = this.tasks.get(id);
+      if (!t) continue;
+      this.endAttempt(t, 'evacuated', reason);
+      this.release(t);
+      if (this.retryOrFail(t, `proplet ${propletId} ${reason}`)) moved.push(id);
+    }
+    return moved;
+  }
+
+  /**
+   * A proplet came (back) up and said what it runs. Tasks we think run there but it
+   * does not report are placed again; tasks it runs that we moved elsewhere are stopped there.
+   */
+  reconcile(proplet: Proplet, running: TaskRef[] | undefined): void {
+    if (running === undefined) return; // Propeller's proplets do not report; trust our view.
+    const reported = new Map(running.map((r) => [r.task_id, r.attempt]));
+    for (const id of this.activeOn(proplet.id)) {
+      const t = this.tasks.get(id)!;
+      if (!reported.has(id)) {
+        this.endAttempt(t, 'evacuated', 'proplet restarted without it');
+        this.release(t);
+        this.retryOrFail(t, `proplet ${proplet.id} no longer runs it`);
+      }
+    }
+    for (const [id, attempt] of reported) {
+      const t = this.tasks.get(id);
+      const current = t && t.proplet_id === proplet.id && (attempt === undefined || attempt === t.attempt) && (t.state === 'Scheduled' || t.state === 'Running');
+      if (!current) this.o.dispatcher.stop(proplet, { id, proplet_id: proplet.id, ...(attempt !== undefined ? { attempt } : {}) });
+    }
+  }
+
+  /** Coalesces placement requests into one pass per tick. */
+  schedulePlacement(): void {
+    if (this.placeQueued) return;
+    this.placeQueued = true;
+    setImmediate(() => {
+      this.placeQueued = false;
+      this.placePending();
+    });
+  }
+
+  placePending(): void {
+    let waiting = false;
+    const view = { proplets: this.o.registry.values(), assigned: (id: string) => this.assigned(id) };
+    for (const id of this.waiting) {
+      const t = this.tasks.get(id)!;
+      view.proplets = this.o.registry.values();
+      const d = this.o.placement.place(t, view);
+      if (!d.ok) {
+        waiting = true;
+        if (t.pending_reason !== d.reason) {
+          t.pending_reason = d.reason;
+          t.updated_at = this.iso();
+          this.save(t);
+        }
+        continue;
+      }
+      this.dispatch(t, this.o.registry.get(d.propletId)!);
+    }
+    if (waiting) this.armRetry();
+  }
+
+  startTimers(): void {
+    this.schedulePlacement();
+  }
+  stopTimers(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+  }
+
+  private armRetry(): void {
+    if (this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.placePending();
+    }, this.o.retryIntervalMs ?? 1000);
+    this.retryTimer.unref();
+  }
+
+  private dispatch(t: Task, p: Proplet): void {
+    t.attempt += 1;
+    t.proplet_id = p.id;
+    delete t.pending_reason;
+    const at = this.iso();
+    t.attempts.push({ attempt: t.attempt, proplet_id: p.id, started_at: at });
+    this.addActive(p.id, t.id);
+    this.transition(t, 'Scheduled', undefined, { proplet_id: p.id, attempt: t.attempt });
+    this.o.dispatcher.start(p, this.startMessage(t, p));
+  }
+
+  startMessage(t: Task, p: Proplet): Start {
+    const msg: Start = {
+      v: 1,
+      id: t.id,
+      name: t.name,
+      proplet_id: p.id,
+      attempt: t.attempt,
+      cli_args: t.cli_args,
+      inputs: t.inputs,
+      env: t.env,
+      daemon: t.daemon,
+    };
+    if (!t.daemon) msg.timeout_ms = t.timeout_ms ?? this.defaultTimeoutMs;
+    if (t.resources.memory_bytes !== undefined) msg.memory_bytes = t.resources.memory_bytes;
+    if (t.module_digest) {
+      msg.digest = t.module_digest;
+      msg.module_size = t.module_size;
+      const bytes = this.o.store.getModule(t.module_digest);
+      if (bytes) msg.file = bytes;
+    } else if (t.image_url) {
+      msg.image_url = t.image_url;
+    }
+    return msg;
+  }
+
+  private retryOrFail(t: Task, reason: string): boolean {
+    if (t.attempt >= this.maxAttempts) {
+      t.error = `gave up after ${t.attempt} attempts; last: ${reason}`;
+      this.finish(t, 'Failed', this.iso());
+      return false;
+    }
+    t.pending_reason = `waiting to be placed again: ${reason}`;
+    delete t.proplet_id;
+    this.transition(t, 'Pending', reason);
+    this.schedulePlacement();
+    return true;
+  }
+
+  private finish(t: Task, state: TaskState, at: string, r?: Result): void {
+    t.finished_at = at;
+    t.start_requested = false;
+    if (r) {
+      t.result = { proplet_id: r.proplet_id, attempt: t.attempt, at };
+      for (const k of ['results', 'stdout', 'stderr', 'exit_code', 'error', 'duration_ms', 'fl'] as const) {
+        if (r[k] !== undefined) (t.result as unknown as Record<string, unknown>)[k] = r[k];
+      }
+    }
+    if (t.started_at || t.attempts.length) {
+      const from = Date.parse(t.attempts.at(-1)?.started_at ?? t.started_at ?? at);
+      this.o.metrics.taskDuration.observe({ state }, Math.max(0, (Date.parse(at) - from) / 1000));
+    }
+    this.transition(t, state, t.error);
+    this.schedulePlacement(); // capacity freed
+  }
+
+  private endAttempt(t: Task, outcome: NonNullable<AttemptRecord['outcome']>, error?: string): void {
+    const a = t.attempts.at(-1);
+    if (a && !a.ended_at) {
+      a.ended_at = this.iso();
+      a.outcome = outcome;
+      if (error) a.error = error;
+    }
+  }
+
+  private transition(t: Task, state: TaskState, reason: string | undefined, extra: { proplet_id?: string; attempt?: number } = {}): void {
+    const at = this.iso();
+    t.state = state;
+    t.updated_at = at;
+    t.history.push({ state, at, ...(reason ? { reason } : {}), ...extra });
+    if (t.history.length > 100) t.history.splice(1, t.history.length - 100);
+    this.save(t);
+  }
+
+  private save(t: Task): void {
+    this.tasks.set(t.id, t);
+    if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
+    else this.waiting.delete(t.id);
+    this.o.store.putTask(t);
+    this.emit('changed', t);
+  }
+
+  private attachModule(t: Task, bytes: Uint8Array): void {
+    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    this.o.store.putModule(digest, bytes);
+    t.module_digest = digest;
+    t.module_size = bytes.length;
+  }
+
+  private addActive(propletId: string, taskId: string): void {
+    let s = this.active.get(propletId);
+    if (!s) this.active.set(propletId, (s = new Set()));
+    s.add(taskId);
+  }
+
+  private release(t: Task): void {
+    if (t.proplet_id) this.active.get(t.proplet_id)?.delete(t.id);
+  }
+
+  private ignored(reason: string): string {
+    this.o.metrics.resultsIgnored.inc({ reason });
+    return reason;
+  }
+
+  private iso(): string {
+    return new Date(this.now()).toISOString();
+  }
+}

@@ -1,0 +1,222 @@
+// A Node proplet: registers over MQTT, heartbeats, takes starts and stops on
+// its own topics only, runs each task in a sandboxed worker and reports the
+// result. It knows the control plane only through the protocol.
+
+import { hostname } from 'node:os';
+import mqtt, { type MqttClient } from 'mqtt';
+import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { ModuleError, ModuleSource } from './module-source.ts';
+import { WasmRunner, type RunResult } from './runner/index.ts';
+
+export type Log = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+
+export interface NodePropletOptions {
+  id: string;
+  secret?: string;
+  url: string;
+  scope: Scope;
+  name?: string;
+  deviceType?: string;
+  propletType?: 'external' | 'k8s';
+  capabilities?: string[];
+  labels?: Record<string, string>;
+  /** Tasks run at once; also the size of the warm worker pool. */
+  maxTasks?: number;
+  /** Memory this proplet offers (registered as capacity.memory_bytes). */
+  memoryBytes?: number;
+  /** Per-task linear memory limit when the task asks for none. */
+  defaultTaskMemoryBytes?: number;
+  heartbeatMs?: number;
+  encoding?: Encoding;
+  log?: Log;
+}
+
+interface Running {
+  attempt?: number;
+  fl: boolean;
+}
+
+export class NodeProplet {
+  private client?: MqttClient;
+  private runner: WasmRunner;
+  private modules = new ModuleSource();
+  private running = new Map<string, Running>();
+  private heartbeat?: NodeJS.Timeout;
+  private readonly encoding: Encoding;
+  private readonly maxTasks: number;
+  private readonly log: Log;
+
+  constructor(private o: NodePropletOptions) {
+    this.encoding = o.encoding ?? 'json';
+    this.maxTasks = o.maxTasks ?? 4;
+    this.log = o.log ?? (() => {});
+    this.runner = new WasmRunner({ poolSize: Math.min(this.maxTasks, 4), maxConcurrent: this.maxTasks });
+  }
+
+  get id(): string {
+    return this.o.id;
+  }
+  get connected(): boolean {
+    return this.client?.connected ?? false;
+  }
+  get runningTasks(): number {
+    return this.running.size;
+  }
+
+  async start(): Promise<void> {
+    const { scope, id } = this.o;
+    const client = mqtt.connect(this.o.url, {
+      protocolVersion: 4,
+      clientId: `proplet-${id}`,
+      username: id,
+      password: this.o.secret,
+      clean: true,
+      keepalive: 30,
+      reconnectPeriod: 1000,
+      will: { topic: topic(scope, 'proplet.alive'), payload: encode('proplet.alive', { proplet_id: id, status: 'offline' }, this.encoding), qos: 1, retain: false },
+    });
+    this.client = client;
+    client.on('message', (t, payload) => this.onMessage(t, payload));
+    client.on('error', (e) => this.log('warn', 'mqtt error', { error: e.message }));
+    client.on('connect', () => {
+      // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
+      (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      client.subscribe(propletSubscriptions(scope, id), { qos: 1 }, (err) => {
+        if (err) this.log('error', 'subscribe failed', { error: err.message });
+        this.register();
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      const onErr = (e: Error) => {
+        client.end(true);
+        reject(new Error(`proplet ${id} cannot connect to ${this.o.url}: ${e.message}`));
+      };
+      client.once('connect', () => {
+        client.off('error', onErr);
+        resolve();
+      });
+      client.once('error', onErr);
+    });
+    this.heartbeat = setInterval(() => this.sendAlive(), this.o.heartbeatMs ?? 10_000);
+    this.heartbeat.unref();
+  }
+
+  /** Stops heartbeats and tasks, and disconnects cleanly (no last will). */
+  async close(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.client?.endAsync();
+    await this.runner.close();
+  }
+
+  /** Drops the connection as a crash would: the broker publishes the last will. Tests use it. */
+  destroy(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    // Destroy the socket before end(): end() would otherwise send DISCONNECT, which cancels the will.
+    (this.client as unknown as { stream?: { destroy(): void } })?.stream?.destroy();
+    this.client?.end(true);
+    void this.runner.close();
+  }
+
+  private runningRefs() {
+    return [...this.running].map(([task_id, r]) => ({ task_id, ...(r.attempt !== undefined ? { attempt: r.attempt } : {}) }));
+  }
+
+  private register(): void {
+    const memory = this.o.memoryBytes;
+    this.send('proplet.create', {
+      v: 1,
+      proplet_id: this.o.id,
+      name: this.o.name ?? `${hostname()}-${this.o.id}`,
+      device_type: this.o.deviceType ?? 'node',
+      proplet_type: this.o.propletType ?? 'external',
+      capabilities: this.o.capabilities ?? ['wasm', 'wasi'],
+      labels: this.o.labels ?? {},
+      capacity: { max_tasks: this.maxTasks, ...(memory !== undefined ? { memory_bytes: memory } : {}) },
+      wasm_runtime: `node-${process.versions.v8}`,
+      encoding: this.encoding,
+      addressing: 'direct',
+      running: this.runningRefs(),
+    });
+    this.sendAlive();
+  }
+
+  private sendAlive(): void {
+    if (!this.client?.connected) return;
+    this.send('proplet.alive', {
+      v: 1,
+      proplet_id: this.o.id,
+      status: 'alive',
+      running_tasks: this.running.size,
+      memory_used: process.memoryUsage().rss,
+      running: this.runningRefs(),
+    });
+  }
+
+  private send<K extends 'proplet.create' | 'proplet.alive' | 'proplet.results'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
+    this.client?.publish(topic(this.o.scope, kind), encode(kind, msg, this.encoding), { qos: 1 });
+  }
+
+  private onMessage(t: string, payload: Buffer): void {
+    const parsed = parseTopic(t);
+    try {
+      if (parsed?.kind === 'manager.start') this.onStart(decode('manager.start', payload).msg);
+      else if (parsed?.kind === 'manager.stop') this.onStop(decode('manager.stop', payload).msg);
+    } catch (e) {
+      const reason = e instanceof ProtocolError ? e.message : (e as Error).stack;
+      this.log('warn', 'message dropped', { topic: t, reason });
+    }
+  }
+
+  private onStop(msg: Stop): void {
+    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
+    if (!this.runner.cancel(msg.id) && this.running.has(msg.id)) {
+      // stopped while its module was still loading: the run checks this flag
+      this.running.delete(msg.id);
+    }
+  }
+
+  private onStart(msg: Start): void {
+    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
+    if (this.running.has(msg.id)) return; // a redelivered start (QoS 1): already on it
+    const fl = msg.env?.ROUND_ID !== undefined;
+    const base = { proplet_id: this.o.id, task_id: msg.id, ...(msg.attempt !== undefined ? { attempt: msg.attempt } : {}) };
+    if (this.running.size >= this.maxTasks) {
+      this.send('proplet.results', { ...base, status: 'refused', error: `at capacity: ${this.running.size}/${this.maxTasks} tasks running` });
+      return;
+    }
+    this.running.set(msg.id, { attempt: msg.attempt, fl });
+    void this.execute(msg, base, fl);
+  }
+
+  private async execute(msg: Start, base: Pick<Result, 'proplet_id' | 'task_id' | 'attempt'>, fl: boolean): Promise<void> {
+    let res: RunResult;
+    try {
+      const loaded = await this.modules.load(msg);
+      if (!this.running.has(msg.id)) return; // stopped meanwhile
+      this.send('proplet.results', { ...base, status: 'running' });
+      res = await this.runner.run({
+        taskId: msg.id,
+        module: loaded.bytes,
+        name: msg.name ?? '',
+        args: [msg.name ?? 'main', ...(msg.cli_args ?? [])],
+        env: msg.env ?? {},
+        inputs: (msg.inputs ?? []) as (number | bigint | string)[],
+        timeoutMs: msg.daemon ? 0 : msg.timeout_ms ?? 60_000,
+        maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
+      });
+    } catch (e) {
+      const error = e instanceof ModuleError ? e.message : `internal error: ${(e as Error).message}`;
+      res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
+    }
+    this.running.delete(msg.id);
+    const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
+    const result: Result = { ...base, status, stdout: res.stdout, stderr: res.stderr, duration_ms: res.durationMs };
+    if (res.returnValue !== undefined) result.results = res.returnValue;
+    if (res.exitCode !== null) result.exit_code = res.exitCode;
+    if (res.error) result.error = res.error;
+    if (fl) result.fl = true;
+    this.send('proplet.results', result);
+    this.sendAlive();
+  }
+}

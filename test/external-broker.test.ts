@@ -1,0 +1,76 @@
+// The control plane on an external broker: Debian's Mosquitto, started by this
+// test on a free loopback port. Nothing but the URL changes.
+
+import test from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ControlPlaneClient } from '../control-plane/client.ts';
+import { ControlPlane } from '../control-plane/index.ts';
+import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
+import { NodeProplet } from '../proplet-node/proplet.ts';
+import { freePort, hasCommand, scope, until } from './helpers/stack.ts';
+
+const MOSQUITTO = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : hasCommand('mosquitto') ? 'mosquitto' : undefined;
+let broker: ChildProcess | undefined;
+let dir: string;
+let url: string;
+
+test.before(async () => {
+  if (!MOSQUITTO) return;
+  await buildExamples();
+  dir = mkdtempSync(join(tmpdir(), 'propeller-mosquitto-'));
+  const port = await freePort();
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n`);
+  broker = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  url = `mqtt://127.0.0.1:${port}`;
+  // wait until it accepts connections
+  let stderr = '';
+  broker.stderr!.on('data', (d) => (stderr += d));
+  const accepts = () =>
+    new Promise<boolean>((resolve) => {
+      const c = connect(port, '127.0.0.1', () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.on('error', () => resolve(false));
+    });
+  await until(accepts, `mosquitto on ${port} (${stderr})`);
+});
+
+test.after.always(async () => {
+  if (broker && broker.exitCode === null) {
+    broker.kill('SIGTERM');
+    await once(broker, 'exit');
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test('tasks run with Mosquitto as the broker', async (t) => {
+  if (!MOSQUITTO) {
+    if (process.env.PROPELLER_SKIP_MOSQUITTO === '1') return t.pass('mosquitto not installed; skipped on request');
+    return t.fail('mosquitto not found: install the mosquitto package (.ci/run does)');
+  }
+  const cp = new ControlPlane({ scope, mqtt: { url, clientId: 'cp-ext' }, http: { port: 0 }, health: { checkIntervalMs: 100, offlineThresholdMs: 5000, failureThresholdMs: 10000 } });
+  const port = await cp.start();
+  const p = new NodeProplet({ id: 'ext-1', url, scope, heartbeatMs: 500 });
+  await p.start();
+  try {
+    await until(() => cp.registry.get('ext-1')?.state === 'alive', 'proplet registered through mosquitto');
+    const api = new ControlPlaneClient(`http://127.0.0.1:${port}`);
+    const task = await api.createTask({ name: 'add', file: readFileSync(join(EXAMPLES_BUILD_DIR, 'add.wasm')).toString('base64'), inputs: [7, 8] });
+    await api.startTask(task.id);
+    const done = await api.getTask(task.id, 10_000);
+    t.is(done.state, 'Completed', done.error);
+    t.is(done.result?.results, 15);
+    // credentials live in the external broker, not here
+    await t.throwsAsync(api.addProplet('x'), { message: /managed by the external broker/ });
+  } finally {
+    await p.close();
+    await cp.close();
+  }
+});

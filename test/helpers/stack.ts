@@ -1,0 +1,102 @@
+// A whole system in one test process: the embedded broker and the control plane
+// on free loopback ports, node proplets connected over real TCP.
+
+import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type AddressInfo } from 'node:net';
+import mqtt, { type MqttClient } from 'mqtt';
+import { CredentialStore, EmbeddedBroker } from '../../broker/index.ts';
+import { ControlPlaneClient } from '../../control-plane/client.ts';
+import type { HealthConfig } from '../../control-plane/config.ts';
+import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/index.ts';
+import { NodeProplet, type NodePropletOptions } from '../../proplet-node/proplet.ts';
+import { scope as mkScope } from '../../topics/index.ts';
+
+export const scope = mkScope('propeller', 'control');
+
+export interface Stack {
+  broker: EmbeddedBroker;
+  cp: ControlPlane;
+  api: ControlPlaneClient;
+  apiUrl: string;
+  creds: CredentialStore;
+  proplets: NodeProplet[];
+  addProplet(id: string, o?: Partial<NodePropletOptions>): Promise<NodeProplet>;
+  /** An mqtt.js client with fresh credentials of the given role. */
+  client(id: string, role?: 'proplet' | 'manager' | 'debug', o?: mqtt.IClientOptions): Promise<MqttClient>;
+  close(): Promise<void>;
+}
+
+export async function startStack(
+  o: { proplets?: number; health?: Partial<HealthConfig>; cp?: Partial<ControlPlaneOptions>; proplet?: Partial<NodePropletOptions> } = {},
+): Promise<Stack> {
+  const creds = new CredentialStore();
+  const broker = await EmbeddedBroker.start({ scope, credentials: creds, port: 0, log: () => {} });
+  const cp = new ControlPlane({
+    scope,
+    mqtt: { url: broker.url, username: 'propeller-manager', password: creds.issue('propeller-manager', 'manager'), clientId: `cp-${Math.random()}` },
+    http: { port: 0 },
+    health: { checkIntervalMs: 100, offlineThresholdMs: 5_000, failureThresholdMs: 10_000, ...o.health },
+    credentials: { issue: (id) => creds.issue(id, 'proplet'), revoke: (id) => void creds.delete(id) },
+    ...o.cp,
+  });
+  const port = await cp.start();
+  const apiUrl = `http://127.0.0.1:${port}`;
+  const proplets: NodeProplet[] = [];
+  const clients: MqttClient[] = [];
+  const stack: Stack = {
+    broker,
+    cp,
+    apiUrl,
+    api: new ControlPlaneClient(apiUrl),
+    creds,
+    proplets,
+    async addProplet(id, po = {}) {
+      const p = new NodeProplet({ id, secret: creds.issue(id, 'proplet'), url: broker.url, scope, heartbeatMs: 1000, maxTasks: 4, ...o.proplet, ...po });
+      await p.start();
+      proplets.push(p);
+      await until(() => cp.registry.get(id)?.state === 'alive', `proplet ${id} registered`);
+      return p;
+    },
+    async client(id, role = 'proplet', co = {}) {
+      const c = await mqtt.connectAsync(broker.url, { protocolVersion: 4, username: id, password: creds.issue(id, role), reconnectPeriod: 0, ...co });
+      clients.push(c);
+      return c;
+    },
+    async close() {
+      await Promise.all(clients.map((c) => c.endAsync(true)));
+      await Promise.all(proplets.map((p) => p.close().catch(() => {})));
+      await cp.close();
+      await broker.close();
+    },
+  };
+  for (let i = 1; i <= (o.proplets ?? 0); i++) await stack.addProplet(`p${i}`);
+  return stack;
+}
+
+/** Polls until `cond` holds; fails with `what` after `ms`. */
+export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A loopback port that was free a moment ago (and refuses connections until someone binds it). */
+export async function freePort(): Promise<number> {
+  const srv = createServer().listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const { port } = srv.address() as AddressInfo;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+export function hasCommand(cmd: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,58 @@
+// Liveness: last will marks a proplet offline at once; silence marks it
+// offline after the threshold and failed after the longer one.
+
+import test from 'ava';
+import { encode } from '../protocol/index.ts';
+import { topic } from '../topics/index.ts';
+import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+
+let s: Stack;
+test.before(async () => {
+  s = await startStack({ health: { checkIntervalMs: 50, offlineThresholdMs: 400, failureThresholdMs: 900 } });
+});
+test.after.always(async () => {
+  await s?.close();
+});
+
+test('a proplet whose socket is destroyed is offline at once (last will)', async (t) => {
+  const p = await s.addProplet('lwt-1', { heartbeatMs: 100 });
+  const t0 = Date.now();
+  p.destroy();
+  await until(() => s.cp.registry.get('lwt-1')!.state !== 'alive', 'offline', 2000);
+  const took = Date.now() - t0;
+  t.is(s.cp.registry.get('lwt-1')!.state, 'offline');
+  // well under the 400 ms heartbeat threshold: it was the will, not the sweep
+  t.true(took < 350, `took ${took} ms`);
+});
+
+test('a proplet that stops heartbeating goes offline after the threshold, then failed', async (t) => {
+  const c = await s.client('quiet-1');
+  await c.publishAsync(topic(scope, 'proplet.create'), encode('proplet.create', { proplet_id: 'quiet-1' }, 'json'), { qos: 1 });
+  await until(() => s.cp.registry.get('quiet-1')?.state === 'alive', 'registered');
+  const t0 = Date.now();
+  await until(() => s.cp.registry.get('quiet-1')!.state === 'offline', 'offline', 2000);
+  const offlineAfter = Date.now() - t0;
+  await until(() => s.cp.registry.get('quiet-1')!.state === 'failed', 'failed', 3000);
+  const failedAfter = Date.now() - t0;
+  t.true(offlineAfter >= 300 && offlineAfter < 900, `offline after ${offlineAfter} ms`);
+  t.true(failedAfter >= 800, `failed after ${failedAfter} ms`);
+  // a heartbeat brings it back
+  await c.publishAsync(topic(scope, 'proplet.alive'), encode('proplet.alive', { proplet_id: 'quiet-1', status: 'alive' }, 'cbor'), { qos: 1 });
+  await until(() => s.cp.registry.get('quiet-1')!.state === 'alive', 'alive again');
+  t.true(s.cp.registry.get('quiet-1')!.alive_history.length >= 2);
+});
+
+test('heartbeats from unknown proplets and malformed payloads are dropped and counted', async (t) => {
+  const c = await s.client('stranger');
+  await c.publishAsync(topic(scope, 'proplet.alive'), encode('proplet.alive', { proplet_id: 'stranger' }, 'json'), { qos: 1 });
+  // the broker already refuses malformed payloads from proplets; the manager account is trusted by
+  // the broker, so its garbage reaches the control plane's own validation
+  const m = await s.client('mgr-liveness', 'manager');
+  await m.publishAsync(topic(scope, 'proplet.create', 'stranger'), Buffer.from('{"proplet_id": 12'), { qos: 1 });
+  await m.publishAsync(topic(scope, 'proplet.create', 'stranger'), Buffer.from([0xa1, 0x01]), { qos: 1 });
+  await until(async () => {
+    const m = await s.cp.metrics.registry.getSingleMetricAsString('propeller_messages_rejected_total');
+    return /reason="unknown_proplet"/.test(m) && /reason="malformed"/.test(m);
+  }, 'rejections counted');
+  t.is(s.cp.registry.get('stranger'), undefined);
+});

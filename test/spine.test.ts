@@ -1,0 +1,127 @@
+// End to end over real TCP: broker, control plane, HTTP API and node proplets.
+
+import test from 'ava';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
+import { decode, encode } from '../protocol/index.ts';
+import { topic } from '../topics/index.ts';
+import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+
+let s: Stack;
+const wasm = (name: string) => readFileSync(join(EXAMPLES_BUILD_DIR, `${name}.wasm`)).toString('base64');
+
+test.before(async () => {
+  await buildExamples();
+  s = await startStack({ proplets: 2 });
+});
+test.after.always(async () => {
+  await s?.close();
+});
+
+async function run(spec: Parameters<Stack['api']['createTask']>[0]) {
+  const t = await s.api.createTask(spec);
+  await s.api.startTask(t.id);
+  for (let i = 0; i < 100; i++) {
+    const x = await s.api.getTask(t.id, 5000);
+    if (['Completed', 'Failed', 'Stopped'].includes(x.state)) return x;
+  }
+  throw new Error('task did not finish');
+}
+
+test('a WASI module runs through the HTTP API and its output comes back', async (t) => {
+  const task = await run({ name: 'hello', file: wasm('hello'), cli_args: ['a1'], env: { GREETING: 'hi there' } });
+  t.is(task.state, 'Completed', task.error);
+  t.regex(task.result!.stdout!, /Hello from WebAssembly!/);
+  t.regex(task.result!.stdout!, /a1/);
+  t.regex(task.result!.stdout!, /hi there/);
+  t.is(task.result!.exit_code, 0);
+  t.deepEqual(
+    task.history.map((h) => h.state),
+    ['Pending', 'Pending', 'Scheduled', 'Running', 'Completed'].filter((x, i) => i !== 1 || task.history[1]!.state === 'Pending'),
+  );
+  for (const h of task.history) t.false(Number.isNaN(Date.parse(h.at)));
+});
+
+test('a core module export is called with inputs and its value returned', async (t) => {
+  const add = await run({ name: 'add', file: wasm('add'), inputs: [2, 3] });
+  t.is(add.state, 'Completed', add.error);
+  t.is(add.result!.results, 5);
+  const fib = await run({ name: 'fib', file: wasm('add'), inputs: [90] });
+  t.is(String(fib.result!.results), '2880067194370816120');
+  const r = await s.api.results(add.id);
+  t.is(r.results, 5);
+  t.is(r.state, 'Completed');
+});
+
+test('a pinned task runs on its proplet', async (t) => {
+  for (const id of ['p1', 'p2', 'p2']) {
+    const task = await run({ name: 'add', file: wasm('add'), inputs: [1, 1], proplet_id: id });
+    t.is(task.result!.proplet_id, id);
+    t.is(task.proplet_id, id);
+  }
+});
+
+test('round robin spreads tasks over both proplets', async (t) => {
+  const tasks = await Promise.all(Array.from({ length: 6 }, () => run({ name: 'add', file: wasm('add'), inputs: [1, 2] })));
+  const on = new Set(tasks.map((x) => x.proplet_id));
+  t.deepEqual([...on].sort(), ['p1', 'p2']);
+});
+
+test('trap, time limit and memory limit end Failed with a clear reason; the proplet stays healthy', async (t) => {
+  const trap = await run({ name: 'trap', file: wasm('trap'), proplet_id: 'p1' });
+  t.is(trap.state, 'Failed');
+  t.regex(trap.error!, /trap/i);
+  const loop = await run({ name: 'loop', file: wasm('loop'), proplet_id: 'p1', timeout_ms: 300 });
+  t.is(loop.state, 'Failed');
+  t.regex(loop.error!, /time limit of 300 ms/);
+  const grow = await run({ name: 'grow', file: wasm('grow'), proplet_id: 'p1', resources: { memory: '2Mi' } });
+  t.is(grow.state, 'Failed');
+  t.regex(grow.error!, /memory limit/);
+  const after = await run({ name: 'hello', file: wasm('hello'), proplet_id: 'p1' });
+  t.is(after.state, 'Completed');
+  t.is(s.cp.registry.get('p1')!.state, 'alive');
+});
+
+test('stop kills a running daemon task', async (t) => {
+  const d = await s.api.createTask({ name: 'daemon', file: wasm('daemon'), daemon: true, proplet_id: 'p2' });
+  await s.api.startTask(d.id);
+  await until(async () => (await s.api.getTask(d.id)).state === 'Running', 'daemon running');
+  await s.api.stopTask(d.id);
+  t.is((await s.api.getTask(d.id)).state, 'Stopped');
+  await until(() => s.proplets.find((p) => p.id === 'p2')!.runningTasks === 0, 'daemon killed on the proplet');
+});
+
+test('a start published over MQTT reaches only its proplet, and results come back over MQTT', async (t) => {
+  const manager = await s.client('mgr-test', 'manager');
+  const results: unknown[] = [];
+  await manager.subscribeAsync(topic(scope, 'proplet.results'), { qos: 1 });
+  manager.on('message', (_t, payload) => results.push(decode('proplet.results', payload).msg));
+  // a raw direct-addressed peer listening on its own topic must not see p1's start
+  const other = await s.client('bystander');
+  const seen: string[] = [];
+  await other.subscribeAsync(topic(scope, 'manager.start', 'bystander'), { qos: 1 });
+  other.on('message', (tp) => seen.push(tp));
+  const id = '11111111-2222-4333-8444-555555555555';
+  await manager.publishAsync(
+    topic(scope, 'manager.start', 'p1'),
+    encode('manager.start', { id, name: 'add', proplet_id: 'p1', file: Buffer.from(wasm('add'), 'base64'), inputs: [20, 22] }, 'json'),
+    { qos: 1 },
+  );
+  await until(() => results.some((r) => (r as { task_id: string; status: string }).task_id === id && (r as { status: string }).status === 'completed'), 'result over MQTT');
+  const done = results.find((r) => (r as { task_id: string; status: string }).task_id === id && (r as { status: string }).status === 'completed') as { results: number; proplet_id: string };
+  t.is(done.results, 42);
+  t.is(done.proplet_id, 'p1');
+  t.deepEqual(seen, []);
+  // the control plane never started this task, so it counts the result as ignored
+  const metrics = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  t.regex(metrics, /propeller_results_ignored_total\{reason="unknown_task"\} [1-9]/);
+});
+
+test('metrics carry the seed names', async (t) => {
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  for (const name of ['propeller_proplets_total', 'propeller_tasks_total', 'propeller_task_duration_seconds', 'propeller_proplet_health_status']) {
+    t.regex(text, new RegExp(`^# TYPE ${name} `, "m"), name);
+  }
+  t.regex(text, /propeller_proplet_health_status\{proplet_id="p1",device_type="node"\} 1/);
+});
