@@ -87,9 +87,8 @@ ${apiHelp}
     const bytes = readWasm(file);
     const c = client(v);
     const name = str(v.name) ?? basename(file).replace(/\.wasm$/, '');
-    const task = await c.createTask({ ...spec(v, name, rest), file: bytes.toString('base64') });
-    await c.startTask(task.id);
     const deadline = Date.now() + int('wait', v.wait, 60) * 1000;
+    const task = await c.createTask({ ...spec(v, name, rest), file: bytes.toString('base64') }, { start: true, waitMs: Math.min(deadline - Date.now(), 30_000) });
     let t: Task = task;
     while (!['Completed', 'Failed', 'Stopped'].includes(t.state)) {
       const left = deadline - Date.now();

@@ -79,8 +79,10 @@ export class ControlPlaneClient {
     return json as T;
   }
 
-  createTask(spec: TaskSpec) {
-    return this.request<Task>('POST', '/tasks', spec);
+  /** With `start`, the task starts at once; with `waitMs` too, the answer comes when it has finished. */
+  createTask(spec: TaskSpec, opts: { start?: boolean; waitMs?: number } = {}) {
+    const q = opts.start ? `?start=true${opts.waitMs ? `&wait=${opts.waitMs}ms` : ''}` : '';
+    return this.request<Task>('POST', `/tasks${q}`, spec);
   }
   getTask(id: string, waitMs?: number) {
     return this.request<Task>('GET', `/tasks/${encodeURIComponent(id)}${waitMs ? `?wait=${waitMs}ms` : ''}`);

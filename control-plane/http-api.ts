@@ -95,9 +95,18 @@ export class HttpApi {
   private defineRoutes(): void {
     const { tasks, registry } = this.o;
     this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.list().length, ...this.o.health?.() }));
-    this.route('POST', '/tasks', async (req) => {
+    // ?start=true starts it at once and ?wait=DURATION answers when it has finished: one round trip for a run.
+    this.route('POST', '/tasks', async (req, url) => {
       const input = parseTaskInput(await this.json(req)) as TaskInput;
-      return tasks.create(input);
+      const start = url.searchParams.get('start');
+      if (start !== null && start !== 'true' && start !== 'false') throw new HttpError(400, 'start: must be true or false', 'start');
+      const wait = url.searchParams.get('wait');
+      const t = tasks.create(input);
+      if (start === 'true') {
+        tasks.start(t.id);
+        if (wait) await this.waitTerminal(t.id, wait);
+      }
+      return tasks.require(t.id);
     }, 201);
     this.route('GET', '/tasks', (_req, url) => {
       const state = url.searchParams.get('state');

@@ -51,7 +51,8 @@ export class NodeProplet {
     this.encoding = o.encoding ?? 'json';
     this.maxTasks = o.maxTasks ?? 4;
     this.log = o.log ?? (() => {});
-    this.runner = new WasmRunner({ poolSize: Math.min(this.maxTasks, 4), maxConcurrent: this.maxTasks });
+    // A warm worker per task slot: a cold worker costs ~40 ms, far more than a small task.
+    this.runner = new WasmRunner({ poolSize: this.maxTasks, maxConcurrent: this.maxTasks });
   }
 
   get id(): string {
@@ -148,7 +149,7 @@ export class NodeProplet {
       proplet_id: this.o.id,
       status: 'alive',
       running_tasks: this.running.size,
-      memory_used: process.memoryUsage().rss,
+      memory_used: process.memoryUsage.rss(),
       running: this.runningRefs(),
     });
   }
@@ -217,6 +218,5 @@ export class NodeProplet {
     if (res.error) result.error = res.error;
     if (fl) result.fl = true;
     this.send('proplet.results', result);
-    this.sendAlive();
   }
 }

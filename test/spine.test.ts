@@ -1,7 +1,10 @@
 // End to end over real TCP: broker, control plane, HTTP API and node proplets.
 
 import test from 'ava';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { decode, encode } from '../protocol/index.ts';
@@ -52,6 +55,26 @@ test('a core module export is called with inputs and its value returned', async 
   const r = await s.api.results(add.id);
   t.is(r.results, 5);
   t.is(r.state, 'Completed');
+});
+
+test('a module is fetched from an http image_url; a missing one fails with the reason', async (t) => {
+  const bytes = Buffer.from(wasm('add'), 'base64');
+  const srv = createServer((req, res) => {
+    if (req.url === '/add.wasm') res.writeHead(200, { 'content-type': 'application/wasm' }).end(bytes);
+    else res.writeHead(404).end();
+  }).listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const base = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+  try {
+    const ok = await run({ name: 'add', image_url: `${base}/add.wasm`, inputs: [4, 5] });
+    t.is(ok.state, 'Completed', ok.error);
+    t.is(ok.result!.results, 9);
+    const missing = await run({ name: 'add', image_url: `${base}/nope.wasm` });
+    t.is(missing.state, 'Failed');
+    t.regex(missing.error!, /cannot fetch .*nope.wasm: HTTP 404/);
+  } finally {
+    srv.close();
+  }
 });
 
 test('a pinned task runs on its proplet', async (t) => {
