@@ -56,6 +56,12 @@ export interface BrokerOptions {
   maxPacketSize?: number;
   /** Largest packet from the manager account. Default 32 MiB + 64 KiB (a start with a 16 MiB inline module). */
   managerMaxPacketSize?: number;
+  /**
+   * Refuse every account but the manager (CONNACK 3, server unavailable: clients
+   * retry) until `admitAll()`. Lets the control plane subscribe after a restart
+   * before proplets reconnect and publish results nobody would receive.
+   */
+  managerFirst?: boolean;
   /** How long a connection may stay without a CONNECT, in ms. Default 30000. */
   connectTimeout?: number;
   /** Accept clients without username and password, as the read-only debug role. Default false. */
@@ -183,6 +189,7 @@ export class EmbeddedBroker {
   private readonly maxPacket: number;
   private readonly managerMaxPacket: number;
   private readonly allowAnonymous: boolean;
+  private holding: boolean;
 
   private constructor(opts: BrokerOptions, aedes: Aedes, sizes: { max: number; manager: number }) {
     this.aedes = aedes;
@@ -200,6 +207,7 @@ export class EmbeddedBroker {
     this.maxPacket = sizes.max;
     this.managerMaxPacket = sizes.manager;
     this.allowAnonymous = opts.allowAnonymous === true;
+    this.holding = opts.managerFirst === true;
     if (opts.registry) {
       this.dropCounter = metric(opts.registry, 'propeller_mqtt_dropped_total', 'MQTT packets dropped by the embedded broker, by reason', ['reason']) as Counter<'reason'>;
       this.authCounter = metric(opts.registry, 'propeller_mqtt_auth_failures_total', 'MQTT CONNECTs refused by the embedded broker', []);
@@ -294,6 +302,11 @@ export class EmbeddedBroker {
   }
 
   /** Authenticated connections currently open. */
+  /** Ends `managerFirst`: every account may connect from now on. */
+  admitAll(): void {
+    this.holding = false;
+  }
+
   get connectedClients(): number {
     return this.live.size;
   }
@@ -412,6 +425,10 @@ export class EmbeddedBroker {
       cb(authError(`connect refused: ${reason}`, code), null);
     };
     const accept = (id: string, role: Role, hash: string, anonymous: boolean): void => {
+      if (this.holding && role !== 'manager') {
+        this.log('info', 'mqtt connect deferred: the control plane is not connected yet', { username: clip(username) });
+        return cb(authError('connect refused: server starting', 3), null);
+      }
       const will = client[WILL];
       delete client[WILL];
       if (will) {

@@ -1,10 +1,11 @@
 // `propeller serve`: the embedded broker (unless an external one is named),
 // the control plane with its HTTP API, and optionally local node proplets.
 
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CredentialStore, EmbeddedBroker, generateSecret, parseCredentials } from '../broker/index.ts';
-import { ConfigError, ControlPlane, healthFromEnv } from '../control-plane/index.ts';
+import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
+import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
+import { SqliteStore } from '../control-plane/sqlite-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
@@ -64,6 +65,7 @@ ${scopeHelp}
       if (e instanceof ConfigError) throw new UsageError(e.message);
       throw e;
     }
+    const store = new SqliteStore(join(dataDir, 'state.db'));
     const external = str(v.broker) ?? env.MQTT_BROKER;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
@@ -71,7 +73,7 @@ ${scopeHelp}
     if (external) {
       mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD };
     } else {
-      creds = openCredentials(join(dataDir, 'credentials.json'), str(v.credentials));
+      creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
       if (v['debug-account']) {
         const secret = creds.issue('debug', 'debug');
@@ -83,6 +85,7 @@ ${scopeHelp}
       broker = await EmbeddedBroker.start({
         scope: sc,
         credentials: creds,
+        managerFirst: true,
         host,
         port: int('mqtt-port', v['mqtt-port'] ?? env.PROPELLER_MQTT_PORT, 1883),
         ...(v['ws-port'] ? { ws: { host, port: int('ws-port', v['ws-port'], 0) } } : {}),
@@ -97,6 +100,7 @@ ${scopeHelp}
       mqtt,
       http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN },
       health,
+      store,
       log,
       defaultMetrics: true,
       ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {
@@ -107,6 +111,7 @@ ${scopeHelp}
         } : {}),
     });
     const port = await cp.start();
+    broker?.admitAll();
     const proplets: NodeProplet[] = [];
     const n = int('local-proplets', v['local-proplets'], 0);
     for (let i = 1; i <= n; i++) {
@@ -147,28 +152,25 @@ function readText(path: string): string {
 }
 
 /**
- * Accounts issued by the control plane are kept in the data dir (hashes only),
- * rewritten atomically on every change. Accounts from --credentials stay in
- * their own file, which is their source of truth.
+ * Accounts issued by the control plane live in the durable store (hashes
+ * only). Accounts from --credentials stay in their own file, which is their
+ * source of truth.
  */
-function openCredentials(path: string, file: string | undefined): CredentialStore {
+function openCredentials(store: Store, file: string | undefined): CredentialStore {
   const fromFile = new Set<string>();
-  const store: CredentialStore = new CredentialStore({
-    onChange: () => {
-      const tmp = `${path}.tmp`;
-      writeFileSync(tmp, JSON.stringify(store.list().filter((r) => !fromFile.has(r.id)), null, 1), { mode: 0o600 });
-      chmodSync(tmp, 0o600);
-      renameSync(tmp, path);
+  const creds = new CredentialStore({
+    onChange: (c) => {
+      if (fromFile.has(c.id)) return;
+      if ('deleted' in c) store.credentials.delete(c.id);
+      else store.credentials.put(c.id, { id: c.id, role: c.role, hash: c.hash });
     },
   });
-  if (existsSync(path)) {
-    for (const rec of parseCredentials(readText(path), path)) store.set(rec, { notify: false });
-  }
+  for (const rec of store.credentials.list()) creds.set(rec, { notify: false });
   if (file) {
     for (const rec of parseCredentials(readText(file), file)) {
-      store.set(rec, { notify: false });
+      creds.set(rec, { notify: false });
       fromFile.add(rec.id);
     }
   }
-  return store;
+  return creds;
 }

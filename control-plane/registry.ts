@@ -32,7 +32,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     // After a restart every proplet gets a fresh grace period: we did not see
     // it while we were down, which is not its fault.
     const at = new Date(this.now()).toISOString();
-    for (const p of store.listProplets()) {
+    for (const p of store.proplets.list()) {
       p.last_seen = at;
       this.proplets.set(p.id, p);
     }
@@ -76,7 +76,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (p.wasm_runtime === undefined) delete p.wasm_runtime;
     if (p.memory_used === undefined) delete p.memory_used;
     this.proplets.set(p.id, p);
-    this.store.putProplet(p);
+    this.store.proplets.put(p.id, p);
     if (prev && prev.state !== 'alive') this.emit('state', p, prev.state, 're-registered');
     this.emit('up', p, msg.running);
     return p;
@@ -102,7 +102,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       const from = p.state;
       p.state = 'alive';
       p.state_since = at;
-      this.store.putProplet(p);
+      this.store.proplets.put(p.id, p);
       this.emit('state', p, from, 'heartbeat');
       this.emit('up', p, msg.running);
     } else if (loadChanged) {
@@ -118,7 +118,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   remove(id: string): boolean {
     const had = this.proplets.delete(id);
-    this.store.deleteProplet(id);
+    this.store.proplets.delete(id);
     return had;
   }
 
@@ -151,7 +151,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     const from = p.state;
     p.state = to;
     p.state_since = new Date(this.now()).toISOString();
-    this.store.putProplet(p);
+    this.store.proplets.put(p.id, p);
     this.emit('state', p, from, reason);
   }
 }

@@ -1,63 +1,68 @@
 // State behind one interface, so the same control plane runs on memory (tests)
-// or on a durable embedded store. Every put is one atomic write of one record.
+// or on the durable embedded store (sqlite-store.ts). Every put is one atomic
+// write of one record; `atomically` groups several into one.
 
-import type { Proplet, Task } from './model.ts';
+import type { Proplet, PropletGroup, Task } from './model.ts';
+
+export interface Collection<T> {
+  get(id: string): T | undefined;
+  put(id: string, value: T): void;
+  delete(id: string): boolean;
+  list(): T[];
+}
+
+/** An account of the embedded broker, as kept by the control plane (hash only). */
+export interface StoredCredential {
+  id: string;
+  role: 'proplet' | 'manager' | 'debug';
+  hash: string;
+}
 
 export interface Store {
-  getTask(id: string): Task | undefined;
-  putTask(task: Task): void;
-  deleteTask(id: string): boolean;
-  listTasks(): Task[];
-
-  getProplet(id: string): Proplet | undefined;
-  putProplet(p: Proplet): void;
-  deleteProplet(id: string): boolean;
-  listProplets(): Proplet[];
-
+  readonly tasks: Collection<Task>;
+  readonly proplets: Collection<Proplet>;
+  readonly groups: Collection<PropletGroup>;
+  readonly credentials: Collection<StoredCredential>;
   /** Content-addressed modules: key is 'sha256:<hex>'. */
   putModule(digest: string, bytes: Uint8Array): void;
   getModule(digest: string): Uint8Array | undefined;
-
+  /** Runs fn so that all its writes land together or not at all. */
+  atomically<R>(fn: () => R): R;
   close(): void;
 }
 
-/** Keeps everything in maps; copies on the way in and out so callers cannot mutate stored state by accident. */
-export class MemoryStore implements Store {
-  private tasks = new Map<string, Task>();
-  private proplets = new Map<string, Proplet>();
-  private modules = new Map<string, Uint8Array>();
+/** Copies on the way in and out, so callers cannot change stored state by accident. */
+class MemoryCollection<T> implements Collection<T> {
+  private m = new Map<string, T>();
+  get(id: string) {
+    const v = this.m.get(id);
+    return v === undefined ? undefined : structuredClone(v);
+  }
+  put(id: string, v: T) {
+    this.m.set(id, structuredClone(v));
+  }
+  delete(id: string) {
+    return this.m.delete(id);
+  }
+  list() {
+    return [...this.m.values()].map((v) => structuredClone(v));
+  }
+}
 
-  getTask(id: string) {
-    const t = this.tasks.get(id);
-    return t && structuredClone(t);
-  }
-  putTask(task: Task) {
-    this.tasks.set(task.id, structuredClone(task));
-  }
-  deleteTask(id: string) {
-    return this.tasks.delete(id);
-  }
-  listTasks() {
-    return [...this.tasks.values()].map((t) => structuredClone(t));
-  }
-  getProplet(id: string) {
-    const p = this.proplets.get(id);
-    return p && structuredClone(p);
-  }
-  putProplet(p: Proplet) {
-    this.proplets.set(p.id, structuredClone(p));
-  }
-  deleteProplet(id: string) {
-    return this.proplets.delete(id);
-  }
-  listProplets() {
-    return [...this.proplets.values()].map((p) => structuredClone(p));
-  }
+export class MemoryStore implements Store {
+  readonly tasks = new MemoryCollection<Task>();
+  readonly proplets = new MemoryCollection<Proplet>();
+  readonly groups = new MemoryCollection<PropletGroup>();
+  readonly credentials = new MemoryCollection<StoredCredential>();
+  private modules = new Map<string, Uint8Array>();
   putModule(digest: string, bytes: Uint8Array) {
     this.modules.set(digest, bytes);
   }
   getModule(digest: string) {
     return this.modules.get(digest);
+  }
+  atomically<R>(fn: () => R): R {
+    return fn();
   }
   close() {}
 }

@@ -67,7 +67,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.now = o.now ?? Date.now;
     this.maxAttempts = o.maxAttempts ?? 3;
     this.defaultTimeoutMs = o.defaultTimeoutMs ?? 60_000;
-    for (const t of o.store.listTasks()) {
+    for (const t of o.store.tasks.list()) {
       this.tasks.set(t.id, t);
       if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
       if ((t.state === 'Scheduled' || t.state === 'Running') && t.proplet_id) this.addActive(t.proplet_id, t.id);
@@ -158,7 +158,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (t.state === 'Scheduled' || t.state === 'Running') this.stop(id);
     this.tasks.delete(id);
     this.waiting.delete(id);
-    this.o.store.deleteTask(id);
+    this.o.store.tasks.delete(id);
   }
 
   /** Asks for the task to run; it is placed now or as soon as a proplet can take it. */
@@ -412,7 +412,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.tasks.set(t.id, t);
     if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
     else this.waiting.delete(t.id);
-    this.o.store.putTask(t);
+    this.o.store.tasks.put(t.id, t);
     this.emit('changed', t);
   }
 

@@ -218,5 +218,6 @@ export class NodeProplet {
     if (res.error) result.error = res.error;
     if (fl) result.fl = true;
     this.send('proplet.results', result);
+    this.log('info', 'task finished', { task_id: msg.id, attempt: msg.attempt, status, duration_ms: res.durationMs, ...(res.error ? { error: res.error } : {}) });
   }
 }
