@@ -3,7 +3,7 @@
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { MAX_INLINE_MODULE } from '../protocol/index.ts';
+import { isId, MAX_INLINE_MODULE } from '../protocol/index.ts';
 import { ConfigError, parseDuration } from './config.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
@@ -157,7 +157,7 @@ export class HttpApi {
       if (!this.o.issueCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
       const body = (await this.json(req)) as Record<string, unknown>;
       const id = body.proplet_id;
-      if (typeof id !== 'string' || !/^[^+#/\s]{1,128}$/.test(id)) throw new HttpError(400, "proplet_id: must be 1-128 characters without '+', '#', '/' or spaces", 'proplet_id');
+      if (!isId(id)) throw new HttpError(400, "proplet_id: must be 1-128 characters without '+', '#', '/' or control characters", 'proplet_id');
       return { proplet_id: id, secret: this.o.issueCredentials(id) };
     }, 201);
     this.route('DELETE', '/proplets/{id}', (_req, _url, [id]) => {

@@ -4,13 +4,18 @@
 // metric, and never throws past this file.
 
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { managerFilters, parseTopic, topic, type Scope } from '../topics/index.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import type { Proplet } from './model.ts';
 import type { Registry } from './registry.ts';
 import type { Dispatcher, TaskService } from './tasks.ts';
+
+/** The shared topics are Propeller's and its proplets parse JSON only: CBOR goes out on per-proplet topics alone. */
+function replyEncoding(p: Proplet): Encoding {
+  return p.addressing === 'direct' ? p.encoding : 'json';
+}
 
 export interface GatewayOptions {
   url: string;
@@ -84,12 +89,12 @@ export class MqttGateway implements Dispatcher {
 
   start(p: Proplet, msg: Start): void {
     const direct = p.addressing === 'direct';
-    this.publish(topic(this.o.scope, 'manager.start', direct ? p.id : undefined), encode('manager.start', msg, p.encoding));
+    this.publish(topic(this.o.scope, 'manager.start', direct ? p.id : undefined), encode('manager.start', msg, replyEncoding(p)));
     this.o.metrics.tasksDispatched.inc({ addressing: direct ? 'direct' : 'shared' });
   }
 
   stop(p: Proplet, msg: Stop): void {
-    this.publish(topic(this.o.scope, 'manager.stop', p.addressing === 'direct' ? p.id : undefined), encode('manager.stop', msg, p.encoding));
+    this.publish(topic(this.o.scope, 'manager.stop', p.addressing === 'direct' ? p.id : undefined), encode('manager.stop', msg, replyEncoding(p)));
   }
 
   /** Raw publish for other control-plane services (registry chunks, FL). */
@@ -112,8 +117,8 @@ export class MqttGateway implements Dispatcher {
       const ctx = parsed.propletId !== undefined ? { propletId: parsed.propletId } : {};
       switch (parsed.kind) {
         case 'proplet.create': {
-          const { msg } = decode('proplet.create', payload, ctx);
-          const p = h.registry.register(msg);
+          const { msg, encoding } = decode('proplet.create', payload, ctx);
+          const p = h.registry.register(msg, encoding);
           this.o.log('info', 'proplet registered', { proplet_id: p.id, device_type: p.device_type, addressing: p.addressing, encoding: p.encoding });
           return;
         }

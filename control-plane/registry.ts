@@ -3,7 +3,7 @@
 // alive -> offline -> failed; others react to its events.
 
 import { EventEmitter } from 'node:events';
-import type { Alive, Register, TaskRef } from '../protocol/index.ts';
+import type { Alive, Encoding, Register, TaskRef } from '../protocol/index.ts';
 import type { HealthConfig } from './config.ts';
 import type { Proplet, PropletState } from './model.ts';
 import type { Store } from './store.ts';
@@ -51,7 +51,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.proplets.size;
   }
 
-  register(msg: Register): Proplet {
+  /** `wireEncoding` is how the registration arrived: the default answer encoding when it names none. */
+  register(msg: Register, wireEncoding: Encoding = 'json'): Proplet {
     const at = new Date(this.now()).toISOString();
     const prev = this.proplets.get(msg.proplet_id);
     const p: Proplet = {
@@ -63,7 +64,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       labels: msg.labels ?? prev?.labels ?? {},
       capacity: msg.capacity ?? prev?.capacity ?? {},
       wasm_runtime: msg.wasm_runtime ?? prev?.wasm_runtime,
-      encoding: msg.encoding ?? 'json',
+      encoding: msg.encoding ?? wireEncoding,
       addressing: msg.addressing ?? 'shared',
       state: 'alive',
       state_since: prev?.state === 'alive' ? prev.state_since : at,

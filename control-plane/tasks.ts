@@ -194,7 +194,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
       return t;
     }
     const p = t.proplet_id ? this.o.registry.get(t.proplet_id) : undefined;
-    if (p) this.o.dispatcher.stop(p, { id: t.id, proplet_id: p.id, attempt: t.attempt });
+    if (p) this.o.dispatcher.stop(p, { v: 1, id: t.id, proplet_id: p.id, attempt: t.attempt });
     this.endAttempt(t, 'stopped');
     t.start_requested = false;
     this.release(t);
@@ -272,7 +272,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     for (const [id, attempt] of reported) {
       const t = this.tasks.get(id);
       const current = t && t.proplet_id === proplet.id && (attempt === undefined || attempt === t.attempt) && (t.state === 'Scheduled' || t.state === 'Running');
-      if (!current) this.o.dispatcher.stop(proplet, { id, proplet_id: proplet.id, ...(attempt !== undefined ? { attempt } : {}) });
+      if (!current) this.o.dispatcher.stop(proplet, { v: 1, id, proplet_id: proplet.id, ...(attempt !== undefined ? { attempt } : {}) });
     }
   }
 

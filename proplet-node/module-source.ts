@@ -8,6 +8,13 @@ import type { Start } from '../protocol/index.ts';
 
 export class ModuleError extends Error {
   override name = 'ModuleError';
+  /** True when the module cannot run here but could elsewhere (too large for this proplet). */
+  constructor(
+    message: string,
+    readonly refuse = false,
+  ) {
+    super(message);
+  }
 }
 
 export interface Loaded {
@@ -46,7 +53,7 @@ export class ModuleSource {
     if (msg.file && msg.file.length > 0) bytes = msg.file;
     else if (msg.image_url) bytes = await this.fetchUrl(msg.image_url);
     else throw new ModuleError('start message carries neither file nor image_url');
-    if (bytes.length > this.maxBytes) throw new ModuleError(`module of ${bytes.length} bytes exceeds this proplet's limit of ${this.maxBytes}`);
+    if (bytes.length > this.maxBytes) throw new ModuleError(`module of ${bytes.length} bytes exceeds this proplet's limit of ${this.maxBytes}`, true);
     const digest = sha256(bytes);
     if (msg.digest && msg.digest !== digest) throw new ModuleError(`module digest ${digest} does not match the expected ${msg.digest}`);
     const hit = this.cache.get(digest);
@@ -66,12 +73,12 @@ export class ModuleSource {
     }
     if (!res.ok) throw new ModuleError(`cannot fetch ${url}: HTTP ${res.status}`);
     const declared = Number(res.headers.get('content-length'));
-    if (declared > this.maxBytes) throw new ModuleError(`module at ${url} is ${declared} bytes, over this proplet's limit of ${this.maxBytes}`);
+    if (declared > this.maxBytes) throw new ModuleError(`module at ${url} is ${declared} bytes, over this proplet's limit of ${this.maxBytes}`, true);
     const chunks: Uint8Array[] = [];
     let size = 0;
     for await (const c of res.body as unknown as AsyncIterable<Uint8Array>) {
       size += c.length;
-      if (size > this.maxBytes) throw new ModuleError(`module at ${url} exceeds this proplet's limit of ${this.maxBytes} bytes`);
+      if (size > this.maxBytes) throw new ModuleError(`module at ${url} exceeds this proplet's limit of ${this.maxBytes} bytes`, true);
       chunks.push(c);
     }
     return Buffer.concat(chunks);

@@ -75,7 +75,7 @@ export class NodeProplet {
       clean: true,
       keepalive: 30,
       reconnectPeriod: 1000,
-      will: { topic: topic(scope, 'proplet.alive'), payload: encode('proplet.alive', { proplet_id: id, status: 'offline' }, this.encoding), qos: 1, retain: false },
+      will: { topic: topic(scope, 'proplet.alive'), payload: encode('proplet.alive', { v: 1, proplet_id: id, status: 'offline' }, this.encoding), qos: 1, retain: false },
     });
     this.client = client;
     client.on('message', (t, payload) => this.onMessage(t, payload));
@@ -171,6 +171,9 @@ export class NodeProplet {
 
   private onStop(msg: Stop): void {
     if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
+    // a stop for an old attempt (reconciliation) must not kill the current one
+    const run = this.running.get(msg.id);
+    if (run && msg.attempt !== undefined && run.attempt !== undefined && msg.attempt !== run.attempt) return;
     if (!this.runner.cancel(msg.id) && this.running.has(msg.id)) {
       // stopped while its module was still loading: the run checks this flag
       this.running.delete(msg.id);
@@ -181,7 +184,7 @@ export class NodeProplet {
     if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
     if (this.running.has(msg.id)) return; // a redelivered start (QoS 1): already on it
     const fl = msg.env?.ROUND_ID !== undefined;
-    const base = { proplet_id: this.o.id, task_id: msg.id, ...(msg.attempt !== undefined ? { attempt: msg.attempt } : {}) };
+    const base = { v: 1, proplet_id: this.o.id, task_id: msg.id, ...(msg.attempt !== undefined ? { attempt: msg.attempt } : {}) };
     if (this.running.size >= this.maxTasks) {
       this.send('proplet.results', { ...base, status: 'refused', error: `at capacity: ${this.running.size}/${this.maxTasks} tasks running` });
       return;
@@ -190,7 +193,7 @@ export class NodeProplet {
     void this.execute(msg, base, fl);
   }
 
-  private async execute(msg: Start, base: Pick<Result, 'proplet_id' | 'task_id' | 'attempt'>, fl: boolean): Promise<void> {
+  private async execute(msg: Start, base: Pick<Result, 'v' | 'proplet_id' | 'task_id' | 'attempt'>, fl: boolean): Promise<void> {
     let res: RunResult;
     try {
       const loaded = await this.modules.load(msg);
@@ -207,6 +210,12 @@ export class NodeProplet {
         maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
       });
     } catch (e) {
+      this.running.delete(msg.id);
+      if (e instanceof ModuleError && e.refuse) {
+        // it does not fit here; another proplet may take it
+        this.send('proplet.results', { ...base, status: 'refused', error: e.message });
+        return;
+      }
       const error = e instanceof ModuleError ? e.message : `internal error: ${(e as Error).message}`;
       res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
     }

@@ -84,7 +84,7 @@ export const ResultFields: Fields = {
   results: { key: 5, type: any(16) },
   stdout: { key: 6, type: str(1024 * 1024) },
   stderr: { key: 7, type: str(1024 * 1024) },
-  exit_code: { key: 8, type: int(-(2 ** 31), 2 ** 32) },
+  exit_code: { key: 8, type: int(-(2 ** 31), 2 ** 32 - 1) },
   error: { key: 9, type: str(4096) },
   duration_ms: { key: 10, type: num },
   fl: { key: 11, type: bool },

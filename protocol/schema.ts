@@ -209,6 +209,9 @@ function checkAny(v: unknown, path: string, depth: number): unknown {
 /** The compact CBOR form of a validated value: integer keys, enum indices, UUIDs as 16 bytes. */
 export function toCompact(type: Type, v: unknown): unknown {
   switch (type.t) {
+    case 'int':
+      // cbor-x writes integers past 32 bits as float64; a BigInt becomes a proper CBOR uint64/nint.
+      return typeof v === 'number' && (v > 0xffffffff || v < -0x100000000) ? BigInt(v) : v;
     case 'id':
       return (typeof v === 'string' && uuidToBytes(v)) || v;
     case 'enum': {

@@ -196,3 +196,11 @@ test('compact CBOR uses integer keys and binary UUIDs', (t) => {
   const r: Result = { proplet_id: 'p', task_id: 't', status: 'failed' };
   t.deepEqual(decode('proplet.results', encode('proplet.results', r, 'cbor')).msg, r);
 });
+
+test('integers past 32 bits are CBOR integers, not floats, so a C decoder reads them as uint64', (t) => {
+  const big = 8 * 2 ** 30;
+  const bytes = encode('proplet.create', { proplet_id: 'p', capacity: { memory_bytes: big } }, 'cbor');
+  t.true(bytes.toString('hex').includes('1b0000000200000000'));
+  t.false(bytes.toString('hex').includes('fb'));
+  t.is(decode('proplet.create', bytes).msg.capacity?.memory_bytes, big);
+});
