@@ -27,6 +27,13 @@ export interface TaskSpec {
   resources?: { cpu?: string | number; memory?: string | number };
   labels?: Record<string, string>;
   timeout_ms?: number;
+  /** Cron expression: the task becomes a schedule that starts a run per firing. */
+  schedule?: string;
+  timezone?: string;
+  concurrency_policy?: 'Allow' | 'Forbid' | 'Replace';
+  preferred_proplet_type?: 'k8s' | 'external' | 'any';
+  proplet_selector?: { match_device_types?: string[]; match_capabilities?: string[]; match_labels?: Record<string, string> };
+  proplet_group?: string;
 }
 
 export interface TaskResults {

@@ -4,6 +4,7 @@
 
 import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
+import { CronScheduler } from './cron.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
@@ -36,6 +37,7 @@ export class ControlPlane {
   readonly metrics: ControlPlaneMetrics;
   readonly gateway: MqttGateway;
   readonly http: HttpApi;
+  readonly cron: CronScheduler;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -68,6 +70,7 @@ export class ControlPlane {
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
     });
+    this.cron = new CronScheduler(this.tasks, this.log);
     this.wireEvents();
   }
 
@@ -93,11 +96,13 @@ export class ControlPlane {
     const port = await this.http.listen();
     this.registry.start();
     this.tasks.startTimers();
+    this.cron.start();
     this.log('info', 'control plane started', { http_port: port, broker: this.o.mqtt.url, domain: this.o.scope.domain, channel: this.o.scope.channel });
     return port;
   }
 
   async close(): Promise<void> {
+    this.cron.close();
     this.registry.stop();
     this.tasks.stopTimers();
     await this.http.close();

@@ -102,6 +102,19 @@ export interface Task {
   proplet_selector?: PropletSelector;
   /** Name of a PropletGroup: its selector and scheduling apply. */
   proplet_group?: string;
+  /**
+   * Cron expression (with optional seconds field): the task is a template and
+   * each firing starts a run, a task of its own with `scheduled_by` set.
+   */
+  schedule?: string;
+  timezone?: string;
+  /** What a firing does while an earlier run is still active (Kubernetes CronJob semantics). */
+  concurrency_policy?: 'Allow' | 'Forbid' | 'Replace';
+  /** A scheduled task that does not fire (stop suspends, start resumes). */
+  suspended?: boolean;
+  cron?: { runs_started: number; runs_skipped: number; last_run_id?: string; last_fired_at?: string; next_run_at?: string };
+  /** On a run: the scheduled task that started it. */
+  scheduled_by?: string;
   state: TaskState;
   /** Set by start, cleared by stop: the task wants to run and waits for placement while Pending. */
   start_requested: boolean;

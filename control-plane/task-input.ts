@@ -1,6 +1,7 @@
 // Validation of task definitions coming from users (HTTP API, CLI). Errors
 // name the field so a 400 tells exactly what to fix.
 
+import cron from 'node-cron';
 import { isId } from '../protocol/index.ts';
 import { ConfigError, parseBytes, parseCpu, parseDuration } from './config.ts';
 import type { ResourceRequests } from './model.ts';
@@ -27,6 +28,9 @@ export interface TaskInput {
   resources: ResourceRequests;
   labels: Record<string, string>;
   timeout_ms?: number;
+  schedule?: string;
+  timezone?: string;
+  concurrency_policy?: 'Allow' | 'Forbid' | 'Replace';
 }
 
 // Fields of a task as the API returns it: a client that sends a task back
@@ -34,9 +38,12 @@ export interface TaskInput {
 const READ_ONLY = new Set([
   'id', 'state', 'results', 'error', 'start_time', 'finish_time', 'created_at', 'updated_at', 'started_at', 'finished_at',
   'history', 'attempt', 'attempts', 'result', 'pending_reason', 'module_digest', 'module_size', 'start_requested', 'excluded_proplets',
-  'pinned_proplet_id',
+  'pinned_proplet_id', 'suspended', 'cron', 'scheduled_by',
 ]);
-const KNOWN = new Set(['name', 'image_url', 'file', 'cli_args', 'inputs', 'env', 'daemon', 'proplet_id', 'resources', 'labels', 'timeout_ms', 'timeout']);
+const KNOWN = new Set([
+  'name', 'image_url', 'file', 'cli_args', 'inputs', 'env', 'daemon', 'proplet_id', 'resources', 'labels', 'timeout_ms', 'timeout',
+  'schedule', 'timezone', 'concurrency_policy',
+]);
 
 export const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
 
@@ -122,6 +129,22 @@ export function parseTaskInput(body: unknown, partial = false): Partial<TaskInpu
     if (!Number.isInteger(ms) || ms <= 0 || ms > 7 * 24 * 3600 * 1000) throw new InputError(field, 'must be a positive duration of at most 7 days');
     out.timeout_ms = ms;
   }
+  if (o.schedule !== undefined && o.schedule !== '') {
+    if (typeof o.schedule !== 'string' || !cron.validate(o.schedule)) {
+      throw new InputError('schedule', 'must be a cron expression: [second] minute hour day-of-month month day-of-week, e.g. "*/5 * * * * *"');
+    }
+    out.schedule = o.schedule;
+  }
+  if (o.timezone !== undefined) {
+    if (typeof o.timezone !== 'string' || !isTimeZone(o.timezone)) throw new InputError('timezone', 'must be an IANA time zone such as Europe/Paris or UTC');
+    out.timezone = o.timezone;
+  }
+  if (o.concurrency_policy !== undefined) {
+    if (o.concurrency_policy !== 'Allow' && o.concurrency_policy !== 'Forbid' && o.concurrency_policy !== 'Replace') {
+      throw new InputError('concurrency_policy', 'must be Allow, Forbid or Replace');
+    }
+    out.concurrency_policy = o.concurrency_policy;
+  }
   if (!partial) {
     out.cli_args ??= [];
     out.inputs ??= [];
@@ -134,6 +157,15 @@ export function parseTaskInput(body: unknown, partial = false): Partial<TaskInpu
 }
 
 /** Resources as Kubernetes writes them ({cpu: '100m', memory: '64Mi'}, or requests/limits) or in plain numbers. */
+function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function parseResources(v: unknown): ResourceRequests {
   let o = obj(v, 'resources');
   if (o.requests !== undefined) o = obj(o.requests, 'resources.requests');

@@ -47,6 +47,7 @@ export interface TaskServiceOptions {
 
 export interface TaskEvents {
   changed: [task: Task];
+  deleted: [id: string];
 }
 
 export class TaskService extends EventEmitter<TaskEvents> {
@@ -119,9 +120,41 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (input.proplet_id) t.pinned_proplet_id = input.proplet_id;
     if (input.timeout_ms) t.timeout_ms = input.timeout_ms;
     if (input.file) this.attachModule(t, input.file);
+    if (input.schedule) {
+      t.schedule = input.schedule;
+      t.concurrency_policy = input.concurrency_policy ?? 'Allow';
+      t.cron = { runs_started: 0, runs_skipped: 0 };
+      if (input.timezone) t.timezone = input.timezone;
+    }
     if (!t.image_url && !t.module_digest) t.pending_reason = 'no module yet: upload one with PUT /tasks/{id}/upload';
     this.save(t);
     return t;
+  }
+
+  /** One firing of a scheduled task: a new task with the template's spec, started at once. */
+  createRun(template: Task): Task {
+    const at = this.iso();
+    const run: Task = {
+      ...structuredClone(template),
+      id: randomUUID(),
+      state: 'Pending',
+      start_requested: false,
+      attempt: 0,
+      attempts: [],
+      history: [{ state: 'Pending', at, reason: `fired by schedule ${template.schedule}` }],
+      scheduled_by: template.id,
+      created_at: at,
+      updated_at: at,
+    };
+    for (const k of ['schedule', 'timezone', 'concurrency_policy', 'suspended', 'cron', 'pending_reason', 'proplet_id', 'error', 'result', 'started_at', 'finished_at', 'excluded_proplets'] as const) delete run[k];
+    this.save(run);
+    return this.start(run.id);
+  }
+
+  /** Writes a scheduled task's bookkeeping (next run, counters). */
+  touch(t: Task): void {
+    t.updated_at = this.iso();
+    this.save(t);
   }
 
   update(id: string, patch: Partial<TaskInput>): Task {
@@ -137,6 +170,13 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (patch.resources !== undefined) t.resources = patch.resources;
     if (patch.timeout_ms !== undefined) t.timeout_ms = patch.timeout_ms;
     if (patch.proplet_id !== undefined) t.pinned_proplet_id = patch.proplet_id;
+    if (patch.schedule !== undefined) {
+      t.schedule = patch.schedule;
+      t.concurrency_policy ??= 'Allow';
+      t.cron ??= { runs_started: 0, runs_skipped: 0 };
+    }
+    if (patch.timezone !== undefined) t.timezone = patch.timezone;
+    if (patch.concurrency_policy !== undefined) t.concurrency_policy = patch.concurrency_policy;
     if (patch.file) this.attachModule(t, patch.file);
     t.updated_at = this.iso();
     this.save(t);
@@ -159,11 +199,20 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.tasks.delete(id);
     this.waiting.delete(id);
     this.o.store.tasks.delete(id);
+    this.emit('deleted', id);
   }
 
   /** Asks for the task to run; it is placed now or as soon as a proplet can take it. */
   start(id: string): Task {
     const t = this.require(id);
+    if (t.schedule) {
+      // a scheduled task is not run itself: start resumes its schedule
+      if (t.suspended) {
+        delete t.suspended;
+        this.touch(t);
+      }
+      return t;
+    }
     if (t.state === 'Scheduled' || t.state === 'Running') throw new TaskError('conflict', `task ${id} is already ${t.state}`);
     if (t.start_requested && t.state === 'Pending') return t;
     if (!t.image_url && !t.module_digest) throw new TaskError('invalid', `task ${id} has no module: set image_url or file, or upload one`);
@@ -186,6 +235,12 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   stop(id: string): Task {
     const t = this.require(id);
+    if (t.schedule) {
+      // suspends the schedule; runs already started go on (stop them by their own ids)
+      t.suspended = true;
+      this.touch(t);
+      return t;
+    }
     if (TERMINAL.has(t.state)) return t;
     if (t.state === 'Pending') {
       if (!t.start_requested) throw new TaskError('conflict', `task ${id} is not started`);
