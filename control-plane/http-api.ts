@@ -7,7 +7,8 @@ import { isId, MAX_INLINE_MODULE } from '../protocol/index.ts';
 import { ConfigError, parseDuration } from './config.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
-import { TERMINAL, type Proplet, type Task } from './model.ts';
+import { parseGroupInput, type GroupService } from './groups.ts';
+import { TERMINAL, type Proplet, type PropletGroup, type Task } from './model.ts';
 import type { Registry } from './registry.ts';
 import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
 import { TaskError, type TaskService } from './tasks.ts';
@@ -22,6 +23,7 @@ export interface HttpApiOptions {
   token?: string;
   tasks: TaskService;
   registry: Registry;
+  groups: GroupService;
   metrics: ControlPlaneMetrics;
   log: Logger;
   /** Issues MQTT credentials for a proplet; absent when an external broker manages them. */
@@ -141,6 +143,19 @@ export class HttpApi {
       if (wait) await this.waitTerminal(id!, wait);
       const t = tasks.require(id!);
       return { task_id: t.id, state: t.state, ...(t.error ? { error: t.error } : {}), ...(t.result ?? {}) };
+    });
+    const groups = this.o.groups;
+    const withStatus = (g: PropletGroup) => ({ ...g, status: groups.status(g) });
+    this.route('POST', '/proplet-groups', async (req) => withStatus(groups.create(parseGroupInput(await this.json(req)))), 201);
+    this.route('GET', '/proplet-groups', () => ({ total: groups.list().length, groups: groups.list().map(withStatus) }));
+    this.route('GET', '/proplet-groups/{name}', (_req, _url, [name]) => withStatus(groups.require(name!)));
+    this.route('PUT', '/proplet-groups/{name}', async (req, _url, [name]) => {
+      groups.require(name!);
+      return withStatus(groups.replace(parseGroupInput(await this.json(req), name!)));
+    });
+    this.route('DELETE', '/proplet-groups/{name}', (_req, _url, [name]) => {
+      groups.delete(name!);
+      return { deleted: name };
     });
     this.route('GET', '/proplets', (_req, url) => {
       const offset = this.intParam(url, 'offset', 0);

@@ -5,6 +5,7 @@
 import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
 import { CronScheduler } from './cron.ts';
+import { GroupService } from './groups.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
@@ -38,6 +39,7 @@ export class ControlPlane {
   readonly gateway: MqttGateway;
   readonly http: HttpApi;
   readonly cron: CronScheduler;
+  readonly groups: GroupService;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -60,9 +62,11 @@ export class ControlPlane {
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
     });
+    this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({
       ...o.http,
       tasks: this.tasks,
+      groups: this.groups,
       registry: this.registry,
       metrics: this.metrics,
       log: this.log,

@@ -4,7 +4,7 @@
 import cron from 'node-cron';
 import { isId } from '../protocol/index.ts';
 import { ConfigError, parseBytes, parseCpu, parseDuration } from './config.ts';
-import type { ResourceRequests } from './model.ts';
+import type { PreferredType, PropletSelector, ResourceRequests } from './model.ts';
 
 export class InputError extends Error {
   override name = 'InputError';
@@ -31,6 +31,9 @@ export interface TaskInput {
   schedule?: string;
   timezone?: string;
   concurrency_policy?: 'Allow' | 'Forbid' | 'Replace';
+  preferred_proplet_type?: PreferredType;
+  proplet_selector?: PropletSelector;
+  proplet_group?: string;
 }
 
 // Fields of a task as the API returns it: a client that sends a task back
@@ -42,7 +45,7 @@ const READ_ONLY = new Set([
 ]);
 const KNOWN = new Set([
   'name', 'image_url', 'file', 'cli_args', 'inputs', 'env', 'daemon', 'proplet_id', 'resources', 'labels', 'timeout_ms', 'timeout',
-  'schedule', 'timezone', 'concurrency_policy',
+  'schedule', 'timezone', 'concurrency_policy', 'preferred_proplet_type', 'proplet_selector', 'proplet_group',
 ]);
 
 export const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
@@ -145,6 +148,17 @@ export function parseTaskInput(body: unknown, partial = false): Partial<TaskInpu
     }
     out.concurrency_policy = o.concurrency_policy;
   }
+  if (o.preferred_proplet_type !== undefined) {
+    if (o.preferred_proplet_type !== 'k8s' && o.preferred_proplet_type !== 'external' && o.preferred_proplet_type !== 'any') {
+      throw new InputError('preferred_proplet_type', 'must be k8s, external or any');
+    }
+    out.preferred_proplet_type = o.preferred_proplet_type;
+  }
+  if (o.proplet_selector !== undefined) out.proplet_selector = parseSelector(o.proplet_selector);
+  if (o.proplet_group !== undefined && o.proplet_group !== '') {
+    if (!isId(o.proplet_group)) throw new InputError('proplet_group', 'must be a group name');
+    out.proplet_group = o.proplet_group;
+  }
   if (!partial) {
     out.cli_args ??= [];
     out.inputs ??= [];
@@ -157,6 +171,24 @@ export function parseTaskInput(body: unknown, partial = false): Partial<TaskInpu
 }
 
 /** Resources as Kubernetes writes them ({cpu: '100m', memory: '64Mi'}, or requests/limits) or in plain numbers. */
+const strings = (v: unknown, field: string): string[] => {
+  if (!Array.isArray(v) || v.length > 64 || !v.every((x) => typeof x === 'string')) throw new InputError(field, 'must be an array of at most 64 strings');
+  return v;
+};
+
+/** A selector as the seed writes it (matchDeviceTypes, ...) or in snake_case. */
+export function parseSelector(v: unknown): PropletSelector {
+  const o = obj(v, 'proplet_selector');
+  const out: PropletSelector = {};
+  const types = o.match_device_types ?? o.matchDeviceTypes;
+  if (types !== undefined) out.match_device_types = strings(types, 'proplet_selector.match_device_types');
+  const caps = o.match_capabilities ?? o.matchCapabilities;
+  if (caps !== undefined) out.match_capabilities = strings(caps, 'proplet_selector.match_capabilities');
+  const labels = o.match_labels ?? o.matchLabels;
+  if (labels !== undefined) out.match_labels = strMap(labels, 'proplet_selector.match_labels', 64);
+  return out;
+}
+
 function isTimeZone(tz: string): boolean {
   try {
     new Intl.DateTimeFormat('en', { timeZone: tz });

@@ -120,6 +120,9 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (input.proplet_id) t.pinned_proplet_id = input.proplet_id;
     if (input.timeout_ms) t.timeout_ms = input.timeout_ms;
     if (input.file) this.attachModule(t, input.file);
+    if (input.preferred_proplet_type) t.preferred_proplet_type = input.preferred_proplet_type;
+    if (input.proplet_selector) t.proplet_selector = input.proplet_selector;
+    if (input.proplet_group) t.proplet_group = input.proplet_group;
     if (input.schedule) {
       t.schedule = input.schedule;
       t.concurrency_policy = input.concurrency_policy ?? 'Allow';
@@ -176,6 +179,9 @@ export class TaskService extends EventEmitter<TaskEvents> {
       t.cron ??= { runs_started: 0, runs_skipped: 0 };
     }
     if (patch.timezone !== undefined) t.timezone = patch.timezone;
+    if (patch.preferred_proplet_type !== undefined) t.preferred_proplet_type = patch.preferred_proplet_type;
+    if (patch.proplet_selector !== undefined) t.proplet_selector = patch.proplet_selector;
+    if (patch.proplet_group !== undefined) t.proplet_group = patch.proplet_group;
     if (patch.concurrency_policy !== undefined) t.concurrency_policy = patch.concurrency_policy;
     if (patch.file) this.attachModule(t, patch.file);
     t.updated_at = this.iso();
