@@ -10,6 +10,7 @@ export interface PropletCapacity {
   memory_bytes?: number;
   max_tasks?: number;
   max_module_bytes?: number;
+  max_packet_bytes?: number;
 }
 
 export interface Proplet {

@@ -277,6 +277,7 @@ export const MEANINGS: Record<MessageKind, Record<string, string>> = {
     'capacity.memory_bytes': 'Memory offered to tasks. A task that requests more is not placed here.',
     'capacity.max_tasks': 'Tasks it runs at once. The control plane does not place more than this here.',
     'capacity.max_module_bytes': 'Largest module it accepts. A task whose module is larger is not placed here.',
+    'capacity.max_packet_bytes': 'Largest MQTT payload it can receive. A start message that would be larger carries only the module digest; the proplet then fetches the module in registry chunks.',
     wasm_runtime: 'Runtime name and version. Informational.',
     encoding: 'Encoding the control plane uses for every message to this proplet. Absent: `json`. The encoding of the register message itself does not count.',
     addressing: '`direct`: the proplet subscribes to its per-proplet start, stop and chunk topics, and the control plane publishes there. Absent: `shared` (Propeller\'s proplets).',

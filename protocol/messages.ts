@@ -23,6 +23,8 @@ const capacity = struct({
   memory_bytes: { key: 2, type: int() },
   max_tasks: { key: 3, type: int(0, 1_000_000) },
   max_module_bytes: { key: 4, type: int() },
+  /** Largest MQTT payload the proplet can receive: modules that do not fit inline come in registry chunks. */
+  max_packet_bytes: { key: 5, type: int(64) },
 });
 
 export const RegisterFields: Fields = {
@@ -130,6 +132,7 @@ export interface Capacity {
   memory_bytes?: number;
   max_tasks?: number;
   max_module_bytes?: number;
+  max_packet_bytes?: number;
 }
 export interface Register {
   v?: number;

@@ -2,6 +2,7 @@ import test from 'ava';
 import { randomBytes, randomUUID } from 'node:crypto';
 import {
   claimedSender,
+  crc32,
   decode,
   detectEncoding,
   encode,
@@ -203,4 +204,11 @@ test('integers past 32 bits are CBOR integers, not floats, so a C decoder reads 
   t.true(bytes.toString('hex').includes('1b0000000200000000'));
   t.false(bytes.toString('hex').includes('fb'));
   t.is(decode('proplet.create', bytes).msg.capacity?.memory_bytes, big);
+});
+
+test('crc32 matches the IEEE/zlib check value', (t) => {
+  t.is(crc32(Buffer.from('123456789')), 0xcbf43926);
+  t.is(crc32(new Uint8Array(0)), 0);
+  // incremental use gives the same value
+  t.is(crc32(Buffer.from('6789'), crc32(Buffer.from('12345'))), 0xcbf43926);
 });
