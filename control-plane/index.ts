@@ -4,6 +4,7 @@
 
 import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
+import { ChunkServer } from './chunk-server.ts';
 import { CronScheduler } from './cron.ts';
 import { GroupService } from './groups.ts';
 import { HttpApi } from './http-api.ts';
@@ -40,6 +41,7 @@ export class ControlPlane {
   readonly http: HttpApi;
   readonly cron: CronScheduler;
   readonly groups: GroupService;
+  readonly chunks: ChunkServer;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -75,6 +77,12 @@ export class ControlPlane {
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
     });
     this.cron = new CronScheduler(this.tasks, this.log);
+    this.chunks = new ChunkServer({
+      module: (digest) => this.store.getModule(digest),
+      send: (p, payload) => this.gateway.sendChunk(p, payload),
+      log: this.log,
+      onChunk: () => this.metrics.chunksSent.inc(),
+    });
     this.wireEvents();
   }
 
@@ -96,7 +104,7 @@ export class ControlPlane {
 
   /** Connects to the broker and opens the HTTP API; returns the API's port. */
   async start(): Promise<number> {
-    await this.gateway.connect({ registry: this.registry, tasks: this.tasks });
+    await this.gateway.connect({ registry: this.registry, tasks: this.tasks, chunks: this.chunks });
     const port = await this.http.listen();
     this.registry.start();
     this.tasks.startTimers();

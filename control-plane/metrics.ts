@@ -21,6 +21,7 @@ export class ControlPlaneMetrics {
   readonly tasksDispatched: Counter<'addressing'>;
   readonly httpRequests: Counter<'method' | 'code'>;
   readonly propletTransitions: Counter<'to'>;
+  readonly chunksSent: Counter;
 
   constructor(sources: MetricsSources, opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -84,6 +85,7 @@ export class ControlPlaneMetrics {
       registers,
     });
     this.httpRequests = new Counter({ name: 'propeller_http_requests_total', help: 'HTTP API requests', labelNames: ['method', 'code'], registers });
+    this.chunksSent = new Counter({ name: 'propeller_registry_chunks_sent_total', help: 'Module chunks sent to proplets over MQTT', registers });
     this.propletTransitions = new Counter({ name: 'propeller_proplet_transitions_total', help: 'Proplet liveness transitions', labelNames: ['to'], registers });
   }
 }

@@ -6,6 +6,7 @@
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { managerFilters, parseTopic, topic, type Scope } from '../topics/index.ts';
+import type { ChunkServer } from './chunk-server.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import type { Proplet } from './model.ts';
@@ -31,6 +32,7 @@ export interface Handlers {
   registry: Registry;
   tasks: TaskService;
   onMetrics?: (propletId: string, m: Record<string, unknown>) => void;
+  chunks?: ChunkServer;
 }
 
 export class MqttGateway implements Dispatcher {
@@ -89,12 +91,24 @@ export class MqttGateway implements Dispatcher {
 
   start(p: Proplet, msg: Start): void {
     const direct = p.addressing === 'direct';
-    this.publish(topic(this.o.scope, 'manager.start', direct ? p.id : undefined), encode('manager.start', msg, replyEncoding(p)));
+    let payload = encode('manager.start', msg, replyEncoding(p));
+    const max = p.capacity.max_packet_bytes;
+    if (max !== undefined && payload.length > max && msg.file && msg.digest) {
+      // too big for the device's receive buffer: it fetches the module in registry chunks instead
+      const { file: _inline, ...rest } = msg;
+      payload = encode('manager.start', rest, replyEncoding(p));
+    }
+    this.publish(topic(this.o.scope, 'manager.start', direct ? p.id : undefined), payload);
     this.o.metrics.tasksDispatched.inc({ addressing: direct ? 'direct' : 'shared' });
   }
 
   stop(p: Proplet, msg: Stop): void {
     this.publish(topic(this.o.scope, 'manager.stop', p.addressing === 'direct' ? p.id : undefined), encode('manager.stop', msg, replyEncoding(p)));
+  }
+
+  /** A registry chunk to one proplet: its own registry topic, or the shared one for Propeller's proplets. */
+  sendChunk(p: Proplet, payload: Uint8Array): void {
+    this.publish(topic(this.o.scope, 'registry.server', p.addressing === 'direct' ? p.id : undefined), payload);
   }
 
   /** Raw publish for other control-plane services (registry chunks, FL). */
@@ -132,6 +146,14 @@ export class MqttGateway implements Dispatcher {
           if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${msg.proplet_id}`);
           const ignored = h.tasks.onResult(msg as Result);
           if (ignored) this.o.log('info', 'result ignored', { reason: ignored, task_id: msg.task_id, proplet_id: msg.proplet_id, attempt: msg.attempt });
+          return;
+        }
+        case 'registry.proplet': {
+          const { msg } = decode('registry.proplet', payload, ctx);
+          const p = h.registry.get(msg.proplet_id);
+          if (!p) return this.reject(kind, 'unknown_proplet', `chunk request from unregistered proplet ${msg.proplet_id}`);
+          if (!h.chunks) return this.reject(kind, 'unsupported', 'no module registry');
+          h.chunks.onRequest(p, msg);
           return;
         }
         case 'proplet.metrics': {
