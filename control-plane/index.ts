@@ -6,6 +6,7 @@ import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
 import { ChunkServer } from './chunk-server.ts';
 import { CronScheduler } from './cron.ts';
+import { resolveModule } from './modules/resolve.ts';
 import { GroupService } from './groups.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
@@ -63,6 +64,7 @@ export class ControlPlane {
       log: this.log,
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
+      resolveModule: (url) => resolveModule(url),
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({

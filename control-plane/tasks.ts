@@ -43,6 +43,12 @@ export interface TaskServiceOptions {
   defaultTimeoutMs?: number;
   retryIntervalMs?: number;
   now?: () => number;
+  /**
+   * Fetches the module behind an image_url (http(s), oci). Started tasks with
+   * an image_url are resolved here, so every proplet kind gets the module the
+   * same way: inline, or in registry chunks.
+   */
+  resolveModule?: (url: string) => Promise<Uint8Array>;
 }
 
 export interface TaskEvents {
@@ -56,6 +62,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
   private active = new Map<string, Set<string>>();
   /** Tasks that want to run and wait for a proplet, oldest first. */
   private waiting = new Set<string>();
+  /** Started tasks whose module is being fetched: not placeable yet. */
+  private resolving = new Set<string>();
   private placeQueued = false;
   private retryTimer?: NodeJS.Timeout;
   private readonly now: () => number;
@@ -223,6 +231,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (t.start_requested && t.state === 'Pending') return t;
     if (!t.image_url && !t.module_digest) throw new TaskError('invalid', `task ${id} has no module: set image_url or file, or upload one`);
     t.start_requested = true;
+    if (t.image_url && this.o.resolveModule) {
+      this.resolving.add(t.id);
+      t.pending_reason = `fetching module ${t.image_url}`;
+    }
     if (t.state !== 'Pending') {
       // a re-run of a finished task: a fresh set of attempts
       t.attempts = [];
@@ -235,8 +247,29 @@ export class TaskService extends EventEmitter<TaskEvents> {
       t.updated_at = this.iso();
       this.save(t);
     }
-    this.schedulePlacement();
+    if (this.resolving.has(t.id)) void this.resolve(t);
+    else this.schedulePlacement();
     return t;
+  }
+
+  private async resolve(t: Task): Promise<void> {
+    const url = t.image_url!;
+    try {
+      const bytes = await this.o.resolveModule!(url);
+      this.resolving.delete(t.id);
+      // stopped, deleted or restarted meanwhile: nothing to do
+      if (this.tasks.get(t.id) !== t || t.state !== 'Pending' || !t.start_requested || t.image_url !== url) return;
+      this.attachModule(t, bytes);
+      delete t.pending_reason;
+      t.updated_at = this.iso();
+      this.save(t);
+      this.schedulePlacement();
+    } catch (e) {
+      this.resolving.delete(t.id);
+      if (this.tasks.get(t.id) !== t || t.state !== 'Pending' || !t.start_requested) return;
+      t.error = (e as Error).message;
+      this.finish(t, 'Failed', this.iso());
+    }
   }
 
   stop(id: string): Task {
@@ -351,6 +384,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     let waiting = false;
     const view = { proplets: this.o.registry.values(), assigned: (id: string) => this.assigned(id) };
     for (const id of this.waiting) {
+      if (this.resolving.has(id)) continue;
       const t = this.tasks.get(id)!;
       view.proplets = this.o.registry.values();
       const d = this.o.placement.place(t, view);
@@ -369,6 +403,14 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   startTimers(): void {
+    // after a restart: tasks that were waiting for their module fetch it again
+    for (const id of this.waiting) {
+      const t = this.tasks.get(id)!;
+      if (t.image_url && !t.module_digest && this.o.resolveModule && !this.resolving.has(id)) {
+        this.resolving.add(id);
+        void this.resolve(t);
+      }
+    }
     this.schedulePlacement();
   }
   stopTimers(): void {
