@@ -40,7 +40,11 @@ const b64 = (b: Buffer): string => b.toString('base64url');
 
 /** 32 random bytes, base64url (43 characters). */
 export function generateSecret(): string {
-  return b64(randomBytes(32));
+  // A leading '-' would read as an option on command lines (`--secret -x...`).
+  for (;;) {
+    const s = b64(randomBytes(32));
+    if (s[0] !== '-') return s;
+  }
 }
 
 /** Fast salted hash for issued (high-entropy) secrets: 'sha256$<salt>$<mac>'. */

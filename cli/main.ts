@@ -2,6 +2,7 @@
 
 import { ApiError } from '../control-plane/client.ts';
 import { parse, UsageError, type Command } from './args.ts';
+import { modulePull, modulePush } from './module.ts';
 import { proplet } from './proplet.ts';
 import { serve } from './serve.ts';
 import { propletAdd, propletList, taskCreate, taskDelete, taskGet, taskList, taskLogs, taskRun, taskStart, taskStop } from './task.ts';
@@ -20,6 +21,8 @@ const COMMANDS: Record<string, Command> = {
   'task list': taskList,
   'task logs': taskLogs,
   'task delete': taskDelete,
+  'module push': modulePush,
+  'module pull': modulePull,
   watch,
 };
 

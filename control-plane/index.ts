@@ -12,7 +12,8 @@ import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { MqttGateway } from './mqtt-gateway.ts';
-import { roundRobin, type Placement } from './placement.ts';
+import type { Placement } from './placement.ts';
+import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
 import { MemoryStore, type Store } from './store.ts';
 import { TaskService } from './tasks.ts';
@@ -23,6 +24,9 @@ export interface ControlPlaneOptions {
   http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number };
   health: HealthConfig;
   store?: Store;
+  /** The scheduler (seed: SCHEDULER_TYPE and the config file's scheduler section). Default hybrid. */
+  scheduler?: CreateSchedulerConfig;
+  /** Replaces the scheduler entirely (tests). */
   placement?: Placement;
   maxAttempts?: number;
   defaultTimeoutMs?: number;
@@ -58,7 +62,8 @@ export class ControlPlane {
     this.tasks = new TaskService({
       store: this.store,
       registry: this.registry,
-      placement: o.placement ?? roundRobin(),
+      placement: o.placement ?? createScheduler(o.scheduler ?? { type: 'hybrid' }),
+      groups: (name) => this.groups.get(name),
       dispatcher: this.gateway,
       metrics: this.metrics,
       log: this.log,

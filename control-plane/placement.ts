@@ -14,6 +14,8 @@ export interface PlacementView {
 export interface Placement {
   readonly name: string;
   place(task: Task, view: PlacementView): Decision;
+  /** All waiting tasks at once, each decision seeing the load of the earlier ones. */
+  placeBatch?(tasks: readonly Task[], view: PlacementView): Decision[];
 }
 
 /** Why `p` cannot take `task`, or undefined when it can. Shared by every algorithm. */

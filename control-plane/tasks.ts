@@ -8,8 +8,9 @@ import { EventEmitter } from 'node:events';
 import type { Result, Start, Stop, TaskRef } from '../protocol/index.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
-import { TERMINAL, type AttemptRecord, type Proplet, type Task, type TaskState } from './model.ts';
-import type { Placement } from './placement.ts';
+import { TERMINAL, type AttemptRecord, type Proplet, type PropletGroup, type Task, type TaskState } from './model.ts';
+import type { Decision, Placement } from './placement.ts';
+import type { Load, SchedulingView } from './scheduling/index.ts';
 import type { Registry } from './registry.ts';
 import type { Store } from './store.ts';
 import type { TaskInput } from './task-input.ts';
@@ -49,6 +50,8 @@ export interface TaskServiceOptions {
    * same way: inline, or in registry chunks.
    */
   resolveModule?: (url: string) => Promise<Uint8Array>;
+  /** PropletGroups by name, for tasks that name one. */
+  groups?: (name: string) => PropletGroup | undefined;
 }
 
 export interface TaskEvents {
@@ -380,24 +383,45 @@ export class TaskService extends EventEmitter<TaskEvents> {
     });
   }
 
+  /** Tasks and requested resources the control plane has on a proplet. */
+  load(propletId: string): Load {
+    const l = { tasks: 0, cpu_millis: 0, memory_bytes: 0 };
+    for (const id of this.active.get(propletId) ?? []) {
+      const r = this.tasks.get(id)?.resources;
+      l.tasks++;
+      l.cpu_millis += r?.cpu_millis ?? 0;
+      l.memory_bytes += r?.memory_bytes ?? 0;
+    }
+    return l;
+  }
+
+  /** One placement pass over every waiting task, in one batch when the placement supports it. */
   placePending(): void {
+    const batch: Task[] = [];
+    for (const id of this.waiting) if (!this.resolving.has(id)) batch.push(this.tasks.get(id)!);
+    if (batch.length === 0) return;
+    const view: SchedulingView = {
+      proplets: this.o.registry.list(),
+      assigned: (id) => this.assigned(id),
+      load: (id) => this.load(id),
+      group: (name) => this.o.groups?.(name),
+    };
+    const p = this.o.placement;
     let waiting = false;
-    const view = { proplets: this.o.registry.values(), assigned: (id: string) => this.assigned(id) };
-    for (const id of this.waiting) {
-      if (this.resolving.has(id)) continue;
-      const t = this.tasks.get(id)!;
-      view.proplets = this.o.registry.values();
-      const d = this.o.placement.place(t, view);
-      if (!d.ok) {
-        waiting = true;
-        if (t.pending_reason !== d.reason) {
-          t.pending_reason = d.reason;
-          t.updated_at = this.iso();
-          this.save(t);
-        }
-        continue;
+    const apply = (t: Task, d: Decision) => {
+      if (d.ok) return this.dispatch(t, this.o.registry.get(d.propletId)!);
+      waiting = true;
+      if (t.pending_reason !== d.reason) {
+        t.pending_reason = d.reason;
+        t.updated_at = this.iso();
+        this.save(t);
       }
-      this.dispatch(t, this.o.registry.get(d.propletId)!);
+    };
+    if (p.placeBatch) {
+      const decisions = p.placeBatch(batch, view);
+      batch.forEach((t, i) => apply(t, decisions[i]!));
+    } else {
+      for (const t of batch) apply(t, p.place(t, view));
     }
     if (waiting) this.armRetry();
   }

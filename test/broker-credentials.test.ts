@@ -134,3 +134,7 @@ test('loadFile: one-line errors naming the line, never the secret, and nothing a
   }
   t.throws(() => new CredentialStore().loadFile('/nonexistent/creds'), { message: /credentials file \/nonexistent\/creds: cannot read/ });
 });
+
+test('generated secrets never start with a dash (they go on command lines)', (t) => {
+  for (let i = 0; i < 2000; i++) t.not(generateSecret()[0], '-');
+});

@@ -143,3 +143,10 @@ test('mosquitto_sub (Debian) sees a proplet heartbeat', async (t) => {
   t.is(hb.proplet_id, 'local-1');
   t.is(hb.status, 'alive');
 });
+
+test('an option value that starts with a dash is one clear line', async (t) => {
+  const r = await propeller('proplet', '--id', 'x', '--secret', '-abc');
+  t.is(r.code, 2);
+  t.is(r.stderr.trim().split('\n').length, 1);
+  t.regex(r.stderr, /--secret/);
+});

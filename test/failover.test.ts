@@ -43,7 +43,7 @@ async function cluster(health: Record<string, string>, proplets: string[]) {
   await Promise.all(
     proplets.map(async (id) => {
       const { secret } = await serve.api.addProplet(id);
-      const p = await startProplet(['--id', id, '--secret', secret, '--broker', serve.brokerUrl, '--heartbeat', '200ms', '--max-tasks', '4']);
+      const p = await startProplet(['--id', id, `--secret=${secret}`, '--broker', serve.brokerUrl, '--heartbeat', '200ms', '--max-tasks', '4']);
       procs.push(p);
       ps.push(p);
       byId.set(id, p);
@@ -57,7 +57,10 @@ test('SIGKILL a proplet: its tasks complete elsewhere within the failure thresho
   const { serve, ps, byId } = await cluster({ HEALTH_CHECK_INTERVAL: '100ms', OFFLINE_THRESHOLD: '500ms', FAILURE_THRESHOLD: '1500ms' }, ['fo-1', 'fo-2', 'fo-3']);
   const tasks: Task[] = [];
   for (let i = 0; i < 6; i++) tasks.push(await serve.api.createTask({ name: 'sleep', file: sleepWasm, inputs: [500] }, { start: true }));
-  await until(async () => (await Promise.all(tasks.map((x) => serve.api.getTask(x.id)))).every((x) => x.state === 'Running'), 'all running', 5000);
+  await until(async () => (await Promise.all(tasks.map((x) => serve.api.getTask(x.id)))).every((x) => x.state === 'Running'), 'all running', 5000).catch(async (e) => {
+    const states = (await Promise.all(tasks.map((x) => serve.api.getTask(x.id)))).map((x) => `${x.state} ${x.proplet_id ?? ''} ${x.pending_reason ?? ''} ${x.error ?? ''}`);
+    throw new Error(`${(e as Error).message}: ${states.join('; ')}`);
+  });
   const placed = await Promise.all(tasks.map((x) => serve.api.getTask(x.id)));
   t.deepEqual(new Set(placed.map((x) => x.proplet_id)).size, 3, 'round robin used all three');
   const victimId = placed[0]!.proplet_id!;

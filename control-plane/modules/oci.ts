@@ -261,23 +261,24 @@ class Session {
   async request(method: string, path: string | URL, what: string, init: { headers?: Record<string, string>; body?: Uint8Array } = {}): Promise<Response> {
     let url = typeof path === 'string' ? this.url(path) : path;
     const tried = new Set<string>();
-    for (let hops = 0; ; ) {
+    let body = init.body;
+    for (let hops = 0, rounds = 0; ; ) {
       const headers: Record<string, string> = { ...init.headers };
       const sameOrigin = url.origin === this.origin;
       if (this.authorization && sameOrigin) headers.authorization = this.authorization;
-      const res = await this.raw(url, { method, headers, ...(init.body ? { body: init.body as Uint8Array<ArrayBuffer> } : {}) }, what);
+      const res = await this.raw(url, { method, headers, ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}) }, what);
       if ([301, 302, 303, 307, 308].includes(res.status)) {
         await res.body?.cancel();
         const loc = res.headers.get('location');
         if (!loc || ++hops > 5) this.fail(`${what}: too many redirects or a redirect without Location (HTTP ${res.status})`);
         url = new URL(loc, url);
-        if (res.status === 303) method = 'GET';
+        if (res.status === 303) [method, body] = ['GET', undefined];
         continue;
       }
       if (res.status !== 401 || !sameOrigin) return res;
       const challenge = parseChallenge(res.headers.get('www-authenticate'));
       await res.body?.cancel();
-      const next = await this.authorize(challenge, tried, what);
+      const next = ++rounds > 4 ? undefined : await this.authorize(challenge, tried, what);
       if (!next) return this.fail(this.unauthorized(what, challenge));
       this.authorization = next;
     }
@@ -285,9 +286,10 @@ class Session {
 
   private unauthorized(what: string, c: Challenge | undefined): string {
     const a = this.opts.auth;
-    if (!a) return `${what}: the registry requires authentication (HTTP 401) and no credentials were given`;
-    if ('token' in a) return `${what}: the registry refused the token (HTTP 401)${c?.params.error ? `: ${c.params.error}` : ''}`;
-    return `${what}: the registry refused the credentials of user ${JSON.stringify(a.username)} (HTTP 401)`;
+    const why = c?.params.error ? `: ${c.params.error}` : '';
+    if (!a) return `${what}: the registry requires authentication (HTTP 401${why}) and no credentials were given`;
+    if ('token' in a) return `${what}: the registry refused the token (HTTP 401${why})`;
+    return `${what}: the registry refused the credentials of user ${JSON.stringify(a.username)} (HTTP 401${why})`;
   }
 
   /** The next Authorization to try after a 401, or undefined when there is nothing new to try. */
