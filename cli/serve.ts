@@ -5,6 +5,8 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
+import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
+import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
 import { SqliteStore } from '../control-plane/sqlite-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
@@ -32,6 +34,8 @@ export const serve: Command = {
     'local-proplets': { type: 'string' },
     'api-token': { type: 'string' },
     'log-level': { type: 'string' },
+    config: { type: 'string' },
+    scheduler: { type: 'string' },
   },
   help: `  --host ADDR            address the broker and HTTP API listen on (default 127.0.0.1)
   --mqtt-port N          embedded broker port (env PROPELLER_MQTT_PORT, default 1883)
@@ -47,8 +51,10 @@ export const serve: Command = {
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
   --api-token TOKEN      require this bearer token on the HTTP API (env PROPELLER_API_TOKEN)
   --log-level LEVEL      debug, info, warn, error or silent (default info)
+  --config FILE          YAML settings shaped like the seed's propeller-config (scheduler, healthMonitor)
+  --scheduler TYPE       round-robin, least-loaded, random, resource-aware or hybrid (env SCHEDULER_TYPE, default hybrid)
 ${scopeHelp}
-  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env.`,
+  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -59,10 +65,15 @@ ${scopeHelp}
     const dataDir = dataDirFrom(v);
     mkdirSync(dataDir, { recursive: true });
     let health;
+    let file: FileConfig = {};
+    let schedulerType: string;
     try {
-      health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000 });
+      const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;
+      if (cfgPath) file = loadConfigFile(cfgPath);
+      health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
+      schedulerType = parseSchedulerType(str(v.scheduler) ?? env.SCHEDULER_TYPE ?? file.scheduler?.type ?? 'hybrid');
     } catch (e) {
-      if (e instanceof ConfigError) throw new UsageError(e.message);
+      if (e instanceof ConfigError || (e instanceof Error && /scheduler type/.test(e.message))) throw new UsageError(e.message);
       throw e;
     }
     const store = new SqliteStore(join(dataDir, 'state.db'));
@@ -101,6 +112,9 @@ ${scopeHelp}
       http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN },
       health,
       store,
+      scheduler: { ...file.scheduler, type: schedulerType as CreateSchedulerConfig['type'] },
+      ...(file.autoEvacuateTasks !== undefined ? { autoEvacuateTasks: file.autoEvacuateTasks } : {}),
+      ...(file.maxAttempts !== undefined ? { maxAttempts: file.maxAttempts } : {}),
       log,
       defaultMetrics: true,
       ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {

@@ -92,6 +92,8 @@ test('bad input exits non-zero with one clear line', async (t) => {
     [['task', 'list', '--api', dead], 1, /^propeller: cannot reach the control plane at http:\/\/127.0.0.1:\d+: ECONNREFUSED\n$/],
     [['task', 'list', '--bogus'], 2, /^propeller: Unknown option '--bogus'/],
     [['serve', '--domain', 'a/b'], 2, /^propeller: invalid domain "a\/b"/],
+    [['serve', '--scheduler', 'fastest'], 2, /^propeller: unknown scheduler type "fastest"/],
+    [['serve', '--config', 'no-such.yaml'], 2, /^propeller: cannot read no-such.yaml: ENOENT\n$/],
   ];
   for (const [args, code, re] of cases) {
     const r = await propeller(...args);
