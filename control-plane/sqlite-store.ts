@@ -3,6 +3,7 @@
 // and a kill -9 at any moment leaves the last committed state.
 
 import Database from 'better-sqlite3';
+import { LRUCache } from 'lru-cache';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Proplet, PropletGroup, Task } from './model.ts';
@@ -48,6 +49,8 @@ export class SqliteStore implements Store {
   readonly credentials: Collection<StoredCredential>;
   private sPutModule: Database.Statement<[string, Buffer]>;
   private sGetModule: Database.Statement<[string], { bytes: Buffer }>;
+  /** Hot modules: every dispatch and chunk request reads one. */
+  private hot = new LRUCache<string, Uint8Array>({ maxSize: 128 * 1024 * 1024, sizeCalculation: (b) => Math.max(1, b.length) });
 
   constructor(readonly path: string) {
     mkdirSync(dirname(path), { recursive: true });
@@ -76,10 +79,17 @@ export class SqliteStore implements Store {
   }
 
   putModule(digest: string, bytes: Uint8Array): void {
+    if (this.hot.has(digest)) return;
     this.sPutModule.run(digest, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    this.hot.set(digest, bytes);
   }
   getModule(digest: string): Uint8Array | undefined {
-    return this.sGetModule.get(digest)?.bytes;
+    let b = this.hot.get(digest);
+    if (!b) {
+      b = this.sGetModule.get(digest)?.bytes;
+      if (b) this.hot.set(digest, b);
+    }
+    return b;
   }
   atomically<R>(fn: () => R): R {
     return this.db.transaction(fn)();
