@@ -89,6 +89,8 @@ export interface Task {
   /** sha256 digest of an inline or uploaded module kept in the module store. */
   module_digest?: string;
   module_size?: number;
+  /** The module was fetched from image_url (and is fetched again at each start); else it came inline or by upload. */
+  module_from_url?: boolean;
   cli_args: string[];
   inputs: unknown[];
   env: Record<string, string>;

@@ -41,7 +41,7 @@ export interface TaskInput {
 const READ_ONLY = new Set([
   'id', 'state', 'results', 'error', 'start_time', 'finish_time', 'created_at', 'updated_at', 'started_at', 'finished_at',
   'history', 'attempt', 'attempts', 'result', 'pending_reason', 'module_digest', 'module_size', 'start_requested', 'excluded_proplets',
-  'pinned_proplet_id', 'suspended', 'cron', 'scheduled_by',
+  'pinned_proplet_id', 'suspended', 'cron', 'scheduled_by', 'module_from_url',
 ]);
 const KNOWN = new Set([
   'name', 'image_url', 'file', 'cli_args', 'inputs', 'env', 'daemon', 'proplet_id', 'resources', 'labels', 'timeout_ms', 'timeout',

@@ -215,6 +215,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (t.state === 'Scheduled' || t.state === 'Running') this.stop(id);
     this.tasks.delete(id);
     this.waiting.delete(id);
+    this.resolving.delete(id);
     this.o.store.tasks.delete(id);
     this.emit('deleted', id);
   }
@@ -234,7 +235,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (t.start_requested && t.state === 'Pending') return t;
     if (!t.image_url && !t.module_digest) throw new TaskError('invalid', `task ${id} has no module: set image_url or file, or upload one`);
     t.start_requested = true;
-    if (t.image_url && this.o.resolveModule) {
+    // file takes precedence over image_url (seed 000); a module fetched from the URL before is fetched again (tags move)
+    if (t.image_url && this.o.resolveModule && (!t.module_digest || t.module_from_url)) {
       this.resolving.add(t.id);
       t.pending_reason = `fetching module ${t.image_url}`;
     }
@@ -263,6 +265,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
       // stopped, deleted or restarted meanwhile: nothing to do
       if (this.tasks.get(t.id) !== t || t.state !== 'Pending' || !t.start_requested || t.image_url !== url) return;
       this.attachModule(t, bytes);
+      t.module_from_url = true;
       delete t.pending_reason;
       t.updated_at = this.iso();
       this.save(t);
@@ -430,7 +433,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     // after a restart: tasks that were waiting for their module fetch it again
     for (const id of this.waiting) {
       const t = this.tasks.get(id)!;
-      if (t.image_url && !t.module_digest && this.o.resolveModule && !this.resolving.has(id)) {
+      if (t.image_url && (!t.module_digest || t.module_from_url) && this.o.resolveModule && !this.resolving.has(id)) {
         this.resolving.add(id);
         void this.resolve(t);
       }
@@ -545,6 +548,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   private attachModule(t: Task, bytes: Uint8Array): void {
     const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    delete t.module_from_url;
     this.o.store.putModule(digest, bytes);
     t.module_digest = digest;
     t.module_size = bytes.length;

@@ -31,8 +31,9 @@
 //                   below its share counting this task, else external. Within
 //                   the chosen type, least-loaded; when none of that type
 //                   fits, the other type (and `why` says so).
-//   Keywords match whole words of the task's name and label values, case
-//   insensitively ("ml" matches "ml-inference" and "ML batch", not "html").
+//   Keywords match whole words of the task's name or of one of its label
+//   values, case insensitively ("ml" matches "ml-inference" and "ML batch",
+//   not "html"; "edge ai" matches "Edge-AI").
 
 import type { HybridConfig, Task } from '../model.ts';
 import { cmpId, groupOf, inPool, noFitReason, pinReason, poolSpec, type PoolSpec, type Snapshot } from './filter.ts';
@@ -55,13 +56,35 @@ export interface Finder {
   commit(i: number): void;
 }
 
-/** The resource-aware score of proplet `i` for the current task (lower is a tighter fit); for proplets with a known cpu or memory capacity. */
-export function raScore(s: Snapshot, i: number): number {
+/**
+ * The share of proplet `i`'s capacity free now: the mean over cpu and memory
+ * of (capacity − requested) / capacity, a dimension of unknown capacity
+ * counting 1 and one of zero capacity 0. The resource-aware indexes keep
+ * proplets ordered by it.
+ */
+export function freeShare(s: Snapshot, i: number): number {
   const cc = s.capCpu[i]!;
   const cm = s.capMem[i]!;
-  const fc = cc === cc ? (cc > 0 ? (cc - s.cpu[i]! - s.reqCpu) / cc : 0) : 1;
-  const fm = cm === cm ? (cm > 0 ? (cm - s.mem[i]! - s.reqMem) / cm : 0) : 1;
+  const fc = cc === cc ? (cc > 0 ? (cc - s.cpu[i]!) / cc : 0) : 1;
+  const fm = cm === cm ? (cm > 0 ? (cm - s.mem[i]!) / cm : 0) : 1;
   return (fc + fm) / 2;
+}
+
+/** What the current task takes of proplet `i`'s free share: the same for every proplet of the same capacities. */
+export function taskShare(s: Snapshot, i: number): number {
+  const cc = s.capCpu[i]!;
+  const cm = s.capMem[i]!;
+  return ((cc > 0 ? s.reqCpu / cc : 0) + (cm > 0 ? s.reqMem / cm : 0)) / 2;
+}
+
+/**
+ * The resource-aware score of proplet `i` for the current task: the share
+ * left free after placing it, freeShare − taskShare (lower is a tighter fit).
+ * Computed as one subtraction so that, among proplets of equal capacities,
+ * it never decreases as freeShare grows, even in floating point.
+ */
+export function raScore(s: Snapshot, i: number): number {
+  return freeShare(s, i) - taskShare(s, i);
 }
 
 export function hasKnownCapacity(s: Snapshot, i: number): boolean {
@@ -163,29 +186,29 @@ export function lessLoaded(s: Snapshot, a: number, b: number): boolean {
 
 // ---- hybrid ----
 
-const WORD = /[^\p{L}\p{N}]+/u;
-const words = (s: string): string => ` ${s.toLowerCase().split(WORD).filter(Boolean).join(' ')} `;
-const keywordCache = new WeakMap<readonly string[], { kw: string; norm: string }[]>();
+const NOT_WORD = /[^\p{L}\p{N}]+/u;
+const keywordCache = new WeakMap<readonly string[], { kw: string; re: RegExp }[]>();
 
-function normalizedKeywords(kws: readonly string[]): { kw: string; norm: string }[] {
+/** Each keyword as a case-insensitive pattern of whole words: "ml" matches "ml-inference" and "ML batch", not "html". */
+function keywordPatterns(kws: readonly string[]): { kw: string; re: RegExp }[] {
   let n = keywordCache.get(kws);
   if (n === undefined) {
-    n = kws.map((kw) => ({ kw, norm: words(kw) })).filter((x) => x.norm.trim() !== '');
+    n = [];
+    for (const kw of kws) {
+      const words = kw.split(NOT_WORD).filter(Boolean);
+      if (words.length > 0) n.push({ kw, re: new RegExp(`(?<![\\p{L}\\p{N}])${words.join('[^\\p{L}\\p{N}]+')}(?![\\p{L}\\p{N}])`, 'iu') });
+    }
     keywordCache.set(kws, n);
   }
   return n;
 }
 
-/** The task's words: its name and label values, lower case, one space apart, with a space at each end. */
-export function taskWords(task: Task): string {
-  let text = task.name;
-  for (const k in task.labels) text += ' ' + task.labels[k];
-  return words(text);
-}
-
-/** The first of `keywords` that is a whole word (or run of words) of the task's name or label values. */
-export function matchKeyword(text: string, keywords: readonly string[]): string | undefined {
-  for (const { kw, norm } of normalizedKeywords(keywords)) if (text.includes(norm)) return kw;
+/** The first of `keywords` (in their order) found as whole words in the task's name or one of its label values. */
+export function matchKeyword(task: Task, keywords: readonly string[]): string | undefined {
+  for (const { kw, re } of keywordPatterns(keywords)) {
+    if (re.test(task.name)) return kw;
+    for (const k in task.labels) if (re.test(task.labels[k]!)) return kw;
+  }
   return undefined;
 }
 
@@ -194,9 +217,8 @@ export function hybridPreference(task: Task, h: HybridConfig): { type?: PropletT
   const p = task.preferred_proplet_type;
   if (p === 'k8s' || p === 'external') return { type: p, why: `task prefers ${p}` };
   if (!h.preferK8sForCompute && !h.preferExternalForEdge) return { why: '' };
-  const text = taskWords(task);
-  const compute = h.preferK8sForCompute ? matchKeyword(text, h.computeKeywords) : undefined;
-  const edge = h.preferExternalForEdge ? matchKeyword(text, h.edgeKeywords) : undefined;
+  const compute = h.preferK8sForCompute ? matchKeyword(task, h.computeKeywords) : undefined;
+  const edge = h.preferExternalForEdge ? matchKeyword(task, h.edgeKeywords) : undefined;
   if (compute !== undefined && edge === undefined) return { type: 'k8s', why: `compute keyword "${compute}" → k8s` };
   if (edge !== undefined && compute === undefined) return { type: 'external', why: `edge keyword "${edge}" → external` };
   if (compute !== undefined && edge !== undefined) return { why: `compute keyword "${compute}" and edge keyword "${edge}" both match, no preference; ` };

@@ -8,8 +8,8 @@ import type { Placement } from '../placement.ts';
 import { placeBatch } from './batch.ts';
 import { INITIAL_STATE, type Load, type LoadSource, type SchedDecision, type SchedulerConfig, type SchedulerState, type SchedulingView } from './types.ts';
 
-export { candidates, poolSpec, staticReason, summarize, Snapshot } from './filter.ts';
-export { hybridPreference, hybridRatioType, matchKeyword, raScore, taskWords } from './algorithms.ts';
+export { candidates, inPool, poolSpec, staticReason, summarize, Snapshot } from './filter.ts';
+export { freeShare, hybridPreference, hybridRatioType, matchKeyword, raScore, taskShare } from './algorithms.ts';
 export { INDEX_THRESHOLD, place, placeBatch } from './batch.ts';
 export * from './types.ts';
 

@@ -4,74 +4,285 @@
 // linear scan's, see test/scheduling.test.ts).
 //
 // A Pool is the set of proplets that pass the static checks of one
-// (selector, group): built once per batch by one scan, when the first task
-// with that signature comes. Each pool holds segment trees over its members,
-// one per use: in id order for round-robin and random, in capacity order
-// (memory, cpu, id) for least-loaded, hybrid (one tree per proplet type) and
-// resource-aware, so proplets too small for a task sit in subtrees that are
-// pruned whole. Every node keeps, over the open leaves below it (those under
-// their max tasks):
-//   open              how many (random's k-th draw, "any room left")
-//   frontier          up to K points (free cpu, free memory), Infinity when
-//                     unknown: the Pareto-maximal leaves, exact while there
-//                     are at most K of them, else adjacent points merged into
-//                     their coordinate-wise max (never smaller, so pruning
-//                     stays safe). Separate maxima of cpu and memory would let
-//                     a subtree of proplets out of cpu next to proplets out of
-//                     memory look as if it could fit both, all the way down.
-//   maxMod / min*     the largest module limit, and minima for counting reasons
-// which prunes every subtree where no leaf can fit the task, plus
-//   best              least-loaded: the leaf with the least (tasks, memory, id)
-//   best1             resource-aware, proplets of unknown capacity: least (tasks, id)
-//   open0, minFrac*, minCap*   resource-aware: a lower bound of the score
-// so least-loaded and resource-aware are branch and bound searches that
-// descend straight to the answer when it fits. Placing a task updates the
-// leaves of that proplet in every tree of every pool it is in: O(pools ×
+// (selector, group), built once per batch by one scan when the first task
+// with that signature comes. Each pool holds the indexes its algorithms need:
+//
+//   round-robin, random   a segment tree over the members in id order: the
+//                         first fit from a position, the k-th open member.
+//   least-loaded, hybrid  a treap of the open members ordered by the key
+//                         itself, (tasks, memory requested, id) (hybrid: one
+//                         per proplet type): the answer is the leftmost node
+//                         that fits. A scan in capacity or id order would walk
+//                         every low-count proplet that cannot take the task
+//                         (out of cpu but not of task slots): here the whole
+//                         non-fitting prefix is skipped subtree by subtree.
+//   resource-aware        one such treap per capacity class (equal cpu and
+//                         memory capacity), ordered by the share free now;
+//                         within a class the score is that share minus a
+//                         constant, so the leftmost fit is the class's best
+//                         fit, and the classes' bests are compared. Beyond
+//                         MAX_CLASSES classes, a segment tree in capacity
+//                         order searched by branch and bound instead.
+//
+// Every node of either kind of tree aggregates, over the open members below
+// it (those under their max tasks):
+//   frontier       up to K points (free cpu, free memory), Infinity when
+//                  unknown: the Pareto-maximal members, exact while there are
+//                  at most K of them, else neighbours merged into their
+//                  coordinate-wise max (never smaller, so pruning stays safe).
+//                  Separate maxima would let proplets out of cpu next to
+//                  proplets out of memory look as if they could fit both.
+//   maxMod         the largest module limit
+//   min*           minima of free cpu, free memory and module limit
+// so every subtree where no member can fit the task is skipped. Placing a
+// task updates the proplet in every index of every pool it is in: O(pools ×
 // log n).
 //
 // When nothing fits, the reason counts every proplet by its first failing
 // check without visiting most of them: proplets outside the pool are counted
 // once per pool, those at capacity are kept counted as placements fill them,
-// and the open members are classified by subtree (a subtree whose open leaves
-// all lack the module limit, cpu or memory is counted whole from its min/max
+// and the open members are classified by subtree (a subtree whose members all
+// lack the module limit, cpu or memory is counted whole from its
 // aggregates). Reasons are also cached per pool and task shape until a member
 // of the pool takes a task.
 
-import { raScore, type Finder, type PropletType } from './algorithms.ts';
+import { freeShare, raScore, type Finder, type PropletType } from './algorithms.ts';
 import { atCapacity, bump, moduleTooLarge, REFUSED, shortOfCpu, shortOfMemory, staticReason, summarize, type PoolSpec, type Snapshot } from './filter.ts';
 
-type Mode = 'id' | 'll' | 'ra';
 const EPS = 1e-9;
 /** Points per node in the (free cpu, free memory) frontier. */
-const K = 4;
+const K = 2;
+/** Above this many capacity classes in a pool, resource-aware uses branch and bound. */
+const MAX_CLASSES = 16;
 
-class Tree {
+interface FailCounts {
+  module: number;
+  cpu: number;
+  mem: number;
+  refused: number;
+}
+
+/** An index over some members of a pool. */
+interface Index {
+  /** Proplet `i` took a task (the snapshot already counts it). */
+  update(i: number): void;
+  /** Counts the open members by first failing check, for a task that fits none. */
+  classify(c: FailCounts): void;
+  /** Open members (under their max tasks). */
+  readonly openCount: number;
+}
+
+// ---- aggregates shared by both kinds of tree ----
+
+const scC = new Float64Array(2 * K + 1);
+const scM = new Float64Array(2 * K + 1);
+
+// Node aggregates, packed per node (one or two cache lines each) in a
+// Float64Array with stride S: the frontier's cpu values, its memory values,
+// then the fields below.
+const FN = 2 * K; // frontier points
+const CNT = FN + 1; // open members
+const MAXMOD = FN + 2;
+const MINMOD = FN + 3;
+const MINCPU = FN + 4;
+const MINMEM = FN + 5;
+const S = FN + 6;
+
+/** Node aggregates over open members. A node combines up to two child nodes and, in a treap, its own member. */
+class Aggregates {
+  readonly d: Float64Array;
+
+  constructor(len: number) {
+    this.d = new Float64Array(len * S);
+  }
+
+  cnt(x: number): number {
+    return this.d[x * S + CNT]!;
+  }
+
+  /** Node `x` = children a, b (-1 for none) and, when `self` ≥ 0, proplet `self`. */
+  combine(s: Snapshot, x: number, a: number, b: number, self: number): void {
+    const d = this.d;
+    let cnt = 0;
+    let maxMod = -Infinity;
+    let minMod = Infinity;
+    let minCpu = Infinity;
+    let minMem = Infinity;
+    // The self point, if any, as a one-point list.
+    let sn = 0;
+    let sc = 0;
+    let sm = 0;
+    if (self >= 0) {
+      const cc = s.capCpu[self]!;
+      const cm = s.capMem[self]!;
+      sc = cc === cc ? cc - s.cpu[self]! : Infinity;
+      sm = cm === cm ? cm - s.mem[self]! : Infinity;
+      sn = 1;
+      cnt = 1;
+      maxMod = minMod = s.maxMod[self]!;
+      minCpu = sc;
+      minMem = sm;
+    }
+    const oa = a * S;
+    const ob = b * S;
+    let na = 0;
+    let nb = 0;
+    if (a >= 0 && d[oa + CNT]! > 0) {
+      na = d[oa + FN]!;
+      cnt += d[oa + CNT]!;
+      if (d[oa + MAXMOD]! > maxMod) maxMod = d[oa + MAXMOD]!;
+      if (d[oa + MINMOD]! < minMod) minMod = d[oa + MINMOD]!;
+      if (d[oa + MINCPU]! < minCpu) minCpu = d[oa + MINCPU]!;
+      if (d[oa + MINMEM]! < minMem) minMem = d[oa + MINMEM]!;
+    }
+    if (b >= 0 && d[ob + CNT]! > 0) {
+      nb = d[ob + FN]!;
+      cnt += d[ob + CNT]!;
+      if (d[ob + MAXMOD]! > maxMod) maxMod = d[ob + MAXMOD]!;
+      if (d[ob + MINMOD]! < minMod) minMod = d[ob + MINMOD]!;
+      if (d[ob + MINCPU]! < minCpu) minCpu = d[ob + MINCPU]!;
+      if (d[ob + MINMEM]! < minMem) minMem = d[ob + MINMEM]!;
+    }
+    // Three-way merge of lists sorted by cpu descending, keeping only points
+    // with more memory than every point before them (the Pareto frontier).
+    let ia = 0;
+    let ib = 0;
+    let kept = 0;
+    let lastM = -Infinity;
+    while (ia < na || ib < nb || sn > 0) {
+      let c = -Infinity;
+      let m = -Infinity;
+      let from = 0;
+      if (ia < na) {
+        c = d[oa + ia]!;
+        m = d[oa + K + ia]!;
+        from = 1;
+      }
+      if (ib < nb) {
+        const c2 = d[ob + ib]!;
+        const m2 = d[ob + K + ib]!;
+        if (from === 0 || c2 > c || (c2 === c && m2 > m)) {
+          c = c2;
+          m = m2;
+          from = 2;
+        }
+      }
+      if (sn > 0 && (from === 0 || sc > c || (sc === c && sm > m))) {
+        c = sc;
+        m = sm;
+        from = 3;
+      }
+      if (from === 1) ia++;
+      else if (from === 2) ib++;
+      else sn = 0;
+      if (m > lastM) {
+        scC[kept] = c;
+        scM[kept] = m;
+        kept++;
+        lastM = m;
+      }
+    }
+    while (kept > K) {
+      // merge the neighbours whose merged point (cpu of the first, memory of the second) adds least
+      let best = 0;
+      let bestCost = Infinity;
+      for (let k = 0; k + 1 < kept; k++) {
+        const cost = (scC[k]! - scC[k + 1]!) * (scM[k + 1]! - scM[k]!);
+        if (cost < bestCost) {
+          bestCost = cost;
+          best = k;
+        }
+      }
+      scM[best] = scM[best + 1]!;
+      for (let k = best + 1; k + 1 < kept; k++) {
+        scC[k] = scC[k + 1]!;
+        scM[k] = scM[k + 1]!;
+      }
+      kept--;
+    }
+    const o = x * S;
+    for (let k = 0; k < kept; k++) {
+      d[o + k] = scC[k]!;
+      d[o + K + k] = scM[k]!;
+    }
+    d[o + FN] = kept;
+    d[o + CNT] = cnt;
+    d[o + MAXMOD] = maxMod;
+    d[o + MINMOD] = minMod;
+    d[o + MINCPU] = minCpu;
+    d[o + MINMEM] = minMem;
+  }
+
+  /** Some open member below `x` might fit the current task. */
+  canFit(s: Snapshot, x: number): boolean {
+    const d = this.d;
+    const o = x * S;
+    const n = d[o + FN]!;
+    if (n === 0) return false;
+    if (s.size >= 0 && d[o + MAXMOD]! < s.size) return false;
+    const rc = s.reqCpu;
+    const rm = s.reqMem;
+    if (rc <= 0 && rm <= 0) return true;
+    for (let k = 0; k < n; k++) if ((rc <= 0 || d[o + k]! >= rc) && (rm <= 0 || d[o + K + k]! >= rm)) return true;
+    return false;
+  }
+
+  /**
+   * When every open member below `x` fails the same check (module, cpu,
+   * memory, in that order), counts them all and returns true.
+   */
+  classifyWhole(s: Snapshot, x: number, c: FailCounts): boolean {
+    const d = this.d;
+    const o = x * S;
+    const n = d[o + CNT]!;
+    const sz = s.size;
+    const rc = s.reqCpu;
+    const rm = s.reqMem;
+    if (sz >= 0 && d[o + MAXMOD]! < sz) {
+      c.module += n;
+      return true;
+    }
+    if (sz < 0 || d[o + MINMOD]! >= sz) {
+      // the first frontier point has the most cpu, the last the most memory
+      if (rc > 0 && d[o]! < rc) {
+        c.cpu += n;
+        return true;
+      }
+      if ((rc <= 0 || d[o + MINCPU]! >= rc) && rm > 0 && d[o + K + d[o + FN]! - 1]! < rm) {
+        c.mem += n;
+        return true;
+      }
+    }
+    return false;
+  }
+}
+
+/** One proplet that fits none of module, cpu, memory or exclusion: counts its first failing check. */
+function classifyOne(s: Snapshot, i: number, c: FailCounts): void {
+  if (s.size >= 0 && s.size > s.maxMod[i]!) c.module++;
+  else if (s.reqCpu > 0 && s.capCpu[i] === s.capCpu[i] && !(s.reqCpu <= s.capCpu[i]! - s.cpu[i]!)) c.cpu++;
+  else if (s.reqMem > 0 && s.capMem[i] === s.capMem[i] && !(s.reqMem <= s.capMem[i]! - s.mem[i]!)) c.mem++;
+  else if (s.excluded !== null && s.excluded.has(i)) c.refused++;
+}
+
+// ---- segment tree, for round-robin and random (id order) and the resource-aware fallback ----
+
+type Mode = 'id' | 'ra';
+
+class SegTree implements Index {
   readonly size: number;
   readonly m: number;
-  readonly open: Int32Array;
-  /** Frontier points of node n at [n*K, n*K + fn[n]), cpu descending, memory ascending. */
-  readonly fc: Float64Array;
-  readonly fm: Float64Array;
-  readonly fn: Uint8Array;
-  readonly maxMod: Float64Array;
-  readonly minCpu: Float64Array;
-  readonly minMem: Float64Array;
-  readonly minMod: Float64Array;
-  readonly best: Int32Array;
+  private readonly g: Aggregates;
   readonly best1: Int32Array;
   readonly open0: Int32Array;
   readonly minFc: Float64Array;
   readonly minCc: Float64Array;
   readonly minFm: Float64Array;
   readonly minCm: Float64Array;
-  /** resource-aware: least current free score ((free cpu share + free memory share) / 2). */
   readonly minComb: Float64Array;
-  private readonly scC = new Float64Array(2 * K);
-  private readonly scM = new Float64Array(2 * K);
-  // search scratch
+  private readonly rank: Int32Array;
   private found = -1;
   private foundScore = Infinity;
-  private readonly rank: Int32Array;
 
   constructor(
     private readonly s: Snapshot,
@@ -88,24 +299,15 @@ class Tree {
     while (size < this.m) size <<= 1;
     this.size = size;
     const len = 2 * size;
-    const ll = mode === 'll';
-    const ra = mode === 'ra';
-    this.open = new Int32Array(len);
-    this.fc = new Float64Array(len * K);
-    this.fm = new Float64Array(len * K);
-    this.fn = new Uint8Array(len);
-    this.maxMod = new Float64Array(len);
-    this.minCpu = new Float64Array(len);
-    this.minMem = new Float64Array(len);
-    this.minMod = new Float64Array(len);
-    this.best = new Int32Array(ll ? len : 0);
-    this.best1 = new Int32Array(ra ? len : 0);
-    this.open0 = new Int32Array(ra ? len : 0);
-    this.minFc = new Float64Array(ra ? len : 0);
-    this.minCc = new Float64Array(ra ? len : 0);
-    this.minFm = new Float64Array(ra ? len : 0);
-    this.minCm = new Float64Array(ra ? len : 0);
-    this.minComb = new Float64Array(ra ? len : 0);
+    const ra = mode === 'ra' ? len : 0;
+    this.g = new Aggregates(len);
+    this.best1 = new Int32Array(ra);
+    this.open0 = new Int32Array(ra);
+    this.minFc = new Float64Array(ra);
+    this.minCc = new Float64Array(ra);
+    this.minFm = new Float64Array(ra);
+    this.minCm = new Float64Array(ra);
+    this.minComb = new Float64Array(ra);
     for (let j = 0; j < size; j++) this.setLeaf(j);
     for (let node = size - 1; node >= 1; node--) this.pull(node);
   }
@@ -115,62 +317,33 @@ class Tree {
     const s = this.s;
     const i = j < this.m ? this.leaf[j]! : -1;
     const isOpen = i >= 0 && s.tasks[i]! < s.maxTasks(i, this.base);
+    this.g.combine(s, node, -1, -1, isOpen ? i : -1);
+    if (this.mode !== 'ra') return;
     if (!isOpen) {
-      this.open[node] = 0;
-      this.fn[node] = 0;
-      this.maxMod[node] = -Infinity;
-      this.minCpu[node] = this.minMem[node] = this.minMod[node] = Infinity;
-      if (this.mode === 'll') this.best[node] = -1;
-      if (this.mode === 'ra') {
-        this.best1[node] = -1;
-        this.open0[node] = 0;
-        this.minFc[node] = this.minCc[node] = this.minFm[node] = this.minCm[node] = this.minComb[node] = Infinity;
-      }
+      this.best1[node] = -1;
+      this.open0[node] = 0;
+      this.minFc[node] = this.minCc[node] = this.minFm[node] = this.minCm[node] = this.minComb[node] = Infinity;
       return;
     }
     const cc = s.capCpu[i]!;
     const cm = s.capMem[i]!;
-    this.open[node] = 1;
-    const freeCpu = cc === cc ? cc - s.cpu[i]! : Infinity;
-    const freeMem = cm === cm ? cm - s.mem[i]! : Infinity;
-    this.fn[node] = 1;
-    this.fc[node * K] = freeCpu;
-    this.fm[node * K] = freeMem;
-    this.maxMod[node] = s.maxMod[i]!;
-    this.minCpu[node] = freeCpu;
-    this.minMem[node] = freeMem;
-    this.minMod[node] = this.maxMod[node]!;
-    if (this.mode === 'll') this.best[node] = j;
-    if (this.mode === 'ra') {
-      const known = cc === cc || cm === cm;
-      this.open0[node] = known ? 1 : 0;
-      this.best1[node] = known ? -1 : j;
-      // Fraction left free now, and the capacity it is a share of; a zero
-      // capacity scores 0 whatever the request, hence an infinite divisor.
-      this.minFc[node] = known && cc === cc ? (cc > 0 ? (cc - s.cpu[i]!) / cc : 0) : Infinity;
-      this.minCc[node] = known && cc === cc && cc > 0 ? cc : Infinity;
-      this.minFm[node] = known && cm === cm ? (cm > 0 ? (cm - s.mem[i]!) / cm : 0) : Infinity;
-      this.minCm[node] = known && cm === cm && cm > 0 ? cm : Infinity;
-      const shareC = cc === cc ? (cc > 0 ? (cc - s.cpu[i]!) / cc : 0) : 1;
-      const shareM = cm === cm ? (cm > 0 ? (cm - s.mem[i]!) / cm : 0) : 1;
-      this.minComb[node] = known ? (shareC + shareM) / 2 : Infinity;
-    }
+    const known = cc === cc || cm === cm;
+    this.open0[node] = known ? 1 : 0;
+    this.best1[node] = known ? -1 : j;
+    // Share free now per dimension, and the capacity it is a share of; a
+    // zero capacity scores 0 whatever the request, hence an infinite divisor.
+    this.minFc[node] = known && cc === cc ? (cc > 0 ? (cc - s.cpu[i]!) / cc : 0) : Infinity;
+    this.minCc[node] = known && cc === cc && cc > 0 ? cc : Infinity;
+    this.minFm[node] = known && cm === cm ? (cm > 0 ? (cm - s.mem[i]!) / cm : 0) : Infinity;
+    this.minCm[node] = known && cm === cm && cm > 0 ? cm : Infinity;
+    this.minComb[node] = known ? freeShare(s, i) : Infinity;
   }
 
   private pull(node: number): void {
     const l = node << 1;
     const r = l | 1;
-    this.open[node] = this.open[l]! + this.open[r]!;
-    this.mergeFrontier(node, l, r);
-    this.maxMod[node] = Math.max(this.maxMod[l]!, this.maxMod[r]!);
-    this.minCpu[node] = Math.min(this.minCpu[l]!, this.minCpu[r]!);
-    this.minMem[node] = Math.min(this.minMem[l]!, this.minMem[r]!);
-    this.minMod[node] = Math.min(this.minMod[l]!, this.minMod[r]!);
-    if (this.mode === 'll') {
-      const a = this.best[l]!;
-      const b = this.best[r]!;
-      this.best[node] = a < 0 ? b : b < 0 ? a : this.lessLL(a, b) ? a : b;
-    } else if (this.mode === 'ra') {
+    this.g.combine(this.s, node, l, r, -1);
+    if (this.mode === 'ra') {
       const a = this.best1[l]!;
       const b = this.best1[r]!;
       this.best1[node] = a < 0 ? b : b < 0 ? a : this.less1(a, b) ? a : b;
@@ -183,80 +356,11 @@ class Tree {
     }
   }
 
-  /** The frontier of `node` from its children's: merge by cpu, drop dominated points, then merge neighbours down to K. */
-  private mergeFrontier(node: number, l: number, r: number): void {
-    const { fc, fm, scC, scM } = this;
-    const na = this.fn[l]!;
-    const nb = this.fn[r]!;
-    const oa = l * K;
-    const ob = r * K;
-    let a = 0;
-    let b = 0;
-    let n = 0;
-    while (a < na || b < nb) {
-      let c: number;
-      let m: number;
-      if (b >= nb || (a < na && (fc[oa + a]! > fc[ob + b]! || (fc[oa + a] === fc[ob + b] && fm[oa + a]! >= fm[ob + b]!)))) {
-        c = fc[oa + a]!;
-        m = fm[oa + a]!;
-        a++;
-      } else {
-        c = fc[ob + b]!;
-        m = fm[ob + b]!;
-        b++;
-      }
-      // cpu never increases along the merge: keep a point only if it has more memory than every kept one
-      if (n === 0 || m > scM[n - 1]!) {
-        scC[n] = c;
-        scM[n] = m;
-        n++;
-      }
-    }
-    while (n > K) {
-      // merge the neighbours whose merged point adds least (cpu of the first, memory of the second)
-      let best = 0;
-      let bestCost = Infinity;
-      for (let k = 0; k + 1 < n; k++) {
-        const cost = (scC[k]! - scC[k + 1]!) * (scM[k + 1]! - scM[k]!);
-        if (cost < bestCost) {
-          bestCost = cost;
-          best = k;
-        }
-      }
-      scM[best] = scM[best + 1]!;
-      for (let k = best + 1; k + 1 < n; k++) {
-        scC[k] = scC[k + 1]!;
-        scM[k] = scM[k + 1]!;
-      }
-      n--;
-    }
-    const o = node * K;
-    for (let k = 0; k < n; k++) {
-      fc[o + k] = scC[k]!;
-      fm[o + k] = scM[k]!;
-    }
-    this.fn[node] = n;
-  }
-
   update(i: number): void {
     const j = this.pos[i]!;
     if (j < 0) return;
     this.setLeaf(j);
     for (let node = (this.size + j) >> 1; node >= 1; node >>= 1) this.pull(node);
-  }
-
-  /** (tasks, memory, id) of leaf a < that of leaf b. */
-  private lessLL(a: number, b: number): boolean {
-    const s = this.s;
-    const pa = this.leaf[a]!;
-    const pb = this.leaf[b]!;
-    const ta = s.tasks[pa]!;
-    const tb = s.tasks[pb]!;
-    if (ta !== tb) return ta < tb;
-    const ma = s.mem[pa]!;
-    const mb = s.mem[pb]!;
-    if (ma !== mb) return ma < mb;
-    return this.rank[pa]! < this.rank[pb]!;
   }
 
   /** (tasks, id) of leaf a < that of leaf b. */
@@ -270,26 +374,12 @@ class Tree {
     return this.rank[pa]! < this.rank[pb]!;
   }
 
-  /** Some leaf below `node` might fit the current task. */
-  private canFit(node: number): boolean {
-    const n = this.fn[node]!;
-    if (n === 0) return false;
-    const s = this.s;
-    if (s.size >= 0 && this.maxMod[node]! < s.size) return false;
-    const rc = s.reqCpu;
-    const rm = s.reqMem;
-    if (rc <= 0 && rm <= 0) return true;
-    const o = node * K;
-    for (let k = 0; k < n; k++) if ((rc <= 0 || this.fc[o + k]! >= rc) && (rm <= 0 || this.fm[o + k]! >= rm)) return true;
-    return false;
-  }
-
   private fitsLeaf(j: number): boolean {
     return j < this.m && this.s.fits(this.leaf[j]!, this.base);
   }
 
   get openCount(): number {
-    return this.open[1]!;
+    return this.g.cnt(1);
   }
 
   /** First leaf position ≥ lo that fits, or -1. */
@@ -298,7 +388,7 @@ class Tree {
   }
 
   private ff(node: number, nl: number, nr: number, lo: number): number {
-    if (nr <= lo || !this.canFit(node)) return -1;
+    if (nr <= lo || !this.g.canFit(this.s, node)) return -1;
     if (node >= this.size) return this.fitsLeaf(nl) ? nl : -1;
     const mid = (nl + nr) >> 1;
     const a = this.ff(node << 1, nl, mid, lo);
@@ -307,10 +397,11 @@ class Tree {
 
   /** Position of the k-th (0-based) open leaf; k < openCount. */
   kthOpen(k: number): number {
+    const g = this.g;
     let node = 1;
     while (node < this.size) {
       const l = node << 1;
-      const c = this.open[l]!;
+      const c = g.cnt(l);
       if (k < c) node = l;
       else {
         k -= c;
@@ -318,34 +409,6 @@ class Tree {
       }
     }
     return node - this.size;
-  }
-
-  /** Least (tasks, memory, id) leaf that fits, or -1. */
-  leastLoaded(): number {
-    this.found = -1;
-    this.ll(1);
-    return this.found;
-  }
-
-  private ll(node: number): void {
-    if (!this.canFit(node)) return;
-    const b = this.best[node]!;
-    if (this.found >= 0 && !this.lessLL(b, this.found)) return;
-    if (node >= this.size) {
-      if (this.fitsLeaf(node - this.size)) this.found = node - this.size;
-      return;
-    }
-    const l = node << 1;
-    const r = l | 1;
-    const bl = this.best[l]!;
-    const br = this.best[r]!;
-    if (bl >= 0 && (br < 0 || this.lessLL(bl, br))) {
-      this.ll(l);
-      this.ll(r);
-    } else {
-      this.ll(r);
-      this.ll(l);
-    }
   }
 
   /** Best fit among leaves of known capacity, else fewest tasks among unknown; -1 when none fits. */
@@ -370,7 +433,7 @@ class Tree {
   }
 
   private ra(node: number): void {
-    if (this.open0[node] === 0 || !this.canFit(node)) return;
+    if (this.open0[node] === 0 || !this.g.canFit(this.s, node)) return;
     const s = this.s;
     if (node >= this.size) {
       const j = node - this.size;
@@ -395,47 +458,8 @@ class Tree {
     }
   }
 
-  /**
-   * Counts the open leaves by their first failing check (module, cpu,
-   * memory, exclusion) for a task that fits none of them.
-   */
-  classify(c: FailCounts): void {
-    this.cl(1, c);
-  }
-
-  private cl(node: number, c: FailCounts): void {
-    const n = this.open[node]!;
-    if (n === 0) return;
-    const s = this.s;
-    const sz = s.size;
-    const rc = s.reqCpu;
-    const rm = s.reqMem;
-    if (sz >= 0 && this.maxMod[node]! < sz) {
-      c.module += n;
-      return;
-    }
-    const o = node * K;
-    if (sz < 0 || this.minMod[node]! >= sz) {
-      if (rc > 0 && this.fc[o]! < rc) {
-        c.cpu += n;
-        return;
-      }
-      if ((rc <= 0 || this.minCpu[node]! >= rc) && rm > 0 && this.fm[o + this.fn[node]! - 1]! < rm) {
-        c.mem += n;
-        return;
-      }
-    }
-    if (node >= this.size) {
-      // module, cpu and memory fit (else counted above): only an exclusion is left
-      if (s.excluded !== null && s.excluded.has(this.leaf[node - this.size]!)) c.refused += 1;
-      return;
-    }
-    this.cl(node << 1, c);
-    this.cl((node << 1) | 1, c);
-  }
-
   private r1(node: number): void {
-    if (!this.canFit(node)) return;
+    if (!this.g.canFit(this.s, node)) return;
     const b = this.best1[node]!;
     if (b < 0 || (this.found >= 0 && !this.less1(b, this.found))) return;
     if (node >= this.size) {
@@ -454,23 +478,301 @@ class Tree {
       this.r1(l);
     }
   }
+
+  classify(c: FailCounts): void {
+    this.cl(1, c);
+  }
+
+  private cl(node: number, c: FailCounts): void {
+    if (this.g.cnt(node) === 0 || this.g.classifyWhole(this.s, node, c)) return;
+    if (node >= this.size) {
+      classifyOne(this.s, this.leaf[node - this.size]!, c);
+      return;
+    }
+    this.cl(node << 1, c);
+    this.cl((node << 1) | 1, c);
+  }
 }
 
-interface FailCounts {
-  module: number;
-  cpu: number;
-  mem: number;
-  refused: number;
+// ---- treap ordered by a key, for least-loaded, hybrid and resource-aware ----
+
+/** What a treap orders by: (tasks, memory requested, id), (share free now, id) or (tasks, id). */
+type KeyKind = 'load' | 'share' | 'tasks';
+
+class Treap implements Index {
+  private readonly g: Aggregates;
+  private readonly L: Int32Array;
+  private readonly R: Int32Array;
+  private readonly pri: Uint32Array;
+  /** The key each node was inserted with. */
+  private readonly k1: Float64Array;
+  private readonly k2: Float64Array;
+  private readonly in: Uint8Array;
+  private readonly rank: Int32Array;
+  private root = -1;
+  private sl = -1;
+  private sr = -1;
+
+  constructor(
+    private readonly s: Snapshot,
+    /** Node → proplet index. */
+    private readonly node: Int32Array,
+    /** Proplet index → node, -1 when not a member. */
+    private readonly pos: Int32Array,
+    private readonly base: number,
+    private readonly kind: KeyKind,
+  ) {
+    const m = node.length;
+    this.g = new Aggregates(m);
+    this.L = new Int32Array(m).fill(-1);
+    this.R = new Int32Array(m).fill(-1);
+    this.pri = new Uint32Array(m);
+    this.k1 = new Float64Array(m);
+    this.k2 = new Float64Array(m);
+    this.in = new Uint8Array(m);
+    this.rank = s.rank;
+    // Priorities from a fixed hash: the shape is the same every run (the answers never depend on it).
+    for (let x = 0; x < m; x++) this.pri[x] = Math.imul(x + 1, 0x9e3779b1) >>> 0;
+    // Build: open members sorted by key, then a Cartesian tree on the priorities.
+    const open: number[] = [];
+    for (let x = 0; x < m; x++) {
+      if (this.isOpen(x)) {
+        this.setKey(x);
+        this.in[x] = 1;
+        open.push(x);
+      }
+    }
+    open.sort((a, b) => (this.less(a, b) ? -1 : 1));
+    const stack: number[] = [];
+    for (const x of open) {
+      let last = -1;
+      while (stack.length > 0 && this.pri[stack[stack.length - 1]!]! < this.pri[x]!) last = stack.pop()!;
+      this.L[x] = last;
+      if (stack.length > 0) this.R[stack[stack.length - 1]!] = x;
+      stack.push(x);
+    }
+    this.root = stack.length > 0 ? stack[0]! : -1;
+    this.pullAll(this.root);
+  }
+
+  private pullAll(t: number): void {
+    if (t < 0) return;
+    this.pullAll(this.L[t]!);
+    this.pullAll(this.R[t]!);
+    this.pull(t);
+  }
+
+  private isOpen(x: number): boolean {
+    const i = this.node[x]!;
+    return this.s.tasks[i]! < this.s.maxTasks(i, this.base);
+  }
+
+  private setKey(x: number): void {
+    const i = this.node[x]!;
+    if (this.kind === 'share') {
+      this.k1[x] = freeShare(this.s, i);
+      this.k2[x] = 0;
+    } else {
+      this.k1[x] = this.s.tasks[i]!;
+      this.k2[x] = this.kind === 'load' ? this.s.mem[i]! : 0;
+    }
+  }
+
+  private less(a: number, b: number): boolean {
+    const a1 = this.k1[a]!;
+    const b1 = this.k1[b]!;
+    if (a1 !== b1) return a1 < b1;
+    const a2 = this.k2[a]!;
+    const b2 = this.k2[b]!;
+    if (a2 !== b2) return a2 < b2;
+    return this.rank[this.node[a]!]! < this.rank[this.node[b]!]!;
+  }
+
+  private pull(t: number): void {
+    this.g.combine(this.s, t, this.L[t]!, this.R[t]!, this.node[t]!);
+  }
+
+  /** Splits `t` into sl (keys < x's) and sr (keys > x's); x is not in `t`. */
+  private split(t: number, x: number): void {
+    if (t < 0) {
+      this.sl = this.sr = -1;
+      return;
+    }
+    if (this.less(t, x)) {
+      this.split(this.R[t]!, x);
+      this.R[t] = this.sl;
+      this.pull(t);
+      this.sl = t;
+    } else {
+      this.split(this.L[t]!, x);
+      this.L[t] = this.sr;
+      this.pull(t);
+      this.sr = t;
+    }
+  }
+
+  private merge(a: number, b: number): number {
+    if (a < 0) return b;
+    if (b < 0) return a;
+    if (this.pri[a]! > this.pri[b]!) {
+      this.R[a] = this.merge(this.R[a]!, b);
+      this.pull(a);
+      return a;
+    }
+    this.L[b] = this.merge(a, this.L[b]!);
+    this.pull(b);
+    return b;
+  }
+
+  private insert(t: number, x: number): number {
+    if (t < 0) {
+      this.L[x] = this.R[x] = -1;
+      this.pull(x);
+      return x;
+    }
+    if (this.pri[x]! > this.pri[t]!) {
+      this.split(t, x);
+      this.L[x] = this.sl;
+      this.R[x] = this.sr;
+      this.pull(x);
+      return x;
+    }
+    if (this.less(x, t)) this.L[t] = this.insert(this.L[t]!, x);
+    else this.R[t] = this.insert(this.R[t]!, x);
+    this.pull(t);
+    return t;
+  }
+
+  private erase(t: number, x: number): number {
+    if (t === x) return this.merge(this.L[t]!, this.R[t]!);
+    if (this.less(x, t)) this.L[t] = this.erase(this.L[t]!, x);
+    else this.R[t] = this.erase(this.R[t]!, x);
+    this.pull(t);
+    return t;
+  }
+
+  update(i: number): void {
+    const x = this.pos[i]!;
+    if (x < 0) return;
+    if (this.in[x] === 1) {
+      this.root = this.erase(this.root, x); // by the key it was inserted with
+      this.in[x] = 0;
+    }
+    if (this.isOpen(x)) {
+      this.setKey(x);
+      this.root = this.insert(this.root, x);
+      this.in[x] = 1;
+    }
+  }
+
+  get openCount(): number {
+    return this.root < 0 ? 0 : this.g.cnt(this.root);
+  }
+
+  /** Proplet index of the first member in key order that fits, or -1. */
+  leftmostFit(): number {
+    const x = this.find(this.root, -Infinity);
+    return x < 0 ? -1 : this.node[x]!;
+  }
+
+  /** Proplet index of the first member that fits with k1 > `above`, or -1. */
+  firstFitAbove(above: number): number {
+    const x = this.find(this.root, above);
+    return x < 0 ? -1 : this.node[x]!;
+  }
+
+  private find(t: number, above: number): number {
+    if (t < 0 || !this.g.canFit(this.s, t)) return -1;
+    if (this.k1[t]! <= above) return this.find(this.R[t]!, above);
+    const a = this.find(this.L[t]!, above);
+    if (a >= 0) return a;
+    if (this.s.fits(this.node[t]!, this.base)) return t;
+    return this.find(this.R[t]!, above);
+  }
+
+  k1Of(i: number): number {
+    return this.k1[this.pos[i]!]!;
+  }
+
+  classify(c: FailCounts): void {
+    this.cl(this.root, c);
+  }
+
+  private cl(t: number, c: FailCounts): void {
+    if (t < 0 || this.g.classifyWhole(this.s, t, c)) return;
+    classifyOne(this.s, this.node[t]!, c);
+    this.cl(this.L[t]!, c);
+    this.cl(this.R[t]!, c);
+  }
 }
+
+/** resource-aware: one share-ordered treap per capacity class, and one load-ordered for proplets of unknown capacity. */
+class RaIndex implements Index {
+  constructor(
+    private readonly s: Snapshot,
+    private readonly classes: Treap[],
+    /** Proplet index → its class's treap. */
+    private readonly classOf: Map<number, Treap>,
+    private readonly unknown: Treap | undefined,
+  ) {}
+
+  update(i: number): void {
+    this.classOf.get(i)?.update(i);
+  }
+
+  classify(c: FailCounts): void {
+    for (const t of this.classes) t.classify(c);
+    this.unknown?.classify(c);
+  }
+
+  get openCount(): number {
+    let n = this.unknown?.openCount ?? 0;
+    for (const t of this.classes) n += t.openCount;
+    return n;
+  }
+
+  best(): number {
+    const s = this.s;
+    const rank = s.rank;
+    let best = -1;
+    let bestScore = Infinity;
+    const consider = (i: number, sc: number): void => {
+      if (best < 0 || sc < bestScore || (sc === bestScore && rank[i]! < rank[best]!)) {
+        best = i;
+        bestScore = sc;
+      }
+    };
+    for (const t of this.classes) {
+      let i = t.leftmostFit();
+      if (i < 0) continue;
+      const sc = raScore(s, i);
+      consider(i, sc);
+      // Within a class the score never decreases along the order, but equal
+      // scores may sit under different keys: look past this key while the
+      // next fit still scores the same.
+      for (;;) {
+        i = t.firstFitAbove(t.k1Of(i));
+        if (i < 0) break;
+        const next = raScore(s, i);
+        if (next > sc) break;
+        consider(i, next);
+      }
+    }
+    if (best >= 0) return best;
+    return this.unknown === undefined ? -1 : this.unknown.leftmostFit();
+  }
+}
+
+// ---- pools ----
 
 class Pool {
   /** Members in id order. */
   readonly members: Int32Array;
-  /** Members at capacity, by reason ("at capacity (16/16 tasks)"): kept up to date by commit(). */
-  readonly full = new Map<string, number>();
   /** Static reasons of the proplets outside the pool, counted once. */
   readonly outside = new Map<string, number>();
-  readonly trees = new Map<string, Tree>();
+  /** Members at capacity, by reason ("at capacity (16/16 tasks)"): kept up to date by commit(). */
+  readonly full = new Map<string, number>();
+  readonly indexes = new Map<string, Index>();
   /** Bumped whenever a member takes a task: cached reasons of older versions are stale. */
   version = 0;
   readonly reasons = new Map<string, { version: number; reason: string }>();
@@ -503,17 +805,17 @@ class Pool {
       else this.full.set(k, n);
     }
     if (t >= max) bump(this.full, atCapacity(t, max));
-    for (const tree of this.trees.values()) tree.update(i);
+    for (const x of this.indexes.values()) x.update(i);
   }
 
-  /** Trees that together cover every member once. */
-  cover(): Tree[] | undefined {
-    for (const k of ['id', 'll', 'ra']) {
-      const t = this.trees.get(k);
-      if (t !== undefined) return [t];
+  /** Indexes that together cover every member once. */
+  cover(): Index[] | undefined {
+    for (const k of ['id', 'load', 'ra']) {
+      const x = this.indexes.get(k);
+      if (x !== undefined) return [x];
     }
-    const a = this.trees.get('ll:k8s');
-    const b = this.trees.get('ll:external');
+    const a = this.indexes.get('load:k8s');
+    const b = this.indexes.get('load:external');
     return a !== undefined && b !== undefined ? [a, b] : undefined;
   }
 }
@@ -522,20 +824,14 @@ export class IndexedFinder implements Finder {
   private readonly pools = new Map<string, Pool>();
   /** Pools each proplet is a member of. */
   private readonly poolsOf: Pool[][];
-  private readonly capOrder: Int32Array;
 
   constructor(private readonly s: Snapshot) {
     this.poolsOf = Array.from({ length: s.n }, () => []);
-    // Capacity order, shared by every least-loaded / resource-aware tree:
-    // memory, then cpu (unknown last), then id.
-    const key = (x: number): number => (x === x ? x : Infinity);
-    const rank = s.rank;
-    this.capOrder = Int32Array.from(s.byRank).sort((a, b) => key(s.capMem[a]!) - key(s.capMem[b]!) || key(s.capCpu[a]!) - key(s.capCpu[b]!) || rank[a]! - rank[b]!);
   }
 
   private pool(spec: PoolSpec): Pool {
     let p = this.pools.get(spec.key);
-    if (p === undefined || p.spec.base !== spec.base) {
+    if (p === undefined) {
       p = new Pool(this.s, spec);
       this.pools.set(spec.key, p);
       for (const i of p.members) this.poolsOf[i]!.push(p);
@@ -543,30 +839,77 @@ export class IndexedFinder implements Finder {
     return p;
   }
 
-  private tree(p: Pool, mode: Mode, type: PropletType | undefined): Tree {
-    const k = type === undefined ? mode : `${mode}:${type}`;
-    let t = p.trees.get(k);
+  private positions(members: ArrayLike<number>): { node: Int32Array; pos: Int32Array } {
+    const pos = new Int32Array(this.s.n).fill(-1);
+    for (let x = 0; x < members.length; x++) pos[members[x]!] = x;
+    return { node: Int32Array.from(members), pos };
+  }
+
+  private idTree(p: Pool): SegTree {
+    let t = p.indexes.get('id') as SegTree | undefined;
     if (t === undefined) {
-      const s = this.s;
-      const pos = new Int32Array(s.n).fill(-1);
-      for (const i of p.members) pos[i] = 0; // membership mark
-      const order = mode === 'id' ? p.members : this.capOrder;
-      const leaf: number[] = [];
-      for (const i of order) {
-        if (pos[i] !== 0) continue;
-        if (type !== undefined && (s.isK8s[i] === 1) !== (type === 'k8s')) continue;
-        leaf.push(i);
-      }
-      pos.fill(-1);
-      leaf.forEach((i, j) => (pos[i] = j));
-      t = new Tree(s, Int32Array.from(leaf), pos, p.spec.base, mode);
-      p.trees.set(k, t);
+      const { node, pos } = this.positions(p.members);
+      t = new SegTree(this.s, node, pos, p.spec.base, 'id');
+      p.indexes.set('id', t);
     }
     return t;
   }
 
+  private loadTreap(p: Pool, type: PropletType | undefined): Treap {
+    const k = type === undefined ? 'load' : `load:${type}`;
+    let t = p.indexes.get(k) as Treap | undefined;
+    if (t === undefined) {
+      const s = this.s;
+      const members = type === undefined ? p.members : p.members.filter((i) => (s.isK8s[i] === 1) === (type === 'k8s'));
+      const { node, pos } = this.positions(members);
+      t = new Treap(s, node, pos, p.spec.base, 'load');
+      p.indexes.set(k, t);
+    }
+    return t;
+  }
+
+  private raIndex(p: Pool): RaIndex | SegTree {
+    let x = p.indexes.get('ra') as RaIndex | SegTree | undefined;
+    if (x === undefined) {
+      const s = this.s;
+      const byClass = new Map<string, number[]>();
+      const unknown: number[] = [];
+      for (const i of p.members) {
+        const cc = s.capCpu[i]!;
+        const cm = s.capMem[i]!;
+        if (cc !== cc && cm !== cm) unknown.push(i);
+        else {
+          const k = `${cc}|${cm}`;
+          const list = byClass.get(k);
+          if (list === undefined) byClass.set(k, [i]);
+          else list.push(i);
+        }
+      }
+      if (byClass.size > MAX_CLASSES) {
+        // Many capacity classes: one tree in capacity order, branch and bound.
+        const key = (v: number): number => (v === v ? v : Infinity);
+        const rank = s.rank;
+        const order = Int32Array.from(p.members).sort((a, b) => key(s.capMem[a]!) - key(s.capMem[b]!) || key(s.capCpu[a]!) - key(s.capCpu[b]!) || rank[a]! - rank[b]!);
+        const { node, pos } = this.positions(order);
+        x = new SegTree(s, node, pos, p.spec.base, 'ra');
+      } else {
+        const classOf = new Map<number, Treap>();
+        const make = (members: number[], kind: KeyKind): Treap => {
+          const { node, pos } = this.positions(members);
+          const t = new Treap(s, node, pos, p.spec.base, kind);
+          for (const i of members) classOf.set(i, t);
+          return t;
+        };
+        const classes = [...byClass.values()].map((m) => make(m, 'share'));
+        x = new RaIndex(s, classes, classOf, unknown.length > 0 ? make(unknown, 'tasks') : undefined);
+      }
+      p.indexes.set('ra', x);
+    }
+    return x;
+  }
+
   roundRobin(spec: PoolSpec, after: string | undefined): number {
-    const t = this.tree(this.pool(spec), 'id', undefined);
+    const t = this.idTree(this.pool(spec));
     let lo = 0;
     if (after !== undefined) {
       // first leaf whose id is > after
@@ -583,13 +926,11 @@ export class IndexedFinder implements Finder {
   }
 
   leastLoaded(spec: PoolSpec, type: PropletType | undefined): number {
-    const t = this.tree(this.pool(spec), 'll', type);
-    const j = t.leastLoaded();
-    return j >= 0 ? t.leaf[j]! : -1;
+    return this.loadTreap(this.pool(spec), type).leftmostFit();
   }
 
   random(spec: PoolSpec, random: () => number): { i: number; k: number; open: number } | undefined {
-    const t = this.tree(this.pool(spec), 'id', undefined);
+    const t = this.idTree(this.pool(spec));
     const open = t.openCount;
     if (open === 0) return undefined;
     const k = Math.min(open - 1, Math.max(0, Math.floor(random() * open)));
@@ -600,22 +941,29 @@ export class IndexedFinder implements Finder {
   }
 
   resourceAware(spec: PoolSpec): number {
-    const t = this.tree(this.pool(spec), 'ra', undefined);
-    const j = t.resourceAware();
-    return j >= 0 ? t.leaf[j]! : -1;
+    const x = this.raIndex(this.pool(spec));
+    if (x instanceof SegTree) {
+      const j = x.resourceAware();
+      return j >= 0 ? x.leaf[j]! : -1;
+    }
+    return x.best();
   }
 
   noFit(spec: PoolSpec): string {
     const s = this.s;
     const p = this.pool(spec);
-    const ex = s.excluded === null ? '' : [...s.excluded].sort((a, b) => a - b).join(',');
-    const shape = `${s.reqCpu}|${s.reqMem}|${s.size}|${ex}`;
+    const cover = p.cover() ?? [this.idTree(p)];
+    let open = 0;
+    for (const x of cover) open += x.openCount;
+    // With no open member the reason does not depend on the task.
+    const ex = open === 0 || s.excluded === null ? '' : [...s.excluded].sort((a, b) => a - b).join(',');
+    const shape = open === 0 ? '' : `${s.reqCpu}|${s.reqMem}|${s.size}|${ex}`;
     const hit = p.reasons.get(shape);
     if (hit !== undefined && hit.version === p.version) return hit.reason;
     const counts = new Map(p.outside);
     for (const [why, n] of p.full) bump(counts, why, n);
     const c: FailCounts = { module: 0, cpu: 0, mem: 0, refused: 0 };
-    for (const t of p.cover() ?? [this.tree(p, 'id', undefined)]) t.classify(c);
+    if (open > 0) for (const x of cover) x.classify(c);
     if (c.module > 0) bump(counts, moduleTooLarge(s.size), c.module);
     if (c.cpu > 0) bump(counts, shortOfCpu(s.reqCpu), c.cpu);
     if (c.mem > 0) bump(counts, shortOfMemory(s.reqMem), c.mem);

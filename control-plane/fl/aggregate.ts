@@ -1,0 +1,911 @@
+// Aggregation of federated learning updates: pure, no broker, no clock.
+//
+// An update is a participant's trained weights for the round's global model
+// (the reference), with its sample count and optional metrics. Every update is
+// validated against the reference before it counts: same tensor names in the
+// same order, same shapes, finite values, a positive integer sample count.
+// A bad update is refused with an UpdateError carrying a reason code and
+// changes nothing.
+//
+// - FedAvg: the sample-weighted mean. Streaming: one float64 running sum per
+//   parameter (one Float64Array, a view per tensor), O(model) memory whatever
+//   the number of updates; never holds the updates themselves.
+// - FedMedian, TrimmedMean: coordinate-wise median / trimmed mean, robust to a
+//   few poisoned updates. They need every update at once, so they hold them
+//   (float32, n × params values) up to maxBufferedValues and refuse beyond.
+//   Sample counts are validated and reported but do not weight them.
+//
+// Updates arrive whole (add) or in pieces (begin, addChunk..., commit/abort),
+// so that a large update is copied in as it arrives. See docs/fl.md.
+
+import { isId } from '../../protocol/index.ts';
+import { elementCount, firstNonFinite, HOST_LITTLE_ENDIAN, MODEL_FORMAT, ModelError, validateModel, type Model, type ModelMeta, type Tensor } from './model-format.ts';
+
+export type AlgorithmName = 'fedavg' | 'fedmedian' | 'trimmed-mean';
+export const ALGORITHMS: readonly AlgorithmName[] = ['fedavg', 'fedmedian', 'trimmed-mean'];
+
+export interface ClientMetrics {
+  loss?: number;
+  accuracy?: number;
+}
+
+export interface Update {
+  /** The participant's (proplet's) id. */
+  participant: string;
+  /** Training samples behind the update: the weight in FedAvg. */
+  numSamples: number;
+  /** The trained weights: same tensors (names, order, shapes) as the reference. */
+  model: Model;
+  metrics?: ClientMetrics;
+}
+
+export type UpdateErrorReason =
+  /** Malformed update: participant id, metrics or model not of the right type. */
+  | 'invalid'
+  /** Tensor names, order, shapes or lengths differ from the reference; a chunk out of range, overlapping or incomplete. */
+  | 'shape'
+  /** NaN or ±Infinity in the weights or the metrics. */
+  | 'non_finite'
+  /** numSamples not an integer in [1, maxSamples]. */
+  | 'samples'
+  /** The participant already has an update in this aggregator (or one streaming). */
+  | 'duplicate'
+  /** Beyond maxInFlight streams, maxBufferedValues or wasm memory. */
+  | 'capacity'
+  /** No such stream, or the aggregator is finished. */
+  | 'state'
+  /** Not thrown here: for callers that check participants against the round's list. */
+  | 'unknown_participant';
+
+export class UpdateError extends Error {
+  override name = 'UpdateError';
+  constructor(
+    readonly reason: UpdateErrorReason,
+    message: string,
+    readonly participant?: string,
+    readonly tensor?: string,
+  ) {
+    super(message);
+  }
+}
+
+export type AggregatorErrorReason = 'unknown_algorithm' | 'config' | 'reference' | 'no_updates' | 'too_few_updates' | 'finished';
+
+/** Bad algorithm, bad config or reference model, or a result that cannot be computed. */
+export class AggregatorError extends Error {
+  override name = 'AggregatorError';
+  constructor(
+    readonly reason: AggregatorErrorReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** aggregator.config: camelCase keys; unknown keys are refused. */
+export interface AggregatorConfig {
+  /** Largest numSamples accepted for one update (default 1e9). */
+  maxSamples?: number;
+  /** Updates streaming (begin...commit) at once (default 4). FedAvg holds one float32 copy of the model for each. */
+  maxInFlight?: number;
+  /** fedmedian, trimmed-mean: values held at once, updates × params, streams included (default 2^26 = 256 MiB). */
+  maxBufferedValues?: number;
+  /** trimmed-mean: fraction of updates dropped at each end per coordinate, floor(trimFraction × n) (default 0.1). */
+  trimFraction?: number;
+  /** trimmed-mean: number of updates dropped at each end per coordinate (instead of trimFraction). */
+  trim?: number;
+}
+
+export const DEFAULT_AGGREGATOR_CONFIG = Object.freeze({ maxSamples: 1e9, maxInFlight: 4, maxBufferedValues: 2 ** 26, trimFraction: 0.1 });
+
+const CONFIG_KEYS: Record<AlgorithmName, readonly (keyof AggregatorConfig)[]> = {
+  fedavg: ['maxSamples', 'maxInFlight'],
+  fedmedian: ['maxSamples', 'maxInFlight', 'maxBufferedValues'],
+  'trimmed-mean': ['maxSamples', 'maxInFlight', 'maxBufferedValues', 'trimFraction', 'trim'],
+};
+
+interface Resolved {
+  maxSamples: number;
+  maxInFlight: number;
+  maxBufferedValues: number;
+  trimFraction: number;
+  trim: number | undefined;
+}
+
+function resolveConfig(algorithm: AlgorithmName, config: unknown): Resolved {
+  if (config === undefined || config === null) config = {};
+  if (typeof config !== 'object' || Array.isArray(config)) throw new AggregatorError('config', `aggregator.config for ${algorithm} must be an object`);
+  const c = config as Record<string, unknown>;
+  const allowed = CONFIG_KEYS[algorithm] as readonly string[];
+  for (const k of Object.keys(c)) {
+    if (!allowed.includes(k)) throw new AggregatorError('config', `aggregator.config.${k} is not a setting of ${algorithm}; its settings are ${allowed.join(', ')}`);
+  }
+  const int = (k: string, min: number, max: number, dflt: number): number => {
+    const v = c[k];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new AggregatorError('config', `aggregator.config.${k} must be an integer between ${min} and ${max}, not ${JSON.stringify(v)}`);
+    return v;
+  };
+  const d = DEFAULT_AGGREGATOR_CONFIG;
+  const r: Resolved = {
+    maxSamples: int('maxSamples', 1, Number.MAX_SAFE_INTEGER, d.maxSamples),
+    maxInFlight: int('maxInFlight', 0, 1 << 16, d.maxInFlight),
+    maxBufferedValues: int('maxBufferedValues', 0, Number.MAX_SAFE_INTEGER, d.maxBufferedValues),
+    trimFraction: d.trimFraction,
+    trim: c.trim === undefined ? undefined : int('trim', 0, 1 << 24, 0),
+  };
+  if (c.trimFraction !== undefined) {
+    const f = c.trimFraction;
+    if (typeof f !== 'number' || !(f >= 0 && f < 0.5)) throw new AggregatorError('config', `aggregator.config.trimFraction must be a number in [0, 0.5), not ${JSON.stringify(f)}`);
+    if (c.trim !== undefined) throw new AggregatorError('config', 'aggregator.config: give trimFraction or trim, not both');
+    r.trimFraction = f;
+  }
+  return r;
+}
+
+/** Mean client metrics, weighted by numSamples over the updates that reported each. */
+export interface RoundMetrics {
+  updates: number;
+  totalSamples: number;
+  loss?: number;
+  accuracy?: number;
+  /** Samples behind the loss (updates that reported one). */
+  lossSamples: number;
+  accuracySamples: number;
+}
+
+export interface Aggregator {
+  readonly algorithm: AlgorithmName;
+  readonly reference: Model;
+  /** Updates that count (added or committed). */
+  readonly count: number;
+  readonly totalSamples: number;
+  /** Updates streaming (begun, neither committed nor aborted). */
+  readonly inFlight: number;
+  /** Participants whose update counts, in arrival order. */
+  participants(): string[];
+  has(participant: string): boolean;
+  /** Validates and folds in a whole update; throws UpdateError and changes nothing if it is bad. */
+  add(update: Update): void;
+  /** Starts a streamed update; its data then arrives by addChunk(). */
+  begin(participant: string, numSamples: number, metrics?: ClientMetrics): void;
+  /**
+   * Little-endian float32 values of tensor `tensorIndex` from element `offset`
+   * (bytes.length a multiple of 4, any alignment). Chunks may come in any
+   * order but not overlap. A bad chunk aborts the whole stream (UpdateError).
+   */
+  addChunk(participant: string, tensorIndex: number, offset: number, bytes: Uint8Array): void;
+  /** The update counts from here if every element arrived; else it is aborted (UpdateError 'shape'). */
+  commit(participant: string): void;
+  /** Drops a streamed update; true if there was one. */
+  abort(participant: string): boolean;
+  metrics(): RoundMetrics;
+  /** The aggregated model over the updates that count (streams in flight are not in it). */
+  result(): Model;
+  /** result(), then closes the aggregator and lets go of its buffers (FedAvg reuses its sum's memory for the result). */
+  finish(): Model;
+}
+
+/**
+ * An aggregator by name, as FederatedJob's aggregator.algorithm and
+ * aggregator.config give it. Throws AggregatorError for an unknown algorithm,
+ * a bad config or a bad reference model.
+ */
+export function createAggregator(algorithm: AlgorithmName | (string & {}), reference: Model, config?: Record<string, unknown>): Aggregator {
+  switch (algorithm) {
+    case 'fedavg':
+      return new FedAvg(reference, config);
+    case 'fedmedian':
+      return new FedMedian(reference, config);
+    case 'trimmed-mean':
+      return new TrimmedMean(reference, config);
+    default:
+      throw new AggregatorError('unknown_algorithm', `unknown aggregator.algorithm ${JSON.stringify(algorithm)}: known are ${ALGORITHMS.join(', ')}`);
+  }
+}
+
+// ---------------------------------------------------------------- common part
+
+/** Where a streamed update's values go until it commits. */
+interface Slot {
+  /** Copies LE float32 bytes to flat element `pos`; returns the flat index of the first non-finite value written, or -1. */
+  write(pos: number, bytes: Uint8Array): number;
+  /** The update counts: folded (FedAvg) or kept (robust). */
+  commit(weight: number): void;
+  release(): void;
+}
+
+interface Stream {
+  participant: string;
+  numSamples: number;
+  metrics: ClientMetrics | undefined;
+  slot: Slot;
+  /** Per tensor, the element ranges received: sorted, merged [start, end) pairs. */
+  ranges: number[][];
+  received: number;
+}
+
+abstract class BaseAggregator implements Aggregator {
+  readonly reference: Model;
+  protected readonly params: number;
+  /** Flat index of each tensor's first element. */
+  protected readonly offsets: number[];
+  protected readonly sizes: number[];
+  protected readonly cfg: Resolved;
+  protected finished = false;
+  private readonly done: string[] = [];
+  private readonly doneSet = new Set<string>();
+  private readonly streams = new Map<string, Stream>();
+  private samples = 0;
+  private lossSum = 0;
+  private lossSamples = 0;
+  private accSum = 0;
+  private accSamples = 0;
+
+  constructor(
+    readonly algorithm: AlgorithmName,
+    reference: Model,
+    config: unknown,
+  ) {
+    this.cfg = resolveConfig(algorithm, config);
+    try {
+      validateModel(reference);
+    } catch (e) {
+      if (e instanceof ModelError) throw new AggregatorError('reference', `reference model: ${e.message}`);
+      throw e;
+    }
+    this.reference = reference;
+    this.sizes = reference.tensors.map((t) => elementCount(t.shape));
+    this.offsets = [];
+    let o = 0;
+    for (const n of this.sizes) {
+      this.offsets.push(o);
+      o += n;
+    }
+    this.params = o;
+  }
+
+  get count(): number {
+    return this.done.length;
+  }
+  get totalSamples(): number {
+    return this.samples;
+  }
+  get inFlight(): number {
+    return this.streams.size;
+  }
+  participants(): string[] {
+    return [...this.done];
+  }
+  has(participant: string): boolean {
+    return this.doneSet.has(participant);
+  }
+
+  /** Refuses an update that would not fit (before anything is copied). */
+  protected abstract checkCapacity(participant: string, streaming: boolean): void;
+  /** Checks every value of a shape-checked update, then folds or keeps it; throws UpdateError('non_finite') before changing anything. */
+  protected abstract accept(tensors: Tensor[], weight: number, participant: string): void;
+  protected abstract openSlot(participant: string): Slot;
+  /** The aggregate, flat, float32. */
+  protected abstract compute(): Float32Array;
+
+  private checkOpen(participant?: string): void {
+    if (this.finished) throw new UpdateError('state', `the ${this.algorithm} aggregator is finished`, participant);
+  }
+
+  private checkHeader(participant: unknown, numSamples: unknown, metrics: unknown): { participant: string; numSamples: number; metrics: ClientMetrics | undefined } {
+    if (!isId(participant)) throw new UpdateError('invalid', `participant must be an id (1-128 characters without '+', '#', '/'), not ${JSON.stringify(participant)}`);
+    const p = participant as string;
+    this.checkOpen(p);
+    if (this.doneSet.has(p)) throw new UpdateError('duplicate', `${p} already has an update in this round`, p);
+    if (this.streams.has(p)) throw new UpdateError('duplicate', `${p} already has an update streaming in this round`, p);
+    if (typeof numSamples !== 'number' || !Number.isSafeInteger(numSamples) || numSamples < 1 || numSamples > this.cfg.maxSamples) {
+      throw new UpdateError('samples', `update from ${p}: numSamples must be an integer between 1 and ${this.cfg.maxSamples}, not ${JSON.stringify(numSamples) ?? String(numSamples)}`, p);
+    }
+    let m: ClientMetrics | undefined;
+    if (metrics !== undefined && metrics !== null) {
+      if (typeof metrics !== 'object' || Array.isArray(metrics)) throw new UpdateError('invalid', `update from ${p}: metrics must be an object`, p);
+      m = {};
+      for (const k of ['loss', 'accuracy'] as const) {
+        const v = (metrics as Record<string, unknown>)[k];
+        if (v === undefined || v === null) continue;
+        if (typeof v !== 'number') throw new UpdateError('invalid', `update from ${p}: metrics.${k} must be a number`, p);
+        if (!Number.isFinite(v)) throw new UpdateError('non_finite', `update from ${p}: metrics.${k} is ${v}`, p);
+        m[k] = v;
+      }
+    }
+    return { participant: p, numSamples, metrics: m };
+  }
+
+  private checkShape(model: unknown, p: string): Tensor[] {
+    const ref = this.reference.tensors;
+    if (model === null || typeof model !== 'object') throw new UpdateError('invalid', `update from ${p}: model must be a Model`, p);
+    const m = model as Model;
+    if (m.format !== MODEL_FORMAT) throw new UpdateError('invalid', `update from ${p}: model format must be ${MODEL_FORMAT}, not ${JSON.stringify(m.format)}`, p);
+    if (!Array.isArray(m.tensors)) throw new UpdateError('invalid', `update from ${p}: model.tensors must be an array`, p);
+    if (m.tensors.length !== ref.length) throw new UpdateError('shape', `update from ${p}: ${m.tensors.length} tensors, the round's model has ${ref.length}`, p);
+    for (let i = 0; i < ref.length; i++) {
+      const r = ref[i]!;
+      const t = m.tensors[i]!;
+      if (t === null || typeof t !== 'object') throw new UpdateError('invalid', `update from ${p}: tensor #${i} must be an object`, p, r.name);
+      if (t.name !== r.name) throw new UpdateError('shape', `update from ${p}: tensor #${i} is ${JSON.stringify(t.name)}, the round's model has '${r.name}' there`, p, r.name);
+      if (!Array.isArray(t.shape) || t.shape.length !== r.shape.length || t.shape.some((d, j) => d !== r.shape[j])) {
+        throw new UpdateError('shape', `update from ${p}: tensor '${r.name}' has shape ${JSON.stringify(t.shape)}, the round's model has ${JSON.stringify(r.shape)}`, p, r.name);
+      }
+      if (!(t.data instanceof Float32Array)) throw new UpdateError('invalid', `update from ${p}: tensor '${r.name}': data must be a Float32Array`, p, r.name);
+      if (t.data.length !== this.sizes[i]) throw new UpdateError('shape', `update from ${p}: tensor '${r.name}' has ${t.data.length} values, shape ${JSON.stringify(r.shape)} needs ${this.sizes[i]}`, p, r.name);
+    }
+    return m.tensors;
+  }
+
+  protected nonFinite(p: string, flat: number, value: number): UpdateError {
+    let t = 0;
+    while (t + 1 < this.offsets.length && this.offsets[t + 1]! <= flat) t++;
+    const name = this.reference.tensors[t]!.name;
+    return new UpdateError('non_finite', `update from ${p}: tensor '${name}' has ${value} at index ${flat - this.offsets[t]!}`, p, name);
+  }
+
+  private record(p: string, numSamples: number, metrics: ClientMetrics | undefined): void {
+    this.done.push(p);
+    this.doneSet.add(p);
+    this.samples += numSamples;
+    if (metrics?.loss !== undefined) {
+      this.lossSum += metrics.loss * numSamples;
+      this.lossSamples += numSamples;
+    }
+    if (metrics?.accuracy !== undefined) {
+      this.accSum += metrics.accuracy * numSamples;
+      this.accSamples += numSamples;
+    }
+  }
+
+  add(update: Update): void {
+    if (update === null || typeof update !== 'object') throw new UpdateError('invalid', 'an update must be an object');
+    const h = this.checkHeader(update.participant, update.numSamples, update.metrics);
+    const tensors = this.checkShape(update.model, h.participant);
+    this.checkCapacity(h.participant, false);
+    this.accept(tensors, h.numSamples, h.participant);
+    this.record(h.participant, h.numSamples, h.metrics);
+  }
+
+  begin(participant: string, numSamples: number, metrics?: ClientMetrics): void {
+    const h = this.checkHeader(participant, numSamples, metrics);
+    if (this.streams.size >= this.cfg.maxInFlight) throw new UpdateError('capacity', `update from ${h.participant} refused: ${this.streams.size} updates already streaming (maxInFlight ${this.cfg.maxInFlight})`, h.participant);
+    this.checkCapacity(h.participant, true);
+    const slot = this.openSlot(h.participant);
+    this.streams.set(h.participant, { ...h, slot, ranges: this.sizes.map(() => []), received: 0 });
+  }
+
+  private stream(participant: string): Stream {
+    const s = this.streams.get(participant);
+    if (!s) throw new UpdateError('state', `no update from ${JSON.stringify(participant)} is streaming (begin() first)`, typeof participant === 'string' ? participant : undefined);
+    return s;
+  }
+
+  private drop(s: Stream): void {
+    this.streams.delete(s.participant);
+    s.slot.release();
+  }
+
+  addChunk(participant: string, tensorIndex: number, offset: number, bytes: Uint8Array): void {
+    const s = this.stream(participant);
+    const p = s.participant;
+    try {
+      if (!Number.isInteger(tensorIndex) || tensorIndex < 0 || tensorIndex >= this.sizes.length) {
+        throw new UpdateError('shape', `update from ${p}: no tensor #${tensorIndex} (the round's model has ${this.sizes.length})`, p);
+      }
+      const name = this.reference.tensors[tensorIndex]!.name;
+      const size = this.sizes[tensorIndex]!;
+      if (!(bytes instanceof Uint8Array)) throw new UpdateError('invalid', `update from ${p}: tensor '${name}': a chunk must be bytes`, p, name);
+      if (bytes.length % 4 !== 0) throw new UpdateError('shape', `update from ${p}: tensor '${name}': a chunk of ${bytes.length} bytes is not whole float32 values`, p, name);
+      const n = bytes.length / 4;
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset + n > size) {
+        throw new UpdateError('shape', `update from ${p}: tensor '${name}': elements [${offset}, ${offset + n}) are outside its ${size}`, p, name);
+      }
+      if (n === 0) return;
+      if (!insertRange(s.ranges[tensorIndex]!, offset, offset + n)) {
+        throw new UpdateError('shape', `update from ${p}: tensor '${name}': elements [${offset}, ${offset + n}) overlap elements already received`, p, name);
+      }
+      const pos = this.offsets[tensorIndex]! + offset;
+      const bad = s.slot.write(pos, bytes);
+      if (bad >= 0) throw this.nonFinite(p, bad, readF32LE(bytes, (bad - pos) * 4));
+      s.received += n;
+    } catch (e) {
+      this.drop(s);
+      throw e;
+    }
+  }
+
+  commit(participant: string): void {
+    const s = this.stream(participant);
+    if (s.received !== this.params) {
+      this.drop(s);
+      const i = s.ranges.findIndex((r, t) => !(this.sizes[t] === 0 || (r.length === 2 && r[0] === 0 && r[1] === this.sizes[t])));
+      const name = this.reference.tensors[i]!.name;
+      const got = s.ranges[i]!.reduce((a, x, k) => (k % 2 ? a + x : a - x), 0);
+      throw new UpdateError('shape', `update from ${s.participant} is incomplete: tensor '${name}' has ${got} of ${this.sizes[i]} elements (${s.received} of ${this.params} in all)`, s.participant, name);
+    }
+    this.streams.delete(s.participant);
+    s.slot.commit(s.numSamples);
+    this.record(s.participant, s.numSamples, s.metrics);
+  }
+
+  abort(participant: string): boolean {
+    const s = this.streams.get(participant);
+    if (!s) return false;
+    this.drop(s);
+    return true;
+  }
+
+  metrics(): RoundMetrics {
+    const m: RoundMetrics = { updates: this.count, totalSamples: this.samples, lossSamples: this.lossSamples, accuracySamples: this.accSamples };
+    if (this.lossSamples > 0) m.loss = this.lossSum / this.lossSamples;
+    if (this.accSamples > 0) m.accuracy = this.accSum / this.accSamples;
+    return m;
+  }
+
+  protected checkResult(): void {
+    if (this.finished) throw new AggregatorError('finished', `the ${this.algorithm} aggregator is finished`);
+    if (this.count === 0) throw new AggregatorError('no_updates', `${this.algorithm}: no update to aggregate`);
+  }
+
+  protected resultMeta(): ModelMeta {
+    const meta: ModelMeta = { algorithm: this.algorithm, numParticipants: this.count, totalSamples: this.samples };
+    const m = this.metrics();
+    if (m.loss !== undefined) meta.loss = m.loss;
+    if (m.accuracy !== undefined) meta.accuracy = m.accuracy;
+    return meta;
+  }
+
+  /** A model over flat data: each tensor's data is a view of `flat`. */
+  protected modelOver(flat: Float32Array): Model {
+    return {
+      format: MODEL_FORMAT,
+      tensors: this.reference.tensors.map((t, i) => ({ name: t.name, shape: [...t.shape], data: flat.subarray(this.offsets[i]!, this.offsets[i]! + this.sizes[i]!) })),
+      meta: this.resultMeta(),
+    };
+  }
+
+  result(): Model {
+    this.checkResult();
+    return this.modelOver(this.compute());
+  }
+
+  finish(): Model {
+    const m = this.result();
+    this.close();
+    return m;
+  }
+
+  protected close(): void {
+    for (const s of [...this.streams.values()]) this.drop(s);
+    this.finished = true;
+  }
+}
+
+function readF32LE(bytes: Uint8Array, at: number): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getFloat32(at, true);
+}
+
+/** Adds [s, e) to sorted, merged [start, end) pairs; false if it overlaps one. */
+function insertRange(list: number[], s: number, e: number): boolean {
+  const n = list.length / 2;
+  let lo = 0;
+  let hi = n;
+  if (n > 0 && list[2 * n - 2]! < s) lo = n; // in-order arrival: after the last range
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (list[2 * mid]! < s) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo > 0 && list[2 * lo - 1]! > s) return false;
+  if (lo < n && list[2 * lo]! < e) return false;
+  const joinPrev = lo > 0 && list[2 * lo - 1] === s;
+  const joinNext = lo < n && list[2 * lo] === e;
+  if (joinPrev && joinNext) {
+    list[2 * lo - 1] = list[2 * lo + 1]!;
+    list.splice(2 * lo, 2);
+  } else if (joinPrev) list[2 * lo - 1] = e;
+  else if (joinNext) list[2 * lo] = s;
+  else list.splice(2 * lo, 0, s, e);
+  return true;
+}
+
+// ---------------------------------------------------------------- FedAvg
+
+/**
+ * The FedAvg kernel, in WebAssembly SIMD: plain JavaScript folds a float32
+ * update into a float64 sum at ~1.5-3 ns per value on this machine, a third
+ * to a half of the speed memory allows; two f64x2 lanes and a vector finite
+ * check reach it. Wasm memory is little-endian on every host, so update bytes
+ * off the wire (float32 LE) are copied in as they are. The bytes below are
+ * this text compiled by wabt (`test/fl-aggregate.test.ts` checks they match).
+ */
+export const FOLD_KERNEL_WAT = String.raw`(module
+  ;; Memory is imported: the aggregator sizes it (staging area, running sum, stream slots).
+  (import "env" "memory" (memory 1))
+  ;; nonfinite(p, n): 1 if any of the n float32 at byte address p is NaN or ±Infinity
+  ;; (exponent bits all ones), else 0. Two vectors per iteration, OR-accumulated.
+  (func (export "nonfinite") (param $p i32) (param $n i32) (result i32)
+    (local $end i32) (local $acc v128) (local $m v128)
+    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+    (local.set $end (i32.add (local.get $p) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $acc (v128.or (local.get $acc)
+          (v128.or
+            (i32x4.eq (v128.and (v128.load (local.get $p)) (local.get $m)) (local.get $m))
+            (i32x4.eq (v128.and (v128.load offset=16 (local.get $p)) (local.get $m)) (local.get $m)))))
+        (local.set $p (i32.add (local.get $p) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $acc (v128.or (local.get $acc)
+          (i32x4.eq (v128.and (v128.load32_zero (local.get $p)) (local.get $m)) (local.get $m))))
+        (local.set $p (i32.add (local.get $p) (i32.const 4)))
+        (br $next)))
+    (v128.any_true (local.get $acc)))
+  ;; fold(s, d, n, w): sum[i] += w * f64(data[i]) for i < n, with sum float64 at byte
+  ;; address s and data float32 at byte address d (both little-endian, as wasm memory is).
+  (func (export "fold") (param $s i32) (param $d i32) (param $n i32) (param $w f64)
+    (local $end i32) (local $wv v128) (local $x v128)
+    (local.set $wv (f64x2.splat (local.get $w)))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $x (v128.load (local.get $d)))
+        (v128.store (local.get $s)
+          (f64x2.add (v128.load (local.get $s))
+            (f64x2.mul (f64x2.promote_low_f32x4 (local.get $x)) (local.get $wv))))
+        (v128.store offset=16 (local.get $s)
+          (f64x2.add (v128.load offset=16 (local.get $s))
+            (f64x2.mul (f64x2.promote_low_f32x4
+              (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $x) (local.get $x))) (local.get $wv))))
+        (local.set $d (i32.add (local.get $d) (i32.const 16)))
+        (local.set $s (i32.add (local.get $s) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (f64.store (local.get $s)
+          (f64.add (f64.load (local.get $s)) (f64.mul (f64.promote_f32 (f32.load (local.get $d))) (local.get $w))))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (local.set $s (i32.add (local.get $s) (i32.const 8)))
+        (br $next)))))
+`;
+
+/** FOLD_KERNEL_WAT compiled (base64). */
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABDgJgAn9/AX9gBH9/f3wAAg8BA2VudgZtZW1vcnkCAAEDAwIAAQcUAglub25maW5pdGUAAARmb2xkAAEK4QICnAECAX8Ce/0MAACAfwAAgH8AAIB/AACAfyEEIAAgAUF4cUECdGohAgJAA0AgACACTw0BIAMgAP0ABAAgBP1OIAT9NyAA/QAEECAE/U4gBP03/VD9UCEDIABBIGohAAwACwsgAiABQQdxQQJ0aiECAkADQCAAIAJPDQEgAyAA/VwCACAE/U4gBP03/VAhAyAAQQRqIQAMAAsLIAP9UwvAAQIBfwJ7IAP9FCEFIAEgAkF8cUECdGohBAJAA0AgASAETw0BIAH9AAQAIQYgACAA/QAEACAG/V8gBf3yAf3wAf0LBAAgACAA/QAEECAGIAb9DQgJCgsMDQ4PAAECAwQFBgf9XyAF/fIB/fAB/QsEECABQRBqIQEgAEEgaiEADAALCyAEIAJBA3FBAnRqIQQCQANAIAEgBE8NASAAIAArAwAgASoCALsgA6KgOQMAIAFBBGohASAAQQhqIQAMAAsLCw==';
+
+interface Kernel {
+  nonfinite(p: number, n: number): number;
+  fold(s: number, d: number, n: number, w: number): void;
+}
+
+let kernelModule: WebAssembly.Module | undefined;
+
+const PAGE = 65536;
+const MAX_PAGES = 65535; // addresses stay below 2^32 - 1, so no i32 end pointer wraps
+/** The staging area at address 0: updates given whole are copied through it, 64 KiB at a time. */
+const STAGE_VALUES = 16384;
+const SUM_AT = STAGE_VALUES * 4;
+const align16 = (n: number) => Math.ceil(n / 16) * 16;
+
+/**
+ * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value,
+ * accumulated in float64 and rounded to float32 once at the end.
+ *
+ * Memory: one float64 sum per parameter (8 bytes × params), a 64 KiB staging
+ * area, and for streamed updates one float32 slot (4 bytes × params) per
+ * update in flight, at most maxInFlight, reused after commit/abort.
+ *
+ * Why a slot per streamed update rather than folding chunks into the sum as
+ * they arrive and subtracting them on abort: subtracting needs the aborted
+ * values back, so they would have to be kept anyway (the same memory as a
+ * slot), and it is not exact: a chunk of 1e30s folded then subtracted wipes
+ * out every honest contribution below ~1e14 (catastrophic cancellation), so an
+ * aborted update could still change the result. With a slot, nothing reaches
+ * the sum before commit() has seen every element, and commit() is one pass
+ * (fold) over the slot. The copy into the slot happens as chunks arrive, with
+ * each chunk's finite check, so commit costs about as much as add().
+ */
+export class FedAvg extends BaseAggregator {
+  private readonly memory: WebAssembly.Memory;
+  private readonly k: Kernel;
+  private u8: Uint8Array;
+  private readonly slotAt: number;
+  private readonly slotBytes: number;
+  private slotsMade = 0;
+  private readonly freeSlots: number[] = [];
+
+  constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
+    super('fedavg', reference, config);
+    this.slotAt = SUM_AT + align16(this.params * 8);
+    this.slotBytes = align16(this.params * 4);
+    const pages = Math.ceil(this.slotAt / PAGE);
+    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.slotAt}-byte sum, beyond 4 GiB of wasm memory`);
+    try {
+      this.memory = new WebAssembly.Memory({ initial: pages });
+    } catch (e) {
+      throw new AggregatorError('reference', `fedavg: cannot allocate ${pages * PAGE} bytes for the sum: ${(e as Error).message}`);
+    }
+    kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
+    this.k = new WebAssembly.Instance(kernelModule, { env: { memory: this.memory } }).exports as unknown as Kernel;
+    this.u8 = new Uint8Array(this.memory.buffer);
+  }
+
+  private bytes(): Uint8Array {
+    if (this.u8.buffer !== this.memory.buffer) this.u8 = new Uint8Array(this.memory.buffer);
+    return this.u8;
+  }
+
+  /** Copies data[o, o+n) to the staging area as little-endian float32. */
+  private stage(data: Float32Array, o: number, n: number): void {
+    if (HOST_LITTLE_ENDIAN) this.bytes().set(new Uint8Array(data.buffer, data.byteOffset + o * 4, n * 4), 0);
+    else {
+      const dv = new DataView(this.memory.buffer);
+      for (let i = 0; i < n; i++) dv.setFloat32(i * 4, data[o + i]!, true);
+    }
+  }
+
+  protected checkCapacity(participant: string, streaming: boolean): void {
+    if (!streaming || this.freeSlots.length > 0) return;
+    const end = this.slotAt + (this.slotsMade + 1) * this.slotBytes;
+    if (Math.ceil(end / PAGE) > MAX_PAGES) throw new UpdateError('capacity', `update from ${participant} refused: another streaming slot of ${this.slotBytes} bytes would pass 4 GiB of wasm memory`, participant);
+  }
+
+  protected accept(tensors: Tensor[], weight: number, participant: string): void {
+    // Two passes: every value is checked before any is folded. The second
+    // copy through the 64 KiB staging area is cheaper than a whole-model
+    // scratch buffer (and keeps memory at the sum's size).
+    for (let t = 0; t < tensors.length; t++) {
+      const data = tensors[t]!.data;
+      for (let o = 0; o < data.length; o += STAGE_VALUES) {
+        const n = Math.min(STAGE_VALUES, data.length - o);
+        this.stage(data, o, n);
+        if (this.k.nonfinite(0, n)) {
+          const i = firstNonFinite(data, o, o + n);
+          throw this.nonFinite(participant, this.offsets[t]! + i, data[i]!);
+        }
+      }
+    }
+    for (let t = 0; t < tensors.length; t++) {
+      const data = tensors[t]!.data;
+      const base = SUM_AT + this.offsets[t]! * 8;
+      for (let o = 0; o < data.length; o += STAGE_VALUES) {
+        const n = Math.min(STAGE_VALUES, data.length - o);
+        this.stage(data, o, n);
+        this.k.fold(base + o * 8, 0, n, weight);
+      }
+    }
+  }
+
+  protected openSlot(participant: string): Slot {
+    let idx = this.freeSlots.pop();
+    if (idx === undefined) {
+      const end = this.slotAt + (this.slotsMade + 1) * this.slotBytes;
+      const need = Math.ceil(end / PAGE) - this.memory.buffer.byteLength / PAGE;
+      try {
+        if (need > 0) this.memory.grow(need);
+      } catch (e) {
+        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow wasm memory for a streaming slot: ${(e as Error).message}`, participant);
+      }
+      idx = this.slotsMade++;
+    }
+    const at = this.slotAt + idx * this.slotBytes;
+    let open = true;
+    const free = () => {
+      if (open) this.freeSlots.push(idx);
+      open = false;
+    };
+    return {
+      write: (pos, bytes) => {
+        const addr = at + pos * 4;
+        const n = bytes.length / 4;
+        this.bytes().set(bytes, addr);
+        if (!this.k.nonfinite(addr, n)) return -1;
+        const dv = new DataView(this.memory.buffer, addr, n * 4);
+        for (let i = 0; i < n; i++) {
+          const x = dv.getFloat32(i * 4, true);
+          if (x - x !== 0) return pos + i;
+        }
+        return -1; // not reached
+      },
+      commit: (weight) => {
+        this.k.fold(SUM_AT, at, this.params, weight);
+        free();
+      },
+      release: free,
+    };
+  }
+
+  protected compute(): Float32Array {
+    const out = new Float32Array(this.params);
+    const total = this.totalSamples;
+    if (HOST_LITTLE_ENDIAN) {
+      const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
+      for (let i = 0; i < out.length; i++) out[i] = sum[i]! / total;
+    } else {
+      const dv = new DataView(this.memory.buffer, SUM_AT);
+      for (let i = 0; i < out.length; i++) out[i] = dv.getFloat64(i * 8, true) / total;
+    }
+    return out;
+  }
+
+  /**
+   * The result written over the sum in place (float32 i at byte 4i is written
+   * after float64 i, at byte 8i, has been read), so no model-sized buffer is
+   * allocated. The result's tensors are views of the aggregator's memory;
+   * when streams were used, the result is copied out instead so the slots
+   * can go.
+   */
+  override finish(): Model {
+    this.checkResult();
+    if (this.slotsMade > 0) return super.finish();
+    const total = this.totalSamples;
+    const f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
+    if (HOST_LITTLE_ENDIAN) {
+      const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
+      for (let i = 0; i < f32.length; i++) f32[i] = sum[i]! / total;
+    } else {
+      const dv = new DataView(this.memory.buffer, SUM_AT);
+      for (let i = 0; i < f32.length; i++) f32[i] = dv.getFloat64(i * 8, true) / total;
+    }
+    const m = this.modelOver(f32);
+    this.close();
+    return m;
+  }
+}
+
+// ---------------------------------------------------------------- robust aggregators
+
+/**
+ * Holds every update (float32, one row of params values each) and reduces
+ * each coordinate over the rows. Memory: rows × params × 4 bytes, at most
+ * maxBufferedValues × 4 (streams in flight count), plus a working block of
+ * 1024 × rows float64 and the float32 result at result().
+ */
+abstract class BufferedAggregator extends BaseAggregator {
+  protected rows: Float32Array[] = [];
+  private reserved = 0;
+
+  protected checkCapacity(participant: string, streaming: boolean): void {
+    const rows = this.rows.length + this.reserved + 1;
+    if (rows * this.params > this.cfg.maxBufferedValues) {
+      throw new UpdateError(
+        'capacity',
+        `update from ${participant} refused: ${this.algorithm} holds every update, and ${rows} updates × ${this.params} parameters would pass maxBufferedValues ${this.cfg.maxBufferedValues} (${Math.round((this.cfg.maxBufferedValues * 4) / 2 ** 20)} MiB); raise aggregator.config.maxBufferedValues or use fedavg`,
+        participant,
+      );
+    }
+    void streaming;
+  }
+
+  protected accept(tensors: Tensor[], _weight: number, participant: string): void {
+    for (let t = 0; t < tensors.length; t++) {
+      const data = tensors[t]!.data;
+      const i = firstNonFinite(data);
+      if (i >= 0) throw this.nonFinite(participant, this.offsets[t]! + i, data[i]!);
+    }
+    const row = new Float32Array(this.params);
+    for (let t = 0; t < tensors.length; t++) row.set(tensors[t]!.data, this.offsets[t]!);
+    this.rows.push(row);
+  }
+
+  protected openSlot(): Slot {
+    const row = new Float32Array(this.params);
+    this.reserved++;
+    let open = true;
+    const free = () => {
+      if (open) this.reserved--;
+      open = false;
+    };
+    return {
+      write: (pos, bytes) => {
+        const n = bytes.length / 4;
+        if (HOST_LITTLE_ENDIAN) new Uint8Array(row.buffer, pos * 4, n * 4).set(bytes);
+        else {
+          const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+          for (let i = 0; i < n; i++) row[pos + i] = dv.getFloat32(i * 4, true);
+        }
+        return firstNonFinite(row, pos, pos + n);
+      },
+      commit: () => {
+        free();
+        this.rows.push(row);
+      },
+      release: free,
+    };
+  }
+
+  /** The value for one coordinate from its n values col[o, o+n), sorted ascending. */
+  protected abstract reduce(col: Float64Array, o: number, n: number): number;
+  protected prepare(_n: number): void {}
+
+  protected compute(): Float32Array {
+    const n = this.rows.length;
+    this.prepare(n);
+    const P = this.params;
+    const out = new Float32Array(P);
+    const B = 1024;
+    const col = new Float64Array(B * n);
+    for (let base = 0; base < P; base += B) {
+      const m = Math.min(B, P - base);
+      // Gather a block of coordinates column by column (cache-friendly: each
+      // row is read sequentially), then sort each column.
+      for (let r = 0; r < n; r++) {
+        const row = this.rows[r]!;
+        for (let c = 0; c < m; c++) col[c * n + r] = row[base + c]!;
+      }
+      for (let c = 0; c < m; c++) {
+        const o = c * n;
+        if (n <= 32) insertionSort(col, o, n);
+        else col.subarray(o, o + n).sort();
+        out[base + c] = this.reduce(col, o, n);
+      }
+    }
+    return out;
+  }
+
+  protected override close(): void {
+    super.close();
+    this.rows = [];
+  }
+}
+
+function insertionSort(a: Float64Array, o: number, n: number): void {
+  for (let i = o + 1; i < o + n; i++) {
+    const x = a[i]!;
+    let j = i - 1;
+    while (j >= o && a[j]! > x) {
+      a[j + 1] = a[j]!;
+      j--;
+    }
+    a[j + 1] = x;
+  }
+}
+
+/** Coordinate-wise median (the mean of the two middle values for an even count). Weights are ignored. */
+export class FedMedian extends BufferedAggregator {
+  constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
+    super('fedmedian', reference, config);
+  }
+  protected reduce(col: Float64Array, o: number, n: number): number {
+    const h = n >> 1;
+    return n % 2 ? col[o + h]! : (col[o + h - 1]! + col[o + h]!) / 2;
+  }
+}
+
+/**
+ * Coordinate-wise trimmed mean: per coordinate, the k smallest and k largest
+ * values are dropped and the rest averaged, k = trim, or floor(trimFraction ×
+ * n) (so with the default 0.1 nothing is trimmed below 10 updates: give
+ * trim: 1 to always drop one at each end). Needs n > 2k. Weights are ignored.
+ */
+export class TrimmedMean extends BufferedAggregator {
+  private k = 0;
+  constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
+    super('trimmed-mean', reference, config);
+  }
+  /** Values dropped at each end for n updates. */
+  trimCount(n = this.count): number {
+    return this.cfg.trim ?? Math.floor(this.cfg.trimFraction * n);
+  }
+  protected override prepare(n: number): void {
+    this.k = this.trimCount(n);
+    if (n - 2 * this.k < 1) throw new AggregatorError('too_few_updates', `trimmed-mean drops ${this.k} updates at each end and needs at least ${2 * this.k + 1}, has ${n}`);
+  }
+  protected reduce(col: Float64Array, o: number, n: number): number {
+    let s = 0;
+    for (let i = o + this.k; i < o + n - this.k; i++) s += col[i]!;
+    return s / (n - 2 * this.k);
+  }
+  protected override resultMeta(): ModelMeta {
+    return { ...super.resultMeta(), trim: this.trimCount() };
+  }
+}
