@@ -348,7 +348,7 @@ interface Run {
 
 function exec(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(args[0]!, args.slice(1), { timeout: 20_000, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+    execFile(args[0]!, args.slice(1), { timeout: 60_000, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout: String(stdout), stderr: String(stderr) });
     });
   });
