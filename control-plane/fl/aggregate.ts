@@ -8,8 +8,9 @@
 // changes nothing.
 //
 // - FedAvg: the sample-weighted mean. Streaming: one float64 running sum per
-//   parameter (one Float64Array, a view per tensor), O(model) memory whatever
-//   the number of updates; never holds the updates themselves.
+//   parameter (one float64 array in the kernel's wasm memory, tensor after
+//   tensor), O(model) memory whatever the number of updates; never holds the
+//   updates themselves.
 // - FedMedian, TrimmedMean: coordinate-wise median / trimmed mean, robust to a
 //   few poisoned updates. They need every update at once, so they hold them
 //   (float32, n × params values) up to maxBufferedValues and refuse beyond.
@@ -19,7 +20,22 @@
 // so that a large update is copied in as it arrives. See docs/fl.md.
 
 import { isId } from '../../protocol/index.ts';
-import { elementCount, firstNonFinite, HOST_LITTLE_ENDIAN, MODEL_FORMAT, ModelError, validateModel, type Model, type ModelMeta, type Tensor } from './model-format.ts';
+import {
+  decodeModelView,
+  elementCount,
+  firstNonFinite,
+  firstNonFiniteLE,
+  float32FromLE,
+  float32ToLE,
+  HOST_LITTLE_ENDIAN,
+  MODEL_FORMAT,
+  ModelError,
+  readFloat32LE,
+  validateModel,
+  type Model,
+  type ModelMeta,
+  type Tensor,
+} from './model-format.ts';
 
 export type AlgorithmName = 'fedavg' | 'fedmedian' | 'trimmed-mean';
 export const ALGORITHMS: readonly AlgorithmName[] = ['fedavg', 'fedmedian', 'trimmed-mean'];
@@ -162,11 +178,20 @@ export interface Aggregator {
   readonly totalSamples: number;
   /** Updates streaming (begun, neither committed nor aborted). */
   readonly inFlight: number;
+  /** Bytes of update data the aggregator holds now: sums, kept updates, stream slots (not the transient result() buffers). */
+  readonly memoryBytes: number;
   /** Participants whose update counts, in arrival order. */
   participants(): string[];
   has(participant: string): boolean;
   /** Validates and folds in a whole update; throws UpdateError and changes nothing if it is bad. */
   add(update: Update): void;
+  /**
+   * add() for an update still in its compact CBOR form (model-format.ts):
+   * tensor data is read where it sits in `bytes`, no model is allocated. A
+   * model that does not decode is refused as 'invalid' ('shape' when it is
+   * bigger than the reference, 'non_finite' for NaN/Infinity). Its meta is ignored.
+   */
+  addEncoded(participant: string, numSamples: number, bytes: Uint8Array, metrics?: ClientMetrics): void;
   /** Starts a streamed update; its data then arrives by addChunk(). */
   begin(participant: string, numSamples: number, metrics?: ClientMetrics): void;
   /**
@@ -282,12 +307,15 @@ abstract class BaseAggregator implements Aggregator {
   }
 
   /** Refuses an update that would not fit (before anything is copied). */
-  protected abstract checkCapacity(participant: string, streaming: boolean): void;
+  protected abstract checkCapacity(participant: string): void;
   /** Checks every value of a shape-checked update, then folds or keeps it; throws UpdateError('non_finite') before changing anything. */
   protected abstract accept(tensors: Tensor[], weight: number, participant: string): void;
+  /** accept() for tensors as little-endian float32 bytes (any alignment). */
+  protected abstract acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void;
   protected abstract openSlot(participant: string): Slot;
   /** The aggregate, flat, float32. */
   protected abstract compute(): Float32Array;
+  abstract get memoryBytes(): number;
 
   private checkOpen(participant?: string): void {
     if (this.finished) throw new UpdateError('state', `the ${this.algorithm} aggregator is finished`, participant);
@@ -317,25 +345,33 @@ abstract class BaseAggregator implements Aggregator {
     return { participant: p, numSamples, metrics: m };
   }
 
-  private checkShape(model: unknown, p: string): Tensor[] {
-    const ref = this.reference.tensors;
+  private checkModel(model: unknown, p: string): Tensor[] {
     if (model === null || typeof model !== 'object') throw new UpdateError('invalid', `update from ${p}: model must be a Model`, p);
     const m = model as Model;
     if (m.format !== MODEL_FORMAT) throw new UpdateError('invalid', `update from ${p}: model format must be ${MODEL_FORMAT}, not ${JSON.stringify(m.format)}`, p);
     if (!Array.isArray(m.tensors)) throw new UpdateError('invalid', `update from ${p}: model.tensors must be an array`, p);
-    if (m.tensors.length !== ref.length) throw new UpdateError('shape', `update from ${p}: ${m.tensors.length} tensors, the round's model has ${ref.length}`, p);
+    this.checkShape(m.tensors, p, (t, i) => {
+      if (t === null || typeof t !== 'object') throw new UpdateError('invalid', `update from ${p}: tensor #${i} must be an object`, p);
+      if (!(t.data instanceof Float32Array)) throw new UpdateError('invalid', `update from ${p}: tensor '${String(t.name)}': data must be a Float32Array`, p);
+      return t.data.length;
+    });
+    return m.tensors;
+  }
+
+  /** Same tensor names, order, shapes and lengths as the reference. */
+  private checkShape<T extends { name: string; shape: number[] }>(tensors: T[], p: string, length: (t: T, i: number) => number): void {
+    const ref = this.reference.tensors;
+    if (tensors.length !== ref.length) throw new UpdateError('shape', `update from ${p}: ${tensors.length} tensors, the round's model has ${ref.length}`, p);
     for (let i = 0; i < ref.length; i++) {
       const r = ref[i]!;
-      const t = m.tensors[i]!;
-      if (t === null || typeof t !== 'object') throw new UpdateError('invalid', `update from ${p}: tensor #${i} must be an object`, p, r.name);
+      const t = tensors[i]!;
+      const n = length(t, i);
       if (t.name !== r.name) throw new UpdateError('shape', `update from ${p}: tensor #${i} is ${JSON.stringify(t.name)}, the round's model has '${r.name}' there`, p, r.name);
       if (!Array.isArray(t.shape) || t.shape.length !== r.shape.length || t.shape.some((d, j) => d !== r.shape[j])) {
         throw new UpdateError('shape', `update from ${p}: tensor '${r.name}' has shape ${JSON.stringify(t.shape)}, the round's model has ${JSON.stringify(r.shape)}`, p, r.name);
       }
-      if (!(t.data instanceof Float32Array)) throw new UpdateError('invalid', `update from ${p}: tensor '${r.name}': data must be a Float32Array`, p, r.name);
-      if (t.data.length !== this.sizes[i]) throw new UpdateError('shape', `update from ${p}: tensor '${r.name}' has ${t.data.length} values, shape ${JSON.stringify(r.shape)} needs ${this.sizes[i]}`, p, r.name);
+      if (n !== this.sizes[i]) throw new UpdateError('shape', `update from ${p}: tensor '${r.name}' has ${n} values, shape ${JSON.stringify(r.shape)} needs ${this.sizes[i]}`, p, r.name);
     }
-    return m.tensors;
   }
 
   protected nonFinite(p: string, flat: number, value: number): UpdateError {
@@ -362,16 +398,38 @@ abstract class BaseAggregator implements Aggregator {
   add(update: Update): void {
     if (update === null || typeof update !== 'object') throw new UpdateError('invalid', 'an update must be an object');
     const h = this.checkHeader(update.participant, update.numSamples, update.metrics);
-    const tensors = this.checkShape(update.model, h.participant);
-    this.checkCapacity(h.participant, false);
+    const tensors = this.checkModel(update.model, h.participant);
+    this.checkCapacity(h.participant);
     this.accept(tensors, h.numSamples, h.participant);
     this.record(h.participant, h.numSamples, h.metrics);
+  }
+
+  addEncoded(participant: string, numSamples: number, bytes: Uint8Array, metrics?: ClientMetrics): void {
+    const h = this.checkHeader(participant, numSamples, metrics);
+    const p = h.participant;
+    let tensors;
+    try {
+      // Nothing bigger than the reference can match it: refuse it before reading further.
+      tensors = decodeModelView(bytes, { maxTensors: this.sizes.length, maxElements: this.params, checkFinite: false }).tensors;
+    } catch (e) {
+      if (!(e instanceof ModelError)) throw e;
+      if (e.reason === 'too_large') throw new UpdateError('shape', `update from ${p}: ${e.message}: bigger than the round's model`, p, e.tensor);
+      throw new UpdateError('invalid', `update from ${p}: ${e.message}`, p, e.tensor);
+    }
+    this.checkShape(tensors, p, (t) => t.bytes.length / 4);
+    this.checkCapacity(p);
+    this.acceptBytes(
+      tensors.map((t) => t.bytes),
+      h.numSamples,
+      p,
+    );
+    this.record(p, h.numSamples, h.metrics);
   }
 
   begin(participant: string, numSamples: number, metrics?: ClientMetrics): void {
     const h = this.checkHeader(participant, numSamples, metrics);
     if (this.streams.size >= this.cfg.maxInFlight) throw new UpdateError('capacity', `update from ${h.participant} refused: ${this.streams.size} updates already streaming (maxInFlight ${this.cfg.maxInFlight})`, h.participant);
-    this.checkCapacity(h.participant, true);
+    this.checkCapacity(h.participant);
     const slot = this.openSlot(h.participant);
     this.streams.set(h.participant, { ...h, slot, ranges: this.sizes.map(() => []), received: 0 });
   }
@@ -408,7 +466,7 @@ abstract class BaseAggregator implements Aggregator {
       }
       const pos = this.offsets[tensorIndex]! + offset;
       const bad = s.slot.write(pos, bytes);
-      if (bad >= 0) throw this.nonFinite(p, bad, readF32LE(bytes, (bad - pos) * 4));
+      if (bad >= 0) throw this.nonFinite(p, bad, readFloat32LE(bytes, bad - pos));
       s.received += n;
     } catch (e) {
       this.drop(s);
@@ -483,10 +541,6 @@ abstract class BaseAggregator implements Aggregator {
   }
 }
 
-function readF32LE(bytes: Uint8Array, at: number): number {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getFloat32(at, true);
-}
-
 /** Adds [s, e) to sorted, merged [start, end) pairs; false if it overlaps one. */
 function insertRange(list: number[], s: number, e: number): boolean {
   const n = list.length / 2;
@@ -514,15 +568,17 @@ function insertRange(list: number[], s: number, e: number): boolean {
 // ---------------------------------------------------------------- FedAvg
 
 /**
- * The FedAvg kernel, in WebAssembly SIMD: plain JavaScript folds a float32
- * update into a float64 sum at ~1.5-3 ns per value on this machine, a third
- * to a half of the speed memory allows; two f64x2 lanes and a vector finite
- * check reach it. Wasm memory is little-endian on every host, so update bytes
- * off the wire (float32 LE) are copied in as they are. The bytes below are
- * this text compiled by wabt (`test/fl-aggregate.test.ts` checks they match).
+ * The FedAvg kernel, in WebAssembly SIMD. Plain JavaScript folds a float32
+ * update into a float64 sum at 1.5-5 ns per value on the development
+ * machine (scalar, one value at a time); the kernel checks and folds with
+ * 128-bit vectors (an OR-accumulated exponent test, two f64x2 lanes per four
+ * values), 2-3x faster there, near what memory allows. Wasm memory is
+ * little-endian on every host, so update bytes off the wire (float32 LE) are
+ * copied in as they are. The bytes below are this text compiled by wabt
+ * (`test/fl-aggregate.test.ts` checks they match).
  */
 export const FOLD_KERNEL_WAT = String.raw`(module
-  ;; Memory is imported: the aggregator sizes it (staging area, running sum, stream slots).
+  ;; Memory is imported: the aggregator sizes it (staging area, then the running sum).
   (import "env" "memory" (memory 1))
   ;; nonfinite(p, n): 1 if any of the n float32 at byte address p is NaN or ±Infinity
   ;; (exponent bits all ones), else 0. Two vectors per iteration, OR-accumulated.
@@ -591,18 +647,22 @@ let kernelModule: WebAssembly.Module | undefined;
 
 const PAGE = 65536;
 const MAX_PAGES = 65535; // addresses stay below 2^32 - 1, so no i32 end pointer wraps
-/** The staging area at address 0: updates given whole are copied through it, 64 KiB at a time. */
-const STAGE_VALUES = 16384;
-const SUM_AT = STAGE_VALUES * 4;
-const align16 = (n: number) => Math.ceil(n / 16) * 16;
+/** The staging area at address 0: update bytes are copied through it, 64 KiB at a time, for the kernel to read. */
+const STAGE_BYTES = 65536;
+const SUM_AT = STAGE_BYTES;
 
 /**
  * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value,
  * accumulated in float64 and rounded to float32 once at the end.
  *
- * Memory: one float64 sum per parameter (8 bytes × params), a 64 KiB staging
- * area, and for streamed updates one float32 slot (4 bytes × params) per
- * update in flight, at most maxInFlight, reused after commit/abort.
+ * Memory: the float64 sum (8 bytes × params) and a 64 KiB staging area, in
+ * the kernel's wasm memory; for each update streaming (begin...commit), a
+ * slot of 4 bytes × params (at most maxInFlight; one idle slot is kept for
+ * the next stream, so a steady flow of streams allocates nothing).
+ *
+ * A whole update (add, addEncoded) is read twice: every value is checked
+ * before any is folded, so a NaN at the very end changes nothing; both passes
+ * go through the staging area, so no model-sized scratch is needed.
  *
  * Why a slot per streamed update rather than folding chunks into the sum as
  * they arrive and subtracting them on abort: subtracting needs the aborted
@@ -610,114 +670,97 @@ const align16 = (n: number) => Math.ceil(n / 16) * 16;
  * slot), and it is not exact: a chunk of 1e30s folded then subtracted wipes
  * out every honest contribution below ~1e14 (catastrophic cancellation), so an
  * aborted update could still change the result. With a slot, nothing reaches
- * the sum before commit() has seen every element, and commit() is one pass
- * (fold) over the slot. The copy into the slot happens as chunks arrive, with
- * each chunk's finite check, so commit costs about as much as add().
+ * the sum before commit() has seen every element. Each chunk is checked and
+ * copied as it arrives (the update's values are in memory once, like the
+ * message that carried them), and commit() is one pass over the slot.
  */
 export class FedAvg extends BaseAggregator {
   private readonly memory: WebAssembly.Memory;
   private readonly k: Kernel;
-  private u8: Uint8Array;
-  private readonly slotAt: number;
-  private readonly slotBytes: number;
-  private slotsMade = 0;
-  private readonly freeSlots: number[] = [];
+  private readonly u8: Uint8Array;
+  private idleSlot: Uint8Array | undefined;
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
-    this.slotAt = SUM_AT + align16(this.params * 8);
-    this.slotBytes = align16(this.params * 4);
-    const pages = Math.ceil(this.slotAt / PAGE);
-    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.slotAt}-byte sum, beyond 4 GiB of wasm memory`);
+    const pages = Math.ceil((SUM_AT + this.params * 8) / PAGE);
+    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.params * 8}-byte sum, beyond 4 GiB of wasm memory`);
     try {
-      this.memory = new WebAssembly.Memory({ initial: pages });
+      this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
     } catch (e) {
       throw new AggregatorError('reference', `fedavg: cannot allocate ${pages * PAGE} bytes for the sum: ${(e as Error).message}`);
     }
     kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
     this.k = new WebAssembly.Instance(kernelModule, { env: { memory: this.memory } }).exports as unknown as Kernel;
-    this.u8 = new Uint8Array(this.memory.buffer);
+    this.u8 = new Uint8Array(this.memory.buffer); // the memory never grows: this view stays valid
   }
 
-  private bytes(): Uint8Array {
-    if (this.u8.buffer !== this.memory.buffer) this.u8 = new Uint8Array(this.memory.buffer);
-    return this.u8;
+  /** The index of the first non-finite value in LE float32 bytes, or -1 (vector check, 64 KiB at a time). */
+  private check(bytes: Uint8Array): number {
+    for (let o = 0; o < bytes.length; o += STAGE_BYTES) {
+      const piece = bytes.subarray(o, o + STAGE_BYTES);
+      this.u8.set(piece, 0);
+      if (this.k.nonfinite(0, piece.length >>> 2)) return o / 4 + firstNonFiniteLE(piece);
+    }
+    return -1;
   }
 
-  /** Copies data[o, o+n) to the staging area as little-endian float32. */
-  private stage(data: Float32Array, o: number, n: number): void {
-    if (HOST_LITTLE_ENDIAN) this.bytes().set(new Uint8Array(data.buffer, data.byteOffset + o * 4, n * 4), 0);
-    else {
-      const dv = new DataView(this.memory.buffer);
-      for (let i = 0; i < n; i++) dv.setFloat32(i * 4, data[o + i]!, true);
+  /** sum[flat + i] += weight × value i of LE float32 bytes. */
+  private fold(bytes: Uint8Array, flat: number, weight: number): void {
+    for (let o = 0; o < bytes.length; o += STAGE_BYTES) {
+      const piece = bytes.subarray(o, o + STAGE_BYTES);
+      this.u8.set(piece, 0);
+      this.k.fold(SUM_AT + (flat + o / 4) * 8, 0, piece.length >>> 2, weight);
     }
   }
 
-  protected checkCapacity(participant: string, streaming: boolean): void {
-    if (!streaming || this.freeSlots.length > 0) return;
-    const end = this.slotAt + (this.slotsMade + 1) * this.slotBytes;
-    if (Math.ceil(end / PAGE) > MAX_PAGES) throw new UpdateError('capacity', `update from ${participant} refused: another streaming slot of ${this.slotBytes} bytes would pass 4 GiB of wasm memory`, participant);
+  protected checkCapacity(): void {}
+
+  get memoryBytes(): number {
+    return this.memory.buffer.byteLength + (this.inFlight + (this.idleSlot ? 1 : 0)) * this.params * 4;
+  }
+
+  protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
+    for (let t = 0; t < tensors.length; t++) {
+      const i = this.check(tensors[t]!);
+      if (i >= 0) throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(tensors[t]!, i));
+    }
+    for (let t = 0; t < tensors.length; t++) this.fold(tensors[t]!, this.offsets[t]!, weight);
   }
 
   protected accept(tensors: Tensor[], weight: number, participant: string): void {
-    // Two passes: every value is checked before any is folded. The second
-    // copy through the 64 KiB staging area is cheaper than a whole-model
-    // scratch buffer (and keeps memory at the sum's size).
-    for (let t = 0; t < tensors.length; t++) {
-      const data = tensors[t]!.data;
-      for (let o = 0; o < data.length; o += STAGE_VALUES) {
-        const n = Math.min(STAGE_VALUES, data.length - o);
-        this.stage(data, o, n);
-        if (this.k.nonfinite(0, n)) {
-          const i = firstNonFinite(data, o, o + n);
-          throw this.nonFinite(participant, this.offsets[t]! + i, data[i]!);
-        }
-      }
-    }
-    for (let t = 0; t < tensors.length; t++) {
-      const data = tensors[t]!.data;
-      const base = SUM_AT + this.offsets[t]! * 8;
-      for (let o = 0; o < data.length; o += STAGE_VALUES) {
-        const n = Math.min(STAGE_VALUES, data.length - o);
-        this.stage(data, o, n);
-        this.k.fold(base + o * 8, 0, n, weight);
-      }
-    }
+    // On little-endian hosts these are views, not copies.
+    this.acceptBytes(
+      tensors.map((t) => float32ToLE(t.data)),
+      weight,
+      participant,
+    );
   }
 
   protected openSlot(participant: string): Slot {
-    let idx = this.freeSlots.pop();
-    if (idx === undefined) {
-      const end = this.slotAt + (this.slotsMade + 1) * this.slotBytes;
-      const need = Math.ceil(end / PAGE) - this.memory.buffer.byteLength / PAGE;
+    let slot = this.idleSlot;
+    this.idleSlot = undefined;
+    if (!slot) {
       try {
-        if (need > 0) this.memory.grow(need);
+        slot = new Uint8Array(this.params * 4);
       } catch (e) {
-        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow wasm memory for a streaming slot: ${(e as Error).message}`, participant);
+        throw new UpdateError('capacity', `update from ${participant} refused: cannot allocate a ${this.params * 4}-byte slot: ${(e as Error).message}`, participant);
       }
-      idx = this.slotsMade++;
     }
-    const at = this.slotAt + idx * this.slotBytes;
+    const buf = slot;
     let open = true;
     const free = () => {
-      if (open) this.freeSlots.push(idx);
+      if (open && !this.finished) this.idleSlot = buf;
       open = false;
     };
     return {
       write: (pos, bytes) => {
-        const addr = at + pos * 4;
-        const n = bytes.length / 4;
-        this.bytes().set(bytes, addr);
-        if (!this.k.nonfinite(addr, n)) return -1;
-        const dv = new DataView(this.memory.buffer, addr, n * 4);
-        for (let i = 0; i < n; i++) {
-          const x = dv.getFloat32(i * 4, true);
-          if (x - x !== 0) return pos + i;
-        }
-        return -1; // not reached
+        const i = this.check(bytes);
+        if (i >= 0) return pos + i;
+        buf.set(bytes, pos * 4);
+        return -1;
       },
       commit: (weight) => {
-        this.k.fold(SUM_AT, at, this.params, weight);
+        this.fold(buf, 0, weight);
         free();
       },
       release: free,
@@ -726,6 +769,12 @@ export class FedAvg extends BaseAggregator {
 
   protected compute(): Float32Array {
     const out = new Float32Array(this.params);
+    this.divide(out);
+    return out;
+  }
+
+  /** out[i] = sum[i] / totalSamples, for out of params values (may be a float32 view over the sum itself). */
+  private divide(out: Float32Array): void {
     const total = this.totalSamples;
     if (HOST_LITTLE_ENDIAN) {
       const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
@@ -734,31 +783,27 @@ export class FedAvg extends BaseAggregator {
       const dv = new DataView(this.memory.buffer, SUM_AT);
       for (let i = 0; i < out.length; i++) out[i] = dv.getFloat64(i * 8, true) / total;
     }
-    return out;
   }
 
   /**
-   * The result written over the sum in place (float32 i at byte 4i is written
-   * after float64 i, at byte 8i, has been read), so no model-sized buffer is
-   * allocated. The result's tensors are views of the aggregator's memory;
-   * when streams were used, the result is copied out instead so the slots
-   * can go.
+   * The result written over the sum in place (float32 i, at byte 4i, is
+   * written after float64 i, at byte 8i, and every float64 below it, have
+   * been read), so no model-sized buffer is allocated. The result's tensors
+   * are views of the aggregator's memory (8 bytes × params; copy or encode
+   * the result to let it go).
    */
   override finish(): Model {
     this.checkResult();
-    if (this.slotsMade > 0) return super.finish();
-    const total = this.totalSamples;
     const f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
-    if (HOST_LITTLE_ENDIAN) {
-      const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
-      for (let i = 0; i < f32.length; i++) f32[i] = sum[i]! / total;
-    } else {
-      const dv = new DataView(this.memory.buffer, SUM_AT);
-      for (let i = 0; i < f32.length; i++) f32[i] = dv.getFloat64(i * 8, true) / total;
-    }
+    this.divide(f32);
     const m = this.modelOver(f32);
     this.close();
     return m;
+  }
+
+  protected override close(): void {
+    super.close();
+    this.idleSlot = undefined;
   }
 }
 
@@ -774,7 +819,11 @@ abstract class BufferedAggregator extends BaseAggregator {
   protected rows: Float32Array[] = [];
   private reserved = 0;
 
-  protected checkCapacity(participant: string, streaming: boolean): void {
+  get memoryBytes(): number {
+    return (this.rows.length + this.reserved) * this.params * 4;
+  }
+
+  protected checkCapacity(participant: string): void {
     const rows = this.rows.length + this.reserved + 1;
     if (rows * this.params > this.cfg.maxBufferedValues) {
       throw new UpdateError(
@@ -783,7 +832,6 @@ abstract class BufferedAggregator extends BaseAggregator {
         participant,
       );
     }
-    void streaming;
   }
 
   protected accept(tensors: Tensor[], _weight: number, participant: string): void {
@@ -797,6 +845,16 @@ abstract class BufferedAggregator extends BaseAggregator {
     this.rows.push(row);
   }
 
+  protected acceptBytes(tensors: Uint8Array[], _weight: number, participant: string): void {
+    for (let t = 0; t < tensors.length; t++) {
+      const i = firstNonFiniteLE(tensors[t]!);
+      if (i >= 0) throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(tensors[t]!, i));
+    }
+    const row = new Float32Array(this.params);
+    for (let t = 0; t < tensors.length; t++) float32FromLE(tensors[t]!, row, this.offsets[t]!);
+    this.rows.push(row);
+  }
+
   protected openSlot(): Slot {
     const row = new Float32Array(this.params);
     this.reserved++;
@@ -807,13 +865,8 @@ abstract class BufferedAggregator extends BaseAggregator {
     };
     return {
       write: (pos, bytes) => {
-        const n = bytes.length / 4;
-        if (HOST_LITTLE_ENDIAN) new Uint8Array(row.buffer, pos * 4, n * 4).set(bytes);
-        else {
-          const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-          for (let i = 0; i < n; i++) row[pos + i] = dv.getFloat32(i * 4, true);
-        }
-        return firstNonFinite(row, pos, pos + n);
+        float32FromLE(bytes, row, pos);
+        return firstNonFinite(row, pos, pos + bytes.length / 4);
       },
       commit: () => {
         free();

@@ -19,7 +19,10 @@
 // The encoder writes maps with keys ascending (meta keys in RFC 8949 §4.2.1
 // order), integers in their shortest form and meta numbers that are not safe
 // integers as float64 (never float32: 0.1 must stay 0.1 on a C reader), so
-// equal models give equal bytes and equal modelDigest()s.
+// equal models give equal bytes and equal modelDigest()s. They are the bytes
+// the project's cbor-x encoder (protocol/codec.ts options) writes for the
+// same maps (a test compares them); the encoder is written out here to size
+// the output first and copy each tensor's data once.
 //
 // The decoder is written for this one schema rather than taken from cbor-x:
 // it refuses what a general decoder quietly accepts (duplicate keys, trailing
@@ -164,6 +167,23 @@ export function firstNonFinite(data: Float32Array, from = 0, to = data.length): 
   return -1;
 }
 
+/** Value i of little-endian float32 bytes. */
+export function readFloat32LE(bytes: Uint8Array, i: number): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getFloat32(i * 4, true);
+}
+
+/** The index of the first NaN/±Infinity in little-endian float32 bytes, or -1. */
+export function firstNonFiniteLE(bytes: Uint8Array): number {
+  const n = bytes.length >>> 2;
+  if (HOST_LITTLE_ENDIAN && bytes.byteOffset % 4 === 0) return firstNonFinite(new Float32Array(bytes.buffer, bytes.byteOffset, n));
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < n; i++) {
+    // exponent bits all ones: NaN or ±Infinity
+    if ((dv.getUint32(i * 4, true) & 0x7f800000) === 0x7f800000) return i;
+  }
+  return -1;
+}
+
 /**
  * Copies little-endian float32 bytes into `out` at element `at` (any alignment
  * of `bytes`; `bytes.length` must be a multiple of 4).
@@ -191,7 +211,6 @@ function checkName(name: unknown, i: number, l: Required<ModelLimits>): string {
   if (typeof name !== 'string') throw new ModelError('invalid', `tensor #${i}: name must be text`, `#${i}`);
   if (name.length === 0) throw new ModelError('invalid', `tensor #${i}: name is empty`, `#${i}`);
   if (utf8.encode(name).length > l.maxNameLength) throw new ModelError('too_large', `tensor #${i}: name longer than ${l.maxNameLength} bytes`, `#${i}`);
-  // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f]/.test(name)) throw new ModelError('invalid', `tensor #${i}: name contains a control character`, `#${i}`);
   return name;
 }
@@ -467,11 +486,46 @@ function halfToNumber(h: number): number {
   return s * (1 + f / 1024) * 2 ** (e - 15);
 }
 
+/** A tensor as it sits in the encoded bytes. */
+export interface TensorView {
+  name: string;
+  shape: number[];
+  /** 4 × product(shape) bytes of little-endian float32: a view of the input, not a copy, at any alignment. */
+  bytes: Uint8Array;
+}
+
+export interface ModelView {
+  format: typeof MODEL_FORMAT;
+  tensors: TensorView[];
+  meta?: ModelMeta;
+}
+
 /**
  * Decodes the compact CBOR form with strict validation. Throws ModelError
  * (never anything else) with a reason and, when it is about a tensor, its name.
+ * Each tensor's data is copied once into its own (aligned) Float32Array.
  */
 export function decodeModel(bytes: Uint8Array, limits?: ModelLimits): Model {
+  const view = decodeModelView(bytes, { ...limits, checkFinite: false });
+  const check = limits?.checkFinite ?? DEFAULT_MODEL_LIMITS.checkFinite;
+  const tensors = view.tensors.map(({ name, shape, bytes: b }) => {
+    const data = new Float32Array(b.length / 4);
+    float32FromLE(b, data);
+    if (check) nonFiniteError(data, name);
+    return { name, shape, data };
+  });
+  const m: Model = { format: MODEL_FORMAT, tensors };
+  if (view.meta !== undefined) m.meta = view.meta;
+  return m;
+}
+
+/**
+ * decodeModel() without copying the tensor data: each tensor's bytes are a
+ * view of the input (little-endian float32, any alignment). Same validation
+ * (checkFinite reads the values in place). For feeding an aggregator straight
+ * from the wire; the views are valid as long as the input is not modified.
+ */
+export function decodeModelView(bytes: Uint8Array, limits?: ModelLimits): ModelView {
   const l = limitsOf(limits);
   if (!(bytes instanceof Uint8Array)) throw new ModelError('malformed', 'input must be bytes');
   if (bytes.length > l.maxBytes) throw new ModelError('too_large', `${bytes.length} bytes, more than ${l.maxBytes}`);
@@ -484,7 +538,7 @@ export function decodeModel(bytes: Uint8Array, limits?: ModelLimits): Model {
   const top = r.head('model');
   if (top.arg > 3) throw new ModelError('invalid', `the model map has ${top.arg} entries; its keys are 0 (version), 1 (tensors), 2 (meta)`);
   let version: number | undefined;
-  let tensors: Tensor[] | undefined;
+  let tensors: TensorView[] | undefined;
   let meta: ModelMeta | undefined;
   for (let e = 0; e < top.arg; e++) {
     const k = r.head('model key');
@@ -509,15 +563,15 @@ export function decodeModel(bytes: Uint8Array, limits?: ModelLimits): Model {
   if (version === undefined) throw new ModelError('invalid', 'model key 0 (version) is missing');
   if (tensors === undefined) throw new ModelError('invalid', 'model key 1 (tensors) is missing');
   if (r.pos !== bytes.length) throw new ModelError('malformed', `${bytes.length - r.pos} trailing bytes after the model (offset ${r.pos})`);
-  const m: Model = { format: MODEL_FORMAT, tensors };
+  const m: ModelView = { format: MODEL_FORMAT, tensors };
   if (meta !== undefined) m.meta = meta;
   return m;
 }
 
-function readTensors(r: Reader, l: Required<ModelLimits>): Tensor[] {
+function readTensors(r: Reader, l: Required<ModelLimits>): TensorView[] {
   const h = r.expect(4, 'tensors (key 1)');
   if (h.arg > l.maxTensors) throw new ModelError('too_large', `${h.arg} tensors, more than ${l.maxTensors}`);
-  const out: Tensor[] = [];
+  const out: TensorView[] = [];
   const names = new Set<string>();
   let total = 0;
   for (let i = 0; i < h.arg; i++) {
@@ -561,10 +615,12 @@ function readTensors(r: Reader, l: Required<ModelLimits>): Tensor[] {
     total += n;
     if (total > l.maxElements) throw new ModelError('too_large', `${what}: shape ${JSON.stringify(shape)} brings the model past ${l.maxElements} elements`, name);
     if (data.len !== 4 * n) throw new ModelError('invalid', `${what}: data is ${data.len} bytes, shape ${JSON.stringify(shape)} needs ${4 * n} (4 × ${n} float32)`, name);
-    const values = new Float32Array(n);
-    float32FromLE(r.b.subarray(data.at, data.at + data.len), values);
-    if (l.checkFinite) nonFiniteError(values, name);
-    out.push({ name, shape, data: values });
+    const view = r.b.subarray(data.at, data.at + data.len);
+    if (l.checkFinite) {
+      const k = firstNonFiniteLE(view);
+      if (k >= 0) throw new ModelError('non_finite', `tensor '${name}': value ${readFloat32LE(view, k)} at index ${k} is not finite`, name);
+    }
+    out.push({ name, shape, bytes: view });
   }
   return out;
 }
@@ -602,7 +658,7 @@ export function shortestFloat32(v: number): number {
     const x = Number(v.toPrecision(p));
     if (Math.fround(x) === v) return x;
   }
-  return v; // nine significant digits always round-trip a float32; v itself is exact
+  return Number(v.toPrecision(9)); // nine significant digits always read back as the same float32
 }
 
 /** The JSON form; numbers are the shortest decimals that read back as the same float32. */

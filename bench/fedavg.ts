@@ -1,0 +1,314 @@
+// FL aggregation: 100 updates × 1,000,000 float32 parameters folded into
+// FedAvg, whole (add) and streamed in 64 KiB chunks (begin/addChunk/commit),
+// against baselines measured in the same run:
+// - memcpy floor: each update's bytes copied into one reused buffer (reading
+//   the same 400 MB is the least any aggregator must do);
+// - naive JS loop: sum[i] += x[i] into a Float64Array, no weighting, no checks;
+// - naive "hold every update, then average": the memory comparison.
+// Then fedmedian and trimmed-mean, which hold every update, on a smaller size
+// (20 × 100,000 by default), with fedavg on the same size.
+//
+// Time: the updates are generated before the timed section and all held
+// (400 MB), so each run reads them from main memory as a coordinator reads
+// updates that arrived over the network; medians of --runs runs after a
+// warm-up. Peak RSS growth: measured in a fresh child process per variant, in
+// which each update is generated from a seeded generator into one reused
+// buffer (allocated before the baseline sample), so the growth is the
+// aggregator's own allocation, not the test data's, and no earlier variant's
+// freed pages hide it.
+//
+// node --import tsx -e "import('./bench/fedavg.ts').then(m => m.run([]))"
+// options: --params N --updates N --robust-params N --robust-updates N --runs N --chunk BYTES
+
+import { execFileSync } from 'node:child_process';
+import { loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { createAggregator, FedAvg, type Aggregator, type AlgorithmName } from '../control-plane/fl/aggregate.ts';
+import { decodeModel, encodeModel, float32ToLE, MODEL_FORMAT, type Model } from '../control-plane/fl/model-format.ts';
+import { printTable } from './stats.ts';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+/** xorshift32: fast, seeded; values in [-0.5, 0.5) around 1 so sums stay ordinary. */
+function fill(out: Float32Array, seed: number): void {
+  let s = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < out.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = 1 + ((s >>> 0) / 4294967296 - 0.5);
+  }
+}
+
+const MODEL_SHAPES = (p: number): [string, number][] => {
+  // a few tensors like a small dense net's, the big one taking the rest
+  const small: [string, number][] = [
+    ['l1.bias', 512],
+    ['l2.bias', 256],
+    ['out.weight', 2560],
+    ['out.bias', 10],
+  ].filter(([, n]) => (n as number) * 8 < p) as [string, number][];
+  const rest = p - small.reduce((a, [, n]) => a + n, 0);
+  return [['l1.weight', rest], ...small];
+};
+
+function modelOver(flat: Float32Array): Model {
+  let o = 0;
+  return {
+    format: MODEL_FORMAT,
+    tensors: MODEL_SHAPES(flat.length).map(([name, n]) => {
+      const data = flat.subarray(o, o + n);
+      o += n;
+      return { name, shape: [n], data };
+    }),
+  };
+}
+
+const samplesOf = (i: number) => 100 + ((i * 37) % 900);
+
+function streamInto(a: Aggregator, participant: string, n: number, m: Model, chunk: number): void {
+  a.begin(participant, n);
+  for (const [t, x] of m.tensors.entries()) {
+    const bytes = float32ToLE(x.data);
+    for (let o = 0; o < bytes.length; o += chunk) a.addChunk(participant, t, o / 4, bytes.subarray(o, Math.min(bytes.length, o + chunk)));
+  }
+  a.commit(participant);
+}
+
+type Variant = 'fedavg-add' | 'fedavg-encoded' | 'fedavg-stream' | 'naive-hold-all' | 'fedavg' | 'fedmedian' | 'trimmed-mean';
+
+/** In a child process: peak RSS growth of one variant, updates generated into a reused buffer. */
+function rssChild(variant: Variant, params: number, updates: number, chunk: number): void {
+  const buf = new Float32Array(params);
+  fill(buf, 1);
+  const m = modelOver(buf);
+  const ref = modelOver(new Float32Array(params).fill(1));
+  const encoded = variant === 'fedavg-encoded' ? encodeModel(m) : undefined; // one message, sent by every participant
+  gc();
+  const rss0 = process.memoryUsage.rss();
+  let peak = rss0;
+  let held = 0;
+  let agg: Aggregator | undefined;
+  const sample = () => {
+    peak = Math.max(peak, process.memoryUsage.rss());
+    if (agg) held = Math.max(held, agg.memoryBytes);
+  };
+  if (variant === 'naive-hold-all') {
+    const kept: Float32Array[] = [];
+    for (let i = 0; i < updates; i++) {
+      fill(buf, i + 1);
+      kept.push(buf.slice());
+      sample();
+    }
+    const sum = new Float64Array(params);
+    held = updates * params * 4 + params * 8;
+    let total = 0;
+    for (const [i, h] of kept.entries()) {
+      const w = samplesOf(i);
+      total += w;
+      for (let k = 0; k < params; k++) sum[k] = sum[k]! + w * h[k]!;
+    }
+    const out = new Float32Array(params);
+    for (let k = 0; k < params; k++) out[k] = sum[k]! / total;
+    sample();
+  } else {
+    const alg: AlgorithmName = variant.startsWith('fedavg') ? 'fedavg' : (variant as AlgorithmName);
+    const a = createAggregator(alg, ref, alg === 'fedavg' ? {} : { maxBufferedValues: updates * params });
+    agg = a;
+    sample();
+    for (let i = 0; i < updates; i++) {
+      if (encoded) a.addEncoded(`p${i}`, samplesOf(i), encoded);
+      else {
+        fill(buf, i + 1);
+        if (variant === 'fedavg-stream') streamInto(a, `p${i}`, samplesOf(i), m, chunk);
+        else a.add({ participant: `p${i}`, numSamples: samplesOf(i), model: m });
+      }
+      sample();
+    }
+    sample();
+    a.finish();
+    peak = Math.max(peak, process.memoryUsage.rss());
+  }
+  process.stdout.write(JSON.stringify({ growth: peak - rss0, held }));
+}
+
+function measureRss(variant: Variant, params: number, updates: number, chunk: number): { growth: number; held: number } {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  const code = `import('./bench/fedavg.ts').then(m => m.run(['--rss-child', '${variant}', '--params', '${params}', '--updates', '${updates}', '--chunk', '${chunk}']))`;
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '-e', code], { cwd: root, encoding: 'utf8', maxBuffer: 1 << 20 });
+  return JSON.parse(out) as { growth: number; held: number };
+}
+
+function timeRuns(runs: number, f: () => void, warmUp = true): number[] {
+  if (warmUp) f(); // JIT, first touch of fresh memory
+  gc();
+  const out: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const t0 = performance.now();
+    f();
+    out.push(performance.now() - t0);
+    gc();
+  }
+  return out.sort((a, b) => a - b);
+}
+
+const median = (xs: number[]) => xs[Math.floor((xs.length - 1) / 2)]!;
+const MB = 1e6;
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      params: { type: 'string', default: '1000000' },
+      updates: { type: 'string', default: '100' },
+      'robust-params': { type: 'string', default: '100000' },
+      'robust-updates': { type: 'string', default: '20' },
+      runs: { type: 'string', default: '5' },
+      chunk: { type: 'string', default: '65536' },
+      'rss-child': { type: 'string' },
+    },
+  });
+  const P = Number(values.params);
+  const N = Number(values.updates);
+  const RP = Number(values['robust-params']);
+  const RN = Number(values['robust-updates']);
+  const runs = Number(values.runs);
+  const chunk = Number(values.chunk);
+  if (values['rss-child']) return rssChild(values['rss-child'] as Variant, P, N, chunk);
+
+  const load0 = loadavg()[0]!;
+  // ---- time: every update generated up front and held
+  const data = Array.from({ length: N }, (_, i) => {
+    const d = new Float32Array(P);
+    fill(d, i + 1);
+    return d;
+  });
+  const models = data.map(modelOver);
+  const ref = modelOver(new Float32Array(P).fill(1));
+  const bytesRead = N * P * 4;
+
+  const reuse = new Uint8Array(P * 4);
+  const tMemcpy = timeRuns(runs, () => {
+    for (const d of data) reuse.set(new Uint8Array(d.buffer));
+  });
+  const sum = new Float64Array(P);
+  const tNaive = timeRuns(runs, () => {
+    sum.fill(0);
+    for (const d of data) for (let i = 0; i < P; i++) sum[i] = sum[i]! + d[i]!;
+  });
+  const tAdd = timeRuns(runs, () => {
+    const a = new FedAvg(ref);
+    for (const [i, m] of models.entries()) a.add({ participant: `p${i}`, numSamples: samplesOf(i), model: m });
+    a.finish();
+  });
+  const tStream = timeRuns(runs, () => {
+    const a = new FedAvg(ref);
+    for (const [i, m] of models.entries()) streamInto(a, `p${i}`, samplesOf(i), m, chunk);
+    a.finish();
+  });
+  const enc = models.map((m) => encodeModel(m));
+  const tEncoded = timeRuns(runs, () => {
+    const a = new FedAvg(ref);
+    for (const [i, b] of enc.entries()) a.addEncoded(`p${i}`, samplesOf(i), b);
+    a.finish();
+  });
+  enc.length = 0;
+  gc();
+  const tHold = timeRuns(2, () => {
+    const held = data.map((d) => d.slice());
+    const s = new Float64Array(P);
+    let total = 0;
+    for (const [i, h] of held.entries()) {
+      const w = samplesOf(i);
+      total += w;
+      for (let k = 0; k < P; k++) s[k] = s[k]! + w * h[k]!;
+    }
+    const out = new Float32Array(P);
+    for (let k = 0; k < P; k++) out[k] = s[k]! / total;
+  }, false);
+  // the wire form: decoding one update (CBOR → validated Float32Arrays), per update
+  const encoded = encodeModel(models[0]!);
+  const tDecode = timeRuns(runs, () => {
+    for (let i = 0; i < 10; i++) decodeModel(encoded);
+  }).map((x) => x / 10);
+  data.length = 0;
+  models.length = 0;
+  gc();
+
+  // ---- robust algorithms, smaller
+  const rdata = Array.from({ length: RN }, (_, i) => {
+    const d = new Float32Array(RP);
+    fill(d, 1000 + i);
+    return modelOver(d);
+  });
+  const rref = modelOver(new Float32Array(RP).fill(1));
+  const robust = (alg: AlgorithmName) =>
+    timeRuns(runs, () => {
+      const a = createAggregator(alg, rref, alg === 'fedavg' ? {} : { maxBufferedValues: RN * RP });
+      for (const [i, m] of rdata.entries()) a.add({ participant: `p${i}`, numSamples: samplesOf(i), model: m });
+      a.finish();
+    });
+  const tRAvg = robust('fedavg');
+  const tRMed = robust('fedmedian');
+  const tRTrim = robust('trimmed-mean');
+  const load1 = loadavg()[0]!;
+
+  // ---- peak RSS growth, one child process each
+  const rss = {
+    add: measureRss('fedavg-add', P, N, chunk),
+    encoded: measureRss('fedavg-encoded', P, N, chunk),
+    stream: measureRss('fedavg-stream', P, N, chunk),
+    hold: measureRss('naive-hold-all', P, N, chunk),
+    ravg: measureRss('fedavg', RP, RN, chunk),
+    rmed: measureRss('fedmedian', RP, RN, chunk),
+    rtrim: measureRss('trimmed-mean', RP, RN, chunk),
+  };
+
+  const model = P * 4;
+  const rmodel = RP * 4;
+  const row = (name: string, size: string, t: number[], bytes: number, floor: number, mem?: { growth: number; held: number }, one = model) => [
+    name,
+    size,
+    median(t),
+    t[0]!,
+    (median(t) * 1e6) / (bytes / 4),
+    bytes / (median(t) / 1000) / 1e9,
+    median(t) / floor,
+    mem === undefined ? '-' : mem.held / MB,
+    mem === undefined ? '-' : mem.growth / MB,
+    mem === undefined ? '-' : `${(mem.growth / one).toFixed(2)}x`,
+  ];
+  const big = `${N} x ${P.toLocaleString('en')}`;
+  const small = `${RN} x ${RP.toLocaleString('en')}`;
+  const floor = median(tMemcpy);
+  console.log(`\nfedavg: ${big} float32 (${(model / MB).toFixed(1)} MB per update, ${(bytesRead / MB).toFixed(0)} MB in all), Node ${process.version}, wasm SIMD kernel, ${runs} runs (median, best), load average ${load0.toFixed(1)} → ${load1.toFixed(1)}\n`);
+  printTable(
+    ['measure', 'updates x params', 'ms', 'best ms', 'ns/value', 'GB/s read', 'vs memcpy', 'held MB', 'peak RSS +MB', 'RSS vs one model'],
+    [
+      row('baseline: memcpy into one reused buffer (floor)', big, tMemcpy, bytesRead, floor),
+      row('baseline: naive JS loop sum[i] += x[i] (Float64Array)', big, tNaive, bytesRead, floor),
+      row('baseline: naive hold all updates, then average', big, tHold, bytesRead, floor, rss.hold),
+      row('fedavg add(), whole updates, then finish()', big, tAdd, bytesRead, floor, rss.add),
+      row('fedavg addEncoded(), updates as CBOR bytes, then finish()', big, tEncoded, bytesRead, floor, rss.encoded),
+      row(`fedavg streamed, ${chunk / 1024} KiB chunks, then finish()`, big, tStream, bytesRead, floor, rss.stream),
+      row('fedavg', small, tRAvg, RN * RP * 4, floor * ((RN * RP) / (N * P)), rss.ravg, rmodel),
+      row('fedmedian (holds every update)', small, tRMed, RN * RP * 4, floor * ((RN * RP) / (N * P)), rss.rmed, rmodel),
+      row('trimmed-mean, trimFraction 0.1 (holds every update)', small, tRTrim, RN * RP * 4, floor * ((RN * RP) / (N * P)), rss.rtrim, rmodel),
+    ],
+  );
+  const add = median(tAdd);
+  const st = median(tStream);
+  console.log(`
+decodeModel of one ${(model / MB).toFixed(1)} MB update (CBOR → validated Float32Arrays): ${median(tDecode).toFixed(2)} ms
+fedavg add(): ${(add / median(tNaive)).toFixed(2)}x the naive JS loop's time, ${(add / floor).toFixed(1)}x the memcpy floor; goal <= 100 ms: ${add <= 100 ? 'met' : 'not met'} (${add.toFixed(0)} ms)
+fedavg addEncoded: ${(median(tEncoded) / floor).toFixed(1)}x the memcpy floor; goal <= 100 ms: ${median(tEncoded) <= 100 ? 'met' : 'not met'} (${median(tEncoded).toFixed(0)} ms)
+fedavg streamed: ${(st / floor).toFixed(1)}x the memcpy floor; goal <= 100 ms: ${st <= 100 ? 'met' : 'not met'} (${st.toFixed(0)} ms)
+peak RSS growth: fedavg add ${(rss.add.growth / MB).toFixed(1)} MB, addEncoded ${(rss.encoded.growth / MB).toFixed(1)} MB, streamed ${(rss.stream.growth / MB).toFixed(1)} MB, naive hold-all ${(rss.hold.growth / MB).toFixed(0)} MB (${(rss.hold.growth / rss.add.growth).toFixed(0)}x fedavg add); goal < 3 x one model = ${((3 * model) / MB).toFixed(0)} MB: add ${rss.add.growth < 3 * model ? 'met' : 'not met'}, addEncoded ${rss.encoded.growth < 3 * model ? 'met' : 'not met'}, streamed ${rss.stream.growth < 3 * model ? 'met' : 'not met'} (a slot of one model per open stream, by design)
+held MB: the aggregator's own memoryBytes at its peak (sum, slots, kept updates; for the naive baseline, its copies and its sum), free of allocator noise
+fedmedian / trimmed-mean hold ${RN} x ${RP.toLocaleString('en')} values (${((RN * rmodel) / MB).toFixed(0)} MB) and sort every coordinate: ${(median(tRMed) / median(tRAvg)).toFixed(1)}x and ${(median(tRTrim) / median(tRAvg)).toFixed(1)}x fedavg's time on the same size`);
+}

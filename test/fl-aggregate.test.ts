@@ -1,0 +1,443 @@
+// FL aggregation: FedAvg against a naive weighted mean, order independence,
+// streamed (chunked) updates, refusals that change nothing, robustness of
+// fedmedian and trimmed-mean to a poisoned update, memory bounds, metrics,
+// config errors, and the wasm kernel's bytes against its text.
+
+import test from 'ava';
+import wabtInit from 'wabt';
+import {
+  AggregatorError,
+  createAggregator,
+  FedAvg,
+  FedMedian,
+  FOLD_KERNEL_WASM,
+  FOLD_KERNEL_WAT,
+  TrimmedMean,
+  UpdateError,
+  type Aggregator,
+  type Update,
+  type UpdateErrorReason,
+} from '../control-plane/fl/aggregate.ts';
+import { encodeModel, float32ToLE, MODEL_FORMAT, paramCount, type Model } from '../control-plane/fl/model-format.ts';
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// Sizes that cross the kernel's 64 KiB staging blocks and leave odd tails.
+const SHAPES: [string, number[]][] = [
+  ['conv.w', [3, 3, 4, 8]],
+  ['conv.b', [8]],
+  ['fc.w', [181, 191]], // 34,571 values: two full 16,384 blocks and a tail of 1,803
+  ['fc.b', [7]],
+  ['scale', []],
+];
+
+function model(r: () => number, center = 0, spread = 1): Model {
+  return {
+    format: MODEL_FORMAT,
+    tensors: SHAPES.map(([name, shape]) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(n);
+      for (let i = 0; i < n; i++) data[i] = center + (r() - 0.5) * 2 * spread;
+      return { name, shape: [...shape], data };
+    }),
+  };
+}
+
+const ref = model(rng(1));
+
+function updates(n: number, seed: number, center = 0): Update[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, (_, i) => ({ participant: `proplet-${i}`, numSamples: 1 + Math.floor(r() * 1000), model: model(r, center) }));
+}
+
+/** The weighted mean in float64, per value, rounded to float32 at the end. */
+function naiveFedAvg(us: Update[]): Float32Array[] {
+  const total = us.reduce((a, u) => a + u.numSamples, 0);
+  return ref.tensors.map((_, t) => {
+    const out = new Float32Array(ref.tensors[t]!.data.length);
+    for (let i = 0; i < out.length; i++) {
+      let s = 0;
+      for (const u of us) s += u.numSamples * u.model.tensors[t]!.data[i]!;
+      out[i] = s / total;
+    }
+    return out;
+  });
+}
+
+function maxRelDiff(a: Model, b: Float32Array[]): number {
+  let worst = 0;
+  for (const [t, x] of a.tensors.entries()) {
+    const y = b[t]!;
+    for (let i = 0; i < x.data.length; i++) worst = Math.max(worst, Math.abs(x.data[i]! - y[i]!) / Math.max(1e-30, Math.abs(y[i]!)));
+  }
+  return worst;
+}
+
+const bits = (m: Model) => Buffer.from(encodeModel({ ...m, meta: undefined }));
+
+function refused(t: { throws(f: () => unknown, e?: unknown): unknown; is(a: unknown, b: unknown, m?: string): void; regex(s: string, r: RegExp): void }, f: () => unknown, reason: UpdateErrorReason, msg?: RegExp): void {
+  const e = t.throws(f, { instanceOf: UpdateError }) as UpdateError | undefined;
+  if (!e) return;
+  t.is(e.reason, reason, e.message);
+  if (msg) t.regex(e.message, msg);
+}
+
+/** Streams an update's data in random-sized chunks, in random order. */
+function stream(a: Aggregator, u: Update, r: () => number): void {
+  a.begin(u.participant, u.numSamples, u.metrics);
+  const chunks: [number, number, Uint8Array][] = [];
+  for (const [t, x] of u.model.tensors.entries()) {
+    const bytes = float32ToLE(x.data);
+    for (let o = 0; o < x.data.length; ) {
+      const n = Math.min(x.data.length - o, 1 + Math.floor(r() * 5000));
+      // chunks at odd byte offsets of a bigger buffer: the copy must not care about alignment
+      const buf = new Uint8Array(n * 4 + 1);
+      buf.set(bytes.subarray(o * 4, (o + n) * 4), 1);
+      chunks.push([t, o, buf.subarray(1)]);
+      o += n;
+    }
+  }
+  for (let i = chunks.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [chunks[i], chunks[j]] = [chunks[j]!, chunks[i]!];
+  }
+  for (const [t, o, b] of chunks) a.addChunk(u.participant, t, o, b);
+  a.commit(u.participant);
+}
+
+test('fedavg equals the naive sample-weighted mean', (t) => {
+  const us = updates(12, 2);
+  const a = new FedAvg(ref);
+  for (const u of us) a.add(u);
+  t.is(a.count, 12);
+  t.is(a.totalSamples, us.reduce((s, u) => s + u.numSamples, 0));
+  const res = a.result();
+  t.true(maxRelDiff(res, naiveFedAvg(us)) < 1e-6);
+  t.deepEqual(
+    res.tensors.map((x) => [x.name, x.shape]),
+    ref.tensors.map((x) => [x.name, x.shape]),
+  );
+  t.like(res.meta, { algorithm: 'fedavg', numParticipants: 12, totalSamples: a.totalSamples });
+  t.deepEqual(a.participants(), us.map((u) => u.participant));
+  // result() is a snapshot: more updates may follow
+  a.add(updates(13, 2)[12]!);
+  t.is(a.count, 13);
+});
+
+test('fedavg does not depend on the order of updates', (t) => {
+  const us = updates(10, 3);
+  const a = new FedAvg(ref);
+  for (const u of us) a.add(u);
+  const b = new FedAvg(ref);
+  for (const u of [...us].reverse()) b.add(u);
+  const want = naiveFedAvg(us);
+  t.true(maxRelDiff(a.result(), want) < 1e-6);
+  t.true(maxRelDiff(b.result(), want) < 1e-6);
+  t.true(maxRelDiff(a.result(), b.result().tensors.map((x) => x.data)) < 1e-6);
+});
+
+test('a streamed update (chunks in any order, any alignment) folds exactly like a whole one', (t) => {
+  const us = updates(6, 4);
+  const r = rng(5);
+  const whole = new FedAvg(ref);
+  const streamed = new FedAvg(ref);
+  for (const u of us) {
+    whole.add(u);
+    stream(streamed, u, r);
+  }
+  t.deepEqual(bits(whole.result()), bits(streamed.result()));
+  t.is(streamed.inFlight, 0);
+  // streams may interleave
+  const inter = new FedAvg(ref, { maxInFlight: 2 });
+  const [u1, u2] = us;
+  inter.begin(u1!.participant, u1!.numSamples);
+  inter.begin(u2!.participant, u2!.numSamples);
+  t.is(inter.inFlight, 2);
+  for (const [ti, x] of ref.tensors.entries()) {
+    inter.addChunk(u2!.participant, ti, 0, float32ToLE(u2!.model.tensors[ti]!.data));
+    inter.addChunk(u1!.participant, ti, 0, float32ToLE(u1!.model.tensors[ti]!.data));
+    void x;
+  }
+  inter.commit(u1!.participant);
+  inter.commit(u2!.participant);
+  t.true(maxRelDiff(inter.result(), naiveFedAvg([u1!, u2!])) < 1e-6);
+});
+
+test('bad updates are refused with a reason and change nothing', (t) => {
+  const us = updates(3, 6);
+  const a = new FedAvg(ref);
+  a.add(us[0]!);
+  a.add(us[1]!);
+  const before = bits(a.result());
+  const base = us[2]!;
+  const withData = (ti: number, i: number, v: number): Update => {
+    const m = structuredClone(base.model);
+    m.tensors[ti]!.data[i] = v;
+    return { ...base, model: m };
+  };
+  // the NaN sits in fc.w's last staging block: everything before it would already be folded by a one-pass fold
+  refused(t, () => a.add(withData(2, 34_570, NaN)), 'non_finite', /update from proplet-2: tensor 'fc\.w' has NaN at index 34570/);
+  refused(t, () => a.add(withData(0, 0, Infinity)), 'non_finite', /tensor 'conv\.w' has Infinity at index 0/);
+  refused(t, () => a.add(withData(4, 0, -Infinity)), 'non_finite', /tensor 'scale'/);
+  const short = structuredClone(base.model);
+  short.tensors[3]!.data = new Float32Array(6);
+  refused(t, () => a.add({ ...base, model: short }), 'shape', /tensor 'fc\.b' has 6 values, shape \[7\] needs 7/);
+  const reshaped = structuredClone(base.model);
+  reshaped.tensors[2]!.shape = [191, 181];
+  refused(t, () => a.add({ ...base, model: reshaped }), 'shape', /tensor 'fc\.w' has shape \[191,181\], the round's model has \[181,191\]/);
+  const renamed = structuredClone(base.model);
+  renamed.tensors[1]!.name = 'conv.bias';
+  refused(t, () => a.add({ ...base, model: renamed }), 'shape', /tensor #1 is "conv\.bias", the round's model has 'conv\.b' there/);
+  refused(t, () => a.add({ ...base, model: { ...base.model, tensors: base.model.tensors.slice(0, 4) } }), 'shape', /4 tensors, the round's model has 5/);
+  refused(t, () => a.add({ ...base, model: { ...base.model, tensors: [...base.model.tensors].reverse() } }), 'shape', /tensor #0/);
+  for (const n of [0, -5, 1.5, NaN, Infinity, 2e9, '10' as unknown as number, undefined as unknown as number]) {
+    refused(t, () => a.add({ ...base, numSamples: n }), 'samples', /numSamples must be an integer between 1 and 1000000000/);
+  }
+  refused(t, () => a.add({ ...us[0]!, model: base.model }), 'duplicate', /proplet-0 already has an update in this round/);
+  refused(t, () => a.add({ ...base, participant: 'a/b' }), 'invalid', /participant must be an id/);
+  refused(t, () => a.add({ ...base, metrics: { loss: NaN } }), 'non_finite', /metrics\.loss is NaN/);
+  refused(t, () => a.add({ ...base, metrics: { accuracy: '0.9' as unknown as number } }), 'invalid', /metrics\.accuracy must be a number/);
+  refused(t, () => a.add({ ...base, model: { ...base.model, format: 'x' as typeof MODEL_FORMAT } }), 'invalid', /model format/);
+  refused(t, () => a.add(null as unknown as Update), 'invalid');
+  t.is(a.count, 2);
+  t.is(a.totalSamples, us[0]!.numSamples + us[1]!.numSamples);
+  t.deepEqual(bits(a.result()), before);
+  // and the participant refused can still send a good update
+  a.add(base);
+  t.true(maxRelDiff(a.result(), naiveFedAvg(us)) < 1e-6);
+});
+
+test('a bad stream is aborted and changes nothing; a good one may follow', (t) => {
+  const us = updates(2, 7);
+  const a = new FedAvg(ref, { maxInFlight: 1 });
+  a.add(us[0]!);
+  const before = bits(a.result());
+  const u = us[1]!;
+  const p = u.participant;
+  const data = (ti: number) => float32ToLE(u.model.tensors[ti]!.data);
+
+  a.begin(p, u.numSamples);
+  a.addChunk(p, 2, 0, data(2).subarray(0, 4000));
+  const bad = Uint8Array.from(data(2).subarray(4000, 8000));
+  new DataView(bad.buffer).setFloat32(12, NaN, true);
+  refused(t, () => a.addChunk(p, 2, 1000, bad), 'non_finite', /tensor 'fc\.w' has NaN at index 1003/);
+  t.is(a.inFlight, 0);
+  refused(t, () => a.addChunk(p, 2, 2000, data(2).subarray(8000, 8004)), 'state', /no update from "proplet-1" is streaming/);
+
+  const cases: [string, () => void, UpdateErrorReason, RegExp][] = [
+    ['overlap', () => (a.addChunk(p, 2, 0, data(2).subarray(0, 400)), a.addChunk(p, 2, 50, data(2).subarray(200, 600))), 'shape', /elements \[50, 150\) overlap/],
+    ['out of range', () => a.addChunk(p, 1, 5, data(1).subarray(0, 16)), 'shape', /tensor 'conv\.b': elements \[5, 9\) are outside its 8/],
+    ['no such tensor', () => a.addChunk(p, 9, 0, data(1)), 'shape', /no tensor #9/],
+    ['partial float', () => a.addChunk(p, 1, 0, data(1).subarray(0, 6)), 'shape', /6 bytes is not whole float32 values/],
+    ['incomplete', () => (a.addChunk(p, 0, 0, data(0)), a.commit(p)), 'shape', /is incomplete: tensor 'conv\.b' has 0 of 8 elements/],
+  ];
+  for (const [name, f, reason, msg] of cases) {
+    a.begin(p, u.numSamples);
+    refused(t, f, reason, msg);
+    t.is(a.inFlight, 0, name);
+  }
+  a.begin(p, u.numSamples);
+  refused(t, () => a.begin('proplet-9', 5), 'capacity', /1 updates already streaming \(maxInFlight 1\)/);
+  refused(t, () => a.begin(p, 5), 'duplicate', /already has an update streaming/);
+  refused(t, () => a.add(u), 'duplicate');
+  t.true(a.abort(p));
+  t.false(a.abort(p));
+  t.is(a.count, 1);
+  t.deepEqual(bits(a.result()), before);
+  stream(a, u, rng(8));
+  t.true(maxRelDiff(a.result(), naiveFedAvg(us)) < 1e-6);
+  t.deepEqual(a.participants(), ['proplet-0', 'proplet-1']);
+});
+
+test('addEncoded: an update in its CBOR form folds like the decoded one, and is validated the same', (t) => {
+  const us = updates(5, 13);
+  for (const alg of ['fedavg', 'fedmedian', 'trimmed-mean'] as const) {
+    const a = createAggregator(alg, ref);
+    const b = createAggregator(alg, ref);
+    for (const [i, u] of us.entries()) {
+      a.add(u);
+      const enc = encodeModel({ ...u.model, meta: { note: 'ignored' } });
+      // at an odd offset of a bigger buffer, as a message payload may be
+      const buf = new Uint8Array(enc.length + 3);
+      buf.set(enc, 3);
+      if (i < 4) b.addEncoded(u.participant, u.numSamples, buf.subarray(3), u.metrics);
+    }
+    const before = bits(b.result());
+    const last = us[4]!;
+    const enc = encodeModel(last.model);
+    refused(t, () => b.addEncoded('x1', 5, enc.subarray(0, enc.length - 1)), 'invalid', /update from x1: truncated/);
+    refused(t, () => b.addEncoded('x1', 5, Buffer.from('{}')), 'invalid', /not a CBOR map/);
+    const nan = structuredClone(last.model);
+    nan.tensors[2]!.data[30_000] = NaN;
+    refused(t, () => b.addEncoded('x1', 5, encodeModel(nan, { checkFinite: false })), 'non_finite', /update from x1: tensor 'fc\.w' has NaN at index 30000/);
+    const bigger = structuredClone(last.model);
+    bigger.tensors.push({ name: 'extra', shape: [1], data: new Float32Array(1) });
+    refused(t, () => b.addEncoded('x1', 5, encodeModel(bigger)), 'shape', /6 tensors, more than 5: bigger than the round's model/);
+    const reshaped = structuredClone(last.model);
+    reshaped.tensors[0]!.shape = [9, 4, 8];
+    refused(t, () => b.addEncoded('x1', 5, encodeModel(reshaped)), 'shape', /tensor 'conv\.w' has shape \[9,4,8\]/);
+    refused(t, () => b.addEncoded(us[0]!.participant, 5, enc), 'duplicate');
+    refused(t, () => b.addEncoded('x1', 0, enc), 'samples');
+    t.is(b.count, 4);
+    t.deepEqual(bits(b.result()), before);
+    b.addEncoded(last.participant, last.numSamples, enc, last.metrics);
+    t.deepEqual(bits(a.result()), bits(b.result()), alg);
+  }
+});
+
+test('one poisoned update: fedavg follows it, fedmedian and trimmed-mean do not', (t) => {
+  const honest = updates(9, 9, 1).map((u) => ({ ...u, numSamples: 100 }));
+  const poison = structuredClone(honest[0]!.model);
+  for (const x of poison.tensors) x.data.fill(1e9);
+  const all = [...honest, { participant: 'mallory', numSamples: 100, model: poison }];
+  const run = (a: Aggregator) => {
+    for (const u of all) a.add(u);
+    return a.result();
+  };
+  const maxAbs = (m: Model) => Math.max(...m.tensors.map((x) => x.data.reduce((s, v) => Math.max(s, Math.abs(v)), 0)));
+  t.true(maxAbs(run(createAggregator('fedavg', ref))) > 1e7);
+  const med = run(createAggregator('fedmedian', ref));
+  const trim = run(createAggregator('trimmed-mean', ref, { trimFraction: 0.1 })); // floor(0.1 × 10) = 1 at each end
+  for (const m of [med, trim]) {
+    for (const x of m.tensors) for (const v of x.data) if (!(v >= 0 && v <= 2)) return t.fail(`${m.meta?.algorithm} gave ${v} in ${x.name}`);
+  }
+  t.is(trim.meta?.trim, 1);
+  // trimmed-mean is the mean of the 8 middle values: check one coordinate by hand
+  const col = all.map((u) => u.model.tensors[2]!.data[777]!).sort((a, b) => a - b);
+  t.is(trim.tensors[2]!.data[777], Math.fround(col.slice(1, 9).reduce((a, b) => a + b, 0) / 8));
+  t.is(med.tensors[2]!.data[777], Math.fround((col[4]! + col[5]!) / 2));
+});
+
+test('fedmedian: odd and even counts, weights ignored, streamed rows', (t) => {
+  const tiny: Model = { format: MODEL_FORMAT, tensors: [{ name: 'w', shape: [3], data: new Float32Array(3) }] };
+  const up = (p: string, n: number, xs: number[]): Update => ({ participant: p, numSamples: n, model: { ...tiny, tensors: [{ name: 'w', shape: [3], data: new Float32Array(xs) }] } });
+  const m = new FedMedian(tiny);
+  m.add(up('a', 1, [1, 10, -1]));
+  m.add(up('b', 1000, [2, 20, -2]));
+  m.begin('c', 5);
+  m.addChunk('c', 0, 1, float32ToLE(new Float32Array([30, -3])));
+  m.addChunk('c', 0, 0, float32ToLE(new Float32Array([3])));
+  m.commit('c');
+  t.deepEqual([...m.result().tensors[0]!.data], [2, 20, -2]);
+  m.add(up('d', 1, [4, 40, -4]));
+  t.deepEqual([...m.result().tensors[0]!.data], [2.5, 25, -2.5]);
+  const tm = new TrimmedMean(tiny, { trim: 1 });
+  for (const u of [up('a', 1, [1, 1, 1]), up('b', 1, [2, 2, 2])]) tm.add(u);
+  const e = t.throws(() => tm.result(), { instanceOf: AggregatorError });
+  t.is(e?.reason, 'too_few_updates');
+  t.regex(e?.message ?? '', /drops 1 updates at each end and needs at least 3, has 2/);
+  tm.add(up('c', 1, [9, 9, 9]));
+  t.deepEqual([...tm.result().tensors[0]!.data], [2, 2, 2]);
+});
+
+test('fedmedian and trimmed-mean refuse updates past maxBufferedValues', (t) => {
+  const P = paramCount(ref);
+  const us = updates(4, 10);
+  for (const alg of ['fedmedian', 'trimmed-mean'] as const) {
+    const a = createAggregator(alg, ref, { maxBufferedValues: 3 * P });
+    a.add(us[0]!);
+    a.add(us[1]!);
+    a.begin(us[2]!.participant, 10); // a stream holds a row too
+    refused(t, () => a.add(us[3]!), 'capacity', new RegExp(`${alg} holds every update, and 4 updates × ${P} parameters would pass maxBufferedValues ${3 * P}`));
+    t.true(a.abort(us[2]!.participant));
+    a.add(us[3]!);
+    refused(t, () => a.add(us[2]!), 'capacity', /raise aggregator\.config\.maxBufferedValues or use fedavg/);
+    t.is(a.count, 3);
+    t.is(a.memoryBytes, 3 * P * 4);
+  }
+  // fedavg holds its float64 sum (and a 64 KiB staging area), plus a slot per open stream, one kept idle
+  const f = new FedAvg(ref);
+  const sum = Math.ceil((65536 + 8 * P) / 65536) * 65536;
+  for (const u of us) f.add(u);
+  t.is(f.memoryBytes, sum);
+  f.begin('s1', 1);
+  t.is(f.memoryBytes, sum + 4 * P);
+  f.abort('s1');
+  t.is(f.memoryBytes, sum + 4 * P);
+  t.throws(() => createAggregator('fedmedian', ref, { maxBufferedValues: -1 }), { instanceOf: AggregatorError, message: /maxBufferedValues must be an integer/ });
+});
+
+test('metrics: mean loss and accuracy weighted by samples, over the updates that reported them', (t) => {
+  const us = updates(4, 11);
+  us[0] = { ...us[0]!, numSamples: 100, metrics: { loss: 1, accuracy: 0.5 } };
+  us[1] = { ...us[1]!, numSamples: 300, metrics: { loss: 2 } };
+  us[2] = { ...us[2]!, numSamples: 600, metrics: { accuracy: 0.9 } };
+  us[3] = { ...us[3]!, numSamples: 50 };
+  for (const alg of ['fedavg', 'fedmedian', 'trimmed-mean'] as const) {
+    const a = createAggregator(alg, ref);
+    t.deepEqual(a.metrics(), { updates: 0, totalSamples: 0, lossSamples: 0, accuracySamples: 0 });
+    for (const u of us) a.add(u);
+    const m = a.metrics();
+    t.is(m.updates, 4);
+    t.is(m.totalSamples, 1050);
+    t.is(m.lossSamples, 400);
+    t.is(m.accuracySamples, 700);
+    t.is(m.loss, (100 * 1 + 300 * 2) / 400);
+    t.is(m.accuracy, (100 * 0.5 + 600 * 0.9) / 700);
+    t.like(a.result().meta, { loss: m.loss, accuracy: m.accuracy, totalSamples: 1050, numParticipants: 4, algorithm: alg });
+  }
+});
+
+test('createAggregator: unknown algorithms, bad config and bad reference are AggregatorErrors', (t) => {
+  const err = (f: () => unknown, reason: AggregatorError['reason'], msg: RegExp) => {
+    const e = t.throws(f, { instanceOf: AggregatorError });
+    t.is(e?.reason, reason);
+    t.regex(e?.message ?? '', msg);
+  };
+  err(() => createAggregator('fedprox', ref), 'unknown_algorithm', /unknown aggregator\.algorithm "fedprox": known are fedavg, fedmedian, trimmed-mean/);
+  err(() => createAggregator('fedavg', ref, { trimFraction: 0.1 }), 'config', /trimFraction is not a setting of fedavg; its settings are maxSamples, maxInFlight/);
+  err(() => createAggregator('trimmed-mean', ref, { trimFractoin: 0.1 }), 'config', /trimFractoin is not a setting of trimmed-mean/);
+  err(() => createAggregator('trimmed-mean', ref, { trimFraction: 0.5 }), 'config', /trimFraction must be a number in \[0, 0\.5\)/);
+  err(() => createAggregator('trimmed-mean', ref, { trimFraction: '0.1' }), 'config', /trimFraction must be a number/);
+  err(() => createAggregator('trimmed-mean', ref, { trimFraction: 0.1, trim: 1 }), 'config', /not both/);
+  err(() => createAggregator('trimmed-mean', ref, { trim: 1.5 }), 'config', /trim must be an integer/);
+  err(() => createAggregator('fedavg', ref, { maxSamples: 0 }), 'config', /maxSamples must be an integer between 1/);
+  err(() => createAggregator('fedavg', ref, [] as unknown as Record<string, unknown>), 'config', /must be an object/);
+  const nan = structuredClone(ref);
+  nan.tensors[0]!.data[3] = NaN;
+  err(() => createAggregator('fedavg', nan), 'reference', /reference model: tensor 'conv\.w': value NaN at index 3/);
+  err(() => new FedAvg(ref).result(), 'no_updates', /fedavg: no update to aggregate/);
+  t.is(createAggregator('fedavg', ref, { maxSamples: 5 }).algorithm, 'fedavg');
+  const small = createAggregator('fedavg', ref, { maxSamples: 5 });
+  refused(t, () => small.add({ ...updates(1, 1)[0]!, numSamples: 6 }), 'samples', /between 1 and 5/);
+});
+
+test('finish() gives the result and closes the aggregator', (t) => {
+  const us = updates(5, 12);
+  const a = new FedAvg(ref);
+  for (const u of us) a.add(u);
+  const r = bits(a.result());
+  const f = a.finish();
+  t.deepEqual(bits(f), r);
+  t.true(maxRelDiff(f, naiveFedAvg(us)) < 1e-6);
+  refused(t, () => a.add({ ...us[0]!, participant: 'late' }), 'state', /finished/);
+  refused(t, () => a.begin('late', 1), 'state', /finished/);
+  t.throws(() => a.result(), { instanceOf: AggregatorError, message: /finished/ });
+  // with streams used, the result is copied out of the aggregator
+  const b = new FedAvg(ref);
+  stream(b, us[0]!, rng(1));
+  b.begin('open', 3);
+  t.deepEqual(bits(b.finish()), bits({ ...ref, tensors: ref.tensors.map((x, i) => ({ ...x, data: us[0]!.model.tensors[i]!.data })) }));
+  t.is(b.inFlight, 0);
+  const m = new FedMedian(ref);
+  m.add(us[0]!);
+  t.deepEqual(bits(m.finish()), bits(us[0]!.model));
+});
+
+test('the embedded wasm kernel is FOLD_KERNEL_WAT compiled by wabt', async (t) => {
+  const wabt = await wabtInit();
+  const mod = wabt.parseWat('fold.wat', FOLD_KERNEL_WAT, { simd: true });
+  mod.validate();
+  const { buffer } = mod.toBinary({});
+  mod.destroy();
+  t.is(Buffer.from(buffer).toString('base64'), FOLD_KERNEL_WASM);
+});
