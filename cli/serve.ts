@@ -73,7 +73,7 @@ ${scopeHelp}
       health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
       schedulerType = parseSchedulerType(str(v.scheduler) ?? env.SCHEDULER_TYPE ?? file.scheduler?.type ?? 'hybrid');
     } catch (e) {
-      if (e instanceof ConfigError || (e instanceof Error && /scheduler type/.test(e.message))) throw new UsageError(e.message);
+      if (e instanceof ConfigError) throw new UsageError(e.message);
       throw e;
     }
     const store = new SqliteStore(join(dataDir, 'state.db'));

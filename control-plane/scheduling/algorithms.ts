@@ -18,10 +18,13 @@
 //                   of capacity left free after placing the task:
 //                     ((cap_cpu − used_cpu − req_cpu)/cap_cpu + (cap_mem − used_mem − req_mem)/cap_mem) / 2
 //                   where a dimension of unknown capacity counts as 1 (all
-//                   free); lowest score wins (the tightest fit, which keeps
-//                   roomy proplets free for big tasks); ties by id. Proplets
-//                   with neither capacity known rank after every proplet with
-//                   a known one, by fewest tasks then id.
+//                   free) and one of zero capacity as 0; lowest score wins
+//                   (the tightest fit, which keeps roomy proplets free for
+//                   big tasks); ties by id. Computed as freeShare − taskShare
+//                   (see raScore) so that it is monotone within a capacity
+//                   class even in floating point. Proplets with neither
+//                   capacity known rank after every proplet with a known one,
+//                   by fewest tasks then id.
 //   hybrid          seed 003. The task's preferred_proplet_type k8s|external
 //                   wins; for 'any' or none, a compute keyword (when
 //                   preferK8sForCompute) → k8s, an edge keyword (when

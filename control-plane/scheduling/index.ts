@@ -3,6 +3,7 @@
 // which wraps them in placement.ts's Placement interface and keeps the
 // algorithm state (round-robin cursors) between calls.
 
+import { ConfigError } from '../config.ts';
 import type { Algorithm, HybridConfig, Task } from '../model.ts';
 import type { Placement } from '../placement.ts';
 import { placeBatch } from './batch.ts';
@@ -34,7 +35,7 @@ const TYPES: Record<string, Algorithm> = {
 /** SCHEDULER_TYPE (seed 003) or a group's algorithm (seed 000), case and surrounding space ignored. */
 export function parseSchedulerType(s: string): Algorithm {
   const a = Object.hasOwn(TYPES, s.trim().toLowerCase()) ? TYPES[s.trim().toLowerCase()] : undefined;
-  if (a === undefined) throw new Error(`unknown scheduler type ${JSON.stringify(s)}: expected one of ${Object.keys(TYPES).join(', ')}`);
+  if (a === undefined) throw new ConfigError(`unknown scheduler type ${JSON.stringify(s)}: expected one of ${Object.keys(TYPES).join(', ')}`);
   return a;
 }
 

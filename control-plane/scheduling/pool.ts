@@ -86,7 +86,11 @@ const MAXMOD = FN + 2;
 const MINMOD = FN + 3;
 const MINCPU = FN + 4;
 const MINMEM = FN + 5;
-const S = FN + 6;
+// The node's own member, in a treap (cached when it is inserted: its load does not change while it is in).
+const SELFC = FN + 6;
+const SELFM = FN + 7;
+const SELFMOD = FN + 8;
+const S = FN + 9;
 
 /** Node aggregates over open members. A node combines up to two child nodes and, in a treap, its own member. */
 class Aggregates {
@@ -100,9 +104,21 @@ class Aggregates {
     return this.d[x * S + CNT]!;
   }
 
-  /** Node `x` = children a, b (-1 for none) and, when `self` ≥ 0, proplet `self`. */
-  combine(s: Snapshot, x: number, a: number, b: number, self: number): void {
+  /** Stores proplet `i`'s free cpu, free memory and module limit as node `x`'s own member. */
+  setSelf(s: Snapshot, x: number, i: number): void {
     const d = this.d;
+    const o = x * S;
+    const cc = s.capCpu[i]!;
+    const cm = s.capMem[i]!;
+    d[o + SELFC] = cc === cc ? cc - s.cpu[i]! : Infinity;
+    d[o + SELFM] = cm === cm ? cm - s.mem[i]! : Infinity;
+    d[o + SELFMOD] = s.maxMod[i]!;
+  }
+
+  /** Node `x` = children a, b (-1 for none) and, when `self`, its own member (setSelf). */
+  combine(x: number, a: number, b: number, self: boolean): void {
+    const d = this.d;
+    const o = x * S;
     let cnt = 0;
     let maxMod = -Infinity;
     let minMod = Infinity;
@@ -112,14 +128,12 @@ class Aggregates {
     let sn = 0;
     let sc = 0;
     let sm = 0;
-    if (self >= 0) {
-      const cc = s.capCpu[self]!;
-      const cm = s.capMem[self]!;
-      sc = cc === cc ? cc - s.cpu[self]! : Infinity;
-      sm = cm === cm ? cm - s.mem[self]! : Infinity;
+    if (self) {
+      sc = d[o + SELFC]!;
+      sm = d[o + SELFM]!;
       sn = 1;
       cnt = 1;
-      maxMod = minMod = s.maxMod[self]!;
+      maxMod = minMod = d[o + SELFMOD]!;
       minCpu = sc;
       minMem = sm;
     }
@@ -200,7 +214,6 @@ class Aggregates {
       }
       kept--;
     }
-    const o = x * S;
     for (let k = 0; k < kept; k++) {
       d[o + k] = scC[k]!;
       d[o + K + k] = scM[k]!;
@@ -317,7 +330,8 @@ class SegTree implements Index {
     const s = this.s;
     const i = j < this.m ? this.leaf[j]! : -1;
     const isOpen = i >= 0 && s.tasks[i]! < s.maxTasks(i, this.base);
-    this.g.combine(s, node, -1, -1, isOpen ? i : -1);
+    if (isOpen) this.g.setSelf(s, node, i);
+    this.g.combine(node, -1, -1, isOpen);
     if (this.mode !== 'ra') return;
     if (!isOpen) {
       this.best1[node] = -1;
@@ -342,7 +356,7 @@ class SegTree implements Index {
   private pull(node: number): void {
     const l = node << 1;
     const r = l | 1;
-    this.g.combine(this.s, node, l, r, -1);
+    this.g.combine(node, l, r, false);
     if (this.mode === 'ra') {
       const a = this.best1[l]!;
       const b = this.best1[r]!;
@@ -507,6 +521,8 @@ class Treap implements Index {
   /** The key each node was inserted with. */
   private readonly k1: Float64Array;
   private readonly k2: Float64Array;
+  /** The member's id rank, the last part of the key. */
+  private readonly kr: Int32Array;
   private readonly in: Uint8Array;
   private readonly rank: Int32Array;
   private root = -1;
@@ -529,6 +545,7 @@ class Treap implements Index {
     this.pri = new Uint32Array(m);
     this.k1 = new Float64Array(m);
     this.k2 = new Float64Array(m);
+    this.kr = new Int32Array(m);
     this.in = new Uint8Array(m);
     this.rank = s.rank;
     // Priorities from a fixed hash: the shape is the same every run (the answers never depend on it).
@@ -569,6 +586,8 @@ class Treap implements Index {
 
   private setKey(x: number): void {
     const i = this.node[x]!;
+    this.kr[x] = this.rank[i]!;
+    this.g.setSelf(this.s, x, i);
     if (this.kind === 'share') {
       this.k1[x] = freeShare(this.s, i);
       this.k2[x] = 0;
@@ -585,11 +604,11 @@ class Treap implements Index {
     const a2 = this.k2[a]!;
     const b2 = this.k2[b]!;
     if (a2 !== b2) return a2 < b2;
-    return this.rank[this.node[a]!]! < this.rank[this.node[b]!]!;
+    return this.kr[a]! < this.kr[b]!;
   }
 
   private pull(t: number): void {
-    this.g.combine(this.s, t, this.L[t]!, this.R[t]!, this.node[t]!);
+    this.g.combine(t, this.L[t]!, this.R[t]!, true);
   }
 
   /** Splits `t` into sl (keys < x's) and sr (keys > x's); x is not in `t`. */
