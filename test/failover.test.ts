@@ -98,7 +98,7 @@ test('kill -9 the control plane mid-run: after a restart on the same data dir ev
   const all = await again.api.listTasks();
   t.is(all.total, 5);
   t.deepEqual(all.tasks.map((x) => x.id).sort(), [...ids, pending.id].sort());
-  await until(async () => (await Promise.all(ids.map((id) => again.api.getTask(id)))).every((x) => x.state === 'Completed'), 'completed after restart', 15_000);
+  await until(async () => (await Promise.all(ids.map((id) => again.api.getTask(id)))).every((x) => x.state === 'Completed'), 'completed after restart', 40_000);
   for (const id of ids) {
     const x = await again.api.getTask(id);
     t.is(x.attempt, 1, `task ${id} kept its attempt`);

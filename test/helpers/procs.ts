@@ -45,7 +45,7 @@ function wrap(proc: ChildProcess, logs: Record<string, unknown>[]): Proc {
   };
 }
 
-async function waitLog(p: Proc, match: (l: Record<string, unknown>) => boolean, what: string, ms = 20_000): Promise<Record<string, unknown>> {
+async function waitLog(p: Proc, match: (l: Record<string, unknown>) => boolean, what: string, ms = 45_000): Promise<Record<string, unknown>> {
   const end = Date.now() + ms;
   for (;;) {
     const hit = p.logs.find(match);
