@@ -57,9 +57,10 @@ export interface BrokerOptions {
   /** Largest packet from the manager account. Default 32 MiB + 64 KiB (a start with a 16 MiB inline module). */
   managerMaxPacketSize?: number;
   /**
-   * Refuse every account but the manager (CONNACK 3, server unavailable: clients
-   * retry) until `admitAll()`. Lets the control plane subscribe after a restart
-   * before proplets reconnect and publish results nobody would receive.
+   * Hold every account but the manager (their CONNACK waits, bounded by the
+   * clients' own connect timeouts) until `admitAll()`. Lets the control plane
+   * subscribe after a restart before proplets reconnect and publish results
+   * nobody would receive.
    */
   managerFirst?: boolean;
   /** How long a connection may stay without a CONNECT, in ms. Default 30000. */
@@ -190,6 +191,7 @@ export class EmbeddedBroker {
   private readonly managerMaxPacket: number;
   private readonly allowAnonymous: boolean;
   private holding: boolean;
+  private deferred: (() => void)[] = [];
 
   private constructor(opts: BrokerOptions, aedes: Aedes, sizes: { max: number; manager: number }) {
     this.aedes = aedes;
@@ -247,6 +249,10 @@ export class EmbeddedBroker {
     let self: EmbeddedBroker | undefined;
     const aedes = await Aedes.createBroker({
       connectTimeout,
+      // Aedes' default (100) queues deliveries in mqemitter when a subscriber backs
+      // up and drains the queue recursively: at 10,000 devices that overflowed the
+      // stack (mcollina/mqemitter#204). 0 delivers without the queue.
+      concurrency: 0,
       maxTopicLevels: MAX_TOPIC_LEVELS,
       preConnect: (client, packet, cb) => self!.preConnect(client as Ext, packet, cb),
       authenticate: (client, username, password, cb) => self!.authenticate(client as Ext, username, password, cb),
@@ -305,6 +311,9 @@ export class EmbeddedBroker {
   /** Ends `managerFirst`: every account may connect from now on. */
   admitAll(): void {
     this.holding = false;
+    const waiting = this.deferred;
+    this.deferred = [];
+    for (const go of waiting) go();
   }
 
   get connectedClients(): number {
@@ -426,8 +435,9 @@ export class EmbeddedBroker {
     };
     const accept = (id: string, role: Role, hash: string, anonymous: boolean): void => {
       if (this.holding && role !== 'manager') {
-        this.log('info', 'mqtt connect deferred: the control plane is not connected yet', { username: clip(username) });
-        return cb(authError('connect refused: server starting', 3), null);
+        // CONNACK waits: a refusal would make mqtt.js stop reconnecting for good.
+        this.deferred.push(() => accept(id, role, hash, anonymous));
+        return;
       }
       const will = client[WILL];
       delete client[WILL];

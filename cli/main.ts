@@ -5,6 +5,7 @@ import { parse, UsageError, type Command } from './args.ts';
 import { modulePull, modulePush } from './module.ts';
 import { proplet } from './proplet.ts';
 import { serve } from './serve.ts';
+import { sim } from './sim.ts';
 import { propletAdd, propletList, taskCreate, taskDelete, taskGet, taskList, taskLogs, taskRun, taskStart, taskStop } from './task.ts';
 import { watch } from './watch.ts';
 
@@ -23,6 +24,7 @@ const COMMANDS: Record<string, Command> = {
   'task delete': taskDelete,
   'module push': modulePush,
   'module pull': modulePull,
+  sim,
   watch,
 };
 

@@ -99,6 +99,7 @@ export class ControlPlane {
       this.tasks.schedulePlacement();
     });
     this.registry.on('load', () => this.tasks.schedulePlacement());
+    this.registry.on('report', (p, running) => this.tasks.reconcile(p, running));
     this.registry.on('state', (p, from, reason) => {
       this.metrics.propletTransitions.inc({ to: p.state });
       this.log(p.state === 'alive' ? 'info' : 'warn', 'proplet state', { proplet_id: p.id, from, to: p.state, reason });

@@ -17,6 +17,8 @@ export interface RegistryEvents {
   state: [proplet: Proplet, from: PropletState, reason: string];
   /** Its reported load changed: placement may have room now. */
   load: [proplet: Proplet];
+  /** A heartbeat that lists what the proplet runs: starts lost on the way show up here. */
+  report: [proplet: Proplet, running: TaskRef[]];
 }
 
 export class Registry extends EventEmitter<RegistryEvents> {
@@ -106,8 +108,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
       this.store.proplets.put(p.id, p);
       this.emit('state', p, from, 'heartbeat');
       this.emit('up', p, msg.running);
-    } else if (loadChanged) {
-      this.emit('load', p);
+    } else {
+      if (loadChanged) this.emit('load', p);
+      if (msg.running) this.emit('report', p, msg.running);
     }
     return true;
   }

@@ -50,6 +50,8 @@ export interface TaskServiceOptions {
    * same way: inline, or in registry chunks.
    */
   resolveModule?: (url: string) => Promise<Uint8Array>;
+  /** How long a start may be in flight before a proplet's report without it means it was lost. */
+  reconcileGraceMs?: number;
   /** PropletGroups by name, for tasks that name one. */
   groups?: (name: string) => PropletGroup | undefined;
 }
@@ -71,6 +73,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   private retryTimer?: NodeJS.Timeout;
   private readonly now: () => number;
   readonly maxAttempts: number;
+  readonly reconcileGraceMs: number;
   readonly defaultTimeoutMs: number;
 
   constructor(private o: TaskServiceOptions) {
@@ -79,6 +82,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.now = o.now ?? Date.now;
     this.maxAttempts = o.maxAttempts ?? 3;
     this.defaultTimeoutMs = o.defaultTimeoutMs ?? 60_000;
+    this.reconcileGraceMs = o.reconcileGraceMs ?? 5_000;
     for (const t of o.store.tasks.list()) {
       this.tasks.set(t.id, t);
       if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
@@ -361,9 +365,13 @@ export class TaskService extends EventEmitter<TaskEvents> {
   reconcile(proplet: Proplet, running: TaskRef[] | undefined): void {
     if (running === undefined) return; // Propeller's proplets do not report; trust our view.
     const reported = new Map(running.map((r) => [r.task_id, r.attempt]));
+    const now = this.now();
     for (const id of this.activeOn(proplet.id)) {
       const t = this.tasks.get(id)!;
-      if (!reported.has(id)) {
+      // A report may have left the proplet before a start we just sent reached it:
+      // only an attempt older than the grace period is known to be lost.
+      const since = Date.parse(t.attempts.at(-1)?.started_at ?? t.updated_at);
+      if (!reported.has(id) && now - since > this.reconcileGraceMs) {
         this.endAttempt(t, 'evacuated', 'proplet restarted without it');
         this.release(t);
         this.retryOrFail(t, `proplet ${proplet.id} no longer runs it`);

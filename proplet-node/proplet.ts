@@ -43,6 +43,8 @@ export class NodeProplet {
   private modules = new ModuleSource();
   private running = new Map<string, Running>();
   private heartbeat?: NodeJS.Timeout;
+  private retry?: NodeJS.Timeout;
+  private closing = false;
   private readonly encoding: Encoding;
   private readonly maxTasks: number;
   private readonly log: Log;
@@ -80,6 +82,16 @@ export class NodeProplet {
     this.client = client;
     client.on('message', (t, payload) => this.onMessage(t, payload));
     client.on('error', (e) => this.log('warn', 'mqtt error', { error: e.message }));
+    // mqtt.js stops reconnecting after a refused CONNACK (server unavailable, credentials
+    // being re-issued): a proplet keeps trying, as a device would.
+    client.on('close', () => {
+      if (this.closing || client.reconnecting || this.retry) return;
+      this.retry = setTimeout(() => {
+        this.retry = undefined;
+        if (!this.closing && !client.connected && !client.reconnecting) client.reconnect();
+      }, 2000);
+      this.retry.unref();
+    });
     client.on('connect', () => {
       // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
@@ -105,6 +117,8 @@ export class NodeProplet {
 
   /** Stops heartbeats and tasks, and disconnects cleanly (no last will). */
   async close(): Promise<void> {
+    this.closing = true;
+    if (this.retry) clearTimeout(this.retry);
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.client?.endAsync();
     await this.runner.close();
@@ -112,6 +126,7 @@ export class NodeProplet {
 
   /** Drops the connection as a crash would: the broker publishes the last will. Tests use it. */
   destroy(): void {
+    this.closing = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     // Destroy the socket before end(): end() would otherwise send DISCONNECT, which cancels the will.
     (this.client as unknown as { stream?: { destroy(): void } })?.stream?.destroy();

@@ -24,14 +24,15 @@ async function stackWith(type: Algorithm): Promise<Stack> {
 
 /** Starts n sleeping tasks and returns how many landed on each proplet while they run. */
 async function spread(s: Stack, n: number, extra: Record<string, unknown> = {}, ms = 300) {
-  const tasks = await Promise.all(Array.from({ length: n }, (_, i) => s.api.createTask({ name: `sleep-${i}`, file: sleep, inputs: [ms], ...extra }, { start: true })));
+  const tasks = await Promise.all(Array.from({ length: n }, (_, i) => s.api.createTask({ name: 'sleep', file: sleep, inputs: [ms], ...extra }, { start: true })));
   const per: Record<string, number> = {};
   for (const x of tasks) {
     const t = await s.api.getTask(x.id);
     const at = t.proplet_id ?? 'pending';
     per[at] = (per[at] ?? 0) + 1;
   }
-  await Promise.all(tasks.map((x) => s.api.getTask(x.id, 5000)));
+  const done = await Promise.all(tasks.map((x) => s.api.getTask(x.id, 10_000)));
+  for (const d of done) if (d.state !== 'Completed') throw new Error(`task ${d.id} ended ${d.state}: ${d.error ?? d.pending_reason}`);
   return per;
 }
 
@@ -80,9 +81,14 @@ test('selectors, groups and their limits decide placement; a task nobody fits wa
     const group = await g.json();
     t.is(group.status.total_proplets, 2);
     t.is(group.status.available_proplets, 2);
-    const inGroup = await spread(s, 3, { proplet_group: 'edge-devices' }, 2000);
+    // long tasks, stopped once placement is seen, so a slow machine cannot free a slot meanwhile
+    const inGroup = await Promise.all([0, 1, 2].map((i) => s.api.createTask({ name: 'sleep', labels: { i: String(i) }, file: sleep, inputs: [30_000], proplet_group: 'edge-devices' }, { start: true })));
+    await new Promise((r) => setTimeout(r, 100));
+    const where = await Promise.all(inGroup.map(async (x) => (await s.api.getTask(x.id)).proplet_id ?? 'pending'));
     // one per proplet at most: the third waits until one frees up
-    t.deepEqual(Object.keys(inGroup).sort(), ['edge-1', 'edge-2', 'pending'], JSON.stringify(inGroup));
+    t.deepEqual([...where].sort(), ['edge-1', 'edge-2', 'pending']);
+    t.regex((await s.api.getTask(inGroup[where.indexOf('pending')]!.id)).pending_reason ?? '', /at capacity/);
+    await Promise.all(inGroup.map((x) => s.api.stopTask(x.id)));
     const none = await s.api.createTask({ name: 'x', file: sleep, inputs: [1], proplet_selector: { match_device_types: ['esp32'] } }, { start: true });
     await new Promise((r) => setTimeout(r, 50));
     const waiting = await s.api.getTask(none.id);

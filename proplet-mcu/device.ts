@@ -1,0 +1,632 @@
+// McuProplet: the constrained proplet profile, the reference that firmware
+// (ESP32 + WAMR, Zephyr) follows. It differs from the node proplet in what a
+// microcontroller cannot afford, and in nothing else a control plane can see:
+//
+//   - MQTT 3.1.1, compact CBOR only, QoS 1, a last will, a keepalive, and its
+//     own reconnect loop with jittered exponential backoff;
+//   - a bounded receive buffer: a larger payload is dropped and counted (a
+//     start that was dropped is refused when its task id can be read);
+//   - a fixed RAM budget: module bytes + linear memory per task, refused when
+//     it does not fit; a maximum number of concurrent modules;
+//   - modules that do not fit a start message arrive in registry chunks
+//     (download.ts), CRC-32 per chunk and SHA-256 over the whole before
+//     anything runs;
+//   - the same WASI/core semantics and results as the node proplet, through
+//     the same sandbox (proplet-node/runner), capped to the budget.
+//
+// docs/mcu.md is the byte-level contract this file implements.
+
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import mqtt, { type MqttClient } from 'mqtt';
+import { decode, encode, ProtocolError, type Chunk, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
+import { parseModule, TRUNCATED_MARKER, WasmRunner, type RunResult } from '../proplet-node/runner/index.ts';
+import { parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { Backoff, type BackoffOptions } from './backoff.ts';
+import { PAGE_BYTES, RamBudget } from './budget.ts';
+import { DownloadError, ModuleDownload, type Ask, type DownloadFaults } from './download.ts';
+import { aliveMsg, chunkMessageBytes, chunkRequestMsg, peekStart, registerMsg, resultBase, willMsg, type DeviceProfile } from './messages.ts';
+
+export type Log = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+
+export interface McuPropletOptions {
+  id: string;
+  secret?: string;
+  url: string;
+  scope: Scope;
+  name?: string;
+  /** Reported device type (default 'esp32'). */
+  deviceType?: string;
+  capabilities?: string[];
+  labels?: Record<string, string>;
+  wasmRuntime?: string;
+  /** RAM for tasks: module bytes + linear memory of every task at once (default 256 KiB). */
+  ramBudgetBytes?: number;
+  /** Modules at once (default 2). */
+  maxTasks?: number;
+  /** Largest module accepted (default: the budget less one 64 KiB page). */
+  maxModuleBytes?: number;
+  /** Largest MQTT payload taken (default 1024); registered as capacity.max_packet_bytes. */
+  rxBufferBytes?: number;
+  /** Bytes per registry chunk asked for (default 512). */
+  chunkSize?: number;
+  /** Chunks in flight (default 4). */
+  window?: number;
+  /** Heartbeat period (default 10 s). */
+  heartbeatMs?: number;
+  /** MQTT keepalive in seconds (default 30). */
+  keepaliveSec?: number;
+  /** CONNECT to CONNACK, at most (default 10 s). */
+  connectTimeoutMs?: number;
+  backoff?: Partial<BackoffOptions>;
+  /** A whole module download, at most (default 60 s). */
+  downloadTimeoutMs?: number;
+  /** Chunks asked for and not seen for this long are asked again (default 2 s). */
+  stallMs?: number;
+  /** stdout and stderr kept per task, each (default 16 KiB). */
+  outputLimitBytes?: number;
+  /** A sandbox shared with other simulated devices; by default each device has its own. */
+  runner?: WasmRunner;
+  /** Fault injection for tests. */
+  faults?: DownloadFaults;
+  log?: Log;
+  random?: () => number;
+}
+
+export type McuState = 'idle' | 'connecting' | 'online' | 'backoff' | 'closed';
+
+export interface McuStats {
+  connects: number;
+  /** Connections that were up and went down. */
+  disconnects: number;
+  /** Payloads over the receive buffer, dropped. */
+  rxDropped: number;
+  /** Payloads that did not decode, dropped. */
+  malformed: number;
+  startsReceived: number;
+  startsInline: number;
+  startsChunked: number;
+  refused: number;
+  completed: number;
+  failed: number;
+  stopped: number;
+  chunksReceived: number;
+  chunksCorrupt: number;
+  chunkDuplicates: number;
+  chunkRequests: number;
+  chunkRerequests: number;
+  downloadsResumed: number;
+  downloadsFailed: number;
+  digestMismatches: number;
+  heartbeats: number;
+  /** Final results kept while offline and sent after the next connect. */
+  resultsDeferred: number;
+  /** Data sizes of accepted chunks, by count (a 200 KB module: 512 → 399, 328 → 1). */
+  chunkBytes: Map<number, number>;
+}
+
+export interface McuEvents {
+  state: [state: McuState];
+  start: [msg: Start];
+  result: [r: Result];
+  dropped: [info: { topic: string; bytes: number; limit: number; refusedTask?: string }];
+}
+
+interface Run {
+  attempt?: number;
+  phase: 'loading' | 'running';
+  /** The runner's key: task ids are unique per control plane, not per shared runner. */
+  key: string;
+  digest?: string;
+}
+
+/** Final results kept while offline, at most. */
+const OUTBOX = 16;
+
+/** The profile's defaults: docs/mcu.md lists them from here. */
+export const MCU_DEFAULTS = {
+  deviceType: 'esp32',
+  ramBudgetBytes: 256 * 1024,
+  maxTasks: 2,
+  rxBufferBytes: 1024,
+  chunkSize: 512,
+  window: 4,
+  heartbeatMs: 10_000,
+  keepaliveSec: 30,
+  connectTimeoutMs: 10_000,
+  downloadTimeoutMs: 60_000,
+  stallMs: 2000,
+  outputLimitBytes: 16 * 1024,
+  defaultTimeoutMs: 60_000,
+} as const;
+
+export class McuProplet extends EventEmitter<McuEvents> {
+  readonly profile: DeviceProfile;
+  readonly budget: RamBudget;
+  readonly stats: McuStats = {
+    connects: 0,
+    disconnects: 0,
+    rxDropped: 0,
+    malformed: 0,
+    startsReceived: 0,
+    startsInline: 0,
+    startsChunked: 0,
+    refused: 0,
+    completed: 0,
+    failed: 0,
+    stopped: 0,
+    chunksReceived: 0,
+    chunksCorrupt: 0,
+    chunkDuplicates: 0,
+    chunkRequests: 0,
+    chunkRerequests: 0,
+    downloadsResumed: 0,
+    downloadsFailed: 0,
+    digestMismatches: 0,
+    heartbeats: 0,
+    resultsDeferred: 0,
+    chunkBytes: new Map(),
+  };
+  /** performance.now() at start() and at the first good connection (subscribed and registered). */
+  readonly timings: { startedAt?: number; firstOnlineAt?: number } = {};
+  private client?: MqttClient;
+  private runner: WasmRunner;
+  private readonly ownRunner: boolean;
+  private readonly backoff: Backoff;
+  private readonly runs = new Map<string, Run>();
+  /** Final results that could not be sent while offline: sent first after the next connect. */
+  private readonly outbox: Result[] = [];
+  private readonly downloads = new Map<string, { d: ModuleDownload; waiters: Set<string> }>();
+  private st: McuState = 'idle';
+  private heartbeat?: NodeJS.Timeout;
+  private reconnectTimer?: NodeJS.Timeout;
+  private onlineAt = 0;
+  private offlineUntil = 0;
+  private firstOnline?: Promise<void>;
+  private resolveFirst?: () => void;
+  private readonly log: Log;
+  private readonly chunkSize: number;
+  private readonly window: number;
+  private readonly rx: number;
+  private readonly outputLimit: number;
+
+  constructor(private readonly o: McuPropletOptions) {
+    super();
+    this.log = o.log ?? (() => {});
+    const budget = o.ramBudgetBytes ?? MCU_DEFAULTS.ramBudgetBytes;
+    this.rx = o.rxBufferBytes ?? MCU_DEFAULTS.rxBufferBytes;
+    this.chunkSize = o.chunkSize ?? MCU_DEFAULTS.chunkSize;
+    this.window = o.window ?? MCU_DEFAULTS.window;
+    this.outputLimit = o.outputLimitBytes ?? MCU_DEFAULTS.outputLimitBytes;
+    if (this.chunkSize < 64 || this.chunkSize > 64 * 1024) throw new RangeError(`chunk size must be 64..65536 bytes, got ${this.chunkSize}`);
+    if (this.window < 1 || this.window > 64) throw new RangeError(`window must be 1..64 chunks, got ${this.window}`);
+    const need = chunkBytesFor(this.chunkSize);
+    if (need > this.rx) throw new RangeError(`a ${this.chunkSize}-byte chunk takes up to ${need} bytes on the wire: the receive buffer of ${this.rx} bytes cannot hold it`);
+    this.budget = new RamBudget(budget);
+    this.profile = {
+      id: o.id,
+      name: o.name ?? o.id,
+      deviceType: o.deviceType ?? MCU_DEFAULTS.deviceType,
+      capabilities: o.capabilities ?? ['wasm', 'wasi'],
+      labels: o.labels ?? {},
+      wasmRuntime: o.wasmRuntime ?? 'wamr-profile',
+      ramBudgetBytes: budget,
+      maxTasks: o.maxTasks ?? MCU_DEFAULTS.maxTasks,
+      maxModuleBytes: o.maxModuleBytes ?? Math.max(PAGE_BYTES, budget - PAGE_BYTES),
+      rxBufferBytes: this.rx,
+    };
+    this.backoff = new Backoff(o.backoff, o.random);
+    this.ownRunner = o.runner === undefined;
+    this.runner = o.runner ?? new WasmRunner({ poolSize: 1, maxConcurrent: this.profile.maxTasks, outputLimitBytes: this.outputLimit });
+  }
+
+  get id(): string {
+    return this.o.id;
+  }
+  get state(): McuState {
+    return this.st;
+  }
+  get online(): boolean {
+    return this.st === 'online';
+  }
+  /** Tasks accepted and not finished (loading or running). */
+  get runningTasks(): number {
+    return this.runs.size;
+  }
+  /** Failed connection attempts since the last good connection. */
+  get reconnectAttempts(): number {
+    return this.backoff.attempts;
+  }
+
+  /** Starts connecting; resolves at the first good connection (it keeps retrying with backoff until then). */
+  start(): Promise<void> {
+    if (!this.firstOnline) {
+      this.timings.startedAt = performance.now();
+      this.firstOnline = new Promise<void>((r) => (this.resolveFirst = r));
+      this.connect();
+      this.heartbeat = setInterval(() => this.sendAlive(), this.o.heartbeatMs ?? MCU_DEFAULTS.heartbeatMs);
+      this.heartbeat.unref();
+    }
+    return this.firstOnline;
+  }
+
+  /** Disconnects cleanly (DISCONNECT: no will), stops every task, frees the budget. */
+  async close(): Promise<void> {
+    if (this.st === 'closed') return;
+    this.setState('closed');
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    for (const { d } of this.downloads.values()) d.abort('device shutting down');
+    for (const [id, run] of this.runs) {
+      this.runs.delete(id);
+      this.budget.release(id);
+      if (run.phase === 'running') this.runner.cancel(run.key);
+    }
+    const c = this.client;
+    this.client = undefined;
+    if (c?.connected) await Promise.race([c.endAsync().catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())]);
+    c?.end(true);
+    if (this.ownRunner) await this.runner.close();
+  }
+
+  /**
+   * Drops the connection as a crash or a lost network would: no DISCONNECT, so
+   * the broker publishes the will. `offlineMs` keeps it down at least that long
+   * (a network outage); the backoff applies as well.
+   */
+  dropConnection(opts: { offlineMs?: number } = {}): void {
+    if (opts.offlineMs) this.offlineUntil = Date.now() + opts.offlineMs;
+    const stream = (this.client as unknown as { stream?: { destroy(): void } } | undefined)?.stream;
+    stream?.destroy();
+  }
+
+  // --- connection ---------------------------------------------------------------
+
+  private setState(s: McuState): void {
+    if (this.st === s) return;
+    this.st = s;
+    this.emit('state', s);
+  }
+
+  private connect(): void {
+    if (this.st === 'closed') return;
+    this.setState('connecting');
+    const { id, scope } = this.o;
+    const client = mqtt.connect(this.o.url, {
+      protocolVersion: 4,
+      clientId: `proplet-${id}`,
+      username: id,
+      password: this.o.secret,
+      clean: true,
+      keepalive: this.o.keepaliveSec ?? MCU_DEFAULTS.keepaliveSec,
+      connectTimeout: this.o.connectTimeoutMs ?? MCU_DEFAULTS.connectTimeoutMs,
+      reconnectPeriod: 0, // our own loop below, with jittered backoff
+      resubscribe: false,
+      will: { topic: topic(scope, 'proplet.alive'), payload: encode('proplet.alive', willMsg(id), 'cbor'), qos: 1, retain: false },
+    });
+    this.client = client;
+    let up = false;
+    let down = false;
+    const onDown = (why: string) => {
+      if (down) return;
+      down = true;
+      client.end(true);
+      if (this.client !== client) return;
+      this.client = undefined;
+      if (this.st === 'closed') return;
+      if (up) {
+        this.stats.disconnects++;
+        if (Date.now() - this.onlineAt >= this.backoff.o.stableMs) this.backoff.reset();
+      }
+      const delay = Math.max(this.backoff.next(), this.offlineUntil - Date.now());
+      this.log(up ? 'warn' : 'info', 'connection down, reconnecting', { id, reason: why, in_ms: delay, attempt: this.backoff.attempts });
+      this.setState('backoff');
+      this.reconnectTimer = setTimeout(() => this.connect(), delay);
+      this.reconnectTimer.unref();
+    };
+    client.on('connect', () => {
+      (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      // Subscribe before registering: a start sent in answer to the registration must not be missed.
+      client.subscribe(propletSubscriptions(scope, id), { qos: 1 }, (err, granted) => {
+        if (down || this.client !== client) return;
+        const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic) ?? [];
+        if (err || refused.length > 0) {
+          this.log('error', 'subscribe refused', { id, error: err?.message, refused });
+          return onDown('subscribe refused');
+        }
+        up = true;
+        this.onlineAt = Date.now();
+        this.stats.connects++;
+        this.setState('online');
+        // results first: the registration's `running` no longer lists these tasks, and the
+        // control plane would otherwise place them again before hearing how they ended
+        for (const r of this.outbox.splice(0)) this.publish('proplet.results', r);
+        this.register();
+        for (const { d } of this.downloads.values()) {
+          this.stats.downloadsResumed++;
+          d.resume();
+        }
+        this.timings.firstOnlineAt ??= performance.now();
+        this.resolveFirst?.();
+      });
+    });
+    client.on('message', (t, payload) => {
+      if (this.client === client) this.onMessage(t, payload);
+    });
+    client.on('error', (e) => {
+      const code = (e as { code?: unknown }).code;
+      this.log(typeof code === 'number' && code > 0 ? 'warn' : 'debug', typeof code === 'number' && code > 0 ? 'connection refused by the broker' : 'mqtt error', { id, error: e.message });
+      if (!client.connected) onDown(e.message);
+    });
+    client.on('close', () => onDown('connection closed'));
+  }
+
+  private publish<K extends 'proplet.create' | 'proplet.alive' | 'proplet.results' | 'registry.proplet'>(kind: K, msg: MessageByKind[K]): boolean {
+    const c = this.client;
+    if (!c || !c.connected || this.st !== 'online') return false;
+    c.publish(topic(this.o.scope, kind), encode(kind, msg, 'cbor'), { qos: 1 }, () => {});
+    return true;
+  }
+
+  private runningRefs(): TaskRef[] {
+    return [...this.runs].map(([task_id, r]) => ({ task_id, ...(r.attempt !== undefined ? { attempt: r.attempt } : {}) }));
+  }
+
+  private register(): void {
+    this.publish('proplet.create', registerMsg(this.profile, this.runningRefs()));
+    this.sendAlive();
+  }
+
+  private sendAlive(): void {
+    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.runningRefs(), this.budget.usedBytes))) this.stats.heartbeats++;
+  }
+
+  // --- inbound ----------------------------------------------------------------------
+
+  private onMessage(t: string, payload: Buffer): void {
+    const kind = parseTopic(t)?.kind;
+    if (payload.length > this.rx) return this.dropOversized(t, kind, payload);
+    try {
+      if (kind === 'manager.start') this.onStart(decode('manager.start', payload).msg);
+      else if (kind === 'manager.stop') this.onStop(decode('manager.stop', payload).msg);
+      else if (kind === 'registry.server') this.onChunk(decode('registry.server', payload).msg);
+    } catch (e) {
+      this.stats.malformed++;
+      this.log('warn', 'message dropped', { id: this.o.id, topic: t, reason: e instanceof ProtocolError ? e.message : (e as Error).stack });
+    }
+  }
+
+  private dropOversized(t: string, kind: string | undefined, payload: Buffer): void {
+    this.stats.rxDropped++;
+    let refusedTask: string | undefined;
+    if (kind === 'manager.start') {
+      // Only the part that fits the buffer is looked at, as a firmware would.
+      const ref = peekStart(payload.subarray(0, this.rx));
+      if (ref && (ref.proplet_id === undefined || ref.proplet_id === this.o.id) && !this.runs.has(ref.id)) {
+        refusedTask = ref.id;
+        this.refuse(ref.id, ref.attempt, `start message of ${payload.length} bytes exceeds this device's receive buffer of ${this.rx} bytes`);
+      }
+    }
+    this.log('warn', 'payload dropped: larger than the receive buffer', { id: this.o.id, topic: t, bytes: payload.length, limit: this.rx, ...(refusedTask ? { refused_task: refusedTask } : {}) });
+    this.emit('dropped', { topic: t, bytes: payload.length, limit: this.rx, ...(refusedTask ? { refusedTask } : {}) });
+  }
+
+  private refuse(taskId: string, attempt: number | undefined, error: string): void {
+    this.stats.refused++;
+    this.log('info', 'task refused', { id: this.o.id, task_id: taskId, error });
+    this.sendResult({ ...resultBase(this.o.id, taskId, attempt), status: 'refused', error });
+  }
+
+  private sendResult(r: Result): void {
+    if (!this.publish('proplet.results', r) && r.status !== 'running' && this.st !== 'closed') {
+      this.outbox.push(r);
+      this.stats.resultsDeferred++;
+      if (this.outbox.length > OUTBOX) this.log('warn', 'result dropped: outbox full while offline', { id: this.o.id, task_id: this.outbox.shift()!.task_id });
+    }
+    this.emit('result', r);
+  }
+
+  private onStop(msg: Stop): void {
+    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
+    const run = this.runs.get(msg.id);
+    if (!run) return;
+    // a stop for an old attempt (reconciliation) must not kill the current one
+    if (msg.attempt !== undefined && run.attempt !== undefined && msg.attempt !== run.attempt) return;
+    if (run.phase === 'running') {
+      this.runner.cancel(run.key); // the run ends with 'stopped' and reports it
+      return;
+    }
+    // still loading: forget it; its download goes on only for other tasks waiting on it
+    this.runs.delete(msg.id);
+    this.budget.release(msg.id);
+    if (run.digest) this.detach(run.digest, msg.id);
+  }
+
+  private onStart(msg: Start): void {
+    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
+    if (this.runs.has(msg.id)) return; // a redelivered start (QoS 1): already on it
+    this.stats.startsReceived++;
+    this.emit('start', msg);
+    const p = this.profile;
+    if (this.runs.size >= p.maxTasks) return this.refuse(msg.id, msg.attempt, `at capacity: ${this.runs.size}/${p.maxTasks} tasks running`);
+    if (msg.file && msg.file.length === 0) delete msg.file;
+    if (!msg.file && !msg.digest) {
+      return this.refuse(msg.id, msg.attempt, 'no module: this device takes a module inline or by digest from the registry, and does not fetch image_url');
+    }
+    const moduleBytes = msg.file?.length ?? msg.module_size ?? 0;
+    if (moduleBytes > p.maxModuleBytes) return this.refuse(msg.id, msg.attempt, `module of ${moduleBytes} bytes exceeds this device's limit of ${p.maxModuleBytes}`);
+    // Linear memory: what the task asks for, else the module's initial memory (known now only for an inline module).
+    const linear = msg.memory_bytes ?? (msg.file ? initialMemory(msg.file) : 0);
+    const short = this.budget.shortfall({ module: moduleBytes, linear });
+    if (short !== undefined) return this.refuse(msg.id, msg.attempt, short);
+    this.budget.reserve(msg.id, moduleBytes + linear);
+    const run: Run = { attempt: msg.attempt, phase: 'loading', key: `${this.o.id}/${msg.id}` };
+    if (msg.file) this.stats.startsInline++;
+    else {
+      this.stats.startsChunked++;
+      run.digest = msg.digest;
+    }
+    this.runs.set(msg.id, run);
+    void this.execute(msg, run);
+  }
+
+  private async execute(msg: Start, run: Run): Promise<void> {
+    const base = resultBase(this.o.id, msg.id, msg.attempt);
+    const current = () => this.runs.get(msg.id) === run;
+    let res: RunResult;
+    try {
+      let bytes: Uint8Array;
+      if (msg.file) {
+        bytes = msg.file;
+        if (msg.digest && sha256(bytes) !== msg.digest) {
+          this.stats.digestMismatches++;
+          throw new DownloadError(`module digest mismatch: the inline module hashes to ${sha256(bytes)}, the start names ${msg.digest}; discarded without running`);
+        }
+      } else {
+        bytes = await this.fetchModule(msg);
+      }
+      if (!current()) return; // stopped meanwhile
+      let linear = msg.memory_bytes;
+      if (linear === undefined) {
+        linear = initialMemory(bytes);
+        const short = this.budget.shortfall({ module: bytes.length, linear }, msg.id);
+        if (short !== undefined) throw new DownloadError(short, true);
+        this.budget.reserve(msg.id, bytes.length + linear);
+      }
+      run.phase = 'running';
+      this.sendResult({ ...base, status: 'running' });
+      res = await this.runner.run({
+        taskId: run.key,
+        module: bytes,
+        name: msg.name ?? '',
+        args: [msg.name ?? 'main', ...(msg.cli_args ?? [])],
+        env: msg.env ?? {},
+        inputs: (msg.inputs ?? []) as (number | bigint | string)[],
+        timeoutMs: msg.daemon ? 0 : (msg.timeout_ms ?? MCU_DEFAULTS.defaultTimeoutMs),
+        // the linear memory is capped at what the budget holds for it (0 would mean "no limit")
+        maxMemoryBytes: linear > 0 ? linear : PAGE_BYTES,
+      });
+    } catch (e) {
+      if (!current()) return;
+      this.runs.delete(msg.id);
+      this.budget.release(msg.id);
+      if (e instanceof DownloadError && e.refuse) return this.refuse(msg.id, msg.attempt, e.message);
+      if (e instanceof DownloadError && /digest mismatch/.test(e.message) && msg.file === undefined) this.stats.digestMismatches++;
+      const error = e instanceof DownloadError ? e.message : `internal error: ${(e as Error).message}`;
+      res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
+    }
+    if (this.runs.get(msg.id) === run) {
+      this.runs.delete(msg.id);
+      this.budget.release(msg.id);
+    } else if (this.st === 'closed') return;
+    const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
+    const result: Result = { ...base, status, stdout: clip(res.stdout, this.outputLimit), stderr: clip(res.stderr, this.outputLimit), duration_ms: res.durationMs };
+    if (res.returnValue !== undefined) result.results = res.returnValue;
+    if (res.exitCode !== null) result.exit_code = res.exitCode;
+    if (res.error) result.error = res.error;
+    if (msg.env?.ROUND_ID !== undefined) result.fl = true;
+    if (status === 'completed') this.stats.completed++;
+    else if (status === 'failed') this.stats.failed++;
+    else this.stats.stopped++;
+    this.sendResult(result);
+    this.sendAlive(); // the load changed: say so now, not at the next period
+    this.log('info', 'task finished', { id: this.o.id, task_id: msg.id, attempt: msg.attempt, status, duration_ms: res.durationMs, ...(res.error ? { error: res.error } : {}) });
+  }
+
+  // --- chunks -------------------------------------------------------------------------
+
+  private fetchModule(msg: Start): Promise<Uint8Array> {
+    const digest = msg.digest!;
+    let entry = this.downloads.get(digest);
+    if (!entry) {
+      const d = new ModuleDownload({
+        digest,
+        size: msg.module_size,
+        chunkSize: this.chunkSize,
+        window: this.window,
+        maxBytes: this.profile.maxModuleBytes,
+        timeoutMs: this.o.downloadTimeoutMs ?? MCU_DEFAULTS.downloadTimeoutMs,
+        stallMs: this.o.stallMs ?? MCU_DEFAULTS.stallMs,
+        faults: this.o.faults,
+        onSize: (size) => {
+          // a start without module_size: reserve for the module now that its size is known
+          if (msg.module_size !== undefined) return undefined;
+          const linear = msg.memory_bytes ?? 0;
+          const short = this.budget.shortfall({ module: size, linear }, msg.id);
+          if (short === undefined) this.budget.reserve(msg.id, size + linear);
+          return short;
+        },
+        request: (ask: Ask) => this.publish('registry.proplet', chunkRequestMsg(this.o.id, digest, this.chunkSize, ask)),
+      });
+      entry = { d, waiters: new Set() };
+      this.downloads.set(digest, entry);
+      const e = entry;
+      void d.promise.then(
+        () => this.downloadDone(digest, e),
+        () => {
+          this.stats.downloadsFailed++;
+          this.downloadDone(digest, e);
+        },
+      );
+    }
+    entry.waiters.add(msg.id);
+    return entry.d.promise;
+  }
+
+  private downloadDone(digest: string, e: { d: ModuleDownload }): void {
+    const s = e.d.stats;
+    this.stats.chunksReceived += s.chunks;
+    this.stats.chunksCorrupt += s.corrupt;
+    this.stats.chunkDuplicates += s.duplicates;
+    this.stats.chunkRequests += s.requests;
+    this.stats.chunkRerequests += s.rerequests;
+    for (const [size, n] of s.chunkBytes) this.stats.chunkBytes.set(size, (this.stats.chunkBytes.get(size) ?? 0) + n);
+    if (this.downloads.get(digest) === e) this.downloads.delete(digest);
+  }
+
+  private detach(digest: string, taskId: string): void {
+    const e = this.downloads.get(digest);
+    if (!e) return;
+    e.waiters.delete(taskId);
+    if (e.waiters.size === 0) e.d.abort('stopped');
+  }
+
+  private onChunk(c: Chunk): void {
+    const e = this.downloads.get(c.digest);
+    if (!e) return; // late or duplicate chunk of a finished download
+    e.d.onChunk(c);
+  }
+
+  /** Live download progress, for tests and the simulator. */
+  downloadProgress(digest: string): { received: number; total: number } | undefined {
+    return this.downloads.get(digest)?.d.progress;
+  }
+}
+
+/** The module's initial linear memory in bytes (memory 0, defined or imported); 0 when it has none or does not parse. */
+export function initialMemory(bytes: Uint8Array): number {
+  try {
+    const info = parseModule(bytes);
+    const imported = info.imports.find((i) => i.kind === 'memory')?.memory;
+    const mem = imported ?? info.memories[0];
+    return mem ? mem.min * PAGE_BYTES : 0;
+  } catch {
+    return 0; // the runner reports why it cannot load it
+  }
+}
+
+const chunkBytesCache = new Map<number, number>();
+function chunkBytesFor(size: number): number {
+  let n = chunkBytesCache.get(size);
+  if (n === undefined) chunkBytesCache.set(size, (n = chunkMessageBytes(size)));
+  return n;
+}
+
+function sha256(b: Uint8Array): string {
+  return 'sha256:' + createHash('sha256').update(b).digest('hex');
+}
+
+function clip(s: string, limitBytes: number): string {
+  if (Buffer.byteLength(s) <= limitBytes) return s;
+  return Buffer.from(s).subarray(0, limitBytes).toString('utf8').replace(/\uFFFD$/, '') + TRUNCATED_MARKER;
+}
