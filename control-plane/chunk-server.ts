@@ -14,6 +14,8 @@ export const MAX_WINDOW = 64;
 
 export interface ChunkServerOptions {
   module(digest: string): Uint8Array | undefined;
+  /** Fetches a module named by URL (http(s), oci) and keeps it; returns its digest. */
+  fetchByName?(name: string): Promise<string>;
   /** Publishes one chunk message to the device. */
   send(p: Proplet, payload: Uint8Array): void;
   log: Logger;
@@ -34,14 +36,17 @@ export class ChunkServer {
   constructor(private o: ChunkServerOptions) {}
 
   onRequest(p: Proplet, req: ChunkRequest): void {
-    const digest = req.digest;
-    const bytes = digest ? this.o.module(digest) : undefined;
-    if (!digest || !bytes) {
-      const why = digest ? `unknown module ${digest}` : 'the request names no digest';
-      this.o.log('warn', 'chunk request refused', { proplet_id: p.id, reason: why });
-      this.o.send(p, encode('registry.server', { v: 1, digest: digest ?? '', idx: 0, total: 1, data: new Uint8Array(0), crc32: 0, error: why }, p.encoding));
+    if (!req.digest && req.name && this.o.fetchByName) {
+      // the answer's chunks carry the digest, which the device verifies and asks by from then on
+      this.o.fetchByName(req.name).then(
+        (digest) => this.onRequest(p, { ...req, digest }),
+        (e: Error) => this.refuse(p, req.name!, `cannot fetch ${req.name}: ${e.message}`),
+      );
       return;
     }
+    const digest = req.digest;
+    const bytes = digest ? this.o.module(digest) : undefined;
+    if (!digest || !bytes) return this.refuse(p, digest ?? '', digest ? `unknown module ${digest}` : 'the request names no digest or name');
     const size = Math.min(Math.max(req.chunk_size ?? DEFAULT_CHUNK, 64), MAX_CHUNK);
     const total = Math.max(1, Math.ceil(bytes.length / size));
     for (const idx of requestedChunks(req, total)) {
@@ -50,5 +55,10 @@ export class ChunkServer {
       this.o.send(p, encode('registry.server', chunk, p.encoding));
       this.o.onChunk?.();
     }
+  }
+
+  private refuse(p: Proplet, digest: string, why: string): void {
+    this.o.log('warn', 'chunk request refused', { proplet_id: p.id, reason: why });
+    this.o.send(p, encode('registry.server', { v: 1, digest, idx: 0, total: 1, data: new Uint8Array(0), crc32: 0, error: why }, p.encoding));
   }
 }

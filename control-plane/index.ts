@@ -7,6 +7,7 @@ import { validateHealth, type HealthConfig } from './config.ts';
 import { ChunkServer } from './chunk-server.ts';
 import { CronScheduler } from './cron.ts';
 import { resolveModule } from './modules/resolve.ts';
+import { sha256 as sha256Digest } from './modules/oci.ts';
 import { GroupService } from './groups.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
@@ -86,6 +87,12 @@ export class ControlPlane {
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
       module: (digest) => this.store.getModule(digest),
+      fetchByName: async (name) => {
+        const bytes = await resolveModule(name);
+        const digest = sha256Digest(bytes);
+        this.store.putModule(digest, bytes);
+        return digest;
+      },
       send: (p, payload) => this.gateway.sendChunk(p, payload),
       log: this.log,
       onChunk: () => this.metrics.chunksSent.inc(),

@@ -3,12 +3,13 @@
 // store as one record. Placement is event driven (task started, proplet up,
 // capacity freed) with a bounded retry timer as a safety net.
 
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Result, Start, Stop, TaskRef } from '../protocol/index.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import { TERMINAL, type AttemptRecord, type Proplet, type PropletGroup, type Task, type TaskState } from './model.ts';
+import { sha256 } from './modules/oci.ts';
 import type { Decision, Placement } from './placement.ts';
 import type { Load, SchedulingView } from './scheduling/index.ts';
 import type { Registry } from './registry.ts';
@@ -555,7 +556,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private attachModule(t: Task, bytes: Uint8Array): void {
-    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    const digest = sha256(bytes);
     delete t.module_from_url;
     this.o.store.putModule(digest, bytes);
     t.module_digest = digest;

@@ -445,21 +445,29 @@ rtest('propeller module push and pull with credentials from the environment and 
   t.deepEqual(readFileSync(out), Buffer.from(hello));
 });
 
-rtest('a task with image_url oci://… runs on a proplet; a wrong digest is refused', async (t) => {
-  const { startStack } = await import('./helpers/stack.ts');
+rtest('a task with image_url oci://… runs on both proplet kinds; a wrong digest is refused', async (t) => {
+  const { startStack, scope, until } = await import('./helpers/stack.ts');
+  const { McuProplet } = await import('../proplet-mcu/device.ts');
   const s = await startStack({ proplets: 1 });
+  const mcu = new McuProplet({ id: 'mcu-oci', secret: s.creds.issue('mcu-oci', 'proplet'), url: s.broker.url, scope, rxBufferBytes: 1024, chunkSize: 512, heartbeatMs: 1000 });
   try {
+    await mcu.start();
+    await until(() => s.cp.registry.get('mcu-oci')?.state === 'alive', 'MCU registered');
     const ref = `oci://${reg!.host}/tasks/add:e2e`;
     const pushed = await pushModule(add, ref);
-    const task = await s.api.createTask({ name: 'add', image_url: ref, inputs: [20, 22] }, { start: true, waitMs: 10_000 });
-    t.is(task.state, 'Completed', task.error);
-    t.is(task.result?.results, 42);
-    t.is(task.module_digest, pushed.digest);
+    for (const on of ['p1', 'mcu-oci']) {
+      const task = await s.api.createTask({ name: 'add', image_url: ref, inputs: [20, 22], proplet_id: on }, { start: true, waitMs: 10_000 });
+      t.is(task.state, 'Completed', `${on}: ${task.error}`);
+      t.is(task.result?.results, 42);
+      t.is(task.result?.proplet_id, on);
+      t.is(task.module_digest, pushed.digest);
+    }
     const wrong = `oci://${reg!.host}/tasks/add@sha256:${'0'.repeat(64)}`;
     const bad = await s.api.createTask({ name: 'add', image_url: wrong, inputs: [1, 2] }, { start: true, waitMs: 10_000 });
     t.is(bad.state, 'Failed');
     t.regex(bad.error!, /manifest|not found|digest/i);
   } finally {
+    await mcu.close();
     await s.close();
   }
 });
