@@ -42,6 +42,8 @@ export class NodeProplet {
   private runner: WasmRunner;
   private modules = new ModuleSource();
   private running = new Map<string, Running>();
+  /** Recent stops by task id (and attempt), so a start that arrives after its stop does not run. */
+  private stopped = new Map<string, { attempt?: number; at: number }>();
   private heartbeat?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
   private closing = false;
@@ -186,6 +188,9 @@ export class NodeProplet {
 
   private onStop(msg: Stop): void {
     if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
+    // starts and stops travel on different topics: a stop may overtake its start
+    this.stopped.set(msg.id, { attempt: msg.attempt, at: Date.now() });
+    if (this.stopped.size > 1024) this.stopped.delete(this.stopped.keys().next().value!);
     // a stop for an old attempt (reconciliation) must not kill the current one
     const run = this.running.get(msg.id);
     if (run && msg.attempt !== undefined && run.attempt !== undefined && msg.attempt !== run.attempt) return;
@@ -198,6 +203,8 @@ export class NodeProplet {
   private onStart(msg: Start): void {
     if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
     if (this.running.has(msg.id)) return; // a redelivered start (QoS 1): already on it
+    const st = this.stopped.get(msg.id);
+    if (st && Date.now() - st.at < 60_000 && (st.attempt === undefined || msg.attempt === undefined || st.attempt === msg.attempt)) return;
     const fl = msg.env?.ROUND_ID !== undefined;
     const base = { v: 1, proplet_id: this.o.id, task_id: msg.id, ...(msg.attempt !== undefined ? { attempt: msg.attempt } : {}) };
     if (this.running.size >= this.maxTasks) {

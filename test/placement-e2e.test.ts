@@ -88,7 +88,9 @@ test('selectors, groups and their limits decide placement; a task nobody fits wa
     // one per proplet at most: the third waits until one frees up
     t.deepEqual([...where].sort(), ['edge-1', 'edge-2', 'pending']);
     t.regex((await s.api.getTask(inGroup[where.indexOf('pending')]!.id)).pending_reason ?? '', /at capacity/);
+    const T0 = Date.now();
     await Promise.all(inGroup.map((x) => s.api.stopTask(x.id)));
+    t.log('stopped', Date.now() - T0);
     const none = await s.api.createTask({ name: 'x', file: sleep, inputs: [1], proplet_selector: { match_device_types: ['esp32'] } }, { start: true });
     await new Promise((r) => setTimeout(r, 50));
     const waiting = await s.api.getTask(none.id);
@@ -100,7 +102,10 @@ test('selectors, groups and their limits decide placement; a task nobody fits wa
     const bad = await fetch(`${s.apiUrl}/proplet-groups`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'g', scheduling: { algorithm: 'fastest' } }) });
     t.is(bad.status, 400);
     t.is((await bad.json()).field, 'scheduling.algorithm');
+    t.log('before close', Date.now() - T0);
   } finally {
+    const T1 = Date.now();
     await s.close();
+    console.log('close took', Date.now() - T1);
   }
 });

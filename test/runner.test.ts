@@ -329,3 +329,23 @@ test('garbage bytes make the parser throw, never hang', (t) => {
   for (const bytes of cases.slice(0, 8)) t.throws(() => parseFunctionSignatures(bytes), { instanceOf: WasmParseError });
   t.true(performance.now() - t0 < 1000);
 });
+
+test('cancel interrupts a module sleeping in poll_oneoff at once, not when its sleep ends', async (t) => {
+  const r = new WasmRunner({ poolSize: 1 });
+  try {
+    const sleep = readFileSync(join(EXAMPLES_BUILD_DIR, 'sleep.wasm'));
+    const t0 = Date.now();
+    const run = r.run({ taskId: 'long-sleep', module: sleep, name: 'sleep', args: ['sleep'], env: {}, inputs: [20_000], timeoutMs: 0, maxMemoryBytes: 0 });
+    await new Promise((res) => setTimeout(res, 200));
+    t.true(r.cancel('long-sleep'));
+    const res = await run;
+    t.is(res.error, 'stopped');
+    t.true(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
+    // a short sleep still sleeps its time and returns its value
+    const short = await r.run({ taskId: 'short', module: sleep, name: 'sleep', args: ['sleep'], env: {}, inputs: [120], timeoutMs: 5000, maxMemoryBytes: 0 });
+    t.is(short.returnValue, 120);
+    t.true(short.durationMs >= 110, `slept ${short.durationMs} ms`);
+  } finally {
+    await r.close();
+  }
+});

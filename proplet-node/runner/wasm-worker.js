@@ -180,6 +180,7 @@ function runJob(job) {
 
   /** @type {Record<string, any>} */
   const base = wasi ? wasi.wasiImport : {};
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
   /** @type {Record<string, any>} */
   const imp = Object.assign(Object.create(null), base);
 
@@ -283,6 +284,52 @@ function runJob(job) {
     imp.proc_exit = (/** @type {number} */ code) => {
       throw new ProcExit(u(code));
     };
+    // node:wasi sleeps inside poll_oneoff in one blocking call that
+    // worker.terminate() cannot interrupt: a task sleeping 30 s would outlive
+    // its stop by 30 s. Clock-only polls sleep here in short slices instead
+    // (terminate takes effect between them), then let node's poll_oneoff
+    // report the events with nothing left to wait for.
+    const nodePoll = base.poll_oneoff;
+    if (nodePoll) {
+      imp.poll_oneoff = (/** @type {number} */ inPtr, /** @type {number} */ outPtr, /** @type {number} */ n, /** @type {number} */ neventsPtr) => {
+        const dv = view();
+        inPtr = u(inPtr);
+        n = u(n);
+        if (n === 0 || inPtr + n * 48 > dv.byteLength) return nodePoll(inPtr, outPtr, n, neventsPtr);
+        let waitNs = -1n;
+        for (let i = 0; i < n; i++) {
+          const sub = inPtr + i * 48;
+          if (dv.getUint8(sub + 8) !== 0) return nodePoll(inPtr, outPtr, n, neventsPtr); // not a clock: node handles it
+          let ns = dv.getBigUint64(sub + 24, true);
+          if (dv.getUint16(sub + 40, true) & 1) {
+            // absolute deadline on the realtime (0) or monotonic (1) clock
+            const nowNs = dv.getUint32(sub + 16, true) === 0 ? BigInt(Date.now()) * 1_000_000n : process.hrtime.bigint();
+            ns = ns > nowNs ? ns - nowNs : 0n;
+          }
+          if (waitNs < 0n || ns < waitNs) waitNs = ns;
+        }
+        const end = performance.now() + Number(waitNs / 1_000_000n);
+        for (let left = end - performance.now(); left > 0; left = end - performance.now()) Atomics.wait(sleeper, 0, 0, Math.min(left, 50));
+        // the wait is over: ask node with zero timeouts so it fills in the events,
+        // then put the guest's subscriptions back as they were
+        const saved = [];
+        for (let i = 0; i < n; i++) {
+          const sub = inPtr + i * 48;
+          saved.push([dv.getBigUint64(sub + 24, true), dv.getUint16(sub + 40, true)]);
+          dv.setBigUint64(sub + 24, 0n, true);
+          dv.setUint16(sub + 40, 0, true);
+        }
+        const r = nodePoll(inPtr, outPtr, n, neventsPtr);
+        const dv2 = view();
+        for (let i = 0; i < n; i++) {
+          const sub = inPtr + i * 48;
+          const [t, f] = /** @type {[bigint, number]} */ (saved[i]);
+          dv2.setBigUint64(sub + 24, t, true);
+          dv2.setUint16(sub + 40, f, true);
+        }
+        return r;
+      };
+    }
     override('fd_write', (fd, iovs, n, nwritten) => {
       if (fd === 1 || fd === 2) {
         const { list, total } = iovecs(iovs, n);
