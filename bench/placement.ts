@@ -15,21 +15,11 @@ import { runInNewContext } from 'node:vm';
 import type { Algorithm, Proplet, PropletGroup, Task } from '../control-plane/model.ts';
 import { DEFAULT_HYBRID, INITIAL_STATE, placeBatch, type Load, type SchedDecision, type SchedulerConfig } from '../control-plane/scheduling/index.ts';
 import { printTable } from './stats.ts';
+import { ALGORITHMS } from '../control-plane/groups.ts';
+import { seeded } from '../test/helpers/seeded.ts';
 
 const GOAL = 20_000;
-const ALGORITHMS: Algorithm[] = ['round-robin', 'least-loaded', 'random', 'resource-aware', 'hybrid'];
 
-/** mulberry32: the same fleet and tasks every run. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -1,17 +1,12 @@
 // The control plane's records. Field names are snake_case because these are
 // also the HTTP API's shapes, and Propeller's users know them that way.
 
-import type { Encoding } from '../protocol/index.ts';
+import type { Capacity, Encoding } from '../protocol/index.ts';
 
 export type PropletState = 'alive' | 'offline' | 'failed';
 
-export interface PropletCapacity {
-  cpu_millis?: number;
-  memory_bytes?: number;
-  max_tasks?: number;
-  max_module_bytes?: number;
-  max_packet_bytes?: number;
-}
+/** What a proplet offers, as it registered it. */
+export type PropletCapacity = Capacity;
 
 export interface Proplet {
   id: string;

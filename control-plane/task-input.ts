@@ -3,6 +3,7 @@
 
 import cron from 'node-cron';
 import { isId } from '../protocol/index.ts';
+import { notWasm } from './modules/oci.ts';
 import { ConfigError, parseBytes, parseCpu, parseDuration } from './config.ts';
 import type { PreferredType, PropletSelector, ResourceRequests } from './model.ts';
 
@@ -48,10 +49,9 @@ const KNOWN = new Set([
   'schedule', 'timezone', 'concurrency_policy', 'preferred_proplet_type', 'proplet_selector', 'proplet_group',
 ]);
 
-export const WASM_MAGIC = [0x00, 0x61, 0x73, 0x6d];
-
+/** A core WebAssembly module: magic and version 1 (the one check every module source shares). */
 export function isWasm(b: Uint8Array): boolean {
-  return b.length >= 8 && WASM_MAGIC.every((x, i) => b[i] === x);
+  return notWasm(b) === null;
 }
 
 function obj(v: unknown, field: string): Record<string, unknown> {

@@ -19,17 +19,8 @@ import {
   type UpdateErrorReason,
 } from '../control-plane/fl/aggregate.ts';
 import { encodeModel, float32ToLE, MODEL_FORMAT, paramCount, type Model } from '../control-plane/fl/model-format.ts';
+import { seeded as rng } from './helpers/seeded.ts';
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // Sizes that cross the kernel's 64 KiB staging blocks and leave odd tails.
 const SHAPES: [string, number[]][] = [

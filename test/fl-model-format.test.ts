@@ -24,6 +24,7 @@ import {
   type ModelErrorReason,
   type ModelLimits,
 } from '../control-plane/fl/model-format.ts';
+import { seeded as rng } from './helpers/seeded.ts';
 
 const PYTHON = '/usr/bin/python3';
 
@@ -44,16 +45,6 @@ const modelMap = (tensors: unknown[], extra: [number, unknown][] = []) =>
     ...extra,
   ]);
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SPECIAL = [0, -0, 1, -1, 0.1, -2.5, 1e-45, 1.1754943508222875e-38, 3.4028234663852886e38, -3.4028234663852886e38, 123456.7890625, Math.PI];
 

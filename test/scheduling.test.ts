@@ -19,6 +19,7 @@ import {
   type SchedulerConfig,
   type SchedulerState,
 } from '../control-plane/scheduling/index.ts';
+import { seeded } from './helpers/seeded.ts';
 
 // ---- fixtures ----
 
@@ -70,17 +71,6 @@ function group(name: string, match_labels: Record<string, string>, algorithm: Al
   return { name, selector: { match_labels }, scheduling: { algorithm, ...(max !== undefined ? { max_tasks_per_proplet: max } : {}) }, created_at: T0 };
 }
 
-/** mulberry32: a small seeded generator. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const load = (tasks: number, cpu_millis = 0, memory_bytes = 0): Load => ({ tasks, cpu_millis, memory_bytes });
 

@@ -41,7 +41,7 @@ test('a WASI module runs through the HTTP API and its output comes back', async 
   t.is(task.result!.exit_code, 0);
   t.deepEqual(
     task.history.map((h) => h.state),
-    ['Pending', 'Pending', 'Scheduled', 'Running', 'Completed'].filter((x, i) => i !== 1 || task.history[1]!.state === 'Pending'),
+    ['Pending', 'Scheduled', 'Running', 'Completed'],
   );
   for (const h of task.history) t.false(Number.isNaN(Date.parse(h.at)));
 });
