@@ -28,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createAggregator, FedAvg, type Aggregator, type AlgorithmName } from '../control-plane/fl/aggregate.ts';
-import { decodeModel, encodeModel, float32ToLE, MODEL_FORMAT, type Model } from '../control-plane/fl/model-format.ts';
+import { decodeModel, encodeModel, float32ToLE, MODEL_FORMAT, type Model } from '../protocol/model-format.ts';
 import { printTable } from './stats.ts';
 
 setFlagsFromString('--expose-gc');

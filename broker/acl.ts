@@ -123,8 +123,6 @@ function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8A
   if (p.domain !== scope.domain || p.channel !== scope.channel) return deny('outside_scope');
   if (!PROPLET_PUBLISH_KINDS.has(p.kind)) return deny('kind_not_allowed');
   if (p.propletId !== undefined && p.propletId !== id) return deny('topic_id_mismatch');
-  // FL update payloads are not defined yet: the topic's proplet id (always present) decides.
-  if (p.kind === 'fl.update') return OK;
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
   const claimed = claimedSender(p.kind as MessageKind, bytes);
   if (claimed instanceof Error) return deny(claimed.reason === 'too_large' ? 'payload_too_large' : 'malformed_payload');

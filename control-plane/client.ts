@@ -1,6 +1,7 @@
 // A client for the control plane's HTTP API: what the CLI and the Kubernetes
 // adapter use. It depends on nothing but fetch and the API's JSON shapes.
 
+import type { FederatedJob, ModelCheckpoint, TrainingRound } from './fl/resources.ts';
 import type { Proplet, Task } from './model.ts';
 
 export class ApiError extends Error {
@@ -127,5 +128,50 @@ export class ControlPlaneClient {
   }
   health() {
     return this.request<Record<string, unknown>>('GET', '/health');
+  }
+
+  /** Stores a module for digest references (an FL job's taskWasmImage: sha256:<hex>). */
+  pushModule(wasm: Uint8Array) {
+    return this.request<{ digest: string; size: number }>('POST', '/modules', wasm, 'application/wasm');
+  }
+  /** Stores a model: compact CBOR bytes, or the JSON form as an object. */
+  pushModel(model: Uint8Array | object) {
+    return model instanceof Uint8Array ? this.request<{ ref: string; size: number }>('POST', '/models', model, 'application/cbor') : this.request<{ ref: string; size: number }>('POST', '/models', model);
+  }
+  /** A stored model's compact CBOR bytes. */
+  async pullModel(ref: string): Promise<Uint8Array> {
+    const res = await fetch(new URL(`/models/${encodeURIComponent(ref)}`, this.baseUrl), { headers: this.token ? { authorization: `Bearer ${this.token}` } : {} }).catch((e: Error) => {
+      throw new ApiError(0, `cannot reach the control plane at ${this.baseUrl}: ${e.message}`);
+    });
+    if (!res.ok) throw new ApiError(res.status, ((await res.json().catch(() => ({}))) as { error?: string }).error ?? `HTTP ${res.status}`);
+    return new Uint8Array(await res.arrayBuffer());
+  }
+  /** A FederatedJob manifest (the seed's shape: metadata.name and spec). */
+  createFlJob(manifest: object) {
+    return this.request<FederatedJob>('POST', '/fl/jobs', manifest);
+  }
+  getFlJob(name: string) {
+    return this.request<FederatedJob>('GET', `/fl/jobs/${encodeURIComponent(name)}`);
+  }
+  listFlJobs() {
+    return this.request<{ total: number; jobs: FederatedJob[] }>('GET', '/fl/jobs');
+  }
+  deleteFlJob(name: string) {
+    return this.request<{ deleted: string }>('DELETE', `/fl/jobs/${encodeURIComponent(name)}`);
+  }
+  flRounds(job?: string) {
+    return this.request<{ total: number; rounds: TrainingRound[] }>('GET', job === undefined ? '/fl/rounds' : `/fl/jobs/${encodeURIComponent(job)}/rounds`);
+  }
+  getFlRound(name: string) {
+    return this.request<TrainingRound>('GET', `/fl/rounds/${encodeURIComponent(name)}`);
+  }
+  createFlRound(manifest: object) {
+    return this.request<TrainingRound>('POST', '/fl/rounds', manifest);
+  }
+  deleteFlRound(name: string) {
+    return this.request<{ deleted: string }>('DELETE', `/fl/rounds/${encodeURIComponent(name)}`);
+  }
+  flCheckpoints(job?: string) {
+    return this.request<{ total: number; checkpoints: ModelCheckpoint[] }>('GET', `/fl/checkpoints${job ? `?job=${encodeURIComponent(job)}` : ''}`);
   }
 }

@@ -12,6 +12,7 @@ import { TERMINAL, type Proplet, type PropletGroup, type Task } from './model.ts
 import type { Registry } from './registry.ts';
 import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
 import { TaskError, type TaskService } from './tasks.ts';
+import { sha256 } from './modules/oci.ts';
 
 export interface HttpApiOptions {
   host?: string;
@@ -30,9 +31,10 @@ export interface HttpApiOptions {
   issueCredentials?: (propletId: string) => string;
   revokeCredentials?: (propletId: string) => void;
   health?: () => Record<string, unknown>;
+  putModule: (digest: string, bytes: Uint8Array) => void;
 }
 
-class HttpError extends Error {
+export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
@@ -42,7 +44,16 @@ class HttpError extends Error {
   }
 }
 
-type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+export type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+
+/** A handler's answer that is not JSON (a model's bytes). */
+export class RawBody {
+  constructor(
+    readonly contentType: string,
+    readonly bytes: Uint8Array,
+    readonly headers: Record<string, string> = {},
+  ) {}
+}
 interface Route {
   method: string;
   re: RegExp;
@@ -89,7 +100,8 @@ export class HttpApi {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
-  private route(method: string, path: string, handler: Handler, status?: number): void {
+  /** Adds a route; `{name}` in the path matches one segment, passed to the handler in order. */
+  route(method: string, path: string, handler: Handler, status?: number): void {
     const re = new RegExp('^' + path.replace(/\{[a-z_]+\}/g, '([^/]+)') + '/?$');
     this.routes.push({ method, re, handler, status });
   }
@@ -136,6 +148,13 @@ export class HttpApi {
       tasks.require(id!);
       return tasks.upload(id!, await this.module(req));
     });
+    // modules referred to by digest (FL rounds' taskWasmImage: sha256:<hex>)
+    this.route('POST', '/modules', async (req) => {
+      const bytes = await this.module(req);
+      const digest = sha256(bytes);
+      this.o.putModule(digest, bytes);
+      return { digest, size: bytes.length };
+    }, 201);
     this.route('POST', '/tasks/{id}/start', (_req, _url, [id]) => tasks.start(id!));
     this.route('POST', '/tasks/{id}/stop', (_req, _url, [id]) => tasks.stop(id!));
     this.route('GET', '/tasks/{id}/results', async (_req, url, [id]) => {
@@ -209,6 +228,11 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
+      if (body instanceof RawBody) {
+        res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
+        this.o.metrics.httpRequests.inc({ method, code: String(status) });
+        return;
+      }
     } catch (e) {
       ({ status, body } = this.errorBody(e));
       if (status >= 500) this.o.log('error', 'http error', { path: url.pathname, error: (e as Error).stack });
@@ -231,7 +255,7 @@ export class HttpApi {
     return { status: 500, body: { error: 'internal error' } };
   }
 
-  private intParam(url: URL, name: string, dflt: number): number {
+  intParam(url: URL, name: string, dflt: number): number {
     const v = url.searchParams.get(name);
     if (v === null) return dflt;
     if (!/^\d{1,9}$/.test(v)) throw new HttpError(400, `${name}: must be a non-negative integer`, name);
@@ -261,7 +285,7 @@ export class HttpApi {
     });
   }
 
-  private async read(req: IncomingMessage, limit: number): Promise<Buffer> {
+  async read(req: IncomingMessage, limit: number): Promise<Buffer> {
     const declared = Number(req.headers['content-length']);
     if (declared > limit) throw new HttpError(413, `request body of ${declared} bytes exceeds the limit of ${limit}`);
     const chunks: Buffer[] = [];
@@ -274,7 +298,7 @@ export class HttpApi {
     return Buffer.concat(chunks);
   }
 
-  private async json(req: IncomingMessage): Promise<unknown> {
+  async json(req: IncomingMessage): Promise<unknown> {
     const type = req.headers['content-type'] ?? 'application/json';
     if (!type.startsWith('application/json')) throw new HttpError(415, `expected application/json, got ${type}`);
     const raw = await this.read(req, this.o.maxBodyBytes ?? 24 * 1024 * 1024);
@@ -287,7 +311,7 @@ export class HttpApi {
   }
 
   /** A module upload: raw bytes (application/wasm, octet-stream) or multipart with a `file` field, as Propeller's CLI sends. */
-  private async module(req: IncomingMessage): Promise<Uint8Array> {
+  async module(req: IncomingMessage): Promise<Uint8Array> {
     const limit = this.o.maxUploadBytes ?? MAX_INLINE_MODULE;
     const type = req.headers['content-type'] ?? 'application/octet-stream';
     let bytes: Uint8Array;

@@ -6,7 +6,9 @@ import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
 import { ChunkServer } from './chunk-server.ts';
 import { CronScheduler } from './cron.ts';
-import { resolveModule } from './modules/resolve.ts';
+import { fetchArtifact, resolveModule } from './modules/resolve.ts';
+import { FlCoordinator } from './fl/coordinator.ts';
+import { addFlRoutes } from './fl/http-routes.ts';
 import { sha256 as sha256Digest } from './modules/oci.ts';
 import { GroupService } from './groups.ts';
 import { HttpApi } from './http-api.ts';
@@ -36,6 +38,8 @@ export interface ControlPlaneOptions {
   credentials?: { issue(propletId: string): string; revoke(propletId: string): void };
   log?: Logger;
   defaultMetrics?: boolean;
+  /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
+  publicUrl?: string;
 }
 
 export class ControlPlane {
@@ -48,6 +52,7 @@ export class ControlPlane {
   readonly cron: CronScheduler;
   readonly groups: GroupService;
   readonly chunks: ChunkServer;
+  readonly fl: FlCoordinator;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -56,7 +61,13 @@ export class ControlPlane {
     this.store = o.store ?? new MemoryStore();
     this.registry = new Registry(this.store, o.health);
     this.metrics = new ControlPlaneMetrics(
-      { proplets: () => this.registry.values(), tasks: () => this.tasks.values() },
+      {
+        proplets: () => this.registry.values(),
+        tasks: () => this.tasks.values(),
+        flJobPhases: () => this.fl.jobs().map((j) => j.status.phase),
+        flRoundPhases: () => this.fl.rounds().map((r) => r.status.phase),
+        flActiveRounds: () => this.fl.activeRounds,
+      },
       { defaultMetrics: o.defaultMetrics },
     );
     this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
@@ -83,7 +94,25 @@ export class ControlPlane {
       issueCredentials: o.credentials && ((id) => o.credentials!.issue(id)),
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
+      putModule: (digest, bytes) => this.store.putModule(digest, bytes),
     });
+    const m = this.metrics;
+    this.fl = new FlCoordinator({
+      store: this.store,
+      tasks: this.tasks,
+      proplets: () => this.registry.values(),
+      groups: (name) => this.groups.get(name),
+      fetch: (url) => fetchArtifact(url),
+      modelUri: (ref) => `${this.publicUrl()}/models/${ref}`,
+      metrics: {
+        update: (result) => m.flUpdates.inc({ result }),
+        roundEnded: (phase, seconds) => m.flRoundDuration.observe({ phase }, seconds),
+        taskCreated: () => m.flTasksCreated.inc(),
+        aggregation: (seconds) => m.flAggregation.observe(seconds),
+      },
+      log: this.log,
+    });
+    addFlRoutes(this.http, this.fl);
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
       module: (digest) => this.store.getModule(digest),
@@ -119,16 +148,25 @@ export class ControlPlane {
 
   /** Connects to the broker and opens the HTTP API; returns the API's port. */
   async start(): Promise<number> {
-    await this.gateway.connect({ registry: this.registry, tasks: this.tasks, chunks: this.chunks });
+    await this.gateway.connect({ registry: this.registry, tasks: this.tasks, chunks: this.chunks, fl: this.fl });
     const port = await this.http.listen();
     this.registry.start();
     this.tasks.startTimers();
     this.cron.start();
+    this.fl.resume();
     this.log('info', 'control plane started', { http_port: port, broker: this.o.mqtt.url, domain: this.o.scope.domain, channel: this.o.scope.channel });
     return port;
   }
 
+  private publicUrl(): string {
+    if (this.o.publicUrl) return this.o.publicUrl.replace(/\/+$/, '');
+    const host = this.o.http?.host ?? '127.0.0.1';
+    const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+    return `http://${h}:${this.http.port}`;
+  }
+
   async close(): Promise<void> {
+    this.fl.close();
     this.cron.close();
     this.registry.stop();
     this.tasks.stopTimers();

@@ -7,6 +7,9 @@ import type { Proplet, Task, TaskState } from './model.ts';
 export interface MetricsSources {
   proplets(): Iterable<Proplet>;
   tasks(): Iterable<Task>;
+  flJobPhases?(): Iterable<string>;
+  flRoundPhases?(): Iterable<string>;
+  flActiveRounds?(): number;
 }
 
 const TASK_STATES: TaskState[] = ['Pending', 'Scheduled', 'Running', 'Completed', 'Failed', 'Stopped'];
@@ -22,6 +25,10 @@ export class ControlPlaneMetrics {
   readonly httpRequests: Counter<'method' | 'code'>;
   readonly propletTransitions: Counter<'to'>;
   readonly chunksSent: Counter;
+  readonly flTasksCreated: Counter;
+  readonly flUpdates: Counter<'result'>;
+  readonly flRoundDuration: Histogram<'phase'>;
+  readonly flAggregation: Histogram;
 
   constructor(sources: MetricsSources, opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -86,6 +93,57 @@ export class ControlPlaneMetrics {
     });
     this.httpRequests = new Counter({ name: 'propeller_http_requests_total', help: 'HTTP API requests', labelNames: ['method', 'code'], registers });
     this.chunksSent = new Counter({ name: 'propeller_registry_chunks_sent_total', help: 'Module chunks sent to proplets over MQTT', registers });
+    const phases = (names: string[], list: Iterable<string> | undefined, g: Gauge<'phase'>) => {
+      g.reset();
+      for (const phase of names) g.set({ phase }, 0);
+      for (const phase of list ?? []) g.inc({ phase });
+    };
+    new Gauge({
+      name: 'propeller_federatedjobs_total',
+      help: 'FederatedJobs, by phase',
+      labelNames: ['phase'],
+      registers,
+      collect() {
+        phases(['Pending', 'Running', 'Completed', 'Failed'], sources.flJobPhases?.(), this);
+      },
+    });
+    new Gauge({
+      name: 'propeller_trainingrounds_total',
+      help: 'TrainingRounds, by phase',
+      labelNames: ['phase'],
+      registers,
+      collect() {
+        phases(['Pending', 'Running', 'Aggregating', 'Completed', 'Failed'], sources.flRoundPhases?.(), this);
+      },
+    });
+    new Gauge({
+      name: 'propeller_rounds_active',
+      help: 'TrainingRounds open for updates now',
+      registers,
+      collect() {
+        this.set(sources.flActiveRounds?.() ?? 0);
+      },
+    });
+    this.flTasksCreated = new Counter({ name: 'propeller_jobs_created_total', help: 'Participant tasks created for FL rounds (the seed\'s Jobs per participant)', registers });
+    this.flUpdates = new Counter({
+      name: 'propeller_fl_updates_total',
+      help: 'FL updates received, by result: accepted, partial (a part of a streamed update), duplicate, late, not_participant, stale, shape, non_finite, ...',
+      labelNames: ['result'],
+      registers,
+    });
+    this.flRoundDuration = new Histogram({
+      name: 'propeller_fl_round_duration_seconds',
+      help: 'TrainingRound duration from start to its end, by final phase',
+      labelNames: ['phase'],
+      buckets: [0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800],
+      registers,
+    });
+    this.flAggregation = new Histogram({
+      name: 'propeller_fl_aggregation_seconds',
+      help: 'Time to finish a round\'s aggregate and encode it',
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5],
+      registers,
+    });
     this.propletTransitions = new Counter({ name: 'propeller_proplet_transitions_total', help: 'Proplet liveness transitions', labelNames: ['to'], registers });
   }
 }

@@ -12,6 +12,7 @@ import type { ControlPlaneMetrics } from './metrics.ts';
 import type { Proplet } from './model.ts';
 import type { Registry } from './registry.ts';
 import type { Dispatcher, TaskService } from './tasks.ts';
+import type { FlCoordinator } from './fl/coordinator.ts';
 
 /** The shared topics are Propeller's and its proplets parse JSON only: CBOR goes out on per-proplet topics alone. */
 function replyEncoding(p: Proplet): Encoding {
@@ -33,6 +34,7 @@ export interface Handlers {
   tasks: TaskService;
   onMetrics?: (propletId: string, m: Record<string, unknown>) => void;
   chunks?: ChunkServer;
+  fl?: FlCoordinator;
 }
 
 export class MqttGateway implements Dispatcher {
@@ -160,6 +162,14 @@ export class MqttGateway implements Dispatcher {
           const { msg } = decode('proplet.metrics', payload, ctx);
           if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${msg.proplet_id}`);
           h.onMetrics?.(msg.proplet_id, msg as unknown as Record<string, unknown>);
+          return;
+        }
+        case 'fl.update': {
+          const { msg } = decode('fl.update', payload, ctx);
+          if (msg.round_id !== parsed.roundId) return this.reject(kind, 'topic_mismatch', `round_id ${msg.round_id} on the topic of round ${parsed.roundId}`);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `update from unregistered proplet ${msg.proplet_id}`);
+          if (!h.fl) return this.reject(kind, 'unsupported', 'no FL coordinator');
+          h.fl.onUpdate(msg);
           return;
         }
         default:

@@ -6,6 +6,7 @@ import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import type { FederatedJob, ModelCheckpoint, TrainingRound } from './fl/resources.ts';
 import type { Proplet, PropletGroup, Task } from './model.ts';
 import type { Collection, Store, StoredCredential } from './store.ts';
 
@@ -47,6 +48,9 @@ export class SqliteStore implements Store {
   readonly proplets: Collection<Proplet>;
   readonly groups: Collection<PropletGroup>;
   readonly credentials: Collection<StoredCredential>;
+  readonly flJobs: Collection<FederatedJob>;
+  readonly flRounds: Collection<TrainingRound>;
+  readonly flCheckpoints: Collection<ModelCheckpoint>;
   private sPutModule: Database.Statement<[string, Buffer]>;
   private sGetModule: Database.Statement<[string], { bytes: Buffer }>;
   /** Hot modules: every dispatch and chunk request reads one. */
@@ -74,6 +78,9 @@ export class SqliteStore implements Store {
     this.proplets = new SqliteCollection(this.db, 'proplet');
     this.groups = new SqliteCollection(this.db, 'group');
     this.credentials = new SqliteCollection(this.db, 'credential');
+    this.flJobs = new SqliteCollection(this.db, 'fl-job');
+    this.flRounds = new SqliteCollection(this.db, 'fl-round');
+    this.flCheckpoints = new SqliteCollection(this.db, 'fl-checkpoint');
     this.sPutModule = this.db.prepare('INSERT OR IGNORE INTO modules (digest, bytes) VALUES (?, ?)');
     this.sGetModule = this.db.prepare('SELECT bytes FROM modules WHERE digest = ?');
   }

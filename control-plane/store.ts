@@ -2,6 +2,7 @@
 // or on the durable embedded store (sqlite-store.ts). Every put is one atomic
 // write of one record; `atomically` groups several into one.
 
+import type { FederatedJob, ModelCheckpoint, TrainingRound } from './fl/resources.ts';
 import type { Proplet, PropletGroup, Task } from './model.ts';
 
 export interface Collection<T> {
@@ -23,7 +24,10 @@ export interface Store {
   readonly proplets: Collection<Proplet>;
   readonly groups: Collection<PropletGroup>;
   readonly credentials: Collection<StoredCredential>;
-  /** Content-addressed modules: key is 'sha256:<hex>'. */
+  readonly flJobs: Collection<FederatedJob>;
+  readonly flRounds: Collection<TrainingRound>;
+  readonly flCheckpoints: Collection<ModelCheckpoint>;
+  /** Content-addressed modules (and FL models): key is 'sha256:<hex>'. */
   putModule(digest: string, bytes: Uint8Array): void;
   getModule(digest: string): Uint8Array | undefined;
   /** Runs fn so that all its writes land together or not at all. */
@@ -54,6 +58,9 @@ export class MemoryStore implements Store {
   readonly proplets = new MemoryCollection<Proplet>();
   readonly groups = new MemoryCollection<PropletGroup>();
   readonly credentials = new MemoryCollection<StoredCredential>();
+  readonly flJobs = new MemoryCollection<FederatedJob>();
+  readonly flRounds = new MemoryCollection<TrainingRound>();
+  readonly flCheckpoints = new MemoryCollection<ModelCheckpoint>();
   private modules = new Map<string, Uint8Array>();
   putModule(digest: string, bytes: Uint8Array) {
     this.modules.set(digest, bytes);

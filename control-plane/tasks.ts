@@ -22,6 +22,7 @@ export interface Dispatcher {
   stop(proplet: Proplet, msg: Stop): void;
 }
 
+/** A request the control plane refuses: not_found (404), conflict (409), invalid (400). Tasks and FL resources alike. */
 export class TaskError extends Error {
   override name = 'TaskError';
   constructor(

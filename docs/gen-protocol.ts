@@ -28,6 +28,7 @@ import {
   type MessageByKind,
   type MessageKind,
 } from '../protocol/index.ts';
+import { encodeModel, MODEL_FORMAT } from '../protocol/model-format.ts';
 import type { Fields, Type } from '../protocol/schema.ts';
 import { base, flUpdateTopic, parseTopic, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
 
@@ -66,6 +67,7 @@ export function crc32(b: Uint8Array): number {
   return (c ^ 0xffffffff) >>> 0;
 }
 
+const FL_MODEL = encodeModel({ format: MODEL_FORMAT, tensors: [{ name: 'w', shape: [2], data: new Float32Array([0.5, -1.25]) }] });
 const ADD_DIGEST = 'sha256:' + createHash('sha256').update(ADD_WASM).digest('hex');
 
 export interface Example<K extends MessageKind = MessageKind> {
@@ -256,6 +258,20 @@ export const EXAMPLES: Example[] = [
     topic: topic(S, 'registry.server', ESP32),
     msg: { v: 1, digest: ADD_DIGEST, idx: 0, total: 1, data: ADD_WASM, crc32: crc32(ADD_WASM), size: ADD_WASM.length },
   }),
+  ex({
+    name: 'fl-update-esp32',
+    kind: 'fl.update',
+    title: "The ESP32's update for round `round-3-mnist`: 120 samples, its client metrics, and the trained 2-value model `{w: [0.5, -1.25]}` whole, in the compact model format.",
+    topic: flUpdateTopic(S, 'round-3-mnist', ESP32),
+    msg: { v: 1, proplet_id: ESP32, round_id: 'round-3-mnist', task_id: TASK, num_samples: 120, metrics: { loss: 0.25, accuracy: 0.875 }, model: FL_MODEL },
+  }),
+  ex({
+    name: 'fl-update-part',
+    kind: 'fl.update',
+    title: 'Part 0 of 4 of a streamed update: values 0 and 1 of tensor 0, as little-endian float32.',
+    topic: flUpdateTopic(S, 'round-3-mnist', ESP32),
+    msg: { v: 1, proplet_id: ESP32, round_id: 'round-3-mnist', task_id: TASK, num_samples: 120, parts: 4, part: 0, tensor: 0, offset: 0, data: new Uint8Array(new Float32Array([0.5, -1.25]).buffer) },
+  }),
 ];
 
 // ---------------------------------------------------------------------------
@@ -360,6 +376,21 @@ export const MEANINGS: Record<MessageKind, Record<string, string>> = {
     crc32: 'CRC-32 (IEEE, as zlib\'s `crc32`) of `data`.',
     size: 'Size of the whole module in bytes.',
     error: 'Why the module cannot be served (unknown digest, ...).',
+  },
+  'fl.update': {
+    v: V,
+    proplet_id: 'The participant. Must equal the proplet id in the topic and the MQTT username.',
+    round_id: 'The round (the task\'s `ROUND_ID`). Must equal the round id in the topic.',
+    task_id: 'The round task that trained this update. An update from an earlier attempt of the round is refused as stale.',
+    num_samples: 'Training samples behind the update: its weight in FedAvg. Required unless `error` is set; on every part of a streamed update.',
+    metrics: 'Client metrics on its own data after training, such as `loss` and `accuracy`. Averaged per round, weighted by samples. On every part of a streamed update.',
+    model: 'The whole update: the trained model in the compact CBOR model format of docs/fl.md, the same tensors (names, order, shapes) as the round\'s model.',
+    parts: 'A streamed update: the number of part messages. Each carries `part`, `tensor`, `offset` and `data`.',
+    part: 'Index of this part, from 0. A repeated part (QoS 1 redelivery) is ignored.',
+    tensor: 'Index of the tensor (in model order) this part\'s `data` belongs to.',
+    offset: 'Element (not byte) offset of `data` in that tensor.',
+    data: 'The values: little-endian float32, a multiple of 4 bytes. Parts must not overlap; together they must cover every tensor.',
+    error: 'The participant could not train (module failed, model unreadable). The round counts it as a failed participant.',
   },
 };
 

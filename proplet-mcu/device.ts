@@ -19,9 +19,10 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, type Chunk, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
+import { decode, encode, ProtocolError, updateMessages, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
+import { FlContractError, flInput, isFlTask, parseFlOutput, type FlInput } from '../proplet-node/runner/fl.ts';
 import { parseModule, TRUNCATED_MARKER, WasmRunner, type RunResult } from '../proplet-node/runner/index.ts';
-import { parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
 import { Backoff, type BackoffOptions } from './backoff.ts';
 import { PAGE_BYTES, RamBudget } from './budget.ts';
 import { DownloadError, ModuleDownload, type Ask, type DownloadFaults } from './download.ts';
@@ -69,6 +70,8 @@ export interface McuPropletOptions {
   runner?: WasmRunner;
   /** Fault injection for tests. */
   faults?: DownloadFaults;
+  /** Fault injection for tests: holds a round's FL update (and the task's result) back this long, as a slow uplink would. */
+  updateDelayMs?: (roundId: string) => number;
   log?: Log;
   random?: () => number;
 }
@@ -118,6 +121,8 @@ interface Run {
   /** The runner's key: task ids are unique per control plane, not per shared runner. */
   key: string;
   digest?: string;
+  /** An FL round task: the digest of the round's model it downloads. */
+  modelDigest?: string;
 }
 
 /** Final results kept while offline, at most. */
@@ -368,6 +373,15 @@ export class McuProplet extends EventEmitter<McuEvents> {
     return true;
   }
 
+  private publishUpdate(u: FlUpdate): void {
+    const c = this.client;
+    if (!c || !c.connected || this.st !== 'online') {
+      this.log('warn', 'fl update dropped: offline', { id: this.o.id, round_id: u.round_id });
+      return;
+    }
+    c.publish(flUpdateTopic(this.o.scope, u.round_id, this.o.id), encode('fl.update', u, 'cbor'), { qos: 1 }, () => {});
+  }
+
   private runningRefs(): TaskRef[] {
     return [...this.runs].map(([task_id, r]) => ({ task_id, ...(r.attempt !== undefined ? { attempt: r.attempt } : {}) }));
   }
@@ -438,8 +452,14 @@ export class McuProplet extends EventEmitter<McuEvents> {
     }
     // still loading: forget it; its download goes on only for other tasks waiting on it
     this.runs.delete(msg.id);
-    this.budget.release(msg.id);
+    this.releaseRun(msg.id);
     if (run.digest) this.detach(run.digest, msg.id);
+    if (run.modelDigest) this.detach(run.modelDigest, modelKey(msg.id));
+  }
+
+  private releaseRun(taskId: string): void {
+    this.budget.release(taskId);
+    this.budget.release(modelKey(taskId));
   }
 
   private onStart(msg: Start): void {
@@ -474,6 +494,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
     const base = resultBase(this.o.id, msg.id, msg.attempt);
     const current = () => this.runs.get(msg.id) === run;
     let res: RunResult;
+    let round: FlInput | undefined;
     try {
       let bytes: Uint8Array;
       if (msg.file) {
@@ -486,6 +507,14 @@ export class McuProplet extends EventEmitter<McuEvents> {
         bytes = await this.fetchModule(msg);
       }
       if (!current()) return; // stopped meanwhile
+      if (isFlTask(msg.env)) {
+        // the round's model comes by digest through the registry, like a module (it counts against the budget)
+        const digest = msg.env!.MODEL_DIGEST ?? /sha256:[0-9a-f]{64}$/.exec(msg.env!.MODEL_URI ?? '')?.[0];
+        if (!digest) throw new DownloadError('an FL task needs MODEL_DIGEST (or a MODEL_URI ending in sha256:<hex>): this device fetches models from the registry by digest');
+        run.modelDigest = digest;
+        round = flInput(await this.fetchModule({ id: modelKey(msg.id), digest, memory_bytes: 0 }));
+        if (!current()) return;
+      }
       let linear = msg.memory_bytes;
       if (linear === undefined) {
         linear = initialMemory(bytes);
@@ -505,23 +534,44 @@ export class McuProplet extends EventEmitter<McuEvents> {
         timeoutMs: msg.daemon ? 0 : (msg.timeout_ms ?? MCU_DEFAULTS.defaultTimeoutMs),
         // the linear memory is capped at what the budget holds for it (0 would mean "no limit")
         maxMemoryBytes: linear > 0 ? linear : PAGE_BYTES,
+        ...(round ? { stdin: round.stdin, files: round.files } : {}),
       });
     } catch (e) {
       if (!current()) return;
       this.runs.delete(msg.id);
-      this.budget.release(msg.id);
+      this.releaseRun(msg.id);
       if (e instanceof DownloadError && e.refuse) return this.refuse(msg.id, msg.attempt, e.message);
       if (e instanceof DownloadError && /digest mismatch/.test(e.message) && msg.file === undefined) this.stats.digestMismatches++;
-      const error = e instanceof DownloadError ? e.message : `internal error: ${(e as Error).message}`;
+      const error = e instanceof DownloadError || e instanceof FlContractError ? e.message : `internal error: ${(e as Error).message}`;
       res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
     }
     if (this.runs.get(msg.id) === run) {
       this.runs.delete(msg.id);
-      this.budget.release(msg.id);
+      this.releaseRun(msg.id);
     } else if (this.st === 'closed') return;
+    let flResults: Record<string, unknown> | undefined;
+    if (msg.env?.ROUND_ID !== undefined && isFlTask(msg.env) && res.error !== 'stopped') {
+      const head = { proplet_id: this.o.id, round_id: msg.env.ROUND_ID, task_id: msg.id };
+      let updates: FlUpdate[];
+      try {
+        if (!res.ok || !round) throw new FlContractError(res.error ?? 'the task had no model to train');
+        const out = parseFlOutput(res.stdout, round.model);
+        // every part fits the device's packet buffer
+        updates = updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, this.rx, 'cbor');
+        flResults = { num_samples: out.numSamples, ...out.metrics };
+      } catch (e) {
+        if (!(e instanceof FlContractError) && !(e instanceof RangeError)) throw e;
+        updates = [{ v: 1, ...head, error: e.message }];
+        if (res.ok) res = { ...res, ok: false, error: e.message };
+      }
+      const delay = this.o.updateDelayMs?.(msg.env.ROUND_ID) ?? 0;
+      if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+      for (const u of updates) this.publishUpdate(u);
+    }
     const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
     const result: Result = { ...base, status, stdout: clip(res.stdout, this.outputLimit), stderr: clip(res.stderr, this.outputLimit), duration_ms: res.durationMs };
     if (res.returnValue !== undefined) result.results = res.returnValue;
+    if (flResults) result.results = flResults;
     if (res.exitCode !== null) result.exit_code = res.exitCode;
     if (res.error) result.error = res.error;
     if (msg.env?.ROUND_ID !== undefined) result.fl = true;
@@ -620,6 +670,11 @@ function chunkBytesFor(size: number): number {
   let n = chunkBytesCache.get(size);
   if (n === undefined) chunkBytesCache.set(size, (n = chunkMessageBytes(size)));
   return n;
+}
+
+/** The budget and download key of an FL task's model. */
+function modelKey(taskId: string): string {
+  return `${taskId}#model`;
 }
 
 function sha256(b: Uint8Array): string {

@@ -4,8 +4,9 @@
 
 import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
-import { parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { decode, encode, MAX_PAYLOAD, ProtocolError, updateMessages, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { FlContractError, flInput, isFlTask, parseFlOutput, type FlInput } from './runner/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
 import { WasmRunner, type RunResult } from './runner/index.ts';
 
@@ -171,6 +172,11 @@ export class NodeProplet {
     });
   }
 
+  /** An FL update, before the task's result: the round counts the update, the result only ends the task. */
+  private sendUpdate(u: FlUpdate): void {
+    this.client?.publish(flUpdateTopic(this.o.scope, u.round_id, this.o.id), encode('fl.update', u, this.encoding), { qos: 1 });
+  }
+
   private send<K extends 'proplet.create' | 'proplet.alive' | 'proplet.results'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
     this.client?.publish(topic(this.o.scope, kind), encode(kind, msg, this.encoding), { qos: 1 });
   }
@@ -217,8 +223,11 @@ export class NodeProplet {
 
   private async execute(msg: Start, base: Pick<Result, 'v' | 'proplet_id' | 'task_id' | 'attempt'>, fl: boolean): Promise<void> {
     let res: RunResult;
+    let round: FlInput | undefined;
     try {
       const loaded = await this.modules.load(msg);
+      // an FL round task: the module trains the round's model (runner/fl.ts)
+      if (isFlTask(msg.env)) round = flInput((await this.modules.load({ id: msg.id, image_url: msg.env!.MODEL_URI, digest: msg.env!.MODEL_DIGEST })).bytes);
       if (!this.running.has(msg.id)) return; // stopped meanwhile
       this.send('proplet.results', { ...base, status: 'running' });
       res = await this.runner.run({
@@ -230,6 +239,7 @@ export class NodeProplet {
         inputs: (msg.inputs ?? []) as (number | bigint | string)[],
         timeoutMs: msg.daemon ? 0 : msg.timeout_ms ?? 60_000,
         maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
+        ...(round ? { stdin: round.stdin, files: round.files } : {}),
       });
     } catch (e) {
       this.running.delete(msg.id);
@@ -238,13 +248,28 @@ export class NodeProplet {
         this.send('proplet.results', { ...base, status: 'refused', error: e.message });
         return;
       }
-      const error = e instanceof ModuleError ? e.message : `internal error: ${(e as Error).message}`;
+      const error = e instanceof ModuleError || e instanceof FlContractError ? e.message : `internal error: ${(e as Error).message}`;
       res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
+    }
+    let flResults: Record<string, unknown> | undefined;
+    if (fl && msg.env?.ROUND_ID !== undefined && res.error !== 'stopped') {
+      const head = { proplet_id: this.o.id, round_id: msg.env.ROUND_ID, task_id: msg.id };
+      try {
+        if (!res.ok || !round) throw new FlContractError(res.error ?? 'the task had no model to train');
+        const out = parseFlOutput(res.stdout, round.model);
+        for (const u of updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, MAX_PAYLOAD['fl.update'], this.encoding)) this.sendUpdate(u);
+        flResults = { num_samples: out.numSamples, ...out.metrics };
+      } catch (e) {
+        if (!(e instanceof FlContractError) && !(e instanceof RangeError)) throw e;
+        this.sendUpdate({ v: 1, ...head, error: e.message });
+        if (res.ok) res = { ...res, ok: false, error: e.message };
+      }
     }
     this.running.delete(msg.id);
     const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
     const result: Result = { ...base, status, stdout: res.stdout, stderr: res.stderr, duration_ms: res.durationMs };
     if (res.returnValue !== undefined) result.results = res.returnValue;
+    if (flResults) result.results = flResults;
     if (res.exitCode !== null) result.exit_code = res.exitCode;
     if (res.error) result.error = res.error;
     if (fl) result.fl = true;

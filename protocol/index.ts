@@ -2,3 +2,4 @@ export * from './messages.ts';
 export * from './codec.ts';
 export { ProtocolError, isId, type ErrorReason } from './schema.ts';
 export { crc32 } from './crc32.ts';
+export * from './fl-update.ts';

@@ -123,6 +123,31 @@ export const ChunkFields: Fields = {
   error: { key: 7, type: str(1024) },
 };
 
+/**
+ * A participant's update for an FL round, on fl/rounds/<round_id>/updates/<proplet_id>.
+ * Whole: `model` holds the trained model in the compact CBOR model format
+ * (model-format.ts). Streamed, for models larger than a packet: `parts`
+ * messages, each with its `part` index and one slice of one tensor (`tensor`,
+ * `offset` in elements, `data` as little-endian float32); `num_samples` on
+ * every part, so that any part can open the stream. `error` instead of a
+ * model: the participant could not train.
+ */
+export const FlUpdateFields: Fields = {
+  v: { key: 0, type: int(0, 255) },
+  proplet_id: { key: 1, type: id, required: true },
+  round_id: { key: 2, type: str(128), required: true },
+  task_id: { key: 3, type: id, required: true },
+  num_samples: { key: 4, type: int(0, Number.MAX_SAFE_INTEGER) },
+  metrics: { key: 5, type: rec(num, 16) },
+  model: { key: 6, type: bytes(MAX_INLINE_MODULE) },
+  parts: { key: 7, type: int(1, 1_000_000) },
+  part: { key: 8, type: int(0, 1_000_000) },
+  tensor: { key: 9, type: int(0, 65_535) },
+  offset: { key: 10, type: int(0, 2 ** 32) },
+  data: { key: 11, type: bytes(MiB) },
+  error: { key: 12, type: str(4096) },
+};
+
 export interface TaskRef {
   task_id: string;
   attempt?: number;
@@ -225,6 +250,23 @@ export interface Chunk {
   error?: string;
 }
 
+export interface FlUpdate {
+  v?: number;
+  proplet_id: string;
+  round_id: string;
+  task_id: string;
+  num_samples?: number;
+  /** Client metrics on its own data: loss, accuracy, ... */
+  metrics?: Record<string, number>;
+  model?: Uint8Array;
+  parts?: number;
+  part?: number;
+  tensor?: number;
+  offset?: number;
+  data?: Uint8Array;
+  error?: string;
+}
+
 export interface MessageByKind {
   'proplet.create': Register;
   'proplet.alive': Alive;
@@ -234,6 +276,7 @@ export interface MessageByKind {
   'manager.stop': Stop;
   'registry.proplet': ChunkRequest;
   'registry.server': Chunk;
+  'fl.update': FlUpdate;
 }
 export type MessageKind = keyof MessageByKind;
 
@@ -246,6 +289,7 @@ export const FIELDS: Record<MessageKind, Fields> = {
   'manager.stop': StopFields,
   'registry.proplet': ChunkRequestFields,
   'registry.server': ChunkFields,
+  'fl.update': FlUpdateFields,
 };
 
 /** The field that names the sender, on messages a proplet sends. */
@@ -255,6 +299,7 @@ export const SENDER_FIELD: Partial<Record<MessageKind, string>> = {
   'proplet.results': 'proplet_id',
   'proplet.metrics': 'proplet_id',
   'registry.proplet': 'proplet_id',
+  'fl.update': 'proplet_id',
 };
 
 /** Payload limits per kind, checked before any parsing. */
@@ -267,4 +312,5 @@ export const MAX_PAYLOAD: Record<MessageKind, number> = {
   'manager.stop': 1024,
   'registry.proplet': 8 * 1024,
   'registry.server': 2 * MiB,
+  'fl.update': MAX_INLINE_MODULE + 64 * 1024,
 };

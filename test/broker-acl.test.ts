@@ -17,6 +17,7 @@ const json = (kind: 'proplet.alive' | 'proplet.results' | 'proplet.metrics' | 'p
       return encode(kind as 'proplet.alive', { proplet_id: id }, 'json');
   }
 };
+const flUpdate = (id: string): Buffer => encode('fl.update', { proplet_id: id, round_id: 'r1', task_id: 't1', num_samples: 1, error: 'x' }, 'cbor');
 const cbor = (id: string): Buffer => encode('proplet.alive', { proplet_id: id }, 'cbor');
 const cborNoSender = encode('proplet.alive', { proplet_id: 'x' }, 'cbor', { omitSender: true });
 
@@ -80,8 +81,10 @@ const cases: Case[] = [
   ['p1 start to itself', 'proplet', 'p1', 'publish', topic(S, 'manager.start', 'p1'), '{"id":"t"}', 'kind_not_allowed'],
   ['p1 stop', 'proplet', 'p1', 'publish', topic(S, 'manager.stop'), '{"id":"t"}', 'kind_not_allowed'],
   ['p1 registry chunks', 'proplet', 'p1', 'publish', topic(S, 'registry.server', 'p1'), '{}', 'kind_not_allowed'],
-  ['p1 FL update of its own', 'proplet', 'p1', 'publish', flUpdateTopic(S, 'r1', 'p1'), 'opaque bytes', true],
-  ['p1 FL update for p2', 'proplet', 'p1', 'publish', flUpdateTopic(S, 'r1', 'p2'), 'opaque bytes', 'topic_id_mismatch'],
+  ['p1 FL update of its own', 'proplet', 'p1', 'publish', flUpdateTopic(S, 'r1', 'p1'), flUpdate('p1'), true],
+  ['p1 FL update on its topic claiming p2 in the payload', 'proplet', 'p1', 'publish', flUpdateTopic(S, 'r1', 'p1'), flUpdate('p2'), 'sender_mismatch'],
+  ['p1 FL update that is not a message', 'proplet', 'p1', 'publish', flUpdateTopic(S, 'r1', 'p1'), 'opaque bytes', 'malformed_payload'],
+  ['p1 FL update for p2', 'proplet', 'p1', 'publish', flUpdateTopic(S, 'r1', 'p2'), flUpdate('p1'), 'topic_id_mismatch'],
   ['p1 FL update with a missing round level', 'proplet', 'p1', 'publish', `${B}/fl/rounds/updates/p1`, '', 'unknown_topic'],
   ['p1 FL update with an empty round', 'proplet', 'p1', 'publish', `${B}/fl/rounds//updates/p1`, '', 'empty_level'],
   ['p1 on an unknown topic under the base', 'proplet', 'p1', 'publish', `${B}/control/proplet/alive/p1/extra`, json('proplet.alive', 'p1'), 'unknown_topic'],

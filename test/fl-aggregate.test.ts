@@ -18,7 +18,7 @@ import {
   type Update,
   type UpdateErrorReason,
 } from '../control-plane/fl/aggregate.ts';
-import { encodeModel, float32ToLE, MODEL_FORMAT, paramCount, type Model } from '../control-plane/fl/model-format.ts';
+import { encodeModel, float32ToLE, MODEL_FORMAT, paramCount, type Model } from '../protocol/model-format.ts';
 import { seeded as rng } from './helpers/seeded.ts';
 
 

@@ -23,7 +23,7 @@ import {
   type Model,
   type ModelErrorReason,
   type ModelLimits,
-} from '../control-plane/fl/model-format.ts';
+} from '../protocol/model-format.ts';
 import { seeded as rng } from './helpers/seeded.ts';
 
 const PYTHON = '/usr/bin/python3';

@@ -52,6 +52,7 @@ const samples: { [K in MessageKind]: MessageByKind[K] } = {
   'manager.stop': { id: uuid, proplet_id: 'p1' },
   'registry.proplet': { proplet_id: 'p1', digest: 'sha256:abc', chunk_size: 512, next: 3, window: 4, missing: [1, 2] },
   'registry.server': { digest: 'sha256:abc', idx: 0, total: 3, data: new Uint8Array([1, 2, 3]), crc32: 123456 },
+  'fl.update': { v: 1, proplet_id: 'p1', round_id: 'round-1-job', task_id: uuid, num_samples: 40, metrics: { loss: 0.5 }, parts: 2, part: 1, tensor: 0, offset: 8, data: new Uint8Array(8) },
 };
 
 for (const kind of Object.keys(samples) as MessageKind[]) {

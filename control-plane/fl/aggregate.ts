@@ -35,7 +35,7 @@ import {
   type Model,
   type ModelMeta,
   type Tensor,
-} from './model-format.ts';
+} from '../../protocol/model-format.ts';
 
 export type AlgorithmName = 'fedavg' | 'fedmedian' | 'trimmed-mean';
 export const ALGORITHMS: readonly AlgorithmName[] = ['fedavg', 'fedmedian', 'trimmed-mean'];

@@ -1,0 +1,762 @@
+// The FL coordinator: runs a FederatedJob as a sequence of TrainingRounds. A
+// round is one ordinary task per participant, pinned to it, with ROUND_ID,
+// MODEL_URI and HYPERPARAMS in its env; the participants' updates arrive over
+// MQTT and are folded into the round's aggregator as they come (FedAvg keeps
+// one running sum, never n models). The first kOfN good updates close the
+// round: the aggregate becomes a ModelCheckpoint in the content-addressed
+// model store and the model of the next round.
+//
+// Every transition is written to the store before anything depends on it, so a
+// control plane killed at any moment resumes each job from its last completed
+// round; a round that was running is started afresh (its aggregator lived in
+// memory), and updates from its earlier tasks are refused as stale.
+
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { FlUpdate } from '../../protocol/index.ts';
+import { decodeModel, encodeModel, modelDigest, type Model } from '../../protocol/model-format.ts';
+import type { Logger } from '../log.ts';
+import { TERMINAL, type Proplet, type PropletGroup, type Task } from '../model.ts';
+import type { Store } from '../store.ts';
+import { TaskError, type TaskService } from '../tasks.ts';
+import { InputError } from '../task-input.ts';
+import { createAggregator, UpdateError, type Aggregator } from './aggregate.ts';
+import {
+  FL_API_VERSION,
+  setCondition,
+  condition,
+  type FederatedJob,
+  type FederatedJobSpec,
+  type ModelCheckpoint,
+  type RoundParticipantStatus,
+  type TrainingRound,
+  type TrainingRoundSpec,
+} from './resources.ts';
+
+/** Why an update was not taken; 'accepted' when it counts, 'partial' for a part of a streamed one. */
+export type UpdateOutcome = 'accepted' | 'partial' | 'duplicate' | 'unknown_round' | 'late' | 'not_participant' | 'stale' | 'invalid' | 'shape' | 'non_finite' | 'samples' | 'capacity' | 'failed_participant';
+
+export interface FlMetricsSink {
+  update(outcome: UpdateOutcome): void;
+  roundEnded(phase: 'Completed' | 'Failed', seconds: number): void;
+  taskCreated(): void;
+  aggregation(seconds: number): void;
+}
+
+export interface FlCoordinatorOptions {
+  store: Store;
+  tasks: TaskService;
+  proplets: () => Iterable<Proplet>;
+  groups: (name: string) => PropletGroup | undefined;
+  /** Bytes behind an http(s):// or oci:// reference (the initial model, a client module). */
+  fetch: (url: string) => Promise<Uint8Array>;
+  /** Where proplets download a stored model: the MODEL_URI of round tasks. */
+  modelUri: (ref: string) => string;
+  metrics: FlMetricsSink;
+  log: Logger;
+  now?: () => number;
+  /** A task that completed without sending an update is counted as failed after this (default 2 s). */
+  noUpdateGraceMs?: number;
+}
+
+export interface FlEvents {
+  job: [job: FederatedJob];
+  round: [round: TrainingRound];
+  checkpoint: [checkpoint: ModelCheckpoint];
+  deleted: [kind: 'FederatedJob' | 'TrainingRound', name: string];
+}
+
+/** What a running round keeps in memory only. */
+interface LiveRound {
+  aggregator: Aggregator;
+  timer?: NodeJS.Timeout;
+  /** Streamed updates: parts seen per participant. */
+  streams: Map<string, { parts: number; seen: Set<number> }>;
+  /** Participant by task id, for task events. */
+  byTask: Map<string, string>;
+  graceTimers: Set<NodeJS.Timeout>;
+}
+
+export const JOB_LABEL = 'propeller.absmach.io/federatedjob';
+export const ROUND_LABEL = 'propeller.absmach.io/traininground';
+
+const MAX_MODEL_BYTES = 16 * 1024 * 1024;
+
+export function roundName(job: string, n: number, retry: number): string {
+  return retry === 0 ? `round-${n}-${job}` : `round-${n}-${job}-retry-${retry}`;
+}
+
+export function checkpointName(job: string, n: number): string {
+  return `model-${job}-round-${n}`;
+}
+
+export class FlCoordinator extends EventEmitter<FlEvents> {
+  private live = new Map<string, LiveRound>();
+  /** Jobs whose next step is in progress (fetching the initial model): one advance at a time. */
+  private advancing = new Set<string>();
+  private readonly now: () => number;
+  private closed = false;
+
+  constructor(private o: FlCoordinatorOptions) {
+    super();
+    this.setMaxListeners(0);
+    this.now = o.now ?? Date.now;
+    o.tasks.on('changed', (t) => this.onTask(t));
+  }
+
+  // --- queries --------------------------------------------------------------
+
+  jobs(): FederatedJob[] {
+    return this.o.store.flJobs.list();
+  }
+  job(name: string): FederatedJob {
+    const j = this.o.store.flJobs.get(name);
+    if (!j) throw new TaskError('not_found', `FederatedJob ${name} not found`);
+    return j;
+  }
+  rounds(job?: string): TrainingRound[] {
+    const all = this.o.store.flRounds.list();
+    return job === undefined ? all : all.filter((r) => r.spec.federatedJobRef?.name === job);
+  }
+  round(name: string): TrainingRound {
+    const r = this.o.store.flRounds.get(name);
+    if (!r) throw new TaskError('not_found', `TrainingRound ${name} not found`);
+    return r;
+  }
+  checkpoints(job?: string): ModelCheckpoint[] {
+    const all = this.o.store.flCheckpoints.list();
+    return job === undefined ? all : all.filter((c) => c.spec.federatedJobRef?.name === job);
+  }
+  get activeRounds(): number {
+    return this.live.size;
+  }
+
+  // --- models ---------------------------------------------------------------
+
+  /** Stores a model (compact CBOR) after checking it decodes; returns its ref. */
+  putModel(bytes: Uint8Array): string {
+    try {
+      decodeModel(bytes);
+    } catch (e) {
+      throw new InputError('model', `is not a propeller-model/v1 model: ${(e as Error).message}`);
+    }
+    const ref = modelDigest(bytes);
+    this.o.store.putModule(ref, bytes);
+    return ref;
+  }
+
+  model(ref: string): Uint8Array | undefined {
+    return this.o.store.getModule(ref);
+  }
+
+  // --- jobs -----------------------------------------------------------------
+
+  createJob(name: string, spec: FederatedJobSpec): FederatedJob {
+    if (this.o.store.flJobs.get(name)) throw new TaskError('conflict', `FederatedJob ${name} already exists`);
+    const at = this.iso();
+    const job: FederatedJob = {
+      apiVersion: FL_API_VERSION,
+      kind: 'FederatedJob',
+      metadata: { name, uid: randomUUID(), creationTimestamp: at },
+      spec,
+      status: {
+        phase: 'Pending',
+        currentRound: 0,
+        completedRounds: 0,
+        participants: (spec.participants ?? []).map((p) => ({ propletId: p.propletId, roundsContributed: 0 })),
+        retriesUsed: 0,
+        conditions: [condition('Ready', 'False', 'Pending', 'fetching the initial model', at)],
+      },
+    };
+    this.saveJob(job);
+    this.o.log('info', 'federated job created', { job: name, rounds: spec.rounds.total, k: spec.kOfN });
+    void this.advance(name);
+    return job;
+  }
+
+  /** Deletes a job: its running round is stopped first (its tasks too). Rounds and checkpoints stay, as history. */
+  deleteJob(name: string): void {
+    const job = this.job(name);
+    for (const r of this.rounds(name)) if (!isFinal(r)) this.failRound(r, 'Deleted', `FederatedJob ${name} was deleted`, false);
+    this.o.store.flJobs.delete(job.metadata.name);
+    this.emit('deleted', 'FederatedJob', name);
+  }
+
+  /** A standalone TrainingRound (the seed allows one without a job driving it). */
+  createRound(name: string, spec: TrainingRoundSpec): TrainingRound {
+    if (this.o.store.flRounds.get(name)) throw new TaskError('conflict', `TrainingRound ${name} already exists`);
+    const round = this.newRound(name, spec);
+    void this.startRound(round.metadata.name);
+    return round;
+  }
+
+  deleteRound(name: string): void {
+    const r = this.round(name);
+    if (!isFinal(r)) this.failRound(r, 'Deleted', `TrainingRound ${name} was deleted`, false);
+    this.o.store.flRounds.delete(name);
+    this.emit('deleted', 'TrainingRound', name);
+  }
+
+  /** After a (re)start: resume every job and round from what the store says. */
+  resume(): void {
+    for (const r of this.o.store.flRounds.list()) {
+      if (isFinal(r)) continue;
+      const job = r.spec.federatedJobRef && this.o.store.flJobs.get(r.spec.federatedJobRef.name);
+      if (r.spec.federatedJobRef && !job) continue;
+      r.status.restarts++;
+      this.o.log('warn', 'round restarted after a control-plane restart', { round: r.metadata.name });
+      this.resetRound(r, 'the control plane restarted during the round');
+      void this.startRound(r.metadata.name);
+    }
+    for (const j of this.o.store.flJobs.list()) if (j.status.phase === 'Pending' || j.status.phase === 'Running') void this.advance(j.metadata.name);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const l of this.live.values()) this.disarm(l);
+    this.live.clear();
+  }
+
+  /**
+   * Moves a job forward from its stored state: fetches its initial model,
+   * starts the next round, or ends it. Idempotent: several calls start at most
+   * one round.
+   */
+  private async advance(name: string): Promise<void> {
+    if (this.advancing.has(name) || this.closed) return;
+    this.advancing.add(name);
+    try {
+      const job = this.o.store.flJobs.get(name);
+      if (!job || job.status.phase === 'Completed' || job.status.phase === 'Failed') return;
+      if (!job.status.currentModelRef) {
+        let ref: string;
+        try {
+          ref = await this.storeRef(job.spec.modelRef, 'model');
+        } catch (e) {
+          return this.endJob(name, 'Failed', 'ModelUnavailable', `initial model ${job.spec.modelRef}: ${(e as Error).message}`);
+        }
+        const j = this.o.store.flJobs.get(name);
+        if (!j) return;
+        j.status.currentModelRef = ref;
+        this.saveJob(j);
+      }
+      const j = this.o.store.flJobs.get(name)!;
+      const rounds = this.rounds(name).sort((a, b) => (a.spec.round ?? 0) - (b.spec.round ?? 0) || a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp));
+      const last = rounds.at(-1);
+      if (last && !isFinal(last)) return; // that round drives the job on when it ends
+      if (last?.status.phase === 'Failed') {
+        const n = last.spec.round ?? 1;
+        const retries = rounds.filter((r) => r.spec.round === n).length - 1;
+        if (retries >= (j.spec.roundRetries ?? 0)) return this.endJob(name, 'Failed', 'RoundFailed', `round ${n} failed: ${last.status.message ?? 'unknown reason'}`);
+        j.status.retriesUsed++;
+        this.saveJob(j);
+        return this.beginRound(j, n, retries + 1);
+      }
+      const done = last ? (last.spec.round ?? 0) : 0;
+      if (last && j.status.completedRounds < done) {
+        // the round's completion was stored, the job's was not: catch up
+        this.countCompleted(j, last);
+      }
+      if (j.status.completedRounds >= j.spec.rounds.total) return this.endJob(name, 'Completed', 'AllRoundsCompleted', `${j.status.completedRounds} rounds completed`);
+      if (j.status.phase === 'Pending') {
+        j.status.phase = 'Running';
+        j.status.startTime = this.iso();
+        setCondition(j.status.conditions, condition('Ready', 'True', 'Running', 'rounds are running', this.iso()));
+        this.saveJob(j);
+      }
+      this.beginRound(j, j.status.completedRounds + 1, 0);
+    } finally {
+      this.advancing.delete(name);
+    }
+  }
+
+  private beginRound(job: FederatedJob, n: number, retry: number): void {
+    const spec: TrainingRoundSpec = {
+      roundId: `round-${n}`,
+      federatedJobRef: { name: job.metadata.name },
+      modelRef: job.status.currentModelRef!,
+      taskWasmImage: job.spec.taskWasmImage,
+      participants: this.participantsOf(job),
+      kOfN: job.spec.kOfN,
+      timeoutSeconds: job.spec.timeoutSeconds,
+      aggregator: job.spec.aggregator,
+      round: n,
+    };
+    if (job.spec.hyperparams) spec.hyperparams = job.spec.hyperparams;
+    const round = this.newRound(roundName(job.metadata.name, n, retry), spec);
+    round.metadata.labels = { [JOB_LABEL]: job.metadata.name };
+    this.saveRound(round);
+    job.status.currentRound = n;
+    setCondition(job.status.conditions, condition('RoundActive', 'True', 'RoundStarted', `round ${n} of ${job.spec.rounds.total} started`, this.iso()));
+    this.saveJob(job);
+    void this.startRound(round.metadata.name);
+  }
+
+  private participantsOf(job: FederatedJob): string[] {
+    if (job.spec.participants) return job.spec.participants.map((p) => p.propletId);
+    const sel = job.spec.participantSelector!;
+    const group = sel.propletGroup ? this.o.groups(sel.propletGroup) : undefined;
+    const labels = { ...(group?.selector.match_labels ?? {}), ...(sel.matchLabels ?? {}) };
+    const out: string[] = [];
+    for (const p of this.o.proplets()) {
+      if (p.state !== 'alive') continue;
+      if (sel.propletGroup && !group) continue;
+      if (sel.deviceTypes && !sel.deviceTypes.includes(p.device_type)) continue;
+      if (Object.entries(labels).some(([k, v]) => p.labels[k] !== v)) continue;
+      out.push(p.id);
+    }
+    return out.sort();
+  }
+
+  private endJob(name: string, phase: 'Completed' | 'Failed', reason: string, message: string): void {
+    const j = this.o.store.flJobs.get(name);
+    if (!j) return;
+    const at = this.iso();
+    j.status.phase = phase;
+    j.status.completionTime = at;
+    j.status.message = message;
+    setCondition(j.status.conditions, condition('RoundActive', 'False', reason, message, at));
+    setCondition(j.status.conditions, condition('Ready', phase === 'Completed' ? 'True' : 'False', reason, message, at));
+    this.saveJob(j);
+    this.o.log(phase === 'Completed' ? 'info' : 'warn', `federated job ${phase.toLowerCase()}`, { job: name, reason, message });
+  }
+
+  private countCompleted(job: FederatedJob, r: TrainingRound): void {
+    job.status.completedRounds = r.spec.round ?? job.status.completedRounds + 1;
+    job.status.aggregatedModelRef = r.status.aggregatedModelRef;
+    job.status.currentModelRef = r.status.aggregatedModelRef;
+    for (const p of r.status.participants) {
+      let js = job.status.participants.find((x) => x.propletId === p.propletId);
+      if (!js) job.status.participants.push((js = { propletId: p.propletId, roundsContributed: 0 }));
+      js.lastRound = job.status.completedRounds;
+      js.lastPhase = p.phase;
+      if (p.phase === 'Submitted') js.roundsContributed++;
+    }
+    setCondition(job.status.conditions, condition('AggregationComplete', 'True', 'AggregationComplete', `round ${job.status.completedRounds} aggregated into ${r.status.aggregatedModelRef}`, this.iso()));
+  }
+
+  // --- rounds ---------------------------------------------------------------
+
+  private newRound(name: string, spec: TrainingRoundSpec): TrainingRound {
+    const at = this.iso();
+    const round: TrainingRound = {
+      apiVersion: FL_API_VERSION,
+      kind: 'TrainingRound',
+      metadata: { name, uid: randomUUID(), creationTimestamp: at },
+      spec,
+      status: {
+        phase: 'Pending',
+        participants: spec.participants.map((propletId) => ({ propletId, phase: 'Pending' })),
+        updatesReceived: 0,
+        updatesRequired: spec.kOfN,
+        refused: { late: 0, notParticipant: 0, stale: 0, invalid: 0 },
+        restarts: 0,
+        conditions: [],
+      },
+    };
+    this.saveRound(round);
+    return round;
+  }
+
+  /** Creates the round's tasks and opens it for updates. */
+  private async startRound(name: string): Promise<void> {
+    let r = this.o.store.flRounds.get(name);
+    if (!r || r.status.phase !== 'Pending' || this.closed) return;
+    const { spec } = r;
+    if (spec.participants.length < spec.kOfN) {
+      return this.failRound(r, 'NotEnoughParticipants', `${spec.participants.length} participants available, ${spec.kOfN} required`);
+    }
+    let reference: Model;
+    let moduleBytes: Uint8Array | undefined;
+    try {
+      const modelRef = await this.storeRef(spec.modelRef, 'model');
+      reference = decodeModel(this.o.store.getModule(modelRef)!);
+      if (modelRef !== spec.modelRef) spec.modelRef = modelRef;
+      if (spec.taskWasmImage.startsWith('sha256:')) {
+        moduleBytes = this.o.store.getModule(spec.taskWasmImage);
+        if (!moduleBytes) throw new Error(`module ${spec.taskWasmImage} is not in the module store (POST /modules)`);
+      }
+    } catch (e) {
+      r = this.o.store.flRounds.get(name);
+      if (r) this.failRound(r, 'ModelUnavailable', (e as Error).message);
+      return;
+    }
+    r = this.o.store.flRounds.get(name);
+    if (!r || r.status.phase !== 'Pending' || this.closed) return;
+    let aggregator: Aggregator;
+    try {
+      aggregator = createAggregator(spec.aggregator?.algorithm ?? 'fedavg', reference, spec.aggregator?.config);
+    } catch (e) {
+      return this.failRound(r, 'InvalidAggregator', (e as Error).message);
+    }
+    const at = this.now();
+    r.status.phase = 'Running';
+    r.status.startTime = new Date(at).toISOString();
+    r.status.deadline = new Date(at + spec.timeoutSeconds * 1000).toISOString();
+    const live: LiveRound = { aggregator, streams: new Map(), byTask: new Map(), graceTimers: new Set() };
+    const hyper = JSON.stringify(spec.hyperparams ?? {});
+    const modelUri = this.o.modelUri(spec.modelRef);
+    spec.participants.forEach((propletId, index) => {
+      const env: Record<string, string> = {
+        ROUND_ID: name,
+        MODEL_URI: modelUri,
+        MODEL_DIGEST: spec.modelRef,
+        HYPERPARAMS: substitute(hyper, index, spec.participants.length),
+        FL_INDEX: String(index),
+        FL_REPLICAS: String(spec.participants.length),
+      };
+      if (spec.federatedJobRef) env.FL_JOB = spec.federatedJobRef.name;
+      const task = this.o.tasks.create({
+        name: `${name}-${index}`,
+        ...(moduleBytes ? { file: moduleBytes } : { image_url: spec.taskWasmImage }),
+        cli_args: [],
+        inputs: [],
+        env,
+        daemon: false,
+        proplet_id: propletId,
+        resources: {},
+        labels: { [ROUND_LABEL]: name, ...(spec.federatedJobRef ? { [JOB_LABEL]: spec.federatedJobRef.name } : {}) },
+        timeout_ms: spec.timeoutSeconds * 1000,
+      });
+      this.o.metrics.taskCreated();
+      const p = r!.status.participants[index]!;
+      p.taskId = task.id;
+      p.phase = 'Pending';
+      live.byTask.set(task.id, propletId);
+    });
+    setCondition(r.status.conditions, condition('RoundActive', 'True', 'RoundStarted', `waiting for ${spec.kOfN} of ${spec.participants.length} updates`, r.status.startTime));
+    setCondition(r.status.conditions, condition('ParticipantsReady', 'Unknown', 'TasksCreated', `${spec.participants.length} tasks created`, r.status.startTime));
+    this.live.set(name, live);
+    this.saveRound(r);
+    live.timer = setTimeout(() => this.onDeadline(name), Math.max(0, spec.timeoutSeconds * 1000));
+    this.o.log('info', 'round started', { round: name, participants: spec.participants.length, k: spec.kOfN });
+    for (const p of r.status.participants) {
+      try {
+        this.o.tasks.start(p.taskId!);
+      } catch (e) {
+        if (!(e instanceof TaskError)) throw e;
+        this.participantFailed(name, p.propletId, e.message);
+      }
+    }
+  }
+
+  /** A model or module reference as a store digest: fetched and stored first when it is a URL. */
+  private async storeRef(ref: string, what: 'model' | 'module'): Promise<string> {
+    if (ref.startsWith('sha256:')) {
+      if (!this.o.store.getModule(ref)) throw new Error(`${ref} is not in the ${what} store`);
+      return ref;
+    }
+    const bytes = await this.o.fetch(ref);
+    if (bytes.length > MAX_MODEL_BYTES) throw new Error(`${bytes.length} bytes, more than ${MAX_MODEL_BYTES}`);
+    return this.putModel(bytes);
+  }
+
+  private onDeadline(name: string): void {
+    const r = this.o.store.flRounds.get(name);
+    if (!r || r.status.phase !== 'Running') return;
+    this.failRound(r, 'Timeout', `timed out after ${r.spec.timeoutSeconds} s with ${r.status.updatesReceived} of ${r.spec.kOfN} required updates`);
+  }
+
+  private onTask(t: Task): void {
+    const name = t.labels[ROUND_LABEL];
+    if (!name) return;
+    const live = this.live.get(name);
+    const propletId = live?.byTask.get(t.id);
+    if (!live || !propletId) return;
+    const r = this.o.store.flRounds.get(name);
+    const p = r?.status.participants.find((x) => x.propletId === propletId);
+    if (!r || !p || p.taskId !== t.id || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
+    if (t.state === 'Running' && p.phase === 'Pending') {
+      p.phase = 'Running';
+      this.saveRound(r);
+      return;
+    }
+    if (!TERMINAL.has(t.state)) return;
+    if (t.state === 'Completed') {
+      // the update travels on its own topic and may arrive just after the result
+      const timer = setTimeout(() => {
+        live.graceTimers.delete(timer);
+        this.participantFailed(name, propletId, 'the task completed without sending an update', t.id);
+      }, this.o.noUpdateGraceMs ?? 2000);
+      live.graceTimers.add(timer);
+      return;
+    }
+    this.participantFailed(name, propletId, t.error ?? `task ${t.state.toLowerCase()}`, t.id);
+  }
+
+  private participantFailed(name: string, propletId: string, reason: string, taskId?: string): void {
+    const r = this.o.store.flRounds.get(name);
+    if (!r || r.status.phase !== 'Running') return;
+    const p = r.status.participants.find((x) => x.propletId === propletId);
+    if (!p || (taskId && p.taskId !== taskId) || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
+    p.phase = 'Failed';
+    p.reason = reason;
+    this.o.log('warn', 'round participant failed', { round: name, proplet_id: propletId, reason });
+    this.live.get(name)?.aggregator.abort(propletId);
+    this.saveRound(r);
+    this.checkReachable(r);
+  }
+
+  /** Fails the round as soon as k updates can no longer arrive. */
+  private checkReachable(r: TrainingRound): void {
+    const out = r.status.participants.filter((p) => p.phase === 'Failed' || p.phase === 'Refused').length;
+    const possible = r.status.participants.length - out;
+    if (possible < r.spec.kOfN) {
+      this.failRound(r, 'NotEnoughUpdates', `only ${possible} of ${r.status.participants.length} participants can still send an update, ${r.spec.kOfN} required`);
+    }
+  }
+
+  // --- updates --------------------------------------------------------------
+
+  /** One fl.update message (already validated by the protocol layer). */
+  onUpdate(msg: FlUpdate): UpdateOutcome {
+    const outcome = this.applyUpdate(msg);
+    this.o.metrics.update(outcome);
+    if (outcome !== 'accepted' && outcome !== 'partial' && outcome !== 'duplicate') {
+      this.o.log('warn', 'fl update refused', { round: msg.round_id, proplet_id: msg.proplet_id, reason: outcome });
+    }
+    return outcome;
+  }
+
+  private applyUpdate(msg: FlUpdate): UpdateOutcome {
+    const r = this.o.store.flRounds.get(msg.round_id);
+    if (!r) return 'unknown_round';
+    const p = r.status.participants.find((x) => x.propletId === msg.proplet_id);
+    const live = this.live.get(r.metadata.name);
+    if (!p) return this.refuse(r, 'notParticipant', 'not_participant');
+    if (p.taskId !== msg.task_id) return this.refuse(r, 'stale', 'stale');
+    if (r.status.phase !== 'Running' || !live) {
+      if (p.phase === 'Submitted') return 'duplicate';
+      return this.refuse(r, 'late', 'late');
+    }
+    if (p.phase === 'Submitted') return 'duplicate';
+    if (p.phase === 'Refused' || p.phase === 'Failed') return this.refuse(r, 'invalid', 'failed_participant');
+    if (msg.error !== undefined) {
+      this.participantFailed(r.metadata.name, p.propletId, `participant: ${msg.error}`);
+      return 'failed_participant';
+    }
+    const metrics = clientMetrics(msg.metrics);
+    const agg = live.aggregator;
+    try {
+      if (msg.num_samples === undefined) throw new UpdateError('samples', 'num_samples is required');
+      if (msg.model !== undefined) {
+        if (msg.parts !== undefined) throw new UpdateError('invalid', 'give model or parts, not both');
+        agg.addEncoded(p.propletId, msg.num_samples, msg.model, metrics);
+      } else {
+        if (msg.parts === undefined || msg.part === undefined || msg.tensor === undefined || msg.offset === undefined || msg.data === undefined) {
+          throw new UpdateError('invalid', 'an update needs model, or parts with part, tensor, offset and data');
+        }
+        let s = live.streams.get(p.propletId);
+        if (!s) {
+          agg.begin(p.propletId, msg.num_samples, metrics);
+          live.streams.set(p.propletId, (s = { parts: msg.parts, seen: new Set() }));
+        }
+        if (msg.parts !== s.parts || msg.part >= s.parts) throw new UpdateError('shape', `part ${msg.part} of ${msg.parts} does not fit a stream of ${s.parts} parts`);
+        if (s.seen.has(msg.part)) return 'duplicate';
+        s.seen.add(msg.part);
+        agg.addChunk(p.propletId, msg.tensor, msg.offset, msg.data);
+        if (s.seen.size < s.parts) {
+          if (p.phase === 'Pending') p.phase = 'Running';
+          return 'partial';
+        }
+        live.streams.delete(p.propletId);
+        agg.commit(p.propletId);
+      }
+    } catch (e) {
+      if (!(e instanceof UpdateError)) throw e;
+      live.streams.delete(p.propletId);
+      agg.abort(p.propletId);
+      p.phase = 'Refused';
+      p.reason = `${e.reason}: ${e.message}`;
+      r.status.refused.invalid++;
+      this.saveRound(r);
+      this.checkReachable(r);
+      return e.reason === 'shape' || e.reason === 'non_finite' || e.reason === 'samples' || e.reason === 'capacity' ? e.reason : 'invalid';
+    }
+    p.phase = 'Submitted';
+    p.numSamples = msg.num_samples;
+    if (msg.metrics) p.metrics = msg.metrics;
+    delete p.reason;
+    r.status.updatesReceived = agg.count;
+    if (agg.count >= r.spec.kOfN) this.aggregate(r, live);
+    else this.saveRound(r);
+    return 'accepted';
+  }
+
+  private refuse(r: TrainingRound, counter: keyof TrainingRound['status']['refused'], outcome: UpdateOutcome): UpdateOutcome {
+    r.status.refused[counter]++;
+    this.saveRound(r);
+    return outcome;
+  }
+
+  /** k updates are in: the aggregate becomes a checkpoint and the round completes. */
+  private aggregate(r: TrainingRound, live: LiveRound): void {
+    const name = r.metadata.name;
+    r.status.phase = 'Aggregating';
+    setCondition(r.status.conditions, condition('AggregationComplete', 'False', 'Aggregating', `aggregating ${live.aggregator.count} updates`, this.iso()));
+    this.saveRound(r);
+    const started = performance.now();
+    const m = live.aggregator.metrics();
+    const participants = live.aggregator.participants();
+    let bytes: Uint8Array;
+    try {
+      const model = live.aggregator.finish();
+      model.meta = { ...(model.meta ?? {}), round: r.spec.round ?? 1, ...(r.spec.federatedJobRef ? { job: r.spec.federatedJobRef.name } : {}) };
+      bytes = encodeModel(model);
+    } catch (e) {
+      return this.failRound(r, 'AggregationFailed', (e as Error).message);
+    }
+    this.o.metrics.aggregation((performance.now() - started) / 1000);
+    const ref = modelDigest(bytes);
+    const job = r.spec.federatedJobRef?.name;
+    const n = r.spec.round ?? 1;
+    const cp: ModelCheckpoint = {
+      apiVersion: FL_API_VERSION,
+      kind: 'ModelCheckpoint',
+      metadata: { name: job ? checkpointName(job, n) : `model-${name}`, uid: randomUUID(), creationTimestamp: this.iso(), labels: job ? { [JOB_LABEL]: job, [ROUND_LABEL]: name } : { [ROUND_LABEL]: name } },
+      spec: {
+        ...(job ? { federatedJobRef: { name: job } } : {}),
+        roundRef: { name },
+        modelRef: ref,
+        algorithm: live.aggregator.algorithm,
+        metadata: {
+          totalSamples: m.totalSamples,
+          numParticipants: m.updates,
+          participants,
+          round: n,
+          metrics: { ...(m.loss !== undefined ? { loss: m.loss } : {}), ...(m.accuracy !== undefined ? { accuracy: m.accuracy } : {}) },
+        },
+      },
+      status: { phase: 'Uploading' },
+    };
+    this.saveCheckpoint(cp);
+    try {
+      this.o.store.putModule(ref, bytes);
+      cp.status = { phase: 'Ready', uploadTime: this.iso(), sizeBytes: bytes.length, sha256: ref.slice('sha256:'.length) };
+    } catch (e) {
+      cp.status = { phase: 'Failed', message: (e as Error).message };
+      this.saveCheckpoint(cp);
+      return this.failRound(r, 'CheckpointFailed', `storing the aggregate: ${(e as Error).message}`);
+    }
+    const at = this.iso();
+    r.status.phase = 'Completed';
+    r.status.endTime = at;
+    r.status.aggregatedModelRef = ref;
+    r.status.checkpoint = cp.metadata.name;
+    r.status.metrics = { totalSamples: m.totalSamples, ...(m.loss !== undefined ? { loss: m.loss } : {}), ...(m.accuracy !== undefined ? { accuracy: m.accuracy } : {}) };
+    r.status.message = `aggregated ${m.updates} of ${r.status.participants.length} updates (${m.totalSamples} samples)`;
+    setCondition(r.status.conditions, condition('AggregationComplete', 'True', 'AggregationComplete', r.status.message, at));
+    setCondition(r.status.conditions, condition('RoundActive', 'False', 'RoundCompleted', r.status.message, at));
+    // one write: a crash cannot leave the round completed without its checkpoint
+    this.o.store.atomically(() => {
+      this.o.store.flCheckpoints.put(cp.metadata.name, cp);
+      this.o.store.flRounds.put(name, r);
+      const j = job ? this.o.store.flJobs.get(job) : undefined;
+      if (j) {
+        this.countCompleted(j, r);
+        this.o.store.flJobs.put(j.metadata.name, j);
+      }
+    });
+    this.emit('checkpoint', cp);
+    this.emit('round', r);
+    if (job && this.o.store.flJobs.get(job)) this.emit('job', this.o.store.flJobs.get(job)!);
+    this.o.log('info', 'round completed', { round: name, updates: m.updates, samples: m.totalSamples, loss: m.loss, accuracy: m.accuracy, model: ref });
+    this.o.metrics.roundEnded('Completed', secondsSince(r.status.startTime, at));
+    this.closeRound(r);
+    if (job) void this.advance(job);
+  }
+
+  private failRound(r: TrainingRound, reason: string, message: string, advance = true): void {
+    const at = this.iso();
+    const wasRunning = r.status.phase === 'Running' || r.status.phase === 'Aggregating';
+    r.status.phase = 'Failed';
+    r.status.endTime = at;
+    r.status.message = message;
+    setCondition(r.status.conditions, condition('RoundActive', 'False', reason, message, at));
+    this.saveRound(r);
+    this.o.log('warn', 'round failed', { round: r.metadata.name, reason, message });
+    if (wasRunning) this.o.metrics.roundEnded('Failed', secondsSince(r.status.startTime, at));
+    this.closeRound(r);
+    const job = r.spec.federatedJobRef?.name;
+    if (job && advance) void this.advance(job);
+  }
+
+  /** Ends a round's live state; tasks that are still out are stopped (their updates would be refused as late anyway). */
+  private closeRound(r: TrainingRound): void {
+    const live = this.live.get(r.metadata.name);
+    if (live) {
+      this.disarm(live);
+      this.live.delete(r.metadata.name);
+    }
+    let changed = false;
+    for (const p of r.status.participants) {
+      if (p.phase !== 'Pending' && p.phase !== 'Running') continue;
+      p.phase = 'Stopped';
+      p.reason = `round ${r.status.phase.toLowerCase()} before its update`;
+      changed = true;
+      const t = p.taskId ? this.o.tasks.get(p.taskId) : undefined;
+      if (t && !TERMINAL.has(t.state) && (t.start_requested || t.state !== 'Pending')) this.o.tasks.stop(t.id);
+    }
+    if (changed) this.saveRound(r);
+  }
+
+  private resetRound(r: TrainingRound, why: string): void {
+    const stale = r.status.participants.map((p) => p.taskId).filter((x): x is string => !!x);
+    for (const id of stale) {
+      const t = this.o.tasks.get(id);
+      if (t && !TERMINAL.has(t.state) && (t.start_requested || t.state !== 'Pending')) this.o.tasks.stop(id);
+    }
+    r.status.phase = 'Pending';
+    r.status.participants = r.spec.participants.map((propletId) => ({ propletId, phase: 'Pending' }) satisfies RoundParticipantStatus);
+    r.status.updatesReceived = 0;
+    r.status.message = why;
+    delete r.status.startTime;
+    delete r.status.deadline;
+    this.saveRound(r);
+  }
+
+  private disarm(l: LiveRound): void {
+    if (l.timer) clearTimeout(l.timer);
+    for (const t of l.graceTimers) clearTimeout(t);
+    l.graceTimers.clear();
+  }
+
+  // --- persistence ----------------------------------------------------------
+
+  private saveJob(j: FederatedJob): void {
+    this.o.store.flJobs.put(j.metadata.name, j);
+    this.emit('job', j);
+  }
+  private saveRound(r: TrainingRound): void {
+    this.o.store.flRounds.put(r.metadata.name, r);
+    this.emit('round', r);
+  }
+  private saveCheckpoint(c: ModelCheckpoint): void {
+    this.o.store.flCheckpoints.put(c.metadata.name, c);
+    this.emit('checkpoint', c);
+  }
+  private iso(): string {
+    return new Date(this.now()).toISOString();
+  }
+}
+
+function isFinal(r: TrainingRound): boolean {
+  return r.status.phase === 'Completed' || r.status.phase === 'Failed';
+}
+
+function secondsSince(from: string | undefined, to: string): number {
+  return from ? Math.max(0, (Date.parse(to) - Date.parse(from)) / 1000) : 0;
+}
+
+function clientMetrics(m: Record<string, number> | undefined): { loss?: number; accuracy?: number } | undefined {
+  if (!m) return undefined;
+  const out: { loss?: number; accuracy?: number } = {};
+  if (m.loss !== undefined) out.loss = m.loss;
+  if (m.accuracy !== undefined) out.accuracy = m.accuracy;
+  return out;
+}
+
+/** `{index}` and `{replicas}` in hyperparameter strings (the flower-operator's placeholders). */
+export function substitute(json: string, index: number, replicas: number): string {
+  return json.replaceAll('{index}', String(index)).replaceAll('{replicas}', String(replicas));
+}
