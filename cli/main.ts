@@ -2,6 +2,7 @@
 
 import { ApiError } from '../control-plane/client.ts';
 import { parse, UsageError, type Command } from './args.ts';
+import { flCheckpoints, flGet, flModelPull, flRun, flWatch } from './fl.ts';
 import { modulePull, modulePush } from './module.ts';
 import { proplet } from './proplet.ts';
 import { serve } from './serve.ts';
@@ -24,6 +25,11 @@ const COMMANDS: Record<string, Command> = {
   'task delete': taskDelete,
   'module push': modulePush,
   'module pull': modulePull,
+  'fl run': flRun,
+  'fl watch': flWatch,
+  'fl get': flGet,
+  'fl checkpoints': flCheckpoints,
+  'fl model pull': flModelPull,
   sim,
   watch,
 };
@@ -52,9 +58,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(overview());
     return argv.length === 0 ? 2 : 0;
   }
-  const two = `${argv[0]} ${argv[1] ?? ''}`;
-  const [name, rest] = COMMANDS[two] ? [two, argv.slice(2)] : [argv[0]!, argv.slice(1)];
-  const cmd = COMMANDS[name];
+  // the longest command name the arguments start with: 'fl model pull', 'task run', 'serve'
+  const words = [3, 2, 1].find((n) => COMMANDS[argv.slice(0, n).join(' ')]) ?? 1;
+  const cmd = COMMANDS[argv.slice(0, words).join(' ')];
+  const rest = argv.slice(words);
   if (!cmd) {
     const group = Object.keys(COMMANDS).filter((k) => k.startsWith(`${argv[0]} `));
     const hint = group.length ? `; try one of: ${group.join(', ')}` : "; run 'propeller --help' for the list";

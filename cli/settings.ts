@@ -1,5 +1,6 @@
 // Settings every command shares, from flags first, then env, then defaults.
 
+import { ControlPlaneClient } from '../control-plane/client.ts';
 import { scope, TopicError, type Scope } from '../topics/index.ts';
 import { UsageError, str, type Options } from './args.ts';
 
@@ -31,6 +32,11 @@ export function apiFrom(values: Record<string, unknown>, env = process.env): { u
   if (!/^https?:\/\//.test(url)) throw new UsageError(`--api must be an http(s) URL, got ${JSON.stringify(url)}`);
   const token = str(values.token) ?? env.PROPELLER_API_TOKEN;
   return token ? { url, token } : { url };
+}
+
+export function apiClient(values: Record<string, unknown>): ControlPlaneClient {
+  const { url, token } = apiFrom(values);
+  return new ControlPlaneClient(url, token);
 }
 
 export function dataDirFrom(values: Record<string, unknown>, env = process.env): string {

@@ -5,16 +5,10 @@ import { basename } from 'node:path';
 import { ApiError, ControlPlaneClient, type TaskSpec } from '../control-plane/client.ts';
 import type { Task } from '../control-plane/model.ts';
 import { UsageError, int, pairs, str, type Command } from './args.ts';
-import { apiFrom, apiHelp, apiOptions } from './settings.ts';
+import { print, table } from './output.ts';
+import { apiClient, apiHelp, apiOptions } from './settings.ts';
 
-const client = (v: Record<string, unknown>) => {
-  const { url, token } = apiFrom(v);
-  return new ControlPlaneClient(url, token);
-};
-
-const print = (x: unknown): void => {
-  process.stdout.write(JSON.stringify(x, null, 2) + '\n');
-};
+const client = apiClient;
 
 const specOptions = {
   name: { type: 'string' },
@@ -195,9 +189,3 @@ export const propletAdd: Command = {
     print(await client(v).addProplet(one(pos, 'proplet id')));
   },
 };
-
-function table(head: string[], rows: string[][]): void {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((x, i) => x.padEnd(w[i]!)).join('  ').trimEnd();
-  process.stdout.write([line(head), ...rows.map(line)].join('\n') + '\n');
-}
