@@ -36,6 +36,7 @@ export const serve: Command = {
     'log-level': { type: 'string' },
     config: { type: 'string' },
     scheduler: { type: 'string' },
+    'public-url': { type: 'string' },
   },
   help: `  --host ADDR            address the broker and HTTP API listen on (default 127.0.0.1)
   --mqtt-port N          embedded broker port (env PROPELLER_MQTT_PORT, default 1883)
@@ -53,6 +54,8 @@ export const serve: Command = {
   --log-level LEVEL      debug, info, warn, error or silent (default info)
   --config FILE          YAML settings shaped like the seed's propeller-config (scheduler, healthMonitor)
   --scheduler TYPE       round-robin, least-loaded, random, resource-aware or hybrid (env SCHEDULER_TYPE, default hybrid)
+  --public-url URL       this API's address as proplets reach it, for FL tasks' MODEL_URI (env PROPELLER_PUBLIC_URL,
+                         default http://HOST:HTTP_PORT)
 ${scopeHelp}
   Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
   async run(v) {
@@ -106,6 +109,8 @@ ${scopeHelp}
       mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
+    const publicUrl = str(v['public-url']) ?? env.PROPELLER_PUBLIC_URL;
+    if (publicUrl !== undefined && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new UsageError(`--public-url must be an http(s) URL, got ${JSON.stringify(publicUrl)}`);
     const cp = new ControlPlane({
       scope: sc,
       mqtt,
@@ -117,6 +122,7 @@ ${scopeHelp}
       ...(file.maxAttempts !== undefined ? { maxAttempts: file.maxAttempts } : {}),
       log,
       defaultMetrics: true,
+      ...(publicUrl ? { publicUrl } : {}),
       ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {
               creds.delete(id);
               broker?.disconnect(id);

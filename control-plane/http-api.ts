@@ -20,7 +20,7 @@ export interface HttpApiOptions {
   /** JSON bodies (a task with an inline base64 module is the largest). */
   maxBodyBytes?: number;
   maxUploadBytes?: number;
-  /** When set, every request but /health and /metrics needs `Authorization: Bearer <token>`. */
+  /** When set, every request but /health, /metrics and GET /models/{ref} needs `Authorization: Bearer <token>`. */
   token?: string;
   tasks: TaskService;
   registry: Registry;
@@ -218,7 +218,9 @@ export class HttpApi {
         this.o.metrics.httpRequests.inc({ method, code: '200' });
         return;
       }
-      if (this.o.token && url.pathname !== '/health' && req.headers.authorization !== `Bearer ${this.o.token}`) {
+      // models are fetched by content digest (unguessable, immutable) by proplets that hold no API token
+      const open = url.pathname === '/health' || (method === 'GET' && url.pathname.startsWith('/models/'));
+      if (this.o.token && !open && req.headers.authorization !== `Bearer ${this.o.token}`) {
         throw new HttpError(401, 'missing or wrong bearer token');
       }
       const matching = this.routes.filter((r) => r.re.test(url.pathname));
