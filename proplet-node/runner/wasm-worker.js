@@ -579,8 +579,10 @@ function runJob(job) {
 }
 
 /**
- * A failure while memory sits at the runner's cap is reported as the memory
- * limit; a module that somehow got past the limit fails after the fact.
+ * A trap while memory sits at the runner's cap is reported as the memory
+ * limit (a refused memory.grow often ends in one); a module that exits with a
+ * code of its own chose to, and keeps its reason. A module that somehow got
+ * past the limit fails after the fact.
  * @param {Job} job @param {WebAssembly.Memory | null} memory @param {Outcome} outcome
  * @returns {Outcome}
  */
@@ -591,7 +593,7 @@ function checkMemory(job, memory, outcome) {
   if (size > job.limitBytes) {
     return { ...outcome, ok: false, error: `${limit} (memory grew to ${size} bytes)` };
   }
-  if (!outcome.ok && job.capped && size + PAGE > job.limitBytes) {
+  if (!outcome.ok && outcome.exitCode == null && job.capped && size + PAGE > job.limitBytes) {
     return { ...outcome, error: `${limit} (${outcome.error})` };
   }
   return outcome;
