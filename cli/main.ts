@@ -3,6 +3,7 @@
 import { ApiError } from '../control-plane/client.ts';
 import { parse, UsageError, type Command } from './args.ts';
 import { flCheckpoints, flGet, flModelPull, flRun, flWatch } from './fl.ts';
+import { k8sManifests } from './k8s.ts';
 import { modulePull, modulePush } from './module.ts';
 import { proplet } from './proplet.ts';
 import { serve } from './serve.ts';
@@ -30,6 +31,7 @@ const COMMANDS: Record<string, Command> = {
   'fl get': flGet,
   'fl checkpoints': flCheckpoints,
   'fl model pull': flModelPull,
+  'k8s manifests': k8sManifests,
   sim,
   watch,
 };

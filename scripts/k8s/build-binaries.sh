@@ -42,8 +42,31 @@ case "${1:-}" in
   *) die "unknown argument '$1' (use --check or --force)" ;;
 esac
 
+# What cluster.sh needs beside the binaries (a fresh machine may have the cache but not these).
+runtime_missing() {
+  command -v etcd >/dev/null 2>&1 || echo etcd-server
+  command -v openssl >/dev/null 2>&1 || echo openssl
+}
+
+install_runtime() {
+  local missing
+  missing=$(runtime_missing | xargs)
+  [ -n "$missing" ] || return 0
+  [ "$(id -u)" = 0 ] || die "missing Debian packages $missing, and not root to install them"
+  say "installing Debian packages: $missing"
+  apt-get update >/dev/null 2>&1 || die "apt-get update failed"
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-upgrade $missing >/dev/null 2>&1 \
+    || die "apt-get install $missing failed"
+}
+
 if [ "$MODE" = check ]; then
   if check_cached; then
+    missing=$(runtime_missing | xargs)
+    if [ -n "$missing" ]; then
+      say "cached binaries ok in $BIN, but missing Debian packages: $missing"
+      exit 1
+    fi
     say "ok: $(head -n1 "$STAMP") in $BIN"
     exit 0
   fi
@@ -52,12 +75,13 @@ if [ "$MODE" = check ]; then
 fi
 
 if [ "$MODE" = build ] && check_cached; then
+  install_runtime
   say "reusing cached binaries ($(head -n1 "$STAMP"))"
   echo "$BIN"
   exit 0
 fi
 
-[ "$(id -u)" = 0 ] || die "must run as root (apt-get install / apt-get source)"
+[ "$(id -u)" = 0 ] || die "must run as root to build the Kubernetes binaries (apt-get install / apt-get source; once, then cached in $CACHE): sudo $0"
 mkdir -p "$CACHE"
 : >"$LOG"
 

@@ -1,0 +1,151 @@
+// A throwaway real Kubernetes control plane (etcd, kube-apiserver,
+// kube-controller-manager 1.20.2) for one test file, from scripts/k8s/. It is
+// started once per file and stopped after it; PROPELLER_K8S_OWNER_PID makes it
+// stop also when the test process dies.
+//
+// Without the binaries (scripts/k8s/build-binaries.sh builds them once into
+// /var/cache/propeller-k8s, or $PROPELLER_K8S_CACHE) the file's tests are
+// skipped with one line saying what is missing and how to build it.
+//
+//   const k8s = k8sCluster(test);      // registers before / after.always
+//   k8s.test('...', async (t) => { await k8s.kubectl(['get', 'ns']); });   // serial, in order
+
+import type { ExecutionContext, TestFn } from 'ava';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const execFileP = promisify(execFile);
+const SCRIPTS = new URL('../../scripts/k8s/', import.meta.url).pathname;
+export const K8S_CACHE = process.env.PROPELLER_K8S_CACHE ?? '/var/cache/propeller-k8s';
+const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kubectl'];
+
+/** What is missing to run a cluster, as one line, or undefined when nothing is. */
+export function k8sMissing(): string | undefined {
+  const missing = BINARIES.filter((b) => {
+    try {
+      accessSync(join(K8S_CACHE, 'bin', b), constants.X_OK);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  let usable = missing.length === 0;
+  if (usable) {
+    try {
+      execFileSync(join(SCRIPTS, 'build-binaries.sh'), ['--check'], { stdio: 'ignore', env: { ...process.env, PROPELLER_K8S_CACHE: K8S_CACHE } });
+    } catch {
+      usable = false;
+    }
+  }
+  const what = missing.length ? `${missing.join(', ')} in ${K8S_CACHE}/bin` : usable ? '' : `working binaries in ${K8S_CACHE}/bin (build-binaries.sh --check failed)`;
+  let etcd = true;
+  try {
+    execFileSync('sh', ['-c', 'command -v etcd'], { stdio: 'ignore' });
+  } catch {
+    etcd = false;
+  }
+  const all = [what, etcd ? '' : 'etcd (Debian etcd-server)'].filter(Boolean);
+  if (!all.length) return undefined;
+  return `missing ${all.join(' and ')}; build them with: npm run test:k8s (as root), or sudo scripts/k8s/build-binaries.sh`;
+}
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Cluster {
+  dir: string;
+  /** DIR/env: KUBECONFIG, APISERVER, KUBECTL (the 1.20.2 build, not /usr/bin/kubectl), K8S_TOKEN, ... */
+  env: Record<string, string>;
+  /** Runs $KUBECTL against the cluster; never throws on a non-zero exit. */
+  kubectl(args: string[], input?: string): Promise<Run>;
+}
+
+export interface K8sTests {
+  /** `test.serial` (one cluster, tests in order), or `test.serial.skip` when the binaries are missing. */
+  test(title: string, impl: (t: ExecutionContext) => Promise<void> | void): void;
+  cluster(): Cluster;
+  kubectl(args: string[], input?: string): Promise<Run>;
+}
+
+/** Runs a command with optional stdin; resolves with its exit code and output. */
+export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+    });
+    p.stdin.end(opts.input ?? '');
+  });
+}
+
+function readEnv(file: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return env;
+}
+
+export async function startCluster(): Promise<Cluster & { stop(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'propeller-k8s-'));
+  const script = join(SCRIPTS, 'cluster.sh');
+  try {
+    await execFileP(script, ['start', dir], { env: { ...process.env, PROPELLER_K8S_CACHE: K8S_CACHE, PROPELLER_K8S_OWNER_PID: String(process.pid) } });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    const err = e as { stdout?: string; stderr?: string; message: string };
+    throw new Error(`cluster.sh start failed: ${(err.stderr || err.stdout || err.message).trim()}`);
+  }
+  const env = readEnv(join(dir, 'env'));
+  const kubeEnv = { ...process.env, KUBECONFIG: env.KUBECONFIG! };
+  return {
+    dir,
+    env,
+    kubectl: (args, input) => run(env.KUBECTL!, args, { input, env: kubeEnv }),
+    async stop() {
+      await execFileP(script, ['stop', dir]).catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One cluster for the test file, started before its tests and stopped after them. */
+export function k8sCluster(test: TestFn): K8sTests {
+  const missing = k8sMissing();
+  if (missing) {
+    process.stdout.write(`Kubernetes tests skipped: ${missing}\n`);
+    return {
+      test: (title, impl) => test.serial.skip(title, impl),
+      cluster: () => {
+        throw new Error('no cluster');
+      },
+      kubectl: () => Promise.reject(new Error('no cluster')),
+    };
+  }
+  let c: Awaited<ReturnType<typeof startCluster>> | undefined;
+  test.before(async () => {
+    c = await startCluster();
+  });
+  test.after.always(async () => {
+    await c?.stop();
+  });
+  const cluster = () => {
+    if (!c) throw new Error('the cluster did not start');
+    return c;
+  };
+  return { test: (title, impl) => test.serial(title, impl), cluster, kubectl: (args, input) => cluster().kubectl(args, input) };
+}
