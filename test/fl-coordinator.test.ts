@@ -235,3 +235,45 @@ spec:
   t.regex((await s.api.getFlJob('fl-mnist-experiment')).status.message!, /initial model oci:\/\/127\.0\.0\.1:1\/models\/mnist:v1/);
   t.is((await post(yaml, 'application/yaml')).status, 409);
 });
+
+test('a standalone TrainingRound (the seed\'s manifest) runs on its own; participants by selector; the seed\'s metrics are exported', async (t) => {
+  await participant('sa-a', (_s, ref) => ({ model: model([ref.tensors[0]!.data[0]! + 2, 2], 2), samples: 5 }));
+  await participant('sa-b', (_s, ref) => ({ model: model([ref.tensors[0]!.data[0]! + 4, 4], 4), samples: 15 }));
+  const { ref } = await s.api.pushModel(encodeModel(model([0, 0], 0)));
+  const { digest } = await s.api.pushModule(new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]));
+  await s.api.createFlRound({
+    apiVersion: 'propeller.absmach.io/v1alpha1',
+    kind: 'TrainingRound',
+    metadata: { name: 'round-1-solo' },
+    spec: { roundId: 'round-1', modelRef: ref, taskWasmImage: digest, participants: ['sa-a', 'sa-b'], hyperparams: { learningRate: 0.01, shard: '{index}/{replicas}' }, kOfN: 2, timeoutSeconds: 20 },
+  });
+  await until(async () => (await s.api.getFlRound('round-1-solo')).status.phase === 'Completed', 'standalone round completed', 10_000);
+  const r = await s.api.getFlRound('round-1-solo');
+  t.is(decodeModel(await s.api.pullModel(r.status.aggregatedModelRef!)).tensors[0]!.data[0], 3.5, '(5·2 + 15·4)/20');
+  t.is(r.status.checkpoint, 'model-round-1-solo');
+
+  // participants chosen by a PropletGroup's selector among the alive proplets
+  await fetch(`${s.apiUrl}/proplet-groups`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'none-such', selector: { matchLabels: { zone: 'nowhere' } } }) });
+  await job('sel', [], { participants: undefined, participantSelector: { propletGroup: 'none-such' }, rounds: { total: 1 }, kOfN: 1 });
+  await until(async () => (await s.api.getFlJob('sel')).status.phase === 'Failed', 'selector job failed', 10_000);
+  t.regex((await s.api.getFlJob('sel')).status.message!, /round 1 failed: 0 participants available, 1 required/);
+
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  for (const name of ['propeller_federatedjobs_total{phase="Failed"}', 'propeller_trainingrounds_total{phase="Completed"}', 'propeller_rounds_active', 'propeller_jobs_created_total', 'propeller_fl_updates_total{result="accepted"}']) {
+    t.true(text.split('\n').some((l) => l.startsWith(name + ' ') && Number(l.split(' ').at(-1)) >= 0), `${name} exported`);
+  }
+  t.true(Number(text.split('\n').find((l) => l.startsWith('propeller_jobs_created_total '))!.split(' ')[1]) >= 2);
+});
+
+test('deleting a running job stops its round and its tasks first; its history stays', async (t) => {
+  const a = await participant('del-a', () => ({ none: true }));
+  await job('del', ['del-a'], { kOfN: 1, rounds: { total: 3 } });
+  await until(() => a.starts.length === 1, 'task started');
+  await until(async () => (await s.api.getTask(a.starts[0]!.id)).state === 'Running', 'task running');
+  await s.api.deleteFlJob('del');
+  await t.throwsAsync(s.api.getFlJob('del'), { message: /FederatedJob del not found/ });
+  const r = await s.api.getFlRound('round-1-del');
+  t.is(r.status.phase, 'Failed');
+  t.regex(r.status.message!, /FederatedJob del was deleted/);
+  t.is((await s.api.getTask(a.starts[0]!.id)).state, 'Stopped');
+});

@@ -94,6 +94,8 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
   private live = new Map<string, LiveRound>();
   /** Jobs whose next step is in progress (fetching the initial model): one advance at a time. */
   private advancing = new Set<string>();
+  /** Jobs asked to advance while they were advancing: they go again right after. */
+  private again = new Set<string>();
   private readonly now: () => number;
   private closed = false;
 
@@ -223,7 +225,11 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
    * one round.
    */
   private async advance(name: string): Promise<void> {
-    if (this.advancing.has(name) || this.closed) return;
+    if (this.closed) return;
+    if (this.advancing.has(name)) {
+      this.again.add(name);
+      return;
+    }
     this.advancing.add(name);
     try {
       const job = this.o.store.flJobs.get(name);
@@ -267,6 +273,7 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
       this.beginRound(j, j.status.completedRounds + 1, 0);
     } finally {
       this.advancing.delete(name);
+      if (this.again.delete(name)) void this.advance(name);
     }
   }
 
