@@ -4,7 +4,7 @@
 
 import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, MAX_PAYLOAD, ProtocolError, updateMessages, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { decode, encode, ProtocolError, updateMessages, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, isFlTask, parseFlOutput, type FlInput } from './runner/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
@@ -32,6 +32,12 @@ export interface NodePropletOptions {
   encoding?: Encoding;
   log?: Log;
 }
+
+/**
+ * Largest FL update message: larger models are streamed in parts. Under EMQX's
+ * default max_packet_size (1 MB) and the embedded broker's limit for proplets (4 MiB).
+ */
+const UPDATE_PACKET_BYTES = 1000 * 1024;
 
 interface Running {
   attempt?: number;
@@ -257,7 +263,7 @@ export class NodeProplet {
       try {
         if (!res.ok || !round) throw new FlContractError(res.error ?? 'the task had no model to train');
         const out = parseFlOutput(res.stdout, round.model);
-        for (const u of updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, MAX_PAYLOAD['fl.update'], this.encoding)) this.sendUpdate(u);
+        for (const u of updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, UPDATE_PACKET_BYTES, this.encoding)) this.sendUpdate(u);
         flResults = { num_samples: out.numSamples, ...out.metrics };
       } catch (e) {
         if (!(e instanceof FlContractError) && !(e instanceof RangeError)) throw e;
