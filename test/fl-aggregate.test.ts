@@ -51,10 +51,10 @@ function updates(n: number, seed: number, center = 0): Update[] {
 }
 
 /** The weighted mean in float64, per value, rounded to float32 at the end. */
-function naiveFedAvg(us: Update[]): Float32Array[] {
+function naiveFedAvg(us: Update[], reference = ref): Float32Array[] {
   const total = us.reduce((a, u) => a + u.numSamples, 0);
-  return ref.tensors.map((_, t) => {
-    const out = new Float32Array(ref.tensors[t]!.data.length);
+  return reference.tensors.map((_, t) => {
+    const out = new Float32Array(reference.tensors[t]!.data.length);
     for (let i = 0; i < out.length; i++) {
       let s = 0;
       for (const u of us) s += u.numSamples * u.model.tensors[t]!.data[i]!;
@@ -249,6 +249,107 @@ test('a bad stream is aborted and changes nothing; a good one may follow', (t) =
   t.deepEqual(a.participants(), ['proplet-0', 'proplet-1']);
 });
 
+test('fedavg is bit-identical to the naive float64 loop in arrival order (the 1e-6 tolerance is for other orders)', (t) => {
+  const us = updates(7, 14);
+  for (const via of ['add', 'stream'] as const) {
+    const a = new FedAvg(ref);
+    for (const u of us) {
+      if (via === 'add') a.add(u);
+      else stream(a, u, rng(15));
+    }
+    t.deepEqual(bits(a.finish()), bits({ ...ref, tensors: ref.tensors.map((x, i) => ({ ...x, data: naiveFedAvg(us)[i]! })) }), via);
+  }
+});
+
+// One tensor of many 64 KiB staging blocks (the last one partial) and a small one after it.
+const BIG: [string, number[]][] = [
+  ['big', [300_001]],
+  ['tail', [3]],
+];
+function bigModel(r: () => number): Model {
+  return { format: MODEL_FORMAT, tensors: BIG.map(([name, shape]) => ({ name, shape, data: Float32Array.from({ length: shape[0]! }, () => r() - 0.5) })) };
+}
+
+/** Streams an update in order, in chunks of `chunk` bytes. */
+function streamInOrder(a: Aggregator, u: Update, chunk: number): void {
+  a.begin(u.participant, u.numSamples);
+  for (const [ti, x] of u.model.tensors.entries()) {
+    const bytes = float32ToLE(x.data);
+    for (let o = 0; o < bytes.length; o += chunk) a.addChunk(u.participant, ti, o / 4, bytes.subarray(o, o + chunk));
+  }
+  a.commit(u.participant);
+}
+
+test('a big update with a NaN in its middle, its last block or its last chunk is refused whole: the aggregate stays bit-identical', (t) => {
+  const r = rng(16);
+  const bigRef = bigModel(r);
+  const good: Update[] = [0, 1, 2].map((i) => ({ participant: `good-${i}`, numSamples: 10 + i * 7, model: bigModel(r) }));
+  const a = new FedAvg(bigRef);
+  a.add(good[0]!);
+  a.add(good[1]!);
+  const before = bits(a.result());
+  const poisoned = (ti: number, i: number, v: number): Update => {
+    const m = structuredClone(good[2]!.model);
+    m.tensors[ti]!.data[i] = v;
+    return { ...good[2]!, model: m };
+  };
+  const cases: [number, number, number, RegExp][] = [
+    [0, 150_000, NaN, /tensor 'big' has NaN at index 150000/], // the middle
+    [0, 300_000, Infinity, /tensor 'big' has Infinity at index 300000/], // the last value of the last, partial block
+    [1, 2, NaN, /tensor 'tail' has NaN at index 2/], // the update's very last value
+  ];
+  for (const [ti, i, v, msg] of cases) {
+    const u = poisoned(ti, i, v);
+    refused(t, () => a.add(u), 'non_finite', msg);
+    refused(t, () => a.addEncoded(u.participant, u.numSamples, encodeModel(u.model, { checkFinite: false })), 'non_finite', msg);
+    refused(t, () => streamInOrder(a, u, 65536), 'non_finite', msg);
+    t.is(a.inFlight, 0);
+    t.is(a.count, 2);
+    t.deepEqual(bits(a.result()), before, `${v} at ${ti}:${i}`);
+  }
+  streamInOrder(a, good[2]!, 65536);
+  const want = naiveFedAvg(good, bigRef);
+  t.deepEqual(bits(a.finish()), bits({ ...bigRef, tensors: bigRef.tensors.map((x, i) => ({ ...x, data: want[i]! })) }));
+});
+
+test('streams share slots in the kernel memory: interleaved, refused and aborted streams leave exactly the committed ones', (t) => {
+  const us = updates(5, 17);
+  const a = new FedAvg(ref, { maxInFlight: 3 });
+  const [u0, u1, u2, u3, u4] = us as [Update, Update, Update, Update, Update];
+  for (const u of [u0, u1, u2]) a.begin(u.participant, u.numSamples);
+  const grown = a.memoryBytes;
+  // interleaved chunks, each stream in its own slot
+  for (const [ti, x] of ref.tensors.entries()) {
+    for (const u of ti > 2 ? [u0, u2] : [u0, u1, u2]) {
+      const bytes = float32ToLE(u.model.tensors[ti]!.data);
+      const half = Math.floor(x.data.length / 2) * 4;
+      a.addChunk(u.participant, ti, half / 4, bytes.subarray(half));
+      if (u === u1 && ti === 2) {
+        // u1's last chunk of fc.w ends in a NaN: u1 is dropped, the others go on
+        const bad = Uint8Array.from(bytes.subarray(0, half));
+        new DataView(bad.buffer).setFloat32(bad.length - 4, NaN, true);
+        refused(t, () => a.addChunk(u.participant, ti, 0, bad), 'non_finite', new RegExp(`tensor 'fc\\.w' has NaN at index ${half / 4 - 1}`));
+      } else a.addChunk(u.participant, ti, 0, bytes.subarray(0, half));
+    }
+  }
+  t.is(a.inFlight, 2);
+  t.true(a.abort(u2.participant));
+  a.commit(u0.participant);
+  t.is(a.inFlight, 0);
+  // later streams reuse the free slots: the memory does not grow
+  stream(a, u3, rng(18));
+  a.begin(u4.participant, u4.numSamples);
+  a.begin('other', 3);
+  for (const [ti, x] of u4.model.tensors.entries()) a.addChunk(u4.participant, ti, 0, float32ToLE(x.data));
+  a.commit(u4.participant);
+  a.abort('other');
+  t.is(a.memoryBytes, grown);
+  const whole = new FedAvg(ref);
+  for (const u of [u0, u3, u4]) whole.add(u);
+  t.deepEqual(bits(a.result()), bits(whole.result()));
+  t.deepEqual(a.participants(), [u0.participant, u3.participant, u4.participant]);
+});
+
 test('addEncoded: an update in its CBOR form folds like the decoded one, and is validated the same', (t) => {
   const us = updates(5, 13);
   for (const alg of ['fedavg', 'fedmedian', 'trimmed-mean'] as const) {
@@ -345,15 +446,25 @@ test('fedmedian and trimmed-mean refuse updates past maxBufferedValues', (t) => 
     t.is(a.count, 3);
     t.is(a.memoryBytes, 3 * P * 4);
   }
-  // fedavg holds its float64 sum (and a 64 KiB staging area), plus a slot per open stream, one kept idle
-  const f = new FedAvg(ref);
-  const sum = Math.ceil((65536 + 8 * P) / 65536) * 65536;
+  // fedavg holds its float64 sum (and a 64 KiB staging area) in wasm memory, which grows by a slot
+  // per stream open at once and does not shrink: the slots are reused by later streams
+  const f = new FedAvg(ref, { maxInFlight: 3 });
+  const pages = (bytes: number) => Math.ceil(bytes / 65536) * 65536;
+  const slot = Math.ceil((4 * P) / 16) * 16;
   for (const u of us) f.add(u);
-  t.is(f.memoryBytes, sum);
+  t.is(f.memoryBytes, pages(65536 + 8 * P));
   f.begin('s1', 1);
-  t.is(f.memoryBytes, sum + 4 * P);
+  t.is(f.memoryBytes, pages(65536 + 8 * P + slot));
   f.abort('s1');
-  t.is(f.memoryBytes, sum + 4 * P);
+  t.is(f.memoryBytes, pages(65536 + 8 * P + slot));
+  f.begin('s1', 1);
+  f.begin('s2', 1);
+  t.is(f.memoryBytes, pages(65536 + 8 * P + 2 * slot));
+  f.abort('s1');
+  f.abort('s2');
+  f.begin('s3', 1);
+  f.begin('s4', 1);
+  t.is(f.memoryBytes, pages(65536 + 8 * P + 2 * slot));
   t.throws(() => createAggregator('fedmedian', ref, { maxBufferedValues: -1 }), { instanceOf: AggregatorError, message: /maxBufferedValues must be an integer/ });
 });
 
@@ -413,7 +524,7 @@ test('finish() gives the result and closes the aggregator', (t) => {
   refused(t, () => a.add({ ...us[0]!, participant: 'late' }), 'state', /finished/);
   refused(t, () => a.begin('late', 1), 'state', /finished/);
   t.throws(() => a.result(), { instanceOf: AggregatorError, message: /finished/ });
-  // with streams used, the result is copied out of the aggregator
+  // a stream still open at finish() is dropped; the result is over the committed updates
   const b = new FedAvg(ref);
   stream(b, us[0]!, rng(1));
   b.begin('open', 3);

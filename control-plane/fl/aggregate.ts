@@ -572,13 +572,14 @@ function insertRange(list: number[], s: number, e: number): boolean {
  * update into a float64 sum at 1.5-5 ns per value on the development
  * machine (scalar, one value at a time); the kernel checks and folds with
  * 128-bit vectors (an OR-accumulated exponent test, two f64x2 lanes per four
- * values), 2-3x faster there, near what memory allows. Wasm memory is
+ * values), 2-3x faster there, near what memory allows; at finish() it
+ * writes the float32 result over the sum in place. Wasm memory is
  * little-endian on every host, so update bytes off the wire (float32 LE) are
  * copied in as they are. The bytes below are this text compiled by wabt
  * (`test/fl-aggregate.test.ts` checks they match).
  */
 export const FOLD_KERNEL_WAT = String.raw`(module
-  ;; Memory is imported: the aggregator sizes it (staging area, then the running sum).
+  ;; Memory is imported: the aggregator sizes it (staging area, running sum, stream slots).
   (import "env" "memory" (memory 1))
   ;; nonfinite(p, n): 1 if any of the n float32 at byte address p is NaN or ±Infinity
   ;; (exponent bits all ones), else 0. Two vectors per iteration, OR-accumulated.
@@ -632,37 +633,60 @@ export const FOLD_KERNEL_WAT = String.raw`(module
           (f64.add (f64.load (local.get $s)) (f64.mul (f64.promote_f32 (f32.load (local.get $d))) (local.get $w))))
         (local.set $d (i32.add (local.get $d) (i32.const 4)))
         (local.set $s (i32.add (local.get $s) (i32.const 8)))
-        (br $next)))))
+        (br $next))))
+  ;; divide(s, n, t): float32 i at byte address s + 4i = float64 i at byte address s + 8i / t,
+  ;; for i < n: the result written over the sum in place (values i, i+1 are read before
+  ;; float32 i, i+1 overwrite bytes [4i, 4i+8), which hold float64s already read).
+  (func (export "divide") (param $s i32) (param $n i32) (param $t f64)
+    (local $o i32) (local $end i32) (local $tv v128)
+    (local.set $tv (f64x2.splat (local.get $t)))
+    (local.set $o (local.get $s))
+    (local.set $end (i32.add (local.get $s) (i32.shl (i32.and (local.get $n) (i32.const -2)) (i32.const 3))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $s) (local.get $end)))
+        (v128.store64_lane 0 (local.get $o) (f32x4.demote_f64x2_zero (f64x2.div (v128.load (local.get $s)) (local.get $tv))))
+        (local.set $s (i32.add (local.get $s) (i32.const 16)))
+        (local.set $o (i32.add (local.get $o) (i32.const 8)))
+        (br $next)))
+    (if (i32.and (local.get $n) (i32.const 1))
+      (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t))))))))
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABDgJgAn9/AX9gBH9/f3wAAg8BA2VudgZtZW1vcnkCAAEDAwIAAQcUAglub25maW5pdGUAAARmb2xkAAEK4QICnAECAX8Ce/0MAACAfwAAgH8AAIB/AACAfyEEIAAgAUF4cUECdGohAgJAA0AgACACTw0BIAMgAP0ABAAgBP1OIAT9NyAA/QAEECAE/U4gBP03/VD9UCEDIABBIGohAAwACwsgAiABQQdxQQJ0aiECAkADQCAAIAJPDQEgAyAA/VwCACAE/U4gBP03/VAhAyAAQQRqIQAMAAsLIAP9UwvAAQIBfwJ7IAP9FCEFIAEgAkF8cUECdGohBAJAA0AgASAETw0BIAH9AAQAIQYgACAA/QAEACAG/V8gBf3yAf3wAf0LBAAgACAA/QAEECAGIAb9DQgJCgsMDQ4PAAECAwQFBgf9XyAF/fIB/fAB/QsEECABQRBqIQEgAEEgaiEADAALCyAEIAJBA3FBAnRqIQQCQANAIAEgBE8NASAAIAArAwAgASoCALsgA6KgOQMAIAFBBGohASAAQQhqIQAMAAsLCw==';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABFANgAn9/AX9gBH9/f3wAYAN/f3wAAg8BA2VudgZtZW1vcnkCAAEDBAMAAQIHHQMJbm9uZmluaXRlAAAEZm9sZAABBmRpdmlkZQACCsYDA5wBAgF/Anv9DAAAgH8AAIB/AACAfwAAgH8hBCAAIAFBeHFBAnRqIQICQANAIAAgAk8NASADIAD9AAQAIAT9TiAE/TcgAP0ABBAgBP1OIAT9N/1Q/VAhAyAAQSBqIQAMAAsLIAIgAUEHcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgAgBP1OIAT9N/1QIQMgAEEEaiEADAALCyAD/VMLwAECAX8CeyAD/RQhBSABIAJBfHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEGIAAgAP0ABAAgBv1fIAX98gH98AH9CwQAIAAgAP0ABBAgBiAG/Q0ICQoLDA0ODwABAgMEBQYH/V8gBf3yAf3wAf0LBBAgAUEQaiEBIABBIGohAAwACwsgBCACQQNxQQJ0aiEEAkADQCABIARPDQEgACAAKwMAIAEqAgC7IAOioDkDACABQQRqIQEgAEEIaiEADAALCwtkAgJ/AXsgAv0UIQUgACEDIAAgAUF+cUEDdGohBAJAA0AgACAETw0BIAMgAP0ABAAgBf3zAf1e/VsDAAAgAEEQaiEAIANBCGohAwwACwsgAUEBcQRAIAMgACsDACACo7Y4AgALCw==';
 
 interface Kernel {
   nonfinite(p: number, n: number): number;
   fold(s: number, d: number, n: number, w: number): void;
+  divide(s: number, n: number, t: number): void;
 }
 
 let kernelModule: WebAssembly.Module | undefined;
 
 const PAGE = 65536;
 const MAX_PAGES = 65535; // addresses stay below 2^32 - 1, so no i32 end pointer wraps
-/** The staging area at address 0: update bytes are copied through it, 64 KiB at a time, for the kernel to read. */
+/** The staging area at address 0: a whole update's bytes are copied through it, 64 KiB at a time, for the kernel to read. */
 const STAGE_BYTES = 65536;
 const SUM_AT = STAGE_BYTES;
+const pagesFor = (bytes: number) => Math.ceil(bytes / PAGE);
 
 /**
  * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value,
  * accumulated in float64 and rounded to float32 once at the end.
  *
- * Memory: the float64 sum (8 bytes × params) and a 64 KiB staging area, in
- * the kernel's wasm memory; for each update streaming (begin...commit), a
- * slot of 4 bytes × params (at most maxInFlight; one idle slot is kept for
- * the next stream, so a steady flow of streams allocates nothing).
+ * Memory, all in the kernel's wasm memory: a staging area (STAGE_BYTES), the
+ * float64 sum (8 bytes × params) and, once updates stream (begin...commit),
+ * one slot of 4 bytes × params per stream open at once (at most maxInFlight).
+ * A slot is reused by the next stream; wasm memory does not shrink, so the
+ * slots of the most streams ever open at once stay until the aggregator is
+ * dropped.
  *
- * A whole update (add, addEncoded) is read twice: every value is checked
- * before any is folded, so a NaN at the very end changes nothing; both passes
- * go through the staging area, so no model-sized scratch is needed.
+ * A whole update (add, addEncoded) is read twice through the staging area:
+ * every value is checked before any is folded, so a NaN at the very end
+ * changes nothing, and no model-sized scratch is needed. The second read
+ * mostly hits the CPU cache (the update was just read). See docs/fl.md for
+ * the one-pass designs that were measured and why they did not win.
  *
  * Why a slot per streamed update rather than folding chunks into the sum as
  * they arrive and subtracting them on abort: subtracting needs the aborted
@@ -670,53 +694,62 @@ const SUM_AT = STAGE_BYTES;
  * slot), and it is not exact: a chunk of 1e30s folded then subtracted wipes
  * out every honest contribution below ~1e14 (catastrophic cancellation), so an
  * aborted update could still change the result. With a slot, nothing reaches
- * the sum before commit() has seen every element. Each chunk is checked and
- * copied as it arrives (the update's values are in memory once, like the
- * message that carried them), and commit() is one pass over the slot.
+ * the sum before commit() has seen every element. Each chunk is copied
+ * straight into its slot in wasm memory and checked there as it arrives (one
+ * copy), and commit() is one kernel call over the slot.
  */
 export class FedAvg extends BaseAggregator {
   private readonly memory: WebAssembly.Memory;
   private readonly k: Kernel;
-  private readonly u8: Uint8Array;
-  private idleSlot: Uint8Array | undefined;
+  /** A view of the whole memory, renewed when it grows (a new slot). */
+  private u8: Uint8Array;
+  /** Byte address of slot 0 and each slot's size (16-byte aligned). */
+  private readonly slotsAt: number;
+  private readonly slotBytes: number;
+  private slots = 0;
+  private readonly freeSlots: number[] = [];
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
-    const pages = Math.ceil((SUM_AT + this.params * 8) / PAGE);
+    this.slotsAt = SUM_AT + this.params * 8;
+    this.slotBytes = Math.ceil((this.params * 4) / 16) * 16;
+    const pages = pagesFor(this.slotsAt);
     if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.params * 8}-byte sum, beyond 4 GiB of wasm memory`);
+    const maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + this.cfg.maxInFlight * this.slotBytes));
     try {
-      this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+      this.memory = new WebAssembly.Memory({ initial: pages, maximum });
     } catch (e) {
       throw new AggregatorError('reference', `fedavg: cannot allocate ${pages * PAGE} bytes for the sum: ${(e as Error).message}`);
     }
     kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
     this.k = new WebAssembly.Instance(kernelModule, { env: { memory: this.memory } }).exports as unknown as Kernel;
-    this.u8 = new Uint8Array(this.memory.buffer); // the memory never grows: this view stays valid
+    this.u8 = new Uint8Array(this.memory.buffer);
   }
 
-  /** The index of the first non-finite value in LE float32 bytes, or -1 (vector check, 64 KiB at a time). */
-  private check(bytes: Uint8Array): number {
+  /**
+   * Copies LE float32 bytes into the staging area a piece at a time and calls
+   * step(n, o) for each piece (n values from byte o); stops at the first piece
+   * for which step returns true and gives its byte offset, else -1.
+   */
+  private staged(bytes: Uint8Array, step: (n: number, o: number) => boolean): number {
     for (let o = 0; o < bytes.length; o += STAGE_BYTES) {
       const piece = bytes.subarray(o, o + STAGE_BYTES);
       this.u8.set(piece, 0);
-      if (this.k.nonfinite(0, piece.length >>> 2)) return o / 4 + firstNonFiniteLE(piece);
+      if (step(piece.length >>> 2, o)) return o;
     }
     return -1;
   }
 
-  /** sum[flat + i] += weight × value i of LE float32 bytes. */
-  private fold(bytes: Uint8Array, flat: number, weight: number): void {
-    for (let o = 0; o < bytes.length; o += STAGE_BYTES) {
-      const piece = bytes.subarray(o, o + STAGE_BYTES);
-      this.u8.set(piece, 0);
-      this.k.fold(SUM_AT + (flat + o / 4) * 8, 0, piece.length >>> 2, weight);
-    }
+  /** The index of the first non-finite value in LE float32 bytes, or -1. */
+  private check(bytes: Uint8Array): number {
+    const o = this.staged(bytes, (n) => this.k.nonfinite(0, n) !== 0);
+    return o < 0 ? -1 : o / 4 + firstNonFiniteLE(bytes.subarray(o, o + STAGE_BYTES));
   }
 
   protected checkCapacity(): void {}
 
   get memoryBytes(): number {
-    return this.memory.buffer.byteLength + (this.inFlight + (this.idleSlot ? 1 : 0)) * this.params * 4;
+    return this.memory.buffer.byteLength;
   }
 
   protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
@@ -724,7 +757,10 @@ export class FedAvg extends BaseAggregator {
       const i = this.check(tensors[t]!);
       if (i >= 0) throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(tensors[t]!, i));
     }
-    for (let t = 0; t < tensors.length; t++) this.fold(tensors[t]!, this.offsets[t]!, weight);
+    for (let t = 0; t < tensors.length; t++) {
+      const s = SUM_AT + this.offsets[t]! * 8;
+      this.staged(tensors[t]!, (n, o) => (this.k.fold(s + o * 2, 0, n, weight), false));
+    }
   }
 
   protected accept(tensors: Tensor[], weight: number, participant: string): void {
@@ -737,30 +773,31 @@ export class FedAvg extends BaseAggregator {
   }
 
   protected openSlot(participant: string): Slot {
-    let slot = this.idleSlot;
-    this.idleSlot = undefined;
-    if (!slot) {
+    let i = this.freeSlots.pop();
+    if (i === undefined) {
+      i = this.slots;
       try {
-        slot = new Uint8Array(this.params * 4);
+        this.memory.grow(pagesFor(this.slotsAt + (i + 1) * this.slotBytes) - this.memory.buffer.byteLength / PAGE);
       } catch (e) {
-        throw new UpdateError('capacity', `update from ${participant} refused: cannot allocate a ${this.params * 4}-byte slot: ${(e as Error).message}`, participant);
+        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot: ${(e as Error).message}`, participant);
       }
+      this.u8 = new Uint8Array(this.memory.buffer);
+      this.slots++;
     }
-    const buf = slot;
+    const slot = i;
+    const at = this.slotsAt + slot * this.slotBytes;
     let open = true;
     const free = () => {
-      if (open && !this.finished) this.idleSlot = buf;
+      if (open) this.freeSlots.push(slot);
       open = false;
     };
     return {
       write: (pos, bytes) => {
-        const i = this.check(bytes);
-        if (i >= 0) return pos + i;
-        buf.set(bytes, pos * 4);
-        return -1;
+        this.u8.set(bytes, at + pos * 4);
+        return this.k.nonfinite(at + pos * 4, bytes.length >>> 2) ? pos + firstNonFiniteLE(bytes) : -1;
       },
       commit: (weight) => {
-        this.fold(buf, 0, weight);
+        this.k.fold(SUM_AT, at, this.params, weight);
         free();
       },
       release: free,
@@ -769,12 +806,6 @@ export class FedAvg extends BaseAggregator {
 
   protected compute(): Float32Array {
     const out = new Float32Array(this.params);
-    this.divide(out);
-    return out;
-  }
-
-  /** out[i] = sum[i] / totalSamples, for out of params values (may be a float32 view over the sum itself). */
-  private divide(out: Float32Array): void {
     const total = this.totalSamples;
     if (HOST_LITTLE_ENDIAN) {
       const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
@@ -783,27 +814,29 @@ export class FedAvg extends BaseAggregator {
       const dv = new DataView(this.memory.buffer, SUM_AT);
       for (let i = 0; i < out.length; i++) out[i] = dv.getFloat64(i * 8, true) / total;
     }
+    return out;
   }
 
   /**
-   * The result written over the sum in place (float32 i, at byte 4i, is
-   * written after float64 i, at byte 8i, and every float64 below it, have
-   * been read), so no model-sized buffer is allocated. The result's tensors
-   * are views of the aggregator's memory (8 bytes × params; copy or encode
-   * the result to let it go).
+   * The result written over the sum in place by the kernel (float32 i, at
+   * byte 4i, is written after float64 i, at byte 8i, and every float64 below
+   * it, have been read), so no model-sized buffer is allocated. The result's
+   * tensors are views of the aggregator's memory (the sum, and the stream
+   * slots if any; copy or encode the result to let it go).
    */
   override finish(): Model {
     this.checkResult();
-    const f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
-    this.divide(f32);
+    let f32: Float32Array;
+    if (HOST_LITTLE_ENDIAN) {
+      this.k.divide(SUM_AT, this.params, this.totalSamples);
+      f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
+    } else {
+      // wasm memory is little-endian: a host-order Float32Array needs a copy
+      f32 = this.compute();
+    }
     const m = this.modelOver(f32);
     this.close();
     return m;
-  }
-
-  protected override close(): void {
-    super.close();
-    this.idleSlot = undefined;
   }
 }
 
