@@ -18,6 +18,7 @@
 
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { LRUCache } from 'lru-cache';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, updateMessages, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
 import { FlContractError, flInput, isFlTask, parseFlOutput, type FlInput } from '../proplet-node/runner/fl.ts';
@@ -70,6 +71,11 @@ export interface McuPropletOptions {
   runner?: WasmRunner;
   /** Fault injection for tests. */
   faults?: DownloadFaults;
+  /**
+   * Flash kept for modules fetched in chunks, by digest (default 256 KiB; 0: none).
+   * A module run again (every FL round runs the same client) is not downloaded again.
+   */
+  flashCacheBytes?: number;
   /** Fault injection for tests: holds a round's FL update (and the task's result) back this long, as a slow uplink would. */
   updateDelayMs?: (roundId: string) => number;
   log?: Log;
@@ -89,6 +95,8 @@ export interface McuStats {
   startsReceived: number;
   startsInline: number;
   startsChunked: number;
+  /** Starts whose module came from the flash cache instead of the registry. */
+  startsCached: number;
   refused: number;
   completed: number;
   failed: number;
@@ -143,6 +151,7 @@ export const MCU_DEFAULTS = {
   stallMs: 2000,
   outputLimitBytes: 16 * 1024,
   defaultTimeoutMs: 60_000,
+  flashCacheBytes: 256 * 1024,
 } as const;
 
 export class McuProplet extends EventEmitter<McuEvents> {
@@ -156,6 +165,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
     startsReceived: 0,
     startsInline: 0,
     startsChunked: 0,
+    startsCached: 0,
     refused: 0,
     completed: 0,
     failed: 0,
@@ -177,6 +187,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
   private client?: MqttClient;
   private runner: WasmRunner;
   private readonly ownRunner: boolean;
+  private readonly flashBytes: number;
+  private readonly flash: LRUCache<string, Uint8Array>;
   private readonly backoff: Backoff;
   private readonly runs = new Map<string, Run>();
   /** Final results that could not be sent while offline: sent first after the next connect. */
@@ -222,6 +234,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
     };
     this.backoff = new Backoff(o.backoff, o.random);
     this.ownRunner = o.runner === undefined;
+    this.flashBytes = o.flashCacheBytes ?? MCU_DEFAULTS.flashCacheBytes;
+    this.flash = new LRUCache({ maxSize: Math.max(1, this.flashBytes), sizeCalculation: (b) => Math.max(1, b.length) });
     this.runner = o.runner ?? new WasmRunner({ poolSize: 1, maxConcurrent: this.profile.maxTasks, outputLimitBytes: this.outputLimit });
   }
 
@@ -482,6 +496,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
     this.budget.reserve(msg.id, moduleBytes + linear);
     const run: Run = { attempt: msg.attempt, phase: 'loading', key: `${this.o.id}/${msg.id}` };
     if (msg.file) this.stats.startsInline++;
+    else if (this.flash.has(msg.digest!)) this.stats.startsCached++;
     else {
       this.stats.startsChunked++;
       run.digest = msg.digest;
@@ -504,7 +519,9 @@ export class McuProplet extends EventEmitter<McuEvents> {
           throw new DownloadError(`module digest mismatch: the inline module hashes to ${sha256(bytes)}, the start names ${msg.digest}; discarded without running`);
         }
       } else {
-        bytes = await this.fetchModule(msg);
+        bytes = this.flash.get(msg.digest!) ?? (await this.fetchModule(msg));
+        // verified by digest already; a firmware writes it to a flash partition
+        if (this.flashBytes > 0 && bytes.length <= this.flashBytes) this.flash.set(msg.digest!, bytes);
       }
       if (!current()) return; // stopped meanwhile
       if (isFlTask(msg.env)) {

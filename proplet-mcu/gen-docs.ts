@@ -181,6 +181,7 @@ export function defaultsTable(): string {
     ['window', `${d.window} chunks`, 'asked for and not yet arrived'],
     ['stall re-request', `${d.stallMs} ms`, 'chunks in flight longer are asked again by index'],
     ['download timeout', `${d.downloadTimeoutMs} ms`, 'the task fails'],
+    ['module flash cache', `${d.flashCacheBytes} bytes (256 KiB)`, 'modules fetched in chunks, kept by digest (least recently used out): a module run again is not downloaded again'],
     ['heartbeat', `${d.heartbeatMs} ms`, 'plus one right after registering and one after each finished task'],
     ['MQTT keepalive', `${d.keepaliveSec} s`, 'the broker drops a silent client after 1.5 × keepalive'],
     ['CONNECT → CONNACK', `${d.connectTimeoutMs} ms`, 'then the attempt counts as failed'],

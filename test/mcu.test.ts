@@ -111,6 +111,8 @@ const mcuOptions = (): McuPropletOptions => ({
   heartbeatMs: 1000,
   stallMs: 500,
   backoff: { initialMs: 200, maxMs: 2000 },
+  // every test here watches a whole download: no module from flash
+  flashCacheBytes: 0,
   faults,
   log: (level, msg, fields) => logs.push({ level, msg, ...(fields ? { fields } : {}) }),
 });
