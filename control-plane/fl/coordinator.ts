@@ -12,7 +12,6 @@
 // memory), and updates from its earlier tasks are refused as stale.
 
 import { randomUUID } from 'node:crypto';
-import { EventEmitter } from 'node:events';
 import type { FlUpdate } from '../../protocol/index.ts';
 import { decodeModel, encodeModel, modelDigest, type Model } from '../../protocol/model-format.ts';
 import type { Logger } from '../log.ts';
@@ -59,13 +58,6 @@ export interface FlCoordinatorOptions {
   noUpdateGraceMs?: number;
 }
 
-export interface FlEvents {
-  job: [job: FederatedJob];
-  round: [round: TrainingRound];
-  checkpoint: [checkpoint: ModelCheckpoint];
-  deleted: [kind: 'FederatedJob' | 'TrainingRound', name: string];
-}
-
 /** What a running round keeps in memory only. */
 interface LiveRound {
   aggregator: Aggregator;
@@ -90,7 +82,7 @@ export function checkpointName(job: string, n: number): string {
   return `model-${job}-round-${n}`;
 }
 
-export class FlCoordinator extends EventEmitter<FlEvents> {
+export class FlCoordinator {
   private live = new Map<string, LiveRound>();
   /** Jobs whose next step is in progress (fetching the initial model): one advance at a time. */
   private advancing = new Set<string>();
@@ -100,8 +92,6 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
   private closed = false;
 
   constructor(private o: FlCoordinatorOptions) {
-    super();
-    this.setMaxListeners(0);
     this.now = o.now ?? Date.now;
     o.tasks.on('changed', (t) => this.onTask(t));
   }
@@ -181,7 +171,6 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
     const job = this.job(name);
     for (const r of this.rounds(name)) if (!isFinal(r)) this.failRound(r, 'Deleted', `FederatedJob ${name} was deleted`, false);
     this.o.store.flJobs.delete(job.metadata.name);
-    this.emit('deleted', 'FederatedJob', name);
   }
 
   /** A standalone TrainingRound (the seed allows one without a job driving it). */
@@ -196,7 +185,6 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
     const r = this.round(name);
     if (!isFinal(r)) this.failRound(r, 'Deleted', `TrainingRound ${name} was deleted`, false);
     this.o.store.flRounds.delete(name);
-    this.emit('deleted', 'TrainingRound', name);
   }
 
   /** After a (re)start: resume every job and round from what the store says. */
@@ -664,9 +652,6 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
         this.o.store.flJobs.put(j.metadata.name, j);
       }
     });
-    this.emit('checkpoint', cp);
-    this.emit('round', r);
-    if (job && this.o.store.flJobs.get(job)) this.emit('job', this.o.store.flJobs.get(job)!);
     this.o.log('info', 'round completed', { round: name, updates: m.updates, samples: m.totalSamples, loss: m.loss, accuracy: m.accuracy, model: ref });
     this.o.metrics.roundEnded('Completed', secondsSince(r.status.startTime, at));
     this.closeRound(r);
@@ -732,15 +717,12 @@ export class FlCoordinator extends EventEmitter<FlEvents> {
 
   private saveJob(j: FederatedJob): void {
     this.o.store.flJobs.put(j.metadata.name, j);
-    this.emit('job', j);
   }
   private saveRound(r: TrainingRound): void {
     this.o.store.flRounds.put(r.metadata.name, r);
-    this.emit('round', r);
   }
   private saveCheckpoint(c: ModelCheckpoint): void {
     this.o.store.flCheckpoints.put(c.metadata.name, c);
-    this.emit('checkpoint', c);
   }
   private iso(): string {
     return new Date(this.now()).toISOString();
@@ -764,6 +746,6 @@ function clientMetrics(m: Record<string, number> | undefined): { loss?: number; 
 }
 
 /** `{index}` and `{replicas}` in hyperparameter strings (the flower-operator's placeholders). */
-export function substitute(json: string, index: number, replicas: number): string {
+function substitute(json: string, index: number, replicas: number): string {
   return json.replaceAll('{index}', String(index)).replaceAll('{replicas}', String(replicas));
 }
