@@ -12,7 +12,7 @@ import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { scope as makeScope, type Scope } from '../topics/index.ts';
 import { authorize, type DenyReason } from './acl.ts';
-import { verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
+import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { PacketGuard, type Violation } from './guard.ts';
 
 const KiB = 1024;
@@ -332,6 +332,25 @@ export class EmbeddedBroker {
 
   /** Closes every live connection of `username` (e.g. after its credentials are revoked); returns how many. Their wills are not published. */
   disconnect(username: string): number {
+    if (isGroupId(username)) {
+      // a group account: every client under its prefix that has no account of its own
+      const prefix = username.slice(0, -1);
+      let n = 0;
+      for (const user of [...this.byUser.keys()]) if (user.startsWith(prefix) && user.length > prefix.length && !this.hasOwnAccount(user)) n += this.disconnectUser(user);
+      return n;
+    }
+    return this.disconnectUser(username);
+  }
+
+  private hasOwnAccount(username: string): boolean {
+    try {
+      return this.credentials.get(username) !== undefined;
+    } catch {
+      return false;
+    }
+  }
+
+  private disconnectUser(username: string): number {
     const set = this.byUser.get(username);
     if (!set) return 0;
     let n = 0;
@@ -489,10 +508,10 @@ export class EmbeddedBroker {
       .catch((e: unknown) => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) }));
   }
 
-  /** credentials.get, shielded: a throwing lookup must not take the broker down. */
+  /** The username's account (its own or its group's), shielded: a throwing lookup must not take the broker down. */
   private lookup(id: string): CredentialRecord | undefined | typeof LOOKUP_FAILED {
     try {
-      return this.credentials.get(id);
+      return accountFor(this.credentials, id);
     } catch (e) {
       this.log('warn', 'credential lookup failed', { id: clip(id), error: (e as Error)?.message ?? String(e) });
       return LOOKUP_FAILED;

@@ -19,7 +19,12 @@ import { isId } from '../protocol/index.ts';
 export type Role = 'proplet' | 'manager' | 'debug';
 export const ROLES: readonly Role[] = ['proplet', 'manager', 'debug'];
 
-/** One account. id = MQTT username = proplet id for proplets. */
+/**
+ * One account. id = MQTT username = proplet id for proplets. A proplet id
+ * ending in `-*` is a group account (`PREFIX-*`): its secret admits any
+ * username `PREFIX-<rest>` that has no account of its own, as that proplet
+ * (the pods of one Kubernetes Deployment, named after it).
+ */
 export interface CredentialRecord {
   id: string;
   role: Role;
@@ -31,6 +36,26 @@ export interface CredentialLookup {
 }
 
 export type CredentialChange = CredentialRecord | { id: string; deleted: true };
+
+/** `PREFIX-*`: a group account for every proplet id `PREFIX-<rest>`. */
+export function isGroupId(id: string): boolean {
+  return id.length > 2 && id.endsWith('-*') && !id.slice(0, -1).includes('*');
+}
+
+/**
+ * The account a username authenticates against: its own, else the group
+ * account with the longest prefix it falls under.
+ */
+export function accountFor(lookup: CredentialLookup, username: string): CredentialRecord | undefined {
+  const own = lookup.get(username);
+  if (own || username.includes('*')) return own;
+  for (let i = username.lastIndexOf('-'); i > 0; i = username.lastIndexOf('-', i - 1)) {
+    if (i === username.length - 1) continue; // PREFIX- with nothing after it
+    const group = lookup.get(`${username.slice(0, i)}-*`);
+    if (group?.role === 'proplet') return group;
+  }
+  return undefined;
+}
 
 export function isRole(s: unknown): s is Role {
   return s === 'proplet' || s === 'manager' || s === 'debug';
@@ -171,6 +196,9 @@ function checkRecord(rec: CredentialRecord): CredentialRecord {
     throw new CredentialError(`invalid credential id ${JSON.stringify(rec.id)}: must be 1-128 characters without '+', '#', '/' or control characters`);
   }
   if (!isRole(rec.role)) throw new CredentialError(`invalid role ${JSON.stringify(rec.role)} for ${JSON.stringify(rec.id)}: expected one of ${ROLES.join(', ')}`);
+  if (rec.id.includes('*') && (rec.role !== 'proplet' || !isGroupId(rec.id))) {
+    throw new CredentialError(`invalid credential id ${JSON.stringify(rec.id)}: '*' is only allowed at the end of a proplet group account, as PREFIX-*`);
+  }
   if (!isHash(rec.hash)) throw new CredentialError(`invalid hash for ${JSON.stringify(rec.id)}: expected 'sha256$<salt>$<mac>' or 'scrypt$N$r$p$<salt>$<key>'`);
   return Object.freeze({ id: rec.id, role: rec.role, hash: rec.hash });
 }

@@ -502,3 +502,28 @@ test('start() refuses bad options and a busy port without leaking', async (t) =>
   t.teardown(() => first.close());
   await t.throwsAsync(EmbeddedBroker.start({ scope: S, credentials: creds, port: first.port, log: () => {} }), { code: 'EADDRINUSE' });
 });
+
+test('a group account PREFIX-* admits every PREFIX-<name> without an account of its own, each as itself; revoking it disconnects them', async (t) => {
+  const s = await setup(t);
+  const group = s.creds.issue('pool-*', 'proplet');
+  const own = s.creds.issue('pool-owned', 'proplet');
+  const m = await managerClient(s);
+  const a = await s.connect('pool-7d9f-abcde', group);
+  const b = await s.connect('pool-7d9f-fghij', group);
+  // each is a proplet of its own id: its own alive passes, one naming its sibling does not
+  await a.publishAsync(topic(S, 'proplet.alive', 'pool-7d9f-abcde'), alive('pool-7d9f-abcde'), { qos: 1 });
+  await nextMessage(m.c, (tp) => tp === topic(S, 'proplet.alive', 'pool-7d9f-abcde'));
+  b.publish(topic(S, 'proplet.alive'), alive('pool-7d9f-abcde'), { qos: 1 });
+  await closed(b);
+  t.is(s.broker.dropped().sender_mismatch, 1);
+  // not under the prefix, the bare prefix, and an id with an account of its own: refused with the group secret
+  for (const user of ['other-1', 'pool-', 'pool', 'pool-owned']) await t.throwsAsync(s.connect(user, group), undefined, user);
+  await s.connect('pool-owned', own);
+  t.throws(() => s.creds.issue('pool*', 'proplet'), { message: /only allowed at the end of a proplet group account/ });
+  t.throws(() => s.creds.issue('mgr-*', 'manager'), { message: /only allowed at the end of a proplet group account/ });
+  // revocation: the group's clients go, the one with its own account stays
+  s.creds.delete('pool-*');
+  t.is(s.broker.disconnect('pool-*'), 1);
+  await closed(a);
+  await t.throwsAsync(s.connect('pool-7d9f-abcde', group));
+});
