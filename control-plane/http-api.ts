@@ -44,7 +44,7 @@ export class HttpError extends Error {
   }
 }
 
-export type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
 
 /** A handler's answer that is not JSON (a model's bytes). */
 export class RawBody {
@@ -257,7 +257,7 @@ export class HttpApi {
     return { status: 500, body: { error: 'internal error' } };
   }
 
-  intParam(url: URL, name: string, dflt: number): number {
+  private intParam(url: URL, name: string, dflt: number): number {
     const v = url.searchParams.get(name);
     if (v === null) return dflt;
     if (!/^\d{1,9}$/.test(v)) throw new HttpError(400, `${name}: must be a non-negative integer`, name);
@@ -300,7 +300,7 @@ export class HttpApi {
     return Buffer.concat(chunks);
   }
 
-  async json(req: IncomingMessage): Promise<unknown> {
+  private async json(req: IncomingMessage): Promise<unknown> {
     const type = req.headers['content-type'] ?? 'application/json';
     if (!type.startsWith('application/json')) throw new HttpError(415, `expected application/json, got ${type}`);
     const raw = await this.read(req, this.o.maxBodyBytes ?? 24 * 1024 * 1024);
@@ -313,7 +313,7 @@ export class HttpApi {
   }
 
   /** A module upload: raw bytes (application/wasm, octet-stream) or multipart with a `file` field, as Propeller's CLI sends. */
-  async module(req: IncomingMessage): Promise<Uint8Array> {
+  private async module(req: IncomingMessage): Promise<Uint8Array> {
     const limit = this.o.maxUploadBytes ?? MAX_INLINE_MODULE;
     const type = req.headers['content-type'] ?? 'application/octet-stream';
     let bytes: Uint8Array;
