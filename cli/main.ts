@@ -3,7 +3,7 @@
 import { ApiError } from '../control-plane/client.ts';
 import { parse, UsageError, type Command } from './args.ts';
 import { flCheckpoints, flGet, flModelPull, flRun, flWatch } from './fl.ts';
-import { k8sManifests } from './k8s.ts';
+import { k8sAdapter, k8sManifests } from './k8s.ts';
 import { modulePull, modulePush } from './module.ts';
 import { proplet } from './proplet.ts';
 import { serve } from './serve.ts';
@@ -32,6 +32,7 @@ const COMMANDS: Record<string, Command> = {
   'fl checkpoints': flCheckpoints,
   'fl model pull': flModelPull,
   'k8s manifests': k8sManifests,
+  'k8s adapter': k8sAdapter,
   sim,
   watch,
 };

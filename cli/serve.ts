@@ -11,6 +11,7 @@ import { SqliteStore } from '../control-plane/sqlite-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
+import { launchAdapter } from './k8s.ts';
 import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
 
 export const serve: Command = {
@@ -37,6 +38,7 @@ export const serve: Command = {
     config: { type: 'string' },
     scheduler: { type: 'string' },
     'public-url': { type: 'string' },
+    kubeconfig: { type: 'string' },
   },
   help: `  --host ADDR            address the broker and HTTP API listen on (default 127.0.0.1)
   --mqtt-port N          embedded broker port (env PROPELLER_MQTT_PORT, default 1883)
@@ -56,6 +58,7 @@ export const serve: Command = {
   --scheduler TYPE       round-robin, least-loaded, random, resource-aware or hybrid (env SCHEDULER_TYPE, default hybrid)
   --public-url URL       this API's address as proplets reach it, for FL tasks' MODEL_URI (env PROPELLER_PUBLIC_URL,
                          default http://HOST:HTTP_PORT)
+  --kubeconfig FILE      also run the Kubernetes adapter against this cluster (see propeller k8s adapter --help)
 ${scopeHelp}
   Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
   async run(v) {
@@ -141,6 +144,10 @@ ${scopeHelp}
       await p.start();
       proplets.push(p);
     }
+    const token = str(v['api-token']) ?? env.PROPELLER_API_TOKEN;
+    const kubeconfig = str(v.kubeconfig);
+    const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+    const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
     log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
@@ -150,6 +157,7 @@ ${scopeHelp}
       process.once('SIGINT', () => stop('SIGINT'));
       process.once('SIGTERM', () => stop('SIGTERM'));
     });
+    await adapter?.close();
     await Promise.all(proplets.map((p) => p.close()));
     await cp.close();
     await broker?.close();

@@ -2,7 +2,8 @@
 // adapter use. It depends on nothing but fetch and the API's JSON shapes.
 
 import type { FederatedJob, ModelCheckpoint, TrainingRound } from './fl/resources.ts';
-import type { Proplet, Task } from './model.ts';
+import type { GroupStatus } from './groups.ts';
+import type { Proplet, PropletGroup, Task } from './model.ts';
 
 export class ApiError extends Error {
   override name = 'ApiError';
@@ -35,6 +36,12 @@ export interface TaskSpec {
   preferred_proplet_type?: 'k8s' | 'external' | 'any';
   proplet_selector?: { match_device_types?: string[]; match_capabilities?: string[]; match_labels?: Record<string, string> };
   proplet_group?: string;
+}
+
+export interface GroupInput {
+  name: string;
+  selector?: { match_labels?: Record<string, string> };
+  scheduling?: { algorithm?: PropletGroup['scheduling']['algorithm']; max_tasks_per_proplet?: number };
 }
 
 export interface TaskResults {
@@ -125,6 +132,33 @@ export class ControlPlaneClient {
   }
   addProplet(id: string) {
     return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id });
+  }
+  /** Forgets a proplet and revokes its MQTT credentials. */
+  removeProplet(id: string) {
+    return this.request<{ deleted: string }>('DELETE', `/proplets/${encodeURIComponent(id)}`);
+  }
+  /** Every task, page by page (the API filters by state only, not by label). */
+  async allTasks(): Promise<Task[]> {
+    const out: Task[] = [];
+    for (let offset = 0; ; ) {
+      const page = await this.listTasks({ offset, limit: 1000 });
+      out.push(...page.tasks);
+      offset += page.tasks.length;
+      if (page.tasks.length === 0 || offset >= page.total) return out;
+    }
+  }
+  /** A PropletGroup; answered with its status (the proplets its selector matches). */
+  createGroup(group: GroupInput) {
+    return this.request<PropletGroup & { status: GroupStatus }>('POST', '/proplet-groups', group);
+  }
+  getGroup(name: string) {
+    return this.request<PropletGroup & { status: GroupStatus }>('GET', `/proplet-groups/${encodeURIComponent(name)}`);
+  }
+  replaceGroup(name: string, group: Omit<GroupInput, 'name'>) {
+    return this.request<PropletGroup & { status: GroupStatus }>('PUT', `/proplet-groups/${encodeURIComponent(name)}`, group);
+  }
+  deleteGroup(name: string) {
+    return this.request<{ deleted: string }>('DELETE', `/proplet-groups/${encodeURIComponent(name)}`);
   }
   health() {
     return this.request<Record<string, unknown>>('GET', '/health');

@@ -16,6 +16,8 @@ import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { crds } from '../../k8s-adapter/crds.ts';
+import { toYaml } from '../../k8s-adapter/manifests.ts';
 
 const execFileP = promisify(execFile);
 const SCRIPTS = new URL('../../scripts/k8s/', import.meta.url).pathname;
@@ -67,9 +69,13 @@ export interface Cluster {
 }
 
 export interface K8sTests {
+  /** False when the binaries are missing (the file's tests are skipped): hooks of its own can check it. */
+  available: boolean;
   /** `test.serial` (one cluster, tests in order), or `test.serial.skip` when the binaries are missing. */
   test(title: string, impl: (t: ExecutionContext) => Promise<void> | void): void;
   cluster(): Cluster;
+  /** The cluster once its before hook has started it (ava runs before hooks concurrently). */
+  started(): Promise<Cluster>;
   kubectl(args: string[], input?: string): Promise<Run>;
 }
 
@@ -129,16 +135,27 @@ export function k8sCluster(test: TestFn): K8sTests {
   if (missing) {
     process.stdout.write(`Kubernetes tests skipped: ${missing}\n`);
     return {
+      available: false,
       test: (title, impl) => test.serial.skip(title, impl),
       cluster: () => {
         throw new Error('no cluster');
       },
+      started: () => Promise.reject(new Error('no cluster')),
       kubectl: () => Promise.reject(new Error('no cluster')),
     };
   }
   let c: Awaited<ReturnType<typeof startCluster>> | undefined;
+  let settle!: { resolve(c: Cluster): void; reject(e: unknown): void };
+  const started = new Promise<Cluster>((resolve, reject) => (settle = { resolve, reject }));
+  started.catch(() => {});
   test.before(async () => {
-    c = await startCluster();
+    try {
+      c = await startCluster();
+      settle.resolve(c);
+    } catch (e) {
+      settle.reject(e);
+      throw e;
+    }
   });
   test.after.always(async () => {
     await c?.stop();
@@ -147,5 +164,44 @@ export function k8sCluster(test: TestFn): K8sTests {
     if (!c) throw new Error('the cluster did not start');
     return c;
   };
-  return { test: (title, impl) => test.serial(title, impl), cluster, kubectl: (args, input) => cluster().kubectl(args, input) };
+  return { available: true, test: (title, impl) => test.serial(title, impl), cluster, started: () => started, kubectl: (args, input) => cluster().kubectl(args, input) };
+}
+
+/** Runs kubectl and returns its stdout; throws with its stderr when it fails. */
+export async function kubectlOk(c: Cluster, args: string[], input?: string): Promise<string> {
+  const r = await c.kubectl(args, input);
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** `kubectl apply` of objects given as data. */
+export function applyObjects(c: Cluster, ...objects: object[]): Promise<string> {
+  return kubectlOk(c, ['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }));
+}
+
+/** `kubectl get ... -o json`, parsed; undefined when the object does not exist. */
+export async function getJson<T = Record<string, unknown>>(c: Cluster, args: string[]): Promise<T | undefined> {
+  const r = await c.kubectl(['get', ...args, '-o', 'json']);
+  if (r.code !== 0) {
+    if (/NotFound|not found/.test(r.stderr)) return undefined;
+    throw new Error(`kubectl get ${args.join(' ')} failed: ${r.stderr.trim()}`);
+  }
+  return JSON.parse(r.stdout) as T;
+}
+
+/** The CRDs of k8s-adapter (what `propeller k8s manifests --only crds` prints), applied and Established. */
+export async function installCrds(c: Cluster): Promise<void> {
+  await kubectlOk(c, ['apply', '-f', '-'], toYaml(crds()));
+  await kubectlOk(c, ['wait', '--for', 'condition=established', '--timeout', '30s', 'crd', '--all']);
+}
+
+/** Polls `get` until `ok` holds of its value; returns that value, or fails naming `what` and the last value. */
+export async function eventually<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, ms = 20_000, everyMs = 150): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(v)?.slice(0, 2000)}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
 }

@@ -1,0 +1,93 @@
+// The shape every controller has, and what runs it: an informer of its kind
+// feeds a work queue of keys; each key is processed by
+//   1. the object gone from the cache: nothing to do;
+//   2. the object being deleted: `finalize` undoes the work outside
+//      Kubernetes, then the finalizer is removed and the apiserver deletes it;
+//   3. otherwise: the finalizer is added (when the controller has a
+//      `finalize`) before `reconcile` runs.
+// `reconcile` is idempotent: it is called on every change, on every resync
+// (all keys, every resyncMs) and after an adapter restart, and must converge
+// to the same state whatever it finds. A throw is retried with backoff.
+
+import { customResourceSource, Informer, type InformerOptions } from './informer.ts';
+import { apiMessage, isNotFound, type Kube, type KubeObject, type Log, type ResourceKind } from './kube.ts';
+import { addFinalizer, hasFinalizer, removeFinalizer } from './finalizers.ts';
+import { WorkQueue, type ProcessResult } from './work-queue.ts';
+
+export type ReconcileResult = ProcessResult | void;
+
+export interface Controller<T extends KubeObject = KubeObject> {
+  /** The kind it reconciles. */
+  kind: ResourceKind;
+  /** Makes the world match `obj` and writes what it found into obj's status. */
+  reconcile(obj: T): Promise<ReconcileResult>;
+  /**
+   * The object is being deleted: undo its work outside Kubernetes. The
+   * finalizer is removed when this returns without requeueAfterMs. Without
+   * it, the controller puts no finalizer on its objects.
+   */
+  finalize?(obj: T): Promise<ReconcileResult>;
+}
+
+export interface RunOptions {
+  /** Only this namespace; default all. */
+  namespace?: string;
+  /** Every key is reconciled again this often; default 30 s. */
+  resyncMs?: number;
+  /** Keys reconciled at once; default 4. */
+  concurrency?: number;
+  /** First retry after an error; doubles per key up to maxRetryMs (default 100 ms and 60 s). */
+  baseRetryMs?: number;
+  maxRetryMs?: number;
+  informer?: InformerOptions;
+}
+
+export interface RunningController {
+  kind: string;
+  informer: Informer<KubeObject>;
+  queue: WorkQueue;
+  stop(): Promise<void>;
+}
+
+export function runController<T extends KubeObject>(kube: Kube, ctl: Controller<T>, log: Log, o: RunOptions = {}): RunningController {
+  const kind = ctl.kind;
+  const informer = new Informer<T>(kube, customResourceSource<T>(kube, kind, o.namespace), (key) => queue.add(key), log, o.informer);
+  const queue = new WorkQueue(
+    async (key) => {
+      let obj = informer.get(key);
+      if (!obj) return;
+      if (obj.metadata.deletionTimestamp) {
+        if (!hasFinalizer(obj)) return;
+        const r = ctl.finalize ? await ctl.finalize(obj) : undefined;
+        if (r?.requeueAfterMs !== undefined) return r;
+        await removeFinalizer(kube, kind, obj).catch((e) => {
+          if (!isNotFound(e)) throw e;
+        });
+        log('info', 'finalized', { kind: kind.kind, key });
+        return;
+      }
+      if (ctl.finalize && !hasFinalizer(obj)) obj = await addFinalizer(kube, kind, obj);
+      return ctl.reconcile(obj);
+    },
+    {
+      concurrency: o.concurrency ?? 4,
+      baseDelayMs: o.baseRetryMs ?? 100,
+      maxDelayMs: o.maxRetryMs ?? 60_000,
+      onError: (key, e, retryInMs) => log('warn', 'reconcile failed', { kind: kind.kind, key, error: apiMessage(e), retry_ms: retryInMs }),
+    },
+  );
+  informer.start();
+  const resync = setInterval(() => {
+    for (const key of informer.keys()) queue.add(key);
+  }, o.resyncMs ?? 30_000);
+  return {
+    kind: kind.kind,
+    informer: informer as unknown as Informer<KubeObject>,
+    queue,
+    async stop() {
+      clearInterval(resync);
+      await informer.stop();
+      await queue.close();
+    },
+  };
+}
