@@ -129,7 +129,8 @@ export class NodeProplet {
     this.closing = true;
     if (this.retry) clearTimeout(this.retry);
     if (this.heartbeat) clearInterval(this.heartbeat);
-    await this.client?.endAsync();
+    // not connected (refused, retrying): nothing to flush, and a graceful end would wait for a connection forever
+    await this.client?.endAsync(!this.client.connected);
     await this.runner.close();
   }
 

@@ -56,3 +56,12 @@ test('heartbeats from unknown proplets and malformed payloads are dropped and co
   }, 'rejections counted');
   t.is(s.cp.registry.get('stranger'), undefined);
 });
+
+test('a proplet whose credentials are revoked is cut off, and close() still returns at once', async (t) => {
+  const p = await s.addProplet('revoked-1');
+  await s.api.removeProplet('revoked-1');
+  await until(() => !p.connected, 'disconnected by the broker');
+  await new Promise((r) => setTimeout(r, 300)); // it is now retrying with refused credentials
+  const closed = await Promise.race([p.close().then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
+  t.true(closed, 'close() returned');
+});
