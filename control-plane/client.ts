@@ -137,11 +137,12 @@ export class ControlPlaneClient {
   removeProplet(id: string) {
     return this.request<{ deleted: string }>('DELETE', `/proplets/${encodeURIComponent(id)}`);
   }
-  /** Every task, page by page (the API filters by state only, not by label). */
-  async allTasks(): Promise<Task[]> {
+  /** Every task whose labels include all of `labels`, page by page. */
+  async tasksLabelled(labels: Record<string, string>): Promise<Task[]> {
     const out: Task[] = [];
     for (let offset = 0; ; ) {
-      const page = await this.listTasks({ offset, limit: 1000 });
+      const q = new URLSearchParams([['offset', String(offset)], ['limit', '1000'], ...Object.entries(labels).map(([k, v]) => ['label', `${k}=${v}`])]);
+      const page = await this.request<{ total: number; tasks: Task[] }>('GET', `/tasks?${q}`);
       out.push(...page.tasks);
       offset += page.tasks.length;
       if (page.tasks.length === 0 || offset >= page.total) return out;

@@ -128,6 +128,13 @@ export class HttpApi {
       const limit = this.intParam(url, 'limit', 100);
       let all = tasks.list();
       if (state) all = all.filter((t) => t.state.toLowerCase() === state.toLowerCase());
+      // ?label=KEY=VALUE, repeatable: every one must match
+      for (const sel of url.searchParams.getAll('label')) {
+        const i = sel.indexOf('=');
+        if (i <= 0) throw new HttpError(400, `label: expected KEY=VALUE, got ${JSON.stringify(sel)}`, 'label');
+        const [k, v] = [sel.slice(0, i), sel.slice(i + 1)];
+        all = all.filter((t) => t.labels[k] === v);
+      }
       all.sort((a, b) => a.created_at.localeCompare(b.created_at));
       return { total: all.length, offset, limit, tasks: all.slice(offset, offset + limit) };
     });

@@ -121,6 +121,12 @@ test('list with filters and pagination; bad query values are 400', async (t) => 
   t.is(r.body.tasks.length, 2);
   t.is((await call('GET', '/tasks?limit=-1')).status, 400);
   t.is((await call('GET', '/tasks/x?wait=forever')).status, 404);
+  await call('POST', '/tasks', JSON.stringify({ name: 'lab', file: hello.toString('base64'), labels: { app: 'x', tier: 'edge' } }));
+  await call('POST', '/tasks', JSON.stringify({ name: 'lab2', file: hello.toString('base64'), labels: { app: 'x' } }));
+  const both = await call('GET', '/tasks?label=app=x&label=tier=edge');
+  t.deepEqual(both.body.tasks.map((x: { name: string }) => x.name), ['lab']);
+  t.is((await call('GET', '/tasks?label=app=x')).body.total, 2);
+  t.is((await call('GET', '/tasks?label=app')).status, 400);
 });
 
 test('POST /proplets issues credentials once; bad ids are 400', async (t) => {

@@ -121,7 +121,7 @@ const reasons = (events: CoreV1Event[]) => events.map((e) => e.reason!).sort();
 
 /** Control-plane tasks that belong to the resource with this uid. */
 async function tasksOf(uid: string) {
-  return (await stack.api.allTasks()).filter((x) => x.labels[UID_LABEL] === uid);
+  return stack.api.tasksLabelled({ [UID_LABEL]: uid });
 }
 
 const ready = (o: { status?: { conditions?: { type: string }[] } }) => o.status?.conditions?.find((c) => c.type === 'Ready') as { status: string; reason: string; message: string; observedGeneration?: number } | undefined;
@@ -425,7 +425,7 @@ k8s.test('execution: job: a Secret, ConfigMap and Job owned by the WasmTask, sta
 k8s.test('an adapter restarted mid-way keeps every status, adopts the task of a resource whose status was never written, and creates no duplicate', async (t) => {
   const c = k8s.cluster();
   const helloBefore = (await getResource<WasmTask>(WASM_TASK, 'hello'))!;
-  const tasksBefore = (await stack.api.allTasks()).length;
+  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total;
   // 'sleep' is the export the module runs: 2.5 s
   await applyObjects(c, wasmTask('sleep', { file: wasm.sleep, inputs: [2500] }));
   const running = await waitFor<WasmTask>(WASM_TASK, 'sleep', 'Running', (o) => o.status?.phase === 'Running');
@@ -445,7 +445,7 @@ k8s.test('an adapter restarted mid-way keeps every status, adopts the task of a 
   t.is((adopted.status!.results as { stdout: string }).stdout, 'Hello from WebAssembly!\nadopted\n');
 
   for (const o of [slept, adopted]) t.is((await tasksOf(o.metadata.uid!)).length, 1, `${o.metadata.name}: one task`);
-  t.is((await stack.api.allTasks()).length, tasksBefore + 2, 'sleep and the orphan: nothing else');
+  t.is((await stack.api.listTasks({ limit: 1 })).total, tasksBefore + 2, 'sleep and the orphan: nothing else');
   const helloAfter = (await getResource<WasmTask>(WASM_TASK, 'hello'))!;
   t.deepEqual(helloAfter.status, helloBefore.status, 'a finished status is not rewritten');
   t.is(helloAfter.metadata.resourceVersion, helloBefore.metadata.resourceVersion);

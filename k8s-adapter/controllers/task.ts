@@ -143,7 +143,7 @@ function taskControllerOf(ctx: AdapterContext, kind: typeof WASM_TASK | typeof T
         if (!(e instanceof ApiError && e.status === 404)) throw e;
       }
     }
-    return (await cp.allTasks()).find((t) => t.labels?.[UID_LABEL] === obj.metadata.uid);
+    return (await cp.tasksLabelled({ [UID_LABEL]: obj.metadata.uid! }))[0];
   }
 
   async function invalid(obj: TaskResource, message: string): Promise<ReconcileResult> {
