@@ -22,6 +22,7 @@ export const proplet: Command = {
     type: { type: 'string' },
     label: { type: 'string', multiple: true },
     'log-level': { type: 'string' },
+    once: { type: 'boolean' },
   },
   help: `  --broker URL           broker (env MQTT_BROKER, default mqtt://127.0.0.1:1883)
   --id ID                proplet id = MQTT username (env PROPLET_ID; required)
@@ -34,6 +35,8 @@ export const proplet: Command = {
   --type external|k8s    proplet type for hybrid scheduling (env PROPLET_TYPE, default external)
   --label KEY=VALUE      label for selectors (repeat)
   --log-level LEVEL      debug, info, warn, error or silent (default info)
+  --once                 exit after the first task has finished: 0 if it completed, 1 if not
+                         (env PROPLET_ONCE=true; a Kubernetes Job per task runs it so)
 ${scopeHelp}`,
   async run(v) {
     const env = process.env;
@@ -53,6 +56,13 @@ ${scopeHelp}`,
       throw new UsageError((e as Error).message);
     }
     const log = createLogger((str(v['log-level']) ?? 'info') as 'info');
+    const once = v.once === true || env.PROPLET_ONCE === 'true';
+    let finished: ((code: number) => void) | undefined;
+    const done = new Promise<number>((resolve) => {
+      finished = resolve;
+      process.once('SIGINT', () => resolve(0));
+      process.once('SIGTERM', () => resolve(0));
+    });
     const p = new NodeProplet({
       id,
       secret: str(v.secret) ?? env.PROPLET_SECRET,
@@ -66,14 +76,12 @@ ${scopeHelp}`,
       propletType: type,
       labels: pairs('label', v.label),
       log: (l, m, f) => log(l, m, { c: id, ...f }),
+      ...(once ? { onTaskFinished: (_task: string, status: string) => finished!(status === 'completed' ? 0 : 1) } : {}),
     });
     await p.start();
-    log('info', 'proplet running', { id });
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', () => resolve());
-      process.once('SIGTERM', () => resolve());
-    });
+    log('info', 'proplet running', { id, ...(once ? { once } : {}) });
+    const code = await done;
     await p.close();
-    return 0;
+    return code;
   },
 };

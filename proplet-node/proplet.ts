@@ -31,6 +31,8 @@ export interface NodePropletOptions {
   heartbeatMs?: number;
   encoding?: Encoding;
   log?: Log;
+  /** Called after each task's final result is sent (`propeller proplet --once` exits on the first). */
+  onTaskFinished?: (taskId: string, status: 'completed' | 'failed' | 'stopped') => void;
 }
 
 /**
@@ -281,6 +283,7 @@ export class NodeProplet {
     if (res.error) result.error = res.error;
     if (fl) result.fl = true;
     this.send('proplet.results', result);
+    this.o.onTaskFinished?.(msg.id, status);
     this.log('info', 'task finished', { task_id: msg.id, attempt: msg.attempt, status, duration_ms: res.durationMs, ...(res.error ? { error: res.error } : {}) });
   }
 }

@@ -395,7 +395,7 @@ k8s.test('execution: job: a Secret, ConfigMap and Job owned by the WasmTask, sta
   t.like(job!.spec!.template.spec.containers[0], {
     image: JOB_IMAGE,
     command: ['propeller'],
-    args: ['proplet'],
+    args: ['proplet', '--once'],
     envFrom: [{ configMapRef: { name: 'job-hello-job' } }],
     env: [{ name: 'PROPLET_SECRET', valueFrom: { secretKeyRef: { name: 'job-hello-job', key: 'PROPLET_SECRET', optional: true } } }],
     resources,
@@ -403,21 +403,22 @@ k8s.test('execution: job: a Secret, ConfigMap and Job owned by the WasmTask, sta
   t.like(cm!.data, { PROPLET_ID: propletId, PROPLET_TYPE: 'k8s', MQTT_BROKER: stack.broker.url, PROPELLER_DOMAIN_ID: 'propeller', PROPELLER_CHANNEL_ID: 'control' });
   t.like(JSON.parse(cm!.data!['task.json']!), { name: 'job-hello', cli_args: ['in', 'a', 'pod'], proplet_id: propletId });
 
-  // no kubelet here: the test stands in for it, running the pod's proplet with the pod's settings
+  // no kubelet here: the test stands in for it, running the pod's command with the pod's settings
   const env = cm!.data!;
-  const kubeletStandIn = new NodeProplet({ id: env.PROPLET_ID!, secret: Buffer.from(secret!.data!.PROPLET_SECRET!, 'base64').toString(), url: env.MQTT_BROKER!, scope, propletType: 'k8s', heartbeatMs: 500 });
-  const podGone = { close: async () => kubeletStandIn.destroy() };
-  extra.push(podGone);
-  await kubeletStandIn.start();
+  const pod = spawn('node', [BIN, ...(job!.spec!.template.spec.containers[0]!.args as string[])], {
+    stdio: 'ignore',
+    env: { ...process.env, ...Object.fromEntries(Object.entries(env).filter(([k]) => k !== 'task.json')), PROPLET_SECRET: Buffer.from(secret!.data!.PROPLET_SECRET!, 'base64').toString(), PROPLET_HEARTBEAT: '500ms' },
+  });
+  extra.push({ close: async () => void pod.kill('SIGKILL') });
+  const exited = once(pod, 'exit');
   const done = await waitFor<WasmTask>(WASM_TASK, 'job-hello', 'Completed', (o) => o.status?.phase === 'Completed');
   t.is(done.status!.propletId, propletId);
   t.is((done.status!.results as { stdout: string }).stdout, 'Hello from WebAssembly!\nin\na\npod\n');
   t.is(done.status!.jobRef!.uid, waiting.status!.jobRef!.uid, 'jobRef kept');
-  // the task is over: the Job (whose proplet would never exit) is deleted, the proplet's credentials revoked
-  await eventually('Job deleted', () => getJson(c, ['job', 'job-hello-job', '-n', NS]), (j) => j === undefined);
-  await t.throwsAsync(stack.api.getProplet(propletId), { message: /not found/ });
-  // the pod goes with its Job (its credentials no longer let it reconnect)
-  await podGone.close();
+  // the one-shot proplet exits 0 once its task has completed, as the Job's pod would; its credentials are revoked
+  t.deepEqual(await exited, [0, null]);
+  await eventually('credentials revoked', () => stack.api.getProplet(propletId).then(() => 'there', () => undefined), (x) => x === undefined);
+  t.truthy(await getJson(c, ['job', 'job-hello-job', '-n', NS]), 'the Job stays, owned by the WasmTask');
 });
 
 // --- restarts and leader election ------------------------------------------------------------------

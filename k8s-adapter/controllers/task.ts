@@ -199,7 +199,8 @@ function taskControllerOf(ctx: AdapterContext, kind: typeof WASM_TASK | typeof T
         await events.record(obj, 'Normal', 'TaskCreated', `control-plane task ${task.id} created${job ? ` for the proplet of Job ${job.ref.name}` : ''}`);
       }
       if (job && valid && task.state === 'Pending') job = await ensureJobObjects(ctx, obj as WasmTask, valid);
-      if (job && TERMINAL.has(task.state)) await endJob(ctx, obj as WasmTask, job);
+      // the Job's proplet runs with --once and exits by itself; its credentials are no longer needed
+      if (job && TERMINAL.has(task.state)) await revokeJobProplet(ctx, obj as WasmTask);
       const now = statusOf(obj, task, job);
       if (job && !now.jobRef?.uid && before?.jobRef) now.jobRef = before.jobRef;
       if (await writeStatus(kube, kind, obj, now)) await phaseEvents(obj, before, now);
@@ -332,7 +333,7 @@ function jobSpec(ctx: AdapterContext, obj: WasmTask, metadata: { name: string; n
               name: 'proplet',
               image: ctx.job.image,
               command: ['propeller'],
-              args: ['proplet'],
+              args: ['proplet', '--once'],
               envFrom: [{ configMapRef: { name } }],
               env: [{ name: 'PROPLET_SECRET', valueFrom: { secretKeyRef: { name, key: 'PROPLET_SECRET', optional: true } } }],
               resources,
@@ -344,14 +345,6 @@ function jobSpec(ctx: AdapterContext, obj: WasmTask, metadata: { name: string; n
       },
     },
   };
-}
-
-/** The task has ended: its proplet has nothing more to do. */
-async function endJob(ctx: AdapterContext, obj: WasmTask, job: JobObjects): Promise<void> {
-  await ctx.kube.batch.deleteNamespacedJob({ name: job.ref.name!, namespace: obj.metadata.namespace!, propagationPolicy: 'Background' }).catch((e) => {
-    if (!isNotFound(e)) throw e;
-  });
-  await revokeJobProplet(ctx, obj);
 }
 
 async function revokeJobProplet(ctx: AdapterContext, obj: WasmTask): Promise<void> {
