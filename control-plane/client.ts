@@ -206,6 +206,9 @@ export class ControlPlaneClient {
   deleteFlRound(name: string) {
     return this.request<{ deleted: string }>('DELETE', `/fl/rounds/${encodeURIComponent(name)}`);
   }
+  getFlCheckpoint(name: string) {
+    return this.request<ModelCheckpoint>('GET', `/fl/checkpoints/${encodeURIComponent(name)}`);
+  }
   flCheckpoints(job?: string) {
     return this.request<{ total: number; checkpoints: ModelCheckpoint[] }>('GET', `/fl/checkpoints${job ? `?job=${encodeURIComponent(job)}` : ''}`);
   }

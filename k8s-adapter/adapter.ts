@@ -6,6 +6,8 @@
 import { hostname } from 'node:os';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { ControlPlaneClient } from '../control-plane/client.ts';
+import { federatedJobController, modelCheckpointController, trainingRoundController } from './controllers/fl.ts';
+import { propletController } from './controllers/proplet.ts';
 import { propletGroupController } from './controllers/proplet-group.ts';
 import { hybridTaskController, wasmTaskController, type JobModeConfig } from './controllers/task.ts';
 import { DEFAULT_IMAGE, NAME } from './manifests.ts';
@@ -37,7 +39,15 @@ export type ControllerFactory = (ctx: AdapterContext) => Controller<any>;
  * ControllerFactory (see controllers/proplet-group.ts for the smallest) and
  * list it here.
  */
-export const CONTROLLERS: ControllerFactory[] = [wasmTaskController, hybridTaskController, propletGroupController];
+export const CONTROLLERS: ControllerFactory[] = [
+  wasmTaskController,
+  hybridTaskController,
+  propletGroupController,
+  propletController,
+  federatedJobController,
+  trainingRoundController,
+  modelCheckpointController,
+];
 
 export interface AdapterOptions {
   /** A kubeconfig file or a loaded KubeConfig; default $KUBECONFIG, ~/.kube/config, then in-cluster. */
