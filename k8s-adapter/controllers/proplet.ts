@@ -73,9 +73,6 @@ export const propletControllerWith =
 
 export const propletController: ControllerFactory = propletControllerWith();
 
-/** One discovery loop per adapter: a controller started again (leadership regained) replaces it. */
-const discoveries = new WeakMap<AdapterContext, { stop(): void }>();
-
 function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): Controller<Proplet> {
   const { cp, events, kube, log } = ctx;
   const apps = kube.config.makeApiClient(AppsV1Api);
@@ -195,10 +192,11 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
     return { requeueAfterMs: s.phase === 'Ready' ? ctx.groupPollMs : ctx.pollMs };
   }
 
-  startDiscovery(ctx, o, listProplets);
+  const discovery = startDiscovery(ctx, o, listProplets);
 
   return {
     kind: PROPLET,
+    stop: () => discovery.stop(),
     async reconcile(p) {
       const problem = propletProblem(p);
       if (problem) return refuse(p, 'InvalidSpec', problem);
@@ -236,15 +234,12 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
 
 /**
  * Devices that registered on their own become Proplets in the discovery
- * namespace, polled every discoveryMs. The runtime gives controllers no
- * stop hook, so the loop lives as long as the adapter's context: a
- * controller started again replaces it, and its timer does not keep the
- * process alive.
+ * namespace, polled every discoveryMs, while the controller runs (it stops
+ * with the controller: adapter closed, leadership lost).
  */
-function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listProplets: () => Promise<Proplet[]>): void {
-  discoveries.get(ctx)?.stop();
+function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listProplets: () => Promise<Proplet[]>): { stop(): void } {
   const every = o.discoveryMs ?? 3000;
-  if (every <= 0) return;
+  if (every <= 0) return { stop() {} };
   const namespace = o.discoveryNamespace ?? (process.env.POD_NAMESPACE || 'default');
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
@@ -275,11 +270,11 @@ function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listPr
     }, every);
     timer.unref();
   };
-  discoveries.set(ctx, {
+  loop();
+  return {
     stop() {
       stopped = true;
       clearTimeout(timer);
     },
-  });
-  loop();
+  };
 }

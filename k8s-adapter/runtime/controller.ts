@@ -27,6 +27,8 @@ export interface Controller<T extends KubeObject = KubeObject> {
    * it, the controller puts no finalizer on its objects.
    */
   finalize?(obj: T): Promise<ReconcileResult>;
+  /** Work of its own besides reconciles (a poll loop) ends here, when the controller stops (adapter closed, leadership lost). */
+  stop?(): void;
 }
 
 export interface RunOptions {
@@ -85,6 +87,7 @@ export function runController<T extends KubeObject>(kube: Kube, ctl: Controller<
     informer: informer as unknown as Informer<KubeObject>,
     queue,
     async stop() {
+      ctl.stop?.();
       clearInterval(resync);
       await informer.stop();
       await queue.close();
