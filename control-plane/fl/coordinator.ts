@@ -60,6 +60,13 @@ export interface FlCoordinatorOptions {
 
 /** What a running round keeps in memory only. */
 interface LiveRound {
+  /**
+   * The round's working copy while it runs. Participant-level changes are
+   * written to the store at most every FLUSH_MS (a restart starts a running
+   * round afresh anyway); phase changes at once.
+   */
+  round: TrainingRound;
+  flush?: NodeJS.Timeout;
   aggregator: Aggregator;
   timer?: NodeJS.Timeout;
   /** Streamed updates: parts seen per participant. */
@@ -73,6 +80,7 @@ export const JOB_LABEL = 'propeller.absmach.io/federatedjob';
 export const ROUND_LABEL = 'propeller.absmach.io/traininground';
 
 const MAX_MODEL_BYTES = 16 * 1024 * 1024;
+const FLUSH_MS = 100;
 
 export function roundName(job: string, n: number, retry: number): string {
   return retry === 0 ? `round-${n}-${job}` : `round-${n}-${job}-retry-${retry}`;
@@ -107,13 +115,22 @@ export class FlCoordinator {
     return j;
   }
   rounds(job?: string): TrainingRound[] {
-    const all = this.o.store.flRounds.list();
+    const all = this.o.store.flRounds.list().map((r) => this.fresh(r));
     return job === undefined ? all : all.filter((r) => r.spec.federatedJobRef?.name === job);
   }
   round(name: string): TrainingRound {
     const r = this.o.store.flRounds.get(name);
     if (!r) throw new TaskError('not_found', `TrainingRound ${name} not found`);
-    return r;
+    return this.fresh(r);
+  }
+  /** A running round as it is now, not as last flushed. */
+  private fresh(r: TrainingRound): TrainingRound {
+    const live = this.live.get(r.metadata.name);
+    return live ? structuredClone(live.round) : r;
+  }
+  /** A round to change: the live working copy while it runs, else the stored one. */
+  private working(name: string): TrainingRound | undefined {
+    return this.live.get(name)?.round ?? this.o.store.flRounds.get(name);
   }
   checkpoints(job?: string): ModelCheckpoint[] {
     const all = this.o.store.flCheckpoints.list();
@@ -388,7 +405,7 @@ export class FlCoordinator {
     r.status.phase = 'Running';
     r.status.startTime = new Date(at).toISOString();
     r.status.deadline = new Date(at + spec.timeoutSeconds * 1000).toISOString();
-    const live: LiveRound = { aggregator, streams: new Map(), byTask: new Map(), graceTimers: new Set() };
+    const live: LiveRound = { round: r, aggregator, streams: new Map(), byTask: new Map(), graceTimers: new Set() };
     const hyper = JSON.stringify(spec.hyperparams ?? {});
     const modelUri = this.o.modelUri(spec.modelRef);
     spec.participants.forEach((propletId, index) => {
@@ -447,7 +464,7 @@ export class FlCoordinator {
   }
 
   private onDeadline(name: string): void {
-    const r = this.o.store.flRounds.get(name);
+    const r = this.working(name);
     if (!r || r.status.phase !== 'Running') return;
     this.failRound(r, 'Timeout', `timed out after ${r.spec.timeoutSeconds} s with ${r.status.updatesReceived} of ${r.spec.kOfN} required updates`);
   }
@@ -458,12 +475,12 @@ export class FlCoordinator {
     const live = this.live.get(name);
     const propletId = live?.byTask.get(t.id);
     if (!live || !propletId) return;
-    const r = this.o.store.flRounds.get(name);
-    const p = r?.status.participants.find((x) => x.propletId === propletId);
-    if (!r || !p || p.taskId !== t.id || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
+    const r = live.round;
+    const p = r.status.participants.find((x) => x.propletId === propletId);
+    if (!p || p.taskId !== t.id || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
     if (t.state === 'Running' && p.phase === 'Pending') {
       p.phase = 'Running';
-      this.saveRound(r);
+      this.touchRound(r);
       return;
     }
     if (!TERMINAL.has(t.state)) return;
@@ -480,7 +497,7 @@ export class FlCoordinator {
   }
 
   private participantFailed(name: string, propletId: string, reason: string, taskId?: string): void {
-    const r = this.o.store.flRounds.get(name);
+    const r = this.working(name);
     if (!r || r.status.phase !== 'Running') return;
     const p = r.status.participants.find((x) => x.propletId === propletId);
     if (!p || (taskId && p.taskId !== taskId) || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
@@ -488,7 +505,7 @@ export class FlCoordinator {
     p.reason = reason;
     this.o.log('warn', 'round participant failed', { round: name, proplet_id: propletId, reason });
     this.live.get(name)?.aggregator.abort(propletId);
-    this.saveRound(r);
+    this.touchRound(r);
     this.checkReachable(r);
   }
 
@@ -514,7 +531,7 @@ export class FlCoordinator {
   }
 
   private applyUpdate(msg: FlUpdate): UpdateOutcome {
-    const r = this.o.store.flRounds.get(msg.round_id);
+    const r = this.working(msg.round_id);
     if (!r) return 'unknown_round';
     const p = r.status.participants.find((x) => x.propletId === msg.proplet_id);
     const live = this.live.get(r.metadata.name);
@@ -564,7 +581,7 @@ export class FlCoordinator {
       p.phase = 'Refused';
       p.reason = `${e.reason}: ${e.message}`;
       r.status.refused.invalid++;
-      this.saveRound(r);
+      this.touchRound(r);
       this.checkReachable(r);
       return e.reason === 'shape' || e.reason === 'non_finite' || e.reason === 'samples' || e.reason === 'capacity' ? e.reason : 'invalid';
     }
@@ -574,13 +591,13 @@ export class FlCoordinator {
     delete p.reason;
     r.status.updatesReceived = agg.count;
     if (agg.count >= r.spec.kOfN) this.aggregate(r, live);
-    else this.saveRound(r);
+    else this.touchRound(r);
     return 'accepted';
   }
 
   private refuse(r: TrainingRound, counter: keyof TrainingRound['status']['refused'], outcome: UpdateOutcome): UpdateOutcome {
     r.status.refused[counter]++;
-    this.saveRound(r);
+    this.touchRound(r);
     return outcome;
   }
 
@@ -709,6 +726,7 @@ export class FlCoordinator {
 
   private disarm(l: LiveRound): void {
     if (l.timer) clearTimeout(l.timer);
+    if (l.flush) clearTimeout(l.flush);
     for (const t of l.graceTimers) clearTimeout(t);
     l.graceTimers.clear();
   }
@@ -719,7 +737,21 @@ export class FlCoordinator {
     this.o.store.flJobs.put(j.metadata.name, j);
   }
   private saveRound(r: TrainingRound): void {
+    const live = this.live.get(r.metadata.name);
+    if (live?.flush) {
+      clearTimeout(live.flush);
+      delete live.flush;
+    }
     this.o.store.flRounds.put(r.metadata.name, r);
+  }
+  /** A participant-level change: written with the next flush while the round runs, at once otherwise. */
+  private touchRound(r: TrainingRound): void {
+    const live = this.live.get(r.metadata.name);
+    if (!live || live.round !== r) return this.saveRound(r);
+    live.flush ??= setTimeout(() => {
+      delete live.flush;
+      if (this.live.get(r.metadata.name) === live) this.o.store.flRounds.put(r.metadata.name, live.round);
+    }, FLUSH_MS);
   }
   private saveCheckpoint(c: ModelCheckpoint): void {
     this.o.store.flCheckpoints.put(c.metadata.name, c);
