@@ -6,10 +6,11 @@
 // round: the aggregate becomes a ModelCheckpoint in the content-addressed
 // model store and the model of the next round.
 //
-// Every transition is written to the store before anything depends on it, so a
-// control plane killed at any moment resumes each job from its last completed
-// round; a round that was running is started afresh (its aggregator lived in
-// memory), and updates from its earlier tasks are refused as stale.
+// Every phase change is written to the store before anything depends on it
+// (a running round's participant progress every 100 ms), so a control plane
+// killed at any moment resumes each job from its last completed round; a
+// round that was running is started afresh (its aggregator lived in memory),
+// and updates from its earlier tasks are refused as stale.
 
 import { randomUUID } from 'node:crypto';
 import type { FlUpdate } from '../../protocol/index.ts';
