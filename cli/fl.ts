@@ -3,12 +3,12 @@
 // taskWasmImage that names a local file is uploaded first and replaced by its
 // digest, so an experiment runs from a laptop without a registry.
 
-import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { ControlPlaneClient } from '../control-plane/client.ts';
 import type { FederatedJob, TrainingRound } from '../control-plane/fl/resources.ts';
+import { sha256Digest } from '../protocol/index.ts';
 import { decodeModel, modelToJson } from '../protocol/model-format.ts';
 import { UsageError, str, type Command } from './args.ts';
 import { table } from './output.ts';
@@ -197,7 +197,7 @@ ${apiHelp}
       ref = found;
     }
     const bytes = await api.pullModel(ref);
-    const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const got = sha256Digest(bytes);
     if (got !== ref) throw new Error(`the control plane sent bytes whose digest is ${got}, not ${ref}; nothing written`);
     const out = v.json ? Buffer.from(JSON.stringify(modelToJson(decodeModel(bytes))) + '\n') : bytes;
     const file = str(v.output) ?? `${/^sha256:/.test(what) ? what.slice(7, 19) : what}.${v.json ? 'json' : 'cbor'}`;

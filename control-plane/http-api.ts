@@ -3,7 +3,7 @@
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { isId, MAX_INLINE_MODULE } from '../protocol/index.ts';
+import { isId, MAX_INLINE_MODULE, sha256Digest } from '../protocol/index.ts';
 import { ConfigError, parseDuration } from './config.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
@@ -12,7 +12,6 @@ import { TERMINAL, type Proplet, type PropletGroup, type Task } from './model.ts
 import type { Registry } from './registry.ts';
 import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
 import { TaskError, type TaskService } from './tasks.ts';
-import { sha256 } from './modules/oci.ts';
 
 export interface HttpApiOptions {
   host?: string;
@@ -158,7 +157,7 @@ export class HttpApi {
     // modules referred to by digest (FL rounds' taskWasmImage: sha256:<hex>)
     this.route('POST', '/modules', async (req) => {
       const bytes = await this.module(req);
-      const digest = sha256(bytes);
+      const digest = sha256Digest(bytes);
       this.o.putModule(digest, bytes);
       return { digest, size: bytes.length };
     }, 201);

@@ -2,6 +2,7 @@
 // wired together. It reaches the broker only by URL, so it neither knows nor
 // cares whether the broker is embedded or external.
 
+import { sha256Digest } from '../protocol/index.ts';
 import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
 import { ChunkServer } from './chunk-server.ts';
@@ -9,7 +10,6 @@ import { CronScheduler } from './cron.ts';
 import { fetchArtifact, resolveModule } from './modules/resolve.ts';
 import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
-import { sha256 as sha256Digest } from './modules/oci.ts';
 import { GroupService } from './groups.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';

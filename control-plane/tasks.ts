@@ -5,11 +5,10 @@
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Result, Start, Stop, TaskRef } from '../protocol/index.ts';
+import { sha256Digest, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import { TERMINAL, type AttemptRecord, type Proplet, type PropletGroup, type Task, type TaskState } from './model.ts';
-import { sha256 } from './modules/oci.ts';
 import type { Decision, Placement } from './placement.ts';
 import type { Load, SchedulingView } from './scheduling/index.ts';
 import type { Registry } from './registry.ts';
@@ -557,7 +556,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private attachModule(t: Task, bytes: Uint8Array): void {
-    const digest = sha256(bytes);
+    const digest = sha256Digest(bytes);
     delete t.module_from_url;
     this.o.store.putModule(digest, bytes);
     t.module_digest = digest;

@@ -13,7 +13,6 @@
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createHash } from 'node:crypto';
 import { authorize } from '../broker/acl.ts';
 import type { Role } from '../broker/credentials.ts';
 import {
@@ -24,6 +23,7 @@ import {
   MAX_PAYLOAD,
   PROTOCOL_VERSION,
   SENDER_FIELD,
+  sha256Digest,
   toDisplay,
   type MessageByKind,
   type MessageKind,
@@ -68,7 +68,7 @@ export function crc32(b: Uint8Array): number {
 }
 
 const FL_MODEL = encodeModel({ format: MODEL_FORMAT, tensors: [{ name: 'w', shape: [2], data: new Float32Array([0.5, -1.25]) }] });
-const ADD_DIGEST = 'sha256:' + createHash('sha256').update(ADD_WASM).digest('hex');
+const ADD_DIGEST = sha256Digest(ADD_WASM);
 
 export interface Example<K extends MessageKind = MessageKind> {
   /** Marker name: `<!-- generated: start example NAME -->`. */

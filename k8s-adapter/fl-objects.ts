@@ -11,9 +11,8 @@
 // and its rounds and checkpoints come back as resources named after the
 // Kubernetes job.
 
-import { createHash } from 'node:crypto';
 import type { ControlPlaneClient } from '../control-plane/client.ts';
-import { dnsLabel, labelValue } from './proplet-objects.ts';
+import { dnsLabel, hashedLabel, labelValue } from './proplet-objects.ts';
 import {
   API_VERSION,
   type FederatedJob,
@@ -50,12 +49,7 @@ const MAX_NAME = 253;
  */
 function controlPlaneName(o: Pick<FederatedJob | TrainingRound, 'metadata'>): string {
   const { namespace = 'default', name, uid } = o.metadata;
-  const stem = `${namespace}-${name}`
-    .toLowerCase()
-    .replace(/[^a-z0-9]+/g, '-')
-    .slice(0, 40)
-    .replace(/^-+|-+$/g, '');
-  return `${stem || 'x'}--${createHash('sha256').update(`${namespace}/${name}/${uid}`).digest('hex').slice(0, 10)}`;
+  return hashedLabel(`${namespace}-${name}`, `${namespace}/${name}/${uid}`, 52);
 }
 
 export const controlPlaneJobName = (job: Pick<FederatedJob, 'metadata'>): string => controlPlaneName(job);

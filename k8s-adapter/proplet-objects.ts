@@ -213,12 +213,17 @@ const sha256hex = (s: string) => createHash('sha256').update(s).digest('hex');
  */
 export function dnsLabel(s: string, max = 63): string {
   if (s.length <= max && DNS_LABEL.test(s) && !s.includes('--')) return s;
+  return hashedLabel(s, s, max);
+}
+
+/** `<readable stem of s>--<10 hex digits of the SHA-256 of key>`, at most `max` characters. */
+export function hashedLabel(s: string, key: string, max = 63): string {
   const stem = s
     .toLowerCase()
     .replace(/[^a-z0-9]+/g, '-')
     .slice(0, max - HASH_CHARS - 2)
     .replace(/^-+|-+$/g, '');
-  return `${stem || 'x'}--${sha256hex(s).slice(0, HASH_CHARS)}`;
+  return `${stem || 'x'}--${sha256hex(key).slice(0, HASH_CHARS)}`;
 }
 
 // --- type k8s: the Deployment ---------------------------------------------------------

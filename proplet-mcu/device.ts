@@ -16,12 +16,11 @@
 //
 // docs/mcu.md is the byte-level contract this file implements.
 
-import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, updateMessages, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
-import { FlContractError, flInput, isFlTask, parseFlOutput, type FlInput } from '../proplet-node/runner/fl.ts';
+import { decode, encode, ProtocolError, sha256Digest, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
+import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../proplet-node/runner/fl.ts';
 import { parseModule, TRUNCATED_MARKER, WasmRunner, type RunResult } from '../proplet-node/runner/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
 import { Backoff, type BackoffOptions } from './backoff.ts';
@@ -514,9 +513,9 @@ export class McuProplet extends EventEmitter<McuEvents> {
       let bytes: Uint8Array;
       if (msg.file) {
         bytes = msg.file;
-        if (msg.digest && sha256(bytes) !== msg.digest) {
+        if (msg.digest && sha256Digest(bytes) !== msg.digest) {
           this.stats.digestMismatches++;
-          throw new DownloadError(`module digest mismatch: the inline module hashes to ${sha256(bytes)}, the start names ${msg.digest}; discarded without running`);
+          throw new DownloadError(`module digest mismatch: the inline module hashes to ${sha256Digest(bytes)}, the start names ${msg.digest}; discarded without running`);
         }
       } else {
         bytes = this.flash.get(msg.digest!) ?? (await this.fetchModule(msg));
@@ -567,23 +566,15 @@ export class McuProplet extends EventEmitter<McuEvents> {
       this.releaseRun(msg.id);
     } else if (this.st === 'closed') return;
     let flResults: Record<string, unknown> | undefined;
-    if (msg.env?.ROUND_ID !== undefined && isFlTask(msg.env) && res.error !== 'stopped') {
-      const head = { proplet_id: this.o.id, round_id: msg.env.ROUND_ID, task_id: msg.id };
-      let updates: FlUpdate[];
-      try {
-        if (!res.ok || !round) throw new FlContractError(res.error ?? 'the task had no model to train');
-        const out = parseFlOutput(res.stdout, round.model);
-        // every part fits the device's packet buffer
-        updates = updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, this.rx, 'cbor');
-        flResults = { num_samples: out.numSamples, ...out.metrics };
-      } catch (e) {
-        if (!(e instanceof FlContractError) && !(e instanceof RangeError)) throw e;
-        updates = [{ v: 1, ...head, error: e.message }];
-        if (res.ok) res = { ...res, ok: false, error: e.message };
-      }
-      const delay = this.o.updateDelayMs?.(msg.env.ROUND_ID) ?? 0;
+    if (isFlTask(msg.env) && res.error !== 'stopped') {
+      const roundId = msg.env!.ROUND_ID!;
+      // every part fits the device's packet buffer
+      const o = flOutcome({ proplet_id: this.o.id, round_id: roundId, task_id: msg.id }, res, round, this.rx, 'cbor');
+      flResults = o.results;
+      if (o.error) res = { ...res, ok: false, error: o.error };
+      const delay = this.o.updateDelayMs?.(roundId) ?? 0;
       if (delay > 0) await new Promise((r) => setTimeout(r, delay));
-      for (const u of updates) this.publishUpdate(u);
+      for (const u of o.updates) this.publishUpdate(u);
     }
     const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
     const result: Result = { ...base, status, stdout: clip(res.stdout, this.outputLimit), stderr: clip(res.stderr, this.outputLimit), duration_ms: res.durationMs };
@@ -694,9 +685,6 @@ function modelKey(taskId: string): string {
   return `${taskId}#model`;
 }
 
-function sha256(b: Uint8Array): string {
-  return 'sha256:' + createHash('sha256').update(b).digest('hex');
-}
 
 function clip(s: string, limitBytes: number): string {
   if (Buffer.byteLength(s) <= limitBytes) return s;

@@ -8,8 +8,7 @@
 // The class does no I/O: `request` publishes a chunk request, and the owner
 // feeds every chunk for this digest to onChunk().
 
-import { createHash } from 'node:crypto';
-import { crc32, type Chunk } from '../protocol/index.ts';
+import { crc32, sha256Digest, type Chunk } from '../protocol/index.ts';
 
 export type Ask = { next: number; window: number } | { missing: number[] };
 
@@ -228,7 +227,7 @@ export class ModuleDownload {
   private complete(): void {
     const bytes = this.buf!;
     this.o.faults?.moduleAssembled?.(this.o.digest, bytes);
-    const got = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    const got = sha256Digest(bytes);
     if (got !== this.o.digest) {
       return this.fail(new DownloadError(`module digest mismatch: the assembled ${bytes.length} bytes hash to ${got}, the start names ${this.o.digest}; discarded without running`));
     }

@@ -10,13 +10,12 @@
 // test/mcu-cbor2.test.ts decodes every example here with Python's cbor2 and
 // checks docs/mcu.md against this file's output.
 
-import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { ChunkServer } from '../control-plane/chunk-server.ts';
 import type { Proplet } from '../control-plane/model.ts';
 import { ADD_WASM, annotateCbor, publishPacketSize } from '../docs/gen-protocol.ts';
-import { decode, encode, type MessageByKind, type MessageKind } from '../protocol/index.ts';
+import { decode, encode, sha256Digest, type MessageByKind, type MessageKind } from '../protocol/index.ts';
 import { scope, topic, type Scope } from '../topics/index.ts';
 import { MCU_DEFAULTS } from './device.ts';
 import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, resultBase, willMsg, type DeviceProfile } from './messages.ts';
@@ -26,7 +25,7 @@ const S: Scope = scope('propeller', 'control');
 
 export const DEVICE = '5d0c6f1e-2b7a-4e93-8f41-a96c3d27b810';
 export const TASK = '9a41e7c2-63d8-4f0b-b5a9-0e7d2c81f4a6';
-const ADD_DIGEST = sha256(ADD_WASM);
+const ADD_DIGEST = sha256Digest(ADD_WASM);
 /** The digest and size of a 200 KB module (the test's data-section module), for the chunked start. */
 const BIG_SIZE = 204_025;
 const BIG_DIGEST = 'sha256:3f1c0a7be2d94c55b0e6a8f21d7c9e4b6a0f5d3c2b1e8a7f6d5c4b3a29180716';
@@ -57,9 +56,6 @@ export interface McuExample {
   bytes: Buffer;
 }
 
-function sha256(b: Uint8Array): string {
-  return 'sha256:' + createHash('sha256').update(b).digest('hex');
-}
 
 /** What the control plane's chunk server answers to a request, captured from the real class. */
 function serve(module: Uint8Array | undefined, digest: string, req: MessageByKind['registry.proplet']): Buffer[] {

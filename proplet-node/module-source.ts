@@ -2,9 +2,8 @@
 // http(s) URL. Bytes are cached by digest, so a task that runs again skips the
 // download (the runner caches what it compiled from them).
 
-import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { Start } from '../protocol/index.ts';
+import { sha256Digest, type Start } from '../protocol/index.ts';
 
 export class ModuleError extends Error {
   override name = 'ModuleError';
@@ -30,9 +29,6 @@ export interface ModuleSourceOptions {
   cacheBytes?: number;
 }
 
-export function sha256(bytes: Uint8Array): string {
-  return 'sha256:' + createHash('sha256').update(bytes).digest('hex');
-}
 
 export class ModuleSource {
   private cache: LRUCache<string, Loaded>;
@@ -54,7 +50,7 @@ export class ModuleSource {
     else if (msg.image_url) bytes = await this.fetchUrl(msg.image_url);
     else throw new ModuleError('start message carries neither file nor image_url');
     if (bytes.length > this.maxBytes) throw new ModuleError(`module of ${bytes.length} bytes exceeds this proplet's limit of ${this.maxBytes}`, true);
-    const digest = sha256(bytes);
+    const digest = sha256Digest(bytes);
     if (msg.digest && msg.digest !== digest) throw new ModuleError(`module digest ${digest} does not match the expected ${msg.digest}`);
     const hit = this.cache.get(digest);
     if (hit) return hit;

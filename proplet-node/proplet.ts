@@ -4,9 +4,9 @@
 
 import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, updateMessages, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
-import { FlContractError, flInput, isFlTask, parseFlOutput, type FlInput } from './runner/fl.ts';
+import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from './runner/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
 import { WasmRunner, type RunResult } from './runner/index.ts';
 
@@ -261,18 +261,11 @@ export class NodeProplet {
       res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
     }
     let flResults: Record<string, unknown> | undefined;
-    if (fl && msg.env?.ROUND_ID !== undefined && res.error !== 'stopped') {
-      const head = { proplet_id: this.o.id, round_id: msg.env.ROUND_ID, task_id: msg.id };
-      try {
-        if (!res.ok || !round) throw new FlContractError(res.error ?? 'the task had no model to train');
-        const out = parseFlOutput(res.stdout, round.model);
-        for (const u of updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, UPDATE_PACKET_BYTES, this.encoding)) this.sendUpdate(u);
-        flResults = { num_samples: out.numSamples, ...out.metrics };
-      } catch (e) {
-        if (!(e instanceof FlContractError) && !(e instanceof RangeError)) throw e;
-        this.sendUpdate({ v: 1, ...head, error: e.message });
-        if (res.ok) res = { ...res, ok: false, error: e.message };
-      }
+    if (isFlTask(msg.env) && res.error !== 'stopped') {
+      const o = flOutcome({ proplet_id: this.o.id, round_id: msg.env!.ROUND_ID!, task_id: msg.id }, res, round, UPDATE_PACKET_BYTES, this.encoding);
+      for (const u of o.updates) this.sendUpdate(u);
+      flResults = o.results;
+      if (o.error) res = { ...res, ok: false, error: o.error };
     }
     this.running.delete(msg.id);
     const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';

@@ -33,7 +33,7 @@
 // supports in practice) the bytes are copied as they are; on a big-endian host
 // each value is read through a DataView with littleEndian = true.
 
-import { createHash } from 'node:crypto';
+import { sha256Digest } from './digest.ts';
 
 export const MODEL_FORMAT = 'propeller-model/v1';
 export const MODEL_FORMAT_VERSION = 1;
@@ -152,7 +152,7 @@ export function sameShape(a: Model, b: Model): boolean {
 
 /** 'sha256:<hex>' of the encoded bytes. */
 export function modelDigest(bytes: Uint8Array): string {
-  return 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+  return sha256Digest(bytes);
 }
 
 const utf8 = new TextEncoder();

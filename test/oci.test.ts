@@ -11,7 +11,8 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
-import { MEDIA, moduleManifest, notWasm, OciError, parseChallenge, parseOciRef, pickLayer, registryOrigin, pullModule, pushModule, sha256 } from '../control-plane/modules/oci.ts';
+import { MEDIA, moduleManifest, notWasm, OciError, parseChallenge, parseOciRef, pickLayer, registryOrigin, pullModule, pushModule } from '../control-plane/modules/oci.ts';
+import { sha256Digest } from '../protocol/index.ts';
 import { registryMissing, startRegistry, type OciRegistry } from './helpers/oci-registry.ts';
 import { freePort } from './helpers/stack.ts';
 import { parse, UsageError, type Command } from '../cli/args.ts';
@@ -60,7 +61,7 @@ function variant(bytes: Uint8Array, label: string): Uint8Array {
 }
 
 async function upload(r: OciRegistry, repo: string, bytes: Uint8Array): Promise<string> {
-  const digest = sha256(bytes);
+  const digest = sha256Digest(bytes);
   const start = await fetch(`${r.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
   const url = new URL(start.headers.get('location')!, r.url);
   url.searchParams.set('digest', digest);
@@ -73,7 +74,7 @@ async function putManifest(r: OciRegistry, repo: string, ref: string, mediaType:
   const bytes = Buffer.from(JSON.stringify(body));
   const res = await fetch(`${r.url}/v2/${repo}/manifests/${ref}`, { method: 'PUT', body: bytes, headers: { 'content-type': mediaType } });
   if (res.status !== 201) throw new Error(`manifest ${res.status}: ${await res.text()}`);
-  return sha256(bytes);
+  return sha256Digest(bytes);
 }
 
 // ---------------------------------------------------------------- no registry needed
@@ -158,7 +159,7 @@ test('a lying registry: manifest digest mismatch for a ref by digest; a blob red
 
   const got = await pullModule(`oci://${host}/x/tiny:v1`, { auth: { token: 'T0K' } });
   t.deepEqual(Buffer.from(got.bytes), bytes);
-  t.is(got.manifestDigest, sha256(manifest));
+  t.is(got.manifestDigest, sha256Digest(manifest));
   t.deepEqual(seen.map((x) => [x.path.replace(/sha256:\w+/, 'D'), x.auth]), [
     ['/v2/x/tiny/manifests/v1', 'Bearer T0K'],
     ['/v2/x/tiny/blobs/D', 'Bearer T0K'],
@@ -167,7 +168,7 @@ test('a lying registry: manifest digest mismatch for a ref by digest; a blob red
 
   const wrong = `sha256:${'1'.repeat(64)}`;
   const e = await t.throwsAsync(pullModule(`oci://${host}/x/tiny@${wrong}`), { instanceOf: OciError });
-  t.is(e!.message, `oci://${host}/x/tiny@${wrong}: manifest digest mismatch: expected ${wrong}, got ${sha256(manifest)}`);
+  t.is(e!.message, `oci://${host}/x/tiny@${wrong}: manifest digest mismatch: expected ${wrong}, got ${sha256Digest(manifest)}`);
 });
 
 // ---------------------------------------------------------------- against the registry
@@ -178,9 +179,9 @@ rtest('push add and hello, pull each by tag and by digest: same bytes, digests v
   for (const [name, bytes] of [['add', add], ['hello', hello]] as const) {
     const ref = `oci://${r.host}/mods/${name}:v1`;
     const pushed = await pushModule(bytes, ref, { fileName: `${name}.wasm` });
-    t.is(pushed.digest, sha256(bytes));
+    t.is(pushed.digest, sha256Digest(bytes));
     t.is(pushed.size, bytes.length);
-    t.is(pushed.manifestDigest, sha256(moduleManifest(bytes, `${name}.wasm`)));
+    t.is(pushed.manifestDigest, sha256Digest(moduleManifest(bytes, `${name}.wasm`)));
     // A re-push is idempotent: blobs already there are not uploaded again, the manifest digest is the same.
     t.deepEqual(await pushModule(bytes, ref, { fileName: `${name}.wasm` }), pushed);
 
@@ -198,7 +199,7 @@ rtest('push add and hello, pull each by tag and by digest: same bytes, digests v
     t.like(m.layers[0], { mediaType: 'application/wasm', digest: pushed.digest, size: bytes.length, annotations: { 'org.opencontainers.image.title': `${name}.wasm` } });
   }
   // Pushing by digest works when the digest is the manifest's own.
-  const own = sha256(moduleManifest(add, 'bydigest.wasm'));
+  const own = sha256Digest(moduleManifest(add, 'bydigest.wasm'));
   t.is((await pushModule(add, `oci://${r.host}/mods/bydigest@${own}`)).manifestDigest, own);
 });
 
@@ -213,7 +214,7 @@ rtest('a blob tampered with on disk is refused with a digest mismatch naming bot
   const fd = openSync(file, 'r+');
   writeSync(fd, Buffer.from('X'), 0, 1, bytes.length - 1);
   closeSync(fd);
-  const bad = sha256(readFileSync(file));
+  const bad = sha256Digest(readFileSync(file));
   const e = await t.throwsAsync(pullModule(`oci://${r.host}/mods/tamper:v1`), { instanceOf: OciError });
   t.is(e!.message, `oci://${r.host}/mods/tamper:v1: blob digest mismatch: the manifest says ${pushed.digest}, the registry sent ${bad}`);
 });
@@ -377,8 +378,8 @@ rtest('propeller module push and pull', async (t) => {
   const file = join(EXAMPLES_BUILD_DIR, 'add.wasm');
   const push = await propeller(['module', 'push', file, `oci://${r.host}/mods/add:v1`]);
   t.is(push.code, 0, push.stderr);
-  const manifest = sha256(moduleManifest(add, 'add.wasm'));
-  t.is(push.stdout, `pushed oci://${r.host}/mods/add:v1@${manifest} (${add.length} bytes, module ${sha256(add)})\n`);
+  const manifest = sha256Digest(moduleManifest(add, 'add.wasm'));
+  t.is(push.stdout, `pushed oci://${r.host}/mods/add:v1@${manifest} (${add.length} bytes, module ${sha256Digest(add)})\n`);
 
   // In parallel: pull by digest, --json, and one-line errors: usage (exit 2), registry (exit 1).
   const out = join(tmp, 'pulled.wasm');
@@ -391,7 +392,7 @@ rtest('propeller module push and pull', async (t) => {
   t.is(pull.code, 0, pull.stderr);
   t.regex(pull.stdout, /^pulled .* -> .*pulled\.wasm\n$/);
   t.deepEqual(readFileSync(out), Buffer.from(add));
-  t.like(JSON.parse(json.stdout), { ref: `oci://${r.host}/mods/add:v2@${manifest}`, manifest_digest: manifest, digest: sha256(add), size: add.length });
+  t.like(JSON.parse(json.stdout), { ref: `oci://${r.host}/mods/add:v2@${manifest}`, manifest_digest: manifest, digest: sha256Digest(add), size: add.length });
   t.is(bad.code, 2);
   t.regex(bad.stderr, /^propeller: bad OCI reference "oci:\/\/x\/Bad:1": repository "Bad" is not valid[^\n]*\n$/);
   t.is(none.code, 1);

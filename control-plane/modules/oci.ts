@@ -7,6 +7,7 @@
 // or a digest the tag is `latest`, as docker does.
 
 import { createHash } from 'node:crypto';
+import { sha256Digest } from '../../protocol/index.ts';
 
 export class OciError extends Error {
   override name = 'OciError';
@@ -118,10 +119,6 @@ export function registryOrigin(r: OciRef, insecure = false): string {
 }
 
 // ---------------------------------------------------------------- wasm and digests
-
-export function sha256(bytes: Uint8Array): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
 
 /** Null when `bytes` is a core WebAssembly module (`\0asm` version 1), else why not. */
 export function notWasm(bytes: Uint8Array): string | null {
@@ -505,8 +502,8 @@ export function moduleManifest(bytes: Uint8Array, fileName: string): Uint8Array 
     schemaVersion: 2,
     mediaType: MEDIA.ociManifest,
     artifactType: MEDIA.wasm,
-    config: { mediaType: MEDIA.emptyConfig, digest: sha256(EMPTY_CONFIG), size: EMPTY_CONFIG.length, data: 'e30=' },
-    layers: [{ mediaType: MEDIA.wasm, digest: sha256(bytes), size: bytes.length, annotations: { 'org.opencontainers.image.title': fileName } }],
+    config: { mediaType: MEDIA.emptyConfig, digest: sha256Digest(EMPTY_CONFIG), size: EMPTY_CONFIG.length, data: 'e30=' },
+    layers: [{ mediaType: MEDIA.wasm, digest: sha256Digest(bytes), size: bytes.length, annotations: { 'org.opencontainers.image.title': fileName } }],
   };
   return new TextEncoder().encode(JSON.stringify(manifest));
 }
@@ -546,13 +543,13 @@ export async function pushModule(bytes: Uint8Array, ref: string | OciRef, opts: 
   if (bytes.length > maxBytes) fail(`refusing to push: ${bytes.length} bytes is more than the limit of ${maxBytes}`);
   const fileName = opts.fileName ?? `${r.repository.split('/').pop()}.wasm`;
   const manifest = moduleManifest(bytes, fileName);
-  const manifestDigest = sha256(manifest);
+  const manifestDigest = sha256Digest(manifest);
   if (r.digest && r.digest !== manifestDigest) {
     fail(`refusing to push: the manifest for this module has digest ${manifestDigest}, not ${r.digest}; push by tag instead`);
   }
-  const digest = sha256(bytes);
+  const digest = sha256Digest(bytes);
   const s = new Session(r, opts);
-  await uploadBlob(s, EMPTY_CONFIG, sha256(EMPTY_CONFIG), 'config blob');
+  await uploadBlob(s, EMPTY_CONFIG, sha256Digest(EMPTY_CONFIG), 'config blob');
   await uploadBlob(s, bytes, digest, `blob ${digest}`);
   const res = await s.request('PUT', `/v2/${r.repository}/manifests/${r.tag ?? r.reference}`, 'manifest upload', {
     headers: { 'content-type': MEDIA.ociManifest },

@@ -12,6 +12,7 @@
 //
 // Specified in docs/fl.md; examples/fl-logreg implements it.
 
+import { updateMessages, type Encoding, type FlUpdate } from '../../protocol/index.ts';
 import { decodeModel, float32FromLE, float32ToLE, paramCount, type Model } from '../../protocol/model-format.ts';
 
 export class FlContractError extends Error {
@@ -82,4 +83,34 @@ export function parseFlOutput(stdout: string, reference: Model): FlOutput {
     return { name: t.name, shape: t.shape, data };
   });
   return { numSamples: n, metrics, model: { format: reference.format, tensors } };
+}
+
+export interface FlOutcome {
+  /** What to publish on the round's update topic, in order: the update, or one message saying why there is none. */
+  updates: FlUpdate[];
+  /** The task result's `results`: num_samples and the client metrics. */
+  results?: Record<string, number>;
+  /** The run succeeded but gave no valid update: the task fails with this. */
+  error?: string;
+}
+
+/** The update messages of a finished round task, each at most `maxPayload` bytes. */
+export function flOutcome(
+  head: { proplet_id: string; round_id: string; task_id: string },
+  run: { ok: boolean; stdout: string; error?: string },
+  input: FlInput | undefined,
+  maxPayload: number,
+  encoding: Encoding,
+): FlOutcome {
+  try {
+    if (!run.ok || !input) throw new FlContractError(run.error ?? 'the task had no model to train');
+    const out = parseFlOutput(run.stdout, input.model);
+    return {
+      updates: updateMessages({ ...head, num_samples: out.numSamples, metrics: out.metrics }, out.model, maxPayload, encoding),
+      results: { num_samples: out.numSamples, ...out.metrics },
+    };
+  } catch (e) {
+    if (!(e instanceof FlContractError) && !(e instanceof RangeError)) throw e;
+    return { updates: [{ v: 1, ...head, error: e.message }], ...(run.ok ? { error: e.message } : {}) };
+  }
 }
