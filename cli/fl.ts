@@ -6,7 +6,7 @@
 import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { ControlPlaneClient } from '../control-plane/client.ts';
+import { ApiError, type ControlPlaneClient } from '../control-plane/client.ts';
 import type { FederatedJob, TrainingRound } from '../control-plane/fl/resources.ts';
 import { sha256Digest } from '../protocol/index.ts';
 import { decodeModel, modelToJson } from '../protocol/model-format.ts';
@@ -191,8 +191,13 @@ ${apiHelp}
     const what = pos[0]!;
     let ref = what;
     if (!/^sha256:[0-9a-f]{64}$/.test(what)) {
-      const cp = (await api.flCheckpoints()).checkpoints.find((c) => c.metadata.name === what);
-      const found = cp?.spec.modelRef ?? (await api.getFlJob(what).catch(() => undefined))?.status.aggregatedModelRef;
+      // 404 means "not that kind of name"; anything else (unreachable, 401) is the answer
+      const absent = (e: unknown) => {
+        if (e instanceof ApiError && e.status === 404) return undefined;
+        throw e;
+      };
+      const cp = await api.getFlCheckpoint(what).catch(absent);
+      const found = cp?.spec.modelRef ?? (await api.getFlJob(what).catch(absent))?.status.aggregatedModelRef;
       if (!found) throw new UsageError(`${what}: no checkpoint of that name, and no job with an aggregated model`);
       ref = found;
     }

@@ -165,4 +165,14 @@ spec:
   const watch = spawnSync('node', [BIN, 'fl', 'watch', 'fl-kill', '--api', again.apiUrl], { encoding: 'utf8' });
   t.is(watch.status, 0);
   t.regex(watch.stdout, /round-4-fl-kill +\[#+\] 2\/2 updates +Completed/);
+  // the last checkpoint by name, and the job's latest model by the job's name: the same verified bytes
+  const last = (await again.api.flCheckpoints('fl-kill')).checkpoints.at(-1)!;
+  for (const [what, file] of [[last.metadata.name, join(dir, 'cp.cbor')], ['fl-kill', join(dir, 'job.cbor')]] as const) {
+    const pull = spawnSync('node', [BIN, 'fl', 'model', 'pull', what, '-o', file, '--api', again.apiUrl], { encoding: 'utf8' });
+    t.is(pull.status, 0, pull.stderr);
+    t.is(modelDigest(readFileSync(file)), last.spec.modelRef);
+  }
+  const missing = spawnSync('node', [BIN, 'fl', 'model', 'pull', 'no-such', '--api', again.apiUrl], { encoding: 'utf8' });
+  t.is(missing.status, 2);
+  t.regex(missing.stderr, /no-such: no checkpoint of that name, and no job with an aggregated model/);
 });

@@ -133,6 +133,11 @@ export class FlCoordinator {
   private working(name: string): TrainingRound | undefined {
     return this.live.get(name)?.round ?? this.o.store.flRounds.get(name);
   }
+  checkpoint(name: string): ModelCheckpoint {
+    const c = this.o.store.flCheckpoints.get(name);
+    if (!c) throw new TaskError('not_found', `ModelCheckpoint ${name} not found`);
+    return c;
+  }
   checkpoints(job?: string): ModelCheckpoint[] {
     const all = this.o.store.flCheckpoints.list();
     return job === undefined ? all : all.filter((c) => c.spec.federatedJobRef?.name === job);

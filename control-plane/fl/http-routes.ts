@@ -56,11 +56,7 @@ export function addFlRoutes(api: HttpApi, fl: FlCoordinator): void {
   });
 
   api.route('GET', '/fl/checkpoints', (_req, url) => list('checkpoints', fl.checkpoints(url.searchParams.get('job') ?? undefined).sort(byCreation)));
-  api.route('GET', '/fl/checkpoints/{name}', (_req, _url, [name]) => {
-    const c = fl.checkpoints().find((x) => x.metadata.name === name);
-    if (!c) throw new HttpError(404, `ModelCheckpoint ${name} not found`);
-    return c;
-  });
+  api.route('GET', '/fl/checkpoints/{name}', (_req, _url, [name]) => fl.checkpoint(name!));
 
   // A model: compact CBOR (application/cbor or octet-stream) or the JSON form.
   api.route('POST', '/models', async (req) => {
