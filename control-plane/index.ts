@@ -19,6 +19,7 @@ import type { Placement } from './placement.ts';
 import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
 import { MemoryStore, type Store } from './store.ts';
+import { registerStoreMetrics } from './store-metrics.ts';
 import { TaskService } from './tasks.ts';
 
 export interface ControlPlaneOptions {
@@ -70,6 +71,7 @@ export class ControlPlane {
       },
       { defaultMetrics: o.defaultMetrics },
     );
+    registerStoreMetrics(this.metrics.registry, this.store);
     this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
     this.tasks = new TaskService({
       store: this.store,
@@ -172,7 +174,7 @@ export class ControlPlane {
     this.tasks.stopTimers();
     await this.http.close();
     await this.gateway.close();
-    this.store.close();
+    await this.store.close();
   }
 }
 

@@ -1,0 +1,84 @@
+// A real PostgreSQL for tests: the cluster named by PROPELLER_TEST_PG_URL
+// (.ci/run starts one), or a throw-away one started here (initdb into a temp
+// dir, a free loopback port, the socket in that dir). Each caller gets a fresh
+// database of its own.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir, userInfo } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { freePort } from './stack.ts';
+
+export interface Postgres {
+  /** postgres://… of a new, empty database. */
+  createDatabase(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** Debian installs the server here; PATH may have only the client wrappers. */
+export function pgBinDir(): string | undefined {
+  const root = '/usr/lib/postgresql';
+  if (existsSync(root)) {
+    const v = readdirSync(root)
+      .filter((d) => existsSync(join(root, d, 'bin', 'initdb')))
+      .sort((a, b) => Number(b) - Number(a))[0];
+    if (v) return join(root, v, 'bin');
+  }
+  const which = spawnSync('sh', ['-c', 'command -v initdb'], { encoding: 'utf8' });
+  return which.status === 0 ? join(which.stdout.trim(), '..') : undefined;
+}
+
+export const postgresMissing = (): string | undefined =>
+  process.env.PROPELLER_TEST_PG_URL || pgBinDir() ? undefined : 'PostgreSQL is not installed: apt-get install -y postgresql (or set PROPELLER_TEST_PG_URL, or PROPELLER_SKIP_POSTGRES=1 to skip)';
+
+let counter = 0;
+
+export async function startPostgres(): Promise<Postgres> {
+  const given = process.env.PROPELLER_TEST_PG_URL;
+  if (given) return onCluster(given, async () => {});
+  const bin = pgBinDir();
+  if (!bin) throw new Error(postgresMissing());
+  const dir = mkdtempSync(join(tmpdir(), 'propeller-pg-'));
+  // initdb and postgres refuse to run as root: run them as the postgres user
+  const asRoot = userInfo().uid === 0;
+  const run = (cmd: string, args: string[]) =>
+    asRoot ? execFileSync('runuser', ['-u', 'postgres', '--', join(bin, cmd), ...args], { stdio: 'pipe' }) : execFileSync(join(bin, cmd), args, { stdio: 'pipe' });
+  if (asRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString());
+    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString());
+    chownSync(dir, uid, gid);
+  }
+  const data = join(dir, 'data');
+  const user = asRoot ? 'postgres' : userInfo().username;
+  run('initdb', ['-D', data, '-A', 'trust', '-U', user, '--no-sync', '-E', 'UTF8']);
+  const port = await freePort();
+  // fsync off: tests need a crash of the server process to be safe, not a power loss
+  run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off`, 'start']);
+  return onCluster(`postgres://${user}@127.0.0.1:${port}/postgres`, async () => {
+    try {
+      run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+function onCluster(adminUrl: string, stop: () => Promise<void>): Postgres {
+  return {
+    async createDatabase() {
+      const name = `propeller_test_${process.pid}_${Date.now()}_${++counter}`;
+      const c = new pg.Client({ connectionString: adminUrl });
+      await c.connect();
+      try {
+        await c.query(`CREATE DATABASE ${name}`);
+      } finally {
+        await c.end();
+      }
+      const u = new URL(adminUrl);
+      u.pathname = `/${name}`;
+      return u.toString();
+    },
+    stop,
+  };
+}
