@@ -16,6 +16,17 @@ export interface Postgres {
   stop(): Promise<void>;
 }
 
+let shared: Promise<Postgres> | undefined;
+
+/** A URL to a fresh, empty database on the test cluster, started once per process and stopped at its exit. */
+export async function testPostgres(): Promise<string> {
+  shared ??= startPostgres().then((p) => {
+    process.once('exit', () => void p.stop());
+    return p;
+  });
+  return (await shared).createDatabase();
+}
+
 /** Debian installs the server here; PATH may have only the client wrappers. */
 export function pgBinDir(): string | undefined {
   const root = '/usr/lib/postgresql';
@@ -55,7 +66,11 @@ export async function startPostgres(): Promise<Postgres> {
   const port = await freePort();
   // fsync off: tests need a crash of the server process to be safe, not a power loss
   run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off`, 'start']);
+  let stopped = false;
+  // synchronous, so that it also works from a process 'exit' handler
   return onCluster(`postgres://${user}@127.0.0.1:${port}/postgres`, async () => {
+    if (stopped) return;
+    stopped = true;
     try {
       run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
     } finally {
