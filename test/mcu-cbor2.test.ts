@@ -1,14 +1,14 @@
 // Every CBOR message of the MCU profile, read by an independent decoder:
 // Debian's python3-cbor2 (run as /usr/bin/python3, not whatever python is on
 // PATH), compared field by field with protocol's own decode(). Also checks
-// that docs/mcu.md carries exactly the bytes proplet-mcu/gen-docs.ts makes.
+// that docs/mcu.md carries exactly the bytes docs/gen-mcu.ts makes.
 
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { decode, FIELDS, type MessageKind } from '../protocol/index.ts';
 import { toCompact } from '../protocol/schema.ts';
-import { blocksIn, DOC_PATH, generate, mcuExamples } from '../proplet-mcu/gen-docs.ts';
+import { blocksIn, DOC_PATH, generate, mcuExamples } from '../docs/gen-mcu.ts';
 
 const PYTHON = '/usr/bin/python3';
 
@@ -107,5 +107,5 @@ for (const [i, e] of examples.entries()) {
 
 test('docs/mcu.md carries exactly the generated blocks', (t) => {
   const doc = blocksIn(readFileSync(DOC_PATH, 'utf8'));
-  for (const [name, text] of generate()) t.is(doc.get(name), text, `block ${name}: run node --import tsx proplet-mcu/gen-docs.ts --write`);
+  for (const [name, text] of generate()) t.is(doc.get(name), text, `block ${name}: run node --import tsx docs/gen-mcu.ts --write`);
 });
