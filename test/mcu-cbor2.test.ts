@@ -60,9 +60,12 @@ let decoded: { value: Py; canonical: boolean }[] = [];
 const skip = process.env.PROPELLER_SKIP_CBOR2 === '1';
 const missing = cbor2Available();
 
+// Without cbor2 these tests compare nothing: with PROPELLER_SKIP_CBOR2=1 they show as skipped; CI must run them.
+const compare = missing && skip && process.env.CI !== 'true' ? test.skip : test;
+
 test.before(() => {
   if (missing) {
-    if (skip) return;
+    if (skip && process.env.CI !== 'true') return;
     throw new Error(`${missing}. Install Debian's package python3-cbor2 (apt-get install python3-cbor2), or set PROPELLER_SKIP_CBOR2=1 to skip this test`);
   }
   const out = execFileSync(PYTHON, ['-c', SCRIPT], { input: examples.map((e) => e.bytes.toString('hex')).join('\n') + '\n', encoding: 'utf8' });
@@ -78,12 +81,7 @@ test('the examples cover every message the profile sends and receives', (t) => {
 });
 
 for (const [i, e] of examples.entries()) {
-  test(`python3-cbor2 reads ${e.name} (${e.kind}, ${e.direction === 'sends' ? 'device → control plane' : 'control plane → device'}) as protocol.decode does`, (t) => {
-    if (missing && skip) {
-      t.log(`skipped: ${missing} (PROPELLER_SKIP_CBOR2=1)`);
-      t.pass();
-      return;
-    }
+  compare(`python3-cbor2 reads ${e.name} (${e.kind}, ${e.direction === 'sends' ? 'device → control plane' : 'control plane → device'}) as protocol.decode does`, (t) => {
     const py = decoded[i]!;
     t.truthy(py, 'python printed a value');
     t.true(py.canonical, 'cbor2 re-encodes the value to the same bytes: shortest forms, definite lengths, no tags');
