@@ -65,19 +65,24 @@ class SqliteEngine implements Engine {
   /** Hot modules: every dispatch and chunk request reads one. */
   private hot = new LRUCache<string, Uint8Array>({ maxSize: 128 * 1024 * 1024, sizeCalculation: (b) => Math.max(1, b.length) });
   private pendingModules = new Map<string, Uint8Array>();
+  /** One transaction function, made once: building a better-sqlite3 transaction is not free. */
+  private apply: (ops: Op[], conflicts: RowKey[]) => void;
 
   constructor(private db: Database.Database) {
+    this.apply = db.transaction((ops: Op[], conflicts: RowKey[]) => this.applyOps(ops, conflicts));
     const base = statements(db);
     this.s = {
       ...base,
-      updateTask: db.prepare<[TaskRow & { expected: number; next: number }]>(
-        `UPDATE tasks SET version = @next, name = @name, state = @state, attempt = @attempt, proplet_id = @proplet_id, labels = @labels,
-         updated_at = @updated_at, started_at = @started_at, finished_at = @finished_at, status = @status WHERE id = @id AND version = @expected`,
+      // positional parameters: binding by name costs a property lookup per column
+      updateTask: db.prepare<unknown[]>(
+        `UPDATE tasks SET version = ?, name = ?, state = ?, attempt = ?, proplet_id = ?, labels = ?,
+         updated_at = ?, started_at = ?, finished_at = ?, status = ? WHERE id = ? AND version = ?`,
       ),
-      updateTaskSpec: db.prepare<[TaskRow & { expected: number; next: number }]>(
-        `UPDATE tasks SET version = @next, name = @name, state = @state, attempt = @attempt, proplet_id = @proplet_id, labels = @labels,
-         updated_at = @updated_at, started_at = @started_at, finished_at = @finished_at, status = @status, spec = @spec WHERE id = @id AND version = @expected`,
+      updateTaskSpec: db.prepare<unknown[]>(
+        `UPDATE tasks SET version = ?, name = ?, state = ?, attempt = ?, proplet_id = ?, labels = ?,
+         updated_at = ?, started_at = ?, finished_at = ?, status = ?, spec = ? WHERE id = ? AND version = ?`,
       ),
+      appendHistory: db.prepare<unknown[]>('INSERT OR REPLACE INTO task_history VALUES (?, ?, ?, ?, ?, ?, ?)'),
       deleteTask: db.prepare<[string, number]>('DELETE FROM tasks WHERE id = ? AND version = ?'),
       existsTask: db.prepare<[string], { n: number }>('SELECT 1 AS n FROM tasks WHERE id = ?'),
       deleteHistory: db.prepare<[string]>('DELETE FROM task_history WHERE task_id = ?'),
@@ -110,39 +115,46 @@ class SqliteEngine implements Engine {
 
   async commit(ops: Op[]): Promise<RowKey[]> {
     const conflicts: RowKey[] = [];
-    const s = this.s;
-    const apply = this.db.transaction(() => {
-      for (const op of ops) {
-        if (op.t === 'module') {
-          s.putModule.run(op.digest, Buffer.from(op.bytes.buffer, op.bytes.byteOffset, op.bytes.byteLength));
-        } else if (op.t === 'doc') {
-          const ok =
-            op.doc === null
-              ? s.deleteDoc.run(op.kind, op.id, op.expected).changes > 0 || !s.existsDoc.get(op.kind, op.id)
-              : (op.expected === 0 ? s.insertDoc.run(op.kind, op.id, op.next, op.doc) : s.updateDoc.run(op.next, op.doc, op.kind, op.id, op.expected)).changes > 0;
-          if (!ok) conflicts.push({ kind: op.kind, id: op.id });
-        } else if (op.row === null) {
-          if (s.deleteTask.run(op.id, op.expected).changes > 0) s.deleteHistory.run(op.id);
-          else if (s.existsTask.get(op.id)) conflicts.push({ kind: 'task', id: op.id });
-        } else {
-          const p = { ...op.row, expected: op.expected, next: op.next, version: op.next };
-          const changed = (op.expected === 0 ? s.insertTask : op.spec ? s.updateTaskSpec : s.updateTask).run(p).changes > 0;
-          if (!changed) conflicts.push({ kind: 'task', id: op.id });
-          else if (op.hist) {
-            if (op.hist.replace) s.deleteHistory.run(op.id);
-            op.hist.entries.forEach((h, i) => s.insertHistory.run(historyParams(op.id, op.hist!.from + i, h)));
-          }
-        }
-      }
-      if (conflicts.length) throw ROLLBACK;
-    });
     try {
-      apply();
+      this.apply(ops, conflicts);
     } catch (e) {
       if (e !== ROLLBACK) throw e;
     }
     if (!conflicts.length) for (const op of ops) if (op.t === 'module') this.pendingModules.delete(op.digest);
     return conflicts;
+  }
+
+  private applyOps(ops: Op[], conflicts: RowKey[]): void {
+    const s = this.s;
+    for (const op of ops) {
+      if (op.t === 'module') {
+        s.putModule.run(op.digest, Buffer.from(op.bytes.buffer, op.bytes.byteOffset, op.bytes.byteLength));
+      } else if (op.t === 'doc') {
+        const ok =
+          op.doc === null
+            ? s.deleteDoc.run(op.kind, op.id, op.expected).changes > 0 || !s.existsDoc.get(op.kind, op.id)
+            : (op.expected === 0 ? s.insertDoc.run(op.kind, op.id, op.next, op.doc) : s.updateDoc.run(op.next, op.doc, op.kind, op.id, op.expected)).changes > 0;
+        if (!ok) conflicts.push({ kind: op.kind, id: op.id });
+      } else if (op.row === null) {
+        if (s.deleteTask.run(op.id, op.expected).changes > 0) s.deleteHistory.run(op.id);
+        else if (s.existsTask.get(op.id)) conflicts.push({ kind: 'task', id: op.id });
+      } else {
+        const r = op.row;
+        const changed =
+          op.expected === 0
+            ? s.insertTask.run({ ...r, version: op.next }).changes > 0
+            : op.spec
+              ? s.updateTaskSpec.run(op.next, r.name, r.state, r.attempt, r.proplet_id, r.labels, r.updated_at, r.started_at, r.finished_at, r.status, r.spec, r.id, op.expected).changes > 0
+              : s.updateTask.run(op.next, r.name, r.state, r.attempt, r.proplet_id, r.labels, r.updated_at, r.started_at, r.finished_at, r.status, r.id, op.expected).changes > 0;
+        if (!changed) conflicts.push({ kind: 'task', id: op.id });
+        else if (op.hist) {
+          if (op.hist.replace) s.deleteHistory.run(op.id);
+          let seq = op.hist.from;
+          for (const h of op.hist.entries) s.appendHistory.run(op.id, seq++, h.state, h.at, h.reason ?? null, h.proplet_id ?? null, h.attempt ?? null);
+        }
+      }
+    }
+    if (conflicts.length) throw ROLLBACK;
   }
 
   async reload(keys: RowKey[]) {

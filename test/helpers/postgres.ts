@@ -4,7 +4,7 @@
 // database of its own.
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -45,7 +45,8 @@ export const postgresMissing = (): string | undefined =>
 
 let counter = 0;
 
-export async function startPostgres(): Promise<Postgres> {
+/** `durable`: keep fsync on (benchmarks); tests only need a crash of the server process to be safe. */
+export async function startPostgres(o: { durable?: boolean } = {}): Promise<Postgres & { pid?: () => number }> {
   const given = process.env.PROPELLER_TEST_PG_URL;
   if (given) return onCluster(given, async () => {});
   const bin = pgBinDir();
@@ -64,11 +65,12 @@ export async function startPostgres(): Promise<Postgres> {
   const user = asRoot ? 'postgres' : userInfo().username;
   run('initdb', ['-D', data, '-A', 'trust', '-U', user, '--no-sync', '-E', 'UTF8']);
   const port = await freePort();
-  // fsync off: tests need a crash of the server process to be safe, not a power loss
-  run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off`, 'start']);
+  const fast = o.durable ? '' : ' -c fsync=off -c full_page_writes=off';
+  run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1${fast}`, 'start']);
   let stopped = false;
+  const pid = () => Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
   // synchronous, so that it also works from a process 'exit' handler
-  return onCluster(`postgres://${user}@127.0.0.1:${port}/postgres`, async () => {
+  const cluster = onCluster(`postgres://${user}@127.0.0.1:${port}/postgres`, async () => {
     if (stopped) return;
     stopped = true;
     try {
@@ -77,6 +79,7 @@ export async function startPostgres(): Promise<Postgres> {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+  return { ...cluster, pid };
 }
 
 function onCluster(adminUrl: string, stop: () => Promise<void>): Postgres {
