@@ -33,6 +33,23 @@ const TASK_SELECT = `SELECT id, version, name, state, attempt, proplet_id, label
 const HISTORY_SELECT = `SELECT task_id, seq, state, ${iso('at')} AS at, reason, proplet_id, attempt FROM task_history`;
 const DOC_SELECT = 'SELECT kind, id, version, doc::text AS doc FROM records';
 
+const TASK_RECORD =
+  'id text, name text, state text, attempt int, proplet_id text, labels jsonb, updated_at timestamptz, started_at timestamptz, finished_at timestamptz, status json, spec json';
+
+/** One task row as a JSON object; `spec` only when it is to be written. */
+function taskJson(r: TaskRow, extra: string, spec = true): string {
+  return (
+    `{"id":${JSON.stringify(r.id)},"name":${JSON.stringify(r.name)},"state":${JSON.stringify(r.state)},"attempt":${r.attempt},` +
+    `"proplet_id":${r.proplet_id === null ? 'null' : JSON.stringify(r.proplet_id)},"labels":${r.labels ?? 'null'},` +
+    `"updated_at":${JSON.stringify(r.updated_at)},"started_at":${r.started_at === null ? 'null' : JSON.stringify(r.started_at)},` +
+    `"finished_at":${r.finished_at === null ? 'null' : JSON.stringify(r.finished_at)},"status":${r.status},"spec":${spec ? r.spec : 'null'},${extra}}`
+  );
+}
+
+function jsonArray<T>(xs: T[], f: (x: T) => string): string {
+  return `[${xs.map(f).join(',')}]`;
+}
+
 type HistoryRow = { task_id: string; seq: number; state: string; at: string; reason: string | null; proplet_id: string | null; attempt: number | null };
 
 /** A URL without its password, for messages. */
@@ -45,6 +62,8 @@ export function redact(url: string): string {
     return url.replace(/:[^:@/]*@/, ':***@');
   }
 }
+
+const RECHECK = Symbol('recheck');
 
 class PgEngine implements Engine {
   readonly name = 'postgres';
@@ -117,18 +136,21 @@ class PgEngine implements Engine {
 
   async commit(ops: Op[]): Promise<RowKey[]> {
     const c = await this.connection();
-    await c.query('BEGIN');
-    try {
-      const conflicts = await this.apply(c, ops);
-      await c.query(conflicts.length ? 'ROLLBACK' : 'COMMIT');
-      return conflicts;
-    } catch (e) {
-      await c.query('ROLLBACK').catch(() => {});
-      throw e;
+    for (const precise of [false, true]) {
+      await c.query('BEGIN');
+      try {
+        const conflicts = await this.apply(c, ops, precise);
+        await c.query(conflicts.length ? 'ROLLBACK' : 'COMMIT');
+        return conflicts;
+      } catch (e) {
+        await c.query('ROLLBACK').catch(() => {});
+        if (e !== RECHECK) throw e;
+      }
     }
+    throw new Error('unreachable');
   }
 
-  private async apply(c: pg.Client, ops: Op[]): Promise<RowKey[]> {
+  private async apply(c: pg.Client, ops: Op[], precise: boolean): Promise<RowKey[]> {
     const conflicts: RowKey[] = [];
     const inserts: Extract<Op, { t: 'task' }>[] = [];
     const updates: Extract<Op, { t: 'task' }>[] = [];
@@ -157,28 +179,36 @@ class PgEngine implements Engine {
       return want.filter((o) => !ok.has(o.id)).map((o) => o.id);
     };
     const col = <T>(rows: T[], f: (r: T) => unknown) => rows.map(f);
+    // rows travel as one JSON array per statement: JSON.stringify is native, and the
+    // spec/status/labels columns are JSON text already, spliced in without re-encoding
     if (inserts.length) {
-      const rows = inserts.map((o) => ({ ...o.row!, version: o.next }));
       const r = await c.query<{ id: string }>(
         `INSERT INTO tasks (id, version, name, state, attempt, proplet_id, labels, created_at, updated_at, started_at, finished_at, spec, status)
-         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[], $7::jsonb[], $8::timestamptz[], $9::timestamptz[],
-           $10::timestamptz[], $11::timestamptz[], $12::json[], $13::json[])
+         SELECT id, version, name, state, attempt, proplet_id, labels, created_at, updated_at, started_at, finished_at, spec, status
+         FROM json_to_recordset($1::json) AS u(${TASK_RECORD}, created_at timestamptz, version int)
          ON CONFLICT (id) DO NOTHING RETURNING id`,
-        [col(rows, (r) => r.id), col(rows, (r) => r.version), col(rows, (r) => r.name), col(rows, (r) => r.state), col(rows, (r) => r.attempt), col(rows, (r) => r.proplet_id), col(rows, (r) => r.labels), col(rows, (r) => r.created_at), col(rows, (r) => r.updated_at), col(rows, (r) => r.started_at), col(rows, (r) => r.finished_at), col(rows, (r) => r.spec), col(rows, (r) => r.status)],
+        [jsonArray(inserts, (o) => taskJson(o.row!, `"version":${o.next},"created_at":${JSON.stringify(o.row!.created_at)}`))],
       );
       for (const id of missing(inserts, r.rows)) conflicts.push({ kind: 'task', id });
     }
     if (updates.length) {
-      const r = await c.query<{ id: string }>(
-        `UPDATE tasks t SET version = u.next, name = u.name, state = u.state, attempt = u.attempt, proplet_id = u.proplet_id, labels = u.labels,
+      // the common case costs one count, not one returned row per update
+      const json = jsonArray(updates, (o) => taskJson(o.row!, `"expected":${o.expected},"next":${o.next}`, o.spec));
+      if (precise) {
+        // rows still at the expected version, looked up before anything is written
+        const ok = await c.query<{ id: string }>(`SELECT u.id FROM json_to_recordset($1::json) AS u(id text, expected int) JOIN tasks t ON t.id = u.id AND t.version = u.expected FOR UPDATE OF t`, [json]);
+        for (const id of missing(updates, ok.rows)) conflicts.push({ kind: 'task', id });
+        if (conflicts.length) return conflicts;
+      }
+      const r = await c.query<{ n: number }>(
+        `WITH done AS (UPDATE tasks t SET version = u.next, name = u.name, state = u.state, attempt = u.attempt, proplet_id = u.proplet_id, labels = u.labels,
            updated_at = u.updated_at, started_at = u.started_at, finished_at = u.finished_at, status = u.status, spec = coalesce(u.spec, t.spec)
-         FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[], $8::jsonb[], $9::timestamptz[], $10::timestamptz[],
-           $11::timestamptz[], $12::json[], $13::json[])
-           AS u(id, expected, next, name, state, attempt, proplet_id, labels, updated_at, started_at, finished_at, status, spec)
-         WHERE t.id = u.id AND t.version = u.expected RETURNING t.id`,
-        [col(updates, (o) => o.id), col(updates, (o) => o.expected), col(updates, (o) => o.next), col(updates, (o) => o.row!.name), col(updates, (o) => o.row!.state), col(updates, (o) => o.row!.attempt), col(updates, (o) => o.row!.proplet_id), col(updates, (o) => o.row!.labels), col(updates, (o) => o.row!.updated_at), col(updates, (o) => o.row!.started_at), col(updates, (o) => o.row!.finished_at), col(updates, (o) => o.row!.status), col(updates, (o) => (o.spec ? o.row!.spec : null))],
+         FROM json_to_recordset($1::json) AS u(${TASK_RECORD}, expected int, next int)
+         WHERE t.id = u.id AND t.version = u.expected RETURNING 1) SELECT count(*)::int AS n FROM done`,
+        [json],
       );
-      for (const id of missing(updates, r.rows)) conflicts.push({ kind: 'task', id });
+      // some row lost: roll back and ask which ones, before writing, in a fresh transaction
+      if (r.rows[0]!.n < updates.length) throw RECHECK;
     }
     if (deletes.length) {
       const r = await c.query<{ id: string }>(`DELETE FROM tasks t USING unnest($1::text[], $2::int[]) AS u(id, expected) WHERE t.id = u.id AND t.version = u.expected RETURNING t.id`, [
@@ -194,9 +224,9 @@ class PgEngine implements Engine {
     if (history.length) {
       await c.query(
         `INSERT INTO task_history (task_id, seq, state, at, reason, proplet_id, attempt)
-         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::int[])
+         SELECT * FROM json_to_recordset($1::json) AS h(task_id text, seq int, state text, at timestamptz, reason text, proplet_id text, attempt int)
          ON CONFLICT (task_id, seq) DO UPDATE SET state = excluded.state, at = excluded.at, reason = excluded.reason, proplet_id = excluded.proplet_id, attempt = excluded.attempt`,
-        [col(history, (h) => h.task_id), col(history, (h) => h.seq), col(history, (h) => h.state), col(history, (h) => h.at), col(history, (h) => h.reason), col(history, (h) => h.proplet_id), col(history, (h) => h.attempt)],
+        [JSON.stringify(history)],
       );
     }
     const key = (r: { kind: string; id: string }) => `${r.kind}\u0000${r.id}`;
