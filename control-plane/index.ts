@@ -97,6 +97,7 @@ export class ControlPlane {
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
       putModule: (digest, bytes) => this.store.putModule(digest, bytes),
+      durable: () => this.store.flush(),
     });
     const m = this.metrics;
     this.fl = new FlCoordinator({

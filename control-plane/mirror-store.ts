@@ -55,6 +55,9 @@ export class MirrorStore implements Store {
   /** Bumped when a row is reloaded after a conflict: writes made before are stale. */
   private epochs = new Map<string, number>();
   private queue: Intent[][] = [];
+  /** Groups enqueued, and groups committed (or dropped): flush() waits for the count it saw. */
+  private enqueued = 0;
+  private settled = 0;
   /** The group `atomically` is building, and how to undo it in the mirror. */
   private open?: { intents: Intent[]; undo: Undo[] };
   private flushing?: Promise<void>;
@@ -209,6 +212,7 @@ export class MirrorStore implements Store {
 
   private enqueue(group: Intent[]): void {
     this.queue.push(group);
+    this.enqueued++;
     this.stats.pending += group.length;
     this.schedule();
   }
@@ -222,19 +226,21 @@ export class MirrorStore implements Store {
     });
   }
 
-  /** Commits everything queued so far; resolves when it is in the database. */
+  /** Resolves when everything queued before the call is in the database (later writes need not wait). */
   async flush(): Promise<void> {
-    for (;;) {
+    const target = this.enqueued;
+    while (this.settled < target) {
       if (this.flushing) {
         await this.flushing.catch(() => {});
         continue;
       }
-      if (!this.queue.length) return;
       this.flushing = this.commitQueued();
       try {
         await this.flushing;
       } finally {
         this.flushing = undefined;
+        // writes made while this commit was in flight: the next batch
+        if (this.queue.length) this.schedule();
       }
     }
   }
@@ -245,6 +251,7 @@ export class MirrorStore implements Store {
     try {
       await this.commitGroups(groups);
       this.stats.pending -= groups.reduce((n, g) => n + g.length, 0);
+      this.settled += groups.length;
     } catch (e) {
       // the database is unreachable: keep the writes, in order, and try again
       this.stats.failures++;
@@ -311,7 +318,6 @@ export class MirrorStore implements Store {
   /** A write made before its row was reloaded: the caller had not seen the winner's change. */
   private dropStale(g: Intent[]): void {
     this.stats.conflicts++;
-    this.stats.pending -= g.length;
     this.log('warn', 'store write conflict: written over a row that was reloaded since; dropped', { engine: this.engine.name, rows: g.map((i) => splitKey(i.key)).map((k) => `${k.kind}/${k.id}`) });
   }
 

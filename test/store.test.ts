@@ -15,6 +15,7 @@ import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../con
 import type { RowKey } from '../control-plane/store-rows.ts';
 import type { Store } from '../control-plane/store.ts';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.ts';
+import { startStack, until } from './helpers/stack.ts';
 
 const skipPg = process.env.PROPELLER_SKIP_POSTGRES === '1' && !!postgresMissing();
 let postgres: Postgres | undefined;
@@ -230,6 +231,47 @@ for (const e of ENGINES) {
     t.is(x.pending_reason, undefined);
     t.deepEqual(x.history.map((h) => h.state), ['Pending', 'Scheduled', 'Running'], 'no history row of the losing write');
     await c.close();
+  });
+
+  it('the HTTP API answers a change only once the store has committed it', async (t, e) => {
+    const loc = await e.fresh();
+    const store = await openStore(loc);
+    // hold every commit while the request is in flight (the store's own tick flushes through the same method)
+    const realFlush = store.flush.bind(store);
+    const held: (() => void)[] = [];
+    let holding = false;
+    let flushCalled!: () => void;
+    const called = new Promise<void>((r) => (flushCalled = r));
+    store.flush = () => {
+      if (!holding) return realFlush();
+      flushCalled();
+      return new Promise<void>((r) => held.push(r)).then(realFlush);
+    };
+    const release = () => {
+      holding = false;
+      for (const r of held.splice(0)) r();
+    };
+    const stack = await startStack({ cp: { store } });
+    try {
+      let answered = false;
+      holding = true;
+      const created = stack.api.createTask({ name: 'durable', file: Buffer.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]).toString('base64') }).then((x) => {
+        answered = true;
+        return x;
+      });
+      await called;
+      // the store's own tick and the request's wait both hold; without the wait, the answer comes first
+      await until(() => answered || held.length >= 2, 'the answer or the request waiting on the commit');
+      t.false(answered, 'no answer while the commit is pending');
+      release();
+      const task = await created;
+      const other = await openStore(loc);
+      t.is(other.tasks.get(task.id)?.name, 'durable', 'committed before the answer');
+      await other.close();
+    } finally {
+      release();
+      await stack.close();
+    }
   });
 
   it('a database written by a newer version is refused with one clear line', async (t, e) => {
