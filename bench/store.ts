@@ -149,38 +149,55 @@ async function drive(sink: Sink, nTasks: number, perTick: number, serverCpu?: ()
   };
 }
 
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { tasks: { type: 'string', default: '5000' }, 'per-tick': { type: 'string', default: '1,10,100' }, only: { type: 'string' } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { tasks: { type: 'string', default: '5000' }, 'per-tick': { type: 'string', default: '1,10,100' }, repeat: { type: 'string', default: '3' } },
+  });
   const nTasks = Number(values.tasks);
   const perTicks = values['per-tick']!.split(',').map(Number);
-  console.log(`store: ${nTasks} tasks × 4 transitions; cores ${availableParallelism()}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  const repeat = Number(values.repeat);
+  console.log(`store: ${nTasks} tasks × 4 transitions, medians of ${repeat} interleaved runs; cores ${availableParallelism()}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const dir = mkdtempSync(join(tmpdir(), 'propeller-bench-store-'));
   delete process.env.PROPELLER_TEST_PG_URL; // a cluster of our own, fsync on, not the tests' one
   const pg = await startPostgres({ durable: true });
-  const rows: (string | number)[][] = [];
+  const NAMES = ['whole-document SQLite (baseline)', 'SQLite store', 'PostgreSQL store'] as const;
+  const runs = new Map<string, (Figures & { commits: number })[]>();
+  const add = (perTick: number, name: string, f: Figures & { commits: number }) => {
+    const k = `${perTick}\u0000${name}`;
+    runs.set(k, [...(runs.get(k) ?? []), f]);
+  };
   try {
     let i = 0;
     const path = () => join(dir, `s${++i}.db`);
-    for (const perTick of perTicks) {
-      const base = wholeDocumentSqlite(path());
-      const b = await drive(base, nTasks, perTick);
-      await base.close();
-      const sq = await openStore({ engine: 'sqlite', path: path() });
-      const s = await drive(storeSink(sq), nTasks, perTick);
-      const sqCommits = sq.stats.commits;
-      await sq.close();
-      const pgs = await openStore({ engine: 'postgres', url: await pg.createDatabase() });
-      const p = await drive(storeSink(pgs), nTasks, perTick, () => treeCpu(pg.pid!()));
-      const pgCommits = pgs.stats.commits;
-      await pgs.close();
-      const n = nTasks * 4;
-      rows.push([String(perTick), 'whole-document SQLite (baseline)', b.tps, b.cpuUs, '', String(n), '1.00×']);
-      rows.push([String(perTick), 'SQLite store', s.tps, s.cpuUs, '', String(sqCommits), `${(s.tps / b.tps).toFixed(2)}×`]);
-      rows.push([String(perTick), 'PostgreSQL store', p.tps, p.cpuUs, p.serverCpuUs!, String(pgCommits), `${(p.tps / b.tps).toFixed(2)}×`]);
+    for (let r = 0; r < repeat; r++) {
+      for (const perTick of perTicks) {
+        const base = wholeDocumentSqlite(path());
+        add(perTick, NAMES[0], { ...(await drive(base, nTasks, perTick)), commits: nTasks * 4 });
+        await base.close();
+        const sq = await openStore({ engine: 'sqlite', path: path() });
+        add(perTick, NAMES[1], { ...(await drive(storeSink(sq), nTasks, perTick)), commits: sq.stats.commits });
+        await sq.close();
+        const pgs = await openStore({ engine: 'postgres', url: await pg.createDatabase() });
+        add(perTick, NAMES[2], { ...(await drive(storeSink(pgs), nTasks, perTick, () => treeCpu(pg.pid!()))), commits: pgs.stats.commits });
+        await pgs.close();
+      }
     }
   } finally {
     await pg.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+  const rows: (string | number)[][] = [];
+  for (const perTick of perTicks) {
+    const base = median(runs.get(`${perTick}\u0000${NAMES[0]}`)!.map((f) => f.tps));
+    for (const name of NAMES) {
+      const fs = runs.get(`${perTick}\u0000${name}`)!;
+      const tps = median(fs.map((f) => f.tps));
+      const server = fs[0]!.serverCpuUs === undefined ? '' : median(fs.map((f) => f.serverCpuUs!));
+      rows.push([String(perTick), name, tps, median(fs.map((f) => f.cpuUs)), server, String(median(fs.map((f) => f.commits))), `${(tps / base).toFixed(2)}×`]);
+    }
   }
   printTable(['per tick', 'store', 'transitions/s', 'CPU µs/transition', 'server CPU µs/transition', 'commits', 'vs baseline'], rows);
   console.log(`goal: ≥ ${GOAL_TPS} transitions/s (2,000 tasks/s) at ≤ ${GOAL_CPU_US.toFixed(0)} µs CPU per transition in the control plane's process`);
