@@ -16,6 +16,8 @@ export interface MirrorOptions {
   log?: Logger;
   /** Called after a write lost to another writer and the row was reloaded: re-read it. */
   onConflict?: (key: RowKey) => void;
+  /** Called after another writer's committed change was loaded into the mirror (PostgreSQL's change feed). */
+  onChange?: (key: RowKey) => void;
 }
 
 /** A write as made by a caller; its versions are filled in at commit time. */
@@ -55,6 +57,10 @@ export class MirrorStore implements Store {
   /** Bumped when a row is reloaded after a conflict: writes made before are stale. */
   private epochs = new Map<string, number>();
   private queue: Intent[][] = [];
+  /** Rows other writers committed, by key: the version they reached (change feed), not yet reloaded. */
+  private remote = new Map<string, number>();
+  /** The feed was interrupted: these are all the rows there are (others were deleted meanwhile). */
+  private remoteFull = false;
   /** Groups enqueued, and groups committed (or dropped): flush() waits for the count it saw. */
   private enqueued = 0;
   private settled = 0;
@@ -85,6 +91,21 @@ export class MirrorStore implements Store {
     const { tasks, docs } = await this.engine.load();
     for (const t of tasks) this.setLoaded('task', t.row.id, t);
     for (const d of docs) this.setLoaded(d.kind, d.id, d);
+  }
+
+  /** Follows other writers' commits (where the engine has a change feed). */
+  protected async watch(): Promise<void> {
+    await this.engine.watch?.((rows, full) => {
+      if (full) {
+        this.remote.clear();
+        this.remoteFull = true;
+      }
+      for (const r of rows) {
+        const key = keyOf(r.kind, r.id);
+        this.remote.set(key, Math.max(this.remote.get(key) ?? 0, r.version));
+      }
+      this.schedule();
+    });
   }
 
   private setLoaded(kind: RowKey['kind'], id: string, row: LoadedTask | { version: number; doc: string } | undefined): void {
@@ -229,7 +250,7 @@ export class MirrorStore implements Store {
   /** Resolves when everything queued before the call is in the database (later writes need not wait). */
   async flush(): Promise<void> {
     const target = this.enqueued;
-    while (this.settled < target) {
+    while (this.settled < target || this.remote.size || this.remoteFull) {
       if (this.flushing) {
         await this.flushing.catch(() => {});
         continue;
@@ -249,6 +270,8 @@ export class MirrorStore implements Store {
     const groups = this.queue;
     this.queue = [];
     try {
+      // first what others committed, so that a write made over it is known stale
+      if (this.remote.size || this.remoteFull) await this.applyRemote(groups);
       await this.commitGroups(groups);
       this.stats.pending -= groups.reduce((n, g) => n + g.length, 0);
       this.settled += groups.length;
@@ -311,6 +334,30 @@ export class MirrorStore implements Store {
     }
   }
 
+  private async applyRemote(queued: Intent[][]): Promise<void> {
+    const changes = this.remote;
+    const full = this.remoteFull;
+    this.remote = new Map();
+    this.remoteFull = false;
+    // our own commits come back with versions we already have
+    const keys = [...changes].filter(([k, v]) => v > (this.dbVersion.get(k) ?? 0)).map(([k]) => k);
+    if (full) for (const k of this.dbVersion.keys()) if (!changes.has(k)) keys.push(k); // deleted while the feed was down
+    if (!keys.length) return;
+    try {
+      const pending = new Set(queued.flatMap((g) => g.map((i) => i.key)));
+      await this.reloadRows(keys);
+      for (const k of keys) {
+        const key = splitKey(k);
+        if (!pending.has(k)) this.o.onChange?.(key);
+      }
+    } catch (e) {
+      // the database is away: ask again next time
+      for (const [k, v] of changes) this.remote.set(k, Math.max(this.remote.get(k) ?? 0, v));
+      this.remoteFull ||= full;
+      throw e;
+    }
+  }
+
   private isStale(g: Intent[]): boolean {
     return g.some((i) => (this.epochs.get(i.key) ?? 0) !== i.epoch);
   }
@@ -318,7 +365,9 @@ export class MirrorStore implements Store {
   /** A write made before its row was reloaded: the caller had not seen the winner's change. */
   private dropStale(g: Intent[]): void {
     this.stats.conflicts++;
-    this.log('warn', 'store write conflict: written over a row that was reloaded since; dropped', { engine: this.engine.name, rows: g.map((i) => splitKey(i.key)).map((k) => `${k.kind}/${k.id}`) });
+    const rows = g.filter((i) => i.t !== 'module').map((i) => splitKey(i.key));
+    this.log('warn', 'store write conflict: written over a row that was reloaded since; dropped', { engine: this.engine.name, rows: rows.map((k) => `${k.kind}/${k.id}`) });
+    for (const k of rows) this.o.onConflict?.(k);
   }
 
   private async reloadRows(keys: string[], notify: RowKey[] = []): Promise<void> {

@@ -5,7 +5,7 @@
 
 import pg from 'pg';
 import { MirrorStore, type MirrorOptions } from './mirror-store.ts';
-import { StoreError, transition, type DocKind, type Engine, type LoadedDoc, type LoadedTask, type Op, type RowKey, type TaskRow } from './store-rows.ts';
+import { StoreError, transition, type ChangedRow, type DocKind, type Engine, type LoadedDoc, type LoadedTask, type Op, type RowKey, type TaskRow } from './store-rows.ts';
 
 /** Schema versions, applied in order at open; propeller_schema records the last one applied. */
 const MIGRATIONS: string[] = [
@@ -65,9 +65,13 @@ export function redact(url: string): string {
 
 const RECHECK = Symbol('recheck');
 
+const FEED = 'propeller_store';
+
 class PgEngine implements Engine {
   readonly name = 'postgres';
   private client?: pg.Client;
+  private listener?: pg.Client;
+  private closing = false;
   private modules = new Map<string, Uint8Array>();
 
   constructor(private url: string) {}
@@ -140,6 +144,7 @@ class PgEngine implements Engine {
       await c.query('BEGIN');
       try {
         const conflicts = await this.apply(c, ops, precise);
+        if (!conflicts.length) await this.notify(c, ops);
         await c.query(conflicts.length ? 'ROLLBACK' : 'COMMIT');
         return conflicts;
       } catch (e) {
@@ -265,22 +270,90 @@ class PgEngine implements Engine {
 
   async reload(keys: RowKey[]) {
     const c = await this.connection();
-    const out: (LoadedTask | LoadedDoc | undefined)[] = [];
-    for (const k of keys) {
-      if (k.kind !== 'task') {
-        out.push((await c.query<LoadedDoc>(`${DOC_SELECT} WHERE kind = $1 AND id = $2`, [k.kind, k.id])).rows[0]);
-        continue;
+    const taskIds = keys.filter((k) => k.kind === 'task').map((k) => k.id);
+    const docKeys = keys.filter((k) => k.kind !== 'task');
+    const tasks = new Map<string, LoadedTask>();
+    const docs = new Map<string, LoadedDoc>();
+    if (taskIds.length) {
+      const history = new Map<string, ReturnType<typeof transition>[]>();
+      for (const h of (await c.query<HistoryRow>(`${HISTORY_SELECT} WHERE task_id = ANY($1) ORDER BY task_id, seq`, [taskIds])).rows) {
+        let l = history.get(h.task_id);
+        if (!l) history.set(h.task_id, (l = []));
+        l.push(transition(h.state, h.at, h.reason, h.proplet_id, h.attempt));
       }
-      const r = (await c.query<TaskRow & { version: number }>(`${TASK_SELECT} WHERE id = $1`, [k.id])).rows[0];
-      if (!r) {
-        out.push(undefined);
-        continue;
+      for (const { version, ...row } of (await c.query<TaskRow & { version: number }>(`${TASK_SELECT} WHERE id = ANY($1)`, [taskIds])).rows) {
+        tasks.set(row.id, { row, version, history: history.get(row.id) ?? [] });
       }
-      const { version, ...row } = r;
-      const h = (await c.query<HistoryRow>(`${HISTORY_SELECT} WHERE task_id = $1 ORDER BY seq`, [k.id])).rows;
-      out.push({ row, version, history: h.map((x) => transition(x.state, x.at, x.reason, x.proplet_id, x.attempt)) });
     }
-    return out;
+    if (docKeys.length) {
+      const r = await c.query<LoadedDoc>(`${DOC_SELECT} WHERE (kind, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, [docKeys.map((k) => k.kind), docKeys.map((k) => k.id)]);
+      for (const d of r.rows) docs.set(`${d.kind}\u0000${d.id}`, d);
+    }
+    return keys.map((k) => (k.kind === 'task' ? tasks.get(k.id) : docs.get(`${k.kind}\u0000${k.id}`)));
+  }
+
+  /**
+   * The change feed: every commit NOTIFYs the rows it wrote (delivered to
+   * listeners when, and only if, it commits); other writers' rows come back here.
+   * After a lost listening connection, every row's version is sent (`full`), so
+   * nothing missed meanwhile stays stale.
+   */
+  async watch(onChange: (rows: ChangedRow[], full: boolean) => void): Promise<void> {
+    let first = true;
+    const listen = async (): Promise<void> => {
+      if (this.closing) return;
+      const l = new pg.Client({ connectionString: this.url, connectionTimeoutMillis: 10_000 });
+      this.listener = l;
+      const again = () => {
+        if (this.listener !== l) return;
+        this.listener = undefined;
+        void l.end().catch(() => {});
+        if (!this.closing) setTimeout(() => void listen().catch(() => {}), 1000).unref();
+      };
+      l.on('error', again);
+      l.on('end', again);
+      l.on('notification', (n) => {
+        if (n.channel !== FEED || !n.payload || n.processId === (this.client as { processID?: number } | undefined)?.processID) return;
+        try {
+          onChange((JSON.parse(n.payload) as [RowKey['kind'], string, number][]).map(([kind, id, version]) => ({ kind, id, version })), false);
+        } catch {
+          /* not ours */
+        }
+      });
+      try {
+        await l.connect();
+        await l.query(`LISTEN ${FEED}`);
+      } catch (e) {
+        again();
+        if (first) throw e;
+        return;
+      }
+      if (!first) {
+        const rows = (await l.query<ChangedRow>(`SELECT 'task' AS kind, id, version FROM tasks UNION ALL SELECT kind, id, version FROM records`)).rows;
+        onChange(rows, true);
+      }
+      first = false;
+    };
+    await listen();
+  }
+
+  /** NOTIFY payloads stay under PostgreSQL's 8,000-byte limit. */
+  private async notify(c: pg.Client, ops: Op[]): Promise<void> {
+    let batch: string[] = [];
+    let size = 2;
+    const send = async () => {
+      if (batch.length) await c.query('SELECT pg_notify($1, $2)', [FEED, `[${batch.join(',')}]`]);
+      batch = [];
+      size = 2;
+    };
+    for (const op of ops) {
+      if (op.t === 'module') continue;
+      const item = JSON.stringify([op.t === 'task' ? 'task' : op.kind, op.id, op.next]);
+      if (size + item.length + 1 > 7_900) await send();
+      batch.push(item);
+      size += item.length + 1;
+    }
+    await send();
   }
 
   cacheModule(digest: string, bytes: Uint8Array): void {
@@ -295,6 +368,10 @@ class PgEngine implements Engine {
     return typeof code === 'string' && /^(22|23)/.test(code);
   }
   async close() {
+    this.closing = true;
+    const l = this.listener;
+    this.listener = undefined;
+    await l?.end().catch(() => {});
     const c = this.client;
     this.client = undefined;
     await c?.end().catch(() => {});
@@ -313,6 +390,7 @@ export class PgStore extends MirrorStore {
       await engine.migrate();
       const store = new PgStore(engine, o);
       await store.load();
+      await store.watch();
       return store;
     } catch (e) {
       await engine.close();

@@ -58,6 +58,13 @@ export interface RowKey {
   id: string;
 }
 
+/** A row another writer committed, as the change feed tells it. */
+export interface ChangedRow {
+  kind: RowKey['kind'];
+  id: string;
+  version: number;
+}
+
 /** What a database must do for the mirror store; commits are all-or-nothing. */
 export interface Engine {
   readonly name: string;
@@ -69,6 +76,11 @@ export interface Engine {
   commit(ops: Op[]): Promise<RowKey[]>;
   /** The rows as the database has them now (undefined: no such row). */
   reload(keys: RowKey[]): Promise<(LoadedTask | LoadedDoc | undefined)[]>;
+  /**
+   * Calls back with rows other writers committed (`full`: every row's version,
+   * after the feed was interrupted). Absent where one process owns the database.
+   */
+  watch?(onChange: (rows: ChangedRow[], full: boolean) => void): Promise<void>;
   /** Modules are read synchronously; the engine keeps what it needs for that. */
   cacheModule(digest: string, bytes: Uint8Array): void;
   getModule(digest: string): Uint8Array | undefined;

@@ -293,6 +293,43 @@ for (const e of ENGINES) {
   });
 }
 
+(skipPg ? test.skip : test)('postgres: replicas on one database see each other\'s commits (change feed); a write over a change it had not seen is refused', async (t) => {
+  const loc = await ENGINES[1]!.fresh();
+  const changed: string[] = [];
+  const conflicts: string[] = [];
+  const a = await openStore(loc);
+  const b = await openStore(loc, { onChange: (k) => changed.push(`${k.kind}/${k.id}`), onConflict: (k) => conflicts.push(`${k.kind}/${k.id}`) });
+  const x = task('x');
+  a.tasks.put('x', x);
+  a.groups.put('g', group('g'));
+  await a.flush();
+  await until(() => !!b.tasks.get('x') && !!b.groups.get('g'), 'b sees a\'s new rows');
+  t.deepEqual(b.tasks.get('x'), x);
+  step(x, 'Scheduled', '2026-12-06T10:00:01.000Z', { proplet_id: 'pa', attempt: 1 });
+  a.tasks.put('x', x);
+  a.groups.delete('g');
+  await a.flush();
+  await until(() => b.tasks.get('x')?.state === 'Scheduled' && !b.groups.get('g'), 'b sees the update and the delete');
+  t.deepEqual(b.tasks.get('x'), x, 'history included');
+  t.true(changed.includes('task/x') && changed.includes('group/g'));
+  t.is(a.stats.conflicts + b.stats.conflicts, 0, 'following each other is not a conflict');
+  // b writes over x without having seen a's next change: refused, whichever comes first (feed or commit)
+  const xb = b.tasks.get('x')!;
+  step(x, 'Running', '2026-12-06T10:00:02.000Z');
+  a.tasks.put('x', x);
+  await a.flush();
+  step(xb, 'Failed', '2026-12-06T10:00:02.500Z', { error: 'b thinks so' });
+  b.tasks.put('x', xb);
+  await b.flush();
+  t.is(b.stats.conflicts, 1);
+  t.deepEqual(conflicts, ['task/x']);
+  t.is(b.tasks.get('x')?.state, 'Running', 'b has a\'s change');
+  await until(() => a.tasks.get('x')?.state === 'Running' && a.stats.pending === 0, 'a settled');
+  t.is(a.tasks.get('x')?.error, undefined, 'b\'s write never landed');
+  await a.close();
+  await b.close();
+});
+
 test('sqlite: a file of the first schema (one JSON document per record) migrates to rows', async (t) => {
   const d = mkdtempSync(join(tmpdir(), 'propeller-store-'));
   dirs.push(d);
