@@ -31,7 +31,7 @@ export interface HttpApiOptions {
   revokeCredentials?: (propletId: string) => void;
   health?: () => Record<string, unknown>;
   putModule: (digest: string, bytes: Uint8Array) => void;
-  /** Resolves when the state store has committed what this request changed: no answer before that. */
+  /** Resolves when the state store has committed what was written so far: no answer shows uncommitted state. */
   durable?: () => Promise<void>;
 }
 
@@ -238,7 +238,8 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
-      if (method !== 'GET' && method !== 'HEAD') await this.durable();
+      // what a client is shown is committed: a crash cannot take back what it saw (health answers regardless)
+      if (url.pathname !== '/health') await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
