@@ -169,7 +169,7 @@ test('a proplet publishes its own alive, JSON and compact CBOR, and the manager 
   const p1 = await s.connect('p1', undefined, { clientId: 'random-' + Math.random() });
   await p1.publishAsync(topic(S, 'proplet.alive'), alive('p1'), { qos: 1 });
   const first = await nextMessage(m.c);
-  t.is(first.topic, topic(S, 'proplet.alive'));
+  t.is(first.topic, topic(S, 'proplet.alive', 'p1'), 'a shared-topic publish is delivered on the sender\'s own topic');
   t.is(decode('proplet.alive', first.payload).msg.proplet_id, 'p1');
 
   const cbor = encode('proplet.alive', { proplet_id: 'p1', running_tasks: 2 }, 'cbor', { omitSender: true });
