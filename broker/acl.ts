@@ -32,8 +32,6 @@ export type DenyReason =
   | 'topic_id_mismatch'
   /** The payload claims another proplet as its sender. */
   | 'sender_mismatch'
-  /** Neither the topic nor the payload names the sender. */
-  | 'no_sender'
   /** The payload does not parse, so its sender cannot be checked. */
   | 'malformed_payload'
   /** The payload names a field twice (duplicate keys, or a field's text name beside its integer key). */
@@ -149,6 +147,7 @@ function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8A
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
   const claimed = claimedSender(p.kind as MessageKind, bytes);
   if (claimed instanceof Error) return deny(PAYLOAD_DENIAL[claimed.reason] ?? 'malformed_payload');
-  if (claimed !== undefined) return claimed === id ? OK : deny('sender_mismatch');
-  return p.propletId !== undefined ? OK : deny('no_sender');
+  if (claimed !== undefined && claimed !== id) return deny('sender_mismatch');
+  // A payload that names no sender is the publisher's: the broker delivers it on the publisher's own topic (stampedTopic).
+  return OK;
 }
