@@ -133,6 +133,7 @@ ${scopeHelp}
           },
         } : {}),
     });
+    broker?.attachMetrics(cp.metrics.registry); // the broker's drops and refused CONNECTs on /metrics
     const port = await cp.start();
     broker?.admitAll();
     const proplets: NodeProplet[] = [];
