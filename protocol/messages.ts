@@ -312,7 +312,7 @@ export const SENDER_FIELD: Partial<Record<MessageKind, string>> = {
 export const MAX_ITEMS: Record<MessageKind, number> = {
   'proplet.create': 8192,
   'proplet.alive': 8192,
-  'proplet.results': 16_384,
+  'proplet.results': 8192,
   'proplet.metrics': 512,
   'manager.start': 4096,
   'manager.stop': 64,
