@@ -110,9 +110,10 @@ export interface Identity {
 const IDENTITY = 'propellerIdentity';
 const LOOKUP_FAILED = Symbol('propeller.lookupFailed');
 const WILL = Symbol('propeller.will');
+const CONNECT = Symbol('propeller.connect');
 const REFUSED = Symbol('propeller.refused');
 
-type Ext = Client & { [IDENTITY]?: Identity; [WILL]?: ConnectPacket['will'] };
+type Ext = Client & { [IDENTITY]?: Identity; [WILL]?: ConnectPacket['will']; [CONNECT]?: ConnectPacket };
 type Guarded = PacketGuard & { client?: Ext; remote?: string; ip?: string; transport?: string };
 
 /** The identity the broker attached to an Aedes client, if it authenticated. */
@@ -493,6 +494,7 @@ export class EmbeddedBroker {
   private preConnect(client: Ext, packet: ConnectPacket, cb: (err: Error | null, ok: boolean) => void): void {
     // The will is checked against the ACL in authenticate(), once the role is known.
     client[WILL] = packet.will;
+    client[CONNECT] = packet;
     cb(null, true);
   }
 
@@ -539,6 +541,15 @@ export class EmbeddedBroker {
       }
       const will = client[WILL];
       delete client[WILL];
+      const connect = client[CONNECT];
+      delete client[CONNECT];
+      if (role !== 'manager' && connect && !connect.clean) {
+        // Persistent sessions outlive their connection, and client ids are free: an account could
+        // leave any number of them behind, each queueing every QoS 1 start on the shared topic.
+        // Only the control plane needs one; a device learns what to run again when it registers.
+        connect.clean = true;
+        (client as { clean: boolean }).clean = true;
+      }
       if (will) {
         const d = authorize(this.scope, role, id, 'publish', will.topic, will.payload);
         if (!d.ok) return refuse(5, 'will_refused', { topic: clip(will.topic), aclReason: d.reason });
@@ -652,8 +663,12 @@ export class EmbeddedBroker {
     if (this.revoked(idn)) return cb(this.refuse(client, idn, packet.topic, 'credentials_revoked'));
     const d = authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
     if (d.ok) {
-      // The identity is decided here, once: subscribers (the control plane) read it from the topic.
-      if (idn.role === 'proplet') packet.topic = stampedTopic(this.scope, idn.id, packet.topic);
+      if (idn.role === 'proplet') {
+        // The identity is decided here, once: subscribers (the control plane) read it from the topic.
+        packet.topic = stampedTopic(this.scope, idn.id, packet.topic);
+        // Retained messages would outlive the device, one per topic it names (FL round ids are free).
+        packet.retain = false;
+      }
       return cb(null);
     }
     // The error makes Aedes close the connection (MQTT 3.1.1 has no way to refuse a publish).
