@@ -29,6 +29,7 @@ export const serve: Command = {
     broker: { type: 'string' },
     'mqtt-username': { type: 'string' },
     'mqtt-password': { type: 'string' },
+    'trust-payload-sender': { type: 'boolean' },
     'data-dir': { type: 'string' },
     credentials: { type: 'string' },
     'debug-account': { type: 'boolean' },
@@ -48,6 +49,8 @@ export const serve: Command = {
   --broker URL           use this external broker instead of the embedded one (env MQTT_BROKER)
   --mqtt-username U      control plane's account on the external broker (env MQTT_USERNAME)
   --mqtt-password P      its password (env MQTT_PASSWORD)
+  --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
+                         payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
@@ -86,9 +89,9 @@ ${scopeHelp}
     const external = str(v.broker) ?? env.MQTT_BROKER;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
-    let mqtt: { url: string; username?: string; password?: string };
+    let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean };
     if (external) {
-      mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD };
+      mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD, trustPayloadSender: v['trust-payload-sender'] === true };
     } else {
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
@@ -133,6 +136,7 @@ ${scopeHelp}
           },
         } : {}),
     });
+    broker?.attachMetrics(cp.metrics.registry); // the broker's drops and refused CONNECTs on /metrics
     const port = await cp.start();
     broker?.admitAll();
     const proplets: NodeProplet[] = [];

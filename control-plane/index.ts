@@ -23,7 +23,8 @@ import { TaskService } from './tasks.ts';
 
 export interface ControlPlaneOptions {
   scope: Scope;
-  mqtt: { url: string; username?: string; password?: string; clientId?: string };
+  /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
+  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean };
   http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number };
   health: HealthConfig;
   store?: Store;

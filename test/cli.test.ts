@@ -138,7 +138,7 @@ test('mosquitto_sub (Debian) sees a proplet heartbeat', async (t) => {
   const secret = readFileSync(join(dataDir, 'debug.secret'), 'utf8').trim();
   const { stdout } = await exec(
     'mosquitto_sub',
-    ['-h', '127.0.0.1', '-p', brokerPort, '-u', 'debug', '-P', secret, '-V', 'mqttv311', '-t', 'm/propeller/c/control/messages/control/proplet/alive', '-C', '1', '-W', '15'],
+    ['-h', '127.0.0.1', '-p', brokerPort, '-u', 'debug', '-P', secret, '-V', 'mqttv311', '-t', 'm/propeller/c/control/messages/control/proplet/alive/local-1', '-C', '1', '-W', '15'],
     { timeout: 20_000 },
   );
   const hb = JSON.parse(stdout.trim());

@@ -285,7 +285,7 @@ test.serial('a payload larger than the receive buffer is dropped and reported; a
     const r = decode('proplet.results', p).msg;
     if (r.proplet_id === MCU && r.status === 'refused') refusals.push(r);
   });
-  await manager.subscribeAsync(topic(scope, 'proplet.results'), { qos: 1 });
+  await manager.subscribeAsync(topic(scope, 'proplet.results', MCU), { qos: 1 }); // the broker delivers on the sender's own topic
   const before = mcu.stats.rxDropped;
   const taskId = '0b7c1a52-9d1e-4f3a-8c5b-2e6f7a8b9c0d';
   const start = encode('manager.start', { v: 1, id: taskId, name: 'add', proplet_id: MCU, attempt: 3, file: wasm('add'), env: { BIG: 'x'.repeat(2000) } }, 'cbor');
