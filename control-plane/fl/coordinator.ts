@@ -15,6 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlUpdate } from '../../protocol/index.ts';
 import { decodeModel, encodeModel, modelDigest, type Model } from '../../protocol/model-format.ts';
+import { tap } from '../events.ts';
 import type { Logger } from '../log.ts';
 import { TERMINAL, type Proplet, type PropletGroup, type Task } from '../model.ts';
 import type { Store } from '../store.ts';
@@ -675,6 +676,7 @@ export class FlCoordinator {
         this.o.store.flJobs.put(j.metadata.name, j);
       }
     });
+    tap(this, 'fl-round', r);
     this.o.log('info', 'round completed', { round: name, updates: m.updates, samples: m.totalSamples, loss: m.loss, accuracy: m.accuracy, model: ref });
     this.o.metrics.roundEnded('Completed', secondsSince(r.status.startTime, at));
     this.closeRound(r);
@@ -740,9 +742,11 @@ export class FlCoordinator {
   // --- persistence ----------------------------------------------------------
 
   private saveJob(j: FederatedJob): void {
+    tap(this, 'fl-job', j);
     this.o.store.flJobs.put(j.metadata.name, j);
   }
   private saveRound(r: TrainingRound): void {
+    tap(this, 'fl-round', r);
     const live = this.live.get(r.metadata.name);
     if (live?.flush) {
       clearTimeout(live.flush);
@@ -752,6 +756,7 @@ export class FlCoordinator {
   }
   /** A participant-level change: written with the next flush while the round runs, at once otherwise. */
   private touchRound(r: TrainingRound): void {
+    tap(this, 'fl-round', r);
     const live = this.live.get(r.metadata.name);
     if (!live || live.round !== r) return this.saveRound(r);
     live.flush ??= setTimeout(() => {
@@ -760,6 +765,7 @@ export class FlCoordinator {
     }, FLUSH_MS);
   }
   private saveCheckpoint(c: ModelCheckpoint): void {
+    tap(this, 'fl-checkpoint', c);
     this.o.store.flCheckpoints.put(c.metadata.name, c);
   }
   private iso(): string {
