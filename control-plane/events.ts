@@ -204,7 +204,7 @@ export class EventBus {
     if (this.proplets.size) {
       const changed: unknown[] = [];
       const removed: string[] = [];
-      for (const [id, p] of this.proplets) p ? changed.push(this.o.propletView(p)) : removed.push(id);
+      for (const [id, p] of this.proplets) p ? changed.push(this.o.propletView(withoutHistory(p))) : removed.push(id);
       common += frame('proplets', { changed, removed });
       this.proplets.clear();
     }
@@ -242,8 +242,10 @@ export class EventBus {
   private send(c: Client, text: string): void {
     const res = c.res;
     if (res.writableEnded || res.destroyed) return;
+    if (c.dropped > 0 && res.writableLength < this.o.maxClientBytes / 2) this.sendGap(c);
     // Node buffers what the socket has not taken; past the bound we stop adding to it
-    if (c.dropped > 0 || res.writableLength + text.length > this.o.maxClientBytes) {
+    // (a frame larger than the bound still goes to an empty buffer, or it never could)
+    if (c.dropped > 0 || (res.writableLength > 0 && res.writableLength + text.length > this.o.maxClientBytes)) {
       if (c.dropped === 0) this.o.log('warn', 'event stream client is slow: dropping frames until it catches up', { buffered: res.writableLength });
       c.dropped++;
       this.dropped.inc({ reason: 'slow_client' });
@@ -262,6 +264,12 @@ export class EventBus {
 
 function frame(event: string, data: unknown): string {
   return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+/** The heartbeat history is for the API's detail; a stream of 10,000 proplets does without it. */
+function withoutHistory(p: Proplet): Proplet {
+  const { alive_history: _, ...rest } = p;
+  return rest as Proplet;
 }
 
 /** A task without its output: the page fetches a task's detail when it shows it. */

@@ -8,6 +8,16 @@ import { EventStream } from './stream.ts';
 
 export const proplets = new Map<string, Proplet>();
 export const fleetVersion = signal(0);
+/** Proplet ids in id order, sorted again only when proplets come or go (not on every heartbeat). */
+let sortedIds: string[] = [];
+let membershipChanged = true;
+export function propletIds(): string[] {
+  if (membershipChanged) {
+    sortedIds = [...proplets.keys()].sort();
+    membershipChanged = false;
+  }
+  return sortedIds;
+}
 export const fleetLoaded = signal(false);
 
 export const flJobs = new Map<string, FlJob>();
@@ -41,6 +51,7 @@ export async function loadFleet(): Promise<void> {
   const all = await allProplets();
   proplets.clear();
   for (const p of all) proplets.set(p.id, p);
+  membershipChanged = true;
   fleetLoaded.set(true);
   bump(fleetVersion);
 }
@@ -69,8 +80,11 @@ export function resync(): void {
 export const stream = new EventStream(resync);
 stream.on('proplets', (d) => {
   const { changed, removed } = d as { changed: Proplet[]; removed: string[] };
-  for (const p of changed) proplets.set(p.id, p);
-  for (const id of removed) proplets.delete(id);
+  for (const p of changed) {
+    if (!proplets.has(p.id)) membershipChanged = true;
+    proplets.set(p.id, p);
+  }
+  for (const id of removed) membershipChanged = proplets.delete(id) || membershipChanged;
   bump(fleetVersion);
 });
 stream.on('tasks', (d) => taskEvents.set(d as { changed: Task[]; deleted: string[] }));

@@ -32,6 +32,8 @@ export class EventStream {
   /** Opens (or reopens, when `wire` changes) the stream. */
   open(wire: boolean): void {
     if (this.es && this.wire === wire && this.es.readyState !== EventSource.CLOSED) return;
+    // a deliberate reopen (the wire view opened or closed) is not a recovery
+    if (this.es) this.everLive = false;
     this.wire = wire;
     this.connect();
   }

@@ -5,10 +5,11 @@
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import type { Proplet } from '../api.ts';
 import { useSignal } from '../signal.ts';
-import { ago, fleetLoaded, fleetVersion, proplets } from '../state.ts';
+import { ago, fleetLoaded, fleetVersion, propletIds, proplets } from '../state.ts';
 
 const ROW = 34;
 const STATES = ['alive', 'offline', 'failed'] as const;
+const KIND_TITLES: Record<string, string> = { all: 'All proplets', node: 'Node', mcu: 'MCU', k8s: 'Kubernetes', external: 'External' };
 
 /** A proplet's kind as an operator says it: k8s pod, MCU, node, or external device. */
 export function kindOf(p: Proplet): string {
@@ -46,7 +47,8 @@ export function Fleet() {
     const total: Record<string, number> = { all: 0, alive: 0, offline: 0, failed: 0 };
     const needle = q.trim().toLowerCase();
     const rows: Proplet[] = [];
-    for (const p of proplets.values()) {
+    for (const id of propletIds()) {
+      const p = proplets.get(id)!;
       const k = kindOf(p);
       const c = (counts[k] ??= { all: 0, alive: 0, offline: 0, failed: 0 });
       c.all!++;
@@ -58,7 +60,6 @@ export function Fleet() {
       if (needle && !matches(p, needle)) continue;
       rows.push(p);
     }
-    rows.sort((a, b) => a.id.localeCompare(b.id));
     counts.all = total;
     return { counts, rows };
   }, [version, q, state, kind]);
@@ -102,7 +103,7 @@ export function Fleet() {
       <div class="counts" id="fleet-counts">
         {['all', ...kinds].map((k) => (
           <div class="count" key={k} data-kind={k}>
-            <div class="count-title">{k === 'all' ? 'All proplets' : k}</div>
+            <div class="count-title">{KIND_TITLES[k] ?? k}</div>
             <div class="count-total" data-count="all">{counts[k]?.all ?? 0}</div>
             <div class="count-states">
               {STATES.map((s) => (
