@@ -49,6 +49,7 @@ async function open(tt: { teardown(f: () => unknown): void }, hash: string): Pro
   return page;
 }
 
+const errorsOf = (page: Page): string[] => (page as Page & { errors?: string[] }).errors ?? [];
 const count = (page: Page, kind: string, what: string) => page.locator(`#fleet-counts [data-kind="${kind}"] [data-count="${what}"]`);
 
 t('the page is served with caching headers and a strict CSP; the fleet lists every proplet with counts by kind and state', async (tt) => {
@@ -77,7 +78,7 @@ t('the page is served with caching headers and a strict CSP; the fleet lists eve
   await page.focus('#fleet-list');
   await page.keyboard.press('Enter');
   await page.locator('#proplet-detail').filter({ hasText: 'esp32' }).waitFor();
-  tt.deepEqual((page as Page & { errors?: string[] }).errors, []);
+  tt.deepEqual(errorsOf(page), [], 'no script errors and no CSP refusals');
 });
 
 t('a task created from the page (uploaded .wasm with inputs) reaches Completed with its output; bad input is refused next to its field', async (tt) => {
@@ -104,6 +105,8 @@ t('a task created from the page (uploaded .wasm with inputs) reaches Completed w
   tt.is((await page.locator('#task-results').textContent())?.trim(), '5');
   tt.true((await page.locator('#task-timeline li').count()) >= 3, 'timeline shows the transitions');
   await page.locator('#task-list [data-state="Completed"]').filter({ hasText: 'add' }).waitFor();
+  // the refused create answered 400: the one console error expected here
+  tt.deepEqual(errorsOf(page).filter((e) => !/status of 400/.test(e)), []);
 });
 
 t('a running daemon is stopped from the page', async (tt) => {
@@ -137,6 +140,7 @@ t('the FL example: rounds, one plotted point per round, checkpoints with digest 
   const href = await page.locator('#fl-checkpoints a', { hasText: 'JSON' }).first().getAttribute('href');
   tt.regex(href ?? '', /^\/models\/sha256:[0-9a-f]{64}\?format=json$/);
   tt.is((await fetch(`${cs.url}${href}`)).status, 200);
+  tt.deepEqual(errorsOf(page), [], 'no script errors and no CSP refusals');
 });
 
 t('a killed device turns offline on the page without a reload, and the live wire shows decoded messages', async (tt) => {
@@ -195,6 +199,9 @@ test.serial('a wrong token leads to the sign-in prompt, and the token is checked
   cleanup.push(() => s.close());
   const page = await browser.newPage();
   cleanup.push(() => page.close());
+  // the page itself is open (it must load to say 'sign in'); the API and the event stream are not
+  tt.is((await fetch(`${s.apiUrl}/`)).status, 200);
+  tt.is((await fetch(`${s.apiUrl}/events`)).status, 401);
   await page.goto(`${s.apiUrl}/#/tasks`);
   await page.locator('#signin').waitFor();
   await page.fill('#token', 'wrong-token');
