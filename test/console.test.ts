@@ -119,6 +119,23 @@ t('a running daemon is stopped from the page', async (tt) => {
   tt.is((await cs.stack.api.getTask(task.id)).state, 'Stopped');
 });
 
+t('the task list pages newest first and filters by state', async (tt) => {
+  const file = Buffer.from(exampleWasm('hello')).toString('base64');
+  for (let i = 1; i <= 30; i++) await cs.stack.api.createTask({ name: `batch-${String(i).padStart(2, '0')}`, file, labels: { batch: 'paging' } } as never);
+  const page = await open(tt, '#/tasks');
+  await page.fill('#task-filter-label', 'batch=paging');
+  await page.click('#tasks-h ~ form button[type="submit"]');
+  const names = page.locator('#task-list tbody tr td:first-child');
+  await names.first().filter({ hasText: 'batch-30' }).waitFor();
+  tt.is(await names.count(), 25);
+  await page.click('button:text("Older")');
+  await names.first().filter({ hasText: 'batch-05' }).waitFor();
+  tt.deepEqual(await names.allTextContents(), ['batch-05', 'batch-04', 'batch-03', 'batch-02', 'batch-01']);
+  await page.selectOption('#task-filter-state', 'Completed');
+  await page.click('#tasks-h ~ form button[type="submit"]');
+  await page.locator('#task-list + p.muted', { hasText: 'No tasks match' }).waitFor();
+});
+
 t('the FL example: rounds, one plotted point per round, checkpoints with digest and download link', async (tt) => {
   const page = await open(tt, '#/fl/console-fl');
   const api = cs.stack.api;

@@ -17,28 +17,48 @@ interface Filters {
   proplet: string;
 }
 
-async function fetchPage(f: Filters, page: number): Promise<{ total: number; tasks: Task[] }> {
+interface TaskPage {
+  tasks: Task[];
+  total?: number;
+  /** The token of the next (older) page, when there is one. */
+  next?: string;
+}
+
+/**
+ * One page, newest first. The API pages newest first with a `continue` token;
+ * an older control plane lists oldest first with offset and total, and is
+ * paged from the end.
+ */
+async function fetchPage(f: Filters, token: string | undefined, pageNo: number): Promise<TaskPage> {
   const qs = new URLSearchParams();
   if (f.state) qs.set('state', f.state);
   if (f.label) qs.append('label', f.label);
-  const head = await api<{ total: number }>(`/tasks?${qs}&limit=0`);
   if (f.proplet) {
-    // the API filters by state and label; by proplet we filter the matching tasks here
-    const all = await api<{ tasks: Task[] }>(`/tasks?${qs}&limit=${head.total}`);
-    const mine = all.tasks.filter((t) => t.proplet_id === f.proplet || t.pinned_proplet_id === f.proplet).reverse();
-    return { total: mine.length, tasks: mine.slice(page * PAGE, (page + 1) * PAGE) };
+    // the API filters by state and label; by proplet we filter the newest tasks here
+    const r = await api<{ tasks: Task[]; offset?: number }>(`/tasks?${qs}&limit=1000`);
+    // an older control plane (it says offset) lists oldest first
+    const newest = r.offset === undefined ? r.tasks : r.tasks.reverse();
+    const mine = newest.filter((t) => t.proplet_id === f.proplet || t.pinned_proplet_id === f.proplet);
+    return { tasks: mine.slice(pageNo * PAGE, (pageNo + 1) * PAGE), total: mine.length, ...(mine.length > (pageNo + 1) * PAGE ? { next: String(pageNo + 1) } : {}) };
   }
-  // the API lists oldest first: the newest page is the last one
-  const end = Math.max(0, head.total - page * PAGE);
+  if (token) qs.set('continue', token);
+  const r = await api<{ total?: number; offset?: number; tasks: Task[]; continue?: string }>(`/tasks?${qs}&limit=${PAGE}`);
+  if (r.offset === undefined || r.continue !== undefined || r.total === undefined) {
+    return { tasks: r.tasks, ...(r.total !== undefined ? { total: r.total } : {}), ...(r.continue ? { next: r.continue } : {}) };
+  }
+  // oldest first with offset: the newest page is the last one
+  const end = Math.max(0, r.total - pageNo * PAGE);
   const start = Math.max(0, end - PAGE);
-  const r = await api<{ total: number; tasks: Task[] }>(`/tasks?${qs}&offset=${start}&limit=${end - start}`);
-  return { total: r.total, tasks: r.tasks.reverse() };
+  const old = await api<{ total: number; tasks: Task[] }>(`/tasks?${new URLSearchParams([...qs].filter(([k]) => k !== 'continue'))}&offset=${start}&limit=${end - start}`);
+  return { tasks: old.tasks.reverse(), total: old.total, ...(start > 0 ? { next: String(pageNo + 1) } : {}) };
 }
 
 export function Tasks({ selected }: { selected?: string }) {
   const [filters, setFilters] = useState<Filters>({ state: '', label: '', proplet: '' });
-  const [page, setPage] = useState(0);
-  const [data, setData] = useState<{ total: number; tasks: Task[] } | undefined>();
+  // tokens of the pages seen so far: [first page, second, ...]; the last is the one shown
+  const [trail, setTrail] = useState<(string | undefined)[]>([undefined]);
+  const page = trail.length - 1;
+  const [data, setData] = useState<TaskPage | undefined>();
   const [error, setError] = useState<ApiError | undefined>();
   const [reload, setReload] = useState(0);
   const [creating, setCreating] = useState(false);
@@ -47,14 +67,14 @@ export function Tasks({ selected }: { selected?: string }) {
 
   useEffect(() => {
     let gone = false;
-    fetchPage(filters, page).then(
+    fetchPage(filters, trail[page], page).then(
       (d) => !gone && (setData(d), setError(undefined)),
       (e: ApiError) => !gone && setError(e),
     );
     return () => {
       gone = true;
     };
-  }, [filters, page, reload, resync]);
+  }, [filters, trail, reload, resync]);
 
   // pushed changes: tasks on this page change in place; a new task refetches the first page
   useEffect(() => {
@@ -67,7 +87,6 @@ export function Tasks({ selected }: { selected?: string }) {
     if ((unseen && page === 0) || events.deleted.length) setReload((n) => n + 1);
   }, [events]);
 
-  const pages = data ? Math.max(1, Math.ceil(data.total / PAGE)) : 1;
   return (
     <section aria-labelledby="tasks-h" class="split">
       <div class="pane">
@@ -83,7 +102,7 @@ export function Tasks({ selected }: { selected?: string }) {
           onSubmit={(e) => {
             e.preventDefault();
             const fd = new FormData(e.target as HTMLFormElement);
-            setPage(0);
+            setTrail([undefined]);
             setFilters({ state: String(fd.get('state') ?? ''), label: String(fd.get('label') ?? '').trim(), proplet: String(fd.get('proplet') ?? '').trim() });
           }}
         >
@@ -138,13 +157,14 @@ export function Tasks({ selected }: { selected?: string }) {
         </table>
         {data && data.tasks.length === 0 && <p class="muted">No tasks{filters.state || filters.label || filters.proplet ? ' match these filters' : ' yet'}.</p>}
         <nav class="pager" aria-label="Pages">
-          <button type="button" disabled={page === 0} onClick={() => setPage(page - 1)}>
+          <button type="button" disabled={page === 0} onClick={() => setTrail(trail.slice(0, -1))}>
             Newer
           </button>
           <span>
-            page {page + 1} of {pages} ({data?.total ?? 0} tasks)
+            page {page + 1}
+            {data?.total !== undefined ? ` of ${Math.max(1, Math.ceil(data.total / PAGE))} (${data.total} tasks)` : ''}
           </span>
-          <button type="button" disabled={page + 1 >= pages} onClick={() => setPage(page + 1)}>
+          <button type="button" disabled={!data?.next} onClick={() => data?.next && setTrail([...trail, data.next])}>
             Older
           </button>
         </nav>
