@@ -77,7 +77,7 @@ export function resync(): void {
   resyncs.set(resyncs.get() + 1);
 }
 
-export const stream = new EventStream(resync);
+export const stream = new EventStream(resync, () => void api('/tasks?limit=0').catch(() => {}));
 stream.on('proplets', (d) => {
   const { changed, removed } = d as { changed: Proplet[]; removed: string[] };
   for (const p of changed) {

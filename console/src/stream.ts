@@ -20,7 +20,11 @@ export class EventStream {
   private closed = false;
   private everLive = false;
 
-  constructor(private onResync: () => void) {}
+  /** `probe` runs when the browser gives up on the stream: an API call that shows the sign-in prompt on a 401. */
+  constructor(
+    private onResync: () => void,
+    private probe: () => void = () => {},
+  ) {}
 
   on(event: string, h: Handler): () => void {
     let s = this.handlers.get(event);
@@ -68,6 +72,7 @@ export class EventStream {
       streamState.set({ status: 'reconnecting', attempts: prev.attempts + 1, since: prev.status === 'reconnecting' ? prev.since : Date.now(), recovered: false });
       // CLOSED: the browser will not retry (an HTTP error): we do, backing off
       if (es.readyState === EventSource.CLOSED) {
+        this.probe();
         const delay = Math.min(15_000, 500 * 2 ** Math.min(prev.attempts, 5));
         this.retry = setTimeout(() => this.connect(), delay);
       }
