@@ -29,6 +29,7 @@ export interface Taps {
   'fl-job': [j: FederatedJob];
   'fl-round': [r: TrainingRound];
   'fl-checkpoint': [c: ModelCheckpoint];
+  'fl-removed': [what: 'job' | 'round', name: string];
 }
 
 const buses = new WeakMap<object, EventBus>();
@@ -79,6 +80,7 @@ export class EventBus {
   private flJobs = new Map<string, FederatedJob>();
   private flRounds = new Map<string, TrainingRound>();
   private flCheckpoints = new Map<string, ModelCheckpoint>();
+  private flRemoved: { job: Set<string>; round: Set<string> } = { job: new Set(), round: new Set() };
   private wire: WireLine[] = [];
   private wireDropped = 0;
   private timer?: NodeJS.Timeout;
@@ -130,13 +132,21 @@ export class EventBus {
         return;
       case 'fl-job':
         this.flJobs.set((a[0] as FederatedJob).metadata.name, a[0] as FederatedJob);
+        this.flRemoved.job.delete((a[0] as FederatedJob).metadata.name);
         return;
       case 'fl-round':
         this.flRounds.set((a[0] as TrainingRound).metadata.name, a[0] as TrainingRound);
+        this.flRemoved.round.delete((a[0] as TrainingRound).metadata.name);
         return;
       case 'fl-checkpoint':
         this.flCheckpoints.set((a[0] as ModelCheckpoint).metadata.name, a[0] as ModelCheckpoint);
         return;
+      case 'fl-removed': {
+        const [what, name] = a as ['job' | 'round', string];
+        (what === 'job' ? this.flJobs : this.flRounds).delete(name);
+        this.flRemoved[what].add(name);
+        return;
+      }
       case 'wire':
         if (this.wireClients === 0) return;
         if (this.wire.length >= this.o.maxWirePerFlush) {
@@ -195,6 +205,8 @@ export class EventBus {
     this.flJobs.clear();
     this.flRounds.clear();
     this.flCheckpoints.clear();
+    this.flRemoved.job.clear();
+    this.flRemoved.round.clear();
     this.wire = [];
   }
 
@@ -215,11 +227,19 @@ export class EventBus {
       common += frame('tasks', { changed, deleted });
       this.tasks.clear();
     }
-    if (this.flJobs.size || this.flRounds.size || this.flCheckpoints.size) {
-      common += frame('fl', { jobs: [...this.flJobs.values()], rounds: [...this.flRounds.values()], checkpoints: [...this.flCheckpoints.values()] });
+    const { job: goneJobs, round: goneRounds } = this.flRemoved;
+    if (this.flJobs.size || this.flRounds.size || this.flCheckpoints.size || goneJobs.size || goneRounds.size) {
+      common += frame('fl', {
+        jobs: [...this.flJobs.values()],
+        rounds: [...this.flRounds.values()],
+        checkpoints: [...this.flCheckpoints.values()],
+        removed: { jobs: [...goneJobs], rounds: [...goneRounds] },
+      });
       this.flJobs.clear();
       this.flRounds.clear();
       this.flCheckpoints.clear();
+      goneJobs.clear();
+      goneRounds.clear();
     }
     let wire = '';
     if (this.wire.length || this.wireDropped) {

@@ -158,6 +158,9 @@ t('the FL example: rounds, one plotted point per round, checkpoints with digest 
   tt.regex(href ?? '', /^\/models\/sha256:[0-9a-f]{64}\?format=json$/);
   tt.is((await fetch(`${cs.url}${href}`)).status, 200);
   tt.deepEqual(errorsOf(page), [], 'no script errors and no CSP refusals');
+  // a deleted job leaves the page without a reload
+  await api.deleteFlJob('console-fl');
+  await page.locator('#fl-jobs [data-job="console-fl"]').waitFor({ state: 'detached' });
 });
 
 t('a killed device turns offline on the page without a reload, and the live wire shows decoded messages', async (tt) => {

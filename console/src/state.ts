@@ -89,10 +89,12 @@ stream.on('proplets', (d) => {
 });
 stream.on('tasks', (d) => taskEvents.set(d as { changed: Task[]; deleted: string[] }));
 stream.on('fl', (d) => {
-  const { jobs, rounds, checkpoints } = d as { jobs: FlJob[]; rounds: FlRound[]; checkpoints: FlCheckpoint[] };
+  const { jobs, rounds, checkpoints, removed } = d as { jobs: FlJob[]; rounds: FlRound[]; checkpoints: FlCheckpoint[]; removed?: { jobs: string[]; rounds: string[] } };
   for (const j of jobs) flJobs.set(j.metadata.name, j);
   for (const r of rounds) flRounds.set(r.metadata.name, r);
   for (const c of checkpoints) flCheckpoints.set(c.metadata.name, c);
+  for (const name of removed?.jobs ?? []) flJobs.delete(name);
+  for (const name of removed?.rounds ?? []) flRounds.delete(name);
   bump(flVersion);
 });
 stream.on('wire', (d) => {

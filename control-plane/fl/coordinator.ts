@@ -195,6 +195,7 @@ export class FlCoordinator {
     const job = this.job(name);
     for (const r of this.rounds(name)) if (!isFinal(r)) this.failRound(r, 'Deleted', `FederatedJob ${name} was deleted`, false);
     this.o.store.flJobs.delete(job.metadata.name);
+    tap(this, 'fl-removed', 'job', job.metadata.name);
   }
 
   /** A standalone TrainingRound (the seed allows one without a job driving it). */
@@ -209,6 +210,7 @@ export class FlCoordinator {
     const r = this.round(name);
     if (!isFinal(r)) this.failRound(r, 'Deleted', `TrainingRound ${name} was deleted`, false);
     this.o.store.flRounds.delete(name);
+    tap(this, 'fl-removed', 'round', name);
   }
 
   /** After a (re)start: resume every job and round from what the store says. */
