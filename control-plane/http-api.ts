@@ -44,6 +44,8 @@ export class HttpError extends Error {
 }
 
 type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+/** Given the raw request (event streams, static files); true when it answered. */
+export type RawHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean | Promise<boolean>;
 
 /** A handler's answer that is not JSON (a model's bytes). */
 export class RawBody {
@@ -65,6 +67,7 @@ const MAX_WAIT_MS = 60_000;
 export class HttpApi {
   private server: Server;
   private routes: Route[] = [];
+  private mounts: { handler: RawHandler; open: boolean }[] = [];
 
   constructor(private o: HttpApiOptions) {
     this.server = createServer((req, res) => {
@@ -103,6 +106,16 @@ export class HttpApi {
   route(method: string, path: string, handler: Handler, status?: number): void {
     const re = new RegExp('^' + path.replace(/\{[a-z_]+\}/g, '([^/]+)') + '/?$');
     this.routes.push({ method, re, handler, status });
+  }
+
+  /** A raw handler, tried before the routes; `open` ones are served without authentication. */
+  mount(handler: RawHandler, o: { open?: boolean } = {}): void {
+    this.mounts.push({ handler, open: o.open === true });
+  }
+
+  private async mounted(req: IncomingMessage, res: ServerResponse, url: URL, open: boolean): Promise<boolean> {
+    for (const m of this.mounts) if (m.open === open && (await m.handler(req, res, url))) return true;
+    return false;
   }
 
   private defineRoutes(): void {
@@ -217,6 +230,7 @@ export class HttpApi {
     const method = req.method ?? 'GET';
     let status = 200;
     let body: unknown;
+    if (await this.mounted(req, res, url, true)) return;
     try {
       if (url.pathname === '/metrics' && method === 'GET') {
         const text = await this.o.metrics.registry.metrics();
@@ -229,6 +243,7 @@ export class HttpApi {
       if (this.o.token && !open && req.headers.authorization !== `Bearer ${this.o.token}`) {
         throw new HttpError(401, 'missing or wrong bearer token');
       }
+      if (await this.mounted(req, res, url, false)) return;
       const matching = this.routes.filter((r) => r.re.test(url.pathname));
       if (matching.length === 0) throw new HttpError(404, `no such path: ${url.pathname}`);
       const route = matching.find((r) => r.method === method);

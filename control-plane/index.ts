@@ -11,6 +11,7 @@ import { fetchArtifact, resolveModule } from './modules/resolve.ts';
 import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
 import { GroupService } from './groups.ts';
+import { EventBus } from './events.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
@@ -19,13 +20,14 @@ import type { Placement } from './placement.ts';
 import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
 import { MemoryStore, type Store } from './store.ts';
+import { staticDirectory } from './static.ts';
 import { TaskService } from './tasks.ts';
 
 export interface ControlPlaneOptions {
   scope: Scope;
   /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
   mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean };
-  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number };
+  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
   health: HealthConfig;
   store?: Store;
   /** The scheduler (seed: SCHEDULER_TYPE and the config file's scheduler section). Default hybrid. */
@@ -54,6 +56,7 @@ export class ControlPlane {
   readonly groups: GroupService;
   readonly chunks: ChunkServer;
   readonly fl: FlCoordinator;
+  readonly events: EventBus;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -127,6 +130,10 @@ export class ControlPlane {
       log: this.log,
       onChunk: () => this.metrics.chunksSent.inc(),
     });
+    this.events = new EventBus({ registry: this.registry, tasks: this.tasks, metrics: this.metrics, log: this.log, propletView: (p) => ({ ...p, assigned_tasks: this.tasks.assigned(p.id) }) });
+    this.events.attach(this.registry, this.gateway, this.fl);
+    this.http.mount((req, res, url) => this.events.serve(req, res, url));
+    if (o.http?.staticDir) this.http.mount(staticDirectory(o.http.staticDir), { open: true });
     this.wireEvents();
   }
 
@@ -171,6 +178,7 @@ export class ControlPlane {
     this.cron.close();
     this.registry.stop();
     this.tasks.stopTimers();
+    this.events.close();
     await this.http.close();
     await this.gateway.close();
     this.store.close();
