@@ -8,7 +8,7 @@ import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/ind
 import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
-import { SqliteStore } from '../control-plane/sqlite-store.ts';
+import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
@@ -32,6 +32,7 @@ export const serve: Command = {
     'mqtt-password': { type: 'string' },
     'trust-payload-sender': { type: 'boolean' },
     'data-dir': { type: 'string' },
+    store: { type: 'string' },
     credentials: { type: 'string' },
     'debug-account': { type: 'boolean' },
     'local-proplets': { type: 'string' },
@@ -54,6 +55,8 @@ export const serve: Command = {
   --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
                          payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
+  --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
+                         default sqlite:DATA_DIR/state.db)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
@@ -88,7 +91,7 @@ ${scopeHelp}
       if (e instanceof ConfigError) throw new UsageError(e.message);
       throw e;
     }
-    const store = new SqliteStore(join(dataDir, 'state.db'));
+    const store = await openStore(storeLocation(str(v.store) ?? env.STORE_URL, dataDir), { log: (l, m, f) => log(l, m, { c: 'store', ...f }) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
@@ -181,6 +184,16 @@ function consoleDir(given: string | undefined): string | undefined {
     if (existsSync(join(dir, 'index.html'))) return dir;
   }
   return undefined;
+}
+
+function storeLocation(url: string | undefined, dataDir: string): StoreLocation {
+  if (!url) return { engine: 'sqlite', path: join(dataDir, 'state.db') };
+  try {
+    return parseStoreUrl(url);
+  } catch (e) {
+    if (e instanceof StoreError) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 function need(v: Record<string, unknown>, name: string): string {

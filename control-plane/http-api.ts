@@ -31,6 +31,8 @@ export interface HttpApiOptions {
   revokeCredentials?: (propletId: string) => void;
   health?: () => Record<string, unknown>;
   putModule: (digest: string, bytes: Uint8Array) => void;
+  /** Resolves when the state store has committed what this request changed: no answer before that. */
+  durable?: () => Promise<void>;
 }
 
 export class HttpError extends Error {
@@ -251,6 +253,7 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
+      if (method !== 'GET' && method !== 'HEAD') await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
@@ -266,6 +269,14 @@ export class HttpApi {
     const text = JSON.stringify(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
     res.end(text);
+  }
+
+  private async durable(): Promise<void> {
+    try {
+      await this.o.durable?.();
+    } catch (e) {
+      throw new HttpError(503, `the state store did not commit the change yet (${(e as Error).message}); it is kept and committed when the store is back`);
+    }
   }
 
   private errorBody(e: unknown): { status: number; body: unknown } {

@@ -21,6 +21,7 @@ import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.
 import { Registry } from './registry.ts';
 import { MemoryStore, type Store } from './store.ts';
 import { staticDirectory } from './static.ts';
+import { registerStoreMetrics } from './store-metrics.ts';
 import { TaskService } from './tasks.ts';
 
 export interface ControlPlaneOptions {
@@ -74,6 +75,7 @@ export class ControlPlane {
       },
       { defaultMetrics: o.defaultMetrics },
     );
+    registerStoreMetrics(this.metrics.registry, this.store);
     this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
     this.tasks = new TaskService({
       store: this.store,
@@ -99,6 +101,7 @@ export class ControlPlane {
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
       putModule: (digest, bytes) => this.store.putModule(digest, bytes),
+      durable: () => this.store.flush(),
     });
     const m = this.metrics;
     this.fl = new FlCoordinator({
@@ -181,7 +184,7 @@ export class ControlPlane {
     this.events.close();
     await this.http.close();
     await this.gateway.close();
-    this.store.close();
+    await this.store.close();
   }
 }
 
