@@ -2,7 +2,7 @@
 // the control plane with its HTTP API, and optionally local node proplets.
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
@@ -12,7 +12,10 @@ import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
 import { launchAdapter } from './k8s.ts';
-import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
+import { brokerUrl, dataDirFrom, ensureApiToken, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
+
+/** After SIGTERM/SIGINT, the process ends within this long whatever state the MQTT side is in. */
+const SHUTDOWN_DEADLINE_MS = 10_000;
 
 export const serve: Command = {
   usage: 'propeller serve [options]',
@@ -34,6 +37,7 @@ export const serve: Command = {
     'debug-account': { type: 'boolean' },
     'local-proplets': { type: 'string' },
     'api-token': { type: 'string' },
+    'no-auth': { type: 'boolean' },
     'log-level': { type: 'string' },
     config: { type: 'string' },
     scheduler: { type: 'string' },
@@ -52,7 +56,9 @@ export const serve: Command = {
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
-  --api-token TOKEN      require this bearer token on the HTTP API (env PROPELLER_API_TOKEN)
+  --api-token TOKEN      the HTTP API's token (env PROPELLER_API_TOKEN; default: DATA_DIR/api.token,
+                         created on first start, mode 0600; the CLI reads it from there)
+  --no-auth              serve the HTTP API without a token (anyone who reaches the port controls the fleet)
   --log-level LEVEL      debug, info, warn, error or silent (default info)
   --config FILE          YAML settings shaped like the seed's propeller-config (scheduler, healthMonitor)
   --scheduler TYPE       round-robin, least-loaded, random, resource-aware or hybrid (env SCHEDULER_TYPE, default hybrid)
@@ -112,12 +118,13 @@ ${scopeHelp}
       mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
+    const auth = apiAuth(v, dataDir, log);
     const publicUrl = str(v['public-url']) ?? env.PROPELLER_PUBLIC_URL;
     if (publicUrl !== undefined && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new UsageError(`--public-url must be an http(s) URL, got ${JSON.stringify(publicUrl)}`);
     const cp = new ControlPlane({
       scope: sc,
       mqtt,
-      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN },
+      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), ...auth },
       health,
       store,
       scheduler: { ...file.scheduler, type: schedulerType as CreateSchedulerConfig['type'] },
@@ -130,6 +137,7 @@ ${scopeHelp}
               creds.delete(id);
               broker?.disconnect(id);
             },
+            role: (id: string) => creds.get(id)?.role,
           },
         } : {}),
     });
@@ -144,14 +152,22 @@ ${scopeHelp}
       await p.start();
       proplets.push(p);
     }
-    const token = str(v['api-token']) ?? env.PROPELLER_API_TOKEN;
+    const token = 'token' in auth ? auth.token : undefined;
     const kubeconfig = str(v.kubeconfig);
     const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
     const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
+    if (token) log('info', 'web console (signs this browser in)', { url: `http://${apiHost}:${port}/login?token=${token}` });
     log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         log('info', `${sig}: shutting down`);
+        // A clean shutdown waits on peers (broker, proplets, adapter); none may hold the process past the deadline.
+        setTimeout(() => {
+          log('error', `shutdown did not finish within ${SHUTDOWN_DEADLINE_MS / 1000}s: exiting`);
+          process.exit(1);
+        }, SHUTDOWN_DEADLINE_MS).unref();
+        process.once('SIGINT', () => process.exit(130));
+        process.once('SIGTERM', () => process.exit(143));
         resolve();
       };
       process.once('SIGINT', () => stop('SIGINT'));
@@ -164,6 +180,20 @@ ${scopeHelp}
     return 0;
   },
 };
+
+/** The API's token: given, or the data dir's (created on first start); or none, when --no-auth says so. */
+function apiAuth(v: Record<string, unknown>, dataDir: string, log: ReturnType<typeof createLogger>): { token: string; tokenHint: string } | { noAuth: true } {
+  const given = str(v['api-token']) ?? process.env.PROPELLER_API_TOKEN;
+  if (v['no-auth']) {
+    if (given) throw new UsageError('--no-auth and --api-token (or PROPELLER_API_TOKEN) contradict each other');
+    log('warn', 'HTTP API without authentication (--no-auth): anyone who can reach its port can run code on every proplet');
+    return { noAuth: true };
+  }
+  if (given) return { token: given, tokenHint: 'the token serve was given with --api-token or PROPELLER_API_TOKEN' };
+  const { token, file, created } = ensureApiToken(dataDir);
+  log('info', created ? 'API token created' : 'API token', { file: resolve(file) });
+  return { token, tokenHint: `the token is in ${file} on the control plane's host` };
+}
 
 function need(v: Record<string, unknown>, name: string): string {
   const x = str(v[name]);

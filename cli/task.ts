@@ -181,11 +181,12 @@ ${apiHelp}`,
 };
 
 export const propletAdd: Command = {
-  usage: 'propeller proplet add ID',
+  usage: 'propeller proplet add ID [--rotate]',
   summary: 'create MQTT credentials for a proplet (prints its secret once)',
-  options: { ...apiOptions },
-  help: apiHelp,
+  options: { ...apiOptions, rotate: { type: 'boolean' } },
+  help: `  --rotate               replace the secret of a proplet that already has one (the old one stops working)
+${apiHelp}`,
   async run(v, pos) {
-    print(await client(v).addProplet(one(pos, 'proplet id')));
+    print(await client(v).addProplet(one(pos, 'proplet id'), { rotate: v.rotate === true }));
   },
 };

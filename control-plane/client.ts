@@ -130,8 +130,9 @@ export class ControlPlaneClient {
   getProplet(id: string) {
     return this.request<Proplet & { assigned_tasks: number }>('GET', `/proplets/${encodeURIComponent(id)}`);
   }
-  addProplet(id: string) {
-    return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id });
+  /** New credentials; an existing proplet's secret is replaced only with `rotate`. */
+  addProplet(id: string, opts: { rotate?: boolean } = {}) {
+    return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id, ...(opts.rotate ? { rotate: true } : {}) });
   }
   /** Forgets a proplet and revokes its MQTT credentials. */
   removeProplet(id: string) {

@@ -24,7 +24,8 @@ import { TaskService } from './tasks.ts';
 export interface ControlPlaneOptions {
   scope: Scope;
   mqtt: { url: string; username?: string; password?: string; clientId?: string };
-  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number };
+  /** The HTTP API; `token` or `noAuth: true` is required (the API is never open by omission). */
+  http: { host?: string; port?: number; token?: string; noAuth?: boolean; tokenHint?: string; maxBodyBytes?: number; maxUploadBytes?: number };
   health: HealthConfig;
   store?: Store;
   /** The scheduler (seed: SCHEDULER_TYPE and the config file's scheduler section). Default hybrid. */
@@ -35,7 +36,12 @@ export interface ControlPlaneOptions {
   defaultTimeoutMs?: number;
   /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
   autoEvacuateTasks?: boolean;
-  credentials?: { issue(propletId: string): string; revoke(propletId: string): void };
+  credentials?: {
+    issue(propletId: string): string;
+    revoke(propletId: string): void;
+    /** The role of an existing account, undefined when there is none: reserved accounts are refused by the API. */
+    role(id: string): string | undefined;
+  };
   log?: Logger;
   defaultMetrics?: boolean;
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
@@ -93,6 +99,7 @@ export class ControlPlane {
       log: this.log,
       issueCredentials: o.credentials && ((id) => o.credentials!.issue(id)),
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
+      accountRole: o.credentials && ((id) => o.credentials!.role(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
       putModule: (digest, bytes) => this.store.putModule(digest, bytes),
     });
