@@ -5,6 +5,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
+import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
 import { SqliteStore } from '../control-plane/sqlite-store.ts';
@@ -38,6 +39,8 @@ export const serve: Command = {
     'local-proplets': { type: 'string' },
     'api-token': { type: 'string' },
     'no-auth': { type: 'boolean' },
+    'fetch-allow': { type: 'string' },
+    'fetch-deny': { type: 'string' },
     'log-level': { type: 'string' },
     config: { type: 'string' },
     scheduler: { type: 'string' },
@@ -59,6 +62,9 @@ export const serve: Command = {
   --api-token TOKEN      the HTTP API's token (env PROPELLER_API_TOKEN; default: DATA_DIR/api.token,
                          created on first start, mode 0600; the CLI reads it from there)
   --no-auth              serve the HTTP API without a token (anyone who reaches the port controls the fleet)
+  --fetch-allow LIST     comma-separated CIDRs, addresses or host names the control plane may fetch modules
+                         from although loopback, link-local or private (env PROPELLER_FETCH_ALLOW; default none)
+  --fetch-deny LIST      more CIDRs, addresses or host names never fetched from (env PROPELLER_FETCH_DENY)
   --log-level LEVEL      debug, info, warn, error or silent (default info)
   --config FILE          YAML settings shaped like the seed's propeller-config (scheduler, healthMonitor)
   --scheduler TYPE       round-robin, least-loaded, random, resource-aware or hybrid (env SCHEDULER_TYPE, default hybrid)
@@ -119,6 +125,12 @@ ${scopeHelp}
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
     const auth = apiAuth(v, dataDir, log);
+    let fetchRules: { allow: string[]; deny: string[] };
+    try {
+      fetchRules = { allow: parseFetchList('--fetch-allow', str(v['fetch-allow']) ?? env.PROPELLER_FETCH_ALLOW), deny: parseFetchList('--fetch-deny', str(v['fetch-deny']) ?? env.PROPELLER_FETCH_DENY) };
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
     const publicUrl = str(v['public-url']) ?? env.PROPELLER_PUBLIC_URL;
     if (publicUrl !== undefined && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new UsageError(`--public-url must be an http(s) URL, got ${JSON.stringify(publicUrl)}`);
     const cp = new ControlPlane({
@@ -127,6 +139,7 @@ ${scopeHelp}
       http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), ...auth },
       health,
       store,
+      fetch: fetchRules,
       scheduler: { ...file.scheduler, type: schedulerType as CreateSchedulerConfig['type'] },
       ...(file.autoEvacuateTasks !== undefined ? { autoEvacuateTasks: file.autoEvacuateTasks } : {}),
       ...(file.maxAttempts !== undefined ? { maxAttempts: file.maxAttempts } : {}),

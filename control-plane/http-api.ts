@@ -153,6 +153,7 @@ export class HttpApi {
     // ?start=true starts it at once and ?wait=DURATION answers when it has finished: one round trip for a run.
     this.route('POST', '/tasks', async (req, url) => {
       const input = parseTaskInput(await this.json(req)) as TaskInput;
+      this.checkModuleSize(input.file);
       const start = url.searchParams.get('start');
       if (start !== null && start !== 'true' && start !== 'false') throw new HttpError(400, 'start: must be true or false', 'start');
       const wait = url.searchParams.get('wait');
@@ -186,7 +187,9 @@ export class HttpApi {
     });
     this.route('PUT', '/tasks/{id}', async (req, _url, [id]) => {
       tasks.require(id!);
-      return tasks.update(id!, parseTaskInput(await this.json(req), true));
+      const patch = parseTaskInput(await this.json(req), true);
+      this.checkModuleSize(patch.file);
+      return tasks.update(id!, patch);
     });
     this.route('DELETE', '/tasks/{id}', (_req, _url, [id]) => {
       tasks.delete(id!);
@@ -269,6 +272,11 @@ export class HttpApi {
     else if (id === 'debug' || role === 'debug') why = 'the debug account (serve --debug-account)';
     else if (id.includes('*')) why = 'a group account (PREFIX-*, managed in the --credentials file)';
     if (why) throw new HttpError(409, `${id} is reserved: ${why}; it cannot be created, replaced or deleted through the API`, 'proplet_id');
+  }
+
+  /** No proplet takes a module over MAX_INLINE_MODULE (the protocol's limit): refuse it here, not after placement. */
+  private checkModuleSize(bytes: Uint8Array | undefined, limit = MAX_INLINE_MODULE): void {
+    if (bytes && bytes.length > limit) throw new HttpError(413, moduleTooLarge(bytes.length, limit), 'file');
   }
 
   private propletView(p: Proplet) {
@@ -426,8 +434,10 @@ or the same URL with the token from the data directory's <code>api.token</code> 
       const f = form.get('file');
       if (!f || typeof f === 'string') throw new HttpError(400, 'multipart body has no file field named "file"', 'file');
       bytes = new Uint8Array(await f.arrayBuffer());
-      if (bytes.length > limit) throw new HttpError(413, `module of ${bytes.length} bytes exceeds the limit of ${limit}`);
+      this.checkModuleSize(bytes, limit);
     } else {
+      const declared = Number(req.headers['content-length']);
+      if (declared > limit) throw new HttpError(413, moduleTooLarge(declared, limit), 'file');
       bytes = await this.read(req, limit);
     }
     if (!isWasm(bytes)) throw new HttpError(400, 'file: not a WebAssembly module (missing \\0asm magic and version)', 'file');
@@ -437,4 +447,9 @@ or the same URL with the token from the data directory's <code>api.token</code> 
 
 function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+export function moduleTooLarge(size: number, limit: number): string {
+  const what = limit === MAX_INLINE_MODULE ? 'the most any proplet can take' : 'the limit of this API';
+  return `module of ${size} bytes exceeds ${limit} bytes (${(limit / 1024 / 1024).toFixed(limit % (1024 * 1024) ? 2 : 0)} MiB), ${what}`;
 }

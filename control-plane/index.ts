@@ -2,11 +2,11 @@
 // wired together. It reaches the broker only by URL, so it neither knows nor
 // cares whether the broker is embedded or external.
 
-import { sha256Digest } from '../protocol/index.ts';
 import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
 import { ChunkServer } from './chunk-server.ts';
 import { CronScheduler } from './cron.ts';
+import { fetchPolicy } from './modules/policy.ts';
 import { fetchArtifact, resolveModule } from './modules/resolve.ts';
 import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
@@ -44,6 +44,11 @@ export interface ControlPlaneOptions {
   };
   log?: Logger;
   defaultMetrics?: boolean;
+  /**
+   * Where module and model URLs may be fetched from: loopback, link-local and
+   * private addresses are denied unless `allow` names them (CIDRs, addresses, host names).
+   */
+  fetch?: { allow?: readonly string[]; deny?: readonly string[] };
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
 }
@@ -64,6 +69,7 @@ export class ControlPlane {
   constructor(private o: ControlPlaneOptions) {
     validateHealth(o.health);
     this.log = o.log ?? silent;
+    const policy = fetchPolicy(o.fetch);
     this.store = o.store ?? new MemoryStore();
     this.registry = new Registry(this.store, o.health);
     this.metrics = new ControlPlaneMetrics(
@@ -87,7 +93,7 @@ export class ControlPlane {
       log: this.log,
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
-      resolveModule: (url) => resolveModule(url),
+      resolveModule: (url) => resolveModule(url, policy),
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({
@@ -109,7 +115,7 @@ export class ControlPlane {
       tasks: this.tasks,
       proplets: () => this.registry.values(),
       groups: (name) => this.groups.get(name),
-      fetch: (url) => fetchArtifact(url),
+      fetch: (url) => fetchArtifact(url, policy),
       modelUri: (ref) => `${this.publicUrl()}/models/${ref}`,
       metrics: {
         update: (result) => m.flUpdates.inc({ result }),
@@ -122,16 +128,12 @@ export class ControlPlane {
     addFlRoutes(this.http, this.fl);
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
-      module: (digest) => this.store.getModule(digest),
-      fetchByName: async (name) => {
-        const bytes = await resolveModule(name);
-        const digest = sha256Digest(bytes);
-        this.store.putModule(digest, bytes);
-        return digest;
-      },
+      module: (p, digest) => (this.tasks.moduleOf(p.id, { digest }) ? this.store.getModule(digest) : undefined),
+      digestByName: (p, url) => this.tasks.moduleOf(p.id, { url }),
       send: (p, payload) => this.gateway.sendChunk(p, payload),
       log: this.log,
       onChunk: () => this.metrics.chunksSent.inc(),
+      onRefused: (reason) => this.metrics.messagesRejected.inc({ kind: 'registry.proplet', reason }),
     });
     this.wireEvents();
   }

@@ -107,6 +107,16 @@ export class TaskService extends EventEmitter<TaskEvents> {
     return [...(this.active.get(propletId) ?? [])];
   }
 
+  /** The module digest of a task active on this proplet, by digest or by its image_url; else undefined. */
+  moduleOf(propletId: string, by: { digest?: string; url?: string }): string | undefined {
+    for (const id of this.active.get(propletId) ?? []) {
+      const t = this.tasks.get(id);
+      if (!t?.module_digest) continue;
+      if (by.digest !== undefined ? t.module_digest === by.digest : t.image_url === by.url) return t.module_digest;
+    }
+    return undefined;
+  }
+
   require(id: string): Task {
     const t = this.tasks.get(id);
     if (!t) throw new TaskError('not_found', `task ${id} not found`);
@@ -328,7 +338,12 @@ export class TaskService extends EventEmitter<TaskEvents> {
       this.endAttempt(t, 'refused', r.error);
       (t.excluded_proplets ??= []).push(r.proplet_id);
       this.release(t);
-      this.retryOrFail(t, `refused by ${r.proplet_id}: ${r.error ?? 'no reason given'}`);
+      const why = `refused by ${r.proplet_id}: ${r.error ?? 'no reason given'}`;
+      if (this.nowhereElse(t)) {
+        // waiting would change nothing: say why at once instead of after silent re-runs
+        t.error = `${why}; no other proplet can take it`;
+        this.finish(t, 'Failed', at);
+      } else this.retryOrFail(t, why);
       return undefined;
     }
     if (status === 'stopped') {
@@ -344,6 +359,13 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (status === 'failed') t.error = r.error ?? 'failed';
     this.finish(t, status === 'completed' ? 'Completed' : 'Failed', at, r);
     return undefined;
+  }
+
+  /** After a refusal: the task is pinned to the proplet that refused it, or every live proplet has refused it. */
+  private nowhereElse(t: Task): boolean {
+    const excluded = new Set(t.excluded_proplets);
+    if (t.pinned_proplet_id) return excluded.has(t.pinned_proplet_id);
+    return !this.o.registry.list().some((p) => p.state === 'alive' && !excluded.has(p.id));
   }
 
   /** A proplet failed: its tasks are placed elsewhere, or fail when out of attempts. */

@@ -116,7 +116,7 @@ test('kill -9 the control plane between rounds: after a restart on the same data
   const procs: Proc[] = [];
   cleanup.push(() => Promise.all(procs.map((p) => p.kill())).then(() => {}));
   const health = { HEALTH_CHECK_INTERVAL: '200ms', OFFLINE_THRESHOLD: '5s', FAILURE_THRESHOLD: '20s' };
-  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir];
+  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8'];
   const serve = await startServe(args, health);
   procs.push(serve);
   const ids = ['kl-1', 'kl-2', 'kl-3'];

@@ -507,7 +507,7 @@ k8s.test('propeller serve --kubeconfig runs the adapter against its own control 
     await serve?.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   });
-  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--local-proplets', '1', '--kubeconfig', c.env.KUBECONFIG!];
+  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8', '--local-proplets', '1', '--kubeconfig', c.env.KUBECONFIG!];
   const s = await startServe(args);
   serve = s;
   await applyObjects(c, { apiVersion: TASK.apiVersion, kind: 'Task', metadata: { name: 'served', namespace: NS }, spec: { imageUrl: `${moduleUrl}/hello.wasm`, cliArgs: ['served'] } });

@@ -44,6 +44,8 @@ export async function startStack(
     mqtt: { url: broker.url, username: 'propeller-manager', password: creds.issue('propeller-manager', 'manager'), clientId: `cp-${Math.random()}` },
     health: { checkIntervalMs: 100, offlineThresholdMs: 5_000, failureThresholdMs: 10_000, ...o.health },
     credentials: { issue: (id) => creds.issue(id, 'proplet'), revoke: (id) => void creds.delete(id), role: (id) => creds.get(id)?.role },
+    // test servers and registries live on loopback: allowed here explicitly (the default denies it)
+    fetch: { allow: ['127.0.0.0/8', '::1'] },
     ...o.cp,
     http: { port: 0, ...(o.token ? { token: o.token } : { noAuth: true }), ...o.cp?.http },
   });
