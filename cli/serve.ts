@@ -4,7 +4,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
-import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
+import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } from '../control-plane/index.ts';
 import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
@@ -72,7 +72,9 @@ export const serve: Command = {
                          default http://HOST:HTTP_PORT)
   --kubeconfig FILE      also run the Kubernetes adapter against this cluster (see propeller k8s adapter --help)
 ${scopeHelp}
-  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
+  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.
+  RECONNECT_GRACE (default OFFLINE_THRESHOLD): after a restart, how long tasks placed before it wait for their
+  proplets to reconnect and report before they count as lost.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -85,10 +87,12 @@ ${scopeHelp}
     let health;
     let file: FileConfig = {};
     let schedulerType: string;
+    let restartGraceMs: number | undefined;
     try {
       const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;
       if (cfgPath) file = loadConfigFile(cfgPath);
       health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
+      restartGraceMs = env.RECONNECT_GRACE ? parseDuration('RECONNECT_GRACE', env.RECONNECT_GRACE) : undefined;
       schedulerType = parseSchedulerType(str(v.scheduler) ?? env.SCHEDULER_TYPE ?? file.scheduler?.type ?? 'hybrid');
     } catch (e) {
       if (e instanceof ConfigError) throw new UsageError(e.message);
@@ -143,6 +147,7 @@ ${scopeHelp}
       scheduler: { ...file.scheduler, type: schedulerType as CreateSchedulerConfig['type'] },
       ...(file.autoEvacuateTasks !== undefined ? { autoEvacuateTasks: file.autoEvacuateTasks } : {}),
       ...(file.maxAttempts !== undefined ? { maxAttempts: file.maxAttempts } : {}),
+      ...(restartGraceMs !== undefined ? { restartGraceMs } : {}),
       log,
       defaultMetrics: true,
       ...(publicUrl ? { publicUrl } : {}),

@@ -34,6 +34,11 @@ export interface ControlPlaneOptions {
   placement?: Placement;
   maxAttempts?: number;
   defaultTimeoutMs?: number;
+  /**
+   * After a restart, how long tasks placed before it stay where they are while
+   * their proplets reconnect and report (default: the offline threshold); no attempt is used meanwhile.
+   */
+  restartGraceMs?: number;
   /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
   autoEvacuateTasks?: boolean;
   credentials?: {
@@ -93,6 +98,7 @@ export class ControlPlane {
       log: this.log,
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
+      restartGraceMs: o.restartGraceMs ?? o.health.offlineThresholdMs,
       resolveModule: (url) => resolveModule(url, policy),
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));

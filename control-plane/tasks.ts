@@ -53,6 +53,12 @@ export interface TaskServiceOptions {
   resolveModule?: (url: string) => Promise<Uint8Array>;
   /** How long a start may be in flight before a proplet's report without it means it was lost. */
   reconcileGraceMs?: number;
+  /**
+   * After a control-plane restart, how long a proplet's report without a task
+   * placed before the restart does not yet mean it was lost: its result may
+   * still be queued on its side of the reconnect. Default 30 s.
+   */
+  restartGraceMs?: number;
   /** PropletGroups by name, for tasks that name one. */
   groups?: (name: string) => PropletGroup | undefined;
 }
@@ -75,7 +81,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
   private readonly now: () => number;
   readonly maxAttempts: number;
   readonly reconcileGraceMs: number;
+  readonly restartGraceMs: number;
   readonly defaultTimeoutMs: number;
+  /** When this control plane (re)started: attempts begun before it get restartGraceMs. */
+  private startedAt: number;
 
   constructor(private o: TaskServiceOptions) {
     super();
@@ -84,6 +93,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.maxAttempts = o.maxAttempts ?? 3;
     this.defaultTimeoutMs = o.defaultTimeoutMs ?? 60_000;
     this.reconcileGraceMs = o.reconcileGraceMs ?? 5_000;
+    this.restartGraceMs = o.restartGraceMs ?? 30_000;
+    this.startedAt = this.now();
     for (const t of o.store.tasks.list()) {
       this.tasks.set(t.id, t);
       if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
@@ -394,7 +405,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
       // A report may have left the proplet before a start we just sent reached it:
       // only an attempt older than the grace period is known to be lost.
       const since = Date.parse(t.attempts.at(-1)?.started_at ?? t.updated_at);
-      if (!reported.has(id) && now - since > this.reconcileGraceMs) {
+      // Placed before a restart: the proplet may have finished it while we were away and
+      // still hold the result; a later report settles it once the restart grace is over.
+      const grace = since < this.startedAt && now - this.startedAt < this.restartGraceMs;
+      if (!reported.has(id) && now - since > this.reconcileGraceMs && !grace) {
         this.endAttempt(t, 'evacuated', 'proplet restarted without it');
         this.release(t);
         this.retryOrFail(t, `proplet ${proplet.id} no longer runs it`);
@@ -461,6 +475,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   startTimers(): void {
+    this.startedAt = this.now();
     // after a restart: tasks that were waiting for their module fetch it again
     for (const id of this.waiting) {
       const t = this.tasks.get(id)!;
