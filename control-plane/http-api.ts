@@ -9,9 +9,10 @@ import { ConfigError, parseDuration } from './config.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import { parseGroupInput, type GroupService } from './groups.ts';
-import { TERMINAL, type Proplet, type PropletGroup, type Task } from './model.ts';
+import { TERMINAL, type Proplet, type PropletGroup, type Task, type TaskState } from './model.ts';
 import type { Registry } from './registry.ts';
 import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
+import { TokenError } from './task-index.ts';
 import { TaskError, type TaskService } from './tasks.ts';
 
 export interface HttpApiOptions {
@@ -72,6 +73,9 @@ interface Route {
 }
 
 const MAX_WAIT_MS = 60_000;
+/** The most tasks one page of GET /tasks holds. */
+const MAX_PAGE = 1000;
+const TASK_STATES: TaskState[] = ['Pending', 'Scheduled', 'Running', 'Completed', 'Failed', 'Stopped'];
 export const SESSION_COOKIE = 'propeller_session';
 
 /**
@@ -149,7 +153,7 @@ export class HttpApi {
 
   private defineRoutes(): void {
     const { tasks, registry } = this.o;
-    this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.list().length, ...this.o.health?.() }));
+    this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.count(), ...this.o.health?.() }));
     // ?start=true starts it at once and ?wait=DURATION answers when it has finished: one round trip for a run.
     this.route('POST', '/tasks', async (req, url) => {
       const input = parseTaskInput(await this.json(req)) as TaskInput;
@@ -164,21 +168,39 @@ export class HttpApi {
       }
       return tasks.require(t.id);
     }, 201);
+    // newest first, `limit` at a time; `continue` (from the previous page) goes on with older ones
     this.route('GET', '/tasks', (_req, url) => {
       const state = url.searchParams.get('state');
+      const limit = Math.min(this.intParam(url, 'limit', 100), MAX_PAGE);
       const offset = this.intParam(url, 'offset', 0);
-      const limit = this.intParam(url, 'limit', 100);
-      let all = tasks.list();
-      if (state) all = all.filter((t) => t.state.toLowerCase() === state.toLowerCase());
+      const after = url.searchParams.get('continue') ?? undefined;
+      const labels: [string, string][] = [];
       // ?label=KEY=VALUE, repeatable: every one must match
       for (const sel of url.searchParams.getAll('label')) {
         const i = sel.indexOf('=');
         if (i <= 0) throw new HttpError(400, `label: expected KEY=VALUE, got ${JSON.stringify(sel)}`, 'label');
-        const [k, v] = [sel.slice(0, i), sel.slice(i + 1)];
-        all = all.filter((t) => t.labels[k] === v);
+        labels.push([sel.slice(0, i), sel.slice(i + 1)]);
       }
-      all.sort((a, b) => a.created_at.localeCompare(b.created_at));
-      return { total: all.length, offset, limit, tasks: all.slice(offset, offset + limit) };
+      const wanted = state ? TASK_STATES.find((s) => s.toLowerCase() === state.toLowerCase()) : undefined;
+      if (state && !wanted) throw new HttpError(400, `state: must be one of ${TASK_STATES.join(', ')}`, 'state');
+      const match = wanted || labels.length ? (t: Task) => (!wanted || t.state === wanted) && labels.every(([k, v]) => t.labels[k] === v) : undefined;
+      let page;
+      try {
+        page = tasks.page(offset + limit, after, match);
+      } catch (e) {
+        if (e instanceof TokenError) throw new HttpError(400, e.message, 'continue');
+        throw e;
+      }
+      const shown = page.tasks.slice(offset);
+      // a total is given when it is known without walking the history (no label filter)
+      const total = labels.length ? undefined : tasks.count(wanted);
+      return {
+        ...(total !== undefined ? { total } : {}),
+        limit,
+        ...(offset ? { offset } : {}),
+        tasks: shown,
+        ...(page.continue ? { continue: page.continue } : {}),
+      };
     });
     this.route('GET', '/tasks/{id}', async (_req, url, [id]) => {
       const wait = url.searchParams.get('wait');

@@ -18,6 +18,7 @@ import { MqttGateway } from './mqtt-gateway.ts';
 import type { Placement } from './placement.ts';
 import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
+import type { RetentionConfig } from './retention.ts';
 import { MemoryStore, type Store } from './store.ts';
 import { TaskService } from './tasks.ts';
 
@@ -39,6 +40,8 @@ export interface ControlPlaneOptions {
    * their proplets reconnect and report (default: the offline threshold); no attempt is used meanwhile.
    */
   restartGraceMs?: number;
+  /** How long finished tasks and scheduled runs are kept (default 24 h; 3 successful, 1 failed run per schedule). */
+  retention?: Partial<RetentionConfig>;
   /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
   autoEvacuateTasks?: boolean;
   credentials?: {
@@ -81,6 +84,7 @@ export class ControlPlane {
       {
         proplets: () => this.registry.values(),
         tasks: () => this.tasks.values(),
+        taskCounts: () => this.tasks.countsByState(),
         flJobPhases: () => this.fl.jobs().map((j) => j.status.phase),
         flRoundPhases: () => this.fl.rounds().map((r) => r.status.phase),
         flActiveRounds: () => this.fl.activeRounds,
@@ -99,6 +103,7 @@ export class ControlPlane {
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
       restartGraceMs: o.restartGraceMs ?? o.health.offlineThresholdMs,
+      ...(o.retention ? { retention: o.retention } : {}),
       resolveModule: (url) => resolveModule(url, policy),
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));

@@ -426,7 +426,7 @@ k8s.test('execution: job: a Secret, ConfigMap and Job owned by the WasmTask, sta
 k8s.test('an adapter restarted mid-way keeps every status, adopts the task of a resource whose status was never written, and creates no duplicate', async (t) => {
   const c = k8s.cluster();
   const helloBefore = (await getResource<WasmTask>(WASM_TASK, 'hello'))!;
-  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total;
+  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total!;
   // 'sleep' is the export the module runs: 2.5 s
   await applyObjects(c, wasmTask('sleep', { file: wasm.sleep, inputs: [2500] }));
   const running = await waitFor<WasmTask>(WASM_TASK, 'sleep', 'Running', (o) => o.status?.phase === 'Running');
