@@ -11,10 +11,13 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { execFile } from 'node:child_process';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
+import { encode } from '../protocol/index.ts';
+import { scope as mkScope, topic } from '../topics/index.ts';
 import { BIN, startServe, type Serve } from './helpers/procs.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 const exec = promisify(execFile);
+const scope = mkScope('propeller', 'control');
 const dirs: string[] = [];
 const procs: Serve[] = [];
 
@@ -84,21 +87,26 @@ test('--no-auth serves without a token and warns', async (t) => {
 });
 
 /**
- * A broker that takes the control plane's first connection, then drops it
- * and refuses every reconnect (CONNACK 5, not authorized): the state a
- * replaced manager account used to leave it in.
+ * A broker that takes the control plane's first connection, tells it that a
+ * proplet registered, then drops it and refuses every reconnect (CONNACK 4, bad user
+ * name or password): the state a replaced manager account used to leave it in.
  */
 async function refusingBroker(): Promise<{ url: string; refuse(): void; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   let refusing = false;
+  const register = publishPacket(topic(scope, 'proplet.create'), encode('proplet.create', { proplet_id: 'fake-1', addressing: 'direct', capacity: { max_tasks: 4 } }, 'json'));
   const srv = createServer((s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => {});
     s.on('data', (d) => {
       const type = d[0]! >> 4;
-      if (type === 1) s.write(Buffer.from([0x20, 0x02, 0x00, refusing ? 0x05 : 0x00]));
-      if (type === 8) s.write(Buffer.from([0x90, 0x03, d[2]!, d[3]!, 0x01])); // SUBACK, QoS 1 (one filter is enough for mqtt.js)
+      if (type === 1 && refusing) return void s.end(Buffer.from([0x20, 0x02, 0x00, 0x04])); // as Aedes and Mosquitto do: answer, then close
+      if (type === 1) s.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
+      if (type === 8) {
+        s.write(Buffer.from([0x90, 0x03, d[2]!, d[3]!, 0x01])); // SUBACK, QoS 1 (one filter is enough for mqtt.js)
+        s.write(register);
+      }
       if (type === 12) s.write(Buffer.from([0xd0, 0x00]));
     });
   });
@@ -118,20 +126,40 @@ async function refusingBroker(): Promise<{ url: string; refuse(): void; close():
   };
 }
 
-test('SIGTERM ends serve within 10 s while its broker refuses every reconnect', async (t) => {
+/** An MQTT 3.1.1 PUBLISH at QoS 0. */
+function publishPacket(t: string, payload: Uint8Array): Buffer {
+  const name = Buffer.from(t);
+  const body = Buffer.concat([Buffer.from([name.length >> 8, name.length & 0xff]), name, Buffer.from(payload)]);
+  const len: number[] = [];
+  for (let n = body.length; ; ) {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    len.push(b);
+    if (n === 0) break;
+  }
+  return Buffer.concat([Buffer.from([0x30, ...len]), body]);
+}
+
+test('SIGTERM ends serve within 10 s while a start waits to be sent and its broker refuses every reconnect', async (t) => {
   const broker = await refusingBroker();
   t.teardown(() => broker.close());
   const serve = await startServe(['--broker', broker.url, '--http-port', String(await freePort()), '--data-dir', tmp()]);
   procs.push(serve);
+  await until(async () => (await serve.api.listProplets()).proplets.some((p) => p.id === 'fake-1'), 'the proplet registered', 20_000);
   broker.refuse();
   await until(async () => (await (await fetch(`${serve.apiUrl}/health`)).json()).mqtt === 'disconnected', 'the control plane lost its broker', 20_000);
-  // work queued while disconnected is what a graceful MQTT end used to wait on
-  await serve.api.createTask({ name: 'x', file: readFileSync(join(EXAMPLES_BUILD_DIR, 'hello.wasm')).toString('base64') }, { start: true });
+  // a start sent while disconnected waits in the client's queue: what a graceful MQTT end used to wait on forever
+  const task = await serve.api.createTask({ name: 'x', file: readFileSync(join(EXAMPLES_BUILD_DIR, 'hello.wasm')).toString('base64'), proplet_id: 'fake-1' }, { start: true });
+  await until(async () => (await serve.api.getTask(task.id)).state === 'Scheduled', 'the start queued', 20_000);
   const at = Date.now();
   serve.proc.kill('SIGTERM');
   const exited = await Promise.race([once(serve.proc, 'exit').then(() => true), new Promise((r) => setTimeout(() => r(false), 15_000))]);
   t.true(exited, 'serve still running 15 s after SIGTERM');
   t.log(`exited ${Date.now() - at} ms after SIGTERM with code ${serve.proc.exitCode}`);
+  // 0: the shutdown finished (a graceful MQTT end used to wait forever for the queued start; with
+  // nothing else holding the event loop, node then gave up with 13, an unsettled top-level await)
+  t.is(serve.proc.exitCode, 0);
 });
 
 async function startServeIn(cwd: string, args: string[]): Promise<Serve> {
