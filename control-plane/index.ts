@@ -21,6 +21,7 @@ import { Registry } from './registry.ts';
 import type { RetentionConfig } from './retention.ts';
 import { MemoryStore, type Store } from './store.ts';
 import { TaskService } from './tasks.ts';
+import type { Task } from './model.ts';
 
 export interface ControlPlaneOptions {
   scope: Scope;
@@ -139,8 +140,9 @@ export class ControlPlane {
     addFlRoutes(this.http, this.fl);
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
-      module: (p, digest) => (this.tasks.moduleOf(p.id, { digest }) ? this.store.getModule(digest) : undefined),
-      digestByName: (p, url) => this.tasks.moduleOf(p.id, { url }),
+      // a device's own tasks' artifacts only: the module, and an FL task's model (MODEL_DIGEST, or MODEL_URI ending in it)
+      module: (p, digest) => (this.tasks.activeTaskOn(p.id, (t) => t.module_digest === digest || modelDigest(t) === digest) ? this.store.getModule(digest) : undefined),
+      digestByName: (p, url) => this.tasks.activeTaskOn(p.id, (t) => t.image_url === url && t.module_digest !== undefined)?.module_digest,
       send: (p, payload) => this.gateway.sendChunk(p, payload),
       log: this.log,
       onChunk: () => this.metrics.chunksSent.inc(),
@@ -194,6 +196,11 @@ export class ControlPlane {
     await this.gateway.close();
     this.store.close();
   }
+}
+
+/** The model an FL task's participant fetches, by digest. */
+function modelDigest(t: Task): string | undefined {
+  return t.env.MODEL_DIGEST ?? /sha256:[0-9a-f]{64}$/.exec(t.env.MODEL_URI ?? '')?.[0];
 }
 
 export { parseDuration, healthFromEnv, ConfigError } from './config.ts';

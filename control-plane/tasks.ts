@@ -154,12 +154,11 @@ export class TaskService extends EventEmitter<TaskEvents> {
     return [...(this.active.get(propletId) ?? [])];
   }
 
-  /** The module digest of a task active on this proplet, by digest or by its image_url; else undefined. */
-  moduleOf(propletId: string, by: { digest?: string; url?: string }): string | undefined {
+  /** A task active (Scheduled or Running) on this proplet that matches. */
+  activeTaskOn(propletId: string, match: (t: Task) => boolean): Task | undefined {
     for (const id of this.active.get(propletId) ?? []) {
       const t = this.tasks.get(id);
-      if (!t?.module_digest) continue;
-      if (by.digest !== undefined ? t.module_digest === by.digest : t.image_url === by.url) return t.module_digest;
+      if (t && match(t)) return t;
     }
     return undefined;
   }

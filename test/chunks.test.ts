@@ -95,3 +95,18 @@ test("unknown digests, other tasks' modules and URLs a device names are refused 
     srv.close();
   }
 });
+
+test("an FL task's model (MODEL_DIGEST) comes in chunks to the device the task is placed on, to no other", async (t) => {
+  const model = new Uint8Array(300).map((_, i) => i % 251);
+  const digest = 'sha256:' + createHash('sha256').update(model).digest('hex');
+  s.cp.store.putModule(digest, model);
+  const d = await device('learner');
+  const other = await device('bystander');
+  const task = await s.api.createTask({ name: 'hello', file: hello.toString('base64'), proplet_id: 'learner', env: { MODEL_DIGEST: digest } }, { start: true });
+  await until(() => s.cp.tasks.get(task.id)?.state === 'Scheduled', 'placed on the learner');
+  await d.ask({ digest, chunk_size: 512 });
+  await other.ask({ digest, chunk_size: 512 });
+  await until(() => d.chunks.length >= 1 && other.chunks.length >= 1, 'both answered');
+  t.deepEqual(Buffer.from(d.chunks[0]!.data), Buffer.from(model));
+  t.regex(other.chunks[0]!.error!, /unknown module/);
+});
