@@ -103,7 +103,8 @@ export class MqttGateway implements Dispatcher {
   }
 
   async close(): Promise<void> {
-    await this.client?.endAsync();
+    // not connected (broker gone or refusing us): nothing to flush, and a graceful end would wait for a connection forever
+    await this.client?.endAsync(!this.client.connected);
   }
 
   start(p: Proplet, msg: Start): void {

@@ -19,7 +19,8 @@ let dataDir: string;
 
 async function propeller(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await exec('node', [BIN, ...args], { timeout: 30_000 });
+    // the API token is found as the README's commands find it: in serve's data dir
+    const { stdout, stderr } = await exec('node', [BIN, ...args], { timeout: 30_000, env: { ...process.env, PROPELLER_DATA_DIR: dataDir } });
     return { code: 0, stdout, stderr };
   } catch (e) {
     const err = e as { code: number; stdout: string; stderr: string };
