@@ -185,7 +185,8 @@ ${scopeHelp}
     const kubeconfig = str(v.kubeconfig);
     const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
     const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
-    if (staticDir) log('info', token ? 'web console (the link signs this browser in)' : 'web console', { url: token ? `http://${apiHost}:${port}/login?token=${token}` : `http://${apiHost}:${port}/` });
+    if (token) log('info', 'web console (signs this browser in)', { url: `http://${apiHost}:${port}/login?token=${token}` });
+    else if (staticDir) log('info', 'web console', { url: `http://${apiHost}:${port}/` });
     log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
