@@ -64,8 +64,8 @@ export class ControlPlane {
       {
         proplets: () => this.registry.values(),
         tasks: () => this.tasks.values(),
-        flJobPhases: () => this.fl.jobs().map((j) => j.status.phase),
-        flRoundPhases: () => this.fl.rounds().map((r) => r.status.phase),
+        flJobPhases: () => this.fl.jobPhaseCounts(),
+        flRoundPhases: () => this.fl.roundPhaseCounts(),
         flActiveRounds: () => this.fl.activeRounds,
       },
       { defaultMetrics: o.defaultMetrics },
