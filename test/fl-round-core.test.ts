@@ -7,18 +7,16 @@ import { nextStep, onDeadline, onFolded, onTaskState, participantFailed, screenU
 
 function job(o: { phase?: FederatedJob['status']['phase']; model?: boolean; completed?: number; total?: number; retries?: number } = {}): FederatedJob {
   return {
-    apiVersion: 'v',
     kind: 'FederatedJob',
     metadata: { name: 'j', uid: 'u', creationTimestamp: '2026-01-01T00:00:00Z' },
     spec: { experimentId: 'e', modelRef: 'sha256:x', taskWasmImage: 'sha256:y', kOfN: 2, timeoutSeconds: 30, rounds: { total: o.total ?? 3 }, aggregator: { algorithm: 'fedavg' }, roundRetries: o.retries ?? 0 },
-    status: { phase: o.phase ?? 'Running', currentRound: 0, completedRounds: o.completed ?? 0, participants: [], retriesUsed: 0, conditions: [], ...(o.model === false ? {} : { currentModelRef: 'sha256:x' }) },
+    status: { phase: o.phase ?? 'Running', currentRound: 0, completedRounds: o.completed ?? 0, participants: [], retriesUsed: 0, ...(o.model === false ? {} : { currentModelRef: 'sha256:x' }) },
   };
 }
 
 function round(n: number, phase: TrainingRound['status']['phase'], o: { at?: string; k?: number; participants?: [string, string][] } = {}): TrainingRound {
   const participants = o.participants ?? [['a', 'Pending'], ['b', 'Pending'], ['c', 'Pending']];
   return {
-    apiVersion: 'v',
     kind: 'TrainingRound',
     metadata: { name: `round-${n}`, uid: 'u', creationTimestamp: o.at ?? `2026-01-01T00:00:0${n}Z` },
     spec: { roundId: `round-${n}`, federatedJobRef: { name: 'j' }, modelRef: 'sha256:x', taskWasmImage: 'sha256:y', participants: participants.map(([p]) => p), kOfN: o.k ?? 2, timeoutSeconds: 30, round: n },
@@ -29,7 +27,6 @@ function round(n: number, phase: TrainingRound['status']['phase'], o: { at?: str
       updatesRequired: o.k ?? 2,
       refused: { late: 0, notParticipant: 0, stale: 0, invalid: 0 },
       restarts: 0,
-      conditions: [],
       message: 'why',
     },
   };

@@ -22,9 +22,6 @@ import { TaskError, type TaskService } from '../tasks.ts';
 import { InputError } from '../task-input.ts';
 import { createAggregator, UpdateError, type Aggregator } from './aggregate.ts';
 import {
-  FL_API_VERSION,
-  setCondition,
-  condition,
   type FederatedJob,
   type FederatedJobSpec,
   type ModelCheckpoint,
@@ -79,8 +76,9 @@ interface LiveRound {
   graceTimers: Set<NodeJS.Timeout>;
 }
 
-export const JOB_LABEL = 'propeller.absmach.io/federatedjob';
-export const ROUND_LABEL = 'propeller.absmach.io/traininground';
+/** On a round's tasks and on checkpoints: the job and the round they belong to. */
+export const JOB_LABEL = 'fl-job';
+export const ROUND_LABEL = 'fl-round';
 
 const MAX_MODEL_BYTES = 16 * 1024 * 1024;
 const FLUSH_MS = 100;
@@ -187,7 +185,6 @@ export class FlCoordinator {
     if (this.jobRecs.get(name)) throw new TaskError('conflict', `FederatedJob ${name} already exists`);
     const at = this.iso();
     const job: FederatedJob = {
-      apiVersion: FL_API_VERSION,
       kind: 'FederatedJob',
       metadata: { name, uid: randomUUID(), creationTimestamp: at },
       spec,
@@ -197,7 +194,8 @@ export class FlCoordinator {
         completedRounds: 0,
         participants: (spec.participants ?? []).map((p) => ({ propletId: p.propletId, roundsContributed: 0 })),
         retriesUsed: 0,
-        conditions: [condition('Ready', 'False', 'Pending', 'fetching the initial model', at)],
+        reason: 'Pending',
+        message: 'fetching the initial model',
       },
     };
     this.saveJob(job);
@@ -295,7 +293,8 @@ export class FlCoordinator {
       if (step.start) {
         j.status.phase = 'Running';
         j.status.startTime = this.iso();
-        setCondition(j.status.conditions, condition('Ready', 'True', 'Running', 'rounds are running', this.iso()));
+        j.status.reason = 'Running';
+        j.status.message = 'rounds are running';
         this.saveJob(j);
       }
       this.beginRound(j, step.n, 0);
@@ -322,7 +321,8 @@ export class FlCoordinator {
     round.metadata.labels = { [JOB_LABEL]: job.metadata.name };
     this.saveRound(round);
     job.status.currentRound = n;
-    setCondition(job.status.conditions, condition('RoundActive', 'True', 'RoundStarted', `round ${n} of ${job.spec.rounds.total} started`, this.iso()));
+    job.status.reason = 'RoundStarted';
+    job.status.message = `round ${n} of ${job.spec.rounds.total} started`;
     this.saveJob(job);
     void this.startRound(round.metadata.name);
   }
@@ -350,8 +350,7 @@ export class FlCoordinator {
     j.status.phase = phase;
     j.status.completionTime = at;
     j.status.message = message;
-    setCondition(j.status.conditions, condition('RoundActive', 'False', reason, message, at));
-    setCondition(j.status.conditions, condition('Ready', phase === 'Completed' ? 'True' : 'False', reason, message, at));
+    j.status.reason = reason;
     this.saveJob(j);
     this.o.log(phase === 'Completed' ? 'info' : 'warn', `federated job ${phase.toLowerCase()}`, { job: name, reason, message });
   }
@@ -367,7 +366,7 @@ export class FlCoordinator {
       js.lastPhase = p.phase;
       if (p.phase === 'Submitted') js.roundsContributed++;
     }
-    setCondition(job.status.conditions, condition('AggregationComplete', 'True', 'AggregationComplete', `round ${job.status.completedRounds} aggregated into ${r.status.aggregatedModelRef}`, this.iso()));
+
   }
 
   // --- rounds ---------------------------------------------------------------
@@ -375,7 +374,6 @@ export class FlCoordinator {
   private newRound(name: string, spec: TrainingRoundSpec): TrainingRound {
     const at = this.iso();
     const round: TrainingRound = {
-      apiVersion: FL_API_VERSION,
       kind: 'TrainingRound',
       metadata: { name, uid: randomUUID(), creationTimestamp: at },
       spec,
@@ -386,7 +384,6 @@ export class FlCoordinator {
         updatesRequired: spec.kOfN,
         refused: { late: 0, notParticipant: 0, stale: 0, invalid: 0 },
         restarts: 0,
-        conditions: [],
       },
     };
     this.saveRound(round);
@@ -459,8 +456,8 @@ export class FlCoordinator {
       p.phase = 'Pending';
       live.byTask.set(task.id, propletId);
     });
-    setCondition(r.status.conditions, condition('RoundActive', 'True', 'RoundStarted', `waiting for ${spec.kOfN} of ${spec.participants.length} updates`, r.status.startTime));
-    setCondition(r.status.conditions, condition('ParticipantsReady', 'Unknown', 'TasksCreated', `${spec.participants.length} tasks created`, r.status.startTime));
+    r.status.reason = 'RoundStarted';
+    r.status.message = `waiting for ${spec.kOfN} of ${spec.participants.length} updates`;
     this.live.set(name, live);
     this.saveRound(r);
     live.timer = setTimeout(() => this.onDeadline(name), Math.max(0, spec.timeoutSeconds * 1000));
@@ -610,7 +607,8 @@ export class FlCoordinator {
   private aggregate(r: TrainingRound, live: LiveRound): void {
     const name = r.metadata.name;
     r.status.phase = 'Aggregating';
-    setCondition(r.status.conditions, condition('AggregationComplete', 'False', 'Aggregating', `aggregating ${live.aggregator.count} updates`, this.iso()));
+    r.status.reason = 'Aggregating';
+    r.status.message = `aggregating ${live.aggregator.count} updates`;
     this.saveRound(r);
     const started = performance.now();
     const m = live.aggregator.metrics();
@@ -628,7 +626,6 @@ export class FlCoordinator {
     const job = r.spec.federatedJobRef?.name;
     const n = r.spec.round ?? 1;
     const cp: ModelCheckpoint = {
-      apiVersion: FL_API_VERSION,
       kind: 'ModelCheckpoint',
       metadata: { name: job ? checkpointName(job, n) : `model-${name}`, uid: randomUUID(), creationTimestamp: this.iso(), labels: job ? { [JOB_LABEL]: job, [ROUND_LABEL]: name } : { [ROUND_LABEL]: name } },
       spec: {
@@ -662,8 +659,7 @@ export class FlCoordinator {
     r.status.checkpoint = cp.metadata.name;
     r.status.metrics = { totalSamples: m.totalSamples, ...(m.loss !== undefined ? { loss: m.loss } : {}), ...(m.accuracy !== undefined ? { accuracy: m.accuracy } : {}) };
     r.status.message = `aggregated ${m.updates} of ${r.status.participants.length} updates (${m.totalSamples} samples)`;
-    setCondition(r.status.conditions, condition('AggregationComplete', 'True', 'AggregationComplete', r.status.message, at));
-    setCondition(r.status.conditions, condition('RoundActive', 'False', 'RoundCompleted', r.status.message, at));
+    r.status.reason = 'RoundCompleted';
     // one write: a crash cannot leave the round completed without its checkpoint
     this.o.store.atomically(() => {
       this.checkpointRecs.put(cp.metadata.name, cp);
@@ -686,7 +682,7 @@ export class FlCoordinator {
     r.status.phase = 'Failed';
     r.status.endTime = at;
     r.status.message = message;
-    setCondition(r.status.conditions, condition('RoundActive', 'False', reason, message, at));
+    r.status.reason = reason;
     this.saveRound(r);
     this.o.log('warn', 'round failed', { round: r.metadata.name, reason, message });
     if (wasRunning) this.o.metrics.roundEnded('Failed', secondsSince(r.status.startTime, at));
