@@ -2,3 +2,4 @@ export { PropletCore, runKey, type Command, type Event, type IgnoreReason, type 
 export { PAGE_BYTES, RamBudget, type Need } from './budget.ts';
 export { encodeResult } from './result.ts';
 export { peekStart, readStartRef, type StartRef } from './start-ref.ts';
+export { outcomeOf, taskRun, type TaskRun } from './task-run.ts';

@@ -24,7 +24,7 @@ import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, sha256Digest, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start } from '../protocol/index.ts';
-import { encodeResult, PAGE_BYTES, PropletCore, readStartRef, type Command, type Event, type Outcome, type RamBudget } from '../proplet-core/index.ts';
+import { encodeResult, outcomeOf, PAGE_BYTES, PropletCore, readStartRef, taskRun, type Command, type Event, type RamBudget } from '../proplet-core/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { clipText, parseModule, WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
@@ -596,11 +596,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
     const res = await this.runner.run({
       taskId: run.runnerKey,
       module: run.bytes,
-      name: msg.name ?? '',
-      args: [msg.name ?? 'main', ...(msg.cli_args ?? [])],
-      env: msg.env ?? {},
-      inputs: (msg.inputs ?? []) as (number | bigint | string)[],
-      timeoutMs: msg.daemon ? 0 : (msg.timeout_ms ?? MCU_DEFAULTS.defaultTimeoutMs),
+      ...taskRun(msg, MCU_DEFAULTS.defaultTimeoutMs),
       // the linear memory is capped at what the budget holds for it (0 would mean "no limit")
       maxMemoryBytes: linear > 0 ? linear : PAGE_BYTES,
       ...(run.round ? { stdin: run.round.stdin, files: run.round.files } : {}),
@@ -623,13 +619,9 @@ export class McuProplet extends EventEmitter<McuEvents> {
       if (delay > 0) await new Promise((r) => setTimeout(r, delay));
       for (const u of o.updates) this.publishUpdate(u);
     }
-    const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
-    const outcome: Outcome = { status, stdout: clipText(res.stdout, this.outputLimit), stderr: clipText(res.stderr, this.outputLimit), duration_ms: res.durationMs };
-    if (res.returnValue !== undefined) outcome.results = res.returnValue;
-    if (flResults) outcome.results = flResults;
-    if (res.exitCode !== null) outcome.exit_code = res.exitCode;
-    if (res.error) outcome.error = res.error;
-    this.dispatch({ t: 'finished', key, outcome });
+    // the device's own output cap, within the protocol's
+    const clipped = { ...res, stdout: clipText(res.stdout, this.outputLimit), stderr: clipText(res.stderr, this.outputLimit) };
+    this.dispatch({ t: 'finished', key, outcome: outcomeOf(clipped, flResults) });
   }
 
   // --- chunks -------------------------------------------------------------------------

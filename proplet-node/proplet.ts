@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Start } from '../protocol/index.ts';
-import { encodeResult, PropletCore, readStartRef, type Command, type Event, type Outcome } from '../proplet-core/index.ts';
+import { encodeResult, outcomeOf, PropletCore, readStartRef, taskRun, type Command, type Event } from '../proplet-core/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
@@ -293,11 +293,7 @@ export class NodeProplet {
     const res = await this.runner.run({
       taskId: key,
       module: held.bytes,
-      name: msg.name ?? '',
-      args: [msg.name ?? 'main', ...(msg.cli_args ?? [])],
-      env: msg.env ?? {},
-      inputs: (msg.inputs ?? []) as (number | bigint | string)[],
-      timeoutMs: msg.daemon ? 0 : msg.timeout_ms ?? 60_000,
+      ...taskRun(msg, 60_000),
       maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
       ...(held.round ? { stdin: held.round.stdin, files: held.round.files } : {}),
     });
@@ -313,12 +309,6 @@ export class NodeProplet {
       flResults = o.results;
       if (o.error) res = { ...res, ok: false, error: o.error };
     }
-    const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
-    const outcome: Outcome = { status, stdout: res.stdout, stderr: res.stderr, duration_ms: res.durationMs };
-    if (res.returnValue !== undefined) outcome.results = res.returnValue;
-    if (flResults) outcome.results = flResults;
-    if (res.exitCode !== null) outcome.exit_code = res.exitCode;
-    if (res.error) outcome.error = res.error;
-    this.dispatch({ t: 'finished', key, outcome });
+    this.dispatch({ t: 'finished', key, outcome: outcomeOf(res, flResults) });
   }
 }

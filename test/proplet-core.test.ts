@@ -4,7 +4,7 @@
 
 import test from 'ava';
 import { decode, encode, MAX_PAYLOAD, type Result } from '../protocol/index.ts';
-import { encodeResult, PropletCore, readStartRef, runKey, type Command, type Event, type Profile, type StartInfo } from '../proplet-core/index.ts';
+import { encodeResult, outcomeOf, PropletCore, readStartRef, runKey, taskRun, type Command, type Event, type Profile, type StartInfo } from '../proplet-core/index.ts';
 import { TRUNCATED_MARKER } from '../wasm-runtime/index.ts';
 
 const ME = 'p1';
@@ -155,4 +155,18 @@ test('a start that does not decode still names its task, in both encodings', (t)
     t.deepEqual(readStartRef(payload), { id: T, proplet_id: ME, attempt: 3 }, enc);
   }
   t.is(readStartRef(Buffer.from('not a start')), undefined);
+});
+
+test('a start becomes the same run on every proplet kind: argv, no time limit for a daemon', (t) => {
+  const start = { v: 1, id: T, name: 'srv', cli_args: ['-p', '1'] };
+  t.deepEqual(taskRun({ ...start, daemon: true, timeout_ms: 5 }, 60_000), { name: 'srv', args: ['srv', '-p', '1'], env: {}, inputs: [], timeoutMs: 0 });
+  t.is(taskRun({ ...start, timeout_ms: 5 }, 60_000).timeoutMs, 5);
+  t.is(taskRun({ v: 1, id: T }, 60_000).args[0], 'main');
+});
+
+test('a run ends as the same result on every proplet kind', (t) => {
+  const base = { stdout: 'o', stderr: '', durationMs: 3 };
+  t.deepEqual(outcomeOf({ ...base, ok: true, exitCode: 0, returnValue: 5 }), { status: 'completed', stdout: 'o', stderr: '', duration_ms: 3, results: 5, exit_code: 0 });
+  t.like(outcomeOf({ ...base, ok: false, exitCode: null, error: 'stopped' }), { status: 'stopped', error: 'stopped' });
+  t.like(outcomeOf({ ...base, ok: false, exitCode: 3, error: 'exit code 3' }, { num_samples: 1 }), { status: 'failed', exit_code: 3, results: { num_samples: 1 } });
 });
