@@ -36,7 +36,7 @@ export interface Profile {
   ramBudgetBytes?: number;
   /** Final results kept while offline, sent first after the next connect (default 64). */
   outboxSize?: number;
-  /** Say the new load (alive) after each task ends, not only at the next heartbeat. */
+  /** Say the new load (alive) after each task ends, not only at the next heartbeat (default true, as docs/protocol.md §4 says). */
   aliveOnFinish?: boolean;
   /** How long a stop that arrived before its start is remembered (default 60 s). */
   stopMemoryMs?: number;
@@ -266,7 +266,7 @@ export class PropletCore<P> {
     const result: Result = { ...this.base(h.id, h.attempt), ...o };
     if (h.fl) result.fl = true;
     const out = this.publish(result);
-    if (this.profile.aliveOnFinish && this.online) out.push({ t: 'alive', running: this.running() });
+    if ((this.profile.aliveOnFinish ?? true) && this.online) out.push({ t: 'alive', running: this.running() });
     return out;
   }
 

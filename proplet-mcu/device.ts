@@ -243,7 +243,6 @@ export class McuProplet extends EventEmitter<McuEvents> {
       maxModuleBytes: this.profile.maxModuleBytes,
       ramBudgetBytes: budget,
       outboxSize: OUTBOX,
-      aliveOnFinish: true, // the load changed: say so now, not at the next period
     });
     this.backoff = new Backoff(o.backoff, o.random);
     this.ownRunner = o.runner === undefined;

@@ -54,7 +54,7 @@ interface Row {
 const rows: Row[] = [
   { name: 'a start is loaded', given: [], when: start(), then: [`load ${key()}`] },
   { name: 'loaded: running goes out, then the run', given: [start()], when: loaded(), then: [`publish ${T}@1 running`, `run ${key()} linear=0`] },
-  { name: 'finished: the final result with the attempt', given: [start(), loaded()], when: finished(), then: [`publish ${T}@1 completed`] },
+  { name: 'finished: the final result with the attempt', profile: { aliveOnFinish: false }, given: [start(), loaded()], when: finished(), then: [`publish ${T}@1 completed`] },
   { name: 'a redelivered start (same attempt) is ignored while it runs', given: [start(), loaded()], when: start(), then: ['ignore duplicate'] },
   { name: 'a redelivered start is ignored after the attempt ended', given: [start(), loaded(), finished()], when: start(), then: ['ignore duplicate'] },
   { name: 'a start without attempt (Propeller) may run again after it ended', given: [start({ attempt: undefined }), { t: 'loaded', key: T, moduleBytes: 1, linearBytes: 0 }, { t: 'finished', key: T, outcome: { status: 'completed' } }], when: start({ attempt: undefined }), then: [`load ${T}`] },
@@ -64,7 +64,7 @@ const rows: Row[] = [
   { name: 'a stop remembered only for a while', given: [stop({}, 0)], when: start({}, 61_000), then: [`load ${key()}`] },
   { name: 'a stop while loading forgets the task without a result', given: [start()], when: stop(), then: [`abort-load ${key()}`] },
   { name: 'a stop while running kills it', given: [start(), loaded()], when: stop({ attempt: 1 }), then: [`kill ${key()}`] },
-  { name: 'the killed run reports stopped', given: [start(), loaded(), stop()], when: finished(1, 'stopped'), then: [`publish ${T}@1 stopped`] },
+  { name: 'the killed run reports stopped, then the new load', given: [start(), loaded(), stop()], when: finished(1, 'stopped'), then: [`publish ${T}@1 stopped`, 'alive []'] },
   { name: 'a stop for an older attempt does not end the current one', given: [start({ attempt: 2 }), loaded(2)], when: stop({ attempt: 1 }), then: ['ignore stale_attempt'] },
   { name: 'a stop for another proplet is ignored', given: [start(), loaded()], when: stop({ proplet_id: 'p2' }), then: ['ignore not_mine'] },
   { name: 'loading that ends after a stop is not reported', given: [start(), stop()], when: loaded(), then: ['ignore not_held'] },
@@ -83,7 +83,7 @@ const rows: Row[] = [
   { name: 'reconnected: deferred results first, then the registration with what runs', given: [start(), loaded(), start({ id: 't2' }), { t: 'disconnected' }, finished()], when: online, then: [`publish ${T}@1 completed (flushed)`, 'announce [t2@1]'] },
   { name: 'running is not kept while offline', given: [start(), { t: 'disconnected' }], when: loaded(), then: [`run ${key()} linear=0`] },
   { name: 'the outbox is bounded: the oldest result is dropped', profile: { outboxSize: 1, maxTasks: 4 }, given: [start(), start({ id: 't2' }), loaded(), { t: 'loaded', key: key(1, 't2'), moduleBytes: 1, linearBytes: 0 }, { t: 'disconnected' }, finished()], when: { t: 'finished', key: key(1, 't2'), outcome: { status: 'completed' } }, then: ['defer t2@1 completed', `drop ${T}`] },
-  { name: 'with aliveOnFinish, the new load follows the result', profile: { aliveOnFinish: true }, given: [start(), loaded()], when: finished(), then: [`publish ${T}@1 completed`, 'alive []'] },
+  { name: 'the new load follows the result', given: [start(), loaded()], when: finished(), then: [`publish ${T}@1 completed`, 'alive []'] },
 ];
 
 for (const row of rows) {
