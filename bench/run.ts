@@ -3,7 +3,7 @@
 
 const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args: string[]): Promise<void> }> }> = {
   dispatch: { summary: 'tasks through the HTTP API to local proplets: latency and throughput', load: () => import('./dispatch.ts') },
-  placement: { summary: 'scheduler decisions/s per algorithm over 10,000 proplets and 100,000 pending tasks', load: () => import('./placement.ts') },
+  placement: { summary: 'scheduler decisions per CPU-second per algorithm at 1k, 10k, 100k proplets, 100,000 pending tasks', load: () => import('./placement.ts') },
   fleet: { summary: 'simulated MCU fleet: connect, heartbeats, task storm', load: () => import('./fleet.ts') },
   fedavg: { summary: 'streaming federated averaging of large updates: time and memory', load: () => import('./fedavg.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
