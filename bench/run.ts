@@ -6,6 +6,7 @@ const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args:
   placement: { summary: 'scheduler decisions per CPU-second per algorithm at 1k, 10k, 100k proplets, 100,000 pending tasks', load: () => import('./placement.ts') },
   fleet: { summary: 'simulated MCU fleet: connect, heartbeats, task storm', load: () => import('./fleet.ts') },
   fedavg: { summary: 'streaming federated averaging of large updates: time and memory', load: () => import('./fedavg.ts') },
+  broker: { summary: 'embedded broker vs Mosquitto: QoS 0/1 msg/s, fan-out, 10,000 connects, memory per connection', load: () => import('./broker.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
 };
 
