@@ -7,6 +7,7 @@ const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args:
   fleet: { summary: 'simulated MCU fleet: connect, heartbeats, task storm', load: () => import('./fleet.ts') },
   fedavg: { summary: 'streaming federated averaging of large updates: time and memory', load: () => import('./fedavg.ts') },
   broker: { summary: 'embedded broker vs Mosquitto: QoS 0/1 msg/s, fan-out, 10,000 connects, memory per connection', load: () => import('./broker.ts') },
+  heartbeat: { summary: 'control-plane CPU and garbage per decoded heartbeat (Registry.alive) over 10,000 proplets', load: () => import('./heartbeat.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
 };
 
