@@ -119,6 +119,19 @@ class Aggregates {
   combine(x: number, a: number, b: number, self: boolean): void {
     const d = this.d;
     const o = x * S;
+    if (self && (a < 0 || d[a * S + CNT] === 0) && (b < 0 || d[b * S + CNT] === 0)) {
+      // Its own member alone (every treap leaf): a one-point frontier.
+      const sc = d[o + SELFC]!;
+      const sm = d[o + SELFM]!;
+      d[o] = sc;
+      d[o + K] = sm;
+      d[o + FN] = 1;
+      d[o + CNT] = 1;
+      d[o + MAXMOD] = d[o + MINMOD] = d[o + SELFMOD]!;
+      d[o + MINCPU] = sc;
+      d[o + MINMEM] = sm;
+      return;
+    }
     let cnt = 0;
     let maxMod = -Infinity;
     let minMod = Infinity;
