@@ -195,7 +195,7 @@ export const EXAMPLES: Example[] = [
     kind: 'manager.stop',
     title: 'The control plane stops attempt 1 of the task on the ESP32.',
     topic: topic(S, 'manager.stop', ESP32),
-    msg: { id: TASK, proplet_id: ESP32, attempt: 1 },
+    msg: { v: 1, id: TASK, proplet_id: ESP32, attempt: 1 },
   }),
   ex({
     name: 'results-running',
@@ -286,8 +286,8 @@ export const MEANINGS: Record<MessageKind, Record<string, string>> = {
     proplet_id: 'The proplet id. Equals its MQTT username, so the broker accepts it only from that account.',
     name: 'Human-readable name. Default: the id (or the previously registered name).',
     device_type: 'Device class, such as `esp32`, `node` or `python-worker`. Default: `unknown`.',
-    capabilities: 'Capability tags, such as `wasm`, `wasi` or `sensor`. Reported in the HTTP API; placement does not read them yet.',
-    labels: 'Free key/value labels. Reported in the HTTP API; placement does not read them yet.',
+    capabilities: 'Capability tags, such as `wasm`, `wasi` or `sensor`. Placement matches them against a task\'s `proplet_selector.match_capabilities`.',
+    labels: 'Free key/value labels. Placement matches them against a task\'s `proplet_selector.match_labels` and FL participant selectors.',
     capacity: 'What the proplet offers. An absent field declares no limit.',
     'capacity.cpu_millis': 'CPU offered, in thousandths of a core. Informational.',
     'capacity.memory_bytes': 'Memory offered to tasks. A task that requests more is not placed here.',
@@ -295,7 +295,7 @@ export const MEANINGS: Record<MessageKind, Record<string, string>> = {
     'capacity.max_module_bytes': 'Largest module it accepts. A task whose module is larger is not placed here.',
     'capacity.max_packet_bytes': 'Largest MQTT payload it can receive. A start message that would be larger carries only the module digest; the proplet then fetches the module in registry chunks.',
     wasm_runtime: 'Runtime name and version. Informational.',
-    encoding: 'Encoding the control plane uses for every message to this proplet. Absent: `json`. The encoding of the register message itself does not count.',
+    encoding: 'Encoding the control plane uses for every message to this proplet on its per-proplet topics. Absent: the encoding the register message itself arrived in.',
     addressing: '`direct`: the proplet subscribes to its per-proplet start, stop and chunk topics, and the control plane publishes there. Absent: `shared` (Propeller\'s proplets).',
     running: 'Tasks the proplet runs now. Sent on every (re)connect so that the control plane can reconcile; `[]` means none. Absent: not reported, and the control plane keeps its own view.',
     'running[].task_id': 'Id of a running task.',
@@ -657,7 +657,8 @@ function mayPublish(kind: TopicKind, t: string, perProplet: boolean): string[] {
   const payload = (id: string) => (sender ? JSON.stringify({ [sender]: id }) : '{}');
   const asItself = (id: string) => authorize(s, 'proplet', id, 'publish', t, payload(id)).ok;
   const forOther = authorize(s, 'proplet', P, 'publish', t, payload(Q)).ok;
-  if (asItself(P) && asItself(Q)) who.push(forOther || !sender ? 'any proplet' : `any proplet (as itself in \`${sender}\`)`);
+  // the embedded broker delivers a proplet's publish on the shared topic on its per-proplet form (stampedTopic)
+  if (asItself(P) && asItself(Q)) who.push(forOther || !sender ? 'any proplet' : 'any proplet, as itself (delivered on the `/<proplet_id>` form)');
   else if (asItself(P)) who.push(perProplet ? `proplet \`${P}\`` : 'its proplet');
   return who;
 }
