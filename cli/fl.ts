@@ -93,8 +93,10 @@ async function watchJob(api: ControlPlaneClient, name: string, intervalMs: numbe
 export const flRun: Command = {
   usage: 'propeller fl run JOB.yaml [--watch] [options]',
   summary: 'start a FederatedJob from its YAML (the same file kubectl apply takes)',
-  options: { ...apiOptions, watch: { type: 'boolean', short: 'w' } },
+  options: { ...apiOptions, watch: { type: 'boolean', short: 'w' }, replace: { type: 'boolean' } },
   help: `  -w, --watch            then follow it as 'fl watch' does; exit 0 when it completes, 1 when it fails
+  --replace              delete a job of the same name first (its rounds stay as history), so an
+                         experiment can be run again as it is
 ${apiHelp}
   A spec.modelRef or spec.taskWasmImage that is a local path (relative to the
   YAML file) is uploaded first: a model as CBOR, or JSON when it ends in .json;
@@ -112,7 +114,16 @@ ${apiHelp}
     if (doc === null || typeof doc !== 'object' || typeof (doc as { spec?: unknown }).spec !== 'object') throw new UsageError(`${file}: expected a FederatedJob with metadata.name and spec`);
     const api = client(v);
     for (const n of await uploadLocal(api, (doc as { spec: Record<string, unknown> }).spec, dirname(resolve(file)))) process.stderr.write(`uploaded ${n}\n`);
-    const job = await api.createFlJob(doc);
+    const name = (doc as { metadata?: { name?: unknown } }).metadata?.name;
+    if (v.replace && typeof name === 'string') {
+      await api.deleteFlJob(name).catch((e: unknown) => {
+        if (!(e instanceof ApiError && e.status === 404)) throw e;
+      });
+    }
+    const job = await api.createFlJob(doc).catch((e: unknown) => {
+      if (e instanceof ApiError && e.status === 409) throw new ApiError(409, `${e.message}; run it again with --replace, or delete it first: propeller fl delete ${String(name)}`);
+      throw e;
+    });
     process.stdout.write(`federatedjob ${job.metadata.name} created: ${job.spec.rounds.total} rounds, k ${job.spec.kOfN}\n`);
     if (!v.watch) {
       process.stdout.write(`follow it with: propeller fl watch ${job.metadata.name}\n`);
@@ -152,6 +163,19 @@ export const flGet: Command = {
     const { jobs } = await api.listFlJobs();
     const rows = jobs.map((j) => [j.metadata.name, j.status.phase, `${j.status.completedRounds}/${j.spec.rounds.total}`, String(j.spec.kOfN), j.status.aggregatedModelRef ?? '-']);
     table(['NAME', 'PHASE', 'ROUNDS', 'K', 'MODEL'], rows);
+  },
+};
+
+export const flDelete: Command = {
+  usage: 'propeller fl delete JOB [options]',
+  summary: 'delete a FederatedJob (its running round is stopped)',
+  options: { ...apiOptions },
+  help: `${apiHelp}
+  Its rounds and checkpoints stay as history; its name can be used again.`,
+  async run(v, pos) {
+    if (pos.length !== 1) throw new UsageError('expected exactly one job name');
+    await client(v).deleteFlJob(pos[0]!);
+    process.stdout.write(`federatedjob ${pos[0]} deleted\n`);
   },
 };
 

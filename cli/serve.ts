@@ -11,7 +11,6 @@ import { SqliteStore } from '../control-plane/sqlite-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
-import { launchAdapter } from './k8s.ts';
 import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
 
 export const serve: Command = {
@@ -147,7 +146,7 @@ ${scopeHelp}
     const token = str(v['api-token']) ?? env.PROPELLER_API_TOKEN;
     const kubeconfig = str(v.kubeconfig);
     const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
-    const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
+    const adapter = kubeconfig ? await (await import('./k8s.ts')).launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
     log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
