@@ -105,6 +105,12 @@ export function flUpdateTopic(s: Scope, roundId: string, propletId: string): str
   return `${base(s)}/fl/rounds/${roundId}/updates/${propletId}`;
 }
 
+/** The filter of one proplet's FL updates in any round (the external broker's ACL for that proplet). */
+export function flUpdateFilter(s: Scope, propletId: string): string {
+  assertLevel('proplet id', propletId);
+  return `${base(s)}/fl/rounds/+/updates/${propletId}`;
+}
+
 /** A filter matching every message of the scope: what `propeller watch` and the debug account read. */
 export function allFilter(s: Scope): string {
   return `${base(s)}/#`;
