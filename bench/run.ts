@@ -6,6 +6,7 @@ const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args:
   placement: { summary: 'scheduler decisions/s per algorithm over 10,000 proplets and 100,000 pending tasks', load: () => import('./placement.ts') },
   fleet: { summary: 'simulated MCU fleet: connect, heartbeats, task storm', load: () => import('./fleet.ts') },
   fedavg: { summary: 'streaming federated averaging of large updates: time and memory', load: () => import('./fedavg.ts') },
+  startup: { summary: 'propeller --help, serve to /health, proplet RSS: compiled vs tsx', load: () => import('./startup.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
 };
 

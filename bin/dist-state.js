@@ -1,54 +1,47 @@
-// Whether dist/ (the compiled JavaScript, `npm run build`) matches the
-// TypeScript sources beside it. bin/propeller.js runs dist/ only when it does,
-// so an edited source is never shadowed by old compiled code.
+// Whether dist/ (the bundled command, `npm run build`) matches the TypeScript
+// sources beside it. bin/propeller.js runs dist/ only when it does, so an
+// edited source is never shadowed by old compiled code.
 
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const DIST = join(ROOT, 'dist');
-/** Written by bin/build.js with the time the build started. */
+/** Written last by bin/build.js, with the time the build started. */
 export const STAMP = join(DIST, '.build-stamp');
-const SOURCE = /\.(ts|js|mts|mjs|json)$/;
-const CONFIG = ['tsconfig.json', 'tsconfig.build.json'];
+/** Our source files in the bundle, relative to ROOT (written by bin/build.js). */
+export const INPUTS = join(DIST, 'inputs.json');
 
-/**
- * The newest modification time of a source file under dir, or 0.
- * @param {string} dir
- * @returns {number}
- */
-function newest(dir) {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (e.name === 'node_modules' || e.name.startsWith('.')) continue;
-    const p = join(dir, e.name);
-    if (e.isDirectory()) t = Math.max(t, newest(p));
-    else if (SOURCE.test(e.name)) t = Math.max(t, statSync(p).mtimeMs);
+/** @param {string} path */
+function mtime(path) {
+  try {
+    return statSync(path).mtimeMs;
+  } catch {
+    return undefined;
   }
-  return t;
 }
 
 /**
- * 'missing' without a finished build; 'stale' when a source folder that
- * dist/ was compiled from (or a tsconfig) changed since; else 'fresh'. An
- * installation without sources (the container image) is fresh by definition.
+ * 'missing' without a finished build; 'stale' when a source file the bundle
+ * was made from changed or went away since; else 'fresh'. An installation
+ * without sources (the container image) is fresh by definition.
  * @returns {'missing' | 'stale' | 'fresh'}
  */
 export function distState() {
-  let built;
+  const built = mtime(STAMP);
+  if (built === undefined) return 'missing';
+  /** @type {string[]} */
+  let inputs;
   try {
-    built = statSync(STAMP).mtimeMs;
+    inputs = JSON.parse(readFileSync(INPUTS, 'utf8'));
   } catch {
     return 'missing';
   }
-  for (const c of CONFIG) {
-    const p = join(ROOT, c);
-    if (existsSync(p) && statSync(p).mtimeMs > built) return 'stale';
-  }
-  for (const e of readdirSync(DIST, { withFileTypes: true })) {
-    const src = join(ROOT, e.name);
-    if (e.isDirectory() && existsSync(src) && newest(src) > built) return 'stale';
+  if (mtime(join(ROOT, 'cli')) === undefined) return 'fresh';
+  for (const f of inputs) {
+    const t = mtime(join(ROOT, f));
+    if (t === undefined || t > built) return 'stale';
   }
   return 'fresh';
 }

@@ -5,7 +5,7 @@
 import { distState } from './dist-state.js';
 
 // a specifier in a variable, so that type-checking the sources does not walk into dist/
-const compiled = '../dist/cli/main.js';
+const compiled = '../dist/main.js';
 if (distState() === 'fresh') {
   await import(compiled);
 } else {
