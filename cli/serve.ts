@@ -1,7 +1,7 @@
 // `propeller serve`: the embedded broker (unless an external one is named),
 // the control plane with its HTTP API, and optionally local node proplets.
 
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
@@ -10,7 +10,9 @@ import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane
 import { SqliteStore } from '../control-plane/sqlite-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
+import { base } from '../topics/index.ts';
 import { UsageError, int, str, type Command } from './args.ts';
+import { debugAccount } from './debug-account.ts';
 import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
 
 export const serve: Command = {
@@ -49,7 +51,8 @@ export const serve: Command = {
   --mqtt-password P      its password (env MQTT_PASSWORD)
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
-  --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
+  --debug-account        enable the read-only 'debug' account (subscribe under m/DOMAIN/c/CHANNEL/messages/#);
+                         its password is in DATA_DIR/debug.secret, kept across restarts (delete it for a new one)
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
   --api-token TOKEN      require this bearer token on the HTTP API (env PROPELLER_API_TOKEN)
   --log-level LEVEL      debug, info, warn, error or silent (default info)
@@ -92,10 +95,8 @@ ${scopeHelp}
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
       if (v['debug-account']) {
-        const secret = creds.issue('debug', 'debug');
-        const path = join(dataDir, 'debug.secret');
-        writeFileSync(path, secret + '\n', { mode: 0o600 });
-        log('info', 'debug account enabled: read-only, username debug', { password_file: path });
+        const { path, reused } = debugAccount(creds, dataDir);
+        log('info', 'debug account enabled: read-only, username debug', { password_file: path, kept_from_last_start: reused, may_subscribe: `${base(sc)}/#` });
       }
       const tlsPort = str(v['tls-port']);
       broker = await EmbeddedBroker.start({
