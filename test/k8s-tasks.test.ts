@@ -22,7 +22,8 @@ import { UID_LABEL } from '../k8s-adapter/controllers/task.ts';
 import { setCondition } from '../k8s-adapter/runtime/conditions.ts';
 import { EventRecorder } from '../k8s-adapter/runtime/events.ts';
 import { FINALIZER } from '../k8s-adapter/runtime/finalizers.ts';
-import { customResourceSource, Informer } from '../k8s-adapter/runtime/informer.ts';
+import { customResourceSource, INSTALL_CRDS, Informer } from '../k8s-adapter/runtime/informer.ts';
+import { ControlPlaneClient } from '../control-plane/client.ts';
 import { isNotFound, kubeClients, loadKubeConfig, type Kube, type KubeObject } from '../k8s-adapter/runtime/kube.ts';
 import { mergePatch } from '../k8s-adapter/runtime/status.ts';
 import { WorkQueue } from '../k8s-adapter/runtime/work-queue.ts';
@@ -46,13 +47,23 @@ let moduleUrl: string;
 const wasm: Record<string, string> = {};
 const logs = new Map<string, { level: string; msg: string; [k: string]: unknown }[]>();
 const extra: { close(): Promise<void> }[] = [];
+/** Every request the adapters made to the control plane, in order: 'GET /tasks/ID', ... */
+const requests: string[] = [];
+
+/** The real client, writing down each request it makes. */
+class CountingClient extends ControlPlaneClient {
+  override request<T>(method: string, path: string, body?: unknown, contentType?: string): Promise<T> {
+    requests.push(`${method} ${path}`);
+    return super.request<T>(method, path, body, contentType);
+  }
+}
 
 function startOne(identity: string): Promise<Adapter> {
   const lines: { level: string; msg: string }[] = [];
   logs.set(identity, lines);
   return startAdapter({
     kubeconfig: k8s.cluster().env.KUBECONFIG!,
-    controlPlane: stack.api,
+    controlPlane: new CountingClient(stack.api.baseUrl),
     leaderElection: { ...LEASE, identity },
     log: (level, msg, fields) => lines.push({ level, msg, ...fields }),
     pollMs: 200,
@@ -229,6 +240,29 @@ k8s.test('runtime: a repeated Event bumps the count of the first; an informer wh
   t.is(lists, 2);
 });
 
+k8s.test('runtime: a kind whose CRD is not installed is named once, with the command that installs it', async (t) => {
+  k8s.cluster();
+  const lines: { level: string; msg: string }[] = [];
+  const real = customResourceSource<KubeObject>(kube, { ...WASM_TASK, plural: 'nosuchtasks', kind: 'NoSuchTask' }, NS);
+  let lists = 0;
+  const source = {
+    ...real,
+    list: () => {
+      lists++;
+      return real.list();
+    },
+  };
+  const informer = new Informer(kube, source, () => {}, (level, msg) => void lines.push({ level, msg }), { minBackoffMs: 20, maxBackoffMs: 50 });
+  informer.start();
+  t.teardown(() => informer.stop());
+  await until(() => lists >= 4, 'the list tried again and again');
+  const errors = lines.filter((l) => l.level === 'error');
+  t.is(errors.length, 1, JSON.stringify(lines));
+  t.is(errors[0]!.msg, `the cluster has no CustomResourceDefinition nosuchtasks.${WASM_TASK.group} (kind NoSuchTask); install the CRDs with: ${INSTALL_CRDS}`);
+  t.is(INSTALL_CRDS, 'propeller k8s manifests --only crds | kubectl apply -f -');
+  t.false(lines.some((l) => l.msg === 'list/watch failed: retrying'), 'no retry chatter');
+});
+
 // --- tasks -------------------------------------------------------------------------------------
 
 k8s.test('a WasmTask with an inline module runs to Completed: results, proplet, Events, finalizer, kubectl columns', async (t) => {
@@ -365,6 +399,27 @@ k8s.test('deleting a WasmTask mid-run stops its control-plane task, then deletes
   t.is(states[0], 'Stopped', 'stopped in the control plane, from Running');
   await t.throwsAsync(stack.api.getTask(id), { message: /not found/ });
   t.true(reasons(await eventsOf('forever')).includes('TaskStopped'));
+});
+
+k8s.test('running tasks are followed with one list per poll: no request per task until one moves on', async (t) => {
+  const c = k8s.cluster();
+  const names = ['follow-1', 'follow-2', 'follow-3'];
+  await applyObjects(c, ...names.map((n) => wasmTask(n, { file: wasm.daemon, daemon: true })));
+  const ids: string[] = [];
+  for (const n of names) ids.push((await waitFor<WasmTask>(WASM_TASK, n, 'Running', (o) => o.status?.phase === 'Running')).status!.taskId!);
+  t.teardown(() => kubectlOk(c, ['delete', 'wasmtask', ...names, '-n', NS, '--wait=false']).catch(() => {}));
+  const mark = requests.length;
+  const since = () => requests.slice(mark);
+  const lists = () => since().filter((r) => r.startsWith('GET /tasks?') && r.includes('state=Running')).length;
+  await until(() => lists() >= 5, 'five polls');
+  const gets = (id: string) => since().filter((r) => r === `GET /tasks/${id}`).length;
+  // before: a GET of each task every poll (5 or more each here); now none, or one if the 30 s resync fell in the window
+  for (const id of ids) t.true(gets(id) <= 1, `${gets(id)} GETs of ${id} in ${lists()} polls`);
+
+  await stack.api.stopTask(ids[1]!);
+  await waitFor<WasmTask>(WASM_TASK, 'follow-2', 'Stopped', (o) => o.status?.phase === 'Stopped');
+  t.true(gets(ids[1]!) >= 1, 'the task that moved on was read');
+  t.true(gets(ids[0]!) <= 1 && gets(ids[2]!) <= 1, 'the others were not');
 });
 
 // --- execution: job ----------------------------------------------------------------------------
