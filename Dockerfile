@@ -7,8 +7,9 @@
 #
 # Two stages: the first installs every dependency and builds dist/ (the
 # bundled command, `npm run build`), then drops the dev dependencies; the
-# second copies only dist/, bin/ and the production node_modules (the packages
-# left outside the bundle: better-sqlite3, the Kubernetes client, pg, ...).
+# second copies only dist/, bin/, the web console's built assets and the
+# production node_modules (the packages left outside the bundle: better-sqlite3,
+# the Kubernetes client, pg, ...).
 # No TypeScript source is in the image: bin/propeller.js runs dist/.
 
 FROM node:20-bookworm-slim AS build
@@ -26,6 +27,7 @@ COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/bin ./bin
 COPY --from=build /app/dist ./dist
+COPY --from=build /app/console/dist ./console/dist
 RUN ln -s /app/bin/propeller.js /usr/local/bin/propeller
 USER node
 ENV PROPELLER_DATA_DIR=/tmp/propeller NODE_ENV=production
