@@ -161,8 +161,17 @@ async function healthFigures(runs: number) {
   return rows;
 }
 
-async function api<T>(base: string, method: string, path: string, body?: unknown): Promise<T> {
-  const res = await fetch(`${base}${path}`, { method, headers: { 'content-type': 'application/json' }, ...(body ? { body: JSON.stringify(body) } : {}) });
+/** The API token serve wrote to its data dir (the API requires one by default), if any. */
+function tokenOf(s: Serve): Record<string, string> {
+  try {
+    return { authorization: `Bearer ${readFileSync(join(s.dataDir, 'api.token'), 'utf8').trim()}` };
+  } catch {
+    return {};
+  }
+}
+
+async function api<T>(s: Serve, method: string, path: string, body?: unknown): Promise<T> {
+  const res = await fetch(`${s.api}${path}`, { method, headers: { 'content-type': 'application/json', ...tokenOf(s) }, ...(body ? { body: JSON.stringify(body) } : {}) });
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
   return (await res.json()) as T;
 }
@@ -176,15 +185,15 @@ async function propletFigures() {
   try {
     for (const [i, v] of VARIANTS.entries()) {
       const id = `startup-${i}`;
-      const { secret } = await api<{ secret: string }>(s.api, 'POST', '/proplets', { proplet_id: id });
+      const { secret } = await api<{ secret: string }>(s, 'POST', '/proplets', { proplet_id: id });
       const p = launch([...v.argv, 'proplet', '--id', id, '--broker', s.broker, '--log-level', 'warn'], { PROPLET_SECRET: secret });
       for (;;) {
         if (p.proc.exitCode !== null) throw new Error(`proplet exited ${p.proc.exitCode}: ${p.stderr()}`);
-        const got = await fetch(`${s.api}/proplets/${id}`).then((r) => (r.ok ? (r.json() as Promise<{ state: string }>) : undefined));
+        const got = await fetch(`${s.api}/proplets/${id}`, { headers: tokenOf(s) }).then((r) => (r.ok ? (r.json() as Promise<{ state: string }>) : undefined));
         if (got?.state === 'alive') break;
         await new Promise((r) => setTimeout(r, 20));
       }
-      const task = await api<{ state: string }>(s.api, 'POST', '/tasks?start=true&wait=60s', { name: 'hello', file: wasm, proplet_id: id });
+      const task = await api<{ state: string }>(s, 'POST', '/tasks?start=true&wait=60s', { name: 'hello', file: wasm, proplet_id: id });
       if (task.state !== 'Completed') throw new Error(`the task on ${id} ended ${task.state}`);
       let rssKb: number | undefined;
       try {
