@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
-import { scope as makeScope, type Scope } from '../topics/index.ts';
+import { base, scope as makeScope, type Scope } from '../topics/index.ts';
 import { authorize, stampedTopic, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { PacketGuard, type Violation } from './guard.ts';
@@ -689,7 +689,8 @@ export class EmbeddedBroker {
     if (d.ok) return cb(null, sub);
     // Refused filters get 0x80 in the SUBACK; the connection stays.
     this.drop('subscribe_refused');
-    this.log('warn', 'mqtt subscribe refused', { ...this.who(client), filter: clip(sub.topic), reason: d.reason });
+    // the debug account is told where it may read ('m/#' is outside the tree)
+    this.log('warn', 'mqtt subscribe refused', { ...this.who(client), filter: clip(sub.topic), reason: d.reason, ...(idn.role === 'debug' ? { may_subscribe: `${base(this.scope)}/#` } : {}) });
     cb(null, null);
   }
 

@@ -86,7 +86,7 @@ ${apiHelp}
     let t: Task = task;
     while (!['Completed', 'Failed', 'Stopped'].includes(t.state)) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new ApiError(0, `task ${task.id} is still ${t.state} after waiting; follow it with: propeller task get ${task.id}`);
+      if (left <= 0) throw new ApiError(0, `task ${task.id} is still ${t.state} after waiting${t.pending_reason ? ` (${t.pending_reason})` : ''}; follow it with: propeller task get ${task.id}`);
       t = await c.getTask(task.id, Math.min(left, 30_000));
     }
     const r = t.result;
