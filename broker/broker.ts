@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
-import { scope as makeScope, type Scope } from '../topics/index.ts';
+import { scope as makeScope, stampSender, type Scope } from '../topics/index.ts';
 import { authorize, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { PacketGuard, type Violation } from './guard.ts';
@@ -542,7 +542,11 @@ export class EmbeddedBroker {
     if (idn.untrusted) return cb(refusal('client no longer trusted')); // already counted and logged
     if (this.revoked(idn)) return cb(this.refuse(client, idn, packet.topic, 'credentials_revoked'));
     const d = authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
-    if (d.ok) return cb(null);
+    if (d.ok) {
+      // a result that names no sender (Propeller's proplets): Aedes publishes this same packet, on its author's topic
+      if (d.stampSender) packet.topic = stampSender(packet.topic, idn.id) ?? packet.topic;
+      return cb(null);
+    }
     // The error makes Aedes close the connection (MQTT 3.1.1 has no way to refuse a publish).
     cb(this.refuse(client, idn, packet.topic, d.reason));
   }

@@ -631,12 +631,16 @@ export function renderExample(e: Example): string {
 
 // ---- Topic table, from topics/ and the broker's ACL decisions.
 
-const TOPIC_KINDS: Record<TopicKind, { proplet: boolean; addressable: boolean }> = {
+type OurTopicKind = TopicKind;
+const TOPIC_KINDS: Record<OurTopicKind, { proplet: boolean; addressable: boolean }> = {
   'proplet.create': { proplet: true, addressable: true },
   'proplet.alive': { proplet: true, addressable: true },
   'proplet.results': { proplet: true, addressable: true },
   'proplet.metrics': { proplet: true, addressable: true },
+  'proplet.invoke_results': { proplet: true, addressable: true },
+  'proplet.task_metrics': { proplet: true, addressable: true },
   'manager.start': { proplet: false, addressable: true },
+  'manager.invoke': { proplet: false, addressable: true },
   'manager.stop': { proplet: false, addressable: true },
   'registry.proplet': { proplet: true, addressable: true },
   'registry.server': { proplet: false, addressable: true },
@@ -648,12 +652,12 @@ export const PATTERN_SCOPE: Scope = scope('<domain>', '<channel>');
 const P = '<proplet_id>';
 const Q = 'another-proplet';
 
-function mayPublish(kind: TopicKind, t: string, perProplet: boolean): string[] {
+function mayPublish(kind: OurTopicKind, t: string, perProplet: boolean): string[] {
   const s = PATTERN_SCOPE;
   const who: string[] = [];
   if (authorize(s, 'manager', 'propeller-manager', 'publish', t).ok) who.push('manager');
   if (authorize(s, 'debug', 'debug', 'publish', t).ok) who.push('debug');
-  const sender = kind === 'fl.update' ? undefined : SENDER_FIELD[kind];
+  const sender = kind === 'fl.update' ? undefined : SENDER_FIELD[kind as keyof typeof SENDER_FIELD] ?? (kind.startsWith('proplet.') ? 'proplet_id' : undefined);
   const payload = (id: string) => (sender ? JSON.stringify({ [sender]: id }) : '{}');
   const asItself = (id: string) => authorize(s, 'proplet', id, 'publish', t, payload(id)).ok;
   const forOther = authorize(s, 'proplet', P, 'publish', t, payload(Q)).ok;
@@ -674,9 +678,9 @@ function maySubscribe(t: string): string[] {
   return who;
 }
 
-export function topicRows(): { kind: TopicKind; topic: string }[] {
-  const out: { kind: TopicKind; topic: string }[] = [];
-  for (const [kind, k] of Object.entries(TOPIC_KINDS) as [TopicKind, (typeof TOPIC_KINDS)[TopicKind]][]) {
+export function topicRows(): { kind: OurTopicKind; topic: string }[] {
+  const out: { kind: OurTopicKind; topic: string }[] = [];
+  for (const [kind, k] of Object.entries(TOPIC_KINDS) as [OurTopicKind, (typeof TOPIC_KINDS)[OurTopicKind]][]) {
     if (kind === 'fl.update') {
       out.push({ kind, topic: flUpdateTopic(PATTERN_SCOPE, '<round_id>', P) });
       continue;
