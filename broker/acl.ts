@@ -154,7 +154,7 @@ function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8A
   if (claimed instanceof Error) return deny(claimed.reason === 'too_large' ? 'payload_too_large' : 'malformed_payload');
   if (claimed !== undefined) return claimed === id ? OK : deny('sender_mismatch');
   if (p.propletId !== undefined || p.channel === id) return OK;
-  // Propeller's JSON results may name no sender (embed-proplet's, the Rust
-  // proplet's FL results): the broker stamps the author into the topic.
-  return p.kind === 'proplet.results' && bytes[0] === 0x7b ? STAMP : deny('no_sender');
+  // Propeller's JSON results and module requests may name no sender (embed-proplet's
+  // results, the Rust proplet's FL results, `{"app_name"}`): the broker stamps the author into the topic.
+  return (p.kind === 'proplet.results' || p.kind === 'registry.proplet') && bytes[0] === 0x7b ? STAMP : deny('no_sender');
 }
