@@ -195,6 +195,10 @@ export class EmbedProplet {
   /** Messages longer than its buffer: after the first, it reads nothing more. */
   oversized = 0;
   received = 0;
+  /** The QoS of every message it received: above 0, each one holds a slot of the broker's in-flight window for good. */
+  readonly qos: number[] = [];
+  /** When set, starts are taken but not run yet (a long computation). */
+  paused = false;
   readonly results: Json[] = [];
   private current?: { id: string; inputs: number[] };
   private timers: NodeJS.Timeout[] = [];
@@ -221,7 +225,10 @@ export class EmbedProplet {
     // it never calls mqtt_publish_qos1_ack: swallow mqtt.js's automatic PUBACK
     const send = (this.client as unknown as { _sendPacket: (p: { cmd: string }, cb?: () => void) => void })._sendPacket.bind(this.client);
     (this.client as unknown as { _sendPacket: unknown })._sendPacket = (p: { cmd: string }, cb?: () => void) => (p.cmd === 'puback' ? cb?.() : send(p, cb));
-    this.client.on('message', (t, buf) => this.onMessage(t, buf));
+    this.client.on('message', (t, buf, packet) => {
+      this.qos.push(packet.qos);
+      this.onMessage(t, buf);
+    });
     // subscribe first (QoS 1), then discovery
     await this.client.subscribeAsync(
       ['control/manager/start', 'control/manager/stop', 'registry/server'].map((p) => `${this.base}/${p}`),
@@ -299,6 +306,7 @@ export class EmbedProplet {
     this.starts.push(m); // whatever proplet_id says
     const inputs = Array.isArray(m.inputs) ? m.inputs.slice(0, 16).map((x) => (typeof x === 'number' ? Number(BigInt.asUintN(64, BigInt(Math.trunc(x)))) : 0)) : [];
     this.current = { id: m.id, inputs };
+    if (this.paused) return;
     if (typeof m.file === 'string' && m.file) return this.run(m.id, Buffer.from(m.file.slice(0, 1023), 'base64'), inputs);
     if (typeof m.image_url === 'string' && m.image_url) this.pub('registry/proplet', { app_name: m.image_url });
   }
