@@ -226,7 +226,7 @@ export class HttpApi {
       }
       // models are fetched by content digest (unguessable, immutable) by proplets that hold no API token
       const open = url.pathname === '/health' || (method === 'GET' && url.pathname.startsWith('/models/'));
-      if (this.o.token && !open && req.headers.authorization !== `Bearer ${this.o.token}`) {
+      if (this.o.token && !open && !this.authorized(req.headers.authorization)) {
         throw new HttpError(401, 'missing or wrong bearer token');
       }
       const matching = this.routes.filter((r) => r.re.test(url.pathname));
@@ -251,6 +251,14 @@ export class HttpApi {
     const text = JSON.stringify(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
     res.end(text);
+  }
+
+  /** The bearer token, or Basic auth with it as the password: what Go's client sends from a URL's user info (Propeller's CLI). */
+  private authorized(h: string | undefined): boolean {
+    if (h === `Bearer ${this.o.token}`) return true;
+    if (!h?.startsWith('Basic ')) return false;
+    const plain = Buffer.from(h.slice(6), 'base64').toString('utf8');
+    return plain.slice(plain.indexOf(':') + 1) === this.o.token && plain.includes(':');
   }
 
   private errorBody(e: unknown): { status: number; body: unknown } {
@@ -319,7 +327,7 @@ export class HttpApi {
   }
 
   /** A module upload: raw bytes (application/wasm, octet-stream) or multipart with a `file` field, as Propeller's CLI sends. */
-  private async module(req: IncomingMessage): Promise<Uint8Array> {
+  async module(req: IncomingMessage): Promise<Uint8Array> {
     const limit = this.o.maxUploadBytes ?? MAX_INLINE_MODULE;
     const type = req.headers['content-type'] ?? 'application/octet-stream';
     let bytes: Uint8Array;

@@ -15,6 +15,7 @@ import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { MqttGateway } from './mqtt-gateway.ts';
+import { addPropellerApiRoutes } from './propeller-api.ts';
 import { PropellerCompat, wireOf } from './propeller-compat.ts';
 import type { ShapeOptions } from './propeller-shapes.ts';
 import { DEFAULT_START_ACK_TIMEOUT_MS, StartAckDeadline } from './start-ack.ts';
@@ -142,6 +143,7 @@ export class ControlPlane {
       log: this.log,
     });
     addFlRoutes(this.http, this.fl);
+    addPropellerApiRoutes(this.http, this.tasks, this.registry, (req) => this.http.module(req));
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
       module: (digest) => this.store.getModule(digest),
