@@ -19,6 +19,7 @@ COPY proplet-mcu ./proplet-mcu
 COPY proplet-node ./proplet-node
 COPY protocol ./protocol
 COPY topics ./topics
+COPY wasm-runtime ./wasm-runtime
 RUN ln -s /app/bin/propeller.js /usr/local/bin/propeller
 USER node
 ENV PROPELLER_DATA_DIR=/tmp/propeller

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
-import { WasmRunner } from '../proplet-node/runner/index.ts';
+import { WasmRunner } from '../wasm-runtime/index.ts';
 import { startStack } from '../test/helpers/stack.ts';
 import { printTable, summarize, type Summary } from './stats.ts';
 

@@ -6,7 +6,7 @@
 // and come back through their own jittered backoff.
 
 import { randomBytes } from 'node:crypto';
-import { WasmRunner } from '../proplet-node/runner/index.ts';
+import { WasmRunner } from '../wasm-runtime/index.ts';
 import type { Scope } from '../topics/index.ts';
 import { McuProplet, type Log, type McuPropletOptions } from './device.ts';
 

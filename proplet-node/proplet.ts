@@ -6,9 +6,9 @@ import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
-import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from './runner/fl.ts';
+import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
-import { WasmRunner, type RunResult } from './runner/index.ts';
+import { WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
 
 export type Log = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 

@@ -2,56 +2,31 @@
 // test on a free loopback port. Nothing but the URL changes.
 
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ControlPlaneClient } from '../control-plane/client.ts';
 import { ControlPlane } from '../control-plane/index.ts';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
-import { freePort, hasCommand, scope, until } from './helpers/stack.ts';
+import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
+import { scope, until } from './helpers/stack.ts';
 
-const MOSQUITTO = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : hasCommand('mosquitto') ? 'mosquitto' : undefined;
-let broker: ChildProcess | undefined;
-let dir: string;
+let broker: Mosquitto | undefined;
 let url: string;
 
 test.before(async () => {
-  if (!MOSQUITTO) return;
+  if (mosquittoMissing()) return;
   await buildExamples();
-  dir = mkdtempSync(join(tmpdir(), 'propeller-mosquitto-'));
-  const port = await freePort();
-  const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n`);
-  broker = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
-  url = `mqtt://127.0.0.1:${port}`;
-  // wait until it accepts connections
-  let stderr = '';
-  broker.stderr!.on('data', (d) => (stderr += d));
-  const accepts = () =>
-    new Promise<boolean>((resolve) => {
-      const c = connect(port, '127.0.0.1', () => {
-        c.destroy();
-        resolve(true);
-      });
-      c.on('error', () => resolve(false));
-    });
-  await until(accepts, `mosquitto on ${port} (${stderr})`);
+  broker = await startMosquitto();
+  url = broker.url;
 });
 
 test.after.always(async () => {
-  if (broker && broker.exitCode === null) {
-    broker.kill('SIGTERM');
-    await once(broker, 'exit');
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await broker?.stop();
 });
 
 test('tasks run with Mosquitto as the broker', async (t) => {
-  if (!MOSQUITTO) {
+  if (!broker) {
     if (process.env.PROPELLER_SKIP_MOSQUITTO === '1') return t.pass('mosquitto not installed; skipped on request');
     return t.fail('mosquitto not found: install the mosquitto package (.ci/run does)');
   }

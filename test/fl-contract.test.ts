@@ -4,7 +4,7 @@
 import test from 'ava';
 import { decode, encode } from '../protocol/index.ts';
 import { decodeModel, encodeModel, MODEL_FORMAT, type Model } from '../protocol/model-format.ts';
-import { flInput, flOutcome } from '../proplet-node/runner/fl.ts';
+import { flInput, flOutcome } from '../wasm-runtime/fl.ts';
 
 const model: Model = { format: MODEL_FORMAT, tensors: [{ name: 'w', shape: [300], data: new Float32Array(300) }, { name: 'b', shape: [], data: new Float32Array(1) }] };
 const input = flInput(encodeModel(model));

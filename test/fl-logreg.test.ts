@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR, EXAMPLES_DIR } from '../examples/build.ts';
 import { evaluate, initialModel, measure, PARAMS, partition } from '../examples/fl-logreg/dataset.ts';
-import { parseModule, WasmRunner, type RunResult } from '../proplet-node/runner/index.ts';
+import { parseModule, WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
 import { encodeModel, float32FromLE, float32ToLE, modelFromJson, type Model } from '../protocol/model-format.ts';
 
 const PAGE = 65536;

@@ -15,14 +15,13 @@ test.after.always(async () => {
 });
 
 test('a proplet whose socket is destroyed is offline at once (last will)', async (t) => {
-  const p = await s.addProplet('lwt-1', { heartbeatMs: 100 });
-  const t0 = Date.now();
+  // A heartbeat threshold no test waits for: offline can only come from the will, however busy the machine.
+  const slow = await startStack({ health: { checkIntervalMs: 50, offlineThresholdMs: 600_000, failureThresholdMs: 1_200_000 } });
+  t.teardown(() => slow.close());
+  const p = await slow.addProplet('lwt-1', { heartbeatMs: 100 });
   p.destroy();
-  await until(() => s.cp.registry.get('lwt-1')!.state !== 'alive', 'offline', 2000);
-  const took = Date.now() - t0;
-  t.is(s.cp.registry.get('lwt-1')!.state, 'offline');
-  // well under the 400 ms heartbeat threshold: it was the will, not the sweep
-  t.true(took < 350, `took ${took} ms`);
+  await until(() => slow.cp.registry.get('lwt-1')!.state !== 'alive', 'offline by the will', 30_000);
+  t.is(slow.cp.registry.get('lwt-1')!.state, 'offline');
 });
 
 test('a proplet that stops heartbeating goes offline after the threshold, then failed', async (t) => {
@@ -30,11 +29,12 @@ test('a proplet that stops heartbeating goes offline after the threshold, then f
   await c.publishAsync(topic(scope, 'proplet.create'), encode('proplet.create', { proplet_id: 'quiet-1' }, 'json'), { qos: 1 });
   await until(() => s.cp.registry.get('quiet-1')?.state === 'alive', 'registered');
   const t0 = Date.now();
-  await until(() => s.cp.registry.get('quiet-1')!.state === 'offline', 'offline', 2000);
+  await until(() => s.cp.registry.get('quiet-1')!.state === 'offline', 'offline', 30_000);
   const offlineAfter = Date.now() - t0;
-  await until(() => s.cp.registry.get('quiet-1')!.state === 'failed', 'failed', 3000);
+  await until(() => s.cp.registry.get('quiet-1')!.state === 'failed', 'failed', 30_000);
   const failedAfter = Date.now() - t0;
-  t.true(offlineAfter >= 300 && offlineAfter < 900, `offline after ${offlineAfter} ms`);
+  // not before the thresholds (a busy machine can only make them later)
+  t.true(offlineAfter >= 300, `offline after ${offlineAfter} ms`);
   t.true(failedAfter >= 800, `failed after ${failedAfter} ms`);
   // a heartbeat brings it back
   await c.publishAsync(topic(scope, 'proplet.alive'), encode('proplet.alive', { proplet_id: 'quiet-1', status: 'alive' }, 'cbor'), { qos: 1 });

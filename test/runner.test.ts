@@ -11,7 +11,7 @@ import {
   WasmParseError,
   WasmRunner,
   type RunRequest,
-} from '../proplet-node/runner/index.ts';
+} from '../wasm-runtime/index.ts';
 
 const wasm: Record<string, Uint8Array> = {};
 let runner: WasmRunner;

@@ -142,6 +142,12 @@ export function stampSender(t: string, propletId: string): string | undefined {
   return `${t}/${propletId}`;
 }
 
+/** The filter of one proplet's FL updates in any round (the external broker's ACL for that proplet). */
+export function flUpdateFilter(s: Scope, propletId: string): string {
+  assertLevel('proplet id', propletId);
+  return `${base(s)}/fl/rounds/+/updates/${propletId}`;
+}
+
 /** A filter matching every message of the scope: what `propeller watch` and the debug account read. */
 export function allFilter(s: Scope): string {
   return `${base(s)}/#`;

@@ -49,6 +49,17 @@ alive_pid() {
   return 0
 }
 
+# While starting: gone only when the process itself is (a zombie counts as gone). The exe name
+# is not checked here: between setsid's fork and exec it is still 'setsid', and on a busy machine
+# that window is long enough to be mistaken for an exit.
+start_gone() {
+  local pid state
+  pid="$(cat "$RUN/$1.pid" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+  [ -z "$state" ] || [ "$state" = Z ]
+}
+
 stop_all() {
   local name pid pids=() i
   if [ -f "$RUN/watcher.pid" ]; then
@@ -218,7 +229,7 @@ do_start() {
     --unsafe-no-fsync --logger zap --log-level warn
   deadline=$(( $(date +%s) + 20 ))
   until [[ "$(http_get "$ETCD_PORT" /health 2>/dev/null)" == *'"health":"true"'* ]]; do
-    [ -n "$(alive_pid etcd)" ] || fail_start "etcd exited" etcd
+    ! start_gone etcd || fail_start "etcd exited" etcd
     [ "$(date +%s)" -lt "$deadline" ] || fail_start "etcd not healthy after 20 s" etcd
     sleep 0.2
   done
@@ -235,7 +246,7 @@ do_start() {
     --allow-privileged=true --profiling=false
   deadline=$(( $(date +%s) + TIMEOUT ))
   until "$KUBECTL" --kubeconfig "$DIR/kubeconfig" --request-timeout=5s get --raw /readyz >/dev/null 2>&1; do
-    [ -n "$(alive_pid kube-apiserver)" ] || fail_start "kube-apiserver exited" kube-apiserver
+    ! start_gone kube-apiserver || fail_start "kube-apiserver exited" kube-apiserver
     [ "$(date +%s)" -lt "$deadline" ] || fail_start "kube-apiserver /readyz not ok after $TIMEOUT s" kube-apiserver
     sleep 0.25
   done
@@ -254,8 +265,8 @@ do_start() {
   deadline=$(( $(date +%s) + TIMEOUT ))
   until [ -n "$("$KUBECTL" --kubeconfig "$DIR/kubeconfig" --request-timeout=5s -n default \
                  get serviceaccount default -o 'jsonpath={.secrets[0].name}' 2>/dev/null)" ]; do
-    [ -n "$(alive_pid kube-controller-manager)" ] || fail_start "kube-controller-manager exited" kube-controller-manager
-    [ -n "$(alive_pid kube-apiserver)" ] || fail_start "kube-apiserver exited" kube-apiserver
+    ! start_gone kube-controller-manager || fail_start "kube-controller-manager exited" kube-controller-manager
+    ! start_gone kube-apiserver || fail_start "kube-apiserver exited" kube-apiserver
     [ "$(date +%s)" -lt "$deadline" ] || fail_start "no default service account token after $TIMEOUT s" kube-controller-manager
     sleep 0.25
   done

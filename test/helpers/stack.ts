@@ -74,9 +74,13 @@ export async function startStack(
   return stack;
 }
 
-/** Polls until `cond` holds; fails with `what` after `ms`. */
-export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
+/**
+ * Polls until `cond` holds; fails with `what` after `ms`, or after 30 s whichever is longer: the
+ * limit only bounds a wait for something that never happens, and a busy machine must not fail a test
+ * whose event comes late.
+ */
+export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + Math.max(ms, 30_000);
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));

@@ -12,8 +12,8 @@
 //
 // Specified in docs/fl.md; examples/fl-logreg implements it.
 
-import { updateMessages, type Encoding, type FlUpdate } from '../../protocol/index.ts';
-import { decodeModel, float32FromLE, float32ToLE, paramCount, type Model } from '../../protocol/model-format.ts';
+import { updateMessages, type Encoding, type FlUpdate } from '../protocol/index.ts';
+import { decodeModel, float32FromLE, float32ToLE, paramCount, type Model } from '../protocol/model-format.ts';
 
 export class FlContractError extends Error {
   override name = 'FlContractError';

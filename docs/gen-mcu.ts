@@ -3,9 +3,9 @@
 // by protocol's own encode() (the chunks by the control plane's ChunkServer),
 // the profile's defaults, and the receive-buffer arithmetic.
 //
-//   node --import tsx proplet-mcu/gen-docs.ts           print every generated block
-//   node --import tsx proplet-mcu/gen-docs.ts --write   rewrite the blocks inside docs/mcu.md
-//   node --import tsx proplet-mcu/gen-docs.ts --check   exit 1 when docs/mcu.md is out of date
+//   node --import tsx docs/gen-mcu.ts           print every generated block
+//   node --import tsx docs/gen-mcu.ts --write   rewrite the blocks inside docs/mcu.md
+//   node --import tsx docs/gen-mcu.ts --check   exit 1 when docs/mcu.md is out of date
 //
 // test/mcu-cbor2.test.ts decodes every example here with Python's cbor2 and
 // checks docs/mcu.md against this file's output.
@@ -14,13 +14,13 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { ChunkServer } from '../control-plane/chunk-server.ts';
 import type { Proplet } from '../control-plane/model.ts';
-import { ADD_WASM, annotateCbor, publishPacketSize } from '../docs/gen-protocol.ts';
+import { ADD_WASM, annotateCbor, publishPacketSize } from './gen-protocol.ts';
 import { decode, encode, sha256Digest, type MessageByKind, type MessageKind } from '../protocol/index.ts';
 import { scope, topic, type Scope } from '../topics/index.ts';
-import { MCU_DEFAULTS } from './device.ts';
-import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, resultBase, willMsg, type DeviceProfile } from './messages.ts';
+import { MCU_DEFAULTS } from '../proplet-mcu/device.ts';
+import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, resultBase, willMsg, type DeviceProfile } from '../proplet-mcu/messages.ts';
 
-export const DOC_PATH = fileURLToPath(new URL('../docs/mcu.md', import.meta.url));
+export const DOC_PATH = fileURLToPath(new URL('./mcu.md', import.meta.url));
 const S: Scope = scope('propeller', 'control');
 
 export const DEVICE = '5d0c6f1e-2b7a-4e93-8f41-a96c3d27b810';
@@ -227,7 +227,7 @@ function main(argv: string[]): number {
     const doc = readFileSync(DOC_PATH, 'utf8');
     const next = applyTo(doc, blocks);
     if (argv.includes('--check')) {
-      if (next !== doc) process.stderr.write('docs/mcu.md is out of date: run node --import tsx proplet-mcu/gen-docs.ts --write\n');
+      if (next !== doc) process.stderr.write('docs/mcu.md is out of date: run node --import tsx docs/gen-mcu.ts --write\n');
       return next === doc ? 0 : 1;
     }
     if (next !== doc) writeFileSync(DOC_PATH, next);
