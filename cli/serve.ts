@@ -4,7 +4,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
-import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
+import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } from '../control-plane/index.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
 import { SqliteStore } from '../control-plane/sqlite-store.ts';
@@ -60,7 +60,9 @@ export const serve: Command = {
                          default http://HOST:HTTP_PORT)
   --kubeconfig FILE      also run the Kubernetes adapter against this cluster (see propeller k8s adapter --help)
 ${scopeHelp}
-  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
+  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.
+  START_ACK_TIMEOUT (10s): a start our proplets do not acknowledge in time counts as refused.
+  PROPELLER_RUST_MAX_PACKET (10485760): Propeller Rust proplets' PROPLET_MQTT_MAX_PACKET_SIZE; larger modules go in chunks.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -73,7 +75,9 @@ ${scopeHelp}
     let health;
     let file: FileConfig = {};
     let schedulerType: string;
+    let startAckTimeoutMs: number | undefined;
     try {
+      if (env.START_ACK_TIMEOUT) startAckTimeoutMs = parseDuration('START_ACK_TIMEOUT', env.START_ACK_TIMEOUT);
       const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;
       if (cfgPath) file = loadConfigFile(cfgPath);
       health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
@@ -126,6 +130,8 @@ ${scopeHelp}
       log,
       defaultMetrics: true,
       ...(publicUrl ? { publicUrl } : {}),
+      ...(startAckTimeoutMs !== undefined ? { startAckTimeoutMs } : {}),
+      ...(env.PROPELLER_RUST_MAX_PACKET ? { propeller: { rustMaxPacket: int('PROPELLER_RUST_MAX_PACKET', env.PROPELLER_RUST_MAX_PACKET, 10 * 1024 * 1024) } } : {}),
       ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {
               creds.delete(id);
               broker?.disconnect(id);
