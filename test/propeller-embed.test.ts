@@ -5,17 +5,12 @@
 // Mosquitto where the unacknowledged QoS 1 window matters.
 
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { ControlPlaneClient } from '../control-plane/client.ts';
 import { ControlPlane } from '../control-plane/index.ts';
 import { EmbedProplet } from './helpers/propeller-devices.ts';
-import { freePort, hasCommand, scope, startStack, until, type Stack } from './helpers/stack.ts';
+import { mosquittoMissing, startMosquitto } from './helpers/mosquitto.ts';
+import { scope, startStack, until, type Stack } from './helpers/stack.ts';
 
 /** (module (func (export "main") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))) */
 const MAIN_ADD = Buffer.from([
@@ -155,30 +150,14 @@ test.serial('killed: its will marks it offline at once, then failed, and its tas
   t.true(esp2.starts.some((m) => m.id === id));
 });
 
-// --- Mosquitto: the device never acknowledges QoS 1, and Mosquitto stops delivering after 20 in flight.
-
-const MOSQUITTO = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : hasCommand('mosquitto') ? 'mosquitto' : undefined;
-
 test.serial('on Mosquitto: QoS 1 to it stalls after 20 messages; the control plane sends QoS 0, so 30 tasks in a row all run', async (t) => {
-  if (!MOSQUITTO) {
-    if (process.env.PROPELLER_SKIP_MOSQUITTO === '1') return t.pass('mosquitto not installed; skipped on request');
-    return t.fail('mosquitto not found: install the mosquitto package (.ci/run does)');
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'propeller-embed-mosquitto-'));
-  const port = await freePort();
-  const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`);
-  const broker: ChildProcess = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'ignore'] });
-  const url = `mqtt://127.0.0.1:${port}`;
-  const accepts = () =>
-    new Promise<boolean>((resolve) => {
-      const c = connect(port, '127.0.0.1', () => (c.destroy(), resolve(true)));
-      c.on('error', () => resolve(false));
-    });
+  const missing = mosquittoMissing();
+  if (missing) return process.env.PROPELLER_SKIP_MOSQUITTO === '1' ? t.pass(`${missing}; skipped on request`) : t.fail(missing);
+  const broker = await startMosquitto();
+  const url = broker.url;
   const cp = new ControlPlane({ scope, mqtt: { url, clientId: 'cp-embed' }, http: { port: 0 }, health: { checkIntervalMs: 100, offlineThresholdMs: 5000, failureThresholdMs: 10000 } });
   try {
-    await until(accepts, `mosquitto on ${port}`);
-    // the fact: a QoS 1 sender fills its window
+    // the fact: a QoS 1 sender fills its window (Mosquitto's max_inflight_messages, 20)
     const witness = await embed('esp-witness', 'esp-witness', url, 'x');
     const pub = await mqtt.connectAsync(url, { protocolVersion: 4, clientId: 'qos1-sender', reconnectPeriod: 0 });
     for (let i = 0; i < 30; i++) await pub.publishAsync('m/propeller/c/esp-witness/control/manager/stop', JSON.stringify({ id: `t${i}`, name: 'main', state: 'x' }), { qos: 1 });
@@ -200,8 +179,6 @@ test.serial('on Mosquitto: QoS 1 to it stalls after 20 messages; the control pla
     t.true(dev.qos.every((q) => q === 0));
   } finally {
     await cp.close().catch(() => {});
-    broker.kill('SIGTERM');
-    await once(broker, 'exit');
-    rmSync(dir, { recursive: true, force: true });
+    await broker.stop();
   }
 });
