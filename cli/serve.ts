@@ -85,7 +85,9 @@ export const serve: Command = {
 ${scopeHelp}
   Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.
   RECONNECT_GRACE (default OFFLINE_THRESHOLD): after a restart, how long tasks placed before it wait for their
-  proplets to reconnect and report before they count as lost.`,
+  proplets to reconnect and report before they count as lost.
+  START_ACK_TIMEOUT (10s): a start our proplets do not acknowledge in time counts as refused.
+  PROPELLER_RUST_MAX_PACKET (10485760): Propeller Rust proplets' PROPLET_MQTT_MAX_PACKET_SIZE; larger modules go in chunks.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -99,7 +101,9 @@ ${scopeHelp}
     let file: FileConfig = {};
     let schedulerType: string;
     let restartGraceMs: number | undefined;
+    let startAckTimeoutMs: number | undefined;
     try {
+      if (env.START_ACK_TIMEOUT) startAckTimeoutMs = parseDuration('START_ACK_TIMEOUT', env.START_ACK_TIMEOUT);
       const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;
       if (cfgPath) file = loadConfigFile(cfgPath);
       health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
@@ -161,6 +165,8 @@ ${scopeHelp}
       log,
       defaultMetrics: true,
       ...(publicUrl ? { publicUrl } : {}),
+      ...(startAckTimeoutMs !== undefined ? { startAckTimeoutMs } : {}),
+      ...(env.PROPELLER_RUST_MAX_PACKET ? { propeller: { rustMaxPacket: int('PROPELLER_RUST_MAX_PACKET', env.PROPELLER_RUST_MAX_PACKET, 10 * 1024 * 1024) } } : {}),
       ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {
               creds.delete(id);
               broker?.disconnect(id);

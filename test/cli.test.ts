@@ -92,7 +92,6 @@ test('bad input exits non-zero with one clear line', async (t) => {
   const dead = `http://127.0.0.1:${await freePort()}`;
   const cases: [string[], number, RegExp][] = [
     [['task', 'run', 'no-such.wasm', '--api', api], 2, /^propeller: cannot read no-such.wasm: ENOENT\n$/],
-    [['task', 'run', join(EXAMPLES_BUILD_DIR, 'add.wasm'), '--input', 'abc', '--api', api], 2, /^propeller: --input must be a number, got "abc"\n$/],
     [['task', 'frobnicate'], 2, /^propeller: unknown command "task frobnicate"; try one of: task run/],
     [['nope'], 2, /^propeller: unknown command "nope"/],
     [['task', 'get', 'nope', '--api', api], 1, /^propeller: task nope not found\n$/],
