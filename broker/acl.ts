@@ -51,10 +51,9 @@ export type DenyReason =
   | 'bad_identity';
 
 /** `stampSender`: allowed, but the message names no sender: publish it on the per-proplet topic of the author (topics' stampSender). */
-export type Decision = { ok: true; stampSender?: true } | { ok: false; reason: DenyReason };
+export type Decision = { ok: true } | { ok: false; reason: DenyReason };
 
 const OK: Decision = Object.freeze({ ok: true });
-const STAMP: Decision = Object.freeze({ ok: true, stampSender: true });
 const deny = (reason: DenyReason): Decision => ({ ok: false, reason });
 
 /** Kinds a proplet may publish. */
@@ -81,19 +80,6 @@ const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
   duplicate_field: 'duplicate_field',
   too_complex: 'too_complex',
 };
-
-/**
- * The topic a proplet's accepted publish is delivered on: its per-proplet form,
- * which names the publisher the broker authenticated. Shared topics (Propeller's
- * layout) carry no id, so the control plane would otherwise have to read the
- * sender from the payload again. Topics that already carry the id (checked by
- * authorize) stay as they are.
- */
-export function stampedTopic(scope: Scope, id: string, topic: string): string {
-  const p = parseTopic(topic);
-  if (!p || p.propletId !== undefined || p.kind === 'fl.update') return topic;
-  return topicOf(scope, p.kind, id);
-}
 
 /**
  * Decides one publish or subscribe. `topic` is the PUBLISH topic or the
