@@ -80,7 +80,12 @@ export class ControlPlaneClient {
     }
     let res: Response;
     try {
-      res = await fetch(new URL(path, this.baseUrl), { method, headers, body: payload });
+      const send = () => fetch(new URL(path, this.baseUrl), { method, headers, body: payload });
+      // a kept-alive connection the server closed while this process was busy fails once on reuse: a read may be sent again
+      res = await send().catch((e: { cause?: { code?: string } }) => {
+        if (method === 'GET' && e.cause?.code === 'UND_ERR_SOCKET') return send();
+        throw e;
+      });
     } catch (e) {
       const cause = (e as { cause?: { code?: string; message?: string } }).cause;
       throw new ApiError(0, `cannot reach the control plane at ${this.baseUrl}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
