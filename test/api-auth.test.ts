@@ -105,8 +105,8 @@ test('reserved accounts cannot be created, replaced or deleted: 409, and the con
   t.is((await call('/health')).body.mqtt, 'connected');
   // and it still runs work
   const hello = readFileSync(join(EXAMPLES_BUILD_DIR, 'hello.wasm'));
-  const task = await s.api.createTask({ name: 'hello', file: hello.toString('base64') }, { start: true, waitMs: 20_000 });
-  await until(async () => (await s.api.getTask(task.id)).state === 'Completed', 'the task completes', 20_000);
+  const task = await s.api.createTask({ name: 'hello', file: hello.toString('base64') }, { start: true, waitMs: 60_000 });
+  await until(async () => (await s.api.getTask(task.id)).state === 'Completed', 'the task completes', 60_000);
 });
 
 test('adding an existing proplet does not replace its secret unless asked to rotate', async (t) => {
