@@ -269,7 +269,7 @@ export class HttpApi {
       if (body.rotate !== undefined && typeof body.rotate !== 'boolean') throw new HttpError(400, 'rotate: must be true or false', 'rotate');
       this.refuseReserved(id);
       if (this.o.accountRole?.(id) !== undefined && body.rotate !== true) {
-        throw new HttpError(409, `proplet ${id} already has credentials: to replace its secret (the device must then use the new one), ask again with rotate: true`);
+        throw new HttpError(409, `proplet ${id} already has credentials: to replace its secret (the device must then use the new one), ask again with rotate: true (CLI: propeller proplet add ${id} --rotate)`);
       }
       return { proplet_id: id, secret: this.o.issueCredentials(id) };
     }, 201);
