@@ -146,6 +146,14 @@ export class ControlPlaneClient {
   addProplet(id: string, opts: { rotate?: boolean } = {}) {
     return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id, ...(opts.rotate ? { rotate: true } : {}) });
   }
+  /** The group account PREFIX-* (one secret for every proplet id PREFIX-<anything>); replaced only with `rotate`. */
+  addGroupAccount(prefix: string, opts: { rotate?: boolean } = {}) {
+    return this.request<{ account: string; secret: string }>('POST', '/group-accounts', { prefix, ...(opts.rotate ? { rotate: true } : {}) });
+  }
+  /** Revokes the group account PREFIX-* (its proplets are disconnected). */
+  removeGroupAccount(prefix: string) {
+    return this.request<{ deleted: string }>('DELETE', `/group-accounts/${encodeURIComponent(prefix)}`);
+  }
   /** Forgets a proplet and revokes its MQTT credentials. */
   removeProplet(id: string) {
     return this.request<{ deleted: string }>('DELETE', `/proplets/${encodeURIComponent(id)}`);

@@ -120,3 +120,20 @@ test('adding an existing proplet does not replace its secret unless asked to rot
   // and the existing node proplet's account is just as safe
   await t.throwsAsync(s.api.addProplet('p1'), { message: /already has credentials/ });
 });
+
+test('group accounts have their own route: created, rotated only on request, revoked; never through /proplets', async (t) => {
+  const g = await s.api.addGroupAccount('workers');
+  t.is(g.account, 'workers-*');
+  t.is(s.creds.get('workers-*')!.role, 'proplet');
+  await t.throwsAsync(s.api.addGroupAccount('workers'), { message: /group account workers-\* already has credentials/ });
+  const again = await s.api.addGroupAccount('workers', { rotate: true });
+  t.not(again.secret, g.secret);
+  await t.throwsAsync(s.api.addProplet('workers-*', { rotate: true }), { message: /is reserved: a group account/ });
+  await t.throwsAsync(s.api.removeProplet('workers-*'), { message: /is reserved/ });
+  t.truthy(s.creds.get('workers-*'));
+  await t.throwsAsync(s.api.addGroupAccount('propeller-manager'), { message: /is reserved/ });
+  await t.throwsAsync(s.api.addGroupAccount('a*b'), { message: /prefix: must be/ });
+  t.deepEqual(await s.api.removeGroupAccount('workers'), { deleted: 'workers-*' });
+  t.is(s.creds.get('workers-*'), undefined);
+  await t.throwsAsync(s.api.removeGroupAccount('workers'), { message: /not found/ });
+});
