@@ -43,6 +43,8 @@ export interface HttpApiOptions {
   accountRole?: (id: string) => string | undefined;
   health?: () => Record<string, unknown>;
   putModule: (digest: string, bytes: Uint8Array) => void;
+  /** Resolves when the state store has committed what this request changed: no answer before that. */
+  durable?: () => Promise<void>;
 }
 
 export class HttpError extends Error {
@@ -56,6 +58,8 @@ export class HttpError extends Error {
 }
 
 type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+/** Given the raw request (event streams, static files); true when it answered. */
+export type RawHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean | Promise<boolean>;
 
 /** A handler's answer that is not JSON (a model's bytes). */
 export class RawBody {
@@ -110,6 +114,7 @@ function localPath(next: string | null): string {
 export class HttpApi {
   private server: Server;
   private routes: Route[] = [];
+  private mounts: { handler: RawHandler; open: boolean }[] = [];
 
   constructor(private o: HttpApiOptions) {
     if (!o.token && o.noAuth !== true) throw new Error('HttpApi: give a token, or noAuth: true to serve without one');
@@ -149,6 +154,16 @@ export class HttpApi {
   route(method: string, path: string, handler: Handler, status?: number): void {
     const re = new RegExp('^' + path.replace(/\{[a-z_]+\}/g, '([^/]+)') + '/?$');
     this.routes.push({ method, re, handler, status });
+  }
+
+  /** A raw handler, tried before the routes; `open` ones are served without authentication. */
+  mount(handler: RawHandler, o: { open?: boolean } = {}): void {
+    this.mounts.push({ handler, open: o.open === true });
+  }
+
+  private async mounted(req: IncomingMessage, res: ServerResponse, url: URL, open: boolean): Promise<boolean> {
+    for (const m of this.mounts) if (m.open === open && (await m.handler(req, res, url))) return true;
+    return false;
   }
 
   private defineRoutes(): void {
@@ -333,6 +348,7 @@ export class HttpApi {
     const method = req.method ?? 'GET';
     let status = 200;
     let body: unknown;
+    if (await this.mounted(req, res, url, true)) return;
     try {
       if (!this.authorized(req, method, url.pathname)) {
         throw new HttpError(401, `missing or wrong API token: send Authorization: Bearer TOKEN${this.o.tokenHint ? ` (${this.o.tokenHint})` : ''}`);
@@ -344,6 +360,7 @@ export class HttpApi {
         this.o.metrics.httpRequests.inc({ method, code: '200' });
         return;
       }
+      if (await this.mounted(req, res, url, false)) return;
       const matching = this.routes.filter((r) => r.re.test(url.pathname));
       if (matching.length === 0) throw new HttpError(404, `no such path: ${url.pathname}`);
       const route = matching.find((r) => r.method === method);
@@ -351,6 +368,7 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
+      if (method !== 'GET' && method !== 'HEAD') await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
@@ -368,11 +386,25 @@ export class HttpApi {
     res.end(text);
   }
 
+  private async durable(): Promise<void> {
+    try {
+      await this.o.durable?.();
+    } catch (e) {
+      throw new HttpError(503, `the state store did not commit the change yet (${(e as Error).message}); it is kept and committed when the store is back`);
+    }
+  }
+
   private authorized(req: IncomingMessage, method: string, path: string): boolean {
     const token = this.o.token;
     if (!token || isOpen(method, path)) return true;
     const auth = req.headers.authorization;
     if (auth?.startsWith('Bearer ') && sameToken(auth.slice(7), token)) return true;
+    // Basic with the token as the password: what Go's client sends from a URL's user info (Propeller's CLI)
+    if (auth?.startsWith('Basic ')) {
+      const plain = Buffer.from(auth.slice(6), 'base64').toString('utf8');
+      const colon = plain.indexOf(':');
+      if (colon >= 0 && sameToken(plain.slice(colon + 1), token)) return true;
+    }
     const c = cookie(req, SESSION_COOKIE);
     return c !== undefined && sameToken(c, token);
   }
@@ -464,7 +496,7 @@ or the same URL with the token from the data directory's <code>api.token</code> 
   }
 
   /** A module upload: raw bytes (application/wasm, octet-stream) or multipart with a `file` field, as Propeller's CLI sends. */
-  private async module(req: IncomingMessage): Promise<Uint8Array> {
+  async module(req: IncomingMessage): Promise<Uint8Array> {
     const limit = this.o.maxUploadBytes ?? MAX_INLINE_MODULE;
     const type = req.headers['content-type'] ?? 'application/octet-stream';
     let bytes: Uint8Array;

@@ -94,7 +94,7 @@ test('--no-auth serves without a token and warns', async (t) => {
 async function refusingBroker(): Promise<{ url: string; refuse(): void; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   let refusing = false;
-  const register = publishPacket(topic(scope, 'proplet.create'), encode('proplet.create', { proplet_id: 'fake-1', addressing: 'direct', capacity: { max_tasks: 4 } }, 'json'));
+  const register = publishPacket(topic(scope, 'proplet.create', 'fake-1'), encode('proplet.create', { proplet_id: 'fake-1', addressing: 'direct', capacity: { max_tasks: 4 } }, 'json'));
   const srv = createServer((s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
