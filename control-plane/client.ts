@@ -80,7 +80,12 @@ export class ControlPlaneClient {
     }
     let res: Response;
     try {
-      res = await fetch(new URL(path, this.baseUrl), { method, headers, body: payload });
+      const send = () => fetch(new URL(path, this.baseUrl), { method, headers, body: payload });
+      // a kept-alive connection the server closed while this process was busy fails once on reuse: a read may be sent again
+      res = await send().catch((e: { cause?: { code?: string } }) => {
+        if (method === 'GET' && e.cause?.code === 'UND_ERR_SOCKET') return send();
+        throw e;
+      });
     } catch (e) {
       const cause = (e as { cause?: { code?: string; message?: string } }).cause;
       throw new ApiError(0, `cannot reach the control plane at ${this.baseUrl}: ${cause?.code ?? cause?.message ?? (e as Error).message}`);
@@ -140,6 +145,14 @@ export class ControlPlaneClient {
   /** New credentials; an existing proplet's secret is replaced only with `rotate`. */
   addProplet(id: string, opts: { rotate?: boolean } = {}) {
     return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id, ...(opts.rotate ? { rotate: true } : {}) });
+  }
+  /** The group account PREFIX-* (one secret for every proplet id PREFIX-<anything>); replaced only with `rotate`. */
+  addGroupAccount(prefix: string, opts: { rotate?: boolean } = {}) {
+    return this.request<{ account: string; secret: string }>('POST', '/group-accounts', { prefix, ...(opts.rotate ? { rotate: true } : {}) });
+  }
+  /** Revokes the group account PREFIX-* (its proplets are disconnected). */
+  removeGroupAccount(prefix: string) {
+    return this.request<{ deleted: string }>('DELETE', `/group-accounts/${encodeURIComponent(prefix)}`);
   }
   /** Forgets a proplet and revokes its MQTT credentials. */
   removeProplet(id: string) {

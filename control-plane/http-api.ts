@@ -277,17 +277,30 @@ export class HttpApi {
     });
     // {proplet_id, rotate?}: a new account; an existing one's secret is replaced only with rotate: true
     this.route('POST', '/proplets', async (req) => {
-      if (!this.o.issueCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
       const body = (await this.json(req)) as Record<string, unknown>;
       const id = body.proplet_id;
       if (!isId(id)) throw new HttpError(400, "proplet_id: must be 1-128 characters without '+', '#', '/' or control characters", 'proplet_id');
-      if (body.rotate !== undefined && typeof body.rotate !== 'boolean') throw new HttpError(400, 'rotate: must be true or false', 'rotate');
       this.refuseReserved(id);
-      if (this.o.accountRole?.(id) !== undefined && body.rotate !== true) {
-        throw new HttpError(409, `proplet ${id} already has credentials: to replace its secret (the device must then use the new one), ask again with rotate: true`);
-      }
-      return { proplet_id: id, secret: this.o.issueCredentials(id) };
+      return { proplet_id: id, secret: this.issue(id, body.rotate, `proplet ${id}`, `propeller proplet add ${id} --rotate`) };
     }, 201);
+    // {prefix, rotate?}: the group account PREFIX-*, one secret for every proplet id PREFIX-<anything>
+    // (the pods of a Kubernetes Proplet); its own route, so no proplet request can create or replace one
+    this.route('POST', '/group-accounts', async (req) => {
+      const body = (await this.json(req)) as Record<string, unknown>;
+      const prefix = body.prefix;
+      if (!isId(prefix) || prefix.includes('*') || !isId(`${prefix}-*`)) throw new HttpError(400, "prefix: must be 1-126 characters without '*', '+', '#', '/' or control characters", 'prefix');
+      const account = `${prefix}-*`;
+      this.refuseReserved(prefix);
+      return { account, secret: this.issue(account, body.rotate, `group account ${account}`) };
+    }, 201);
+    this.route('DELETE', '/group-accounts/{prefix}', (_req, _url, [prefix]) => {
+      if (!this.o.revokeCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
+      this.refuseReserved(prefix!);
+      const account = `${prefix}-*`;
+      if (this.o.accountRole?.(account) === undefined) throw new HttpError(404, `group account ${account} not found`);
+      this.o.revokeCredentials(account);
+      return { deleted: account };
+    });
     this.route('DELETE', '/proplets/{id}', (_req, _url, [id]) => {
       this.refuseReserved(id!);
       const had = registry.remove(id!);
@@ -302,12 +315,22 @@ export class HttpApi {
    * (PREFIX-*) are not proplets: one request must not be able to lock the
    * control plane out of its broker or take over a whole group's ids.
    */
+  /** New credentials for `id`; an existing account's secret is replaced only when `rotate` is true. */
+  private issue(id: string, rotate: unknown, what: string, cli?: string): string {
+    if (!this.o.issueCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
+    if (rotate !== undefined && typeof rotate !== 'boolean') throw new HttpError(400, 'rotate: must be true or false', 'rotate');
+    if (this.o.accountRole?.(id) !== undefined && rotate !== true) {
+      throw new HttpError(409, `${what} already has credentials: to replace its secret (the device must then use the new one), ask again with rotate: true${cli ? ` (CLI: ${cli})` : ''}`);
+    }
+    return this.o.issueCredentials(id);
+  }
+
   private refuseReserved(id: string): void {
     const role = this.o.accountRole?.(id);
     let why: string | undefined;
     if (id.startsWith('propeller-manager') || role === 'manager') why = "the control plane's own MQTT account";
     else if (id === 'debug' || role === 'debug') why = 'the debug account (serve --debug-account)';
-    else if (id.includes('*')) why = 'a group account (PREFIX-*, managed in the --credentials file)';
+    else if (id.includes('*')) why = 'a group account (PREFIX-*: POST /group-accounts, or the --credentials file)';
     if (why) throw new HttpError(409, `${id} is reserved: ${why}; it cannot be created, replaced or deleted through the API`, 'proplet_id');
   }
 

@@ -105,8 +105,8 @@ test('reserved accounts cannot be created, replaced or deleted: 409, and the con
   t.is((await call('/health')).body.mqtt, 'connected');
   // and it still runs work
   const hello = readFileSync(join(EXAMPLES_BUILD_DIR, 'hello.wasm'));
-  const task = await s.api.createTask({ name: 'hello', file: hello.toString('base64') }, { start: true, waitMs: 20_000 });
-  await until(async () => (await s.api.getTask(task.id)).state === 'Completed', 'the task completes', 20_000);
+  const task = await s.api.createTask({ name: 'hello', file: hello.toString('base64') }, { start: true, waitMs: 60_000 });
+  await until(async () => (await s.api.getTask(task.id)).state === 'Completed', 'the task completes', 60_000);
 });
 
 test('adding an existing proplet does not replace its secret unless asked to rotate', async (t) => {
@@ -119,4 +119,21 @@ test('adding an existing proplet does not replace its secret unless asked to rot
   t.not(s.creds.get('dev-rot')!.hash, hash);
   // and the existing node proplet's account is just as safe
   await t.throwsAsync(s.api.addProplet('p1'), { message: /already has credentials/ });
+});
+
+test('group accounts have their own route: created, rotated only on request, revoked; never through /proplets', async (t) => {
+  const g = await s.api.addGroupAccount('workers');
+  t.is(g.account, 'workers-*');
+  t.is(s.creds.get('workers-*')!.role, 'proplet');
+  await t.throwsAsync(s.api.addGroupAccount('workers'), { message: /group account workers-\* already has credentials/ });
+  const again = await s.api.addGroupAccount('workers', { rotate: true });
+  t.not(again.secret, g.secret);
+  await t.throwsAsync(s.api.addProplet('workers-*', { rotate: true }), { message: /is reserved: a group account/ });
+  await t.throwsAsync(s.api.removeProplet('workers-*'), { message: /is reserved/ });
+  t.truthy(s.creds.get('workers-*'));
+  await t.throwsAsync(s.api.addGroupAccount('propeller-manager'), { message: /is reserved/ });
+  await t.throwsAsync(s.api.addGroupAccount('a*b'), { message: /prefix: must be/ });
+  t.deepEqual(await s.api.removeGroupAccount('workers'), { deleted: 'workers-*' });
+  t.is(s.creds.get('workers-*'), undefined);
+  await t.throwsAsync(s.api.removeGroupAccount('workers'), { message: /not found/ });
 });

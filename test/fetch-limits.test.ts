@@ -42,8 +42,8 @@ async function serve(handler: RequestListener, host = '127.0.0.1'): Promise<{ ur
 }
 
 async function runFromUrl(s: Stack, url: string) {
-  const t = await s.api.createTask({ name: 'hello', image_url: url }, { start: true, waitMs: 20_000 });
-  return s.api.getTask(t.id, 20_000);
+  const t = await s.api.createTask({ name: 'hello', image_url: url }, { start: true, waitMs: 60_000 });
+  return s.api.getTask(t.id, 60_000);
 }
 
 test('the default policy refuses loopback module URLs, by address and by name; nothing is fetched', async (t) => {
@@ -122,8 +122,8 @@ test("a pinned task its proplet refuses fails at once with the proplet's reason"
   });
   await c.publishAsync(topic(scope, 'proplet.create'), encode('proplet.create', { proplet_id: id, addressing: 'direct', encoding: 'json' }, 'json'), { qos: 1 });
   await until(() => open.cp.registry.get(id)?.state === 'alive', 'registered');
-  const task = await open.api.createTask({ name: 'hello', file: hello.toString('base64'), proplet_id: id }, { start: true, waitMs: 10_000 });
-  const done = await open.api.getTask(task.id, 10_000);
+  const task = await open.api.createTask({ name: 'hello', file: hello.toString('base64'), proplet_id: id }, { start: true, waitMs: 60_000 });
+  const done = await open.api.getTask(task.id, 60_000);
   t.is(done.state, 'Failed');
   t.is(done.attempts.length, 1);
   t.regex(done.error!, /refused by refuser: module of 17825792 bytes is larger than 16777216 bytes; no other proplet can take it/);

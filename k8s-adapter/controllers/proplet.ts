@@ -2,8 +2,8 @@
 // registry sees them.
 //
 // - type k8s → a Deployment NAME of node-proplet pods (proplet-objects.ts).
-//   The pods share the MQTT group account NAME-*, issued once (POST /proplets
-//   {proplet_id: "NAME-*"}) while the Secret NAME-mqtt does not exist, since
+//   The pods share the MQTT group account NAME-*, issued once (POST /group-accounts
+//   {prefix: "NAME"}) while the Secret NAME-mqtt does not exist, since
 //   issuing again cuts off the old secret. `kubectl scale proplet` changes
 //   spec.k8s.replicas, which the Deployment follows. The records of pods that
 //   are gone (and not alive) are deleted from the registry. Deleting the
@@ -116,7 +116,8 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
     if (await secretExists(p)) return true;
     let secret: string;
     try {
-      secret = (await cp.addProplet(account, { rotate: true })).secret; // the Secret is absent: a new secret is the intent
+      // the Secret is absent: a new secret is the intent
+      secret = (account.endsWith('-*') ? await cp.addGroupAccount(account.slice(0, -2), { rotate: true }) : await cp.addProplet(account, { rotate: true })).secret;
     } catch (e) {
       if (cpStatus(e, 501)) return false;
       throw e;
@@ -231,7 +232,7 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
         return {};
       }
       // revoking the group disconnects its pods; then their records go
-      await cp.removeProplet(groupAccount(p)).catch(ignoreGone);
+      await cp.removeGroupAccount(groupAccount(p).slice(0, -2)).catch(ignoreGone);
       // a fresh list, not the snapshot: the pods disconnected just now must be seen as gone
       const registered = await allRegistered(cp);
       for (const x of registered) if (x.proplet_type === 'k8s' && isPodId(p, x.id)) await cp.removeProplet(x.id).catch(ignoreGone);
