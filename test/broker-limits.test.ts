@@ -23,14 +23,14 @@ async function setup(t: ExecutionContext, opts: Partial<BrokerOptions> = {}) {
     await broker.close();
   });
   const connect = async (user: string, password?: string, o: IClientOptions = {}): Promise<MqttClient> => {
-    const c = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000, username: user, password: password ?? secrets[user] ?? secrets['pods-*'], ...o });
+    const c = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 30_000, username: user, password: password ?? secrets[user] ?? secrets['pods-*'], ...o });
     clients.push(c);
     return c;
   };
   /** The CONNACK refusal code, 'closed' when the broker closed without one, or 'accepted'. */
   const refused = (user: string, password: string): Promise<number | string> =>
     new Promise((resolve) => {
-      const c = mqtt.connect(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000, username: user, password });
+      const c = mqtt.connect(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 30_000, username: user, password });
       c.once('connect', () => {
         c.end(true);
         resolve('accepted');

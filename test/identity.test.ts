@@ -211,7 +211,7 @@ test.serial('Propeller-style JSON on the shared topics: the broker delivers it o
   await until(() => starts.some((m) => m.id === task.id), 'start on the shared topic');
   // no proplet_id in the result: attributed to the authenticated sender
   await legacy.publishAsync(topic(S, 'proplet.results'), Buffer.from(JSON.stringify({ task_id: task.id, results: 5 })), { qos: 1 });
-  const done = await s.api.getTask(task.id, 5000);
+  const done = await s.api.getTask(task.id, 60_000);
   t.is(done.state, 'Completed', done.error);
   t.is(done.result?.proplet_id, 'legacy-1');
 });
