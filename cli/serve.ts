@@ -1,13 +1,14 @@
 // `propeller serve`: the embedded broker (unless an external one is named),
 // the control plane with its HTTP API, and optionally local node proplets.
 
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
-import { SqliteStore } from '../control-plane/sqlite-store.ts';
+import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
@@ -31,6 +32,7 @@ export const serve: Command = {
     'mqtt-password': { type: 'string' },
     'trust-payload-sender': { type: 'boolean' },
     'data-dir': { type: 'string' },
+    store: { type: 'string' },
     credentials: { type: 'string' },
     'debug-account': { type: 'boolean' },
     'local-proplets': { type: 'string' },
@@ -40,6 +42,7 @@ export const serve: Command = {
     scheduler: { type: 'string' },
     'public-url': { type: 'string' },
     kubeconfig: { type: 'string' },
+    'console-dir': { type: 'string' },
   },
   help: `  --host ADDR            address the broker and HTTP API listen on (default 127.0.0.1)
   --mqtt-port N          embedded broker port (env PROPELLER_MQTT_PORT, default 1883)
@@ -52,6 +55,8 @@ export const serve: Command = {
   --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
                          payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
+  --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
+                         default sqlite:DATA_DIR/state.db)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
@@ -62,6 +67,7 @@ export const serve: Command = {
   --public-url URL       this API's address as proplets reach it, for FL tasks' MODEL_URI (env PROPELLER_PUBLIC_URL,
                          default http://HOST:HTTP_PORT)
   --kubeconfig FILE      also run the Kubernetes adapter against this cluster (see propeller k8s adapter --help)
+  --console-dir DIR      web console assets served at / (env PROPELLER_CONSOLE_DIR; default the built console/dist; '' for none)
 ${scopeHelp}
   Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
   async run(v) {
@@ -85,7 +91,7 @@ ${scopeHelp}
       if (e instanceof ConfigError) throw new UsageError(e.message);
       throw e;
     }
-    const store = new SqliteStore(join(dataDir, 'state.db'));
+    const store = await openStore(storeLocation(str(v.store) ?? env.STORE_URL, dataDir), { log: (l, m, f) => log(l, m, { c: 'store', ...f }) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
@@ -117,10 +123,11 @@ ${scopeHelp}
     }
     const publicUrl = str(v['public-url']) ?? env.PROPELLER_PUBLIC_URL;
     if (publicUrl !== undefined && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new UsageError(`--public-url must be an http(s) URL, got ${JSON.stringify(publicUrl)}`);
+    const staticDir = consoleDir(str(v['console-dir']) ?? env.PROPELLER_CONSOLE_DIR);
     const cp = new ControlPlane({
       scope: sc,
       mqtt,
-      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN },
+      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN, staticDir },
       health,
       store,
       scheduler: { ...file.scheduler, type: schedulerType as CreateSchedulerConfig['type'] },
@@ -152,7 +159,7 @@ ${scopeHelp}
     const kubeconfig = str(v.kubeconfig);
     const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
     const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
-    log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
+    log('info', 'ready', { api: `http://${host}:${port}`, ...(staticDir ? { console: `http://${apiHost}:${port}/` } : {}), broker: mqtt.url, local_proplets: n });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         log('info', `${sig}: shutting down`);
@@ -168,6 +175,26 @@ ${scopeHelp}
     return 0;
   },
 };
+
+/** The web console's built assets: as given, or console/dist of this package when it has been built. */
+function consoleDir(given: string | undefined): string | undefined {
+  if (given !== undefined) return given || undefined;
+  for (const up of ['../console/dist', '../../console/dist']) {
+    const dir = fileURLToPath(new URL(up, import.meta.url));
+    if (existsSync(join(dir, 'index.html'))) return dir;
+  }
+  return undefined;
+}
+
+function storeLocation(url: string | undefined, dataDir: string): StoreLocation {
+  if (!url) return { engine: 'sqlite', path: join(dataDir, 'state.db') };
+  try {
+    return parseStoreUrl(url);
+  } catch (e) {
+    if (e instanceof StoreError) throw new UsageError(e.message);
+    throw e;
+  }
+}
 
 function need(v: Record<string, unknown>, name: string): string {
   const x = str(v[name]);

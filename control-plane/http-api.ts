@@ -31,6 +31,8 @@ export interface HttpApiOptions {
   revokeCredentials?: (propletId: string) => void;
   health?: () => Record<string, unknown>;
   putModule: (digest: string, bytes: Uint8Array) => void;
+  /** Resolves when the state store has committed what this request changed: no answer before that. */
+  durable?: () => Promise<void>;
 }
 
 export class HttpError extends Error {
@@ -44,6 +46,8 @@ export class HttpError extends Error {
 }
 
 type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
+/** Given the raw request (event streams, static files); true when it answered. */
+export type RawHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean | Promise<boolean>;
 
 /** A handler's answer that is not JSON (a model's bytes). */
 export class RawBody {
@@ -65,6 +69,7 @@ const MAX_WAIT_MS = 60_000;
 export class HttpApi {
   private server: Server;
   private routes: Route[] = [];
+  private mounts: { handler: RawHandler; open: boolean }[] = [];
 
   constructor(private o: HttpApiOptions) {
     this.server = createServer((req, res) => {
@@ -103,6 +108,16 @@ export class HttpApi {
   route(method: string, path: string, handler: Handler, status?: number): void {
     const re = new RegExp('^' + path.replace(/\{[a-z_]+\}/g, '([^/]+)') + '/?$');
     this.routes.push({ method, re, handler, status });
+  }
+
+  /** A raw handler, tried before the routes; `open` ones are served without authentication. */
+  mount(handler: RawHandler, o: { open?: boolean } = {}): void {
+    this.mounts.push({ handler, open: o.open === true });
+  }
+
+  private async mounted(req: IncomingMessage, res: ServerResponse, url: URL, open: boolean): Promise<boolean> {
+    for (const m of this.mounts) if (m.open === open && (await m.handler(req, res, url))) return true;
+    return false;
   }
 
   private defineRoutes(): void {
@@ -217,6 +232,7 @@ export class HttpApi {
     const method = req.method ?? 'GET';
     let status = 200;
     let body: unknown;
+    if (await this.mounted(req, res, url, true)) return;
     try {
       if (url.pathname === '/metrics' && method === 'GET') {
         const text = await this.o.metrics.registry.metrics();
@@ -229,6 +245,7 @@ export class HttpApi {
       if (this.o.token && !open && req.headers.authorization !== `Bearer ${this.o.token}`) {
         throw new HttpError(401, 'missing or wrong bearer token');
       }
+      if (await this.mounted(req, res, url, false)) return;
       const matching = this.routes.filter((r) => r.re.test(url.pathname));
       if (matching.length === 0) throw new HttpError(404, `no such path: ${url.pathname}`);
       const route = matching.find((r) => r.method === method);
@@ -236,6 +253,7 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
+      if (method !== 'GET' && method !== 'HEAD') await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
@@ -251,6 +269,14 @@ export class HttpApi {
     const text = JSON.stringify(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
     res.end(text);
+  }
+
+  private async durable(): Promise<void> {
+    try {
+      await this.o.durable?.();
+    } catch (e) {
+      throw new HttpError(503, `the state store did not commit the change yet (${(e as Error).message}); it is kept and committed when the store is back`);
+    }
   }
 
   private errorBody(e: unknown): { status: number; body: unknown } {

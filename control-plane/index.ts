@@ -11,6 +11,7 @@ import { fetchArtifact, resolveModule } from './modules/resolve.ts';
 import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
 import { GroupService } from './groups.ts';
+import { EventBus } from './events.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
@@ -19,13 +20,15 @@ import type { Placement } from './placement.ts';
 import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
 import { MemoryStore, type Store } from './store.ts';
+import { staticDirectory } from './static.ts';
+import { registerStoreMetrics } from './store-metrics.ts';
 import { TaskService } from './tasks.ts';
 
 export interface ControlPlaneOptions {
   scope: Scope;
   /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
   mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean };
-  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number };
+  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
   health: HealthConfig;
   store?: Store;
   /** The scheduler (seed: SCHEDULER_TYPE and the config file's scheduler section). Default hybrid. */
@@ -54,6 +57,7 @@ export class ControlPlane {
   readonly groups: GroupService;
   readonly chunks: ChunkServer;
   readonly fl: FlCoordinator;
+  readonly events: EventBus;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -71,6 +75,7 @@ export class ControlPlane {
       },
       { defaultMetrics: o.defaultMetrics },
     );
+    registerStoreMetrics(this.metrics.registry, this.store);
     this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
     this.tasks = new TaskService({
       store: this.store,
@@ -96,6 +101,7 @@ export class ControlPlane {
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
       putModule: (digest, bytes) => this.store.putModule(digest, bytes),
+      durable: () => this.store.flush(),
     });
     const m = this.metrics;
     this.fl = new FlCoordinator({
@@ -127,6 +133,10 @@ export class ControlPlane {
       log: this.log,
       onChunk: () => this.metrics.chunksSent.inc(),
     });
+    this.events = new EventBus({ registry: this.registry, tasks: this.tasks, metrics: this.metrics, log: this.log, propletView: (p) => ({ ...p, assigned_tasks: this.tasks.assigned(p.id) }) });
+    this.events.attach(this.registry, this.gateway, this.fl);
+    this.http.mount((req, res, url) => this.events.serve(req, res, url));
+    if (o.http?.staticDir) this.http.mount(staticDirectory(o.http.staticDir), { open: true });
     this.wireEvents();
   }
 
@@ -171,9 +181,10 @@ export class ControlPlane {
     this.cron.close();
     this.registry.stop();
     this.tasks.stopTimers();
+    this.events.close();
     await this.http.close();
     await this.gateway.close();
-    this.store.close();
+    await this.store.close();
   }
 }
 

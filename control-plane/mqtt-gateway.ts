@@ -7,6 +7,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { managerFilters, parseTopic, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import type { ChunkServer } from './chunk-server.ts';
+import { tap } from './events.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import type { Proplet } from './model.ts';
@@ -132,6 +133,7 @@ export class MqttGateway implements Dispatcher {
 
   /** Raw publish for other control-plane services (registry chunks, FL). */
   publish(t: string, payload: Uint8Array): void {
+    tap(this, 'wire', 'out', t, payload);
     this.client?.publish(t, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1 }, (err) => {
       if (err) this.o.log('warn', 'publish failed', { topic: t, error: err.message });
     });
@@ -139,6 +141,7 @@ export class MqttGateway implements Dispatcher {
 
   /** Exposed for tests: handle one inbound message as if it came from the broker. */
   handle(t: string, payload: Buffer): void {
+    tap(this, 'wire', 'in', t, payload);
     const parsed = parseTopic(t);
     const kind = parsed?.kind ?? 'unknown';
     try {

@@ -39,7 +39,7 @@ test('tasks run with Mosquitto as the broker', async (t) => {
     const api = new ControlPlaneClient(`http://127.0.0.1:${port}`);
     const task = await api.createTask({ name: 'add', file: readFileSync(join(EXAMPLES_BUILD_DIR, 'add.wasm')).toString('base64'), inputs: [7, 8] });
     await api.startTask(task.id);
-    const done = await api.getTask(task.id, 10_000);
+    const done = await api.getTask(task.id, 60_000);
     t.is(done.state, 'Completed', done.error);
     t.is(done.result?.results, 15);
     // credentials live in the external broker, not here

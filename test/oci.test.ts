@@ -457,14 +457,14 @@ rtest('a task with image_url oci://… runs on both proplet kinds; a wrong diges
     const ref = `oci://${reg!.host}/tasks/add:e2e`;
     const pushed = await pushModule(add, ref);
     for (const on of ['p1', 'mcu-oci']) {
-      const task = await s.api.createTask({ name: 'add', image_url: ref, inputs: [20, 22], proplet_id: on }, { start: true, waitMs: 10_000 });
+      const task = await s.api.createTask({ name: 'add', image_url: ref, inputs: [20, 22], proplet_id: on }, { start: true, waitMs: 60_000 });
       t.is(task.state, 'Completed', `${on}: ${task.error}`);
       t.is(task.result?.results, 42);
       t.is(task.result?.proplet_id, on);
       t.is(task.module_digest, pushed.digest);
     }
     const wrong = `oci://${reg!.host}/tasks/add@sha256:${'0'.repeat(64)}`;
-    const bad = await s.api.createTask({ name: 'add', image_url: wrong, inputs: [1, 2] }, { start: true, waitMs: 10_000 });
+    const bad = await s.api.createTask({ name: 'add', image_url: wrong, inputs: [1, 2] }, { start: true, waitMs: 60_000 });
     t.is(bad.state, 'Failed');
     t.regex(bad.error!, /manifest|not found|digest/i);
   } finally {

@@ -26,7 +26,7 @@ async function run(spec: Parameters<Stack['api']['createTask']>[0]) {
   const t = await s.api.createTask(spec);
   await s.api.startTask(t.id);
   for (let i = 0; i < 100; i++) {
-    const x = await s.api.getTask(t.id, 5000);
+    const x = await s.api.getTask(t.id, 60_000);
     if (['Completed', 'Failed', 'Stopped'].includes(x.state)) return x;
   }
   throw new Error('task did not finish');

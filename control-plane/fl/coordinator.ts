@@ -15,6 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlUpdate } from '../../protocol/index.ts';
 import { decodeModel, encodeModel, modelDigest, type Model } from '../../protocol/model-format.ts';
+import { tap } from '../events.ts';
 import type { Logger } from '../log.ts';
 import { TERMINAL, type Proplet, type PropletGroup, type Task } from '../model.ts';
 import type { Store } from '../store.ts';
@@ -194,6 +195,7 @@ export class FlCoordinator {
     const job = this.job(name);
     for (const r of this.rounds(name)) if (!isFinal(r)) this.failRound(r, 'Deleted', `FederatedJob ${name} was deleted`, false);
     this.o.store.flJobs.delete(job.metadata.name);
+    tap(this, 'fl-removed', 'job', job.metadata.name);
   }
 
   /** A standalone TrainingRound (the seed allows one without a job driving it). */
@@ -208,6 +210,7 @@ export class FlCoordinator {
     const r = this.round(name);
     if (!isFinal(r)) this.failRound(r, 'Deleted', `TrainingRound ${name} was deleted`, false);
     this.o.store.flRounds.delete(name);
+    tap(this, 'fl-removed', 'round', name);
   }
 
   /** After a (re)start: resume every job and round from what the store says. */
@@ -675,6 +678,7 @@ export class FlCoordinator {
         this.o.store.flJobs.put(j.metadata.name, j);
       }
     });
+    tap(this, 'fl-round', r);
     this.o.log('info', 'round completed', { round: name, updates: m.updates, samples: m.totalSamples, loss: m.loss, accuracy: m.accuracy, model: ref });
     this.o.metrics.roundEnded('Completed', secondsSince(r.status.startTime, at));
     this.closeRound(r);
@@ -740,9 +744,11 @@ export class FlCoordinator {
   // --- persistence ----------------------------------------------------------
 
   private saveJob(j: FederatedJob): void {
+    tap(this, 'fl-job', j);
     this.o.store.flJobs.put(j.metadata.name, j);
   }
   private saveRound(r: TrainingRound): void {
+    tap(this, 'fl-round', r);
     const live = this.live.get(r.metadata.name);
     if (live?.flush) {
       clearTimeout(live.flush);
@@ -752,6 +758,7 @@ export class FlCoordinator {
   }
   /** A participant-level change: written with the next flush while the round runs, at once otherwise. */
   private touchRound(r: TrainingRound): void {
+    tap(this, 'fl-round', r);
     const live = this.live.get(r.metadata.name);
     if (!live || live.round !== r) return this.saveRound(r);
     live.flush ??= setTimeout(() => {
@@ -760,6 +767,7 @@ export class FlCoordinator {
     }, FLUSH_MS);
   }
   private saveCheckpoint(c: ModelCheckpoint): void {
+    tap(this, 'fl-checkpoint', c);
     this.o.store.flCheckpoints.put(c.metadata.name, c);
   }
   private iso(): string {
