@@ -1,7 +1,8 @@
 // The control plane's records. Field names are snake_case because these are
 // also the HTTP API's shapes, and Propeller's users know them that way.
 
-import type { Capacity, Encoding } from '../protocol/index.ts';
+import type { Capacity, Encoding, PropletKind } from '../protocol/index.ts';
+import type { Layout } from '../topics/index.ts';
 
 export type PropletState = 'alive' | 'offline' | 'failed';
 
@@ -29,6 +30,8 @@ export interface Proplet {
   memory_used?: number;
   /** Recent heartbeat times, newest last. */
   alive_history: string[];
+  /** Which program it is and where it listens, learnt from its registration (propeller-compat.ts). Absent: ours or legacy, on the scope's channel. */
+  wire?: { kind: PropletKind; layout: Layout; channel: string };
 }
 
 export type TaskState = 'Pending' | 'Scheduled' | 'Running' | 'Completed' | 'Failed' | 'Stopped';
@@ -113,6 +116,11 @@ export interface Task {
   cron?: { runs_started: number; runs_skipped: number; last_run_id?: string; last_fired_at?: string; next_run_at?: string };
   /** On a run: the scheduled task that started it. */
   scheduled_by?: string;
+  /** Seconds a finished task is kept before it is deleted (Kubernetes' ttlSecondsAfterFinished); default from the control plane. */
+  ttl_seconds_after_finished?: number;
+  /** On a scheduled task: finished runs kept, by outcome (CronJob's successful/failedJobsHistoryLimit; default 3 and 1). */
+  successful_runs_history_limit?: number;
+  failed_runs_history_limit?: number;
   state: TaskState;
   /** Set by start, cleared by stop: the task wants to run and waits for placement while Pending. */
   start_requested: boolean;

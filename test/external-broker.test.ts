@@ -30,7 +30,7 @@ test('tasks run with Mosquitto as the broker', async (t) => {
     if (process.env.PROPELLER_SKIP_MOSQUITTO === '1') return t.pass('mosquitto not installed; skipped on request');
     return t.fail('mosquitto not found: install the mosquitto package (.ci/run does)');
   }
-  const cp = new ControlPlane({ scope, mqtt: { url, clientId: 'cp-ext', trustPayloadSender: true }, http: { port: 0 }, health: { checkIntervalMs: 100, offlineThresholdMs: 5000, failureThresholdMs: 10000 } });
+  const cp = new ControlPlane({ scope, mqtt: { url, clientId: 'cp-ext', trustPayloadSender: true }, http: { port: 0, noAuth: true }, health: { checkIntervalMs: 100, offlineThresholdMs: 5000, failureThresholdMs: 10000 } });
   const port = await cp.start();
   const p = new NodeProplet({ id: 'ext-1', url, scope, heartbeatMs: 500 });
   await p.start();

@@ -28,7 +28,7 @@ const bad: [string, unknown, string, RegExp][] = [
   ['missing name', {}, 'name', /name: is required/],
   ['unknown field', { name: 'x', colour: 'red' }, 'colour', /unknown field/],
   ['cli_args not strings', { name: 'x', cli_args: [1] }, 'cli_args', /array of strings/],
-  ['inputs not numbers', { name: 'x', inputs: ['abc'] }, 'inputs[0]', /must be a number/],
+  ['inputs neither numbers nor strings', { name: 'x', inputs: [{}] }, 'inputs[0]', /must be a number or a string/],
   ['env not strings', { name: 'x', env: { A: 1 } }, 'env.A', /must be a string/],
   ['bad image url', { name: 'x', image_url: 'ftp://x' }, 'image_url', /http\(s\):\/\/ or oci:\/\//],
   ['file not wasm', { name: 'x', file: Buffer.from('hello world!').toString('base64') }, 'file', /not a WebAssembly module/],
@@ -125,7 +125,7 @@ test('list with filters and pagination; bad query values are 400', async (t) => 
   await call('POST', '/tasks', JSON.stringify({ name: 'lab2', file: hello.toString('base64'), labels: { app: 'x' } }));
   const both = await call('GET', '/tasks?label=app=x&label=tier=edge');
   t.deepEqual(both.body.tasks.map((x: { name: string }) => x.name), ['lab']);
-  t.is((await call('GET', '/tasks?label=app=x')).body.total, 2);
+  t.is((await call('GET', '/tasks?label=app=x')).body.tasks.length, 2);
   t.is((await call('GET', '/tasks?label=app')).status, 400);
 });
 

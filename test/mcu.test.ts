@@ -15,7 +15,7 @@ import { crc32, decode, encode, type Chunk, type Result } from '../protocol/inde
 import { Backoff } from '../proplet-mcu/backoff.ts';
 import { McuProplet, type McuPropletOptions } from '../proplet-mcu/device.ts';
 import { ModuleDownload, type Ask, type DownloadFaults } from '../proplet-mcu/download.ts';
-import { peekStart } from '../proplet-mcu/messages.ts';
+import { peekStart } from '../proplet-core/start-ref.ts';
 import { topic } from '../topics/index.ts';
 import { scope, startStack, until, type Stack } from './helpers/stack.ts';
 
