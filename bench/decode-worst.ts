@@ -78,6 +78,7 @@ function cases(enc: Encoding): Case[] {
 function time(fn: () => void, runs: number): { cpu: number; wall: number } {
   const cpu: number[] = [];
   const wall: number[] = [];
+  for (let i = 0; i < 3; i++) fn(); // warm-up: compiled code, as in a running server
   for (let i = 0; i < runs; i++) {
     const c0 = process.cpuUsage();
     const t0 = process.hrtime.bigint();

@@ -262,8 +262,8 @@ export class EmbeddedBroker {
     this.authCounter = metric(registry, 'propeller_mqtt_auth_failures_total', 'MQTT CONNECTs refused by the embedded broker', []);
     this.replacedCounter = metric(registry, 'propeller_mqtt_connections_replaced_total', "Connections closed because their account's connection limit was reached by a newer one, by role", ['role']) as Counter<'role'>;
     this.backoffCounter = metric(registry, 'propeller_mqtt_auth_backoff_total', 'CONNECTs under authentication back-off: refusal_delayed and dropped (a failing remote address), delayed (an account under attack)', ['action']) as Counter<'action'>;
-    if (!fresh) return;
-    for (const [action, n] of Object.entries(this.backoffCounts)) if (n) this.backoffCounter.inc({ action }, n); // a counter shared with another broker: its counts are its own
+    if (!fresh) return; // a counter shared with another broker: its counts are its own
+    for (const [action, n] of Object.entries(this.backoffCounts)) if (n) this.backoffCounter.inc({ action }, n);
     for (const [reason, n] of this.drops) this.dropCounter.inc({ reason }, n);
     if (this.authFails) this.authCounter.inc(this.authFails);
   }
@@ -521,7 +521,7 @@ export class EmbeddedBroker {
         this.backoffCounts.dropped++;
         this.backoffCounter?.inc({ action: 'dropped' });
         client.conn.destroy();
-        return;
+        return cb(err, null); // Aedes sees the client closed and answers nothing
       }
       this.backoffCounts.refusal_delayed++;
       this.backoffCounter?.inc({ action: 'refusal_delayed' });

@@ -45,6 +45,9 @@ export interface GatewayOptions {
 /** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
 const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'proplet.invoke_results', 'proplet.task_metrics', 'registry.proplet', 'fl.update']);
 
+/** A result is never refused for its size below this, whatever memory its proplet declares. */
+const MIN_RESULT_BOUND = 4096;
+
 /** Attacker-chosen strings (topics, ids) reach the log at most this long. */
 const clip = (s: string): string => (s.length > 200 ? `${s.slice(0, 200)}…` : s);
 
@@ -206,6 +209,11 @@ export class MqttGateway implements Dispatcher {
           return;
         }
         case 'proplet.results': {
+          // A device cannot hold a result larger than its memory: its profile bounds what it may send, before any parsing.
+          const mem = parsed.propletId !== undefined ? h.registry.get(parsed.propletId)?.capacity.memory_bytes : undefined;
+          if (mem !== undefined && payload.length > Math.max(mem, MIN_RESULT_BOUND)) {
+            return this.reject(kind, 'too_large', `result of ${payload.length} bytes from a proplet with ${mem} bytes of memory`);
+          }
           const { msg } = decode('proplet.results', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
           if (!p) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);

@@ -23,14 +23,14 @@ async function setup(t: ExecutionContext, opts: Partial<BrokerOptions> = {}) {
     await broker.close();
   });
   const connect = async (user: string, password?: string, o: IClientOptions = {}): Promise<MqttClient> => {
-    const c = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000, username: user, password: password ?? secrets[user] ?? secrets['pods-*'], ...o });
+    const c = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 30_000, username: user, password: password ?? secrets[user] ?? secrets['pods-*'], ...o });
     clients.push(c);
     return c;
   };
   /** The CONNACK refusal code, 'closed' when the broker closed without one, or 'accepted'. */
   const refused = (user: string, password: string): Promise<number | string> =>
     new Promise((resolve) => {
-      const c = mqtt.connect(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10_000, username: user, password });
+      const c = mqtt.connect(broker.url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 30_000, username: user, password });
       c.once('connect', () => {
         c.end(true);
         resolve('accepted');
@@ -83,7 +83,7 @@ test('limits are configurable per role, and group members count apart', async (t
 });
 
 test('failed logins from one address are answered later and later; good logins are not held back', async (t) => {
-  const s = await setup(t, { authBackoff: { failures: 3, windowMs: 60_000, maxDelayMs: 300 } });
+  const s = await setup(t, { authBackoff: { failures: 3, windowMs: 60_000, maxDelayMs: 3000 } });
   for (let i = 0; i < 3; i++) t.is(await s.refused('nobody', 'x'), 4);
   t.is(s.broker.limited.refusalsDelayed, 0);
   t.is(await s.refused('nobody', 'x'), 4); // the 4th failure: refused, late

@@ -45,7 +45,8 @@ test('twenty heartbeats in one tick are one proplet change with the latest load;
   s.cp.events.flush();
   plain.frames.length = 0;
   for (let i = 1; i <= 20; i++) s.cp.registry.alive({ proplet_id: 'p1', status: 'alive', running_tasks: i } as never);
-  s.cp.gateway.handle('m/propeller/c/control/messages/control/proplet/alive', Buffer.from(JSON.stringify({ proplet_id: 'p1', status: 'alive', running_tasks: 21 })));
+  // as the broker delivers it: on the sender's own topic
+  s.cp.gateway.handle('m/propeller/c/control/messages/control/proplet/alive/p1', Buffer.from(JSON.stringify({ proplet_id: 'p1', status: 'alive', running_tasks: 21 })));
   s.cp.events.flush();
   await until(() => plain.frames.some((f) => f.event === 'proplets') && wired.frames.some((f) => f.event === 'wire'), 'frames of the tick');
   const changes = plain.frames.filter((f) => f.event === 'proplets').map((f) => f.data as { changed: { id: string; running_tasks: number; alive_history?: unknown }[] });

@@ -211,7 +211,7 @@ test.serial('Propeller-style JSON on the shared topics: the broker delivers it o
   await until(() => starts.some((m) => m.id === task.id), 'start on the shared topic');
   // no proplet_id in the result: attributed to the authenticated sender
   await legacy.publishAsync(topic(S, 'proplet.results'), Buffer.from(JSON.stringify({ task_id: task.id, results: 5 })), { qos: 1 });
-  const done = await s.api.getTask(task.id, 5000);
+  const done = await s.api.getTask(task.id, 60_000);
   t.is(done.state, 'Completed', done.error);
   t.is(done.result?.proplet_id, 'legacy-1');
 });
@@ -245,4 +245,15 @@ test.serial('attack: re-registering another proplet with shared addressing to re
   t.is(victimStarts.find((m) => m.id === task.id)?.env?.SECRET, 'hunter2');
   t.false(stolen.some((p) => p.includes('hunter2')), 'the secret never reached the shared topic');
   t.is(s.cp.registry.get(VICTIM)?.addressing, 'direct');
+});
+
+test.serial('a result larger than its proplet\'s declared memory is refused before parsing (the profile bounds it)', async (t) => {
+  const tiny = await s.client('tiny-mcu');
+  await tiny.publishAsync(topic(S, 'proplet.create', 'tiny-mcu'), encode('proplet.create', { proplet_id: 'tiny-mcu', device_type: 'esp32', capacity: { memory_bytes: 8192 } }, 'cbor'), { qos: 1 });
+  await until(() => s.cp.registry.get('tiny-mcu')?.state === 'alive', 'tiny registered');
+  const before = await rejected('too_large');
+  const big = encode('proplet.results', { proplet_id: 'tiny-mcu', task_id: 't', status: 'completed', stdout: 'x'.repeat(64 * 1024) }, 'cbor');
+  await tiny.publishAsync(topic(S, 'proplet.results', 'tiny-mcu'), big, { qos: 1 });
+  await until(async () => (await rejected('too_large')) - before === 1, 'refused as too large for its profile');
+  t.pass();
 });
