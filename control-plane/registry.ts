@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import type { Alive, Encoding, Register, TaskRef } from '../protocol/index.ts';
 import type { HealthConfig } from './config.ts';
+import { tap } from './events.ts';
 import type { Proplet, PropletState } from './model.ts';
 import type { Store } from './store.ts';
 
@@ -101,6 +102,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     const loadChanged = msg.running_tasks !== undefined && msg.running_tasks !== p.running_tasks;
     if (msg.running_tasks !== undefined) p.running_tasks = msg.running_tasks;
     if (msg.memory_used !== undefined) p.memory_used = msg.memory_used;
+    tap(this, 'proplet', p);
     if (p.state !== 'alive') {
       const from = p.state;
       p.state = 'alive';
@@ -122,6 +124,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   remove(id: string): boolean {
     const had = this.proplets.delete(id);
+    tap(this, 'proplet-removed', id);
     this.store.proplets.delete(id);
     return had;
   }

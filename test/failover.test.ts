@@ -35,7 +35,7 @@ async function cluster(health: Record<string, string>, proplets: string[], extra
   dirs.push(dir);
   const mqttPort = await freePort();
   const httpPort = await freePort();
-  const args = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dir, ...extra];
+  const args = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8', ...extra];
   const serve = await startServe(args, health);
   procs.push(serve);
   const ps: Proc[] = [];

@@ -131,7 +131,7 @@ test('kill -9 the control plane between rounds: after a restart on the same data
   const procs: Proc[] = [];
   cleanup.push(() => Promise.all(procs.map((p) => p.kill())).then(() => {}));
   const health = { HEALTH_CHECK_INTERVAL: '200ms', OFFLINE_THRESHOLD: '5s', FAILURE_THRESHOLD: '20s' };
-  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir];
+  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8'];
   const serve = await startServe(args, health);
   procs.push(serve);
   const ids = ['kl-1', 'kl-2', 'kl-3'];
@@ -159,7 +159,7 @@ spec:
   aggregator: {algorithm: fedavg}
 `,
   );
-  const run = await cli([BIN, 'fl', 'run', yaml, '--api', serve.apiUrl]);
+  const run = await cli([BIN, 'fl', 'run', yaml, '--api', serve.apiUrl, '--data-dir', dir]);
   t.is(run.status, 0, run.stderr);
   t.regex(run.stdout, /federatedjob fl-kill created: 4 rounds, k 2/);
   await until(async () => (await serve.api.getFlJob('fl-kill')).status.completedRounds >= 1, 'round 1 completed', 30_000);
@@ -177,17 +177,17 @@ spec:
   t.log(`rounds started afresh after the restart: ${restarted.join(', ') || 'none'}`);
   t.true(rounds.slice(0, done).every((r) => r.status.restarts === 0), 'completed rounds were kept as they were');
   t.is((await again.api.flCheckpoints('fl-kill')).total, 4);
-  const watch = await cli([BIN, 'fl', 'watch', 'fl-kill', '--api', again.apiUrl]);
+  const watch = await cli([BIN, 'fl', 'watch', 'fl-kill', '--api', again.apiUrl, '--data-dir', dir]);
   t.is(watch.status, 0);
   t.regex(watch.stdout, /round-4-fl-kill +\[#+\] 2\/2 updates +Completed/);
   // the last checkpoint by name, and the job's latest model by the job's name: the same verified bytes
   const last = (await again.api.flCheckpoints('fl-kill')).checkpoints.at(-1)!;
   for (const [what, file] of [[last.metadata.name, join(dir, 'cp.cbor')], ['fl-kill', join(dir, 'job.cbor')]] as const) {
-    const pull = await cli([BIN, 'fl', 'model', 'pull', what, '-o', file, '--api', again.apiUrl]);
+    const pull = await cli([BIN, 'fl', 'model', 'pull', what, '-o', file, '--api', again.apiUrl, '--data-dir', dir]);
     t.is(pull.status, 0, pull.stderr);
     t.is(modelDigest(readFileSync(file)), last.spec.modelRef);
   }
-  const missing = await cli([BIN, 'fl', 'model', 'pull', 'no-such', '--api', again.apiUrl]);
+  const missing = await cli([BIN, 'fl', 'model', 'pull', 'no-such', '--api', again.apiUrl, '--data-dir', dir]);
   t.is(missing.status, 2);
   t.regex(missing.stderr, /no-such: no checkpoint of that name, and no job with an aggregated model/);
 });

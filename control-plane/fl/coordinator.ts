@@ -15,6 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FlUpdate } from '../../protocol/index.ts';
 import { decodeModel, encodeModel, modelDigest, type Model } from '../../protocol/model-format.ts';
+import { tap } from '../events.ts';
 import type { Logger } from '../log.ts';
 import { TERMINAL, type Proplet, type PropletGroup, type Task } from '../model.ts';
 import type { Store } from '../store.ts';
@@ -157,6 +158,10 @@ export class FlCoordinator {
   checkpoints(job?: string): ModelCheckpoint[] {
     return this.checkpointRecs.view(job);
   }
+  /** A record another replica changed in the store (its change feed): the index reads it again. */
+  reloadRecord(kind: 'fl-job' | 'fl-round' | 'fl-checkpoint', name: string): void {
+    (kind === 'fl-job' ? this.jobRecs : kind === 'fl-round' ? this.roundRecs : this.checkpointRecs).reload(name);
+  }
   get activeRounds(): number {
     return this.live.size;
   }
@@ -212,6 +217,7 @@ export class FlCoordinator {
       if (w) this.failRound(w, 'Deleted', `FederatedJob ${name} was deleted`, false);
     }
     this.jobRecs.delete(job.metadata.name);
+    tap(this, 'fl-removed', 'job', job.metadata.name);
   }
 
   /** A standalone TrainingRound (the seed allows one without a job driving it). */
@@ -226,6 +232,7 @@ export class FlCoordinator {
     const r = this.round(name);
     if (!isFinal(r)) this.failRound(r, 'Deleted', `TrainingRound ${name} was deleted`, false);
     this.roundRecs.delete(name);
+    tap(this, 'fl-removed', 'round', name);
   }
 
   /** After a (re)start: resume every job and round from what the store says. */
@@ -670,6 +677,7 @@ export class FlCoordinator {
         this.jobRecs.put(j.metadata.name, j);
       }
     });
+    tap(this, 'fl-round', r);
     this.o.log('info', 'round completed', { round: name, updates: m.updates, samples: m.totalSamples, loss: m.loss, accuracy: m.accuracy, model: ref });
     this.o.metrics.roundEnded('Completed', secondsSince(r.status.startTime, at));
     this.closeRound(r);
@@ -735,9 +743,11 @@ export class FlCoordinator {
   // --- persistence ----------------------------------------------------------
 
   private saveJob(j: FederatedJob): void {
+    tap(this, 'fl-job', j);
     this.jobRecs.put(j.metadata.name, j);
   }
   private saveRound(r: TrainingRound): void {
+    tap(this, 'fl-round', r);
     const live = this.live.get(r.metadata.name);
     if (live?.flush) {
       clearTimeout(live.flush);
@@ -747,6 +757,7 @@ export class FlCoordinator {
   }
   /** A participant-level change: written with the next flush while the round runs, at once otherwise. */
   private touchRound(r: TrainingRound): void {
+    tap(this, 'fl-round', r);
     const live = this.live.get(r.metadata.name);
     if (!live || live.round !== r) return this.saveRound(r);
     live.flush ??= setTimeout(() => {
@@ -755,6 +766,7 @@ export class FlCoordinator {
     }, FLUSH_MS);
   }
   private saveCheckpoint(c: ModelCheckpoint): void {
+    tap(this, 'fl-checkpoint', c);
     this.checkpointRecs.put(c.metadata.name, c);
   }
   private iso(): string {
