@@ -13,6 +13,7 @@ const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args:
   'fl-records': { summary: 'FL jobs/rounds/checkpoints on a metrics scrape and an adapter poll: indexed vs parsing the table', load: () => import('./fl-records.ts') },
   broker: { summary: 'embedded broker vs Mosquitto: QoS 0/1 msg/s, fan-out, 10,000 connects, memory per connection', load: () => import('./broker.ts') },
   heartbeat: { summary: 'control-plane CPU and garbage per decoded heartbeat (Registry.alive) over 10,000 proplets', load: () => import('./heartbeat.ts') },
+  startup: { summary: 'propeller --help, serve to /health, proplet RSS: compiled vs tsx', load: () => import('./startup.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
 };
 

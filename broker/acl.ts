@@ -6,9 +6,14 @@
 //   proplet  publish only its own create/alive/results/metrics, chunk requests
 //            and FL updates; subscribe only its own per-proplet topics and the
 //            shared start/stop/chunk topics, without wildcards
+//
+// Both topic layouts (with and without the `messages` level) get the same
+// rules. A proplet may also use a channel named by its own id (a device
+// channel: embed-proplet runs every start on its channel, so each gets one).
 
-import { base, parseTopic, propletSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
-import { claimedSender, isId, type MessageKind } from '../protocol/index.ts';
+import { LAYOUTS, parseTopic, propletSubscriptions, sharedSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
+import { claimedSender, isId, SENDER_FIELD, type MessageKind } from '../protocol/index.ts';
+import { propellerSender } from '../protocol/propeller.ts';
 import type { Role } from './credentials.ts';
 
 export type Action = 'publish' | 'subscribe';
@@ -45,6 +50,7 @@ export type DenyReason =
   /** The identity itself is unusable (unknown role, proplet id not a valid level). */
   | 'bad_identity';
 
+/** `stampSender`: allowed, but the message names no sender: publish it on the per-proplet topic of the author (topics' stampSender). */
 export type Decision = { ok: true } | { ok: false; reason: DenyReason };
 
 const OK: Decision = Object.freeze({ ok: true });
@@ -58,6 +64,8 @@ export const PROPLET_PUBLISH_KINDS: ReadonlySet<TopicKind> = new Set<TopicKind>(
   'proplet.metrics',
   'registry.proplet',
   'fl.update',
+  'proplet.invoke_results',
+  'proplet.task_metrics',
 ]);
 
 /** Shared (broadcast) topics every proplet may read, for Propeller's proplets that filter by id themselves. */
@@ -74,28 +82,14 @@ const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
 };
 
 /**
- * The topic a proplet's accepted publish is delivered on: its per-proplet form,
- * which names the publisher the broker authenticated. Shared topics (Propeller's
- * layout) carry no id, so the control plane would otherwise have to read the
- * sender from the payload again. Topics that already carry the id (checked by
- * authorize) stay as they are.
- */
-export function stampedTopic(scope: Scope, id: string, topic: string): string {
-  const p = parseTopic(topic);
-  if (!p || p.propletId !== undefined || p.kind === 'fl.update') return topic;
-  return topicOf(scope, p.kind, id);
-}
-
-/**
  * Decides one publish or subscribe. `topic` is the PUBLISH topic or the
  * SUBSCRIBE filter; `payload` is checked for proplet publishes (the sender it
  * claims). Pure: no I/O, no state.
  */
 export function authorize(scope: Scope, role: Role, id: string, action: Action, topic: string, payload?: Uint8Array | string): Decision {
   if (typeof topic !== 'string') return deny('invalid_topic');
-  const prefix = base(scope) + '/';
-  if (!topic.startsWith(prefix)) return deny('outside_scope');
-  const levels = topic.slice(prefix.length).split('/');
+  const levels = levelsAfterBase(scope, role, id, topic);
+  if (!levels) return deny('outside_scope');
   const shape = checkLevels(levels, action === 'subscribe' && role !== 'proplet');
   if (shape) return deny(shape);
 
@@ -110,6 +104,20 @@ export function authorize(scope: Scope, role: Role, id: string, action: Action, 
     default:
       return deny('bad_identity');
   }
+}
+
+// The levels after m/<domain>/c/<channel>[/messages]/, or undefined when the
+// topic is outside what the role may reach: the scope's channel, any channel of
+// the domain for the manager and debug accounts (device channels), a proplet's
+// own id as a channel for that proplet.
+function levelsAfterBase(scope: Scope, role: Role, id: string, topic: string): string[] | undefined {
+  const p = topic.split('/');
+  if (p[0] !== 'm' || p[1] !== scope.domain || p[2] !== 'c' || p.length < 5) return undefined;
+  const ch = p[3]!;
+  const anyChannel = role === 'manager' || role === 'debug';
+  if (ch !== scope.channel && !(anyChannel && ch.length > 0) && !(role === 'proplet' && ch === id)) return undefined;
+  const rest = p[4] === 'messages' ? p.slice(5) : p.slice(4);
+  return rest.length === 0 ? undefined : rest;
 }
 
 // Every level after the base: non-empty, no control characters, at most 128
@@ -133,21 +141,26 @@ function checkLevels(levels: string[], wildcards: boolean): DenyReason | undefin
 }
 
 function propletSubscribe(scope: Scope, id: string, filter: string): Decision {
-  if (propletSubscriptions(scope, id).includes(filter)) return OK;
-  if (sharedPropletSubscriptions(scope).includes(filter)) return OK;
+  const own: Scope = { domain: scope.domain, channel: id };
+  for (const layout of LAYOUTS) {
+    if (propletSubscriptions(scope, id, layout).includes(filter)) return OK;
+    if (sharedSubscriptions(scope, layout).includes(filter)) return OK;
+    if (sharedSubscriptions(own, layout).includes(filter)) return OK;
+  }
   return deny('not_own_topic');
 }
 
 function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8Array | string | undefined): Decision {
   const p = parseTopic(topic);
   if (!p) return deny('unknown_topic');
-  if (p.domain !== scope.domain || p.channel !== scope.channel) return deny('outside_scope');
+  if (p.domain !== scope.domain || (p.channel !== scope.channel && p.channel !== id)) return deny('outside_scope');
   if (!PROPLET_PUBLISH_KINDS.has(p.kind)) return deny('kind_not_allowed');
   if (p.propletId !== undefined && p.propletId !== id) return deny('topic_id_mismatch');
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
-  const claimed = claimedSender(p.kind as MessageKind, bytes);
+  const claimed = p.kind in SENDER_FIELD ? claimedSender(p.kind as MessageKind, bytes) : propellerSender(bytes);
   if (claimed instanceof Error) return deny(PAYLOAD_DENIAL[claimed.reason] ?? 'malformed_payload');
   if (claimed !== undefined && claimed !== id) return deny('sender_mismatch');
-  // A payload that names no sender is the publisher's: the broker delivers it on the publisher's own topic (stampedTopic).
+  // A payload that names no sender (ours in compact CBOR, Propeller's embed-proplet results, `{"app_name"}`) is the
+  // publisher's: the broker delivers it on the publisher's own topic (stampSender).
   return OK;
 }

@@ -1,7 +1,7 @@
 // `propeller serve`: the embedded broker (unless an external one is named),
 // the control plane with its HTTP API, and optionally local node proplets.
 
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
@@ -12,8 +12,9 @@ import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
+import { base } from '../topics/index.ts';
 import { UsageError, int, str, type Command } from './args.ts';
-import { launchAdapter } from './k8s.ts';
+import { debugAccount } from './debug-account.ts';
 import { brokerUrl, dataDirFrom, ensureApiToken, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
 
 /** After SIGTERM/SIGINT, the process ends within this long whatever state the MQTT side is in. */
@@ -65,7 +66,8 @@ export const serve: Command = {
   --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
                          default sqlite:DATA_DIR/state.db)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
-  --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
+  --debug-account        enable the read-only 'debug' account (subscribe under m/DOMAIN/c/CHANNEL/messages/#);
+                         its password is in DATA_DIR/debug.secret, kept across restarts (delete it for a new one)
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
   --api-token TOKEN      the HTTP API's token (env PROPELLER_API_TOKEN; default: DATA_DIR/api.token,
                          created on first start, mode 0600; the CLI reads it from there)
@@ -83,7 +85,9 @@ export const serve: Command = {
 ${scopeHelp}
   Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.
   RECONNECT_GRACE (default OFFLINE_THRESHOLD): after a restart, how long tasks placed before it wait for their
-  proplets to reconnect and report before they count as lost.`,
+  proplets to reconnect and report before they count as lost.
+  START_ACK_TIMEOUT (10s): a start our proplets do not acknowledge in time counts as refused.
+  PROPELLER_RUST_MAX_PACKET (10485760): Propeller Rust proplets' PROPLET_MQTT_MAX_PACKET_SIZE; larger modules go in chunks.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -97,7 +101,9 @@ ${scopeHelp}
     let file: FileConfig = {};
     let schedulerType: string;
     let restartGraceMs: number | undefined;
+    let startAckTimeoutMs: number | undefined;
     try {
+      if (env.START_ACK_TIMEOUT) startAckTimeoutMs = parseDuration('START_ACK_TIMEOUT', env.START_ACK_TIMEOUT);
       const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;
       if (cfgPath) file = loadConfigFile(cfgPath);
       health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
@@ -118,10 +124,8 @@ ${scopeHelp}
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
       if (v['debug-account']) {
-        const secret = creds.issue('debug', 'debug');
-        const path = join(dataDir, 'debug.secret');
-        writeFileSync(path, secret + '\n', { mode: 0o600 });
-        log('info', 'debug account enabled: read-only, username debug', { password_file: path });
+        const { path, reused } = debugAccount(creds, dataDir);
+        log('info', 'debug account enabled: read-only, username debug', { password_file: path, kept_from_last_start: reused, may_subscribe: `${base(sc)}/#` });
       }
       const tlsPort = str(v['tls-port']);
       broker = await EmbeddedBroker.start({
@@ -161,6 +165,8 @@ ${scopeHelp}
       log,
       defaultMetrics: true,
       ...(publicUrl ? { publicUrl } : {}),
+      ...(startAckTimeoutMs !== undefined ? { startAckTimeoutMs } : {}),
+      ...(env.PROPELLER_RUST_MAX_PACKET ? { propeller: { rustMaxPacket: int('PROPELLER_RUST_MAX_PACKET', env.PROPELLER_RUST_MAX_PACKET, 10 * 1024 * 1024) } } : {}),
       ...(creds ? { credentials: { issue: (id: string) => creds.issue(id, 'proplet'), revoke: (id: string) => {
               creds.delete(id);
               broker?.disconnect(id);
@@ -184,7 +190,7 @@ ${scopeHelp}
     const token = 'token' in auth ? auth.token : undefined;
     const kubeconfig = str(v.kubeconfig);
     const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
-    const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
+    const adapter = kubeconfig ? await (await import('./k8s.ts')).launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
     if (token) log('info', 'web console (signs this browser in)', { url: `http://${apiHost}:${port}/login?token=${token}` });
     else if (staticDir) log('info', 'web console', { url: `http://${apiHost}:${port}/` });
     log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });

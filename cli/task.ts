@@ -23,7 +23,7 @@ const specOptions = {
   daemon: { type: 'boolean' },
 } as const;
 const specHelp = `  --name NAME            task name; for a module without _start, the export to call
-  --input N              an argument for that export (repeat for more)
+  --input V              an argument for that export: a number, else a string (repeat for more)
   --env KEY=VALUE        environment for the module (repeat)
   --label KEY=VALUE      task label (repeat)
   --proplet ID           run on this proplet only
@@ -37,8 +37,8 @@ function spec(v: Record<string, unknown>, name: string, rest: string[]): TaskSpe
   const inputs = (v.input as string[] | undefined) ?? [];
   if (inputs.length) {
     s.inputs = inputs.map((x) => {
-      if (!/^-?\d+(\.\d+)?$/.test(x)) throw new UsageError(`--input must be a number, got ${JSON.stringify(x)}`);
-      // 64-bit integers travel as decimal strings so no precision is lost
+      // anything but a plain number is sent as the string it is (Propeller's proplets take strings); 64-bit integers stay decimal strings so no precision is lost
+      if (!/^-?\d+(\.\d+)?$/.test(x)) return x;
       return Number.isSafeInteger(Number(x)) || x.includes('.') ? Number(x) : x;
     });
   }
@@ -86,7 +86,7 @@ ${apiHelp}
     let t: Task = task;
     while (!['Completed', 'Failed', 'Stopped'].includes(t.state)) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new ApiError(0, `task ${task.id} is still ${t.state} after waiting; follow it with: propeller task get ${task.id}`);
+      if (left <= 0) throw new ApiError(0, `task ${task.id} is still ${t.state} after waiting${t.pending_reason ? ` (${t.pending_reason})` : ''}; follow it with: propeller task get ${task.id}`);
       t = await c.getTask(task.id, Math.min(left, 30_000));
     }
     const r = t.result;

@@ -376,6 +376,12 @@ export class HttpApi {
     if (!token || isOpen(method, path)) return true;
     const auth = req.headers.authorization;
     if (auth?.startsWith('Bearer ') && sameToken(auth.slice(7), token)) return true;
+    // Basic with the token as the password: what Go's client sends from a URL's user info (Propeller's CLI)
+    if (auth?.startsWith('Basic ')) {
+      const plain = Buffer.from(auth.slice(6), 'base64').toString('utf8');
+      const colon = plain.indexOf(':');
+      if (colon >= 0 && sameToken(plain.slice(colon + 1), token)) return true;
+    }
     const c = cookie(req, SESSION_COOKIE);
     return c !== undefined && sameToken(c, token);
   }
@@ -467,7 +473,7 @@ or the same URL with the token from the data directory's <code>api.token</code> 
   }
 
   /** A module upload: raw bytes (application/wasm, octet-stream) or multipart with a `file` field, as Propeller's CLI sends. */
-  private async module(req: IncomingMessage): Promise<Uint8Array> {
+  async module(req: IncomingMessage): Promise<Uint8Array> {
     const limit = this.o.maxUploadBytes ?? MAX_INLINE_MODULE;
     const type = req.headers['content-type'] ?? 'application/octet-stream';
     let bytes: Uint8Array;

@@ -16,6 +16,10 @@ import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
 import { MqttGateway } from './mqtt-gateway.ts';
+import { addPropellerApiRoutes } from './propeller-api.ts';
+import { PropellerCompat, wireOf } from './propeller-compat.ts';
+import type { ShapeOptions } from './propeller-shapes.ts';
+import { DEFAULT_START_ACK_TIMEOUT_MS, StartAckDeadline } from './start-ack.ts';
 import type { Placement } from './placement.ts';
 import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
@@ -64,6 +68,10 @@ export interface ControlPlaneOptions {
   fetch?: { allow?: readonly string[]; deny?: readonly string[] };
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
+  /** How long one of our proplets may take to acknowledge a start before it counts as refused (START_ACK_TIMEOUT). Default 10 s. */
+  startAckTimeoutMs?: number;
+  /** Limits of Propeller's own proplets (the Rust proplets' PROPLET_MQTT_MAX_PACKET_SIZE). */
+  propeller?: ShapeOptions;
 }
 
 export class ControlPlane {
@@ -78,6 +86,8 @@ export class ControlPlane {
   readonly chunks: ChunkServer;
   readonly fl: FlCoordinator;
   readonly events: EventBus;
+  readonly compat: PropellerCompat;
+  readonly startAcks: StartAckDeadline;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -98,7 +108,17 @@ export class ControlPlane {
       { defaultMetrics: o.defaultMetrics },
     );
     registerStoreMetrics(this.metrics.registry, this.store);
-    this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
+    this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics, shape: o.propeller });
+    this.compat = new PropellerCompat({
+      scope: o.scope,
+      shape: o.propeller,
+      log: this.log,
+      module: (digest) => this.store.getModule(digest),
+      tasks: () => this.tasks.values(),
+      fetch: (url) => resolveModule(url, policy),
+      send: (p, _kind, payload, qos) => this.gateway.sendChunk(p, payload, qos),
+      reject: (kind, reason, detail) => this.gateway.reject(kind, reason, detail),
+    });
     this.tasks = new TaskService({
       store: this.store,
       registry: this.registry,
@@ -112,6 +132,16 @@ export class ControlPlane {
       restartGraceMs: o.restartGraceMs ?? o.health.offlineThresholdMs,
       ...(o.retention ? { retention: o.retention } : {}),
       resolveModule: (url) => resolveModule(url, policy),
+      admit: (t, p, start) => this.compat.admit(t, p, start, this.registry.values()),
+    });
+    this.startAcks = new StartAckDeadline({
+      tasks: this.tasks,
+      acknowledges: (id) => {
+        const p = this.registry.get(id);
+        return p !== undefined && wireOf(p, o.scope).kind === 'ours';
+      },
+      timeoutMs: o.startAckTimeoutMs ?? DEFAULT_START_ACK_TIMEOUT_MS,
+      log: this.log,
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({
@@ -145,6 +175,7 @@ export class ControlPlane {
       log: this.log,
     });
     addFlRoutes(this.http, this.fl);
+    addPropellerApiRoutes(this.http, this.tasks, this.registry, (req) => this.http.module(req));
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
       // a device's own tasks' artifacts only: the module, and an FL task's model (MODEL_DIGEST, or MODEL_URI ending in it)
@@ -181,7 +212,14 @@ export class ControlPlane {
 
   /** Connects to the broker and opens the HTTP API; returns the API's port. */
   async start(): Promise<number> {
-    await this.gateway.connect({ registry: this.registry, tasks: this.tasks, chunks: this.chunks, fl: this.fl });
+    await this.gateway.connect({
+      registry: this.registry,
+      tasks: this.tasks,
+      chunks: this.chunks,
+      fl: this.fl,
+      compat: this.compat,
+      onProgress: (id) => this.startAcks.progress(id),
+    });
     const port = await this.http.listen();
     this.registry.start();
     this.tasks.startTimers();
@@ -204,6 +242,7 @@ export class ControlPlane {
     this.registry.stop();
     this.tasks.stopTimers();
     this.events.close();
+    this.startAcks.close();
     await this.http.close();
     await this.gateway.close();
     await this.store.close();

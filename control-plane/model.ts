@@ -1,7 +1,8 @@
 // The control plane's records. Field names are snake_case because these are
 // also the HTTP API's shapes, and Propeller's users know them that way.
 
-import type { Capacity, Encoding } from '../protocol/index.ts';
+import type { Capacity, Encoding, PropletKind } from '../protocol/index.ts';
+import type { Layout } from '../topics/index.ts';
 
 export type PropletState = 'alive' | 'offline' | 'failed';
 
@@ -29,6 +30,8 @@ export interface Proplet {
   memory_used?: number;
   /** Recent heartbeat times, newest last. */
   alive_history: string[];
+  /** Which program it is and where it listens, learnt from its registration (propeller-compat.ts). Absent: ours or legacy, on the scope's channel. */
+  wire?: { kind: PropletKind; layout: Layout; channel: string };
 }
 
 export type TaskState = 'Pending' | 'Scheduled' | 'Running' | 'Completed' | 'Failed' | 'Stopped';

@@ -4,8 +4,10 @@
 // metric, and never throws past this file.
 
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { managerFilters, parseTopic, topic, type Scope, type TopicKind } from '../topics/index.ts';
+import { isPropellerProplet, kindOfRegistration, scopeOf, wireOf, type PropellerCompat } from './propeller-compat.ts';
+import { fromPropellerMetrics, resultStatus, shapeStart, shapeStop, type Qos, type ShapeOptions } from './propeller-shapes.ts';
 import type { ChunkServer } from './chunk-server.ts';
 import { tap } from './events.ts';
 import type { Logger } from './log.ts';
@@ -36,10 +38,12 @@ export interface GatewayOptions {
    * checks it. Default false: such messages are refused (`no_topic_id`).
    */
   trustPayloadSender?: boolean;
+  /** Limits of Propeller's proplets the control plane shapes its messages to. */
+  shape?: ShapeOptions;
 }
 
 /** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
-const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet', 'fl.update']);
+const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'proplet.invoke_results', 'proplet.task_metrics', 'registry.proplet', 'fl.update']);
 
 /** Attacker-chosen strings (topics, ids) reach the log at most this long. */
 const clip = (s: string): string => (s.length > 200 ? `${s.slice(0, 200)}…` : s);
@@ -50,6 +54,10 @@ export interface Handlers {
   onMetrics?: (propletId: string, m: Record<string, unknown>) => void;
   chunks?: ChunkServer;
   fl?: FlCoordinator;
+  /** Propeller's proplets: modules asked for by name. */
+  compat?: PropellerCompat;
+  /** A proplet shows it works on a start (asks for its module's chunks): its acknowledgement deadline starts over. */
+  onProgress?: (propletId: string) => void;
 }
 
 export class MqttGateway implements Dispatcher {
@@ -83,7 +91,8 @@ export class MqttGateway implements Dispatcher {
       // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       this.o.log('info', 'mqtt connected', { url: this.o.url, session_present: ack.sessionPresent });
-      client.subscribe(managerFilters(this.o.scope), { qos: 1 }, (err, granted) => {
+      // both layouts, and every channel of the domain: embed-proplets each have their own (propeller-compat.ts)
+      client.subscribe(managerFilters(this.o.scope, true), { qos: 1 }, (err, granted) => {
         if (err) return this.o.log('error', 'subscribe failed', { error: err.message });
         const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic);
         if (refused?.length) this.o.log('error', 'broker refused subscriptions: check the manager account ACL', { refused });
@@ -108,6 +117,20 @@ export class MqttGateway implements Dispatcher {
   }
 
   start(p: Proplet, msg: Start): void {
+    const w = wireOf(p, this.o.scope);
+    if (isPropellerProplet(w.kind)) {
+      const shaped = shapeStart(w.kind, msg, msg.file, this.o.shape)!;
+      if (!shaped.ok) {
+        // placement checks this first (PropellerCompat.admit); a start the device would drop unseen is refused instead
+        this.o.log('error', 'start cannot be shaped for the proplet', { proplet_id: p.id, task_id: msg.id, reason: shaped.reason });
+        const refusal: Result = { proplet_id: p.id, task_id: msg.id, attempt: msg.attempt, status: 'refused', error: shaped.reason };
+        setImmediate(() => this.handlers?.tasks.onResult(refusal));
+        return;
+      }
+      this.publish(topic(scopeOf(w, this.o.scope), 'manager.start', undefined, w.layout), shaped.bytes, shaped.qos);
+      this.o.metrics.tasksDispatched.inc({ addressing: 'shared' });
+      return;
+    }
     const direct = p.addressing === 'direct';
     let payload = encode('manager.start', msg, replyEncoding(p));
     const max = p.capacity.max_packet_bytes;
@@ -116,23 +139,29 @@ export class MqttGateway implements Dispatcher {
       const { file: _inline, ...rest } = msg;
       payload = encode('manager.start', rest, replyEncoding(p));
     }
-    this.publish(topic(this.o.scope, 'manager.start', direct ? p.id : undefined), payload);
+    const w0 = wireOf(p, this.o.scope);
+    this.publish(topic(scopeOf(w0, this.o.scope), 'manager.start', direct ? p.id : undefined, w0.layout), payload);
     this.o.metrics.tasksDispatched.inc({ addressing: direct ? 'direct' : 'shared' });
   }
 
   stop(p: Proplet, msg: Stop): void {
-    this.publish(topic(this.o.scope, 'manager.stop', p.addressing === 'direct' ? p.id : undefined), encode('manager.stop', msg, replyEncoding(p)));
+    const w = wireOf(p, this.o.scope);
+    const t = topic(scopeOf(w, this.o.scope), 'manager.stop', p.addressing === 'direct' ? p.id : undefined, w.layout);
+    const shaped = shapeStop(w.kind, msg.id, this.handlers?.tasks.get(msg.id)?.name ?? '');
+    if (shaped) return this.publish(t, shaped.bytes, shaped.qos);
+    this.publish(t, encode('manager.stop', msg, replyEncoding(p)));
   }
 
   /** A registry chunk to one proplet: its own registry topic, or the shared one for Propeller's proplets. */
-  sendChunk(p: Proplet, payload: Uint8Array): void {
-    this.publish(topic(this.o.scope, 'registry.server', p.addressing === 'direct' ? p.id : undefined), payload);
+  sendChunk(p: Proplet, payload: Uint8Array, qos: Qos = 1): void {
+    const w = wireOf(p, this.o.scope);
+    this.publish(topic(scopeOf(w, this.o.scope), 'registry.server', p.addressing === 'direct' ? p.id : undefined, w.layout), payload, qos);
   }
 
   /** Raw publish for other control-plane services (registry chunks, FL). */
-  publish(t: string, payload: Uint8Array): void {
+  publish(t: string, payload: Uint8Array, qos: Qos = 1): void {
     tap(this, 'wire', 'out', t, payload);
-    this.client?.publish(t, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1 }, (err) => {
+    this.client?.publish(t, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos }, (err) => {
       if (err) this.o.log('warn', 'publish failed', { topic: t, error: err.message });
     });
   }
@@ -143,22 +172,32 @@ export class MqttGateway implements Dispatcher {
     const parsed = parseTopic(t);
     const kind = parsed?.kind ?? 'unknown';
     try {
-      if (!parsed || parsed.domain !== this.o.scope.domain || parsed.channel !== this.o.scope.channel) {
-        return this.reject(kind, 'topic', `topic outside the tree: ${clip(t)}`);
+      if (!parsed || parsed.domain !== this.o.scope.domain) return this.reject(kind, 'topic', `topic outside the tree: ${clip(t)}`);
+      // a device channel is named by its proplet's id: the channel says who sent it
+      const device = parsed.channel !== this.o.scope.channel;
+      if (device && parsed.propletId !== undefined && parsed.propletId !== parsed.channel) {
+        return this.reject(kind, 'topic_mismatch', `proplet ${parsed.propletId} on the device channel of ${parsed.channel}`);
       }
       this.o.metrics.messagesReceived.inc({ kind });
-      if (FROM_PROPLET.has(parsed.kind) && parsed.propletId === undefined && !this.o.trustPayloadSender) {
+      // a device channel names its proplet too (the ACL lets only that proplet publish there)
+      if (FROM_PROPLET.has(parsed.kind) && parsed.propletId === undefined && !device && !this.o.trustPayloadSender) {
         // The embedded broker stamps every proplet publish with its authenticated id; one without came from elsewhere.
         return this.reject(kind, 'no_topic_id', `${kind} on a topic without a proplet id: ${clip(t)}`);
       }
       const h = this.handlers!;
-      // decode() fills an omitted sender from the topic and refuses a payload naming another (id_mismatch)
-      const ctx = parsed.propletId !== undefined ? { propletId: parsed.propletId } : {};
+      const sender = parsed.propletId ?? (device ? parsed.channel : undefined);
+      const ctx = sender !== undefined ? { propletId: sender } : {};
       switch (parsed.kind) {
         case 'proplet.create': {
           const { msg, encoding } = decode('proplet.create', payload, ctx);
-          const p = h.registry.register(msg, encoding);
-          this.o.log('info', 'proplet registered', { proplet_id: p.id, device_type: p.device_type, addressing: p.addressing, encoding: p.encoding });
+          const wire = { kind: kindOfRegistration(payload, msg.addressing), layout: parsed.layout, channel: parsed.channel };
+          if (isPropellerProplet(wire.kind)) {
+            const md = (parsePropellerJson(payload) as { metadata?: { wasm_runtime?: unknown } }).metadata;
+            msg.device_type ??= wire.kind === 'embed' ? 'embed-proplet' : 'propeller-proplet';
+            if (typeof md?.wasm_runtime === 'string') msg.wasm_runtime ??= md.wasm_runtime.slice(0, 64);
+          }
+          const p = h.registry.register(msg, encoding, wire);
+          this.o.log('info', 'proplet registered', { proplet_id: p.id, device_type: p.device_type, addressing: p.addressing, encoding: p.encoding, ...wire });
           return;
         }
         case 'proplet.alive': {
@@ -168,7 +207,10 @@ export class MqttGateway implements Dispatcher {
         }
         case 'proplet.results': {
           const { msg } = decode('proplet.results', payload, ctx);
-          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);
+          const p = h.registry.get(msg.proplet_id);
+          if (!p) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);
+          // Propeller's proplets give no status: a string result, an error, or "" at once for a daemon
+          if (msg.status === undefined && isPropellerProplet(wireOf(p, this.o.scope).kind)) msg.status = resultStatus(msg, h.tasks.get(msg.task_id)?.daemon ?? false);
           const ignored = h.tasks.onResult(msg as Result);
           if (ignored) this.o.log('info', 'result ignored', { reason: ignored, task_id: msg.task_id, proplet_id: msg.proplet_id, attempt: msg.attempt });
           return;
@@ -177,13 +219,27 @@ export class MqttGateway implements Dispatcher {
           const { msg } = decode('registry.proplet', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
           if (!p) return this.reject(kind, 'unknown_proplet', `chunk request from unregistered proplet ${clip(msg.proplet_id)}`);
+          h.onProgress?.(p.id);
+          const appName = payload[0] === 0x7b ? (parsePropellerJson(payload) as { app_name?: unknown }).app_name : undefined;
+          if (typeof appName === 'string' && !msg.digest && !msg.name) {
+            if (!h.compat) return this.reject(kind, 'unsupported', 'no module registry');
+            void h.compat.serveByName(p, appName);
+            return;
+          }
           if (!h.chunks) return this.reject(kind, 'unsupported', 'no module registry');
           h.chunks.onRequest(p, msg);
           return;
         }
         case 'proplet.metrics': {
           const { msg } = decode('proplet.metrics', payload, ctx);
-          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${clip(msg.proplet_id)}`);
+          const p = h.registry.get(msg.proplet_id);
+          if (!p) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${clip(msg.proplet_id)}`);
+          if (isPropellerProplet(wireOf(p, this.o.scope).kind)) {
+            const m = fromPropellerMetrics(parsePropellerJson(payload) as Record<string, unknown>);
+            msg.cpu_percent ??= m.cpu_percent;
+            msg.memory_used ??= m.memory_used;
+            if (msg.memory_used !== undefined) p.memory_used = msg.memory_used;
+          }
           h.onMetrics?.(msg.proplet_id, msg as unknown as Record<string, unknown>);
           return;
         }
@@ -193,6 +249,15 @@ export class MqttGateway implements Dispatcher {
           if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `update from unregistered proplet ${clip(msg.proplet_id)}`);
           if (!h.fl) return this.reject(kind, 'unsupported', 'no FL coordinator');
           h.fl.onUpdate(msg);
+          return;
+        }
+        case 'proplet.invoke_results':
+        case 'proplet.task_metrics': {
+          // Propeller's proplets send these unasked (we send no invoke); counted above, kept out of task state
+          const raw = parsePropellerJson(payload);
+          if (raw instanceof ProtocolError) throw raw;
+          const id = typeof raw.proplet_id === 'string' ? raw.proplet_id : sender;
+          if (id === undefined || !h.registry.get(id)) return this.reject(kind, 'unknown_proplet', `${kind} from unregistered proplet ${String(id)}`);
           return;
         }
         default:
@@ -205,7 +270,7 @@ export class MqttGateway implements Dispatcher {
     }
   }
 
-  private reject(kind: string, reason: string, detail: string): void {
+  reject(kind: string, reason: string, detail: string): void {
     this.o.metrics.messagesRejected.inc({ kind, reason });
     this.o.log('warn', 'message dropped', { kind, reason, detail });
   }

@@ -90,7 +90,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** `wireEncoding` is how the registration arrived: the default answer encoding when it names none. */
-  register(msg: Register, wireEncoding: Encoding = 'json'): Proplet {
+  register(msg: Register, wireEncoding: Encoding = 'json', wire?: Proplet['wire']): Proplet {
     const at = new Date(this.now()).toISOString();
     const prev = this.get(msg.proplet_id);
     const p: Proplet = {
@@ -112,6 +112,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
       memory_used: prev?.memory_used,
       alive_history: [...(prev?.alive_history ?? []), at].slice(-HISTORY),
     };
+    const w = wire ?? prev?.wire;
+    if (w) p.wire = w;
     if (p.wasm_runtime === undefined) delete p.wasm_runtime;
     if (p.memory_used === undefined) delete p.memory_used;
     this.entries.set(p.id, entry(p, Date.parse(at)));

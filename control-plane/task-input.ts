@@ -105,11 +105,12 @@ export function parseTaskInput(body: unknown, partial = false): Partial<TaskInpu
     out.cli_args = o.cli_args;
   }
   if (o.inputs !== undefined) {
-    if (!Array.isArray(o.inputs) || o.inputs.length > 64) throw new InputError('inputs', 'must be an array of at most 64 numbers');
+    if (!Array.isArray(o.inputs) || o.inputs.length > 64) throw new InputError('inputs', 'must be an array of at most 64 numbers or strings');
     o.inputs.forEach((x, i) => {
       const okNum = typeof x === 'number' && Number.isFinite(x);
-      const okBig = typeof x === 'string' && /^-?\d+$/.test(x);
-      if (!okNum && !okBig) throw new InputError(`inputs[${i}]`, 'must be a number (or a decimal string for 64-bit integers)');
+      // strings as Propeller's CLI sends them ("2", "2.5", 64-bit integers); each proplet parses them per parameter type
+      const okStr = typeof x === 'string' && x.length <= 4096;
+      if (!okNum && !okStr) throw new InputError(`inputs[${i}]`, 'must be a number or a string (at most 4096 characters)');
     });
     out.inputs = o.inputs;
   }

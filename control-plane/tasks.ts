@@ -65,6 +65,12 @@ export interface TaskServiceOptions {
   groups?: (name: string) => PropletGroup | undefined;
   /** How long finished tasks and scheduled runs are kept (default: 24 h; 3 successful and 1 failed run per schedule). */
   retention?: Partial<RetentionConfig>;
+  /**
+   * Why this proplet cannot be sent this start (a device that would drop it
+   * unseen: propeller-compat.ts), or undefined. A refused placement excludes
+   * the proplet; a task pinned to it fails with the reason.
+   */
+  admit?: (t: Task, p: Proplet, start: () => Start) => string | undefined;
 }
 
 export interface TaskEvents {
@@ -552,7 +558,11 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const p = this.o.placement;
     let waiting = false;
     const apply = (t: Task, d: Decision) => {
-      if (d.ok) return this.dispatch(t, this.o.registry.get(d.propletId)!);
+      if (d.ok) {
+        const p = this.o.registry.get(d.propletId)!;
+        const refused = this.o.admit?.(t, p, () => this.startMessage(t, p));
+        return refused === undefined ? this.dispatch(t, p) : this.refusePlacement(t, p, refused);
+      }
       waiting = true;
       if (t.pending_reason !== d.reason) {
         t.pending_reason = d.reason;
@@ -597,6 +607,18 @@ export class TaskService extends EventEmitter<TaskEvents> {
       this.placePending();
     }, this.o.retryIntervalMs ?? 1000);
     this.retryTimer.unref();
+  }
+
+  private refusePlacement(t: Task, p: Proplet, reason: string): void {
+    if (t.pinned_proplet_id === p.id) {
+      t.error = `cannot run on ${p.id}: ${reason}`;
+      return this.finish(t, 'Failed', this.iso());
+    }
+    (t.excluded_proplets ??= []).push(p.id);
+    t.pending_reason = `not placed on ${p.id}: ${reason}`;
+    t.updated_at = this.iso();
+    this.save(t);
+    this.schedulePlacement();
   }
 
   private dispatch(t: Task, p: Proplet): void {

@@ -31,6 +31,7 @@ import {
 import { encodeModel, MODEL_FORMAT } from '../protocol/model-format.ts';
 import type { Fields, Type } from '../protocol/schema.ts';
 import { base, flUpdateTopic, parseTopic, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
+import { embedStart, propellerChunks, rustStart, shapeStop } from '../control-plane/propeller-shapes.ts';
 
 export const DOC_PATH = fileURLToPath(new URL('./protocol.md', import.meta.url));
 
@@ -631,12 +632,16 @@ export function renderExample(e: Example): string {
 
 // ---- Topic table, from topics/ and the broker's ACL decisions.
 
-const TOPIC_KINDS: Record<TopicKind, { proplet: boolean; addressable: boolean }> = {
+type OurTopicKind = TopicKind;
+const TOPIC_KINDS: Record<OurTopicKind, { proplet: boolean; addressable: boolean }> = {
   'proplet.create': { proplet: true, addressable: true },
   'proplet.alive': { proplet: true, addressable: true },
   'proplet.results': { proplet: true, addressable: true },
   'proplet.metrics': { proplet: true, addressable: true },
+  'proplet.invoke_results': { proplet: true, addressable: true },
+  'proplet.task_metrics': { proplet: true, addressable: true },
   'manager.start': { proplet: false, addressable: true },
+  'manager.invoke': { proplet: false, addressable: true },
   'manager.stop': { proplet: false, addressable: true },
   'registry.proplet': { proplet: true, addressable: true },
   'registry.server': { proplet: false, addressable: true },
@@ -648,16 +653,16 @@ export const PATTERN_SCOPE: Scope = scope('<domain>', '<channel>');
 const P = '<proplet_id>';
 const Q = 'another-proplet';
 
-function mayPublish(kind: TopicKind, t: string, perProplet: boolean): string[] {
+function mayPublish(kind: OurTopicKind, t: string, perProplet: boolean): string[] {
   const s = PATTERN_SCOPE;
   const who: string[] = [];
   if (authorize(s, 'manager', 'propeller-manager', 'publish', t).ok) who.push('manager');
   if (authorize(s, 'debug', 'debug', 'publish', t).ok) who.push('debug');
-  const sender = kind === 'fl.update' ? undefined : SENDER_FIELD[kind];
+  const sender = kind === 'fl.update' ? undefined : SENDER_FIELD[kind as keyof typeof SENDER_FIELD] ?? (kind.startsWith('proplet.') ? 'proplet_id' : undefined);
   const payload = (id: string) => (sender ? JSON.stringify({ [sender]: id }) : '{}');
   const asItself = (id: string) => authorize(s, 'proplet', id, 'publish', t, payload(id)).ok;
   const forOther = authorize(s, 'proplet', P, 'publish', t, payload(Q)).ok;
-  // the embedded broker delivers a proplet's publish on the shared topic on its per-proplet form (stampedTopic)
+  // the embedded broker delivers a proplet's publish on the shared topic on its per-proplet form (topics' stampSender)
   if (asItself(P) && asItself(Q)) who.push(forOther || !sender ? 'any proplet' : 'any proplet, as itself (delivered on the `/<proplet_id>` form)');
   else if (asItself(P)) who.push(perProplet ? `proplet \`${P}\`` : 'its proplet');
   return who;
@@ -675,9 +680,9 @@ function maySubscribe(t: string): string[] {
   return who;
 }
 
-export function topicRows(): { kind: TopicKind; topic: string }[] {
-  const out: { kind: TopicKind; topic: string }[] = [];
-  for (const [kind, k] of Object.entries(TOPIC_KINDS) as [TopicKind, (typeof TOPIC_KINDS)[TopicKind]][]) {
+export function topicRows(): { kind: OurTopicKind; topic: string }[] {
+  const out: { kind: OurTopicKind; topic: string }[] = [];
+  for (const [kind, k] of Object.entries(TOPIC_KINDS) as [OurTopicKind, (typeof TOPIC_KINDS)[OurTopicKind]][]) {
     if (kind === 'fl.update') {
       out.push({ kind, topic: flUpdateTopic(PATTERN_SCOPE, '<round_id>', P) });
       continue;
@@ -767,8 +772,47 @@ export function watchLine(name = 'alive-esp32-direct'): string {
 // The blocks, and the doc they go into.
 
 /** Every generated block by marker name, in document order. */
+// ---- Propeller's own proplets: their messages beside ours, from topics/ and the real shaping code.
+
+/** ADD_WASM with its export renamed `main`: what embed-proplet can call. */
+const MAIN_WASM = (() => {
+  const b = Uint8Array.from(ADD_WASM);
+  b.set([0x07, 0x08, 0x01, 0x04, 0x6d, 0x61, 0x69, 0x6e, 0x00, 0x00], 21);
+  return Uint8Array.from([...b.subarray(0, 31), ...ADD_WASM.subarray(30)]);
+})();
+
+export function propellerTable(): string {
+  const s = PATTERN_SCOPE;
+  const bareOf = (kind: Exclude<TopicKind, 'fl.update'>) => topic(s, kind, undefined, 'bare').slice(base(s, 'bare').length + 1);
+  const code = (v: unknown) => '`' + (typeof v === 'string' ? v : JSON.stringify(v)) + '`';
+  const start = { v: 1, id: TASK, name: 'add', proplet_id: '<proplet_id>', attempt: 1, cli_args: [], inputs: [2, 3], env: {}, daemon: false, file: ADD_WASM };
+  const rust = rustStart(start);
+  const embed = embedStart({ ...start, name: 'main', inputs: ['2', 3] }, MAIN_WASM);
+  if (!rust.ok || !embed.ok) throw new Error('the example starts must shape');
+  const chunk = (propellerChunks('embed', 'sha256:…', MAIN_WASM) as object[])[0];
+  const rows: [string, string, string, string][] = [
+    ['discovery', bareOf('proplet.create'), code({ proplet_id: '<id>', namespace: 'default', metadata: { os: 'linux', wasm_runtime: 'wasmtime-internal', '…': '' } }), '`proplet.create`; the kind of proplet from `metadata`: `os` `zephyr` or `wasm_runtime` `wamr` is embed-proplet, any other is the Rust proplet'],
+    ['liveliness', bareOf('proplet.alive'), code({ proplet_id: '<id>', status: 'alive', namespace: 'default' }), "`proplet.alive`; embed-proplet's will (`status` `offline`) marks it offline at once; the Rust proplet has no will: offline after `OFFLINE_THRESHOLD` without one"],
+    ['proplet metrics', bareOf('proplet.metrics'), code({ proplet_id: '<id>', timestamp: { secs_since_epoch: 1, nanos_since_epoch: 0 }, cpu_metrics: { percent: 12.5 }, memory_metrics: { rss_bytes: 1 } }), '`proplet.metrics`: `cpu_metrics.percent` is `cpu_percent`, `memory_metrics.rss_bytes` (else `heap_alloc_bytes`) is `memory_used`; a numeric `timestamp` (embed-proplet: ms since boot) is read too'],
+    ['result', bareOf('proplet.results'), code({ task_id: '<task>', proplet_id: '<id>', results: '5', error: null }), "`proplet.results` without `status`: an `error` string fails the task, else it completes with the string result; a daemon's immediate `\"\"` means Running. embed-proplet's has no `proplet_id`: its device channel names it, or on the shared channel the broker publishes it on `…/results/<id>` (stamped)"],
+    ['invoke result', bareOf('proplet.invoke_results'), code({ task_id: '<task>', invocation_id: '<inv>', proplet_id: '<id>', results: '5', error: null }), 'checked and counted; not applied (the control plane sends no invoke)'],
+    ['task metrics', bareOf('proplet.task_metrics'), code({ task_id: '<task>', proplet_id: '<id>', metrics: {} }), 'checked and counted'],
+    ['start, Rust proplet', bareOf('manager.start'), code(JSON.parse(rust.bytes.toString())), `\`manager.start\` at QoS ${rust.qos}, inputs as strings, only the fields it reads plus \`proplet_id\`; over its packet limit, \`image_url\` names the module by digest and no \`file\``],
+    ['start, embed-proplet', bareOf('manager.start'), code(JSON.parse(embed.bytes.toString())), `\`manager.start\` at QoS ${embed.qos}, inputs as numbers, \`name\` \`main\`, at most 1023 bytes; a task it cannot run is refused at placement`],
+    ['stop', bareOf('manager.stop'), `${code(shapeStop('propeller-rust', TASK, 'add')!.msg)} / ${code(shapeStop('embed', TASK, 'main')!.msg)}`, '`manager.stop`: `{id}` to the Rust proplet, `id`, `name` and `state` to embed-proplet (it drops a stop without them)'],
+    ['module by name', bareOf('registry.proplet'), code({ app_name: 'sha256:…' }), '`registry.proplet` with a name: the module named by a digest, by a task\'s `image_url`, or fetched from that URL'],
+    ['module chunk', bareOf('registry.server'), code(chunk), 'in answer: 512,000-byte chunks for the Rust proplet (smaller under its packet limit), one whole message of at most 1023 bytes for embed-proplet'],
+  ];
+  return [
+    '| message | topic, after `m/<domain>/c/<channel>/` | Propeller\'s payload (the control plane\'s, for starts, stops and chunks) | ours, and what the control plane does |',
+    '|---|---|---|---|',
+    ...rows.map(([m, t, p, o]) => `| ${m} | \`${t}\` | ${p} | ${o} |`),
+  ].join('\n');
+}
+
 export function generate(): Map<string, string> {
   const blocks = new Map<string, string>();
+  blocks.set('propeller', propellerTable());
   blocks.set('topics', topicTable());
   blocks.set('limits', limitsTable());
   for (const kind of Object.keys(FIELDS) as MessageKind[]) blocks.set(`fields ${kind}`, fieldTable(kind));

@@ -397,7 +397,7 @@ test('client ids are free but cannot take over another account\'s session', asyn
 test('a persistent session (the control plane\'s) survives a reconnect under the namespaced client id', async (t) => {
   const s = await setup(t);
   const m1 = await s.connect('manager', undefined, { clientId: 'cp-1', clean: false });
-  t.deepEqual(await granted(m1, managerFilters(S), 1), [1, 1, 1, 1]);
+  t.deepEqual(await granted(m1, managerFilters(S), 1), managerFilters(S).map(() => 1));
   m1.end();
   await closed(m1);
   const p1 = await s.connect('p1');

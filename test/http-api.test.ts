@@ -28,7 +28,7 @@ const bad: [string, unknown, string, RegExp][] = [
   ['missing name', {}, 'name', /name: is required/],
   ['unknown field', { name: 'x', colour: 'red' }, 'colour', /unknown field/],
   ['cli_args not strings', { name: 'x', cli_args: [1] }, 'cli_args', /array of strings/],
-  ['inputs not numbers', { name: 'x', inputs: ['abc'] }, 'inputs[0]', /must be a number/],
+  ['inputs neither numbers nor strings', { name: 'x', inputs: [{}] }, 'inputs[0]', /must be a number or a string/],
   ['env not strings', { name: 'x', env: { A: 1 } }, 'env.A', /must be a string/],
   ['bad image url', { name: 'x', image_url: 'ftp://x' }, 'image_url', /http\(s\):\/\/ or oci:\/\//],
   ['file not wasm', { name: 'x', file: Buffer.from('hello world!').toString('base64') }, 'file', /not a WebAssembly module/],

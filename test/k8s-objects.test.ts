@@ -33,6 +33,7 @@ import {
 } from '../k8s-adapter/fl-objects.ts';
 import {
   claimant,
+  claimIndex,
   discoveredProplet,
   dnsLabel,
   externalCredentialsSecret,
@@ -309,6 +310,14 @@ test('discovery: a device no Proplet claims becomes a Proplet; pods, claimed dev
   t.true(shouldDiscover(dev('Pi 4 (3)'), proplets));
   t.false(shouldDiscover(dev('Pi 4 (3)'), [...proplets, d]), 'once created it claims its id');
   t.like(propletStatus(d, { proplets: [dev('Pi 4 (3)')] }), { phase: 'Ready', propletIds: ['Pi 4 (3)'], credentialsSecret: undefined });
+});
+
+test('claimIndex finds the same claimant as a scan of every Proplet, for pods, devices and strays', (t) => {
+  const proplets = [k8sProplet(3), external('esp32-01'), external('renamed', { annotations: { 'propeller.absmach.fr/proplet-id': 'Pi 4 (2)' } })];
+  const claimed = claimIndex(proplets);
+  const ids = [...POD, 'pool-x', 'pool', 'pool-', 'esp32-01', 'Pi 4 (2)', 'renamed', 'other-7c9d5b8f4-x2kqz', 'pool-7c9d5b8f4', '-', ''];
+  for (const id of ids) t.is(claimed(id)?.metadata.name, claimant(proplets, id)?.metadata.name, JSON.stringify(id));
+  t.is(claimed(POD[0]!)?.metadata.name, 'pool');
 });
 
 test('the fake kubelet expands $(VAR) in env values and args as a kubelet does', (t) => {

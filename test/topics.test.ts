@@ -1,5 +1,5 @@
 import test from 'ava';
-import { allFilter, flUpdateTopic, isValidLevel, managerFilters, parseTopic, propletSubscriptions, scope, topic, TopicError } from '../topics/index.ts';
+import { allFilter, base, flUpdateTopic, isValidLevel, LAYOUTS, managerFilters, parseTopic, propletSubscriptions, scope, sharedSubscriptions, stampSender, topic, TopicError } from '../topics/index.ts';
 
 const s = scope('propeller', 'control');
 const b = 'm/propeller/c/control/messages';
@@ -29,15 +29,43 @@ const roundTrips: [string, Parameters<typeof topic>[1], string | undefined][] = 
   ['registry request', 'registry.proplet', undefined],
   ['registry chunks per proplet', 'registry.server', 'dev-7'],
 ];
-for (const [name, kind, id] of roundTrips) {
-  test(`round trip: ${name}`, (t) => {
-    const parsed = parseTopic(topic(s, kind, id));
-    t.deepEqual(parsed, { domain: 'propeller', channel: 'control', kind, ...(id === undefined ? {} : { propletId: id }) });
+for (const layout of LAYOUTS) {
+  for (const [name, kind, id] of roundTrips) {
+    test(`round trip (${layout}): ${name}`, (t) => {
+      const parsed = parseTopic(topic(s, kind, id, layout));
+      t.deepEqual(parsed, { domain: 'propeller', channel: 'control', layout, kind, ...(id === undefined ? {} : { propletId: id }) });
+    });
+  }
+  test(`round trip (${layout}): fl update`, (t) => {
+    t.deepEqual(parseTopic(flUpdateTopic(s, 'r1', 'p1', layout)), { domain: 'propeller', channel: 'control', layout, kind: 'fl.update', roundId: 'r1', propletId: 'p1' });
   });
 }
 
-test('round trip: fl update', (t) => {
-  t.deepEqual(parseTopic(flUpdateTopic(s, 'r1', 'p1')), { domain: 'propeller', channel: 'control', kind: 'fl.update', roundId: 'r1', propletId: 'p1' });
+test("Propeller's current proplets: the same paths without the messages level", (t) => {
+  // what the Rust proplet's build_topic and embed-proplet's templates produce
+  const bare = 'm/propeller/c/control';
+  t.is(base(s, 'bare'), bare);
+  t.is(topic(s, 'proplet.create', undefined, 'bare'), `${bare}/control/proplet/create`);
+  t.is(topic(s, 'manager.start', undefined, 'bare'), `${bare}/control/manager/start`);
+  t.is(topic(s, 'registry.server', undefined, 'bare'), `${bare}/registry/server`);
+  t.deepEqual(sharedSubscriptions(s, 'bare'), [
+    `${bare}/control/manager/start`,
+    `${bare}/control/manager/stop`,
+    `${bare}/control/manager/invoke`,
+    `${bare}/registry/server`,
+  ]);
+  t.is(parseTopic(`${bare}/control/proplet/invoke_results`)?.kind, 'proplet.invoke_results');
+  t.is(parseTopic(`${bare}/control/proplet/task_metrics`)?.kind, 'proplet.task_metrics');
+  t.is(parseTopic(`${bare}/control/proplet/results`)?.layout, 'bare');
+  t.is(parseTopic(`${b}/control/proplet/results`)?.layout, 'messages');
+});
+
+test('stampSender: the per-proplet form of a shared proplet-to-manager topic, in its own layout', (t) => {
+  t.is(stampSender('m/propeller/c/control/control/proplet/results', 'esp'), 'm/propeller/c/control/control/proplet/results/esp');
+  t.is(stampSender(`${b}/control/proplet/results`, 'p1'), `${b}/control/proplet/results/p1`);
+  t.is(stampSender(`${b}/control/proplet/results/p1`, 'p1'), undefined); // already names one
+  t.is(stampSender(`${b}/control/manager/start`, 'p1'), undefined); // not proplet-sent
+  t.is(stampSender(`${b}/control/proplet/results`, 'a/b'), undefined);
 });
 
 const rejected = [
@@ -100,8 +128,14 @@ test('manager filters cover every proplet-sent kind', (t) => {
     }
     return fl.length === tl.length;
   };
-  for (const t0 of [topic(s, 'proplet.alive'), topic(s, 'proplet.alive', 'p'), topic(s, 'registry.proplet'), flUpdateTopic(s, 'r', 'p')]) {
-    t.true(f.some((x) => matches(x, t0)), t0);
+  for (const layout of LAYOUTS) {
+    for (const t0 of [topic(s, 'proplet.alive', undefined, layout), topic(s, 'proplet.alive', 'p', layout), topic(s, 'registry.proplet', undefined, layout), flUpdateTopic(s, 'r', 'p', layout)]) {
+      t.true(f.some((x) => matches(x, t0)), t0);
+    }
+    t.false(f.some((x) => matches(x, topic(s, 'manager.start', 'p', layout))));
   }
-  t.false(f.some((x) => matches(x, topic(s, 'manager.start', 'p'))));
+  // device channels: an embed-proplet on a channel named by its id
+  const dev = scope('propeller', 'esp32-01');
+  t.false(f.some((x) => matches(x, topic(dev, 'proplet.results', undefined, 'bare'))));
+  t.true(managerFilters(s, true).some((x) => matches(x, topic(dev, 'proplet.results', undefined, 'bare'))));
 });

@@ -1,8 +1,13 @@
 // The one place where topic strings are built and parsed. Nothing else in the
 // project writes a topic by hand.
 //
-// Layout (Propeller's, so Propeller clients find their way):
-//   m/<domain>/c/<channel>/messages/control/proplet/{create,alive,results,metrics}[/<proplet_id>]
+// Two layouts, both Propeller's: 'messages' (the seed design's, ours) puts a
+// `messages` level after the channel; 'bare' (Propeller's current Rust proplet
+// and its Zephyr embed-proplet) does not:
+//   m/<domain>/c/<channel>/messages/control/...   (layout 'messages')
+//   m/<domain>/c/<channel>/control/...            (layout 'bare')
+// Everything after that level is the same in both:
+//   m/<domain>/c/<channel>/messages/control/proplet/{create,alive,results,metrics,invoke_results,task_metrics}[/<proplet_id>]
 //   m/<domain>/c/<channel>/messages/control/manager/{start,stop}[/<proplet_id>]
 //   m/<domain>/c/<channel>/messages/registry/proplet
 //   m/<domain>/c/<channel>/messages/registry/server[/<proplet_id>]
@@ -18,17 +23,29 @@ export interface Scope {
   channel: string;
 }
 
-export type PropletToManagerKind = 'proplet.create' | 'proplet.alive' | 'proplet.results' | 'proplet.metrics';
+export type PropletToManagerKind =
+  | 'proplet.create'
+  | 'proplet.alive'
+  | 'proplet.results'
+  | 'proplet.metrics'
+  | 'proplet.invoke_results'
+  | 'proplet.task_metrics';
+
+/** 'messages': m/<d>/c/<ch>/messages/... (ours); 'bare': m/<d>/c/<ch>/... (Propeller's current proplets). */
+export type Layout = 'messages' | 'bare';
+export const LAYOUTS: readonly Layout[] = ['messages', 'bare'];
 export type TopicKind =
   | PropletToManagerKind
   | 'manager.start'
   | 'manager.stop'
+  | 'manager.invoke'
   | 'registry.proplet'
   | 'registry.server'
   | 'fl.update';
 
 export interface ParsedTopic extends Scope {
   kind: TopicKind;
+  layout: Layout;
   /** Present on per-proplet topics and FL updates. */
   propletId?: string;
   /** Present on FL update topics. */
@@ -64,8 +81,9 @@ export function scope(domain: string, channel: string): Scope {
   return { domain, channel };
 }
 
-export function base(s: Scope): string {
-  return `m/${s.domain}/c/${s.channel}/messages`;
+/** The prefix every topic of the scope starts with, in a layout (default ours). */
+export function base(s: Scope, layout: Layout = 'messages'): string {
+  return layout === 'messages' ? `m/${s.domain}/c/${s.channel}/messages` : `m/${s.domain}/c/${s.channel}`;
 }
 
 const SUFFIX: Record<Exclude<TopicKind, 'fl.update'>, string> = {
@@ -73,8 +91,11 @@ const SUFFIX: Record<Exclude<TopicKind, 'fl.update'>, string> = {
   'proplet.alive': 'control/proplet/alive',
   'proplet.results': 'control/proplet/results',
   'proplet.metrics': 'control/proplet/metrics',
+  'proplet.invoke_results': 'control/proplet/invoke_results',
+  'proplet.task_metrics': 'control/proplet/task_metrics',
   'manager.start': 'control/manager/start',
   'manager.stop': 'control/manager/stop',
+  'manager.invoke': 'control/manager/invoke',
   'registry.proplet': 'registry/proplet',
   'registry.server': 'registry/server',
 };
@@ -85,24 +106,40 @@ const ADDRESSABLE = new Set<TopicKind>([
   'proplet.alive',
   'proplet.results',
   'proplet.metrics',
+  'proplet.invoke_results',
+  'proplet.task_metrics',
   'manager.start',
   'manager.stop',
+  'manager.invoke',
   'registry.proplet',
   'registry.server',
 ]);
 
-/** Builds the shared topic of a kind, or its per-proplet form when `propletId` is given. */
-export function topic(s: Scope, kind: Exclude<TopicKind, 'fl.update'>, propletId?: string): string {
-  const t = `${base(s)}/${SUFFIX[kind]}`;
+/** Builds the shared topic of a kind, or its per-proplet form when `propletId` is given, in a layout (default ours). */
+export function topic(s: Scope, kind: Exclude<TopicKind, 'fl.update'>, propletId?: string, layout: Layout = 'messages'): string {
+  const t = `${base(s, layout)}/${SUFFIX[kind]}`;
   if (propletId === undefined) return t;
   assertLevel('proplet id', propletId);
   return `${t}/${propletId}`;
 }
 
-export function flUpdateTopic(s: Scope, roundId: string, propletId: string): string {
+export function flUpdateTopic(s: Scope, roundId: string, propletId: string, layout: Layout = 'messages'): string {
   assertLevel('round id', roundId);
   assertLevel('proplet id', propletId);
-  return `${base(s)}/fl/rounds/${roundId}/updates/${propletId}`;
+  return `${base(s, layout)}/fl/rounds/${roundId}/updates/${propletId}`;
+}
+
+/**
+ * The per-proplet form of a shared proplet-to-manager topic, in the same layout:
+ * what a broker publishes instead when it stamps the authenticated sender into
+ * a message that names none (embed-proplet's results). Undefined for a topic
+ * that is not a shared proplet-to-manager topic.
+ */
+export function stampSender(t: string, propletId: string): string | undefined {
+  const p = parseTopic(t);
+  if (!p || p.propletId !== undefined || p.kind === 'fl.update' || !isValidLevel(propletId)) return undefined;
+  if (!p.kind.startsWith('proplet.') && p.kind !== 'registry.proplet') return undefined;
+  return `${t}/${propletId}`;
 }
 
 /** The filter of one proplet's FL updates in any round (the external broker's ACL for that proplet). */
@@ -116,20 +153,31 @@ export function allFilter(s: Scope): string {
   return `${base(s)}/#`;
 }
 
-/** Filters the control plane subscribes to: every proplet-to-manager kind, shared and per-proplet. */
-export function managerFilters(s: Scope): string[] {
-  const b = base(s);
-  return [
-    `${b}/control/proplet/#`,
-    `${b}/registry/proplet`,
-    `${b}/registry/proplet/+`,
-    `${b}/fl/rounds/+/updates/+`,
-  ];
+/**
+ * Filters the control plane subscribes to: every proplet-to-manager kind,
+ * shared and per-proplet, in both layouts. With `deviceChannels`, on every
+ * channel of the domain (the scope's included): a device given a channel of its
+ * own (an embed-proplet, whose channel is its proplet id) is heard there.
+ */
+export function managerFilters(s: Scope, deviceChannels = false): string[] {
+  const out: string[] = [];
+  // One set or the other, never both: overlapping filters deliver a message twice (Aedes then sees a second PUBACK and drops the session).
+  const sc = deviceChannels ? { domain: s.domain, channel: '+' } : s;
+  for (const layout of LAYOUTS) {
+    const b = base(sc, layout);
+    out.push(`${b}/control/proplet/#`, `${b}/registry/proplet`, `${b}/registry/proplet/+`, `${b}/fl/rounds/+/updates/+`);
+  }
+  return out;
 }
 
 /** The exact topics a per-proplet-addressed proplet subscribes to. */
-export function propletSubscriptions(s: Scope, propletId: string): string[] {
-  return [topic(s, 'manager.start', propletId), topic(s, 'manager.stop', propletId), topic(s, 'registry.server', propletId)];
+export function propletSubscriptions(s: Scope, propletId: string, layout: Layout = 'messages'): string[] {
+  return [topic(s, 'manager.start', propletId, layout), topic(s, 'manager.stop', propletId, layout), topic(s, 'registry.server', propletId, layout)];
+}
+
+/** The shared (broadcast) topics Propeller's proplets listen on, in a layout: start, stop, invoke and registry chunks. */
+export function sharedSubscriptions(s: Scope, layout: Layout = 'messages'): string[] {
+  return [topic(s, 'manager.start', undefined, layout), topic(s, 'manager.stop', undefined, layout), topic(s, 'manager.invoke', undefined, layout), topic(s, 'registry.server', undefined, layout)];
 }
 
 const BY_SUFFIX = new Map<string, Exclude<TopicKind, 'fl.update'>>(
@@ -143,15 +191,18 @@ const BY_SUFFIX = new Map<string, Exclude<TopicKind, 'fl.update'>>(
 export function parseTopic(t: string): ParsedTopic | undefined {
   if (typeof t !== 'string' || t.length > 1024) return undefined;
   const p = t.split('/');
-  if (p.length < 7 || p[0] !== 'm' || p[2] !== 'c' || p[4] !== 'messages') return undefined;
+  if (p.length < 6 || p[0] !== 'm' || p[2] !== 'c') return undefined;
+  const layout: Layout = p[4] === 'messages' ? 'messages' : 'bare';
+  const at = layout === 'messages' ? 5 : 4;
+  if (p.length < at + 2) return undefined;
   const domain = p[1]!;
   const channel = p[3]!;
   if (!isValidLevel(domain) || !isValidLevel(channel)) return undefined;
-  for (let i = 5; i < p.length; i++) if (!isValidLevel(p[i])) return undefined;
-  const rest = p.slice(5);
+  for (let i = at; i < p.length; i++) if (!isValidLevel(p[i])) return undefined;
+  const rest = p.slice(at);
   if (rest[0] === 'fl') {
     if (rest.length === 5 && rest[1] === 'rounds' && rest[3] === 'updates') {
-      return { domain, channel, kind: 'fl.update', roundId: rest[2]!, propletId: rest[4]! };
+      return { domain, channel, layout, kind: 'fl.update', roundId: rest[2]!, propletId: rest[4]! };
     }
     return undefined;
   }
@@ -162,9 +213,9 @@ export function parseTopic(t: string): ParsedTopic | undefined {
   if (!kind) return undefined;
   if (rest.length === headLen + 1) {
     if (!ADDRESSABLE.has(kind)) return undefined;
-    return { domain, channel, kind, propletId: rest[headLen]! };
+    return { domain, channel, layout, kind, propletId: rest[headLen]! };
   }
-  return { domain, channel, kind };
+  return { domain, channel, layout, kind };
 }
 
 /** True when the topic filter contains an MQTT wildcard. */
