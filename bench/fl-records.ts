@@ -1,7 +1,8 @@
 // FL records on a metrics scrape and an adapter poll, against the baseline of
-// the same run: what the coordinator did before (parse every row of the
-// store's table: jobs and rounds by phase for a scrape; all rounds and
-// checkpoints, filtered, for one job's poll), and what it does now (phase
+// the same run: what the coordinator did before (list every record of the
+// store, each parsed from its JSON row in the store's mirror: jobs and rounds
+// by phase for a scrape; all rounds and checkpoints, filtered, for one job's
+// poll), and what it does now (phase
 // counts kept on write; a job's rounds from an in-memory index). Goal: a
 // scrape's and a poll's cost do not grow with the history (flat from 1k to
 // 20k rounds), and is ≥ 100x below the baseline at 20k.
@@ -72,7 +73,7 @@ export async function run(argv: string[]): Promise<void> {
       rows.push([rounds, 'scrape: jobs and rounds by phase', baseScrape, scrape, baseScrape / scrape]);
       rows.push([rounds, `poll: one job's rounds and checkpoints (${perJob} each)`, basePoll, poll, basePoll / poll]);
       rows.push([rounds, 'index built once at start (ms)', '', load, '']);
-      store.close();
+      await store.close();
       if (rounds === 1000) first = { scrape, poll };
       else last = { scrape, poll, base: Math.min(baseScrape / scrape, basePoll / poll) };
     } finally {

@@ -57,7 +57,9 @@ export type Event<P> =
   /** The run (or the loading, when it failed) ended. */
   | { t: 'finished'; key: string; outcome: Outcome }
   | { t: 'connected' }
-  | { t: 'disconnected' };
+  | { t: 'disconnected' }
+  /** A `publish` could not be sent after all (the connection was already gone): keep a final result for the next connect. */
+  | { t: 'unsent'; result: Result };
 
 export type Command<P> =
   /** Get the task's module (and FL model); answer with `loaded`, `refuse` or `finished`. */
@@ -162,6 +164,9 @@ export class PropletCore<P> {
       case 'disconnected':
         this.online = false;
         return [];
+      case 'unsent':
+        this.online = false;
+        return this.publish(e.result);
     }
   }
 

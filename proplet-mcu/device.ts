@@ -458,8 +458,14 @@ export class McuProplet extends EventEmitter<McuEvents> {
         return;
       }
       case 'publish':
-        this.publishBytes(topic(this.o.scope, 'proplet.results'), encodeResult(c.result, 'cbor'));
         if (!c.flushed) this.counted(c.result);
+        if (!this.publishBytes(topic(this.o.scope, 'proplet.results'), encodeResult(c.result, 'cbor'))) {
+          // the connection went before the core heard of it: the core keeps a final result for the next connect
+          for (const d of this.core.handle({ t: 'unsent', result: c.result })) {
+            if (d.t === 'deferred') this.stats.resultsDeferred++;
+            else this.execute(d);
+          }
+        }
         return;
       case 'deferred':
         this.stats.resultsDeferred++;

@@ -92,7 +92,8 @@ export class NodeProplet {
       clean: true,
       keepalive: 30,
       reconnectPeriod: 1000,
-      will: { topic: topic(scope, 'proplet.alive'), payload: encode('proplet.alive', { v: 1, proplet_id: id, status: 'offline' }, this.encoding), qos: 1, retain: false },
+      // every publish on this proplet's own topics: the sender is in the topic, which any broker's ACL can check
+      will: { topic: topic(scope, 'proplet.alive', id), payload: encode('proplet.alive', { v: 1, proplet_id: id, status: 'offline' }, this.encoding), qos: 1, retain: false },
     });
     this.client = client;
     client.on('message', (t, payload) => this.onMessage(t, payload));
@@ -171,7 +172,7 @@ export class NodeProplet {
       case 'abort-load':
         return; // a fetch in flight ends on its own; the core no longer holds the task, so nothing runs
       case 'publish':
-        this.client?.publish(topic(this.o.scope, 'proplet.results'), encodeResult(c.result, this.encoding), { qos: 1 });
+        this.client?.publish(topic(this.o.scope, 'proplet.results', this.o.id), encodeResult(c.result, this.encoding), { qos: 1 });
         if (c.result.status !== 'running') {
           const status = c.result.status ?? 'completed';
           this.log('info', status === 'refused' ? 'task refused' : 'task finished', { task_id: c.result.task_id, attempt: c.result.attempt, status, ...(c.result.error ? { error: c.result.error } : {}) });
@@ -233,7 +234,7 @@ export class NodeProplet {
   }
 
   private send<K extends 'proplet.create' | 'proplet.alive'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
-    this.client?.publish(topic(this.o.scope, kind), encode(kind, msg, this.encoding), { qos: 1 });
+    this.client?.publish(topic(this.o.scope, kind, this.o.id), encode(kind, msg, this.encoding), { qos: 1 });
   }
 
   // --- inbound --------------------------------------------------------------------------

@@ -44,3 +44,17 @@ test('reads the table once; lists by job and counts by phase from memory, follow
   t.is(calls.list, 1);
   t.is(calls.get, 0);
 });
+
+test('a record another writer changed in the store is read again on reload', (t) => {
+  const store = new MemoryStore();
+  store.flRounds.put('r', round('r', 'j', 'Running'));
+  const idx = new IndexedRecords<TrainingRound>(store.flRounds);
+  store.flRounds.put('r', round('r', 'j', 'Completed')); // another replica's write
+  store.flRounds.put('s', round('s', 'j', 'Pending'));
+  idx.reload('r');
+  idx.reload('s');
+  t.deepEqual([...idx.phaseCounts()].sort(), [['Completed', 1], ['Pending', 1]]);
+  store.flRounds.delete('s');
+  idx.reload('s');
+  t.is(idx.view('j').length, 1);
+});

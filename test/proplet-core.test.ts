@@ -81,6 +81,8 @@ const rows: Row[] = [
   { name: 'a refusal found while loading', given: [start()], when: { t: 'refuse', key: key(), reason: 'too big' }, then: [`publish ${T}@1 refused: too big`] },
   { name: 'finished while offline: kept for later', given: [start(), loaded(), { t: 'disconnected' }], when: finished(), then: [`defer ${T}@1 completed`] },
   { name: 'reconnected: deferred results first, then the registration with what runs', given: [start(), loaded(), start({ id: 't2' }), { t: 'disconnected' }, finished()], when: online, then: [`publish ${T}@1 completed (flushed)`, 'announce [t2@1]'] },
+  { name: 'a final result that could not be sent after all is kept for the next connect', given: [start(), loaded()], when: { t: 'unsent', result: { v: 1, proplet_id: ME, task_id: T, attempt: 1, status: 'completed' } }, then: [`defer ${T}@1 completed`] },
+  { name: 'an unsent running result is not kept', given: [start()], when: { t: 'unsent', result: { v: 1, proplet_id: ME, task_id: T, attempt: 1, status: 'running' } }, then: [] },
   { name: 'running is not kept while offline', given: [start(), { t: 'disconnected' }], when: loaded(), then: [`run ${key()} linear=0`] },
   { name: 'the outbox is bounded: the oldest result is dropped', profile: { outboxSize: 1, maxTasks: 4 }, given: [start(), start({ id: 't2' }), loaded(), { t: 'loaded', key: key(1, 't2'), moduleBytes: 1, linearBytes: 0 }, { t: 'disconnected' }, finished()], when: { t: 'finished', key: key(1, 't2'), outcome: { status: 'completed' } }, then: ['defer t2@1 completed', `drop ${T}`] },
   { name: 'the new load follows the result', given: [start(), loaded()], when: finished(), then: [`publish ${T}@1 completed`, 'alive []'] },

@@ -158,6 +158,10 @@ export class FlCoordinator {
   checkpoints(job?: string): ModelCheckpoint[] {
     return this.checkpointRecs.view(job);
   }
+  /** A record another replica changed in the store (its change feed): the index reads it again. */
+  reloadRecord(kind: 'fl-job' | 'fl-round' | 'fl-checkpoint', name: string): void {
+    (kind === 'fl-job' ? this.jobRecs : kind === 'fl-round' ? this.roundRecs : this.checkpointRecs).reload(name);
+  }
   get activeRounds(): number {
     return this.live.size;
   }

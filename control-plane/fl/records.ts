@@ -44,6 +44,13 @@ export class IndexedRecords<T extends Record_> implements Collection<T> {
     return had;
   }
 
+  /** Another writer (a replica) changed this record in the store: read it again. */
+  reload(name: string): void {
+    const r = this.inner.get(name);
+    this.unindex(name);
+    if (r !== undefined) this.index(name, r);
+  }
+
   /** Copies of every record, in insertion order. */
   list(): T[] {
     return [...this.byName.values()].map((r) => structuredClone(r));
