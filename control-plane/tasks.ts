@@ -481,6 +481,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
     (t.excluded_proplets ??= []).push(p.id);
     t.pending_reason = `not placed on ${p.id}: ${reason}`;
     t.updated_at = this.iso();
+    // kept in the history: the next placement pass rewrites pending_reason
+    t.history.push({ state: 'Pending', at: t.updated_at, reason: t.pending_reason, proplet_id: p.id });
     this.save(t);
     this.schedulePlacement();
   }
