@@ -11,7 +11,7 @@
 // rules. A proplet may also use a channel named by its own id (a device
 // channel: embed-proplet runs every start on its channel, so each gets one).
 
-import { LAYOUTS, parseTopic, propletSubscriptions, sharedSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
+import { LAYOUTS, parseTopic, propletSubscriptions, sharedSubscriptions, stampSender, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
 import { claimedSender, isId, SENDER_FIELD, type MessageKind } from '../protocol/index.ts';
 import { propellerSender } from '../protocol/propeller.ts';
 import type { Role } from './credentials.ts';
@@ -37,10 +37,12 @@ export type DenyReason =
   | 'topic_id_mismatch'
   /** The payload claims another proplet as its sender. */
   | 'sender_mismatch'
-  /** Neither the topic nor the payload names the sender. */
-  | 'no_sender'
   /** The payload does not parse, so its sender cannot be checked. */
   | 'malformed_payload'
+  /** The payload names a field twice (duplicate keys, or a field's text name beside its integer key). */
+  | 'duplicate_field'
+  /** The payload holds more items or deeper nesting than a message of its kind may. */
+  | 'too_complex'
   /** The payload exceeds the protocol's limit for its kind. */
   | 'payload_too_large'
   /** A proplet subscribes to a topic that is not one of its own or a shared one. */
@@ -48,11 +50,9 @@ export type DenyReason =
   /** The identity itself is unusable (unknown role, proplet id not a valid level). */
   | 'bad_identity';
 
-/** `stampSender`: allowed, but the message names no sender: publish it on the per-proplet topic of the author (topics' stampSender). */
-export type Decision = { ok: true; stampSender?: true } | { ok: false; reason: DenyReason };
+export type Decision = { ok: true } | { ok: false; reason: DenyReason };
 
 const OK: Decision = Object.freeze({ ok: true });
-const STAMP: Decision = Object.freeze({ ok: true, stampSender: true });
 const deny = (reason: DenyReason): Decision => ({ ok: false, reason });
 
 /** Kinds a proplet may publish. */
@@ -73,6 +73,24 @@ export function sharedPropletSubscriptions(s: Scope): string[] {
 }
 
 const EMPTY = new Uint8Array(0);
+
+const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
+  too_large: 'payload_too_large',
+  duplicate_field: 'duplicate_field',
+  too_complex: 'too_complex',
+};
+
+/**
+ * The topic a proplet's accepted publish is delivered on: its per-proplet form,
+ * which names the publisher the broker authenticated. Shared topics (Propeller's
+ * layout) carry no id, so the control plane would otherwise have to read the
+ * sender from the payload again. Topics that already carry the id (checked by
+ * authorize) stay as they are. The layout and channel stay too: the control
+ * plane answers a proplet on the ones it uses.
+ */
+export function stampedTopic(_scope: Scope, id: string, topic: string): string {
+  return stampSender(topic, id) ?? topic;
+}
 
 /**
  * Decides one publish or subscribe. `topic` is the PUBLISH topic or the
@@ -151,10 +169,8 @@ function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8A
   if (p.propletId !== undefined && p.propletId !== id) return deny('topic_id_mismatch');
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
   const claimed = p.kind in SENDER_FIELD ? claimedSender(p.kind as MessageKind, bytes) : propellerSender(bytes);
-  if (claimed instanceof Error) return deny(claimed.reason === 'too_large' ? 'payload_too_large' : 'malformed_payload');
-  if (claimed !== undefined) return claimed === id ? OK : deny('sender_mismatch');
-  if (p.propletId !== undefined || p.channel === id) return OK;
-  // Propeller's JSON results and module requests may name no sender (embed-proplet's
-  // results, the Rust proplet's FL results, `{"app_name"}`): the broker stamps the author into the topic.
-  return (p.kind === 'proplet.results' || p.kind === 'registry.proplet') && bytes[0] === 0x7b ? STAMP : deny('no_sender');
+  if (claimed instanceof Error) return deny(PAYLOAD_DENIAL[claimed.reason] ?? 'malformed_payload');
+  if (claimed !== undefined && claimed !== id) return deny('sender_mismatch');
+  // A payload that names no sender is the publisher's: the broker delivers it on the publisher's own topic (stampedTopic).
+  return OK;
 }

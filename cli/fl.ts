@@ -93,8 +93,10 @@ async function watchJob(api: ControlPlaneClient, name: string, intervalMs: numbe
 export const flRun: Command = {
   usage: 'propeller fl run JOB.yaml [--watch] [options]',
   summary: 'start a FederatedJob from its YAML (the same file kubectl apply takes)',
-  options: { ...apiOptions, watch: { type: 'boolean', short: 'w' } },
+  options: { ...apiOptions, watch: { type: 'boolean', short: 'w' }, replace: { type: 'boolean' } },
   help: `  -w, --watch            then follow it as 'fl watch' does; exit 0 when it completes, 1 when it fails
+  --replace              delete a job of the same name first, with its rounds (as 'fl delete'
+                         does), so an experiment can be run again as it is
 ${apiHelp}
   A spec.modelRef or spec.taskWasmImage that is a local path (relative to the
   YAML file) is uploaded first: a model as CBOR, or JSON when it ends in .json;
@@ -112,7 +114,12 @@ ${apiHelp}
     if (doc === null || typeof doc !== 'object' || typeof (doc as { spec?: unknown }).spec !== 'object') throw new UsageError(`${file}: expected a FederatedJob with metadata.name and spec`);
     const api = client(v);
     for (const n of await uploadLocal(api, (doc as { spec: Record<string, unknown> }).spec, dirname(resolve(file)))) process.stderr.write(`uploaded ${n}\n`);
-    const job = await api.createFlJob(doc);
+    const name = (doc as { metadata?: { name?: unknown } }).metadata?.name;
+    if (v.replace && typeof name === 'string') await deleteJob(api, name, true);
+    const job = await api.createFlJob(doc).catch((e: unknown) => {
+      if (e instanceof ApiError && e.status === 409) throw new ApiError(409, `${e.message}; run it again with --replace, or delete it first: propeller fl delete ${String(name)}`);
+      throw e;
+    });
     process.stdout.write(`federatedjob ${job.metadata.name} created: ${job.spec.rounds.total} rounds, k ${job.spec.kOfN}\n`);
     if (!v.watch) {
       process.stdout.write(`follow it with: propeller fl watch ${job.metadata.name}\n`);
@@ -154,6 +161,39 @@ export const flGet: Command = {
     table(['NAME', 'PHASE', 'ROUNDS', 'K', 'MODEL'], rows);
   },
 };
+
+export const flDelete: Command = {
+  usage: 'propeller fl delete JOB [options]',
+  summary: 'delete a FederatedJob (its running round is stopped)',
+  options: { ...apiOptions },
+  help: `${apiHelp}
+  Its rounds go too, so that the name can be used again; its checkpoints (the models) stay.`,
+  async run(v, pos) {
+    if (pos.length !== 1) throw new UsageError('expected exactly one job name');
+    const rounds = await deleteJob(client(v), pos[0]!, false);
+    process.stdout.write(`federatedjob ${pos[0]} deleted${rounds ? ` with its ${rounds} round${rounds === 1 ? '' : 's'}` : ''}\n`);
+  },
+};
+
+/**
+ * Deletes a job and then its rounds: the coordinator keeps a deleted job's
+ * rounds as history, and a new job of the same name would take them for its
+ * own (round-N-JOB) and finish at once without training. Returns how many
+ * rounds went; a job that is not there is an error unless `missingOk`.
+ */
+async function deleteJob(api: ControlPlaneClient, name: string, missingOk: boolean): Promise<number> {
+  const absent = (e: unknown) => {
+    if (!(missingOk && e instanceof ApiError && e.status === 404)) throw e;
+  };
+  const rounds = (await api.flRounds(name).catch(absent))?.rounds ?? [];
+  await api.deleteFlJob(name).catch(absent);
+  for (const r of rounds) {
+    await api.deleteFlRound(r.metadata.name).catch((e: unknown) => {
+      if (!(e instanceof ApiError && e.status === 404)) throw e;
+    });
+  }
+  return rounds.length;
+}
 
 export const flCheckpoints: Command = {
   usage: 'propeller fl checkpoints [JOB] [options]',

@@ -6,10 +6,9 @@ import { hostname } from 'node:os';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { ControlPlaneClient } from '../control-plane/client.ts';
 import { createLogger, type Level, type Logger } from '../control-plane/log.ts';
-import { startAdapter, type Adapter } from '../k8s-adapter/adapter.ts';
+import type { Adapter } from '../k8s-adapter/adapter.ts';
 import type { JobModeConfig } from '../k8s-adapter/controllers/task.ts';
 import { DEFAULT_IMAGE, DEFAULT_NAMESPACE, defaultControlPlane, manifests, NAME, PARTS, toYaml, type Part } from '../k8s-adapter/manifests.ts';
-import { loadKubeConfig } from '../k8s-adapter/runtime/kube.ts';
 import { UsageError, str, type Command } from './args.ts';
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -64,6 +63,8 @@ export interface AdapterSettings {
 }
 
 export async function launchAdapter(s: AdapterSettings): Promise<Adapter> {
+  // the Kubernetes client is large: loaded only by the commands that run the adapter
+  const [{ startAdapter }, { loadKubeConfig }] = await Promise.all([import('../k8s-adapter/adapter.ts'), import('../k8s-adapter/runtime/kube.ts')]);
   let kc: KubeConfig;
   try {
     kc = loadKubeConfig(s.kubeconfig);

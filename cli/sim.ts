@@ -60,7 +60,8 @@ export const sim: Command = {
   --credentials FILE     JSON object {"<proplet id>": "<secret>", ...}: the devices
                          are its ids; without it, each device is enrolled through
                          the control plane's POST /proplets (--api)
-  --id-prefix P          ids are P1, P2, ... (default sim-)
+  --id-prefix P          ids are P and the device number, zero-padded to the width of N:
+                         sim-001 ... sim-100 for --devices 100; sim-1 ... sim-9 for 9 (default sim-)
   --uuid                 ids are lowercase UUIDs (16 bytes on the wire) instead
   --memory SIZE          RAM budget per device, e.g. 256Ki (default 256Ki)
   --rx-buffer SIZE       receive buffer = capacity.max_packet_bytes (default 1024)
@@ -107,7 +108,7 @@ ${scopeHelp}`,
     } else {
       const { url, token } = apiFrom(v);
       const api = new ControlPlaneClient(url, token);
-      credentials = async (id) => (await api.addProplet(id)).secret;
+      credentials = async (id) => (await api.addProplet(id, { rotate: true })).secret; // a re-run of the same simulated fleet
     }
 
     const fleet: Fleet = await startFleet({

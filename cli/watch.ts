@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
-import { detectEncoding, FIELDS, toDisplay, type MessageKind } from '../protocol/index.ts';
+import { decode, detectEncoding, FIELDS, toDisplay, type DecodeContext, type MessageKind } from '../protocol/index.ts';
 import { allFilter, parseTopic } from '../topics/index.ts';
 import { UsageError, int, str, type Command } from './args.ts';
 import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
@@ -40,37 +40,85 @@ ${scopeHelp}`,
       }
     }
     const max = int('count', v.count, 0);
-    const client = mqtt.connect(url, { protocolVersion: 4, username, password, clean: true, reconnectPeriod: 0, connectTimeout: 10_000 });
+    const filter = allFilter(sc);
+    // mqtt.js reconnects every second after a loss; the first connection must work, though
+    const client = mqtt.connect(url, { protocolVersion: 4, username, password, clean: true, reconnectPeriod: 1000, connectTimeout: 10_000 });
+    const say = (line: string) => process.stderr.write(`propeller watch: ${line}\n`);
     let seen = 0;
+    let connected = false;
+    let lost = false;
+    let lastError: string | undefined;
     return await new Promise<number>((resolve, reject) => {
-      client.on('error', (e) => {
+      const fail = (e: UsageError, code: number) => {
+        if (connected) {
+          say(e.message);
+          resolve(code);
+        } else reject(e);
         client.end(true);
-        reject(new UsageError(`cannot watch ${url} as ${username}: ${e.message}`));
+      };
+      client.on('error', (e: Error & { code?: unknown }) => {
+        lastError = e.message;
+        // refused credentials do not get better by retrying (the debug password changes only when its file is deleted)
+        if (!connected || e.code === 4 || e.code === 5) fail(new UsageError(`cannot watch ${url} as ${username}: ${e.message}`), 1);
       });
       client.on('connect', () => {
-        client.subscribe(allFilter(sc), { qos: 0 }, (err, granted) => {
-          if (err || granted?.[0]?.qos === 128) {
-            client.end(true);
-            reject(new UsageError(`the broker refused ${username} a subscription to ${allFilter(sc)}`));
-          }
+        if (lost) say(`reconnected to ${url}`);
+        connected = true;
+        lost = false;
+        lastError = undefined;
+        client.subscribe(filter, { qos: 0 }, (err, granted) => {
+          if (err || granted?.[0]?.qos === 128) fail(new UsageError(`the broker refused ${username} a subscription to ${filter}`), 1);
         });
       });
-      client.on('close', () => resolve(max && seen >= max ? 0 : 1));
+      client.on('close', () => {
+        if (client.disconnecting || (max && seen >= max)) return resolve(0);
+        if (!connected) return fail(new UsageError(`cannot watch ${url} as ${username}: ${lastError ?? 'the connection closed before the broker accepted it'}`), 1);
+        if (connected && !lost) {
+          lost = true;
+          say(`lost the broker at ${url}${lastError ? ` (${lastError})` : ''}; reconnecting every second (Ctrl-C to stop)`);
+        }
+      });
       client.on('message', (t, payload) => {
-        const parsed = parseTopic(t);
-        const kind = parsed && parsed.kind in FIELDS ? (parsed.kind as MessageKind) : undefined;
-        const ctx = parsed?.propletId !== undefined ? { propletId: parsed.propletId } : {};
-        const line = {
-          t: new Date().toISOString(),
-          topic: t,
-          kind: parsed?.kind ?? null,
-          encoding: detectEncoding(payload) ?? 'unknown',
-          bytes: payload.length,
-          payload: toDisplay(payload, kind, ctx),
-        };
+        const line = { t: new Date().toISOString(), ...describe(t, payload) };
         process.stdout.write(JSON.stringify(line) + '\n');
         if (max && ++seen >= max) client.end();
       });
     });
   },
 };
+
+/** What watch prints of one message: its topic and kind, and the payload decoded, nothing hidden. */
+export function describe(topic: string, payload: Uint8Array) {
+  const parsed = parseTopic(topic);
+  const kind = parsed && parsed.kind in FIELDS ? (parsed.kind as MessageKind) : undefined;
+  const ctx = parsed?.propletId !== undefined ? { propletId: parsed.propletId } : {};
+  const extra = unknownFields(payload, kind, ctx);
+  return {
+    topic,
+    kind: parsed?.kind ?? null,
+    encoding: detectEncoding(payload) ?? 'unknown',
+    bytes: payload.length,
+    payload: toDisplay(payload, kind, ctx),
+    ...(extra ? { unknown_fields: extra } : {}),
+  };
+}
+
+/**
+ * Top-level fields of a message that decoded as its kind but that the protocol
+ * does not name (another implementation's extras, such as the metadata of a
+ * Propeller proplet): the decoder drops them, watch shows them.
+ */
+export function unknownFields(payload: Uint8Array, kind: MessageKind | undefined, ctx: DecodeContext): Record<string, unknown> | undefined {
+  if (!kind) return undefined;
+  try {
+    decode(kind, payload, ctx);
+  } catch {
+    return undefined; // shown raw, every field included
+  }
+  const raw = toDisplay(payload);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return undefined;
+  const known = new Set<string>();
+  for (const [name, f] of Object.entries(FIELDS[kind])) known.add(name).add(String(f.key));
+  const extra = Object.entries(raw).filter(([k]) => !known.has(k));
+  return extra.length ? Object.fromEntries(extra) : undefined;
+}

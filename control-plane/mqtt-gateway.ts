@@ -5,10 +5,11 @@
 
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
-import { managerFilters, parseTopic, topic, type Scope } from '../topics/index.ts';
+import { managerFilters, parseTopic, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { isPropellerProplet, kindOfRegistration, scopeOf, wireOf, type PropellerCompat } from './propeller-compat.ts';
 import { fromPropellerMetrics, resultStatus, shapeStart, shapeStop, type Qos, type ShapeOptions } from './propeller-shapes.ts';
 import type { ChunkServer } from './chunk-server.ts';
+import { tap } from './events.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import type { Proplet } from './model.ts';
@@ -31,7 +32,21 @@ export interface GatewayOptions {
   metrics: ControlPlaneMetrics;
   /** Limits of Propeller's proplets the control plane shapes its messages to. */
   shape?: ShapeOptions;
+  /**
+   * Accept proplet messages on the shared topics (no proplet id level) and take
+   * their sender from the payload, as Propeller does. Only for an external
+   * broker that cannot put the authenticated id into the topic, as the embedded
+   * one does: the payload's id is then trusted as far as that broker's ACL
+   * checks it. Default false: such messages are refused (`no_topic_id`).
+   */
+  trustPayloadSender?: boolean;
 }
+
+/** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
+const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet', 'fl.update', 'proplet.invoke_results', 'proplet.task_metrics']);
+
+/** Attacker-chosen strings (topics, ids) reach the log at most this long. */
+const clip = (s: string): string => (s.length > 200 ? `${s.slice(0, 200)}…` : s);
 
 export interface Handlers {
   registry: Registry;
@@ -97,7 +112,8 @@ export class MqttGateway implements Dispatcher {
   }
 
   async close(): Promise<void> {
-    await this.client?.endAsync();
+    // not connected (broker gone or refusing us): nothing to flush, and a graceful end would wait for a connection forever
+    await this.client?.endAsync(!this.client.connected);
   }
 
   start(p: Proplet, msg: Start): void {
@@ -144,6 +160,7 @@ export class MqttGateway implements Dispatcher {
 
   /** Raw publish for other control-plane services (registry chunks, FL). */
   publish(t: string, payload: Uint8Array, qos: Qos = 1): void {
+    tap(this, 'wire', 'out', t, payload);
     this.client?.publish(t, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos }, (err) => {
       if (err) this.o.log('warn', 'publish failed', { topic: t, error: err.message });
     });
@@ -151,17 +168,24 @@ export class MqttGateway implements Dispatcher {
 
   /** Exposed for tests: handle one inbound message as if it came from the broker. */
   handle(t: string, payload: Buffer): void {
+    tap(this, 'wire', 'in', t, payload);
     const parsed = parseTopic(t);
     const kind = parsed?.kind ?? 'unknown';
     try {
-      if (!parsed || parsed.domain !== this.o.scope.domain) return this.reject(kind, 'topic', `topic outside the tree: ${t}`);
-      // a device channel is named by its proplet's id: the channel says who sent it
+      if (!parsed || parsed.domain !== this.o.scope.domain) return this.reject(kind, 'topic', `topic outside the tree: ${clip(t)}`);
+      // a device channel is named by its proplet's id (an embed-proplet's: propeller-compat.ts)
       const device = parsed.channel !== this.o.scope.channel;
       if (device && parsed.propletId !== undefined && parsed.propletId !== parsed.channel) {
-        return this.reject(kind, 'topic_mismatch', `proplet ${parsed.propletId} on the device channel of ${parsed.channel}`);
+        return this.reject(kind, 'topic_mismatch', `proplet ${clip(parsed.propletId)} on the device channel of ${clip(parsed.channel)}`);
       }
       this.o.metrics.messagesReceived.inc({ kind });
+      if (FROM_PROPLET.has(parsed.kind) && parsed.propletId === undefined && !this.o.trustPayloadSender) {
+        // The embedded broker stamps every proplet publish with its authenticated id; one without came from elsewhere.
+        return this.reject(kind, 'no_topic_id', `${kind} on a topic without a proplet id: ${clip(t)}`);
+      }
       const h = this.handlers!;
+      // decode() fills an omitted sender from the topic and refuses a payload naming another (id_mismatch);
+      // an unstamped device channel (external broker, trustPayloadSender) names its device
       const sender = parsed.propletId ?? (device ? parsed.channel : undefined);
       const ctx = sender !== undefined ? { propletId: sender } : {};
       switch (parsed.kind) {
@@ -179,13 +203,13 @@ export class MqttGateway implements Dispatcher {
         }
         case 'proplet.alive': {
           const { msg } = decode('proplet.alive', payload, ctx);
-          if (!h.registry.alive(msg)) this.reject(kind, 'unknown_proplet', `heartbeat from unregistered proplet ${msg.proplet_id}`);
+          if (!h.registry.alive(msg)) this.reject(kind, 'unknown_proplet', `heartbeat from unregistered proplet ${clip(msg.proplet_id)}`);
           return;
         }
         case 'proplet.results': {
           const { msg } = decode('proplet.results', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
-          if (!p) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${msg.proplet_id}`);
+          if (!p) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);
           // Propeller's proplets give no status: a string result, an error, or "" at once for a daemon
           if (msg.status === undefined && isPropellerProplet(wireOf(p, this.o.scope).kind)) msg.status = resultStatus(msg, h.tasks.get(msg.task_id)?.daemon ?? false);
           const ignored = h.tasks.onResult(msg as Result);
@@ -195,7 +219,7 @@ export class MqttGateway implements Dispatcher {
         case 'registry.proplet': {
           const { msg } = decode('registry.proplet', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
-          if (!p) return this.reject(kind, 'unknown_proplet', `chunk request from unregistered proplet ${msg.proplet_id}`);
+          if (!p) return this.reject(kind, 'unknown_proplet', `chunk request from unregistered proplet ${clip(msg.proplet_id)}`);
           h.onProgress?.(p.id);
           const appName = payload[0] === 0x7b ? (parsePropellerJson(payload) as { app_name?: unknown }).app_name : undefined;
           if (typeof appName === 'string' && !msg.digest && !msg.name) {
@@ -210,7 +234,7 @@ export class MqttGateway implements Dispatcher {
         case 'proplet.metrics': {
           const { msg } = decode('proplet.metrics', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
-          if (!p) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${msg.proplet_id}`);
+          if (!p) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${clip(msg.proplet_id)}`);
           if (isPropellerProplet(wireOf(p, this.o.scope).kind)) {
             const m = fromPropellerMetrics(parsePropellerJson(payload) as Record<string, unknown>);
             msg.cpu_percent ??= m.cpu_percent;
@@ -223,7 +247,7 @@ export class MqttGateway implements Dispatcher {
         case 'fl.update': {
           const { msg } = decode('fl.update', payload, ctx);
           if (msg.round_id !== parsed.roundId) return this.reject(kind, 'topic_mismatch', `round_id ${msg.round_id} on the topic of round ${parsed.roundId}`);
-          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `update from unregistered proplet ${msg.proplet_id}`);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `update from unregistered proplet ${clip(msg.proplet_id)}`);
           if (!h.fl) return this.reject(kind, 'unsupported', 'no FL coordinator');
           h.fl.onUpdate(msg);
           return;

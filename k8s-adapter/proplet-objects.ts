@@ -479,6 +479,30 @@ export function claimant(proplets: Proplet[], id: string): Proplet | undefined {
 }
 
 /**
+ * claimant() for many ids at once: the Proplets indexed by device id and by
+ * pod-name prefix, so each lookup costs the length of the id, not the number
+ * of Proplets (discovery asks it for every registered device).
+ */
+export function claimIndex(proplets: Proplet[]): (id: string) => Proplet | undefined {
+  const devices = new Map<string, Proplet>();
+  const pools = new Map<string, Proplet>();
+  for (const p of proplets) {
+    if (p.spec.type === 'k8s') pools.set(p.metadata.name!, p);
+    else if (!devices.has(propletIdOf(p))) devices.set(propletIdOf(p), p);
+  }
+  return (id) => {
+    const device = devices.get(id);
+    if (device) return device;
+    // a pod id is NAME-<hash>-<suffix>: try each prefix ending before a '-'
+    for (let i = id.indexOf('-'); i > 0; i = id.indexOf('-', i + 1)) {
+      const pool = pools.get(id.slice(0, i));
+      if (pool && isPodId(pool, id)) return pool;
+    }
+    return undefined;
+  };
+}
+
+/**
  * Whether a registered proplet should appear as a discovered Proplet: a
  * device (proplet_type external: pods register as k8s, and the id of a gone
  * pod must not come back as a device) that no Proplet claims.

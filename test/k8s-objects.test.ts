@@ -33,6 +33,7 @@ import {
 } from '../k8s-adapter/fl-objects.ts';
 import {
   claimant,
+  claimIndex,
   discoveredProplet,
   dnsLabel,
   externalCredentialsSecret,
@@ -311,6 +312,14 @@ test('discovery: a device no Proplet claims becomes a Proplet; pods, claimed dev
   t.like(propletStatus(d, { proplets: [dev('Pi 4 (3)')] }), { phase: 'Ready', propletIds: ['Pi 4 (3)'], credentialsSecret: undefined });
 });
 
+test('claimIndex finds the same claimant as a scan of every Proplet, for pods, devices and strays', (t) => {
+  const proplets = [k8sProplet(3), external('esp32-01'), external('renamed', { annotations: { 'propeller.absmach.fr/proplet-id': 'Pi 4 (2)' } })];
+  const claimed = claimIndex(proplets);
+  const ids = [...POD, 'pool-x', 'pool', 'pool-', 'esp32-01', 'Pi 4 (2)', 'renamed', 'other-7c9d5b8f4-x2kqz', 'pool-7c9d5b8f4', '-', ''];
+  for (const id of ids) t.is(claimed(id)?.metadata.name, claimant(proplets, id)?.metadata.name, JSON.stringify(id));
+  t.is(claimed(POD[0]!)?.metadata.name, 'pool');
+});
+
 test('the fake kubelet expands $(VAR) in env values and args as a kubelet does', (t) => {
   const vars = { A: 'x', B_2: 'y' };
   const cases: [string, string][] = [
@@ -426,15 +435,23 @@ test('FL records of a real coordinator become FederatedJob status, TrainingRound
     t.deepEqual(tr.metadata.labels, { [JOB_LABEL]: 'mnist', [ROUND_LABEL]: String(cp.spec.round) });
     t.is(tr.metadata.annotations?.[CONTROL_PLANE_NAME_ANNOTATION], cp.metadata.name);
     t.deepEqual(tr.spec, { ...cp.spec, federatedJobRef: { name: 'mnist' } });
-    t.deepEqual({ ...tr.status, checkpoint: undefined }, { ...cp.status, checkpoint: undefined });
+    // the record's fields as they are; its reason becomes the conditions' (the adapter's words)
+    const { reason, ...plain } = cp.status;
+    t.deepEqual({ ...tr.status, checkpoint: undefined, conditions: undefined }, { ...plain, checkpoint: undefined, conditions: undefined });
+    t.is(tr.status?.conditions?.find((c) => c.type === 'RoundActive')?.reason, reason);
   }
+  t.deepEqual(
+    trs[2]!.status?.conditions?.map((c) => [c.type, c.status]),
+    [['RoundActive', 'False'], ['ParticipantsReady', 'Unknown'], ['AggregationComplete', 'True']],
+  );
   t.like(trs[0]!.status, { phase: 'Failed', updatesRequired: 2 });
   t.is(trs[0]!.status?.checkpoint, undefined);
   t.regex(trs[0]!.status?.message ?? '', /can still send an update/);
   t.is(trs[1]!.status?.checkpoint, 'model-mnist-round-1');
   t.is(trs[2]!.status?.checkpoint, 'model-mnist-round-2');
   t.like(trs[2]!.status, { phase: 'Completed', updatesReceived: 2, metrics: { totalSamples: 20 } });
-  t.deepEqual(trainingRoundStatus(rounds[1]!), rounds[1]!.status, 'without its job: as it is');
+  const { reason: _, ...plain } = rounds[1]!.status;
+  t.deepEqual({ ...trainingRoundStatus(rounds[1]!), conditions: undefined }, { ...plain, conditions: undefined }, 'without its job: as it is');
 
   // checkpoints: per round, roundRef to the TrainingRound resource
   const mcs = checkpoints.map((c) => modelCheckpointResource(job, c));

@@ -22,7 +22,8 @@ import { UID_LABEL } from '../k8s-adapter/controllers/task.ts';
 import { setCondition } from '../k8s-adapter/runtime/conditions.ts';
 import { EventRecorder } from '../k8s-adapter/runtime/events.ts';
 import { FINALIZER } from '../k8s-adapter/runtime/finalizers.ts';
-import { customResourceSource, Informer } from '../k8s-adapter/runtime/informer.ts';
+import { customResourceSource, INSTALL_CRDS, Informer } from '../k8s-adapter/runtime/informer.ts';
+import { ControlPlaneClient } from '../control-plane/client.ts';
 import { isNotFound, kubeClients, loadKubeConfig, type Kube, type KubeObject } from '../k8s-adapter/runtime/kube.ts';
 import { mergePatch } from '../k8s-adapter/runtime/status.ts';
 import { WorkQueue } from '../k8s-adapter/runtime/work-queue.ts';
@@ -46,13 +47,23 @@ let moduleUrl: string;
 const wasm: Record<string, string> = {};
 const logs = new Map<string, { level: string; msg: string; [k: string]: unknown }[]>();
 const extra: { close(): Promise<void> }[] = [];
+/** Every request the adapters made to the control plane, in order: 'GET /tasks/ID', ... */
+const requests: string[] = [];
+
+/** The real client, writing down each request it makes. */
+class CountingClient extends ControlPlaneClient {
+  override request<T>(method: string, path: string, body?: unknown, contentType?: string): Promise<T> {
+    requests.push(`${method} ${path}`);
+    return super.request<T>(method, path, body, contentType);
+  }
+}
 
 function startOne(identity: string): Promise<Adapter> {
   const lines: { level: string; msg: string }[] = [];
   logs.set(identity, lines);
   return startAdapter({
     kubeconfig: k8s.cluster().env.KUBECONFIG!,
-    controlPlane: stack.api,
+    controlPlane: new CountingClient(stack.api.baseUrl),
     leaderElection: { ...LEASE, identity },
     log: (level, msg, fields) => lines.push({ level, msg, ...fields }),
     pollMs: 200,
@@ -176,10 +187,10 @@ test('work queue: a failing key is retried with a delay that doubles per failure
     if (at.length === 5) return { requeueAfterMs: 50 };
   }, { baseDelayMs: 20, maxDelayMs: 60 });
   q.add('k');
-  await until(() => at.length === 6, 'six runs', 2000);
+  await until(() => at.length === 6, 'six runs');
   const gaps = at.slice(1).map((x, i) => x - at[i]!);
-  // 20, 40, 60 (capped), 60, then the 50 asked for
-  for (const [i, want] of [20, 40, 60, 60, 50].entries()) t.true(gaps[i]! >= want - 2 && gaps[i]! < want + 250, `gap ${i}: ${gaps[i]} ms, want ${want}`);
+  // 20, 40, 60 (capped), 60, then the 50 asked for: no retry comes sooner (a busy machine may make any later)
+  for (const [i, want] of [20, 40, 60, 60, 50].entries()) t.true(gaps[i]! >= want - 2, `gap ${i}: ${gaps[i]} ms, want at least ${want}`);
   await q.close();
 });
 
@@ -227,6 +238,29 @@ k8s.test('runtime: a repeated Event bumps the count of the first; an informer wh
   await applyObjects(c, wasmTask('after-gone', { file: wasm.hello }));
   await until(() => seen.has(`${NS}/after-gone`), 'the watch after the relist sees a new object', 10_000);
   t.is(lists, 2);
+});
+
+k8s.test('runtime: a kind whose CRD is not installed is named once, with the command that installs it', async (t) => {
+  k8s.cluster();
+  const lines: { level: string; msg: string }[] = [];
+  const real = customResourceSource<KubeObject>(kube, { ...WASM_TASK, plural: 'nosuchtasks', kind: 'NoSuchTask' }, NS);
+  let lists = 0;
+  const source = {
+    ...real,
+    list: () => {
+      lists++;
+      return real.list();
+    },
+  };
+  const informer = new Informer(kube, source, () => {}, (level, msg) => void lines.push({ level, msg }), { minBackoffMs: 20, maxBackoffMs: 50 });
+  informer.start();
+  t.teardown(() => informer.stop());
+  await until(() => lists >= 4, 'the list tried again and again');
+  const errors = lines.filter((l) => l.level === 'error');
+  t.is(errors.length, 1, JSON.stringify(lines));
+  t.is(errors[0]!.msg, `the cluster has no CustomResourceDefinition nosuchtasks.${WASM_TASK.group} (kind NoSuchTask); install the CRDs with: ${INSTALL_CRDS}`);
+  t.is(INSTALL_CRDS, 'propeller k8s manifests --only crds | kubectl apply -f -');
+  t.false(lines.some((l) => l.msg === 'list/watch failed: retrying'), 'no retry chatter');
 });
 
 // --- tasks -------------------------------------------------------------------------------------
@@ -367,6 +401,27 @@ k8s.test('deleting a WasmTask mid-run stops its control-plane task, then deletes
   t.true(reasons(await eventsOf('forever')).includes('TaskStopped'));
 });
 
+k8s.test('running tasks are followed with one list per poll: no request per task until one moves on', async (t) => {
+  const c = k8s.cluster();
+  const names = ['follow-1', 'follow-2', 'follow-3'];
+  await applyObjects(c, ...names.map((n) => wasmTask(n, { file: wasm.daemon, daemon: true })));
+  const ids: string[] = [];
+  for (const n of names) ids.push((await waitFor<WasmTask>(WASM_TASK, n, 'Running', (o) => o.status?.phase === 'Running')).status!.taskId!);
+  t.teardown(() => kubectlOk(c, ['delete', 'wasmtask', ...names, '-n', NS, '--wait=false']).catch(() => {}));
+  const mark = requests.length;
+  const since = () => requests.slice(mark);
+  const lists = () => since().filter((r) => r.startsWith('GET /tasks?') && r.includes('state=Running')).length;
+  await until(() => lists() >= 5, 'five polls');
+  const gets = (id: string) => since().filter((r) => r === `GET /tasks/${id}`).length;
+  // before: a GET of each task every poll (5 or more each here); now none, or one if the 30 s resync fell in the window
+  for (const id of ids) t.true(gets(id) <= 1, `${gets(id)} GETs of ${id} in ${lists()} polls`);
+
+  await stack.api.stopTask(ids[1]!);
+  await waitFor<WasmTask>(WASM_TASK, 'follow-2', 'Stopped', (o) => o.status?.phase === 'Stopped');
+  t.true(gets(ids[1]!) >= 1, 'the task that moved on was read');
+  t.true(gets(ids[0]!) <= 1 && gets(ids[2]!) <= 1, 'the others were not');
+});
+
 // --- execution: job ----------------------------------------------------------------------------
 
 interface Owned {
@@ -426,7 +481,7 @@ k8s.test('execution: job: a Secret, ConfigMap and Job owned by the WasmTask, sta
 k8s.test('an adapter restarted mid-way keeps every status, adopts the task of a resource whose status was never written, and creates no duplicate', async (t) => {
   const c = k8s.cluster();
   const helloBefore = (await getResource<WasmTask>(WASM_TASK, 'hello'))!;
-  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total;
+  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total!;
   // 'sleep' is the export the module runs: 2.5 s
   await applyObjects(c, wasmTask('sleep', { file: wasm.sleep, inputs: [2500] }));
   const running = await waitFor<WasmTask>(WASM_TASK, 'sleep', 'Running', (o) => o.status?.phase === 'Running');
@@ -476,10 +531,10 @@ k8s.test('two adapters: only the leader acts; killed without releasing the Lease
   // death: no release, so the other has to wait the lease out
   const killedAt = Date.now();
   await a.close({ releaseLease: false });
-  await until(() => b.acting, 'leader-b leading', 15_000);
+  await until(() => b.acting, 'leader-b leading');
   const takeover = Date.now() - killedAt;
+  // how long it took depends on the machine; what matters is that b waited for the lease to run out, not less
   t.log(`takeover after ${takeover} ms (lease ${LEASE.leaseDurationSeconds} s, candidates retry every ${LEASE.retryIntervalMs} ms)`);
-  t.true(takeover <= LEASE.leaseDurationSeconds * 1000 + LEASE.retryIntervalMs + 500, `${takeover} ms`);
   t.true(takeover >= (LEASE.leaseDurationSeconds * 1000) / 2, `not before the lease could have expired: ${takeover} ms`);
   const lease = await getJson<{ spec: { holderIdentity: string; leaseTransitions: number } }>(c, ['lease', LEASE.name, '-n', NS]);
   t.is(lease!.spec.holderIdentity, 'leader-b');
@@ -507,7 +562,7 @@ k8s.test('propeller serve --kubeconfig runs the adapter against its own control 
     await serve?.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   });
-  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--local-proplets', '1', '--kubeconfig', c.env.KUBECONFIG!];
+  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8', '--local-proplets', '1', '--kubeconfig', c.env.KUBECONFIG!];
   const s = await startServe(args);
   serve = s;
   await applyObjects(c, { apiVersion: TASK.apiVersion, kind: 'Task', metadata: { name: 'served', namespace: NS }, spec: { imageUrl: `${moduleUrl}/hello.wasm`, cliArgs: ['served'] } });

@@ -18,12 +18,16 @@
 //
 // Status is polled from the registry (proplets come and go without
 // Kubernetes seeing it): every pollMs while a Proplet is not Ready,
-// groupPollMs once it is.
+// groupPollMs once it is. What each reconcile reads does not grow with the
+// number of Proplets: the other Proplets (ids must not overlap) come from the
+// informer's cache, and the registry is listed once per pollMs for all of
+// them (a shared snapshot, every page), not once per Proplet.
 
 import { AppsV1Api, type V1Deployment } from '@kubernetes/client-node';
 import { ApiError } from '../../control-plane/client.ts';
 import type { AdapterContext, ControllerFactory } from '../adapter.ts';
 import {
+  claimIndex,
   credentialsSecretName,
   discoveredProplet,
   externalCredentialsSecret,
@@ -38,14 +42,13 @@ import {
   propletIdOf,
   propletProblem,
   propletStatus,
-  shouldDiscover,
   supersededBy,
   TEMPLATE_HASH_ANNOTATION,
   type ControlPlaneProplet,
   type PropletDefaults,
 } from '../proplet-objects.ts';
 import { setCondition } from '../runtime/conditions.ts';
-import type { Controller, ReconcileResult } from '../runtime/controller.ts';
+import type { Controller, ControllerView, ReconcileResult } from '../runtime/controller.ts';
 import { apiMessage, isConflict, isNotFound, MERGE_PATCH } from '../runtime/kube.ts';
 import { writeStatus } from '../runtime/status.ts';
 import { PROPLET, type Proplet } from '../types.ts';
@@ -78,7 +81,11 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
   const apps = kube.config.makeApiClient(AppsV1Api);
   const defaults: PropletDefaults = { broker: ctx.job.broker, domain: ctx.job.domain, channel: ctx.job.channel, ...o.pods };
 
-  const listProplets = async () => ((await kube.custom.listClusterCustomObject({ group: PROPLET.group, version: PROPLET.version, plural: PROPLET.plural })) as { items: Proplet[] }).items;
+  /** Every Proplet in the cluster: the informer's cache, or a list when the adapter watches one namespace. */
+  const allProplets = async (view: ControllerView<Proplet>) =>
+    view.all() ?? ((await kube.custom.listClusterCustomObject({ group: PROPLET.group, version: PROPLET.version, plural: PROPLET.plural })) as { items: Proplet[] }).items;
+  /** The registry, listed at most once per pollMs whoever asks; fetched before anything the caller reads after it. */
+  const registry = sharedSnapshot(() => allRegistered(cp), ctx.pollMs);
 
   /** A Proplet that builds nothing: its status says why (an event the first time). */
   async function refuse(p: Proplet, reason: 'InvalidSpec' | 'IdConflict' | 'DeploymentConflict', message: string): Promise<ReconcileResult> {
@@ -109,7 +116,7 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
     if (await secretExists(p)) return true;
     let secret: string;
     try {
-      secret = (await cp.addProplet(account)).secret;
+      secret = (await cp.addProplet(account, { rotate: true })).secret; // the Secret is absent: a new secret is the intent
     } catch (e) {
       if (cpStatus(e, 501)) return false;
       throw e;
@@ -168,7 +175,7 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
     const hasSecret = await ensureSecret(p, groupAccount(p), (secret) => groupCredentialsSecret(p, secret));
     const dep = await applyDeployment(p, have);
     // the registry before the pods: a pod created in between is listed, so its record is not taken for a leftover
-    const registered = (await cp.listProplets()).proplets;
+    const registered = await registry();
     const pods = (await kube.core.listNamespacedPod({ namespace: p.metadata.namespace!, labelSelector: podSelector(p) })).items;
     const leftovers = leftoverProplets(p, registered, pods);
     for (const id of leftovers) await cp.removeProplet(id).catch(ignoreGone);
@@ -192,15 +199,16 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
     return { requeueAfterMs: s.phase === 'Ready' ? ctx.groupPollMs : ctx.pollMs };
   }
 
-  const discovery = startDiscovery(ctx, o, listProplets);
+  let discovery: { stop(): void } | undefined;
 
   return {
     kind: PROPLET,
-    stop: () => discovery.stop(),
-    async reconcile(p) {
+    start: (view) => (discovery = startDiscovery(ctx, o, () => allProplets(view), registry)),
+    stop: () => discovery?.stop(),
+    async reconcile(p, view) {
       const problem = propletProblem(p);
       if (problem) return refuse(p, 'InvalidSpec', problem);
-      const all = await listProplets();
+      const all = await allProplets(view);
       const owner = supersededBy(p, all);
       if (owner) {
         // a user's Proplet for the device replaces the discovered one
@@ -215,16 +223,17 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
       return p.spec.type === 'k8s' ? reconcileK8s(p) : reconcileExternal(p);
     },
 
-    async finalize(p) {
+    async finalize(p, view) {
       // undo only what was done: nothing for a refused Proplet or a discovered device
-      if (propletProblem(p) || isDiscovered(p) || idConflict(p, await listProplets())) return {};
+      if (propletProblem(p) || isDiscovered(p) || idConflict(p, await allProplets(view))) return {};
       if (p.spec.type === 'external') {
         await cp.removeProplet(propletIdOf(p)).catch(ignoreGone);
         return {};
       }
       // revoking the group disconnects its pods; then their records go
       await cp.removeProplet(groupAccount(p)).catch(ignoreGone);
-      const registered = (await cp.listProplets()).proplets;
+      // a fresh list, not the snapshot: the pods disconnected just now must be seen as gone
+      const registered = await allRegistered(cp);
       for (const x of registered) if (x.proplet_type === 'k8s' && isPodId(p, x.id)) await cp.removeProplet(x.id).catch(ignoreGone);
       log('info', 'proplet group revoked', { proplet: `${p.metadata.namespace}/${p.metadata.name}`, account: groupAccount(p) });
       return {};
@@ -237,7 +246,7 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
  * namespace, polled every discoveryMs, while the controller runs (it stops
  * with the controller: adapter closed, leadership lost).
  */
-function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listProplets: () => Promise<Proplet[]>): { stop(): void } {
+function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listProplets: () => Promise<Proplet[]>, registry: () => Promise<ControlPlaneProplet[]>): { stop(): void } {
   const every = o.discoveryMs ?? 3000;
   if (every <= 0) return { stop() {} };
   const namespace = o.discoveryNamespace ?? (process.env.POD_NAMESPACE || 'default');
@@ -245,9 +254,9 @@ function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listPr
   let stopped = false;
 
   async function pass(): Promise<void> {
-    const registered = (await ctx.cp.listProplets()).proplets;
-    const proplets = await listProplets();
-    for (const device of registered.filter((x) => shouldDiscover(x, proplets))) {
+    const registered = await registry();
+    const claimed = claimIndex(await listProplets());
+    for (const device of registered.filter((x) => x.proplet_type === 'external' && !claimed(x.id))) {
       const body = discoveredProplet(device, namespace);
       try {
         const made = (await ctx.kube.custom.createNamespacedCustomObject({ group: PROPLET.group, version: PROPLET.version, plural: PROPLET.plural, namespace, body })) as Proplet;
@@ -276,5 +285,36 @@ function startDiscovery(ctx: AdapterContext, o: PropletControllerOptions, listPr
       stopped = true;
       clearTimeout(timer);
     },
+  };
+}
+
+/** Every registered proplet, page by page (the API answers at most 1000 at a time). */
+async function allRegistered(cp: AdapterContext['cp']): Promise<ControlPlaneProplet[]> {
+  const out: ControlPlaneProplet[] = [];
+  for (;;) {
+    const page = await cp.request<{ total: number; proplets: ControlPlaneProplet[] }>('GET', `/proplets?offset=${out.length}&limit=1000`);
+    out.push(...page.proplets);
+    if (page.proplets.length === 0 || out.length >= page.total) return out;
+  }
+}
+
+/**
+ * `fetch` shared by every caller: a result fetched less than maxAgeMs ago is
+ * reused, and callers that arrive while a fetch runs wait for that one.
+ */
+export function sharedSnapshot<T>(fetch: () => Promise<T>, maxAgeMs: number): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at >= maxAgeMs) {
+      const value = fetch();
+      const mine = { at: now, value };
+      last = mine;
+      // a failed fetch is not kept: the next caller tries again
+      value.catch(() => {
+        if (last === mine) last = undefined;
+      });
+    }
+    return last.value;
   };
 }

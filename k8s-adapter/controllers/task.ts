@@ -19,8 +19,9 @@ import { ApiError, type ControlPlaneClient, type TaskSpec as ControlPlaneTaskSpe
 import type { AdapterContext } from '../adapter.ts';
 import { setCondition, type ConditionInput } from '../runtime/conditions.ts';
 import type { Controller, ReconcileResult } from '../runtime/controller.ts';
-import { isConflict, isNotFound, kubeTime } from '../runtime/kube.ts';
+import { isConflict, isNotFound, keyOf, kubeTime } from '../runtime/kube.ts';
 import { writeStatus } from '../runtime/status.ts';
+import { MANAGED_LABEL, TaskWatch } from './task-watch.ts';
 import { TASK, WASM_TASK, type ObjectReference, type OwnerReference, type Task, type TaskPhase, type TaskStatus, type WasmTask } from '../types.ts';
 
 export type TaskResource = WasmTask | Task;
@@ -29,7 +30,7 @@ type ControlPlaneTask = Awaited<ReturnType<ControlPlaneClient['getTask']>>;
 /** Labels of the control-plane task: the resource it belongs to. */
 export const UID_LABEL = 'propeller.absmach.io/uid';
 export const RESOURCE_LABEL = 'propeller.absmach.io/resource';
-const MANAGED_BY = { 'app.kubernetes.io/managed-by': 'propeller-k8s-adapter' };
+const MANAGED_BY = { [MANAGED_LABEL.key]: MANAGED_LABEL.value };
 const TERMINAL: ReadonlySet<string> = new Set<TaskPhase>(['Completed', 'Failed', 'Stopped']);
 /** Longest stdout/stderr kept in status (etcd objects are small). */
 const MAX_OUTPUT = 16 * 1024;
@@ -81,7 +82,7 @@ export function controlPlaneSpec(obj: TaskResource): { spec: ControlPlaneTaskSpe
 /** The resource's own labels (at most 60) and the three that say which resource the task is. */
 function controlPlaneLabels(obj: TaskResource): Record<string, string> {
   const own = Object.entries(obj.metadata.labels ?? {}).slice(0, 60);
-  return { ...Object.fromEntries(own), [UID_LABEL]: obj.metadata.uid!, [RESOURCE_LABEL]: `${obj.kind}/${obj.metadata.namespace}/${obj.metadata.name}` };
+  return { ...Object.fromEntries(own), [UID_LABEL]: obj.metadata.uid!, [RESOURCE_LABEL]: `${obj.kind}/${obj.metadata.namespace}/${obj.metadata.name}`, [MANAGED_LABEL.key]: MANAGED_LABEL.value };
 }
 
 // --- status ------------------------------------------------------------------------
@@ -132,6 +133,7 @@ function statusOf(obj: TaskResource, t: ControlPlaneTask, job?: JobObjects): Tas
 
 function taskControllerOf(ctx: AdapterContext, kind: typeof WASM_TASK | typeof TASK): Controller<TaskResource> {
   const { cp, events, kube } = ctx;
+  const watch = new TaskWatch(cp, ctx.pollMs, ctx.log);
 
   /** The resource's control-plane task: by status.taskId, else by the uid label (an adapter that died before writing status). */
   async function findTask(obj: TaskResource): Promise<ControlPlaneTask | undefined> {
@@ -168,7 +170,8 @@ function taskControllerOf(ctx: AdapterContext, kind: typeof WASM_TASK | typeof T
 
   return {
     kind,
-    async reconcile(obj) {
+    stop: () => watch.stop(),
+    async reconcile(obj, view) {
       const before = obj.status;
       // a finished task's status is final; a later spec change is not run again
       if (before?.taskId && TERMINAL.has(before.phase ?? '')) {
@@ -204,12 +207,22 @@ function taskControllerOf(ctx: AdapterContext, kind: typeof WASM_TASK | typeof T
       const now = statusOf(obj, task, job);
       if (job && !now.jobRef?.uid && before?.jobRef) now.jobRef = before.jobRef;
       if (await writeStatus(kube, kind, obj, now)) await phaseEvents(obj, before, now);
-      return TERMINAL.has(task.state) ? {} : { requeueAfterMs: ctx.pollMs };
+      if (TERMINAL.has(task.state)) {
+        watch.unfollow(task.id);
+        return {};
+      }
+      // a Job's proplet that has not taken its task yet: its objects are checked every poll (one may be deleted)
+      if ((job && task.state === 'Pending') || task.labels?.[MANAGED_LABEL.key] !== MANAGED_LABEL.value) return { requeueAfterMs: ctx.pollMs };
+      // looked at again when the task moves on (TaskWatch), or at the resync
+      const key = keyOf(obj);
+      watch.follow(task, () => view.enqueue(key));
+      return {};
     },
 
     async finalize(obj) {
       const task = await findTask(obj);
       if (task) {
+        watch.unfollow(task.id);
         if (!TERMINAL.has(task.state)) {
           await cp.stopTask(task.id).catch((e) => {
             if (!(e instanceof ApiError && (e.status === 409 || e.status === 404))) throw e;
@@ -282,7 +295,7 @@ async function ensureJobObjects(ctx: AdapterContext, obj: WasmTask, spec: Contro
   if (await absent(core.readNamespacedSecret({ name, namespace }))) {
     let secret: string | undefined;
     try {
-      secret = (await ctx.cp.addProplet(propletId)).secret;
+      secret = (await ctx.cp.addProplet(propletId, { rotate: true })).secret; // issued only while its Secret is absent: a new secret is the intent
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 501)) throw e;
     }

@@ -16,18 +16,34 @@ import { WorkQueue, type ProcessResult } from './work-queue.ts';
 
 export type ReconcileResult = ProcessResult | void;
 
+/** What a running controller offers its own code: the informer's cache and its queue. */
+export interface ControllerView<T extends KubeObject = KubeObject> {
+  /** Queues a key of this kind: a change seen outside Kubernetes (a task that moved on). */
+  enqueue(key: string): void;
+  /**
+   * Every object of the kind, from the informer's cache (no request): only
+   * when the controller watches the whole cluster, else undefined (the
+   * caller lists what it needs).
+   */
+  all(): T[] | undefined;
+  /** Resolves once the cache holds a first full list. */
+  synced: Promise<void>;
+}
+
 export interface Controller<T extends KubeObject = KubeObject> {
   /** The kind it reconciles. */
   kind: ResourceKind;
   /** Makes the world match `obj` and writes what it found into obj's status. */
-  reconcile(obj: T): Promise<ReconcileResult>;
+  reconcile(obj: T, view: ControllerView<T>): Promise<ReconcileResult>;
   /**
    * The object is being deleted: undo its work outside Kubernetes. The
    * finalizer is removed when this returns without requeueAfterMs. Without
    * it, the controller puts no finalizer on its objects.
    */
-  finalize?(obj: T): Promise<ReconcileResult>;
-  /** Work of its own besides reconciles (a poll loop) ends here, when the controller stops (adapter closed, leadership lost). */
+  finalize?(obj: T, view: ControllerView<T>): Promise<ReconcileResult>;
+  /** Work of its own besides reconciles (a poll loop) starts here, once the controller runs. */
+  start?(view: ControllerView<T>): void;
+  /** ... and ends here, when the controller stops (adapter closed, leadership lost). */
   stop?(): void;
 }
 
@@ -54,13 +70,18 @@ export interface RunningController {
 export function runController<T extends KubeObject>(kube: Kube, ctl: Controller<T>, log: Log, o: RunOptions = {}): RunningController {
   const kind = ctl.kind;
   const informer = new Informer<T>(kube, customResourceSource<T>(kube, kind, o.namespace), (key) => queue.add(key), log, o.informer);
+  const view: ControllerView<T> = {
+    enqueue: (key) => queue.add(key),
+    all: () => (o.namespace === undefined ? informer.list() : undefined),
+    synced: informer.synced,
+  };
   const queue = new WorkQueue(
     async (key) => {
       let obj = informer.get(key);
       if (!obj) return;
       if (obj.metadata.deletionTimestamp) {
         if (!hasFinalizer(obj)) return;
-        const r = ctl.finalize ? await ctl.finalize(obj) : undefined;
+        const r = ctl.finalize ? await ctl.finalize(obj, view) : undefined;
         if (r?.requeueAfterMs !== undefined) return r;
         await removeFinalizer(kube, kind, obj).catch((e) => {
           if (!isNotFound(e)) throw e;
@@ -69,7 +90,7 @@ export function runController<T extends KubeObject>(kube: Kube, ctl: Controller<
         return;
       }
       if (ctl.finalize && !hasFinalizer(obj)) obj = await addFinalizer(kube, kind, obj);
-      return ctl.reconcile(obj);
+      return ctl.reconcile(obj, view);
     },
     {
       concurrency: o.concurrency ?? 4,
@@ -79,6 +100,7 @@ export function runController<T extends KubeObject>(kube: Kube, ctl: Controller<
     },
   );
   informer.start();
+  ctl.start?.(view);
   const resync = setInterval(() => {
     for (const key of informer.keys()) queue.add(key);
   }, o.resyncMs ?? 30_000);

@@ -5,7 +5,10 @@
 // backoff that doubles up to a cap. Objects that vanished between two lists
 // are reported as deleted.
 
-import { collectionPath, keyOf, sleep, type Kube, type KubeObject, type Log, type ResourceKind } from './kube.ts';
+import { collectionPath, isNotFound, keyOf, sleep, type Kube, type KubeObject, type Log, type ResourceKind } from './kube.ts';
+
+/** The one command that installs what a 404 on a kind of ours says is missing. */
+export const INSTALL_CRDS = 'propeller k8s manifests --only crds | kubectl apply -f -';
 
 export interface ListResult<T> {
   items: T[];
@@ -18,6 +21,8 @@ export interface InformerSource<T extends KubeObject> {
   list(): Promise<ListResult<T>>;
   /** The collection's path for the watch, e.g. /apis/GROUP/VERSION/PLURAL. */
   watchPath: string;
+  /** What a 404 on the list means and how to fix it (a CustomResourceDefinition not installed). */
+  missing?: string;
 }
 
 export interface InformerOptions {
@@ -39,6 +44,7 @@ export function customResourceSource<T extends KubeObject>(kube: Kube, k: Resour
   return {
     name: k.kind,
     watchPath: collectionPath(k, namespace),
+    missing: `the cluster has no CustomResourceDefinition ${plural}.${group} (kind ${k.kind}); install the CRDs with: ${INSTALL_CRDS}`,
     async list() {
       const res = (namespace
         ? await kube.custom.listNamespacedCustomObject({ group, version, plural, namespace })
@@ -97,12 +103,15 @@ export class Informer<T extends KubeObject> {
     const max = this.o.maxBackoffMs ?? 30_000;
     let backoff = min;
     let relist = true;
+    let missing = false;
     while (!this.stopped) {
       try {
         if (relist) {
           await this.relist();
           relist = false;
           backoff = min;
+          if (missing) this.log('info', 'the kind is installed now', { kind: this.source.name });
+          missing = false;
         }
         await this.watchOnce();
         // the server closed the watch cleanly: resume from where it was
@@ -113,7 +122,14 @@ export class Informer<T extends KubeObject> {
           this.log('info', 'watch expired (410 Gone): relisting', { kind: this.source.name });
           continue;
         }
-        this.log('warn', 'list/watch failed: retrying', { kind: this.source.name, error: (e as Error).message?.split('\n')[0], retry_ms: backoff });
+        if (this.source.missing && isNotFound(e)) {
+          // said once, at error level: retrying cannot help until someone installs it
+          if (!missing) this.log('error', this.source.missing, { kind: this.source.name, retry_ms: max });
+          missing = true;
+          backoff = max;
+        } else {
+          this.log('warn', 'list/watch failed: retrying', { kind: this.source.name, error: (e as Error).message?.split('\n')[0], retry_ms: backoff });
+        }
         await sleep(backoff, this.stopper.signal);
         backoff = Math.min(backoff * 2, max);
       }
