@@ -11,7 +11,7 @@
 // rules. A proplet may also use a channel named by its own id (a device
 // channel: embed-proplet runs every start on its channel, so each gets one).
 
-import { LAYOUTS, parseTopic, propletSubscriptions, sharedSubscriptions, stampSender, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
+import { LAYOUTS, parseTopic, propletSubscriptions, sharedSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
 import { claimedSender, isId, SENDER_FIELD, type MessageKind } from '../protocol/index.ts';
 import { propellerSender } from '../protocol/propeller.ts';
 import type { Role } from './credentials.ts';
@@ -50,6 +50,7 @@ export type DenyReason =
   /** The identity itself is unusable (unknown role, proplet id not a valid level). */
   | 'bad_identity';
 
+/** `stampSender`: allowed, but the message names no sender: publish it on the per-proplet topic of the author (topics' stampSender). */
 export type Decision = { ok: true } | { ok: false; reason: DenyReason };
 
 const OK: Decision = Object.freeze({ ok: true });
@@ -79,18 +80,6 @@ const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
   duplicate_field: 'duplicate_field',
   too_complex: 'too_complex',
 };
-
-/**
- * The topic a proplet's accepted publish is delivered on: its per-proplet form,
- * which names the publisher the broker authenticated. Shared topics (Propeller's
- * layout) carry no id, so the control plane would otherwise have to read the
- * sender from the payload again. Topics that already carry the id (checked by
- * authorize) stay as they are. The layout and channel stay too: the control
- * plane answers a proplet on the ones it uses.
- */
-export function stampedTopic(_scope: Scope, id: string, topic: string): string {
-  return stampSender(topic, id) ?? topic;
-}
 
 /**
  * Decides one publish or subscribe. `topic` is the PUBLISH topic or the
@@ -171,6 +160,7 @@ function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8A
   const claimed = p.kind in SENDER_FIELD ? claimedSender(p.kind as MessageKind, bytes) : propellerSender(bytes);
   if (claimed instanceof Error) return deny(PAYLOAD_DENIAL[claimed.reason] ?? 'malformed_payload');
   if (claimed !== undefined && claimed !== id) return deny('sender_mismatch');
-  // A payload that names no sender is the publisher's: the broker delivers it on the publisher's own topic (stampedTopic).
+  // A payload that names no sender (ours in compact CBOR, Propeller's embed-proplet results, `{"app_name"}`) is the
+  // publisher's: the broker delivers it on the publisher's own topic (stampSender).
   return OK;
 }

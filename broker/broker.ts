@@ -10,8 +10,8 @@ import tls from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
-import { base, scope as makeScope, type Scope } from '../topics/index.ts';
-import { authorize, stampedTopic, type DenyReason } from './acl.ts';
+import { base, scope as makeScope, stampSender, type Scope } from '../topics/index.ts';
+import { authorize, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { PacketGuard, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
@@ -665,7 +665,7 @@ export class EmbeddedBroker {
     if (d.ok) {
       if (idn.role === 'proplet') {
         // The identity is decided here, once: subscribers (the control plane) read it from the topic.
-        packet.topic = stampedTopic(this.scope, idn.id, packet.topic);
+        packet.topic = stampSender(packet.topic, idn.id) ?? packet.topic;
         // Retained messages would outlive the device, one per topic it names (FL round ids are free).
         packet.retain = false;
       }

@@ -84,10 +84,10 @@ export const serve: Command = {
   --console-dir DIR      web console assets served at / (env PROPELLER_CONSOLE_DIR; default the built console/dist; '' for none)
 ${scopeHelp}
   Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.
-  START_ACK_TIMEOUT (10s): a start our proplets do not acknowledge in time counts as refused.
-  PROPELLER_RUST_MAX_PACKET (10485760): Propeller Rust proplets' PROPLET_MQTT_MAX_PACKET_SIZE; larger modules go in chunks.
   RECONNECT_GRACE (default OFFLINE_THRESHOLD): after a restart, how long tasks placed before it wait for their
-  proplets to reconnect and report before they count as lost.`,
+  proplets to reconnect and report before they count as lost.
+  START_ACK_TIMEOUT (10s): a start our proplets do not acknowledge in time counts as refused.
+  PROPELLER_RUST_MAX_PACKET (10485760): Propeller Rust proplets' PROPLET_MQTT_MAX_PACKET_SIZE; larger modules go in chunks.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -100,8 +100,8 @@ ${scopeHelp}
     let health;
     let file: FileConfig = {};
     let schedulerType: string;
-    let startAckTimeoutMs: number | undefined;
     let restartGraceMs: number | undefined;
+    let startAckTimeoutMs: number | undefined;
     try {
       if (env.START_ACK_TIMEOUT) startAckTimeoutMs = parseDuration('START_ACK_TIMEOUT', env.START_ACK_TIMEOUT);
       const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;

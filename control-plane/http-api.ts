@@ -43,7 +43,7 @@ export interface HttpApiOptions {
   accountRole?: (id: string) => string | undefined;
   health?: () => Record<string, unknown>;
   putModule: (digest: string, bytes: Uint8Array) => void;
-  /** Resolves when the state store has committed what this request changed: no answer before that. */
+  /** Resolves when the state store has committed what was written so far: no answer shows uncommitted state. */
   durable?: () => Promise<void>;
 }
 
@@ -345,7 +345,8 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
-      if (method !== 'GET' && method !== 'HEAD') await this.durable();
+      // what a client is shown is committed: a crash cannot take back what it saw (health answers regardless)
+      if (url.pathname !== '/health') await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
@@ -376,10 +377,11 @@ export class HttpApi {
     if (!token || isOpen(method, path)) return true;
     const auth = req.headers.authorization;
     if (auth?.startsWith('Bearer ') && sameToken(auth.slice(7), token)) return true;
-    // Basic auth with the token as password: what Go's client sends from a URL's user info (Propeller's CLI, propeller-api.ts)
+    // Basic with the token as the password: what Go's client sends from a URL's user info (Propeller's CLI)
     if (auth?.startsWith('Basic ')) {
       const plain = Buffer.from(auth.slice(6), 'base64').toString('utf8');
-      if (plain.includes(':') && sameToken(plain.slice(plain.indexOf(':') + 1), token)) return true;
+      const colon = plain.indexOf(':');
+      if (colon >= 0 && sameToken(plain.slice(colon + 1), token)) return true;
     }
     const c = cookie(req, SESSION_COOKIE);
     return c !== undefined && sameToken(c, token);

@@ -85,9 +85,9 @@ export class ControlPlane {
   readonly groups: GroupService;
   readonly chunks: ChunkServer;
   readonly fl: FlCoordinator;
+  readonly events: EventBus;
   readonly compat: PropellerCompat;
   readonly startAcks: StartAckDeadline;
-  readonly events: EventBus;
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -241,8 +241,8 @@ export class ControlPlane {
     this.cron.close();
     this.registry.stop();
     this.tasks.stopTimers();
-    this.startAcks.close();
     this.events.close();
+    this.startAcks.close();
     await this.http.close();
     await this.gateway.close();
     await this.store.close();

@@ -30,8 +30,6 @@ export interface GatewayOptions {
   scope: Scope;
   log: Logger;
   metrics: ControlPlaneMetrics;
-  /** Limits of Propeller's proplets the control plane shapes its messages to. */
-  shape?: ShapeOptions;
   /**
    * Accept proplet messages on the shared topics (no proplet id level) and take
    * their sender from the payload, as Propeller does. Only for an external
@@ -40,10 +38,12 @@ export interface GatewayOptions {
    * checks it. Default false: such messages are refused (`no_topic_id`).
    */
   trustPayloadSender?: boolean;
+  /** Limits of Propeller's proplets the control plane shapes its messages to. */
+  shape?: ShapeOptions;
 }
 
 /** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
-const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet', 'fl.update', 'proplet.invoke_results', 'proplet.task_metrics']);
+const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'proplet.invoke_results', 'proplet.task_metrics', 'registry.proplet', 'fl.update']);
 
 /** Attacker-chosen strings (topics, ids) reach the log at most this long. */
 const clip = (s: string): string => (s.length > 200 ? `${s.slice(0, 200)}…` : s);
@@ -173,19 +173,18 @@ export class MqttGateway implements Dispatcher {
     const kind = parsed?.kind ?? 'unknown';
     try {
       if (!parsed || parsed.domain !== this.o.scope.domain) return this.reject(kind, 'topic', `topic outside the tree: ${clip(t)}`);
-      // a device channel is named by its proplet's id (an embed-proplet's: propeller-compat.ts)
+      // a device channel is named by its proplet's id: the channel says who sent it
       const device = parsed.channel !== this.o.scope.channel;
       if (device && parsed.propletId !== undefined && parsed.propletId !== parsed.channel) {
-        return this.reject(kind, 'topic_mismatch', `proplet ${clip(parsed.propletId)} on the device channel of ${clip(parsed.channel)}`);
+        return this.reject(kind, 'topic_mismatch', `proplet ${parsed.propletId} on the device channel of ${parsed.channel}`);
       }
       this.o.metrics.messagesReceived.inc({ kind });
-      if (FROM_PROPLET.has(parsed.kind) && parsed.propletId === undefined && !this.o.trustPayloadSender) {
+      // a device channel names its proplet too (the ACL lets only that proplet publish there)
+      if (FROM_PROPLET.has(parsed.kind) && parsed.propletId === undefined && !device && !this.o.trustPayloadSender) {
         // The embedded broker stamps every proplet publish with its authenticated id; one without came from elsewhere.
         return this.reject(kind, 'no_topic_id', `${kind} on a topic without a proplet id: ${clip(t)}`);
       }
       const h = this.handlers!;
-      // decode() fills an omitted sender from the topic and refuses a payload naming another (id_mismatch);
-      // an unstamped device channel (external broker, trustPayloadSender) names its device
       const sender = parsed.propletId ?? (device ? parsed.channel : undefined);
       const ctx = sender !== undefined ? { propletId: sender } : {};
       switch (parsed.kind) {

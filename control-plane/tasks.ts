@@ -63,14 +63,14 @@ export interface TaskServiceOptions {
   restartGraceMs?: number;
   /** PropletGroups by name, for tasks that name one. */
   groups?: (name: string) => PropletGroup | undefined;
+  /** How long finished tasks and scheduled runs are kept (default: 24 h; 3 successful and 1 failed run per schedule). */
+  retention?: Partial<RetentionConfig>;
   /**
    * Why this proplet cannot be sent this start (a device that would drop it
    * unseen: propeller-compat.ts), or undefined. A refused placement excludes
    * the proplet; a task pinned to it fails with the reason.
    */
   admit?: (t: Task, p: Proplet, start: () => Start) => string | undefined;
-  /** How long finished tasks and scheduled runs are kept (default: 24 h; 3 successful and 1 failed run per schedule). */
-  retention?: Partial<RetentionConfig>;
 }
 
 export interface TaskEvents {

@@ -1,9 +1,9 @@
 // The broker's ACL as a table, Mosquitto style: who, what, which topic,
 // which payload, and the expected decision.
 import test from 'ava';
-import { authorize, stampedTopic, type Action, type DenyReason, type Role } from '../broker/index.ts';
+import { authorize, type Action, type DenyReason, type Role } from '../broker/index.ts';
 import { encode } from '../protocol/index.ts';
-import { allFilter, base, flUpdateTopic, managerFilters, propletSubscriptions, scope, topic } from '../topics/index.ts';
+import { allFilter, base, flUpdateTopic, managerFilters, propletSubscriptions, scope, stampSender, topic } from '../topics/index.ts';
 
 const S = scope('propeller', 'control');
 const B = base(S);
@@ -70,7 +70,7 @@ const cases: Case[] = [
   ['p1 alive on its own topic naming p2', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p1'), json('proplet.alive', 'p2'), 'sender_mismatch'],
   ["p1 on p2's per-proplet alive topic", 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p2'), cborNoSender, 'topic_id_mismatch'],
   ["p1 on p2's per-proplet results topic, naming p1", 'proplet', 'p1', 'publish', topic(S, 'proplet.results', 'p2'), json('proplet.results', 'p1'), 'topic_id_mismatch'],
-  // no sender in the payload: the broker stamps the publisher's id into the topic (stampedTopic)
+  // no sender in the payload: the broker stamps the publisher's id into the topic (stampSender)
   ['p1 alive with no sender anywhere', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), cborNoSender, true],
   ['p1 alive, JSON without proplet_id', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), '{"status":"alive"}', true],
   ['p1 alive, CBOR naming the sender twice', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), Buffer.from('a2' + '6a70726f706c65745f6964' + '627031' + '01' + '627032', 'hex'), 'duplicate_field'],
@@ -130,7 +130,7 @@ test('acl: every proplet-sent kind with the sender omitted is allowed, and deliv
     const payload = encode(kind, msg as never, 'cbor', { omitSender: true });
     t.deepEqual(authorize(S, 'proplet', 'p1', 'publish', topic(S, kind), payload), { ok: true }, kind);
     t.deepEqual(authorize(S, 'proplet', 'p1', 'publish', topic(S, kind, 'p1'), payload), { ok: true }, kind);
-    t.is(stampedTopic(S, 'p1', topic(S, kind)), topic(S, kind, 'p1'), kind);
-    t.is(stampedTopic(S, 'p1', topic(S, kind, 'p1')), topic(S, kind, 'p1'), kind);
+    t.is(stampSender(topic(S, kind), 'p1'), topic(S, kind, 'p1'), kind);
+    t.is(stampSender(topic(S, kind, 'p1'), 'p1'), undefined, `${kind}: already names its sender`);
   }
 });

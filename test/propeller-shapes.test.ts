@@ -3,7 +3,7 @@
 // topic layouts and device channels. Pure functions, no sockets.
 
 import test from 'ava';
-import { authorize, stampedTopic, type Decision } from '../broker/acl.ts';
+import { authorize, type Decision } from '../broker/acl.ts';
 import { channelConflict, kindOfRegistration } from '../control-plane/propeller-compat.ts';
 import { embedInputs, embedStart, fromPropellerMetrics, propellerChunks, qosFor, resultStatus, rustInputs, rustStart, shapeStop, timestampMs } from '../control-plane/propeller-shapes.ts';
 import { functionExport } from '../control-plane/wasm-exports.ts';
@@ -160,8 +160,9 @@ const acl: [string, Parameters<typeof authorize>, Decision][] = [
   ['…naming another proplet', [S, 'proplet', 'r1', 'publish', bare('control', 'control/proplet/alive'), '{"proplet_id":"r2"}'], { ok: false, reason: 'sender_mismatch' }],
   ['…invoke results naming another proplet', [S, 'proplet', 'r1', 'publish', bare('control', 'control/proplet/invoke_results'), '{"proplet_id":"r2"}'], { ok: false, reason: 'sender_mismatch' }],
   ['…task metrics as itself', [S, 'proplet', 'r1', 'publish', bare('control', 'control/proplet/task_metrics'), '{"proplet_id":"r1"}'], ok],
-  ['a JSON result naming nobody on the shared channel (the broker stamps its author)', [S, 'proplet', 'e1', 'publish', bare('control', 'control/proplet/results'), '{"task_id":"t","results":"5"}'], ok],
-  ['a module request by name, naming nobody', [S, 'proplet', 'r1', 'publish', bare('control', 'registry/proplet'), '{"app_name":"x"}'], ok],
+  ['a JSON result naming nobody on the shared channel: stamped', [S, 'proplet', 'e1', 'publish', bare('control', 'control/proplet/results'), '{"task_id":"t","results":"5"}'], ok],
+  ['a module request by name, naming nobody: stamped', [S, 'proplet', 'r1', 'publish', bare('control', 'registry/proplet'), '{"app_name":"x"}'], ok],
+  ['an alive naming nobody on the shared channel: stamped', [S, 'proplet', 'e1', 'publish', bare('control', 'control/proplet/alive'), '{"status":"alive"}'], ok],
   ['on its own device channel, the channel names it', [S, 'proplet', 'e1', 'publish', bare('e1', 'control/proplet/results'), '{"task_id":"t","results":"5"}'], ok],
   ["on another device's channel", [S, 'proplet', 'e1', 'publish', bare('e2', 'control/proplet/results'), '{"task_id":"t"}'], { ok: false, reason: 'outside_scope' }],
   ['a start from a proplet', [S, 'proplet', 'e1', 'publish', bare('e1', 'control/manager/start'), '{}'], { ok: false, reason: 'kind_not_allowed' }],
@@ -173,10 +174,3 @@ const acl: [string, Parameters<typeof authorize>, Decision][] = [
   ['the ours layout is unchanged', [S, 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p1'), '{"proplet_id":"p1"}'], ok],
 ];
 for (const [name, args, want] of acl) test(`acl: ${name}`, (t) => t.deepEqual(authorize(...args), want));
-
-test('stamped topics keep the layout and the channel: the control plane answers on them', (t) => {
-  t.is(stampedTopic(S, 'e1', bare('control', 'control/proplet/results')), bare('control', 'control/proplet/results/e1'));
-  t.is(stampedTopic(S, 'e1', bare('e1', 'control/proplet/create')), bare('e1', 'control/proplet/create/e1'));
-  t.is(stampedTopic(S, 'p1', topic(S, 'proplet.alive')), topic(S, 'proplet.alive', 'p1'));
-  t.is(stampedTopic(S, 'p1', topic(S, 'proplet.alive', 'p1')), topic(S, 'proplet.alive', 'p1'));
-});
