@@ -610,13 +610,16 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private refusePlacement(t: Task, p: Proplet, reason: string): void {
-    if (t.pinned_proplet_id === p.id) {
-      t.error = `cannot run on ${p.id}: ${reason}`;
+    (t.excluded_proplets ??= []).push(p.id);
+    const why = `cannot run on ${p.id}: ${reason}`;
+    if (this.nowhereElse(t)) {
+      t.error = t.pinned_proplet_id === p.id ? why : `${why}; no other proplet can take it`;
       return this.finish(t, 'Failed', this.iso());
     }
-    (t.excluded_proplets ??= []).push(p.id);
     t.pending_reason = `not placed on ${p.id}: ${reason}`;
     t.updated_at = this.iso();
+    // kept in the history: the next placement pass rewrites pending_reason
+    t.history.push({ state: 'Pending', at: t.updated_at, reason: t.pending_reason, proplet_id: p.id });
     this.save(t);
     this.schedulePlacement();
   }

@@ -17,7 +17,7 @@ let add: string;
 test.before(async () => {
   await buildExamples();
   add = readFileSync(join(EXAMPLES_BUILD_DIR, 'add.wasm')).toString('base64');
-  s = await startStack({ proplets: 1, cp: { http: { port: 0, token: TOKEN } } });
+  s = await startStack({ proplets: 1, token: TOKEN });
 });
 test.after.always(async () => {
   await s?.close();

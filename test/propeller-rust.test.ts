@@ -43,7 +43,7 @@ test.before(async () => {
   await buildExamples();
   add = readFileSync(join(EXAMPLES_BUILD_DIR, 'add.wasm')).toString('base64');
   s = await startStack({
-    health: { offlineThresholdMs: 800, failureThresholdMs: 1600 },
+    health: { offlineThresholdMs: 3000, failureThresholdMs: 6000 },
     // as if the proplets ran with PROPLET_MQTT_MAX_PACKET_SIZE=65536
     cp: { propeller: { rustMaxPacket: 64 * 1024 } },
   });
@@ -70,7 +70,7 @@ test.serial('a pinned task with string and number inputs: the proplet gets strin
   const dev = devices[0]!;
   const task = await s.api.createTask({ name: 'add', file: add, inputs: ['40', 2], proplet_id: 'rust-1' } as never);
   await s.api.startTask(task.id);
-  const done = await s.api.getTask(task.id, 5000);
+  const done = await s.api.getTask(task.id, 20_000);
   t.is(done.state, 'Completed', done.error);
   t.is(done.result?.results, '42');
   t.is(done.result?.proplet_id, 'rust-1');
@@ -78,13 +78,13 @@ test.serial('a pinned task with string and number inputs: the proplet gets strin
   t.deepEqual(dev.dropped, []);
   const mul = await s.api.createTask({ name: 'mul', file: add, inputs: [2.5, '2'], proplet_id: 'rust-1' } as never);
   await s.api.startTask(mul.id);
-  t.is((await s.api.getTask(mul.id, 5000)).result?.results, '5'); // Rust's f64 to_string(): 5, not 5.0
+  t.is((await s.api.getTask(mul.id, 20_000)).result?.results, '5'); // Rust's f64 to_string(): 5, not 5.0
 });
 
 test.serial('an error string fails the task with that error', async (t) => {
   const task = await s.api.createTask({ name: 'add', file: add, inputs: ['two', '2'], proplet_id: 'rust-1' } as never);
   await s.api.startTask(task.id);
-  const done = await s.api.getTask(task.id, 5000);
+  const done = await s.api.getTask(task.id, 20_000);
   t.is(done.state, 'Failed');
   t.regex(done.error ?? '', /Failed to parse 'two' as i32/);
 });
@@ -109,12 +109,24 @@ test.serial('a module over its packet limit is sent by name and served in chunks
   const chunks0 = dev.registryRequests.length;
   const task = await s.api.createTask({ name: 'add', file: big.toString('base64'), inputs: ['20', '22'], proplet_id: 'rust-1' } as never);
   await s.api.startTask(task.id);
-  const done = await s.api.getTask(task.id, 10_000);
+  const done = await s.api.getTask(task.id, 20_000);
   t.is(done.state, 'Completed', done.error ?? done.pending_reason);
   t.is(done.result?.results, '42');
   t.is(dev.registryRequests.length, chunks0 + 1);
   t.regex(dev.registryRequests.at(-1)!, /^sha256:[0-9a-f]{64}$/);
   t.is(dev.starts.at(-1)!.file, undefined);
+});
+
+test.serial('QoS 2 publishes reach a persistent QoS 1 wildcard subscriber (the control plane) at QoS 1, none lost', async (t) => {
+  // Aedes 1.2 alone delivers them at QoS 2 and loses about 1 in 250 (broker.ts: atGrantedQos)
+  const sub = await s.client('watcher', 'manager', { clean: false, clientId: 'qos-watcher' });
+  const qos: number[] = [];
+  sub.on('message', (_t, _b, p) => qos.push(p.qos));
+  await sub.subscribeAsync('m/propeller/c/+/control/proplet/#', { qos: 1 });
+  const pub = await s.client('qos2-pub');
+  for (let i = 0; i < 300; i++) await pub.publishAsync('m/propeller/c/control/control/proplet/task_metrics', JSON.stringify({ proplet_id: 'qos2-pub', i }), { qos: 2 });
+  await until(() => qos.filter((q) => q === 1).length >= 300, '300 deliveries at QoS 1');
+  t.true(qos.every((q) => q === 1));
 });
 
 test.serial('killed (no will): offline by heartbeat timeout, then failed, and its daemon moves to another Rust proplet', async (t) => {
@@ -130,7 +142,7 @@ test.serial('killed (no will): offline by heartbeat timeout, then failed, and it
     if (p.id === 'rust-1') seen.push(`${p.state}: ${reason}`);
   });
   victim.kill();
-  await until(async () => (await s.api.getTask(task.id)).proplet_id === 'rust-2', 'evacuated to rust-2', 10_000);
+  await until(async () => (await s.api.getTask(task.id)).proplet_id === 'rust-2', 'evacuated to rust-2');
   t.regex(seen[0]!, /^offline: no heartbeat/);
   t.regex(seen[1]!, /^failed: no heartbeat/);
   await until(() => r2.starts.some((m) => m.id === task.id), 'rust-2 got the start');

@@ -31,24 +31,34 @@ test.serial('a start our proplet never acknowledges is refused after the deadlin
   await mute.subscribeAsync(topic(scope, 'manager.start', 'mute'), { qos: 1 });
   await mute.publishAsync(topic(scope, 'proplet.create', 'mute'), JSON.stringify({ proplet_id: 'mute', addressing: 'direct', device_type: 'node' }), { qos: 1 });
   await until(() => s.cp.registry.get('mute')?.state === 'alive', 'mute registered');
-
-  const task = await s.api.createTask({ name: 'add', file: add, inputs: [2, 3] });
-  await s.api.startTask(task.id);
-  await until(() => startsSeen === 1, 'the start reached the mute proplet');
-  await until(async () => (await s.api.getTask(task.id)).attempts[0]?.outcome === 'refused', 'refused by the deadline');
-  const refused = await s.api.getTask(task.id);
-  t.is(refused.state, 'Pending');
-  t.regex(refused.attempts[0]!.error ?? '', /start not acknowledged within 2 s \(START_ACK_TIMEOUT\)/);
-  t.is(s.cp.registry.get('mute')!.state, 'alive'); // not failed: the task did not wait for that
-
   await s.addProplet('p1');
-  const done = await s.api.getTask(task.id, 10_000);
-  t.is(done.state, 'Completed', done.error);
-  t.is(done.result?.proplet_id, 'p1');
-  t.is(done.result?.results, 5);
+
+  // spread over both: the ones sent to the mute proplet move to p1 after the deadline
+  const ids: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    const task = await s.api.createTask({ name: 'add', file: add, inputs: [i, 1] });
+    await s.api.startTask(task.id);
+    ids.push(task.id);
+  }
+  let refused = 0;
+  for (const [i, id] of ids.entries()) {
+    const done = await s.api.getTask(id, 20_000);
+    t.is(done.state, 'Completed', done.error);
+    t.is(done.result?.proplet_id, 'p1');
+    t.is(done.result?.results, i + 1);
+    const first = done.attempts[0]!;
+    if (first.proplet_id === 'mute') {
+      refused++;
+      t.is(first.outcome, 'refused');
+      t.regex(first.error ?? '', /start not acknowledged within 2 s \(START_ACK_TIMEOUT\)/);
+    }
+  }
+  t.true(refused >= 1, 'placement sent some to the mute proplet');
+  t.is(startsSeen, refused);
+  t.is(s.cp.registry.get('mute')!.state, 'alive'); // not failed: the tasks did not wait for that
 });
 
-test.serial('our node proplet acknowledges every start: with the same short deadline nothing is refused', async (t) => {
+test.serial('our node proplet acknowledges every start: with the same deadline nothing is refused', async (t) => {
   const ids: string[] = [];
   for (let i = 0; i < 5; i++) {
     const task = await s.api.createTask({ name: 'add', file: add, inputs: [i, 1], proplet_id: 'p1' });
