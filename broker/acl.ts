@@ -32,10 +32,12 @@ export type DenyReason =
   | 'topic_id_mismatch'
   /** The payload claims another proplet as its sender. */
   | 'sender_mismatch'
-  /** Neither the topic nor the payload names the sender. */
-  | 'no_sender'
   /** The payload does not parse, so its sender cannot be checked. */
   | 'malformed_payload'
+  /** The payload names a field twice (duplicate keys, or a field's text name beside its integer key). */
+  | 'duplicate_field'
+  /** The payload holds more items or deeper nesting than a message of its kind may. */
+  | 'too_complex'
   /** The payload exceeds the protocol's limit for its kind. */
   | 'payload_too_large'
   /** A proplet subscribes to a topic that is not one of its own or a shared one. */
@@ -64,6 +66,25 @@ export function sharedPropletSubscriptions(s: Scope): string[] {
 }
 
 const EMPTY = new Uint8Array(0);
+
+const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
+  too_large: 'payload_too_large',
+  duplicate_field: 'duplicate_field',
+  too_complex: 'too_complex',
+};
+
+/**
+ * The topic a proplet's accepted publish is delivered on: its per-proplet form,
+ * which names the publisher the broker authenticated. Shared topics (Propeller's
+ * layout) carry no id, so the control plane would otherwise have to read the
+ * sender from the payload again. Topics that already carry the id (checked by
+ * authorize) stay as they are.
+ */
+export function stampedTopic(scope: Scope, id: string, topic: string): string {
+  const p = parseTopic(topic);
+  if (!p || p.propletId !== undefined || p.kind === 'fl.update') return topic;
+  return topicOf(scope, p.kind, id);
+}
 
 /**
  * Decides one publish or subscribe. `topic` is the PUBLISH topic or the
@@ -125,7 +146,8 @@ function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8A
   if (p.propletId !== undefined && p.propletId !== id) return deny('topic_id_mismatch');
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
   const claimed = claimedSender(p.kind as MessageKind, bytes);
-  if (claimed instanceof Error) return deny(claimed.reason === 'too_large' ? 'payload_too_large' : 'malformed_payload');
-  if (claimed !== undefined) return claimed === id ? OK : deny('sender_mismatch');
-  return p.propletId !== undefined ? OK : deny('no_sender');
+  if (claimed instanceof Error) return deny(PAYLOAD_DENIAL[claimed.reason] ?? 'malformed_payload');
+  if (claimed !== undefined && claimed !== id) return deny('sender_mismatch');
+  // A payload that names no sender is the publisher's: the broker delivers it on the publisher's own topic (stampedTopic).
+  return OK;
 }

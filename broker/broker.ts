@@ -11,9 +11,10 @@ import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type P
 import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { scope as makeScope, type Scope } from '../topics/index.ts';
-import { authorize, type DenyReason } from './acl.ts';
+import { authorize, stampedTopic, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { PacketGuard, type Violation } from './guard.ts';
+import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -30,6 +31,8 @@ export const DEFAULT_MAX_PACKET_SIZE = Math.max(
 ) + HEADROOM;
 /** Largest payload the manager sends (a start with an inline module), plus headroom: 32 MiB + 64 KiB. */
 export const DEFAULT_MANAGER_MAX_PACKET_SIZE = Math.max(...Object.values(MAX_PAYLOAD)) + HEADROOM;
+/** Failing CONNECTs of one address waiting for their late refusal; more are closed without a CONNACK. */
+const MAX_PENDING_REFUSALS = 32;
 /** The CONNECT packet (client id, will, username, password) never needs more. */
 const MAX_CONNECT_SIZE = 64 * KiB;
 /** The deepest topic of the tree has 10 levels (FL updates); Aedes' default is 100. */
@@ -67,6 +70,23 @@ export interface BrokerOptions {
   connectTimeout?: number;
   /** Accept clients without username and password, as the read-only debug role. Default false. */
   allowAnonymous?: boolean;
+  /**
+   * Open connections per account: a new one beyond the limit closes the
+   * account's oldest (as an MQTT client-id takeover would), so a device whose
+   * old connection is half-open still gets in. Default proplet 1 (per member
+   * id for group accounts), manager 8, debug 16; anonymous clients are not limited.
+   */
+  connectionLimits?: Partial<ConnectionLimits>;
+  /**
+   * Back-off on failed CONNECTs: after `failures` failures from one remote
+   * address, its further refusals are answered late (doubling up to
+   * `maxDelayMs`; beyond 32 waiting at once, closed without CONNACK), while
+   * its good logins are not held; after `failures` bad secrets for one
+   * account, every CONNACK of that account is held back the same way until a
+   * login succeeds. Failures are forgotten `windowMs` after the last one.
+   * Default 10 failures, 60 s, 5 s; `false` turns it off.
+   */
+  authBackoff?: Partial<AuthBackoff> | false;
   /** When given, counters are registered here. */
   registry?: Registry;
   /** Default: warnings as one JSON line on stderr, info dropped. */
@@ -90,10 +110,11 @@ export interface Identity {
 const IDENTITY = 'propellerIdentity';
 const LOOKUP_FAILED = Symbol('propeller.lookupFailed');
 const WILL = Symbol('propeller.will');
+const CONNECT = Symbol('propeller.connect');
 const REFUSED = Symbol('propeller.refused');
 
-type Ext = Client & { [IDENTITY]?: Identity; [WILL]?: ConnectPacket['will'] };
-type Guarded = PacketGuard & { client?: Ext; remote?: string; transport?: string };
+type Ext = Client & { [IDENTITY]?: Identity; [WILL]?: ConnectPacket['will']; [CONNECT]?: ConnectPacket };
+type Guarded = PacketGuard & { client?: Ext; remote?: string; ip?: string; transport?: string };
 
 /** The identity the broker attached to an Aedes client, if it authenticated. */
 export function identityOf(client: Client | null | undefined): Identity | undefined {
@@ -174,8 +195,19 @@ export class EmbeddedBroker {
 
   private readonly drops = new Map<string, number>();
   private authFails = 0;
-  private readonly dropCounter?: Counter<'reason'>;
-  private readonly authCounter?: Counter<string>;
+  private dropCounter?: Counter<'reason'>;
+  private authCounter?: Counter<string>;
+  private replacedCounter?: Counter<'role'>;
+  private backoffCounter?: Counter<'action'>;
+  private replacedCount = 0;
+  private readonly backoffCounts = { refusal_delayed: 0, dropped: 0, delayed: 0 };
+  /** Refusals held back per remote address; beyond MAX_PENDING_REFUSALS a failing CONNECT is just closed. */
+  private readonly pendingRefusals = new Map<string, number>();
+  private readonly limits: ConnectionLimits;
+  private readonly backoff?: AuthBackoff;
+  /** Failed CONNECTs by remote address and by existing account, forgotten after the back-off window. */
+  private readonly addrFails?: FailureLog;
+  private readonly userFails?: FailureLog;
   private readonly byUser = new Map<string, Set<Ext>>();
   /** Authenticated clients whose connection is open (Aedes' own counter drifts under concurrent client-id takeovers). */
   private readonly live = new Set<Ext>();
@@ -210,10 +242,30 @@ export class EmbeddedBroker {
     this.managerMaxPacket = sizes.manager;
     this.allowAnonymous = opts.allowAnonymous === true;
     this.holding = opts.managerFirst === true;
-    if (opts.registry) {
-      this.dropCounter = metric(opts.registry, 'propeller_mqtt_dropped_total', 'MQTT packets dropped by the embedded broker, by reason', ['reason']) as Counter<'reason'>;
-      this.authCounter = metric(opts.registry, 'propeller_mqtt_auth_failures_total', 'MQTT CONNECTs refused by the embedded broker', []);
+    this.limits = checkLimits(opts.connectionLimits);
+    this.backoff = checkBackoff(opts.authBackoff);
+    if (this.backoff) {
+      this.addrFails = new FailureLog(this.backoff.windowMs);
+      this.userFails = new FailureLog(this.backoff.windowMs);
     }
+    if (opts.registry) this.attachMetrics(opts.registry);
+  }
+
+  /**
+   * Registers the broker's counters in `registry` (when it was not given to
+   * start(), e.g. because the control plane that owns the registry is built
+   * after the broker). Counts from before carry over.
+   */
+  attachMetrics(registry: Registry): void {
+    const fresh = !registry.getSingleMetric('propeller_mqtt_dropped_total');
+    this.dropCounter = metric(registry, 'propeller_mqtt_dropped_total', 'MQTT packets dropped by the embedded broker, by reason', ['reason']) as Counter<'reason'>;
+    this.authCounter = metric(registry, 'propeller_mqtt_auth_failures_total', 'MQTT CONNECTs refused by the embedded broker', []);
+    this.replacedCounter = metric(registry, 'propeller_mqtt_connections_replaced_total', "Connections closed because their account's connection limit was reached by a newer one, by role", ['role']) as Counter<'role'>;
+    this.backoffCounter = metric(registry, 'propeller_mqtt_auth_backoff_total', 'CONNECTs under authentication back-off: refusal_delayed and dropped (a failing remote address), delayed (an account under attack)', ['action']) as Counter<'action'>;
+    if (!fresh) return;
+    for (const [action, n] of Object.entries(this.backoffCounts)) if (n) this.backoffCounter.inc({ action }, n); // a counter shared with another broker: its counts are its own
+    for (const [reason, n] of this.drops) this.dropCounter.inc({ reason }, n);
+    if (this.authFails) this.authCounter.inc(this.authFails);
   }
 
   /** mqtt://HOST:PORT with the port actually bound. */
@@ -330,6 +382,11 @@ export class EmbeddedBroker {
     return this.authFails;
   }
 
+  /** Connections closed by the per-account connection limit, and CONNECTs refused or delayed by the auth back-off. */
+  get limited(): { replaced: number; refusalsDelayed: number; dropped: number; delayed: number } {
+    return { replaced: this.replacedCount, refusalsDelayed: this.backoffCounts.refusal_delayed, dropped: this.backoffCounts.dropped, delayed: this.backoffCounts.delayed };
+  }
+
   /** Closes every live connection of `username` (e.g. after its credentials are revoked); returns how many. Their wills are not published. */
   disconnect(username: string): number {
     if (isGroupId(username)) {
@@ -393,6 +450,7 @@ export class EmbeddedBroker {
       onViolation: (v) => this.onViolation(guard, v),
     });
     guard.remote = remote;
+    guard.ip = remote.slice(0, remote.lastIndexOf(':'));
     guard.transport = transport;
     this.conns.add(guard);
     guard.on('close', () => this.conns.delete(guard));
@@ -436,6 +494,7 @@ export class EmbeddedBroker {
   private preConnect(client: Ext, packet: ConnectPacket, cb: (err: Error | null, ok: boolean) => void): void {
     // The will is checked against the ACL in authenticate(), once the role is known.
     client[WILL] = packet.will;
+    client[CONNECT] = packet;
     cb(null, true);
   }
 
@@ -446,11 +505,33 @@ export class EmbeddedBroker {
     cb: (err: (Error & { returnCode: number }) | null, ok: boolean | null) => void,
   ): void {
     const wireId = client.id;
+    const ip = (client.conn as Guarded).ip ?? '';
     const refuse = (code: 3 | 4 | 5, reason: string, extra: Record<string, unknown> = {}): void => {
       this.authFails++;
       this.authCounter?.inc();
       this.log('warn', 'mqtt connect refused', { clientId: clip(wireId), username: clip(username), remote: (client.conn as Guarded).remote, reason, ...extra });
-      cb(authError(`connect refused: ${reason}`, code), null);
+      const err = authError(`connect refused: ${reason}`, code);
+      const bo = this.backoff;
+      const n = bo && reason !== 'lookup_failed' ? this.addrFails!.fail(ip) : 0;
+      if (!bo || n <= bo.failures) return cb(err, null);
+      // An address that keeps failing hears back late, so a guesser gets one try per delay. Only
+      // refusals wait: a good login from the same address (the control plane's own, on loopback) never does.
+      const pending = this.pendingRefusals.get(ip) ?? 0;
+      if (pending >= MAX_PENDING_REFUSALS) {
+        this.backoffCounts.dropped++;
+        this.backoffCounter?.inc({ action: 'dropped' });
+        client.conn.destroy();
+        return;
+      }
+      this.backoffCounts.refusal_delayed++;
+      this.backoffCounter?.inc({ action: 'refusal_delayed' });
+      this.pendingRefusals.set(ip, pending + 1);
+      setTimeout(() => {
+        const left = (this.pendingRefusals.get(ip) ?? 1) - 1;
+        if (left > 0) this.pendingRefusals.set(ip, left);
+        else this.pendingRefusals.delete(ip);
+        cb(err, null);
+      }, Math.min(bo.maxDelayMs, 100 * 2 ** Math.min(20, n - bo.failures - 1))).unref();
     };
     const accept = (id: string, role: Role, hash: string, anonymous: boolean): void => {
       if (this.holding && role !== 'manager') {
@@ -460,10 +541,20 @@ export class EmbeddedBroker {
       }
       const will = client[WILL];
       delete client[WILL];
+      const connect = client[CONNECT];
+      delete client[CONNECT];
+      if (role !== 'manager' && connect && !connect.clean) {
+        // Persistent sessions outlive their connection, and client ids are free: an account could
+        // leave any number of them behind, each queueing every QoS 1 start on the shared topic.
+        // Only the control plane needs one; a device learns what to run again when it registers.
+        connect.clean = true;
+        (client as { clean: boolean }).clean = true;
+      }
       if (will) {
         const d = authorize(this.scope, role, id, 'publish', will.topic, will.payload);
         if (!d.ok) return refuse(5, 'will_refused', { topic: clip(will.topic), aclReason: d.reason });
       }
+      if (!anonymous) this.userFails?.forget(id);
       const idn: Identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false };
       client[IDENTITY] = idn;
       // Client ids are free, so namespace them per account: a proplet reusing
@@ -475,6 +566,7 @@ export class EmbeddedBroker {
         let set = this.byUser.get(id);
         if (!set) this.byUser.set(id, (set = new Set()));
         set.add(client);
+        this.enforceLimit(id, role, set);
       }
       client.conn.once('close', () => {
         this.live.delete(client);
@@ -488,6 +580,7 @@ export class EmbeddedBroker {
       if (!this.allowAnonymous) return refuse(5, 'anonymous');
       return accept('', 'debug', '', true);
     }
+    const bo = this.backoff;
     if (!username || !password || password.length === 0) return refuse(4, 'missing_credentials');
     const secret = password.toString('utf8');
     const rec = this.lookup(username);
@@ -496,9 +589,21 @@ export class EmbeddedBroker {
       verifyDummy(secret);
       return refuse(4, 'unknown_user');
     }
-    verifySecretAsync(secret, rec.hash)
+    // An account under attack is slowed down, not locked: its device still gets in, later.
+    const userFailed = bo ? this.userFails!.count(username) : 0;
+    const delay = bo && userFailed >= bo.failures ? Math.min(bo.maxDelayMs, 100 * 2 ** Math.min(20, userFailed - bo.failures)) : 0;
+    if (delay > 0) {
+      this.backoffCounts.delayed++;
+      this.backoffCounter?.inc({ action: 'delayed' });
+    }
+    const wait = delay > 0 ? new Promise<void>((r) => setTimeout(r, delay).unref()) : Promise.resolve();
+    wait
+      .then(() => verifySecretAsync(secret, rec.hash))
       .then((ok) => {
-        if (!ok) return refuse(4, 'bad_secret');
+        if (!ok) {
+          this.userFails?.fail(username);
+          return refuse(4, 'bad_secret');
+        }
         // the record may have been replaced while scrypt ran
         const now = this.lookup(username);
         if (now === LOOKUP_FAILED) return refuse(3, 'lookup_failed');
@@ -506,6 +611,21 @@ export class EmbeddedBroker {
         accept(username, rec.role, rec.hash, false);
       })
       .catch((e: unknown) => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) }));
+  }
+
+  /** Beyond the account's limit, its oldest connections go: no will, as the account is still connected. */
+  private enforceLimit(id: string, role: Role, set: Set<Ext>): void {
+    const limit = this.limits[role];
+    for (const old of set) {
+      if (set.size <= limit) return;
+      set.delete(old);
+      const idn = identityOf(old);
+      if (idn) idn.untrusted = true;
+      this.replacedCount++;
+      this.replacedCounter?.inc({ role });
+      this.log('info', 'mqtt connection replaced: account at its connection limit', { ...this.who(old), username: id, limit });
+      old.close();
+    }
   }
 
   /** The username's account (its own or its group's), shielded: a throwing lookup must not take the broker down. */
@@ -542,7 +662,15 @@ export class EmbeddedBroker {
     if (idn.untrusted) return cb(refusal('client no longer trusted')); // already counted and logged
     if (this.revoked(idn)) return cb(this.refuse(client, idn, packet.topic, 'credentials_revoked'));
     const d = authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
-    if (d.ok) return cb(null);
+    if (d.ok) {
+      if (idn.role === 'proplet') {
+        // The identity is decided here, once: subscribers (the control plane) read it from the topic.
+        packet.topic = stampedTopic(this.scope, idn.id, packet.topic);
+        // Retained messages would outlive the device, one per topic it names (FL round ids are free).
+        packet.retain = false;
+      }
+      return cb(null);
+    }
     // The error makes Aedes close the connection (MQTT 3.1.1 has no way to refuse a publish).
     cb(this.refuse(client, idn, packet.topic, d.reason));
   }

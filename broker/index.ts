@@ -19,7 +19,7 @@ export {
   type CredentialChange,
   type SetOptions,
 } from './credentials.ts';
-export { authorize, sharedPropletSubscriptions, PROPLET_PUBLISH_KINDS, type Action, type Decision, type DenyReason } from './acl.ts';
+export { authorize, stampedTopic, sharedPropletSubscriptions, PROPLET_PUBLISH_KINDS, type Action, type Decision, type DenyReason } from './acl.ts';
 export {
   EmbeddedBroker,
   identityOf,

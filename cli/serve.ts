@@ -2,18 +2,22 @@
 // the control plane with its HTTP API, and optionally local node proplets.
 
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
-import { ConfigError, ControlPlane, healthFromEnv, type Store } from '../control-plane/index.ts';
+import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } from '../control-plane/index.ts';
+import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
-import { SqliteStore } from '../control-plane/sqlite-store.ts';
+import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { UsageError, int, str, type Command } from './args.ts';
 import { launchAdapter } from './k8s.ts';
-import { brokerUrl, dataDirFrom, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
+import { brokerUrl, dataDirFrom, ensureApiToken, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
+
+/** After SIGTERM/SIGINT, the process ends within this long whatever state the MQTT side is in. */
+const SHUTDOWN_DEADLINE_MS = 10_000;
 
 export const serve: Command = {
   usage: 'propeller serve [options]',
@@ -30,11 +34,16 @@ export const serve: Command = {
     broker: { type: 'string' },
     'mqtt-username': { type: 'string' },
     'mqtt-password': { type: 'string' },
+    'trust-payload-sender': { type: 'boolean' },
     'data-dir': { type: 'string' },
+    store: { type: 'string' },
     credentials: { type: 'string' },
     'debug-account': { type: 'boolean' },
     'local-proplets': { type: 'string' },
     'api-token': { type: 'string' },
+    'no-auth': { type: 'boolean' },
+    'fetch-allow': { type: 'string' },
+    'fetch-deny': { type: 'string' },
     'log-level': { type: 'string' },
     config: { type: 'string' },
     scheduler: { type: 'string' },
@@ -50,11 +59,20 @@ export const serve: Command = {
   --broker URL           use this external broker instead of the embedded one (env MQTT_BROKER)
   --mqtt-username U      control plane's account on the external broker (env MQTT_USERNAME)
   --mqtt-password P      its password (env MQTT_PASSWORD)
+  --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
+                         payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
+  --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
+                         default sqlite:DATA_DIR/state.db)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account; its password is written to DATA_DIR/debug.secret
   --local-proplets N     start N node proplets in this process (default 0; npm start uses 1)
-  --api-token TOKEN      require this bearer token on the HTTP API (env PROPELLER_API_TOKEN)
+  --api-token TOKEN      the HTTP API's token (env PROPELLER_API_TOKEN; default: DATA_DIR/api.token,
+                         created on first start, mode 0600; the CLI reads it from there)
+  --no-auth              serve the HTTP API without a token (anyone who reaches the port controls the fleet)
+  --fetch-allow LIST     comma-separated CIDRs, addresses or host names the control plane may fetch modules
+                         from although loopback, link-local or private (env PROPELLER_FETCH_ALLOW; default none)
+  --fetch-deny LIST      more CIDRs, addresses or host names never fetched from (env PROPELLER_FETCH_DENY)
   --log-level LEVEL      debug, info, warn, error or silent (default info)
   --config FILE          YAML settings shaped like the seed's propeller-config (scheduler, healthMonitor)
   --scheduler TYPE       round-robin, least-loaded, random, resource-aware or hybrid (env SCHEDULER_TYPE, default hybrid)
@@ -63,7 +81,9 @@ export const serve: Command = {
   --kubeconfig FILE      also run the Kubernetes adapter against this cluster (see propeller k8s adapter --help)
   --console-dir DIR      web console assets served at / (env PROPELLER_CONSOLE_DIR; default the built console/dist; '' for none)
 ${scopeHelp}
-  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.`,
+  Health: HEALTH_CHECK_INTERVAL (10s), OFFLINE_THRESHOLD (30s), FAILURE_THRESHOLD (2m) in env, over the config file.
+  RECONNECT_GRACE (default OFFLINE_THRESHOLD): after a restart, how long tasks placed before it wait for their
+  proplets to reconnect and report before they count as lost.`,
   async run(v) {
     const env = process.env;
     const level = (str(v['log-level']) ?? env.PROPELLER_LOG_LEVEL ?? 'info') as Level | 'silent';
@@ -76,22 +96,24 @@ ${scopeHelp}
     let health;
     let file: FileConfig = {};
     let schedulerType: string;
+    let restartGraceMs: number | undefined;
     try {
       const cfgPath = str(v.config) ?? env.PROPELLER_CONFIG;
       if (cfgPath) file = loadConfigFile(cfgPath);
       health = healthFromEnv(env, { checkIntervalMs: 10_000, offlineThresholdMs: 30_000, failureThresholdMs: 120_000, ...file.health });
+      restartGraceMs = env.RECONNECT_GRACE ? parseDuration('RECONNECT_GRACE', env.RECONNECT_GRACE) : undefined;
       schedulerType = parseSchedulerType(str(v.scheduler) ?? env.SCHEDULER_TYPE ?? file.scheduler?.type ?? 'hybrid');
     } catch (e) {
       if (e instanceof ConfigError) throw new UsageError(e.message);
       throw e;
     }
-    const store = new SqliteStore(join(dataDir, 'state.db'));
+    const store = await openStore(storeLocation(str(v.store) ?? env.STORE_URL, dataDir), { log: (l, m, f) => log(l, m, { c: 'store', ...f }) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
-    let mqtt: { url: string; username?: string; password?: string };
+    let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean };
     if (external) {
-      mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD };
+      mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD, trustPayloadSender: v['trust-payload-sender'] === true };
     } else {
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
@@ -115,18 +137,27 @@ ${scopeHelp}
       mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
+    const auth = apiAuth(v, dataDir, log);
+    let fetchRules: { allow: string[]; deny: string[] };
+    try {
+      fetchRules = { allow: parseFetchList('--fetch-allow', str(v['fetch-allow']) ?? env.PROPELLER_FETCH_ALLOW), deny: parseFetchList('--fetch-deny', str(v['fetch-deny']) ?? env.PROPELLER_FETCH_DENY) };
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
     const publicUrl = str(v['public-url']) ?? env.PROPELLER_PUBLIC_URL;
     if (publicUrl !== undefined && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new UsageError(`--public-url must be an http(s) URL, got ${JSON.stringify(publicUrl)}`);
     const staticDir = consoleDir(str(v['console-dir']) ?? env.PROPELLER_CONSOLE_DIR);
     const cp = new ControlPlane({
       scope: sc,
       mqtt,
-      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), token: str(v['api-token']) ?? env.PROPELLER_API_TOKEN, staticDir },
+      http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), ...auth, staticDir },
       health,
       store,
+      fetch: fetchRules,
       scheduler: { ...file.scheduler, type: schedulerType as CreateSchedulerConfig['type'] },
       ...(file.autoEvacuateTasks !== undefined ? { autoEvacuateTasks: file.autoEvacuateTasks } : {}),
       ...(file.maxAttempts !== undefined ? { maxAttempts: file.maxAttempts } : {}),
+      ...(restartGraceMs !== undefined ? { restartGraceMs } : {}),
       log,
       defaultMetrics: true,
       ...(publicUrl ? { publicUrl } : {}),
@@ -134,9 +165,11 @@ ${scopeHelp}
               creds.delete(id);
               broker?.disconnect(id);
             },
+            role: (id: string) => creds.get(id)?.role,
           },
         } : {}),
     });
+    broker?.attachMetrics(cp.metrics.registry); // the broker's drops and refused CONNECTs on /metrics
     const port = await cp.start();
     broker?.admitAll();
     const proplets: NodeProplet[] = [];
@@ -148,14 +181,23 @@ ${scopeHelp}
       await p.start();
       proplets.push(p);
     }
-    const token = str(v['api-token']) ?? env.PROPELLER_API_TOKEN;
+    const token = 'token' in auth ? auth.token : undefined;
     const kubeconfig = str(v.kubeconfig);
     const apiHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
     const adapter = kubeconfig ? await launchAdapter({ kubeconfig, controlPlane: `http://${apiHost}:${port}`, token, log, job: { broker: mqtt.url } }) : undefined;
-    log('info', 'ready', { api: `http://${host}:${port}`, ...(staticDir ? { console: `http://${apiHost}:${port}/` } : {}), broker: mqtt.url, local_proplets: n });
+    if (token) log('info', 'web console (signs this browser in)', { url: `http://${apiHost}:${port}/login?token=${token}` });
+    else if (staticDir) log('info', 'web console', { url: `http://${apiHost}:${port}/` });
+    log('info', 'ready', { api: `http://${host}:${port}`, broker: mqtt.url, local_proplets: n });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         log('info', `${sig}: shutting down`);
+        // A clean shutdown waits on peers (broker, proplets, adapter); none may hold the process past the deadline.
+        setTimeout(() => {
+          log('error', `shutdown did not finish within ${SHUTDOWN_DEADLINE_MS / 1000}s: exiting`);
+          process.exit(1);
+        }, SHUTDOWN_DEADLINE_MS).unref();
+        process.once('SIGINT', () => process.exit(130));
+        process.once('SIGTERM', () => process.exit(143));
         resolve();
       };
       process.once('SIGINT', () => stop('SIGINT'));
@@ -177,6 +219,30 @@ function consoleDir(given: string | undefined): string | undefined {
     if (existsSync(join(dir, 'index.html'))) return dir;
   }
   return undefined;
+}
+
+function storeLocation(url: string | undefined, dataDir: string): StoreLocation {
+  if (!url) return { engine: 'sqlite', path: join(dataDir, 'state.db') };
+  try {
+    return parseStoreUrl(url);
+  } catch (e) {
+    if (e instanceof StoreError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** The API's token: given, or the data dir's (created on first start); or none, when --no-auth says so. */
+function apiAuth(v: Record<string, unknown>, dataDir: string, log: ReturnType<typeof createLogger>): { token: string; tokenHint: string } | { noAuth: true } {
+  const given = str(v['api-token']) ?? process.env.PROPELLER_API_TOKEN;
+  if (v['no-auth']) {
+    if (given) throw new UsageError('--no-auth and --api-token (or PROPELLER_API_TOKEN) contradict each other');
+    log('warn', 'HTTP API without authentication (--no-auth): anyone who can reach its port can run code on every proplet');
+    return { noAuth: true };
+  }
+  if (given) return { token: given, tokenHint: 'the token serve was given with --api-token or PROPELLER_API_TOKEN' };
+  const { token, file, created } = ensureApiToken(dataDir);
+  log('info', created ? 'API token created' : 'API token', { file: resolve(file) });
+  return { token, tokenHint: `the token is in ${file} on the control plane's host` };
 }
 
 function need(v: Record<string, unknown>, name: string): string {

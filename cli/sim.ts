@@ -107,7 +107,7 @@ ${scopeHelp}`,
     } else {
       const { url, token } = apiFrom(v);
       const api = new ControlPlaneClient(url, token);
-      credentials = async (id) => (await api.addProplet(id)).secret;
+      credentials = async (id) => (await api.addProplet(id, { rotate: true })).secret; // a re-run of the same simulated fleet
     }
 
     const fleet: Fleet = await startFleet({

@@ -149,18 +149,30 @@ export const taskLogs: Command = {
 };
 
 export const taskList: Command = {
-  usage: 'propeller task list [--state STATE] [--json]',
-  summary: 'list tasks',
-  options: { ...apiOptions, state: { type: 'string' }, json: { type: 'boolean' }, limit: { type: 'string' } },
+  usage: 'propeller task list [--state STATE] [--limit N | --all] [--json]',
+  summary: 'list tasks, newest first',
+  options: { ...apiOptions, state: { type: 'string' }, json: { type: 'boolean' }, limit: { type: 'string' }, all: { type: 'boolean' } },
   help: `  --state STATE          only tasks in this state (Pending, Running, Completed, ...)
-  --limit N              at most N tasks (default 100)
+  --limit N              at most N tasks, the newest (default 100)
+  --all                  every task, page by page
   --json                 print JSON instead of a table
 ${apiHelp}`,
   async run(v) {
     const state = str(v.state);
-    const res = await client(v).listTasks({ ...(state ? { state } : {}), limit: int('limit', v.limit, 100) });
-    if (v.json) return print(res);
-    table(['ID', 'NAME', 'STATE', 'PROPLET', 'ATTEMPT', 'UPDATED'], res.tasks.map((t) => [t.id, t.name, t.state, t.proplet_id ?? '-', String(t.attempt), t.updated_at]));
+    const c = client(v);
+    const all = v.all === true;
+    if (all && v.limit !== undefined) throw new UsageError('--all and --limit contradict each other');
+    const limit = int('limit', v.limit, 100);
+    const first = await c.listTasks({ ...(state ? { state } : {}), limit: all ? 1000 : limit });
+    const tasks = [...first.tasks];
+    for (let page = first; all && page.continue; ) {
+      page = await c.listTasks({ ...(state ? { state } : {}), limit: 1000, continue: page.continue });
+      tasks.push(...page.tasks);
+    }
+    const cut = !all && first.continue !== undefined;
+    if (v.json) return print(all ? { total: tasks.length, tasks } : first);
+    table(['ID', 'NAME', 'STATE', 'PROPLET', 'ATTEMPT', 'UPDATED'], tasks.map((t) => [t.id, t.name, t.state, t.proplet_id ?? '-', String(t.attempt), t.updated_at]));
+    if (cut) process.stderr.write(`showing the newest ${tasks.length} of ${first.total ?? 'more'} tasks; see them all with --all, or more with --limit N\n`);
   },
 };
 
@@ -181,11 +193,12 @@ ${apiHelp}`,
 };
 
 export const propletAdd: Command = {
-  usage: 'propeller proplet add ID',
+  usage: 'propeller proplet add ID [--rotate]',
   summary: 'create MQTT credentials for a proplet (prints its secret once)',
-  options: { ...apiOptions },
-  help: apiHelp,
+  options: { ...apiOptions, rotate: { type: 'boolean' } },
+  help: `  --rotate               replace the secret of a proplet that already has one (the old one stops working)
+${apiHelp}`,
   async run(v, pos) {
-    print(await client(v).addProplet(one(pos, 'proplet id')));
+    print(await client(v).addProplet(one(pos, 'proplet id'), { rotate: v.rotate === true }));
   },
 };

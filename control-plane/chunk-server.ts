@@ -13,13 +13,15 @@ export const MAX_CHUNK = 64 * 1024;
 export const MAX_WINDOW = 64;
 
 export interface ChunkServerOptions {
-  module(digest: string): Uint8Array | undefined;
-  /** Fetches a module named by URL (http(s), oci) and keeps it; returns its digest. */
-  fetchByName?(name: string): Promise<string>;
+  /** The module's bytes, only when it is one of this device's own tasks' modules. */
+  module(p: Proplet, digest: string): Uint8Array | undefined;
+  /** The digest of this device's own task module named by URL; nothing is fetched on a device's say-so. */
+  digestByName?(p: Proplet, name: string): string | undefined;
   /** Publishes one chunk message to the device. */
   send(p: Proplet, payload: Uint8Array): void;
   log: Logger;
   onChunk?: () => void;
+  onRefused?: (reason: string) => void;
 }
 
 /** Indices the request asks for: the listed missing ones, or a window from `next`. */
@@ -36,17 +38,16 @@ export class ChunkServer {
   constructor(private o: ChunkServerOptions) {}
 
   onRequest(p: Proplet, req: ChunkRequest): void {
-    if (!req.digest && req.name && this.o.fetchByName) {
+    if (!req.digest && req.name) {
       // the answer's chunks carry the digest, which the device verifies and asks by from then on
-      this.o.fetchByName(req.name).then(
-        (digest) => this.onRequest(p, { ...req, digest }),
-        (e: Error) => this.refuse(p, req.name!, `cannot fetch ${req.name}: ${e.message}`),
-      );
-      return;
+      const digest = this.o.digestByName?.(p, req.name);
+      if (!digest) return this.refuse(p, req.name, `${req.name} is not the module of a task of yours`, 'not_yours');
+      return this.onRequest(p, { ...req, digest });
     }
     const digest = req.digest;
-    const bytes = digest ? this.o.module(digest) : undefined;
-    if (!digest || !bytes) return this.refuse(p, digest ?? '', digest ? `unknown module ${digest}` : 'the request names no digest or name');
+    if (!digest) return this.refuse(p, '', 'the request names no digest or name', 'invalid');
+    const bytes = this.o.module(p, digest);
+    if (!bytes) return this.refuse(p, digest, `unknown module ${digest}`, 'not_yours');
     const size = Math.min(Math.max(req.chunk_size ?? DEFAULT_CHUNK, 64), MAX_CHUNK);
     const total = Math.max(1, Math.ceil(bytes.length / size));
     for (const idx of requestedChunks(req, total)) {
@@ -57,8 +58,9 @@ export class ChunkServer {
     }
   }
 
-  private refuse(p: Proplet, digest: string, why: string): void {
+  private refuse(p: Proplet, digest: string, why: string, reason: string): void {
     this.o.log('warn', 'chunk request refused', { proplet_id: p.id, reason: why });
+    this.o.onRefused?.(reason);
     this.o.send(p, encode('registry.server', { v: 1, digest, idx: 0, total: 1, data: new Uint8Array(0), crc32: 0, error: why }, p.encoding));
   }
 }

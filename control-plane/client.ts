@@ -36,6 +36,11 @@ export interface TaskSpec {
   preferred_proplet_type?: 'k8s' | 'external' | 'any';
   proplet_selector?: { match_device_types?: string[]; match_capabilities?: string[]; match_labels?: Record<string, string> };
   proplet_group?: string;
+  /** Seconds a finished task is kept (default: the control plane's, 24 h). */
+  ttl_seconds_after_finished?: number;
+  /** On a scheduled task: finished runs kept, by outcome (default 3 and 1). */
+  successful_runs_history_limit?: number;
+  failed_runs_history_limit?: number;
 }
 
 export interface GroupInput {
@@ -102,9 +107,11 @@ export class ControlPlaneClient {
   getTask(id: string, waitMs?: number) {
     return this.request<Task>('GET', `/tasks/${encodeURIComponent(id)}${waitMs ? `?wait=${waitMs}ms` : ''}`);
   }
-  listTasks(opts: { state?: string; offset?: number; limit?: number } = {}) {
-    const q = new URLSearchParams(Object.entries(opts).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)]));
-    return this.request<{ total: number; tasks: Task[] }>('GET', `/tasks?${q}`);
+  /** One page, newest first; pass the answer's `continue` back for the next (older) one. */
+  listTasks(opts: { state?: string; limit?: number; continue?: string; label?: string[] } = {}) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(opts)) for (const x of Array.isArray(v) ? v : v === undefined ? [] : [v]) q.append(k, String(x));
+    return this.request<{ total?: number; limit: number; tasks: Task[]; continue?: string }>('GET', `/tasks?${q}`);
   }
   updateTask(id: string, patch: Partial<TaskSpec>) {
     return this.request<Task>('PUT', `/tasks/${encodeURIComponent(id)}`, patch);
@@ -130,8 +137,9 @@ export class ControlPlaneClient {
   getProplet(id: string) {
     return this.request<Proplet & { assigned_tasks: number }>('GET', `/proplets/${encodeURIComponent(id)}`);
   }
-  addProplet(id: string) {
-    return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id });
+  /** New credentials; an existing proplet's secret is replaced only with `rotate`. */
+  addProplet(id: string, opts: { rotate?: boolean } = {}) {
+    return this.request<{ proplet_id: string; secret: string }>('POST', '/proplets', { proplet_id: id, ...(opts.rotate ? { rotate: true } : {}) });
   }
   /** Forgets a proplet and revokes its MQTT credentials. */
   removeProplet(id: string) {
@@ -140,12 +148,12 @@ export class ControlPlaneClient {
   /** Every task whose labels include all of `labels`, page by page. */
   async tasksLabelled(labels: Record<string, string>): Promise<Task[]> {
     const out: Task[] = [];
-    for (let offset = 0; ; ) {
-      const q = new URLSearchParams([['offset', String(offset)], ['limit', '1000'], ...Object.entries(labels).map(([k, v]) => ['label', `${k}=${v}`])]);
-      const page = await this.request<{ total: number; tasks: Task[] }>('GET', `/tasks?${q}`);
+    const label = Object.entries(labels).map(([k, v]) => `${k}=${v}`);
+    for (let after: string | undefined; ; ) {
+      const page = await this.listTasks({ limit: 1000, label, ...(after ? { continue: after } : {}) });
       out.push(...page.tasks);
-      offset += page.tasks.length;
-      if (page.tasks.length === 0 || offset >= page.total) return out;
+      if (!page.continue) return out;
+      after = page.continue;
     }
   }
   /** A PropletGroup; answered with its status (the proplets its selector matches). */

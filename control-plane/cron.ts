@@ -4,7 +4,7 @@
 
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from './log.ts';
-import { TERMINAL, type Task } from './model.ts';
+import type { Task } from './model.ts';
 import type { TaskService } from './tasks.ts';
 
 export class CronScheduler {
@@ -60,7 +60,7 @@ export class CronScheduler {
     try {
       const t = this.tasks.get(id);
       if (!t?.schedule || t.suspended || !t.cron) return;
-      const active = this.tasks.list().filter((r) => r.scheduled_by === id && !TERMINAL.has(r.state));
+      const active = this.tasks.activeRuns(id);
       t.cron.last_fired_at = new Date().toISOString();
       if (active.length > 0 && t.concurrency_policy === 'Forbid') {
         t.cron.runs_skipped++;

@@ -1,6 +1,7 @@
 // The HTTP API: Propeller's resource paths, JSON in and out. 400 names the
 // field, 404 the id, 413 the limit; nothing a client sends can crash it.
 
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isId, MAX_INLINE_MODULE, sha256Digest } from '../protocol/index.ts';
@@ -8,9 +9,10 @@ import { ConfigError, parseDuration } from './config.ts';
 import type { Logger } from './log.ts';
 import type { ControlPlaneMetrics } from './metrics.ts';
 import { parseGroupInput, type GroupService } from './groups.ts';
-import { TERMINAL, type Proplet, type PropletGroup, type Task } from './model.ts';
+import { TERMINAL, type Proplet, type PropletGroup, type Task, type TaskState } from './model.ts';
 import type { Registry } from './registry.ts';
 import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
+import { TokenError } from './task-index.ts';
 import { TaskError, type TaskService } from './tasks.ts';
 
 export interface HttpApiOptions {
@@ -19,8 +21,16 @@ export interface HttpApiOptions {
   /** JSON bodies (a task with an inline base64 module is the largest). */
   maxBodyBytes?: number;
   maxUploadBytes?: number;
-  /** When set, every request but /health, /metrics and GET /models/{ref} needs `Authorization: Bearer <token>`. */
+  /**
+   * Every request but the open ones (see OPEN below) needs this token, as
+   * `Authorization: Bearer <token>` or the session cookie `GET /login` sets.
+   * One of `token` or `noAuth: true` is required: the API is never open by omission.
+   */
   token?: string;
+  /** Serve every route without a token (an explicit, logged choice of the caller). */
+  noAuth?: boolean;
+  /** Where a client finds the token, said in 401 answers (e.g. the token file's path). */
+  tokenHint?: string;
   tasks: TaskService;
   registry: Registry;
   groups: GroupService;
@@ -29,8 +39,12 @@ export interface HttpApiOptions {
   /** Issues MQTT credentials for a proplet; absent when an external broker manages them. */
   issueCredentials?: (propletId: string) => string;
   revokeCredentials?: (propletId: string) => void;
+  /** The role of an existing broker account ('proplet', 'manager', 'debug'), undefined when there is none. */
+  accountRole?: (id: string) => string | undefined;
   health?: () => Record<string, unknown>;
   putModule: (digest: string, bytes: Uint8Array) => void;
+  /** Resolves when the state store has committed what this request changed: no answer before that. */
+  durable?: () => Promise<void>;
 }
 
 export class HttpError extends Error {
@@ -63,6 +77,39 @@ interface Route {
 }
 
 const MAX_WAIT_MS = 60_000;
+/** The most tasks one page of GET /tasks holds. */
+const MAX_PAGE = 1000;
+const TASK_STATES: TaskState[] = ['Pending', 'Scheduled', 'Running', 'Completed', 'Failed', 'Stopped'];
+export const SESSION_COOKIE = 'propeller_session';
+
+/**
+ * Routes served without the token: probes (/health says counts and MQTT state,
+ * no ids), the sign-in page, and models, which are fetched by content digest
+ * (unguessable, immutable) by proplets that hold no API token.
+ */
+function isOpen(method: string, path: string): boolean {
+  return path === '/health' || (method === 'GET' && (path === '/login' || path.startsWith('/models/')));
+}
+
+const sha = (s: string) => createHash('sha256').update(s).digest();
+
+/** Equal strings, in a time that does not depend on where they differ. */
+export function sameToken(given: string, expected: string): boolean {
+  return timingSafeEqual(sha(given), sha(expected));
+}
+
+function cookie(req: IncomingMessage, name: string): string | undefined {
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const i = part.indexOf('=');
+    if (i > 0 && part.slice(0, i).trim() === name) return decodeURIComponent(part.slice(i + 1).trim());
+  }
+  return undefined;
+}
+
+/** A path on this server (`/x`), never another origin (`//host`, `/\\host`, `http:`). */
+function localPath(next: string | null): string {
+  return next && /^\/(?![/\\])[\x21-\x7e]*$/.test(next) ? next : '/';
+}
 
 export class HttpApi {
   private server: Server;
@@ -70,6 +117,7 @@ export class HttpApi {
   private mounts: { handler: RawHandler; open: boolean }[] = [];
 
   constructor(private o: HttpApiOptions) {
+    if (!o.token && o.noAuth !== true) throw new Error('HttpApi: give a token, or noAuth: true to serve without one');
     this.server = createServer((req, res) => {
       this.serve(req, res).catch((e) => {
         o.log('error', 'http handler crashed', { error: (e as Error).stack });
@@ -120,10 +168,11 @@ export class HttpApi {
 
   private defineRoutes(): void {
     const { tasks, registry } = this.o;
-    this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.list().length, ...this.o.health?.() }));
+    this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.count(), ...this.o.health?.() }));
     // ?start=true starts it at once and ?wait=DURATION answers when it has finished: one round trip for a run.
     this.route('POST', '/tasks', async (req, url) => {
       const input = parseTaskInput(await this.json(req)) as TaskInput;
+      this.checkModuleSize(input.file);
       const start = url.searchParams.get('start');
       if (start !== null && start !== 'true' && start !== 'false') throw new HttpError(400, 'start: must be true or false', 'start');
       const wait = url.searchParams.get('wait');
@@ -134,21 +183,39 @@ export class HttpApi {
       }
       return tasks.require(t.id);
     }, 201);
+    // newest first, `limit` at a time; `continue` (from the previous page) goes on with older ones
     this.route('GET', '/tasks', (_req, url) => {
       const state = url.searchParams.get('state');
+      const limit = Math.min(this.intParam(url, 'limit', 100), MAX_PAGE);
       const offset = this.intParam(url, 'offset', 0);
-      const limit = this.intParam(url, 'limit', 100);
-      let all = tasks.list();
-      if (state) all = all.filter((t) => t.state.toLowerCase() === state.toLowerCase());
+      const after = url.searchParams.get('continue') ?? undefined;
+      const labels: [string, string][] = [];
       // ?label=KEY=VALUE, repeatable: every one must match
       for (const sel of url.searchParams.getAll('label')) {
         const i = sel.indexOf('=');
         if (i <= 0) throw new HttpError(400, `label: expected KEY=VALUE, got ${JSON.stringify(sel)}`, 'label');
-        const [k, v] = [sel.slice(0, i), sel.slice(i + 1)];
-        all = all.filter((t) => t.labels[k] === v);
+        labels.push([sel.slice(0, i), sel.slice(i + 1)]);
       }
-      all.sort((a, b) => a.created_at.localeCompare(b.created_at));
-      return { total: all.length, offset, limit, tasks: all.slice(offset, offset + limit) };
+      const wanted = state ? TASK_STATES.find((s) => s.toLowerCase() === state.toLowerCase()) : undefined;
+      if (state && !wanted) throw new HttpError(400, `state: must be one of ${TASK_STATES.join(', ')}`, 'state');
+      const match = wanted || labels.length ? (t: Task) => (!wanted || t.state === wanted) && labels.every(([k, v]) => t.labels[k] === v) : undefined;
+      let page;
+      try {
+        page = tasks.page(offset + limit, after, match);
+      } catch (e) {
+        if (e instanceof TokenError) throw new HttpError(400, e.message, 'continue');
+        throw e;
+      }
+      const shown = page.tasks.slice(offset);
+      // a total is given when it is known without walking the history (no label filter)
+      const total = labels.length ? undefined : tasks.count(wanted);
+      return {
+        ...(total !== undefined ? { total } : {}),
+        limit,
+        ...(offset ? { offset } : {}),
+        tasks: shown,
+        ...(page.continue ? { continue: page.continue } : {}),
+      };
     });
     this.route('GET', '/tasks/{id}', async (_req, url, [id]) => {
       const wait = url.searchParams.get('wait');
@@ -157,7 +224,9 @@ export class HttpApi {
     });
     this.route('PUT', '/tasks/{id}', async (req, _url, [id]) => {
       tasks.require(id!);
-      return tasks.update(id!, parseTaskInput(await this.json(req), true));
+      const patch = parseTaskInput(await this.json(req), true);
+      this.checkModuleSize(patch.file);
+      return tasks.update(id!, patch);
     });
     this.route('DELETE', '/tasks/{id}', (_req, _url, [id]) => {
       tasks.delete(id!);
@@ -206,19 +275,45 @@ export class HttpApi {
       if (!p) throw new HttpError(404, `proplet ${id} not found`);
       return this.propletView(p);
     });
+    // {proplet_id, rotate?}: a new account; an existing one's secret is replaced only with rotate: true
     this.route('POST', '/proplets', async (req) => {
       if (!this.o.issueCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
       const body = (await this.json(req)) as Record<string, unknown>;
       const id = body.proplet_id;
       if (!isId(id)) throw new HttpError(400, "proplet_id: must be 1-128 characters without '+', '#', '/' or control characters", 'proplet_id');
+      if (body.rotate !== undefined && typeof body.rotate !== 'boolean') throw new HttpError(400, 'rotate: must be true or false', 'rotate');
+      this.refuseReserved(id);
+      if (this.o.accountRole?.(id) !== undefined && body.rotate !== true) {
+        throw new HttpError(409, `proplet ${id} already has credentials: to replace its secret (the device must then use the new one), ask again with rotate: true`);
+      }
       return { proplet_id: id, secret: this.o.issueCredentials(id) };
     }, 201);
     this.route('DELETE', '/proplets/{id}', (_req, _url, [id]) => {
+      this.refuseReserved(id!);
       const had = registry.remove(id!);
       this.o.revokeCredentials?.(id!);
       if (!had && !this.o.revokeCredentials) throw new HttpError(404, `proplet ${id} not found`);
       return { deleted: id };
     });
+  }
+
+  /**
+   * The control plane's own account, the debug account and group accounts
+   * (PREFIX-*) are not proplets: one request must not be able to lock the
+   * control plane out of its broker or take over a whole group's ids.
+   */
+  private refuseReserved(id: string): void {
+    const role = this.o.accountRole?.(id);
+    let why: string | undefined;
+    if (id.startsWith('propeller-manager') || role === 'manager') why = "the control plane's own MQTT account";
+    else if (id === 'debug' || role === 'debug') why = 'the debug account (serve --debug-account)';
+    else if (id.includes('*')) why = 'a group account (PREFIX-*, managed in the --credentials file)';
+    if (why) throw new HttpError(409, `${id} is reserved: ${why}; it cannot be created, replaced or deleted through the API`, 'proplet_id');
+  }
+
+  /** No proplet takes a module over MAX_INLINE_MODULE (the protocol's limit): refuse it here, not after placement. */
+  private checkModuleSize(bytes: Uint8Array | undefined, limit = MAX_INLINE_MODULE): void {
+    if (bytes && bytes.length > limit) throw new HttpError(413, moduleTooLarge(bytes.length, limit), 'file');
   }
 
   private propletView(p: Proplet) {
@@ -232,16 +327,15 @@ export class HttpApi {
     let body: unknown;
     if (await this.mounted(req, res, url, true)) return;
     try {
+      if (!this.authorized(req, method, url.pathname)) {
+        throw new HttpError(401, `missing or wrong API token: send Authorization: Bearer TOKEN${this.o.tokenHint ? ` (${this.o.tokenHint})` : ''}`);
+      }
+      if (url.pathname === '/login' && method === 'GET') return this.login(req, res, url);
       if (url.pathname === '/metrics' && method === 'GET') {
         const text = await this.o.metrics.registry.metrics();
         res.writeHead(200, { 'content-type': this.o.metrics.registry.contentType }).end(text);
         this.o.metrics.httpRequests.inc({ method, code: '200' });
         return;
-      }
-      // models are fetched by content digest (unguessable, immutable) by proplets that hold no API token
-      const open = url.pathname === '/health' || (method === 'GET' && url.pathname.startsWith('/models/'));
-      if (this.o.token && !open && req.headers.authorization !== `Bearer ${this.o.token}`) {
-        throw new HttpError(401, 'missing or wrong bearer token');
       }
       if (await this.mounted(req, res, url, false)) return;
       const matching = this.routes.filter((r) => r.re.test(url.pathname));
@@ -251,6 +345,7 @@ export class HttpApi {
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
+      if (method !== 'GET' && method !== 'HEAD') await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
@@ -266,6 +361,44 @@ export class HttpApi {
     const text = JSON.stringify(body);
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
     res.end(text);
+  }
+
+  private async durable(): Promise<void> {
+    try {
+      await this.o.durable?.();
+    } catch (e) {
+      throw new HttpError(503, `the state store did not commit the change yet (${(e as Error).message}); it is kept and committed when the store is back`);
+    }
+  }
+
+  private authorized(req: IncomingMessage, method: string, path: string): boolean {
+    const token = this.o.token;
+    if (!token || isOpen(method, path)) return true;
+    const auth = req.headers.authorization;
+    if (auth?.startsWith('Bearer ') && sameToken(auth.slice(7), token)) return true;
+    const c = cookie(req, SESSION_COOKIE);
+    return c !== undefined && sameToken(c, token);
+  }
+
+  /** `GET /login?token=T[&next=/path]`: a browser session (the URL `serve` prints, as Jupyter does). */
+  private login(req: IncomingMessage, res: ServerResponse, url: URL): void {
+    const given = url.searchParams.get('token');
+    const token = this.o.token;
+    const code = !token || (given !== null && sameToken(given, token)) ? 303 : 401;
+    this.o.metrics.httpRequests.inc({ method: 'GET', code: String(code) });
+    if (code === 303) {
+      const headers: Record<string, string> = { location: localPath(url.searchParams.get('next')) };
+      // HttpOnly: scripts cannot read it; SameSite=Strict: other sites cannot send it (no CSRF)
+      if (token) headers['set-cookie'] = `${SESSION_COOKIE}=${encodeURIComponent(token)}; HttpOnly; SameSite=Strict; Path=/`;
+      res.writeHead(303, headers).end();
+      return;
+    }
+    if (!req.complete) req.resume();
+    const page = `<!doctype html><meta charset="utf-8"><title>propeller: sign in</title>
+<h1>Wrong or missing token</h1>
+<p>Open the sign-in link <code>propeller serve</code> printed when it started (<code>http://HOST:PORT/login?token=...</code>),
+or the same URL with the token from the data directory's <code>api.token</code> file${this.o.tokenHint ? ` (${escapeHtml(this.o.tokenHint)})` : ''}.</p>`;
+    res.writeHead(401, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(page) }).end(page);
   }
 
   private errorBody(e: unknown): { status: number; body: unknown } {
@@ -349,11 +482,22 @@ export class HttpApi {
       const f = form.get('file');
       if (!f || typeof f === 'string') throw new HttpError(400, 'multipart body has no file field named "file"', 'file');
       bytes = new Uint8Array(await f.arrayBuffer());
-      if (bytes.length > limit) throw new HttpError(413, `module of ${bytes.length} bytes exceeds the limit of ${limit}`);
+      this.checkModuleSize(bytes, limit);
     } else {
+      const declared = Number(req.headers['content-length']);
+      if (declared > limit) throw new HttpError(413, moduleTooLarge(declared, limit), 'file');
       bytes = await this.read(req, limit);
     }
     if (!isWasm(bytes)) throw new HttpError(400, 'file: not a WebAssembly module (missing \\0asm magic and version)', 'file');
     return bytes;
   }
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+export function moduleTooLarge(size: number, limit: number): string {
+  const what = limit === MAX_INLINE_MODULE ? 'the most any proplet can take' : 'the limit of this API';
+  return `module of ${size} bytes exceeds ${limit} bytes (${(limit / 1024 / 1024).toFixed(limit % (1024 * 1024) ? 2 : 0)} MiB), ${what}`;
 }

@@ -2,11 +2,11 @@
 // wired together. It reaches the broker only by URL, so it neither knows nor
 // cares whether the broker is embedded or external.
 
-import { sha256Digest } from '../protocol/index.ts';
 import type { Scope } from '../topics/index.ts';
 import { validateHealth, type HealthConfig } from './config.ts';
 import { ChunkServer } from './chunk-server.ts';
 import { CronScheduler } from './cron.ts';
+import { fetchPolicy } from './modules/policy.ts';
 import { fetchArtifact, resolveModule } from './modules/resolve.ts';
 import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
@@ -19,14 +19,19 @@ import { MqttGateway } from './mqtt-gateway.ts';
 import type { Placement } from './placement.ts';
 import { createScheduler, type CreateSchedulerConfig } from './scheduling/index.ts';
 import { Registry } from './registry.ts';
+import type { RetentionConfig } from './retention.ts';
 import { MemoryStore, type Store } from './store.ts';
 import { staticDirectory } from './static.ts';
+import { registerStoreMetrics } from './store-metrics.ts';
 import { TaskService } from './tasks.ts';
+import type { Task } from './model.ts';
 
 export interface ControlPlaneOptions {
   scope: Scope;
-  mqtt: { url: string; username?: string; password?: string; clientId?: string };
-  http?: { host?: string; port?: number; token?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
+  /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
+  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean };
+  /** The HTTP API; `token` or `noAuth: true` is required (the API is never open by omission). */
+  http: { host?: string; port?: number; token?: string; noAuth?: boolean; tokenHint?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
   health: HealthConfig;
   store?: Store;
   /** The scheduler (seed: SCHEDULER_TYPE and the config file's scheduler section). Default hybrid. */
@@ -35,11 +40,28 @@ export interface ControlPlaneOptions {
   placement?: Placement;
   maxAttempts?: number;
   defaultTimeoutMs?: number;
+  /**
+   * After a restart, how long tasks placed before it stay where they are while
+   * their proplets reconnect and report (default: the offline threshold); no attempt is used meanwhile.
+   */
+  restartGraceMs?: number;
+  /** How long finished tasks and scheduled runs are kept (default 24 h; 3 successful, 1 failed run per schedule). */
+  retention?: Partial<RetentionConfig>;
   /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
   autoEvacuateTasks?: boolean;
-  credentials?: { issue(propletId: string): string; revoke(propletId: string): void };
+  credentials?: {
+    issue(propletId: string): string;
+    revoke(propletId: string): void;
+    /** The role of an existing account, undefined when there is none: reserved accounts are refused by the API. */
+    role(id: string): string | undefined;
+  };
   log?: Logger;
   defaultMetrics?: boolean;
+  /**
+   * Where module and model URLs may be fetched from: loopback, link-local and
+   * private addresses are denied unless `allow` names them (CIDRs, addresses, host names).
+   */
+  fetch?: { allow?: readonly string[]; deny?: readonly string[] };
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
 }
@@ -61,18 +83,21 @@ export class ControlPlane {
   constructor(private o: ControlPlaneOptions) {
     validateHealth(o.health);
     this.log = o.log ?? silent;
+    const policy = fetchPolicy(o.fetch);
     this.store = o.store ?? new MemoryStore();
     this.registry = new Registry(this.store, o.health);
     this.metrics = new ControlPlaneMetrics(
       {
         proplets: () => this.registry.values(),
         tasks: () => this.tasks.values(),
-        flJobPhases: () => this.fl.jobs().map((j) => j.status.phase),
-        flRoundPhases: () => this.fl.rounds().map((r) => r.status.phase),
+        taskCounts: () => this.tasks.countsByState(),
+        flJobPhases: () => this.fl.jobPhaseCounts(),
+        flRoundPhases: () => this.fl.roundPhaseCounts(),
         flActiveRounds: () => this.fl.activeRounds,
       },
       { defaultMetrics: o.defaultMetrics },
     );
+    registerStoreMetrics(this.metrics.registry, this.store);
     this.gateway = new MqttGateway({ ...o.mqtt, scope: o.scope, log: this.log, metrics: this.metrics });
     this.tasks = new TaskService({
       store: this.store,
@@ -84,7 +109,9 @@ export class ControlPlane {
       log: this.log,
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
-      resolveModule: (url) => resolveModule(url),
+      restartGraceMs: o.restartGraceMs ?? o.health.offlineThresholdMs,
+      ...(o.retention ? { retention: o.retention } : {}),
+      resolveModule: (url) => resolveModule(url, policy),
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({
@@ -96,8 +123,10 @@ export class ControlPlane {
       log: this.log,
       issueCredentials: o.credentials && ((id) => o.credentials!.issue(id)),
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
+      accountRole: o.credentials && ((id) => o.credentials!.role(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
       putModule: (digest, bytes) => this.store.putModule(digest, bytes),
+      durable: () => this.store.flush(),
     });
     const m = this.metrics;
     this.fl = new FlCoordinator({
@@ -105,7 +134,7 @@ export class ControlPlane {
       tasks: this.tasks,
       proplets: () => this.registry.values(),
       groups: (name) => this.groups.get(name),
-      fetch: (url) => fetchArtifact(url),
+      fetch: (url) => fetchArtifact(url, policy),
       modelUri: (ref) => `${this.publicUrl()}/models/${ref}`,
       metrics: {
         update: (result) => m.flUpdates.inc({ result }),
@@ -118,16 +147,13 @@ export class ControlPlane {
     addFlRoutes(this.http, this.fl);
     this.cron = new CronScheduler(this.tasks, this.log);
     this.chunks = new ChunkServer({
-      module: (digest) => this.store.getModule(digest),
-      fetchByName: async (name) => {
-        const bytes = await resolveModule(name);
-        const digest = sha256Digest(bytes);
-        this.store.putModule(digest, bytes);
-        return digest;
-      },
+      // a device's own tasks' artifacts only: the module, and an FL task's model (MODEL_DIGEST, or MODEL_URI ending in it)
+      module: (p, digest) => (this.tasks.activeTaskOn(p.id, (t) => t.module_digest === digest || modelDigest(t) === digest) ? this.store.getModule(digest) : undefined),
+      digestByName: (p, url) => this.tasks.activeTaskOn(p.id, (t) => t.image_url === url && t.module_digest !== undefined)?.module_digest,
       send: (p, payload) => this.gateway.sendChunk(p, payload),
       log: this.log,
       onChunk: () => this.metrics.chunksSent.inc(),
+      onRefused: (reason) => this.metrics.messagesRejected.inc({ kind: 'registry.proplet', reason }),
     });
     this.events = new EventBus({ registry: this.registry, tasks: this.tasks, metrics: this.metrics, log: this.log, propletView: (p) => ({ ...p, assigned_tasks: this.tasks.assigned(p.id) }) });
     this.events.attach(this.registry, this.gateway, this.fl);
@@ -180,8 +206,13 @@ export class ControlPlane {
     this.events.close();
     await this.http.close();
     await this.gateway.close();
-    this.store.close();
+    await this.store.close();
   }
+}
+
+/** The model an FL task's participant fetches, by digest. */
+function modelDigest(t: Task): string | undefined {
+  return t.env.MODEL_DIGEST ?? /sha256:[0-9a-f]{64}$/.exec(t.env.MODEL_URI ?? '')?.[0];
 }
 
 export { parseDuration, healthFromEnv, ConfigError } from './config.ts';

@@ -7,8 +7,11 @@ import type { Proplet, Task, TaskState } from './model.ts';
 export interface MetricsSources {
   proplets(): Iterable<Proplet>;
   tasks(): Iterable<Task>;
-  flJobPhases?(): Iterable<string>;
-  flRoundPhases?(): Iterable<string>;
+  /** Tasks per state kept as they change: used instead of walking tasks() when given. */
+  taskCounts?(): ReadonlyMap<TaskState, number>;
+  /** Phases one per record, or counted by phase (kept on write: a scrape then costs nothing per record). */
+  flJobPhases?(): Iterable<string> | ReadonlyMap<string, number>;
+  flRoundPhases?(): Iterable<string> | ReadonlyMap<string, number>;
   flActiveRounds?(): number;
 }
 
@@ -52,7 +55,9 @@ export class ControlPlaneMetrics {
       collect() {
         this.reset();
         for (const state of TASK_STATES) this.set({ state }, 0);
-        for (const t of sources.tasks()) this.inc({ state: t.state });
+        const counts = sources.taskCounts?.();
+        if (counts) for (const [state, n] of counts) this.set({ state }, n);
+        else for (const t of sources.tasks()) this.inc({ state: t.state });
       },
     });
     new Gauge({
@@ -93,10 +98,11 @@ export class ControlPlaneMetrics {
     });
     this.httpRequests = new Counter({ name: 'propeller_http_requests_total', help: 'HTTP API requests', labelNames: ['method', 'code'], registers });
     this.chunksSent = new Counter({ name: 'propeller_registry_chunks_sent_total', help: 'Module chunks sent to proplets over MQTT', registers });
-    const phases = (names: string[], list: Iterable<string> | undefined, g: Gauge<'phase'>) => {
+    const phases = (names: string[], list: Iterable<string> | ReadonlyMap<string, number> | undefined, g: Gauge<'phase'>) => {
       g.reset();
       for (const phase of names) g.set({ phase }, 0);
-      for (const phase of list ?? []) g.inc({ phase });
+      if (list instanceof Map) for (const [phase, n] of list) g.set({ phase }, n);
+      else for (const phase of (list as Iterable<string> | undefined) ?? []) g.inc({ phase });
     };
     new Gauge({
       name: 'propeller_federatedjobs_total',

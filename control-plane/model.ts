@@ -113,6 +113,11 @@ export interface Task {
   cron?: { runs_started: number; runs_skipped: number; last_run_id?: string; last_fired_at?: string; next_run_at?: string };
   /** On a run: the scheduled task that started it. */
   scheduled_by?: string;
+  /** Seconds a finished task is kept before it is deleted (Kubernetes' ttlSecondsAfterFinished); default from the control plane. */
+  ttl_seconds_after_finished?: number;
+  /** On a scheduled task: finished runs kept, by outcome (CronJob's successful/failedJobsHistoryLimit; default 3 and 1). */
+  successful_runs_history_limit?: number;
+  failed_runs_history_limit?: number;
   state: TaskState;
   /** Set by start, cleared by stop: the task wants to run and waits for placement while Pending. */
   start_requested: boolean;

@@ -5,7 +5,7 @@
 
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
-import { managerFilters, parseTopic, topic, type Scope } from '../topics/index.ts';
+import { managerFilters, parseTopic, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import type { ChunkServer } from './chunk-server.ts';
 import { tap } from './events.ts';
 import type { Logger } from './log.ts';
@@ -28,7 +28,21 @@ export interface GatewayOptions {
   scope: Scope;
   log: Logger;
   metrics: ControlPlaneMetrics;
+  /**
+   * Accept proplet messages on the shared topics (no proplet id level) and take
+   * their sender from the payload, as Propeller does. Only for an external
+   * broker that cannot put the authenticated id into the topic, as the embedded
+   * one does: the payload's id is then trusted as far as that broker's ACL
+   * checks it. Default false: such messages are refused (`no_topic_id`).
+   */
+  trustPayloadSender?: boolean;
 }
+
+/** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
+const FROM_PROPLET = new Set<TopicKind>(['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet', 'fl.update']);
+
+/** Attacker-chosen strings (topics, ids) reach the log at most this long. */
+const clip = (s: string): string => (s.length > 200 ? `${s.slice(0, 200)}…` : s);
 
 export interface Handlers {
   registry: Registry;
@@ -89,7 +103,8 @@ export class MqttGateway implements Dispatcher {
   }
 
   async close(): Promise<void> {
-    await this.client?.endAsync();
+    // not connected (broker gone or refusing us): nothing to flush, and a graceful end would wait for a connection forever
+    await this.client?.endAsync(!this.client.connected);
   }
 
   start(p: Proplet, msg: Start): void {
@@ -129,10 +144,15 @@ export class MqttGateway implements Dispatcher {
     const kind = parsed?.kind ?? 'unknown';
     try {
       if (!parsed || parsed.domain !== this.o.scope.domain || parsed.channel !== this.o.scope.channel) {
-        return this.reject(kind, 'topic', `topic outside the tree: ${t}`);
+        return this.reject(kind, 'topic', `topic outside the tree: ${clip(t)}`);
       }
       this.o.metrics.messagesReceived.inc({ kind });
+      if (FROM_PROPLET.has(parsed.kind) && parsed.propletId === undefined && !this.o.trustPayloadSender) {
+        // The embedded broker stamps every proplet publish with its authenticated id; one without came from elsewhere.
+        return this.reject(kind, 'no_topic_id', `${kind} on a topic without a proplet id: ${clip(t)}`);
+      }
       const h = this.handlers!;
+      // decode() fills an omitted sender from the topic and refuses a payload naming another (id_mismatch)
       const ctx = parsed.propletId !== undefined ? { propletId: parsed.propletId } : {};
       switch (parsed.kind) {
         case 'proplet.create': {
@@ -143,12 +163,12 @@ export class MqttGateway implements Dispatcher {
         }
         case 'proplet.alive': {
           const { msg } = decode('proplet.alive', payload, ctx);
-          if (!h.registry.alive(msg)) this.reject(kind, 'unknown_proplet', `heartbeat from unregistered proplet ${msg.proplet_id}`);
+          if (!h.registry.alive(msg)) this.reject(kind, 'unknown_proplet', `heartbeat from unregistered proplet ${clip(msg.proplet_id)}`);
           return;
         }
         case 'proplet.results': {
           const { msg } = decode('proplet.results', payload, ctx);
-          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${msg.proplet_id}`);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);
           const ignored = h.tasks.onResult(msg as Result);
           if (ignored) this.o.log('info', 'result ignored', { reason: ignored, task_id: msg.task_id, proplet_id: msg.proplet_id, attempt: msg.attempt });
           return;
@@ -156,21 +176,21 @@ export class MqttGateway implements Dispatcher {
         case 'registry.proplet': {
           const { msg } = decode('registry.proplet', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
-          if (!p) return this.reject(kind, 'unknown_proplet', `chunk request from unregistered proplet ${msg.proplet_id}`);
+          if (!p) return this.reject(kind, 'unknown_proplet', `chunk request from unregistered proplet ${clip(msg.proplet_id)}`);
           if (!h.chunks) return this.reject(kind, 'unsupported', 'no module registry');
           h.chunks.onRequest(p, msg);
           return;
         }
         case 'proplet.metrics': {
           const { msg } = decode('proplet.metrics', payload, ctx);
-          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${msg.proplet_id}`);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `metrics from unregistered proplet ${clip(msg.proplet_id)}`);
           h.onMetrics?.(msg.proplet_id, msg as unknown as Record<string, unknown>);
           return;
         }
         case 'fl.update': {
           const { msg } = decode('fl.update', payload, ctx);
           if (msg.round_id !== parsed.roundId) return this.reject(kind, 'topic_mismatch', `round_id ${msg.round_id} on the topic of round ${parsed.roundId}`);
-          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `update from unregistered proplet ${msg.proplet_id}`);
+          if (!h.registry.get(msg.proplet_id)) return this.reject(kind, 'unknown_proplet', `update from unregistered proplet ${clip(msg.proplet_id)}`);
           if (!h.fl) return this.reject(kind, 'unsupported', 'no FL coordinator');
           h.fl.onUpdate(msg);
           return;

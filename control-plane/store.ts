@@ -1,6 +1,8 @@
-// State behind one interface, so the same control plane runs on memory (tests)
-// or on the durable embedded store (sqlite-store.ts). Every put is one atomic
-// write of one record; `atomically` groups several into one.
+// State behind one interface, so the same control plane runs on memory (tests),
+// on the embedded SQLite file (sqlite-store.ts) or on PostgreSQL (pg-store.ts).
+// Reads are synchronous; the durable stores serve them from an in-memory
+// mirror and commit writes once per tick in one transaction (group commit,
+// mirror-store.ts). `atomically` groups several writes so they land together.
 
 import type { FederatedJob, ModelCheckpoint, TrainingRound } from './fl/resources.ts';
 import type { Proplet, PropletGroup, Task } from './model.ts';
@@ -19,6 +21,22 @@ export interface StoredCredential {
   hash: string;
 }
 
+/** Counters of the durable stores (all zero for the memory store). */
+export interface StoreStats {
+  /** Transactions committed. */
+  commits: number;
+  /** Row writes (insert, update, delete) committed. */
+  writes: number;
+  /** Writes refused because the row's version had moved on (another writer won). */
+  conflicts: number;
+  /** Writes dropped because the database refused their data. */
+  dropped: number;
+  /** Commits that failed (database unreachable) and were retried. */
+  failures: number;
+  /** Writes waiting for the next commit. */
+  pending: number;
+}
+
 export interface Store {
   readonly tasks: Collection<Task>;
   readonly proplets: Collection<Proplet>;
@@ -30,9 +48,19 @@ export interface Store {
   /** Content-addressed modules (and FL models): key is 'sha256:<hex>'. */
   putModule(digest: string, bytes: Uint8Array): void;
   getModule(digest: string): Uint8Array | undefined;
+  /** Deletes these tasks (and their history) in one go; returns how many existed. */
+  deleteTasks(ids: readonly string[]): number;
   /** Runs fn so that all its writes land together or not at all. */
   atomically<R>(fn: () => R): R;
-  close(): void;
+  readonly stats: StoreStats;
+  /** Resolves once every write made before the call is committed. */
+  flush(): Promise<void>;
+  /** Commits what is pending, then releases the database. */
+  close(): Promise<void>;
+}
+
+export function zeroStats(): StoreStats {
+  return { commits: 0, writes: 0, conflicts: 0, dropped: 0, failures: 0, pending: 0 };
 }
 
 /** Copies on the way in and out, so callers cannot change stored state by accident. */
@@ -61,6 +89,7 @@ export class MemoryStore implements Store {
   readonly flJobs = new MemoryCollection<FederatedJob>();
   readonly flRounds = new MemoryCollection<TrainingRound>();
   readonly flCheckpoints = new MemoryCollection<ModelCheckpoint>();
+  readonly stats = zeroStats();
   private modules = new Map<string, Uint8Array>();
   putModule(digest: string, bytes: Uint8Array) {
     this.modules.set(digest, bytes);
@@ -68,8 +97,14 @@ export class MemoryStore implements Store {
   getModule(digest: string) {
     return this.modules.get(digest);
   }
+  deleteTasks(ids: readonly string[]): number {
+    let n = 0;
+    for (const id of ids) if (this.tasks.delete(id)) n++;
+    return n;
+  }
   atomically<R>(fn: () => R): R {
     return fn();
   }
-  close() {}
+  async flush() {}
+  async close() {}
 }

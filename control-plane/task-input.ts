@@ -35,6 +35,9 @@ export interface TaskInput {
   preferred_proplet_type?: PreferredType;
   proplet_selector?: PropletSelector;
   proplet_group?: string;
+  ttl_seconds_after_finished?: number;
+  successful_runs_history_limit?: number;
+  failed_runs_history_limit?: number;
 }
 
 // Fields of a task as the API returns it: a client that sends a task back
@@ -47,6 +50,7 @@ const READ_ONLY = new Set([
 const KNOWN = new Set([
   'name', 'image_url', 'file', 'cli_args', 'inputs', 'env', 'daemon', 'proplet_id', 'resources', 'labels', 'timeout_ms', 'timeout',
   'schedule', 'timezone', 'concurrency_policy', 'preferred_proplet_type', 'proplet_selector', 'proplet_group',
+  'ttl_seconds_after_finished', 'successful_runs_history_limit', 'failed_runs_history_limit',
 ]);
 
 /** A core WebAssembly module: magic and version 1 (the one check every module source shares). */
@@ -147,6 +151,12 @@ export function parseTaskInput(body: unknown, partial = false): Partial<TaskInpu
       throw new InputError('concurrency_policy', 'must be Allow, Forbid or Replace');
     }
     out.concurrency_policy = o.concurrency_policy;
+  }
+  for (const k of ['ttl_seconds_after_finished', 'successful_runs_history_limit', 'failed_runs_history_limit'] as const) {
+    const n = o[k];
+    if (n === undefined) continue;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new InputError(k, 'must be a non-negative integer');
+    out[k] = n;
   }
   if (o.preferred_proplet_type !== undefined) {
     if (o.preferred_proplet_type !== 'k8s' && o.preferred_proplet_type !== 'external' && o.preferred_proplet_type !== 'any') {

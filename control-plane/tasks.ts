@@ -12,7 +12,9 @@ import { TERMINAL, type AttemptRecord, type Proplet, type PropletGroup, type Tas
 import type { Decision, Placement } from './placement.ts';
 import type { Load, SchedulingView } from './scheduling/index.ts';
 import type { Registry } from './registry.ts';
+import { DEFAULT_RETENTION, ExpiryQueue, RunHistory, type RetentionConfig } from './retention.ts';
 import type { Store } from './store.ts';
+import { TaskIndex, type Page } from './task-index.ts';
 import type { TaskInput } from './task-input.ts';
 
 /** How the control plane reaches proplets; the MQTT gateway implements it. */
@@ -53,8 +55,16 @@ export interface TaskServiceOptions {
   resolveModule?: (url: string) => Promise<Uint8Array>;
   /** How long a start may be in flight before a proplet's report without it means it was lost. */
   reconcileGraceMs?: number;
+  /**
+   * After a control-plane restart, how long a proplet's report without a task
+   * placed before the restart does not yet mean it was lost: its result may
+   * still be queued on its side of the reconnect. Default 30 s.
+   */
+  restartGraceMs?: number;
   /** PropletGroups by name, for tasks that name one. */
   groups?: (name: string) => PropletGroup | undefined;
+  /** How long finished tasks and scheduled runs are kept (default: 24 h; 3 successful and 1 failed run per schedule). */
+  retention?: Partial<RetentionConfig>;
 }
 
 export interface TaskEvents {
@@ -71,11 +81,21 @@ export class TaskService extends EventEmitter<TaskEvents> {
   /** Started tasks whose module is being fetched: not placeable yet. */
   private resolving = new Set<string>();
   private placeQueued = false;
+  private readonly index = new TaskIndex();
+  readonly retention: RetentionConfig;
+  private readonly expiry = new ExpiryQueue();
+  /** When each finished task is due for deletion: a queue entry that no longer matches is stale. */
+  private readonly expiresAt = new Map<string, number>();
+  private readonly runHistory = new RunHistory();
+  private expiryTimer?: NodeJS.Timeout;
   private retryTimer?: NodeJS.Timeout;
   private readonly now: () => number;
   readonly maxAttempts: number;
   readonly reconcileGraceMs: number;
+  readonly restartGraceMs: number;
   readonly defaultTimeoutMs: number;
+  /** When this control plane (re)started: attempts begun before it get restartGraceMs. */
+  private startedAt: number;
 
   constructor(private o: TaskServiceOptions) {
     super();
@@ -84,11 +104,38 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.maxAttempts = o.maxAttempts ?? 3;
     this.defaultTimeoutMs = o.defaultTimeoutMs ?? 60_000;
     this.reconcileGraceMs = o.reconcileGraceMs ?? 5_000;
+    this.restartGraceMs = o.restartGraceMs ?? 30_000;
+    this.startedAt = this.now();
+    this.retention = { ...DEFAULT_RETENTION, ...o.retention };
+    const finished: Task[] = [];
     for (const t of o.store.tasks.list()) {
       this.tasks.set(t.id, t);
+      this.index.upsert(t);
       if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
       if ((t.state === 'Scheduled' || t.state === 'Running') && t.proplet_id) this.addActive(t.proplet_id, t.id);
+      if (TERMINAL.has(t.state)) finished.push(t);
     }
+    // retention resumes in the order things finished; what is already due goes at the first sweep
+    finished.sort((a, b) => (a.finished_at ?? a.updated_at).localeCompare(b.finished_at ?? b.updated_at));
+    const overLimit: string[] = [];
+    for (const t of finished) overLimit.push(...this.retain(t));
+    for (const id of overLimit) this.expire(id);
+  }
+
+  /** Tasks in one state, or all: kept as they change, never counted by walking them. */
+  count(state?: TaskState): number {
+    return this.index.count(state);
+  }
+  countsByState(): ReadonlyMap<TaskState, number> {
+    return this.index.countsByState();
+  }
+  /** Newest first; `after` is the previous page's continue token. */
+  page(limit: number, after?: string, match?: (t: Task) => boolean): Page {
+    return this.index.page(limit, after, match);
+  }
+  /** Runs of a scheduled task that have not finished. */
+  activeRuns(templateId: string): Task[] {
+    return this.index.activeRuns(templateId, (id) => this.tasks.get(id));
   }
 
   get(id: string): Task | undefined {
@@ -105,6 +152,15 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
   activeOn(propletId: string): string[] {
     return [...(this.active.get(propletId) ?? [])];
+  }
+
+  /** A task active (Scheduled or Running) on this proplet that matches. */
+  activeTaskOn(propletId: string, match: (t: Task) => boolean): Task | undefined {
+    for (const id of this.active.get(propletId) ?? []) {
+      const t = this.tasks.get(id);
+      if (t && match(t)) return t;
+    }
+    return undefined;
   }
 
   require(id: string): Task {
@@ -139,6 +195,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (input.preferred_proplet_type) t.preferred_proplet_type = input.preferred_proplet_type;
     if (input.proplet_selector) t.proplet_selector = input.proplet_selector;
     if (input.proplet_group) t.proplet_group = input.proplet_group;
+    this.retentionFields(t, input);
     if (input.schedule) {
       t.schedule = input.schedule;
       t.concurrency_policy = input.concurrency_policy ?? 'Allow';
@@ -165,7 +222,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
       created_at: at,
       updated_at: at,
     };
-    for (const k of ['schedule', 'timezone', 'concurrency_policy', 'suspended', 'cron', 'pending_reason', 'proplet_id', 'error', 'result', 'started_at', 'finished_at', 'excluded_proplets'] as const) delete run[k];
+    for (const k of ['schedule', 'timezone', 'concurrency_policy', 'suspended', 'cron', 'pending_reason', 'proplet_id', 'error', 'result', 'started_at', 'finished_at', 'excluded_proplets', 'successful_runs_history_limit', 'failed_runs_history_limit'] as const) delete run[k];
     this.save(run);
     return this.start(run.id);
   }
@@ -199,6 +256,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (patch.proplet_selector !== undefined) t.proplet_selector = patch.proplet_selector;
     if (patch.proplet_group !== undefined) t.proplet_group = patch.proplet_group;
     if (patch.concurrency_policy !== undefined) t.concurrency_policy = patch.concurrency_policy;
+    this.retentionFields(t, patch);
     if (patch.file) this.attachModule(t, patch.file);
     t.updated_at = this.iso();
     this.save(t);
@@ -218,11 +276,69 @@ export class TaskService extends EventEmitter<TaskEvents> {
   delete(id: string): void {
     const t = this.require(id);
     if (t.state === 'Scheduled' || t.state === 'Running') this.stop(id);
-    this.tasks.delete(id);
-    this.waiting.delete(id);
-    this.resolving.delete(id);
-    this.o.store.tasks.delete(id);
-    this.emit('deleted', id);
+    this.forget([t]);
+  }
+
+  private retentionFields(t: Task, input: Partial<TaskInput>): void {
+    for (const k of ['ttl_seconds_after_finished', 'successful_runs_history_limit', 'failed_runs_history_limit'] as const) {
+      if (input[k] !== undefined) t[k] = input[k];
+    }
+  }
+
+  /** Removes finished tasks from memory and the store, in one write. */
+  private forget(ts: Task[]): void {
+    if (ts.length === 0) return;
+    for (const t of ts) {
+      this.tasks.delete(t.id);
+      this.index.remove(t);
+      this.waiting.delete(t.id);
+      this.resolving.delete(t.id);
+      this.expiresAt.delete(t.id);
+      if (t.scheduled_by) this.runHistory.forget(t.scheduled_by, t.id);
+      if (t.schedule) this.runHistory.forget(t.id);
+    }
+    this.o.store.atomically(() => {
+      for (const t of ts) this.o.store.tasks.delete(t.id);
+    });
+    for (const t of ts) this.emit('deleted', t.id);
+  }
+
+  /**
+   * A task just finished: when it expires, and which older runs of its schedule
+   * it pushes over the history limit (returned, to be deleted now).
+   */
+  private retain(t: Task): string[] {
+    const ttl = t.ttl_seconds_after_finished !== undefined ? t.ttl_seconds_after_finished * 1000 : this.retention.finishedTtlMs;
+    if (ttl > 0 || t.ttl_seconds_after_finished === 0) {
+      const at = Date.parse(t.finished_at ?? t.updated_at) + ttl;
+      this.expiresAt.set(t.id, at);
+      this.expiry.push(at, t.id);
+    }
+    if (!t.scheduled_by) return [];
+    const template = this.tasks.get(t.scheduled_by);
+    const ok = t.state === 'Completed';
+    const limit = ok
+      ? template?.successful_runs_history_limit ?? this.retention.successfulRunsHistoryLimit
+      : template?.failed_runs_history_limit ?? this.retention.failedRunsHistoryLimit;
+    return this.runHistory.finished(t.scheduled_by, t.id, ok, limit);
+  }
+
+  /** Deletes a task if it is still finished (a restarted task is not). */
+  private expire(id: string): void {
+    const t = this.tasks.get(id);
+    if (t && TERMINAL.has(t.state)) this.forget([t]);
+  }
+
+  /** Deletes every finished task whose time-to-live is over. */
+  sweepExpired(): number {
+    const now = this.now();
+    const gone: Task[] = [];
+    for (const { at, id } of this.expiry.due(now)) {
+      const t = this.tasks.get(id);
+      if (t && this.expiresAt.get(id) === at && TERMINAL.has(t.state)) gone.push(t);
+    }
+    this.forget(gone);
+    return gone.length;
   }
 
   /** Asks for the task to run; it is placed now or as soon as a proplet can take it. */
@@ -328,7 +444,12 @@ export class TaskService extends EventEmitter<TaskEvents> {
       this.endAttempt(t, 'refused', r.error);
       (t.excluded_proplets ??= []).push(r.proplet_id);
       this.release(t);
-      this.retryOrFail(t, `refused by ${r.proplet_id}: ${r.error ?? 'no reason given'}`);
+      const why = `refused by ${r.proplet_id}: ${r.error ?? 'no reason given'}`;
+      if (this.nowhereElse(t)) {
+        // waiting would change nothing: say why at once instead of after silent re-runs
+        t.error = `${why}; no other proplet can take it`;
+        this.finish(t, 'Failed', at);
+      } else this.retryOrFail(t, why);
       return undefined;
     }
     if (status === 'stopped') {
@@ -344,6 +465,13 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (status === 'failed') t.error = r.error ?? 'failed';
     this.finish(t, status === 'completed' ? 'Completed' : 'Failed', at, r);
     return undefined;
+  }
+
+  /** After a refusal: the task is pinned to the proplet that refused it, or every live proplet has refused it. */
+  private nowhereElse(t: Task): boolean {
+    const excluded = new Set(t.excluded_proplets);
+    if (t.pinned_proplet_id) return excluded.has(t.pinned_proplet_id);
+    return !this.o.registry.list().some((p) => p.state === 'alive' && !excluded.has(p.id));
   }
 
   /** A proplet failed: its tasks are placed elsewhere, or fail when out of attempts. */
@@ -372,7 +500,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
       // A report may have left the proplet before a start we just sent reached it:
       // only an attempt older than the grace period is known to be lost.
       const since = Date.parse(t.attempts.at(-1)?.started_at ?? t.updated_at);
-      if (!reported.has(id) && now - since > this.reconcileGraceMs) {
+      // Placed before a restart: the proplet may have finished it while we were away and
+      // still hold the result; a later report settles it once the restart grace is over.
+      const grace = since < this.startedAt && now - this.startedAt < this.restartGraceMs;
+      if (!reported.has(id) && now - since > this.reconcileGraceMs && !grace) {
         this.endAttempt(t, 'evacuated', 'proplet restarted without it');
         this.release(t);
         this.retryOrFail(t, `proplet ${proplet.id} no longer runs it`);
@@ -439,6 +570,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   startTimers(): void {
+    this.startedAt = this.now();
+    this.sweepExpired();
+    this.expiryTimer = setInterval(() => this.sweepExpired(), this.o.retryIntervalMs ?? 1000);
+    this.expiryTimer.unref();
     // after a restart: tasks that were waiting for their module fetch it again
     for (const id of this.waiting) {
       const t = this.tasks.get(id)!;
@@ -450,6 +585,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.schedulePlacement();
   }
   stopTimers(): void {
+    if (this.expiryTimer) clearInterval(this.expiryTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
   }
@@ -545,10 +681,15 @@ export class TaskService extends EventEmitter<TaskEvents> {
     t.history.push({ state, at, ...(reason ? { reason } : {}), ...extra });
     if (t.history.length > 100) t.history.splice(1, t.history.length - 100);
     this.save(t);
+    if (TERMINAL.has(state)) {
+      const over = this.retain(t);
+      for (const id of over) this.expire(id);
+    } else this.expiresAt.delete(t.id);
   }
 
   private save(t: Task): void {
     this.tasks.set(t.id, t);
+    this.index.upsert(t);
     if (t.state === 'Pending' && t.start_requested) this.waiting.add(t.id);
     else this.waiting.delete(t.id);
     this.o.store.tasks.put(t.id, t);

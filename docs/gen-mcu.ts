@@ -61,7 +61,7 @@ export interface McuExample {
 function serve(module: Uint8Array | undefined, digest: string, req: MessageByKind['registry.proplet']): Buffer[] {
   const out: Buffer[] = [];
   const server = new ChunkServer({
-    module: (d) => (d === digest ? module : undefined),
+    module: (_p, d) => (d === digest ? module : undefined),
     send: (_p, payload) => out.push(Buffer.from(payload)),
     log: () => {},
   });

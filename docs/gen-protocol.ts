@@ -657,7 +657,8 @@ function mayPublish(kind: TopicKind, t: string, perProplet: boolean): string[] {
   const payload = (id: string) => (sender ? JSON.stringify({ [sender]: id }) : '{}');
   const asItself = (id: string) => authorize(s, 'proplet', id, 'publish', t, payload(id)).ok;
   const forOther = authorize(s, 'proplet', P, 'publish', t, payload(Q)).ok;
-  if (asItself(P) && asItself(Q)) who.push(forOther || !sender ? 'any proplet' : `any proplet (as itself in \`${sender}\`)`);
+  // the embedded broker delivers a proplet's publish on the shared topic on its per-proplet form (stampedTopic)
+  if (asItself(P) && asItself(Q)) who.push(forOther || !sender ? 'any proplet' : 'any proplet, as itself (delivered on the `/<proplet_id>` form)');
   else if (asItself(P)) who.push(perProplet ? `proplet \`${P}\`` : 'its proplet');
   return who;
 }

@@ -13,8 +13,10 @@
 
 import type { ControlPlaneClient } from '../control-plane/client.ts';
 import { dnsLabel, hashedLabel, labelValue } from './proplet-objects.ts';
+import { setCondition, type ConditionInput } from './runtime/conditions.ts';
 import {
   API_VERSION,
+  type Condition,
   type FederatedJob,
   type FederatedJobStatus,
   type ModelCheckpoint,
@@ -60,9 +62,50 @@ export function federatedJobManifest(job: FederatedJob): { apiVersion: string; k
   return { apiVersion: API_VERSION, kind: 'FederatedJob', metadata: { name: controlPlaneJobName(job) }, spec: job.spec };
 }
 
-/** The job's status from the coordinator's record (observedGeneration is the status writer's). */
-export function federatedJobStatus(cp: ControlPlaneJob): FederatedJobStatus {
-  return cp.status;
+/**
+ * The job's status from the coordinator's record (observedGeneration is the
+ * status writer's). The record says phase, reason and message; the Kubernetes
+ * conditions (Ready, RoundActive, AggregationComplete) are made from them here,
+ * each keeping its lastTransitionTime from `prev` while its status holds.
+ */
+export function federatedJobStatus(cp: ControlPlaneJob, prev?: Condition[], now?: Date): FederatedJobStatus {
+  const { reason = cp.status.phase, ...status } = cp.status;
+  const message = status.message ?? '';
+  const want: ConditionInput[] = [];
+  if (status.phase === 'Pending') want.push({ type: 'Ready', status: 'False', reason, message });
+  else if (status.phase === 'Running') {
+    want.push({ type: 'Ready', status: 'True', reason: 'Running', message: 'rounds are running' });
+    if (status.currentRound > 0) want.push({ type: 'RoundActive', status: 'True', reason: 'RoundStarted', message: `round ${status.currentRound} of ${cp.spec.rounds.total} started` });
+  } else {
+    want.push({ type: 'Ready', status: status.phase === 'Completed' ? 'True' : 'False', reason, message });
+    want.push({ type: 'RoundActive', status: 'False', reason, message });
+  }
+  if (status.completedRounds > 0 && status.aggregatedModelRef) {
+    want.push({ type: 'AggregationComplete', status: 'True', reason: 'AggregationComplete', message: `round ${status.completedRounds} aggregated into ${status.aggregatedModelRef}` });
+  }
+  return { ...status, conditions: conditionsOf(want, prev, now) };
+}
+
+/** The conditions `want` says, and only those; each keeps its lastTransitionTime from `prev` while its status holds. */
+function conditionsOf(want: ConditionInput[], prev: Condition[] | undefined, now?: Date): Condition[] {
+  return want.map((c) => {
+    const before = prev?.find((x) => x.type === c.type);
+    return setCondition(before ? [before] : [], c, undefined, now)[0]!;
+  });
+}
+
+/** A round's conditions (RoundActive, ParticipantsReady, AggregationComplete) from its phase, reason and message. */
+function roundConditions(s: ControlPlaneRound['status'], prev?: Condition[], now?: Date): Condition[] {
+  const reason = s.reason ?? s.phase;
+  const message = s.message ?? '';
+  const n = s.participants.length;
+  const want: ConditionInput[] = [];
+  if (s.phase === 'Running' || s.phase === 'Aggregating') want.push({ type: 'RoundActive', status: 'True', reason: 'RoundStarted', message: `waiting for ${s.updatesRequired} of ${n} updates` });
+  else if (s.phase !== 'Pending') want.push({ type: 'RoundActive', status: 'False', reason, message });
+  if (s.phase !== 'Pending' && s.startTime) want.push({ type: 'ParticipantsReady', status: 'Unknown', reason: 'TasksCreated', message: `${n} tasks created` });
+  if (s.phase === 'Aggregating') want.push({ type: 'AggregationComplete', status: 'False', reason: 'Aggregating', message });
+  if (s.phase === 'Completed') want.push({ type: 'AggregationComplete', status: 'True', reason: 'AggregationComplete', message });
+  return conditionsOf(want, prev, now);
 }
 
 /**
@@ -104,8 +147,9 @@ function childMetadata(owner: FederatedJob | TrainingRound, name: string, contro
  * A round's status; with its owner (the job, or the standalone round's own
  * resource), status.checkpoint names the ModelCheckpoint resource.
  */
-export function trainingRoundStatus(round: ControlPlaneRound, owner?: FederatedJob | TrainingRound): TrainingRoundStatus {
-  const s: TrainingRoundStatus = round.status;
+export function trainingRoundStatus(round: ControlPlaneRound, owner?: FederatedJob | TrainingRound, prev?: Condition[], now?: Date): TrainingRoundStatus {
+  const { reason: _, ...rest } = round.status;
+  const s: TrainingRoundStatus = { ...rest, conditions: roundConditions(round.status, prev, now) };
   if (!owner || !s.checkpoint) return s;
   return { ...s, checkpoint: owner.kind === 'FederatedJob' ? resourceName(owner, s.checkpoint) : roundCheckpointName(owner) };
 }
@@ -116,13 +160,13 @@ export function trainingRoundStatus(round: ControlPlaneRound, owner?: FederatedJ
  * status (the API drops status on create), then write status through the
  * status subresource.
  */
-export function trainingRoundResource(job: FederatedJob, round: ControlPlaneRound): TrainingRound {
+export function trainingRoundResource(job: FederatedJob, round: ControlPlaneRound, prev?: Condition[]): TrainingRound {
   return {
     apiVersion: API_VERSION,
     kind: 'TrainingRound',
     metadata: childMetadata(job, resourceName(job, round.metadata.name), round.metadata.name, round.spec.round),
     spec: { ...round.spec, federatedJobRef: { name: job.metadata.name! } },
-    status: trainingRoundStatus(round, job),
+    status: trainingRoundStatus(round, job, prev),
   };
 }
 

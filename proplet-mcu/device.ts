@@ -12,21 +12,25 @@
 //     (download.ts), CRC-32 per chunk and SHA-256 over the whole before
 //     anything runs;
 //   - the same WASI/core semantics and results as the node proplet, through
-//     the same sandbox (proplet-node/runner), capped to the budget.
+//     the same sandbox (wasm-runtime), capped to the budget.
+//
+// Which starts it takes, what a stop does, which results go out when (and
+// which wait for the next connection) is the shared proplet core's decision
+// (proplet-core/); this file executes its commands.
 //
 // docs/mcu.md is the byte-level contract this file implements.
 
 import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, sha256Digest, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
+import { decode, encode, ProtocolError, sha256Digest, type Chunk, type FlUpdate, type MessageByKind, type Result, type Start } from '../protocol/index.ts';
+import { encodeResult, outcomeOf, PAGE_BYTES, PropletCore, readStartRef, taskRun, type Command, type Event, type RamBudget } from '../proplet-core/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
-import { parseModule, TRUNCATED_MARKER, WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
+import { clipText, parseModule, WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
 import { Backoff, type BackoffOptions } from './backoff.ts';
-import { PAGE_BYTES, RamBudget } from './budget.ts';
 import { DownloadError, ModuleDownload, type Ask, type DownloadFaults } from './download.ts';
-import { aliveMsg, chunkMessageBytes, chunkRequestMsg, peekStart, registerMsg, resultBase, willMsg, type DeviceProfile } from './messages.ts';
+import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, willMsg, type DeviceProfile } from './messages.ts';
 
 export type Log = (level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
@@ -122,11 +126,15 @@ export interface McuEvents {
   dropped: [info: { topic: string; bytes: number; limit: number; refusedTask?: string }];
 }
 
+/** What this device holds for one task the core gave it to load or run. */
 interface Run {
-  attempt?: number;
-  phase: 'loading' | 'running';
+  msg: Start;
   /** The runner's key: task ids are unique per control plane, not per shared runner. */
-  key: string;
+  runnerKey: string;
+  running: boolean;
+  bytes?: Uint8Array;
+  round?: FlInput;
+  /** Chunked: the digest of the module it downloads. */
   digest?: string;
   /** An FL round task: the digest of the round's model it downloads. */
   modelDigest?: string;
@@ -155,7 +163,6 @@ export const MCU_DEFAULTS = {
 
 export class McuProplet extends EventEmitter<McuEvents> {
   readonly profile: DeviceProfile;
-  readonly budget: RamBudget;
   readonly stats: McuStats = {
     connects: 0,
     disconnects: 0,
@@ -189,9 +196,9 @@ export class McuProplet extends EventEmitter<McuEvents> {
   private readonly flashBytes: number;
   private readonly flash: LRUCache<string, Uint8Array>;
   private readonly backoff: Backoff;
+  private readonly core: PropletCore<Start>;
+  /** By the core's run key. */
   private readonly runs = new Map<string, Run>();
-  /** Final results that could not be sent while offline: sent first after the next connect. */
-  private readonly outbox: Result[] = [];
   private readonly downloads = new Map<string, { d: ModuleDownload; waiters: Set<string> }>();
   private st: McuState = 'idle';
   private heartbeat?: NodeJS.Timeout;
@@ -218,7 +225,6 @@ export class McuProplet extends EventEmitter<McuEvents> {
     if (this.window < 1 || this.window > 64) throw new RangeError(`window must be 1..64 chunks, got ${this.window}`);
     const need = chunkBytesFor(this.chunkSize);
     if (need > this.rx) throw new RangeError(`a ${this.chunkSize}-byte chunk takes up to ${need} bytes on the wire: the receive buffer of ${this.rx} bytes cannot hold it`);
-    this.budget = new RamBudget(budget);
     this.profile = {
       id: o.id,
       name: o.name ?? o.id,
@@ -231,6 +237,13 @@ export class McuProplet extends EventEmitter<McuEvents> {
       maxModuleBytes: o.maxModuleBytes ?? Math.max(PAGE_BYTES, budget - PAGE_BYTES),
       rxBufferBytes: this.rx,
     };
+    this.core = new PropletCore<Start>({
+      propletId: o.id,
+      maxTasks: this.profile.maxTasks,
+      maxModuleBytes: this.profile.maxModuleBytes,
+      ramBudgetBytes: budget,
+      outboxSize: OUTBOX,
+    });
     this.backoff = new Backoff(o.backoff, o.random);
     this.ownRunner = o.runner === undefined;
     this.flashBytes = o.flashCacheBytes ?? MCU_DEFAULTS.flashCacheBytes;
@@ -247,9 +260,13 @@ export class McuProplet extends EventEmitter<McuEvents> {
   get online(): boolean {
     return this.st === 'online';
   }
+  /** Module bytes and linear memory of every task held, against the RAM budget. */
+  get budget(): RamBudget {
+    return this.core.budget!;
+  }
   /** Tasks accepted and not finished (loading or running). */
   get runningTasks(): number {
-    return this.runs.size;
+    return this.core.size;
   }
   /** Failed connection attempts since the last good connection. */
   get reconnectAttempts(): number {
@@ -275,11 +292,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
     if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     for (const { d } of this.downloads.values()) d.abort('device shutting down');
-    for (const [id, run] of this.runs) {
-      this.runs.delete(id);
-      this.budget.release(id);
-      if (run.phase === 'running') this.runner.cancel(run.key);
-    }
+    for (const run of this.runs.values()) if (run.running) this.runner.cancel(run.runnerKey);
+    this.runs.clear();
     const c = this.client;
     this.client = undefined;
     if (c?.connected) await Promise.race([c.endAsync().catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())]);
@@ -333,6 +347,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
       this.client = undefined;
       if (this.st === 'closed') return;
       if (up) {
+        this.dispatch({ t: 'disconnected' });
         this.stats.disconnects++;
         if (Date.now() - this.onlineAt >= this.backoff.o.stableMs) this.backoff.reset();
       }
@@ -356,10 +371,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
         this.onlineAt = Date.now();
         this.stats.connects++;
         this.setState('online');
-        // results first: the registration's `running` no longer lists these tasks, and the
-        // control plane would otherwise place them again before hearing how they ended
-        for (const r of this.outbox.splice(0)) this.publish('proplet.results', r);
-        this.register();
+        // deferred results, then the registration (the core's order)
+        this.dispatch({ t: 'connected' });
         for (const { d } of this.downloads.values()) {
           this.stats.downloadsResumed++;
           d.resume();
@@ -379,33 +392,105 @@ export class McuProplet extends EventEmitter<McuEvents> {
     client.on('close', () => onDown('connection closed'));
   }
 
-  private publish<K extends 'proplet.create' | 'proplet.alive' | 'proplet.results' | 'registry.proplet'>(kind: K, msg: MessageByKind[K]): boolean {
+  private publish<K extends 'proplet.create' | 'proplet.alive' | 'registry.proplet'>(kind: K, msg: MessageByKind[K]): boolean {
+    return this.publishBytes(topic(this.o.scope, kind), encode(kind, msg, 'cbor'));
+  }
+
+  private publishBytes(t: string, payload: Uint8Array): boolean {
     const c = this.client;
     if (!c || !c.connected || this.st !== 'online') return false;
-    c.publish(topic(this.o.scope, kind), encode(kind, msg, 'cbor'), { qos: 1 }, () => {});
+    c.publish(t, payload as Buffer, { qos: 1 }, () => {});
     return true;
   }
 
   private publishUpdate(u: FlUpdate): void {
-    const c = this.client;
-    if (!c || !c.connected || this.st !== 'online') {
+    if (!this.publishBytes(flUpdateTopic(this.o.scope, u.round_id, this.o.id), encode('fl.update', u, 'cbor'))) {
       this.log('warn', 'fl update dropped: offline', { id: this.o.id, round_id: u.round_id });
-      return;
     }
-    c.publish(flUpdateTopic(this.o.scope, u.round_id, this.o.id), encode('fl.update', u, 'cbor'), { qos: 1 }, () => {});
-  }
-
-  private runningRefs(): TaskRef[] {
-    return [...this.runs].map(([task_id, r]) => ({ task_id, ...(r.attempt !== undefined ? { attempt: r.attempt } : {}) }));
   }
 
   private register(): void {
-    this.publish('proplet.create', registerMsg(this.profile, this.runningRefs()));
+    this.publish('proplet.create', registerMsg(this.profile, this.core.running()));
     this.sendAlive();
   }
 
   private sendAlive(): void {
-    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.runningRefs(), this.budget.usedBytes))) this.stats.heartbeats++;
+    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.core.running(), this.budget.usedBytes))) this.stats.heartbeats++;
+  }
+
+  // --- the core's commands ------------------------------------------------------------
+
+  private dispatch(e: Event<Start>): Command<Start>[] {
+    const cmds = this.core.handle(e);
+    for (const c of cmds) this.execute(c);
+    return cmds;
+  }
+
+  private execute(c: Command<Start>): void {
+    switch (c.t) {
+      case 'load': {
+        const msg = c.payload;
+        const run: Run = { msg, runnerKey: `${this.o.id}/${c.key}`, running: false };
+        if (msg.file) this.stats.startsInline++;
+        else if (this.flash.has(msg.digest!)) this.stats.startsCached++;
+        else {
+          this.stats.startsChunked++;
+          run.digest = msg.digest;
+        }
+        this.runs.set(c.key, run);
+        void this.load(c.key, run);
+        return;
+      }
+      case 'abort-load': {
+        // forget it; its download goes on only for other tasks waiting on it
+        const run = this.runs.get(c.key);
+        this.runs.delete(c.key);
+        if (run?.digest) this.detach(run.digest, c.key);
+        if (run?.modelDigest) this.detach(run.modelDigest, modelKey(c.key));
+        return;
+      }
+      case 'run':
+        void this.run(c.key, c.linearBytes);
+        return;
+      case 'kill': {
+        const run = this.runs.get(c.key);
+        if (run?.running) this.runner.cancel(run.runnerKey); // the run ends with 'stopped' and reports it
+        return;
+      }
+      case 'publish':
+        this.publishBytes(topic(this.o.scope, 'proplet.results'), encodeResult(c.result, 'cbor'));
+        if (!c.flushed) this.counted(c.result);
+        return;
+      case 'deferred':
+        this.stats.resultsDeferred++;
+        this.counted(c.result);
+        return;
+      case 'announce':
+        this.register();
+        return;
+      case 'alive':
+        this.sendAlive();
+        return;
+      case 'ignored':
+        this.log('debug', 'message ignored', { id: this.o.id, task_id: c.id, reason: c.reason, ...(c.detail ? { detail: c.detail } : {}) });
+        return;
+      case 'dropped-result':
+        this.log('warn', 'result dropped: outbox full while offline', { id: this.o.id, task_id: c.result.task_id });
+        return;
+    }
+  }
+
+  /** A result as it leaves the core: stats, the 'result' event and the log. */
+  private counted(r: Result): void {
+    const status = r.status ?? 'completed';
+    if (status === 'refused') {
+      this.stats.refused++;
+      this.log('info', 'task refused', { id: this.o.id, task_id: r.task_id, error: r.error });
+    } else if (status !== 'running') {
+      this.stats[status]++;
+      this.log('info', 'task finished', { id: this.o.id, task_id: r.task_id, attempt: r.attempt, status, duration_ms: r.duration_ms, ...(r.error ? { error: r.error } : {}) });
+    }
+    this.emit('result', r);
   }
 
   // --- inbound ----------------------------------------------------------------------
@@ -413,13 +498,20 @@ export class McuProplet extends EventEmitter<McuEvents> {
   private onMessage(t: string, payload: Buffer): void {
     const kind = parseTopic(t)?.kind;
     if (payload.length > this.rx) return this.dropOversized(t, kind, payload);
+    const now = Date.now();
     try {
-      if (kind === 'manager.start') this.onStart(decode('manager.start', payload).msg);
-      else if (kind === 'manager.stop') this.onStop(decode('manager.stop', payload).msg);
-      else if (kind === 'registry.server') this.onChunk(decode('registry.server', payload).msg);
+      if (kind === 'manager.start') this.onStart(decode('manager.start', payload).msg, now);
+      else if (kind === 'manager.stop') {
+        const msg = decode('manager.stop', payload).msg;
+        this.dispatch({ t: 'stop', id: msg.id, attempt: msg.attempt, proplet_id: msg.proplet_id, now });
+      } else if (kind === 'registry.server') this.onChunk(decode('registry.server', payload).msg);
     } catch (e) {
       this.stats.malformed++;
-      this.log('warn', 'message dropped', { id: this.o.id, topic: t, reason: e instanceof ProtocolError ? e.message : (e as Error).stack });
+      const reason = e instanceof ProtocolError ? e.message : (e as Error).stack;
+      this.log('warn', 'message dropped', { id: this.o.id, topic: t, reason });
+      // a start that fits the buffer but does not decode is refused with the reason, not lost
+      const ref = kind === 'manager.start' ? readStartRef(payload) : undefined;
+      if (ref) this.dispatch({ t: 'start', start: { ...ref, unfit: `cannot take this start: ${reason}` }, now });
     }
   }
 
@@ -428,87 +520,35 @@ export class McuProplet extends EventEmitter<McuEvents> {
     let refusedTask: string | undefined;
     if (kind === 'manager.start') {
       // Only the part that fits the buffer is looked at, as a firmware would.
-      const ref = peekStart(payload.subarray(0, this.rx));
-      if (ref && (ref.proplet_id === undefined || ref.proplet_id === this.o.id) && !this.runs.has(ref.id)) {
-        refusedTask = ref.id;
-        this.refuse(ref.id, ref.attempt, `start message of ${payload.length} bytes exceeds this device's receive buffer of ${this.rx} bytes`);
+      const ref = readStartRef(payload, this.rx);
+      if (ref) {
+        const cmds = this.dispatch({ t: 'start', start: { ...ref, unfit: `start message of ${payload.length} bytes exceeds this device's receive buffer of ${this.rx} bytes` }, now: Date.now() });
+        if (cmds.some((c) => (c.t === 'publish' || c.t === 'deferred') && c.result.status === 'refused')) refusedTask = ref.id;
       }
     }
     this.log('warn', 'payload dropped: larger than the receive buffer', { id: this.o.id, topic: t, bytes: payload.length, limit: this.rx, ...(refusedTask ? { refused_task: refusedTask } : {}) });
     this.emit('dropped', { topic: t, bytes: payload.length, limit: this.rx, ...(refusedTask ? { refusedTask } : {}) });
   }
 
-  private refuse(taskId: string, attempt: number | undefined, error: string): void {
-    this.stats.refused++;
-    this.log('info', 'task refused', { id: this.o.id, task_id: taskId, error });
-    this.sendResult({ ...resultBase(this.o.id, taskId, attempt), status: 'refused', error });
-  }
-
-  private sendResult(r: Result): void {
-    if (!this.publish('proplet.results', r) && r.status !== 'running' && this.st !== 'closed') {
-      this.outbox.push(r);
-      this.stats.resultsDeferred++;
-      if (this.outbox.length > OUTBOX) this.log('warn', 'result dropped: outbox full while offline', { id: this.o.id, task_id: this.outbox.shift()!.task_id });
-    }
-    this.emit('result', r);
-  }
-
-  private onStop(msg: Stop): void {
+  private onStart(msg: Start, now: number): void {
     if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
-    const run = this.runs.get(msg.id);
-    if (!run) return;
-    // a stop for an old attempt (reconciliation) must not kill the current one
-    if (msg.attempt !== undefined && run.attempt !== undefined && msg.attempt !== run.attempt) return;
-    if (run.phase === 'running') {
-      this.runner.cancel(run.key); // the run ends with 'stopped' and reports it
-      return;
+    if (this.core.phase(msg.id) === undefined) {
+      this.stats.startsReceived++;
+      this.emit('start', msg);
     }
-    // still loading: forget it; its download goes on only for other tasks waiting on it
-    this.runs.delete(msg.id);
-    this.releaseRun(msg.id);
-    if (run.digest) this.detach(run.digest, msg.id);
-    if (run.modelDigest) this.detach(run.modelDigest, modelKey(msg.id));
-  }
-
-  private releaseRun(taskId: string): void {
-    this.budget.release(taskId);
-    this.budget.release(modelKey(taskId));
-  }
-
-  private onStart(msg: Start): void {
-    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
-    if (this.runs.has(msg.id)) return; // a redelivered start (QoS 1): already on it
-    this.stats.startsReceived++;
-    this.emit('start', msg);
-    const p = this.profile;
-    if (this.runs.size >= p.maxTasks) return this.refuse(msg.id, msg.attempt, `at capacity: ${this.runs.size}/${p.maxTasks} tasks running`);
     if (msg.file && msg.file.length === 0) delete msg.file;
-    if (!msg.file && !msg.digest) {
-      return this.refuse(msg.id, msg.attempt, 'no module: this device takes a module inline or by digest from the registry, and does not fetch image_url');
-    }
     const moduleBytes = msg.file?.length ?? msg.module_size ?? 0;
-    if (moduleBytes > p.maxModuleBytes) return this.refuse(msg.id, msg.attempt, `module of ${moduleBytes} bytes exceeds this device's limit of ${p.maxModuleBytes}`);
     // Linear memory: what the task asks for, else the module's initial memory (known now only for an inline module).
-    const linear = msg.memory_bytes ?? (msg.file ? initialMemory(msg.file) : 0);
-    const short = this.budget.shortfall({ module: moduleBytes, linear });
-    if (short !== undefined) return this.refuse(msg.id, msg.attempt, short);
-    this.budget.reserve(msg.id, moduleBytes + linear);
-    const run: Run = { attempt: msg.attempt, phase: 'loading', key: `${this.o.id}/${msg.id}` };
-    if (msg.file) this.stats.startsInline++;
-    else if (this.flash.has(msg.digest!)) this.stats.startsCached++;
-    else {
-      this.stats.startsChunked++;
-      run.digest = msg.digest;
-    }
-    this.runs.set(msg.id, run);
-    void this.execute(msg, run);
+    const linearBytes = msg.memory_bytes ?? (msg.file ? initialMemory(msg.file) : 0);
+    const unfit = !msg.file && !msg.digest ? 'no module: this device takes a module inline or by digest from the registry, and does not fetch image_url' : undefined;
+    this.dispatch({ t: 'start', start: { id: msg.id, attempt: msg.attempt, proplet_id: msg.proplet_id, moduleBytes, linearBytes, fl: msg.env?.ROUND_ID !== undefined, payload: msg, ...(unfit ? { unfit } : {}) }, now });
   }
 
-  private async execute(msg: Start, run: Run): Promise<void> {
-    const base = resultBase(this.o.id, msg.id, msg.attempt);
-    const current = () => this.runs.get(msg.id) === run;
-    let res: RunResult;
-    let round: FlInput | undefined;
+  // --- loading and running ------------------------------------------------------------
+
+  private async load(key: string, run: Run): Promise<void> {
+    const msg = run.msg;
+    const current = () => this.runs.get(key) === run && this.core.holds(key);
     try {
       let bytes: Uint8Array;
       if (msg.file) {
@@ -518,7 +558,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
           throw new DownloadError(`module digest mismatch: the inline module hashes to ${sha256Digest(bytes)}, the start names ${msg.digest}; discarded without running`);
         }
       } else {
-        bytes = this.flash.get(msg.digest!) ?? (await this.fetchModule(msg));
+        bytes = this.flash.get(msg.digest!) ?? (await this.fetchModule(key, msg.digest!, msg.module_size, 'module', msg.memory_bytes ?? 0));
         // verified by digest already; a firmware writes it to a flash partition
         if (this.flashBytes > 0 && bytes.length <= this.flashBytes) this.flash.set(msg.digest!, bytes);
       }
@@ -528,91 +568,87 @@ export class McuProplet extends EventEmitter<McuEvents> {
         const digest = msg.env!.MODEL_DIGEST ?? /sha256:[0-9a-f]{64}$/.exec(msg.env!.MODEL_URI ?? '')?.[0];
         if (!digest) throw new DownloadError('an FL task needs MODEL_DIGEST (or a MODEL_URI ending in sha256:<hex>): this device fetches models from the registry by digest');
         run.modelDigest = digest;
-        round = flInput(await this.fetchModule({ id: modelKey(msg.id), digest, memory_bytes: 0 }));
+        run.round = flInput(await this.fetchModule(key, digest, undefined, 'model', 0));
         if (!current()) return;
       }
-      let linear = msg.memory_bytes;
-      if (linear === undefined) {
-        linear = initialMemory(bytes);
-        const short = this.budget.shortfall({ module: bytes.length, linear }, msg.id);
-        if (short !== undefined) throw new DownloadError(short, true);
-        this.budget.reserve(msg.id, bytes.length + linear);
-      }
-      run.phase = 'running';
-      this.sendResult({ ...base, status: 'running' });
-      res = await this.runner.run({
-        taskId: run.key,
-        module: bytes,
-        name: msg.name ?? '',
-        args: [msg.name ?? 'main', ...(msg.cli_args ?? [])],
-        env: msg.env ?? {},
-        inputs: (msg.inputs ?? []) as (number | bigint | string)[],
-        timeoutMs: msg.daemon ? 0 : (msg.timeout_ms ?? MCU_DEFAULTS.defaultTimeoutMs),
-        // the linear memory is capped at what the budget holds for it (0 would mean "no limit")
-        maxMemoryBytes: linear > 0 ? linear : PAGE_BYTES,
-        ...(round ? { stdin: round.stdin, files: round.files } : {}),
-      });
+      run.bytes = bytes;
+      // the sizes are known now: the core holds exactly them, or refuses
+      this.dispatch({ t: 'loaded', key, moduleBytes: bytes.length, linearBytes: msg.memory_bytes ?? initialMemory(bytes) });
     } catch (e) {
       if (!current()) return;
-      this.runs.delete(msg.id);
-      this.releaseRun(msg.id);
-      if (e instanceof DownloadError && e.refuse) return this.refuse(msg.id, msg.attempt, e.message);
+      if (e instanceof DownloadError && e.refuse) {
+        this.runs.delete(key);
+        this.dispatch({ t: 'refuse', key, reason: e.message });
+        return;
+      }
       if (e instanceof DownloadError && /digest mismatch/.test(e.message) && msg.file === undefined) this.stats.digestMismatches++;
       const error = e instanceof DownloadError || e instanceof FlContractError ? e.message : `internal error: ${(e as Error).message}`;
-      res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
+      await this.finish(key, run, { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 });
     }
-    if (this.runs.get(msg.id) === run) {
-      this.runs.delete(msg.id);
-      this.releaseRun(msg.id);
-    } else if (this.st === 'closed') return;
+  }
+
+  private async run(key: string, linear: number): Promise<void> {
+    const run = this.runs.get(key);
+    if (!run?.bytes) return;
+    const msg = run.msg;
+    run.running = true;
+    const res = await this.runner.run({
+      taskId: run.runnerKey,
+      module: run.bytes,
+      ...taskRun(msg, MCU_DEFAULTS.defaultTimeoutMs),
+      // the linear memory is capped at what the budget holds for it (0 would mean "no limit")
+      maxMemoryBytes: linear > 0 ? linear : PAGE_BYTES,
+      ...(run.round ? { stdin: run.round.stdin, files: run.round.files } : {}),
+    });
+    await this.finish(key, run, res);
+  }
+
+  private async finish(key: string, run: Run, res: RunResult): Promise<void> {
+    if (this.runs.get(key) === run) this.runs.delete(key);
+    if (this.st === 'closed' || !this.core.holds(key)) return;
+    const msg = run.msg;
     let flResults: Record<string, unknown> | undefined;
     if (isFlTask(msg.env) && res.error !== 'stopped') {
       const roundId = msg.env!.ROUND_ID!;
       // every part fits the device's packet buffer
-      const o = flOutcome({ proplet_id: this.o.id, round_id: roundId, task_id: msg.id }, res, round, this.rx, 'cbor');
+      const o = flOutcome({ proplet_id: this.o.id, round_id: roundId, task_id: msg.id }, res, run.round, this.rx, 'cbor');
       flResults = o.results;
       if (o.error) res = { ...res, ok: false, error: o.error };
       const delay = this.o.updateDelayMs?.(roundId) ?? 0;
       if (delay > 0) await new Promise((r) => setTimeout(r, delay));
       for (const u of o.updates) this.publishUpdate(u);
     }
-    const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
-    const result: Result = { ...base, status, stdout: clip(res.stdout, this.outputLimit), stderr: clip(res.stderr, this.outputLimit), duration_ms: res.durationMs };
-    if (res.returnValue !== undefined) result.results = res.returnValue;
-    if (flResults) result.results = flResults;
-    if (res.exitCode !== null) result.exit_code = res.exitCode;
-    if (res.error) result.error = res.error;
-    if (msg.env?.ROUND_ID !== undefined) result.fl = true;
-    if (status === 'completed') this.stats.completed++;
-    else if (status === 'failed') this.stats.failed++;
-    else this.stats.stopped++;
-    this.sendResult(result);
-    this.sendAlive(); // the load changed: say so now, not at the next period
-    this.log('info', 'task finished', { id: this.o.id, task_id: msg.id, attempt: msg.attempt, status, duration_ms: res.durationMs, ...(res.error ? { error: res.error } : {}) });
+    // the device's own output cap, within the protocol's
+    const clipped = { ...res, stdout: clipText(res.stdout, this.outputLimit), stderr: clipText(res.stderr, this.outputLimit) };
+    this.dispatch({ t: 'finished', key, outcome: outcomeOf(clipped, flResults) });
   }
 
   // --- chunks -------------------------------------------------------------------------
 
-  private fetchModule(msg: Start): Promise<Uint8Array> {
-    const digest = msg.digest!;
+  /** Downloads `digest` in chunks for the task held as `key` (one download per digest, shared by every task waiting on it). */
+  private fetchModule(key: string, digest: string, size: number | undefined, part: 'module' | 'model', linear: number): Promise<Uint8Array> {
     let entry = this.downloads.get(digest);
     if (!entry) {
       const d = new ModuleDownload({
         digest,
-        size: msg.module_size,
+        size,
         chunkSize: this.chunkSize,
         window: this.window,
         maxBytes: this.profile.maxModuleBytes,
         timeoutMs: this.o.downloadTimeoutMs ?? MCU_DEFAULTS.downloadTimeoutMs,
         stallMs: this.o.stallMs ?? MCU_DEFAULTS.stallMs,
         faults: this.o.faults,
-        onSize: (size) => {
-          // a start without module_size: reserve for the module now that its size is known
-          if (msg.module_size !== undefined) return undefined;
-          const linear = msg.memory_bytes ?? 0;
-          const short = this.budget.shortfall({ module: size, linear }, msg.id);
-          if (short === undefined) this.budget.reserve(msg.id, size + linear);
-          return short;
+        onSize: (known) => {
+          // a start without module_size (or a model): the core reserves for it now that its size is known
+          if (size !== undefined) return undefined;
+          let refusal: string | undefined;
+          for (const c of this.core.handle({ t: 'sized', key, part, bytes: known, linearBytes: linear })) {
+            // this download fails with the reason below; only forget the task here
+            if (c.t === 'abort-load') this.runs.delete(c.key);
+            else this.execute(c);
+            if ((c.t === 'publish' || c.t === 'deferred') && c.result.status === 'refused') refusal = c.result.error;
+          }
+          return refusal;
         },
         request: (ask: Ask) => this.publish('registry.proplet', chunkRequestMsg(this.o.id, digest, this.chunkSize, ask)),
       });
@@ -627,7 +663,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
         },
       );
     }
-    entry.waiters.add(msg.id);
+    entry.waiters.add(part === 'module' ? key : modelKey(key));
     return entry.d.promise;
   }
 
@@ -680,13 +716,7 @@ function chunkBytesFor(size: number): number {
   return n;
 }
 
-/** The budget and download key of an FL task's model. */
-function modelKey(taskId: string): string {
-  return `${taskId}#model`;
-}
-
-
-function clip(s: string, limitBytes: number): string {
-  if (Buffer.byteLength(s) <= limitBytes) return s;
-  return Buffer.from(s).subarray(0, limitBytes).toString('utf8').replace(/\uFFFD$/, '') + TRUNCATED_MARKER;
+/** The download waiter key of an FL task's model. */
+function modelKey(key: string): string {
+  return `${key}#model`;
 }

@@ -1,10 +1,14 @@
 // A Node proplet: registers over MQTT, heartbeats, takes starts and stops on
 // its own topics only, runs each task in a sandboxed worker and reports the
-// result. It knows the control plane only through the protocol.
+// result. Which starts it takes, what a stop does and which results go out
+// when is decided by the shared proplet core (proplet-core/); this file is the
+// transport (mqtt.js, JSON or CBOR), module fetching and the wasm runtime.
+// It knows the control plane only through the protocol.
 
 import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Start } from '../protocol/index.ts';
+import { encodeResult, outcomeOf, PropletCore, readStartRef, taskRun, type Command, type Event } from '../proplet-core/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
@@ -26,6 +30,8 @@ export interface NodePropletOptions {
   maxTasks?: number;
   /** Memory this proplet offers (registered as capacity.memory_bytes). */
   memoryBytes?: number;
+  /** Largest module taken, inline or fetched (default 64 MiB; inline ones are bounded by the protocol too). */
+  maxModuleBytes?: number;
   /** Per-task linear memory limit when the task asks for none. */
   defaultTaskMemoryBytes?: number;
   heartbeatMs?: number;
@@ -41,18 +47,11 @@ export interface NodePropletOptions {
  */
 const UPDATE_PACKET_BYTES = 1000 * 1024;
 
-interface Running {
-  attempt?: number;
-  fl: boolean;
-}
-
 export class NodeProplet {
   private client?: MqttClient;
   private runner: WasmRunner;
-  private modules = new ModuleSource();
-  private running = new Map<string, Running>();
-  /** Recent stops by task id (and attempt), so a start that arrives after its stop does not run. */
-  private stopped = new Map<string, { attempt?: number; at: number }>();
+  private modules: ModuleSource;
+  private readonly core: PropletCore<Start>;
   private heartbeat?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
   private closing = false;
@@ -64,6 +63,9 @@ export class NodeProplet {
     this.encoding = o.encoding ?? 'json';
     this.maxTasks = o.maxTasks ?? 4;
     this.log = o.log ?? (() => {});
+    const maxModuleBytes = o.maxModuleBytes ?? 64 * 1024 * 1024;
+    this.modules = new ModuleSource({ maxModuleBytes });
+    this.core = new PropletCore<Start>({ propletId: o.id, maxTasks: this.maxTasks, maxModuleBytes, ramBudgetBytes: o.memoryBytes });
     // A warm worker per task slot: a cold worker costs ~40 ms, far more than a small task.
     this.runner = new WasmRunner({ poolSize: this.maxTasks, maxConcurrent: this.maxTasks });
   }
@@ -75,7 +77,7 @@ export class NodeProplet {
     return this.client?.connected ?? false;
   }
   get runningTasks(): number {
-    return this.running.size;
+    return this.core.size;
   }
 
   async start(): Promise<void> {
@@ -96,6 +98,7 @@ export class NodeProplet {
     // mqtt.js stops reconnecting after a refused CONNACK (server unavailable, credentials
     // being re-issued): a proplet keeps trying, as a device would.
     client.on('close', () => {
+      if (this.core.isOnline) this.dispatch({ t: 'disconnected' });
       if (this.closing || client.reconnecting || this.retry) return;
       this.retry = setTimeout(() => {
         this.retry = undefined;
@@ -108,7 +111,7 @@ export class NodeProplet {
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       client.subscribe(propletSubscriptions(scope, id), { qos: 1 }, (err) => {
         if (err) this.log('error', 'subscribe failed', { error: err.message });
-        this.register();
+        this.dispatch({ t: 'connected' });
       });
     });
     await new Promise<void>((resolve, reject) => {
@@ -146,8 +149,48 @@ export class NodeProplet {
     void this.runner.close();
   }
 
-  private runningRefs() {
-    return [...this.running].map(([task_id, r]) => ({ task_id, ...(r.attempt !== undefined ? { attempt: r.attempt } : {}) }));
+  // --- the core's commands ------------------------------------------------------------
+
+  private dispatch(e: Event<Start>): void {
+    for (const c of this.core.handle(e)) this.execute(c);
+  }
+
+  private execute(c: Command<Start>): void {
+    switch (c.t) {
+      case 'load':
+        void this.load(c.key, c.payload);
+        return;
+      case 'run':
+        void this.run(c.key, c.payload);
+        return;
+      case 'kill':
+        this.runner.cancel(c.key);
+        return;
+      case 'abort-load':
+        return; // a fetch in flight ends on its own; the core no longer holds the task, so nothing runs
+      case 'publish':
+        this.client?.publish(topic(this.o.scope, 'proplet.results'), encodeResult(c.result, this.encoding), { qos: 1 });
+        if (c.result.status !== 'running') {
+          const status = c.result.status ?? 'completed';
+          this.log('info', status === 'refused' ? 'task refused' : 'task finished', { task_id: c.result.task_id, attempt: c.result.attempt, status, ...(c.result.error ? { error: c.result.error } : {}) });
+          if (status !== 'refused') this.o.onTaskFinished?.(c.result.task_id, status as 'completed' | 'failed' | 'stopped');
+        }
+        return;
+      case 'announce':
+        this.register();
+        return;
+      case 'alive':
+        this.sendAlive();
+        return;
+      case 'ignored':
+        this.log('debug', 'message ignored', { task_id: c.id, reason: c.reason, ...(c.detail ? { detail: c.detail } : {}) });
+        return;
+      case 'deferred':
+        return; // sent after the next connect
+      case 'dropped-result':
+        this.log('warn', 'result dropped', { task_id: c.result.task_id, reason: c.reason });
+        return;
+    }
   }
 
   private register(): void {
@@ -164,20 +207,21 @@ export class NodeProplet {
       wasm_runtime: `node-${process.versions.v8}`,
       encoding: this.encoding,
       addressing: 'direct',
-      running: this.runningRefs(),
+      running: this.core.running(),
     });
     this.sendAlive();
   }
 
   private sendAlive(): void {
     if (!this.client?.connected) return;
+    const running = this.core.running();
     this.send('proplet.alive', {
       v: 1,
       proplet_id: this.o.id,
       status: 'alive',
-      running_tasks: this.running.size,
+      running_tasks: running.length,
       memory_used: process.memoryUsage.rss(),
-      running: this.runningRefs(),
+      running,
     });
   }
 
@@ -186,80 +230,78 @@ export class NodeProplet {
     this.client?.publish(flUpdateTopic(this.o.scope, u.round_id, this.o.id), encode('fl.update', u, this.encoding), { qos: 1 });
   }
 
-  private send<K extends 'proplet.create' | 'proplet.alive' | 'proplet.results'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
+  private send<K extends 'proplet.create' | 'proplet.alive'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
     this.client?.publish(topic(this.o.scope, kind), encode(kind, msg, this.encoding), { qos: 1 });
   }
 
+  // --- inbound --------------------------------------------------------------------------
+
   private onMessage(t: string, payload: Buffer): void {
     const parsed = parseTopic(t);
-    try {
-      if (parsed?.kind === 'manager.start') this.onStart(decode('manager.start', payload).msg);
-      else if (parsed?.kind === 'manager.stop') this.onStop(decode('manager.stop', payload).msg);
-    } catch (e) {
-      const reason = e instanceof ProtocolError ? e.message : (e as Error).stack;
-      this.log('warn', 'message dropped', { topic: t, reason });
-    }
-  }
-
-  private onStop(msg: Stop): void {
-    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
-    // starts and stops travel on different topics: a stop may overtake its start
-    this.stopped.set(msg.id, { attempt: msg.attempt, at: Date.now() });
-    if (this.stopped.size > 1024) this.stopped.delete(this.stopped.keys().next().value!);
-    // a stop for an old attempt (reconciliation) must not kill the current one
-    const run = this.running.get(msg.id);
-    if (run && msg.attempt !== undefined && run.attempt !== undefined && msg.attempt !== run.attempt) return;
-    if (!this.runner.cancel(msg.id) && this.running.has(msg.id)) {
-      // stopped while its module was still loading: the run checks this flag
-      this.running.delete(msg.id);
-    }
-  }
-
-  private onStart(msg: Start): void {
-    if (msg.proplet_id !== undefined && msg.proplet_id !== this.o.id) return;
-    if (this.running.has(msg.id)) return; // a redelivered start (QoS 1): already on it
-    const st = this.stopped.get(msg.id);
-    if (st && Date.now() - st.at < 60_000 && (st.attempt === undefined || msg.attempt === undefined || st.attempt === msg.attempt)) return;
-    const fl = msg.env?.ROUND_ID !== undefined;
-    const base = { v: 1, proplet_id: this.o.id, task_id: msg.id, ...(msg.attempt !== undefined ? { attempt: msg.attempt } : {}) };
-    if (this.running.size >= this.maxTasks) {
-      this.send('proplet.results', { ...base, status: 'refused', error: `at capacity: ${this.running.size}/${this.maxTasks} tasks running` });
-      return;
-    }
-    this.running.set(msg.id, { attempt: msg.attempt, fl });
-    void this.execute(msg, base, fl);
-  }
-
-  private async execute(msg: Start, base: Pick<Result, 'v' | 'proplet_id' | 'task_id' | 'attempt'>, fl: boolean): Promise<void> {
-    let res: RunResult;
-    let round: FlInput | undefined;
-    try {
-      const loaded = await this.modules.load(msg);
-      // an FL round task: the module trains the round's model (runner/fl.ts)
-      if (isFlTask(msg.env)) round = flInput((await this.modules.load({ id: msg.id, image_url: msg.env!.MODEL_URI, digest: msg.env!.MODEL_DIGEST })).bytes);
-      if (!this.running.has(msg.id)) return; // stopped meanwhile
-      this.send('proplet.results', { ...base, status: 'running' });
-      res = await this.runner.run({
-        taskId: msg.id,
-        module: loaded.bytes,
-        name: msg.name ?? '',
-        args: [msg.name ?? 'main', ...(msg.cli_args ?? [])],
-        env: msg.env ?? {},
-        inputs: (msg.inputs ?? []) as (number | bigint | string)[],
-        timeoutMs: msg.daemon ? 0 : msg.timeout_ms ?? 60_000,
-        maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
-        ...(round ? { stdin: round.stdin, files: round.files } : {}),
-      });
-    } catch (e) {
-      this.running.delete(msg.id);
-      if (e instanceof ModuleError && e.refuse) {
-        // it does not fit here; another proplet may take it
-        this.send('proplet.results', { ...base, status: 'refused', error: e.message });
+    const now = Date.now();
+    if (parsed?.kind === 'manager.start') {
+      let msg: Start;
+      try {
+        msg = decode('manager.start', payload).msg;
+      } catch (e) {
+        // a start this proplet cannot read (a module over the protocol's limit, a bad field) is refused, not lost
+        const reason = e instanceof ProtocolError ? e.message : String(e);
+        const ref = readStartRef(payload);
+        this.log('warn', 'start unreadable', { topic: t, reason, ...(ref ? { task_id: ref.id } : {}) });
+        if (ref) this.dispatch({ t: 'start', start: { ...ref, unfit: `cannot take this start (${payload.length} bytes): ${reason}` }, now });
         return;
       }
-      const error = e instanceof ModuleError || e instanceof FlContractError ? e.message : `internal error: ${(e as Error).message}`;
-      res = { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 };
+      const moduleBytes = msg.file && msg.file.length > 0 ? msg.file.length : msg.module_size;
+      const start = { id: msg.id, attempt: msg.attempt, proplet_id: msg.proplet_id, fl: msg.env?.ROUND_ID !== undefined, payload: msg };
+      this.dispatch({ t: 'start', start: { ...start, ...(moduleBytes !== undefined ? { moduleBytes } : {}), ...(msg.memory_bytes !== undefined ? { linearBytes: msg.memory_bytes } : {}) }, now });
+    } else if (parsed?.kind === 'manager.stop') {
+      try {
+        const msg = decode('manager.stop', payload).msg;
+        this.dispatch({ t: 'stop', id: msg.id, attempt: msg.attempt, proplet_id: msg.proplet_id, now });
+      } catch (e) {
+        this.log('warn', 'message dropped', { topic: t, reason: e instanceof ProtocolError ? e.message : (e as Error).stack });
+      }
     }
+  }
+
+  // --- loading and running ------------------------------------------------------------
+
+  /** Module (and FL model) in hand, kept for the run. */
+  private loaded = new Map<string, { bytes: Uint8Array; round?: FlInput }>();
+
+  private async load(key: string, msg: Start): Promise<void> {
+    try {
+      const loaded = await this.modules.load(msg);
+      // an FL round task: the module trains the round's model (wasm-runtime/fl.ts)
+      const round = isFlTask(msg.env) ? flInput((await this.modules.load({ id: msg.id, image_url: msg.env!.MODEL_URI, digest: msg.env!.MODEL_DIGEST })).bytes) : undefined;
+      if (!this.core.holds(key)) return; // stopped meanwhile
+      this.loaded.set(key, { bytes: loaded.bytes, ...(round ? { round } : {}) });
+      this.dispatch({ t: 'loaded', key, moduleBytes: loaded.bytes.length, linearBytes: msg.memory_bytes ?? 0 });
+      if (!this.core.holds(key)) this.loaded.delete(key);
+    } catch (e) {
+      // it does not fit here; another proplet may take it
+      if (e instanceof ModuleError && e.refuse) return this.dispatch({ t: 'refuse', key, reason: e.message });
+      const error = e instanceof ModuleError || e instanceof FlContractError ? e.message : `internal error: ${(e as Error).message}`;
+      this.finish(key, msg, { ok: false, exitCode: null, stdout: '', stderr: '', error, durationMs: 0 });
+    }
+  }
+
+  private async run(key: string, msg: Start): Promise<void> {
+    const held = this.loaded.get(key);
+    this.loaded.delete(key);
+    if (!held) return;
+    const res = await this.runner.run({
+      taskId: key,
+      module: held.bytes,
+      ...taskRun(msg, 60_000),
+      maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
+      ...(held.round ? { stdin: held.round.stdin, files: held.round.files } : {}),
+    });
+    this.finish(key, msg, res, held.round);
+  }
+
+  private finish(key: string, msg: Start, res: RunResult, round?: FlInput): void {
+    if (!this.core.holds(key)) return;
     let flResults: Record<string, unknown> | undefined;
     if (isFlTask(msg.env) && res.error !== 'stopped') {
       const o = flOutcome({ proplet_id: this.o.id, round_id: msg.env!.ROUND_ID!, task_id: msg.id }, res, round, UPDATE_PACKET_BYTES, this.encoding);
@@ -267,16 +309,6 @@ export class NodeProplet {
       flResults = o.results;
       if (o.error) res = { ...res, ok: false, error: o.error };
     }
-    this.running.delete(msg.id);
-    const status = res.error === 'stopped' ? 'stopped' : res.ok ? 'completed' : 'failed';
-    const result: Result = { ...base, status, stdout: res.stdout, stderr: res.stderr, duration_ms: res.durationMs };
-    if (res.returnValue !== undefined) result.results = res.returnValue;
-    if (flResults) result.results = flResults;
-    if (res.exitCode !== null) result.exit_code = res.exitCode;
-    if (res.error) result.error = res.error;
-    if (fl) result.fl = true;
-    this.send('proplet.results', result);
-    this.o.onTaskFinished?.(msg.id, status);
-    this.log('info', 'task finished', { task_id: msg.id, attempt: msg.attempt, status, duration_ms: res.durationMs, ...(res.error ? { error: res.error } : {}) });
+    this.dispatch({ t: 'finished', key, outcome: outcomeOf(res, flResults) });
   }
 }

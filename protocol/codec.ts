@@ -3,8 +3,9 @@
 // JSON, a CBOR map header (major type 5) is CBOR. Nothing else is accepted.
 
 import { Decoder, Encoder } from 'cbor-x';
-import { FIELDS, MAX_PAYLOAD, PROTOCOL_VERSION, SENDER_FIELD, type Encoding, type MessageByKind, type MessageKind } from './messages.ts';
+import { FIELDS, MAX_DEPTH, MAX_ITEMS, MAX_PAYLOAD, PROTOCOL_VERSION, SENDER_FIELD, type Encoding, type MessageByKind, type MessageKind } from './messages.ts';
 import { checkStruct, ProtocolError, structToCompact, toJsonValue } from './schema.ts';
+import { checkCborStructure, checkJsonStructure, type StructureLimits } from './structure.ts';
 
 // Plain RFC 8949: no records, no tag 259 around maps, no typed-array tags, so
 // that libcbor, python cbor2 or a hand-written C decoder read it as is.
@@ -23,15 +24,32 @@ export function detectEncoding(payload: Uint8Array): Encoding | undefined {
   return undefined;
 }
 
-/** Parses bytes in either encoding into a raw value, without validation. */
-export function decodeRaw(payload: Uint8Array, maxBytes = Infinity): { value: unknown; encoding: Encoding } {
+/** Bounds for payloads of no particular kind (tools such as `propeller watch`). */
+const ANY_LIMITS: StructureLimits = { maxItems: 262_144, maxDepth: 64 };
+
+/** The structure bounds of one kind's messages. */
+export function limitsOf(kind: MessageKind): StructureLimits {
+  return { maxItems: MAX_ITEMS[kind], maxDepth: MAX_DEPTH };
+}
+
+/**
+ * Parses bytes in either encoding into a raw value, without validation of the
+ * fields. Refuses, before a decoder builds anything, maps that name a key twice
+ * and payloads beyond `limits` (structure.ts).
+ */
+export function decodeRaw(payload: Uint8Array, maxBytes = Infinity, limits: StructureLimits = ANY_LIMITS): { value: unknown; encoding: Encoding } {
   if (payload.length > maxBytes) throw new ProtocolError('too_large', `payload of ${payload.length} bytes exceeds the limit of ${maxBytes}`);
   const encoding = detectEncoding(payload);
   if (!encoding) throw new ProtocolError('malformed', 'payload is neither a JSON object nor a CBOR map');
+  let text: string | undefined;
+  if (encoding === 'json') {
+    text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8');
+    checkJsonStructure(text, limits);
+  } else {
+    checkCborStructure(payload, limits);
+  }
   try {
-    if (encoding === 'json') {
-      return { value: JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8')), encoding };
-    }
+    if (text !== undefined) return { value: JSON.parse(text), encoding };
     return { value: cborDecoder.decode(payload), encoding };
   } catch (e) {
     throw new ProtocolError('malformed', `${encoding === 'json' ? 'JSON' : 'CBOR'} does not parse: ${(e as Error).message}`);
@@ -53,7 +71,7 @@ export interface Decoded<K extends MessageKind> {
  * else) with a reason and a message naming the field.
  */
 export function decode<K extends MessageKind>(kind: K, payload: Uint8Array, ctx: DecodeContext = {}): Decoded<K> {
-  const { value, encoding } = decodeRaw(payload, MAX_PAYLOAD[kind]);
+  const { value, encoding } = decodeRaw(payload, MAX_PAYLOAD[kind], limitsOf(kind));
   const fields = FIELDS[kind];
   const sender = SENDER_FIELD[kind];
   let raw = value;
@@ -117,11 +135,14 @@ export function claimedSender(kind: MessageKind, payload: Uint8Array): string | 
   const sender = SENDER_FIELD[kind];
   if (!sender) return undefined;
   try {
-    const { value } = decodeRaw(payload, MAX_PAYLOAD[kind]);
+    const { value } = decodeRaw(payload, MAX_PAYLOAD[kind], limitsOf(kind));
     const key = FIELDS[kind][sender]!.key;
     let v: unknown;
-    if (value instanceof Map) v = value.has(sender) ? value.get(sender) : value.get(key);
-    else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[sender];
+    if (value instanceof Map) {
+      // Both forms at once would let this check and the control plane's decoder read different senders.
+      if (value.has(sender) && value.has(key)) return new ProtocolError('duplicate_field', `${sender} is named twice (as "${sender}" and as ${key})`, sender);
+      v = value.has(sender) ? value.get(sender) : value.get(key);
+    } else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[sender];
     else return new ProtocolError('malformed', 'payload is not a map');
     if (v === undefined || v === null) return undefined;
     return checkStruct({ [sender]: FIELDS[kind][sender]! }, { [sender]: v }, '')[sender] as string;

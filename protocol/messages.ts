@@ -302,6 +302,27 @@ export const SENDER_FIELD: Partial<Record<MessageKind, string>> = {
   'fl.update': 'proplet_id',
 };
 
+/**
+ * What one message may contain, checked on the raw bytes before a decoder
+ * builds anything (structure.ts): data items (every key, value and array
+ * element) and nesting. Each is a few times what the schema allows, so a valid
+ * message always fits, and small enough that the worst message of a kind
+ * decodes in milliseconds (`npm run bench -- decode-worst`).
+ */
+export const MAX_ITEMS: Record<MessageKind, number> = {
+  'proplet.create': 8192,
+  'proplet.alive': 8192,
+  'proplet.results': 8192,
+  'proplet.metrics': 512,
+  'manager.start': 4096,
+  'manager.stop': 64,
+  'registry.proplet': 1024,
+  'registry.server': 64,
+  'fl.update': 256,
+};
+/** The message map, a result's `results` value and its 16 levels of nesting, with room to spare. */
+export const MAX_DEPTH = 20;
+
 /** Payload limits per kind, checked before any parsing. */
 export const MAX_PAYLOAD: Record<MessageKind, number> = {
   'proplet.create': 64 * 1024,

@@ -35,7 +35,17 @@ export const rec = (of: Type, max: number): Type => ({ t: 'rec', of, max });
 export const struct = (fields: Fields): Type => ({ t: 'struct', fields });
 export const any = (maxDepth = 16): Type => ({ t: 'any', maxDepth });
 
-export type ErrorReason = 'malformed' | 'too_large' | 'invalid' | 'unknown_field' | 'id_mismatch' | 'unsupported_version';
+export type ErrorReason =
+  | 'malformed'
+  | 'too_large'
+  /** More items or deeper nesting than one message of its kind may hold. */
+  | 'too_complex'
+  | 'invalid'
+  | 'unknown_field'
+  /** One map names a field twice: a duplicate key, or a field's text name beside its integer key. */
+  | 'duplicate_field'
+  | 'id_mismatch'
+  | 'unsupported_version';
 
 export class ProtocolError extends Error {
   override name = 'ProtocolError';
@@ -72,6 +82,10 @@ function bytesToUuid(b: Uint8Array): string {
 
 const fail = (path: string, msg: string): never => {
   throw new ProtocolError('invalid', `${path}: ${msg}`, path);
+};
+
+const twice = (path: string): never => {
+  throw new ProtocolError('duplicate_field', `${path}: named twice in one map`, path);
 };
 
 function entriesOf(v: unknown): Iterable<[unknown, unknown]> | undefined {
@@ -138,6 +152,7 @@ export function check(type: Type, v: unknown, path: string): unknown {
       for (const [k, x] of it) {
         if (typeof k !== 'string' || k.length > 256) return fail(path, 'keys must be strings of at most 256 characters');
         if (FORBIDDEN_KEYS.has(k)) return fail(`${path}.${k}`, 'reserved key');
+        if (Object.hasOwn(out, k)) twice(`${path}.${k}`);
         if (++n > type.max) return fail(path, `more than ${type.max} entries`);
         out[k] = check(type.of, x, `${path}.${k}`);
       }
@@ -170,6 +185,8 @@ export function checkStruct(fields: Fields, v: unknown, path: string, ignoreUnkn
   if (!it) return fail(path || 'message', 'must be a map/object');
   const idx = indexOf(fields);
   const out: Record<string, unknown> = {};
+  // Every field once, whatever its form: a null counts, so that no reader can pick another form's value.
+  const seen = new Set<string>();
   for (const [k, x] of it) {
     const name = typeof k === 'string' || typeof k === 'number' ? idx.get(k) : undefined;
     if (name === undefined) {
@@ -178,6 +195,8 @@ export function checkStruct(fields: Fields, v: unknown, path: string, ignoreUnkn
       if (typeof k === 'string' && ignoreUnknown) continue;
       throw new ProtocolError('unknown_field', `${path ? path + '.' : ''}${String(k)}: unknown field`, String(k));
     }
+    if (seen.has(name)) twice(path ? `${path}.${name}` : name);
+    seen.add(name);
     if (x === null || x === undefined) continue;
     out[name] = check(fields[name]!.type, x, path ? `${path}.${name}` : name);
   }
@@ -201,6 +220,7 @@ function checkAny(v: unknown, path: string, depth: number): unknown {
     if (typeof k !== 'string' && typeof k !== 'number') return fail(path, 'keys must be strings');
     const key = String(k);
     if (FORBIDDEN_KEYS.has(key)) return fail(`${path}.${key}`, 'reserved key');
+    if (Object.hasOwn(out, key)) twice(`${path}.${key}`); // the integer 1 and the text "1"
     out[key] = checkAny(x, `${path}.${key}`, depth - 1);
   }
   return out;

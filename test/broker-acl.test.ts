@@ -1,7 +1,7 @@
 // The broker's ACL as a table, Mosquitto style: who, what, which topic,
 // which payload, and the expected decision.
 import test from 'ava';
-import { authorize, type Action, type DenyReason, type Role } from '../broker/index.ts';
+import { authorize, stampedTopic, type Action, type DenyReason, type Role } from '../broker/index.ts';
 import { encode } from '../protocol/index.ts';
 import { allFilter, base, flUpdateTopic, managerFilters, propletSubscriptions, scope, topic } from '../topics/index.ts';
 
@@ -70,8 +70,11 @@ const cases: Case[] = [
   ['p1 alive on its own topic naming p2', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p1'), json('proplet.alive', 'p2'), 'sender_mismatch'],
   ["p1 on p2's per-proplet alive topic", 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p2'), cborNoSender, 'topic_id_mismatch'],
   ["p1 on p2's per-proplet results topic, naming p1", 'proplet', 'p1', 'publish', topic(S, 'proplet.results', 'p2'), json('proplet.results', 'p1'), 'topic_id_mismatch'],
-  ['p1 alive with no sender anywhere', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), cborNoSender, 'no_sender'],
-  ['p1 alive, JSON without proplet_id', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), '{"status":"alive"}', 'no_sender'],
+  // no sender in the payload: the broker stamps the publisher's id into the topic (stampedTopic)
+  ['p1 alive with no sender anywhere', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), cborNoSender, true],
+  ['p1 alive, JSON without proplet_id', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), '{"status":"alive"}', true],
+  ['p1 alive, CBOR naming the sender twice', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), Buffer.from('a2' + '6a70726f706c65745f6964' + '627031' + '01' + '627032', 'hex'), 'duplicate_field'],
+  ['p1 alive, JSON naming the sender twice', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), '{"proplet_id":"p1","proplet_id":"p2"}', 'duplicate_field'],
   ['p1 alive, proplet_id of the wrong type', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive'), '{"proplet_id":7}', 'malformed_payload'],
   ['p1 alive, not JSON nor CBOR', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p1'), 'hello', 'malformed_payload'],
   ['p1 alive, empty payload', 'proplet', 'p1', 'publish', topic(S, 'proplet.alive', 'p1'), '', 'malformed_payload'],
@@ -121,11 +124,13 @@ for (const [name, role, id, action, tp, payload, want] of cases) {
   });
 }
 
-test('acl: every proplet-sent kind with the sender omitted is refused on the shared topic and allowed on its own', (t) => {
+test('acl: every proplet-sent kind with the sender omitted is allowed, and delivered on the publisher\'s own topic', (t) => {
   for (const kind of ['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet'] as const) {
     const msg = kind === 'proplet.results' ? { proplet_id: 'p1', task_id: 't' } : { proplet_id: 'p1' };
     const payload = encode(kind, msg as never, 'cbor', { omitSender: true });
-    t.deepEqual(authorize(S, 'proplet', 'p1', 'publish', topic(S, kind), payload), { ok: false, reason: 'no_sender' }, kind);
+    t.deepEqual(authorize(S, 'proplet', 'p1', 'publish', topic(S, kind), payload), { ok: true }, kind);
     t.deepEqual(authorize(S, 'proplet', 'p1', 'publish', topic(S, kind, 'p1'), payload), { ok: true }, kind);
+    t.is(stampedTopic(S, 'p1', topic(S, kind)), topic(S, kind, 'p1'), kind);
+    t.is(stampedTopic(S, 'p1', topic(S, kind, 'p1')), topic(S, kind, 'p1'), kind);
   }
 });

@@ -169,7 +169,7 @@ test('a proplet publishes its own alive, JSON and compact CBOR, and the manager 
   const p1 = await s.connect('p1', undefined, { clientId: 'random-' + Math.random() });
   await p1.publishAsync(topic(S, 'proplet.alive'), alive('p1'), { qos: 1 });
   const first = await nextMessage(m.c);
-  t.is(first.topic, topic(S, 'proplet.alive'));
+  t.is(first.topic, topic(S, 'proplet.alive', 'p1'), 'a shared-topic publish is delivered on the sender\'s own topic');
   t.is(decode('proplet.alive', first.payload).msg.proplet_id, 'p1');
 
   const cbor = encode('proplet.alive', { proplet_id: 'p1', running_tasks: 2 }, 'cbor', { omitSender: true });
@@ -196,7 +196,7 @@ test('a proplet cannot speak for another proplet or as the manager: dropped, cou
     ['result naming p2 on own topic', topic(S, 'proplet.results', 'p1'), encode('proplet.results', { proplet_id: 'p2', task_id: 't1' }, 'json'), 'sender_mismatch'],
     ['start from a proplet', topic(S, 'manager.start'), encode('manager.start', { id: 't1', proplet_id: 'p2' }, 'json'), 'kind_not_allowed'],
     ['stop to a proplet', topic(S, 'manager.stop', 'p2'), encode('manager.stop', { id: 't1' }, 'json'), 'kind_not_allowed'],
-    ['alive without any sender', topic(S, 'proplet.alive'), encode('proplet.alive', { proplet_id: 'p1' }, 'cbor', { omitSender: true }), 'no_sender'],
+    ['alive naming the sender twice', topic(S, 'proplet.alive'), Buffer.from('{"proplet_id":"p1","status":"alive","proplet_id":"p2"}'), 'duplicate_field'],
     ['outside the scope', 'm/other/c/control/messages/control/proplet/alive', alive('p1'), 'outside_scope'],
   ];
   for (const [what, tp, payload, reason] of forgeries) {

@@ -1,5 +1,5 @@
 // The registry side of chunked delivery, driven by a hand-written device:
-// by digest or by URL, windows, re-requests of missing chunks, refusals.
+// by digest or by URL of the device's own task, windows, re-requests of missing chunks, refusals.
 
 import test from 'ava';
 import { createHash } from 'node:crypto';
@@ -38,12 +38,14 @@ async function device(id: string) {
   return { chunks, ask };
 }
 
-test('a module named by URL arrives in windows of chunks; crc32 and sha256 check out; missing ones are sent again', async (t) => {
+test("a device gets its own task's module by URL in windows of chunks; crc32 and sha256 check out; missing ones are sent again", async (t) => {
   const srv = createServer((_req, res) => res.end(hello)).listen(0, '127.0.0.1');
   await once(srv, 'listening');
   const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}/hello.wasm`;
   try {
     const d = await device('chunky');
+    const task = await s.api.createTask({ name: 'hello', image_url: url, proplet_id: 'chunky' }, { start: true });
+    await until(() => s.cp.tasks.get(task.id)?.state === 'Scheduled', 'placed on the device');
     await d.ask({ name: url, chunk_size: 64, next: 0, window: 4 });
     await until(() => d.chunks.length >= 4, 'first window');
     const first = d.chunks[0]!;
@@ -66,11 +68,45 @@ test('a module named by URL arrives in windows of chunks; crc32 and sha256 check
   }
 });
 
-test('unknown digests and unreachable names get a chunk with the error', async (t) => {
-  const d = await device('asker');
-  await d.ask({ digest: 'sha256:' + '0'.repeat(64), chunk_size: 128 });
-  await d.ask({ name: 'oci://127.0.0.1:1/none:1', chunk_size: 128 });
-  await until(() => d.chunks.length >= 2, 'two refusals');
-  t.regex(d.chunks.find((c) => c.digest.startsWith('sha256:0'))!.error!, /unknown module/);
-  t.regex(d.chunks.find((c) => c.digest.startsWith('oci://'))!.error!, /cannot fetch oci:\/\/127.0.0.1:1\/none:1/);
+test("unknown digests, other tasks' modules and URLs a device names are refused with the error; nothing is fetched", async (t) => {
+  let hits = 0;
+  const srv = createServer((_req, res) => {
+    hits++;
+    res.end(hello);
+  }).listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}/any.wasm`;
+  try {
+    // a module the control plane holds, but for another proplet's task
+    const other = await s.api.createTask({ name: 'hello', file: hello.toString('base64'), proplet_id: 'ghost' });
+    const d = await device('asker');
+    await d.ask({ digest: 'sha256:' + '0'.repeat(64), chunk_size: 128 });
+    await d.ask({ digest: other.module_digest!, chunk_size: 128 });
+    await d.ask({ name: url, chunk_size: 128 });
+    await d.ask({ name: 'oci://127.0.0.1:1/none:1', chunk_size: 128 });
+    await until(() => d.chunks.length >= 4, 'four refusals');
+    t.regex(d.chunks.find((c) => c.digest.startsWith('sha256:0'))!.error!, /unknown module/);
+    t.regex(d.chunks.find((c) => c.digest === other.module_digest)!.error!, /unknown module/);
+    t.is(d.chunks.find((c) => c.digest === other.module_digest)!.data.length, 0);
+    t.regex(d.chunks.find((c) => c.digest === url)!.error!, /not the module of a task of yours/);
+    t.regex(d.chunks.find((c) => c.digest.startsWith('oci://'))!.error!, /not the module of a task of yours/);
+    t.is(hits, 0);
+  } finally {
+    srv.close();
+  }
+});
+
+test("an FL task's model (MODEL_DIGEST) comes in chunks to the device the task is placed on, to no other", async (t) => {
+  const model = new Uint8Array(300).map((_, i) => i % 251);
+  const digest = 'sha256:' + createHash('sha256').update(model).digest('hex');
+  s.cp.store.putModule(digest, model);
+  const d = await device('learner');
+  const other = await device('bystander');
+  const task = await s.api.createTask({ name: 'hello', file: hello.toString('base64'), proplet_id: 'learner', env: { MODEL_DIGEST: digest } }, { start: true });
+  await until(() => s.cp.tasks.get(task.id)?.state === 'Scheduled', 'placed on the learner');
+  await d.ask({ digest, chunk_size: 512 });
+  await other.ask({ digest, chunk_size: 512 });
+  await until(() => d.chunks.length >= 1 && other.chunks.length >= 1, 'both answered');
+  t.deepEqual(Buffer.from(d.chunks[0]!.data), Buffer.from(model));
+  t.regex(other.chunks[0]!.error!, /unknown module/);
 });

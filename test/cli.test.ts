@@ -19,7 +19,8 @@ let dataDir: string;
 
 async function propeller(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await exec('node', [BIN, ...args], { timeout: 30_000 });
+    // the API token is found as the README's commands find it: in serve's data dir
+    const { stdout, stderr } = await exec('node', [BIN, ...args], { timeout: 30_000, env: { ...process.env, PROPELLER_DATA_DIR: dataDir } });
     return { code: 0, stdout, stderr };
   } catch (e) {
     const err = e as { code: number; stdout: string; stderr: string };
@@ -138,7 +139,7 @@ test('mosquitto_sub (Debian) sees a proplet heartbeat', async (t) => {
   const secret = readFileSync(join(dataDir, 'debug.secret'), 'utf8').trim();
   const { stdout } = await exec(
     'mosquitto_sub',
-    ['-h', '127.0.0.1', '-p', brokerPort, '-u', 'debug', '-P', secret, '-V', 'mqttv311', '-t', 'm/propeller/c/control/messages/control/proplet/alive', '-C', '1', '-W', '15'],
+    ['-h', '127.0.0.1', '-p', brokerPort, '-u', 'debug', '-P', secret, '-V', 'mqttv311', '-t', 'm/propeller/c/control/messages/control/proplet/alive/local-1', '-C', '1', '-W', '15'],
     { timeout: 20_000 },
   );
   const hb = JSON.parse(stdout.trim());

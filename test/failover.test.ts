@@ -35,7 +35,7 @@ async function cluster(health: Record<string, string>, proplets: string[], extra
   dirs.push(dir);
   const mqttPort = await freePort();
   const httpPort = await freePort();
-  const args = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dir, ...extra];
+  const args = ['--mqtt-port', String(mqttPort), '--http-port', String(httpPort), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8', ...extra];
   const serve = await startServe(args, health);
   procs.push(serve);
   const ps: Proc[] = [];
@@ -56,7 +56,8 @@ async function cluster(health: Record<string, string>, proplets: string[], extra
 test('SIGKILL a proplet: its tasks complete elsewhere after the failure threshold, none twice', async (t) => {
   const { serve, ps, byId } = await cluster({ HEALTH_CHECK_INTERVAL: '100ms', OFFLINE_THRESHOLD: '500ms', FAILURE_THRESHOLD: '1500ms' }, ['fo-1', 'fo-2', 'fo-3'], ['--scheduler', 'round-robin']);
   const tasks: Task[] = [];
-  for (let i = 0; i < 6; i++) tasks.push(await serve.api.createTask({ name: 'sleep', file: sleepWasm, inputs: [500] }, { start: true }));
+  // long enough to be seen all running at once on a busy machine (the kill must find two running on its victim)
+  for (let i = 0; i < 6; i++) tasks.push(await serve.api.createTask({ name: 'sleep', file: sleepWasm, inputs: [3000] }, { start: true }));
   await until(async () => (await Promise.all(tasks.map((x) => serve.api.getTask(x.id)))).every((x) => x.state === 'Running'), 'all running', 5000).catch(async (e) => {
     const states = (await Promise.all(tasks.map((x) => serve.api.getTask(x.id)))).map((x) => `${x.state} ${x.proplet_id ?? ''} ${x.pending_reason ?? ''} ${x.error ?? ''}`);
     throw new Error(`${(e as Error).message}: ${states.join('; ')}`);

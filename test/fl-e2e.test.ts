@@ -14,7 +14,22 @@ import { decodeModel, modelDigest, type Model } from '../protocol/model-format.t
 import { McuProplet } from '../proplet-mcu/index.ts';
 import { BIN, startProplet, startServe, type Proc } from './helpers/procs.ts';
 import { freePort, scope, startStack, until, type Stack } from './helpers/stack.ts';
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+
+/**
+ * Runs the CLI without blocking this process: spawnSync would stall the event loop for the whole
+ * CLI run, and a kept-alive HTTP connection that the server closed meanwhile is then reused and fails.
+ */
+function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn('node', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
 
 const EXAMPLE = new URL('../examples/fl-logreg/', import.meta.url).pathname;
 let wasm: Uint8Array;
@@ -116,7 +131,7 @@ test('kill -9 the control plane between rounds: after a restart on the same data
   const procs: Proc[] = [];
   cleanup.push(() => Promise.all(procs.map((p) => p.kill())).then(() => {}));
   const health = { HEALTH_CHECK_INTERVAL: '200ms', OFFLINE_THRESHOLD: '5s', FAILURE_THRESHOLD: '20s' };
-  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir];
+  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8'];
   const serve = await startServe(args, health);
   procs.push(serve);
   const ids = ['kl-1', 'kl-2', 'kl-3'];
@@ -144,7 +159,7 @@ spec:
   aggregator: {algorithm: fedavg}
 `,
   );
-  const run = spawnSync('node', [BIN, 'fl', 'run', yaml, '--api', serve.apiUrl], { encoding: 'utf8' });
+  const run = await cli([BIN, 'fl', 'run', yaml, '--api', serve.apiUrl, '--data-dir', dir]);
   t.is(run.status, 0, run.stderr);
   t.regex(run.stdout, /federatedjob fl-kill created: 4 rounds, k 2/);
   await until(async () => (await serve.api.getFlJob('fl-kill')).status.completedRounds >= 1, 'round 1 completed', 30_000);
@@ -162,17 +177,17 @@ spec:
   t.log(`rounds started afresh after the restart: ${restarted.join(', ') || 'none'}`);
   t.true(rounds.slice(0, done).every((r) => r.status.restarts === 0), 'completed rounds were kept as they were');
   t.is((await again.api.flCheckpoints('fl-kill')).total, 4);
-  const watch = spawnSync('node', [BIN, 'fl', 'watch', 'fl-kill', '--api', again.apiUrl], { encoding: 'utf8' });
+  const watch = await cli([BIN, 'fl', 'watch', 'fl-kill', '--api', again.apiUrl, '--data-dir', dir]);
   t.is(watch.status, 0);
   t.regex(watch.stdout, /round-4-fl-kill +\[#+\] 2\/2 updates +Completed/);
   // the last checkpoint by name, and the job's latest model by the job's name: the same verified bytes
   const last = (await again.api.flCheckpoints('fl-kill')).checkpoints.at(-1)!;
   for (const [what, file] of [[last.metadata.name, join(dir, 'cp.cbor')], ['fl-kill', join(dir, 'job.cbor')]] as const) {
-    const pull = spawnSync('node', [BIN, 'fl', 'model', 'pull', what, '-o', file, '--api', again.apiUrl], { encoding: 'utf8' });
+    const pull = await cli([BIN, 'fl', 'model', 'pull', what, '-o', file, '--api', again.apiUrl, '--data-dir', dir]);
     t.is(pull.status, 0, pull.stderr);
     t.is(modelDigest(readFileSync(file)), last.spec.modelRef);
   }
-  const missing = spawnSync('node', [BIN, 'fl', 'model', 'pull', 'no-such', '--api', again.apiUrl], { encoding: 'utf8' });
+  const missing = await cli([BIN, 'fl', 'model', 'pull', 'no-such', '--api', again.apiUrl, '--data-dir', dir]);
   t.is(missing.status, 2);
   t.regex(missing.stderr, /no-such: no checkpoint of that name, and no job with an aggregated model/);
 });

@@ -76,7 +76,7 @@ test.serial('tasks placed on the fleet run and report', async (t) => {
     });
   }
   const before = fleet.counts().tasksCompleted;
-  const tasks = await Promise.all(Array.from({ length: 100 }, (_, i) => s.api.createTask({ name: 'add', file: add, inputs: [i, 1] }, { start: true, waitMs: 10_000 })));
+  const tasks = await Promise.all(Array.from({ length: 100 }, (_, i) => s.api.createTask({ name: 'add', file: add, inputs: [i, 1] }, { start: true, waitMs: 60_000 })));
   const ids = new Set(fleet.devices.map((d) => d.id));
   for (const [i, x] of tasks.entries()) {
     t.is(x.state, 'Completed', x.error);

@@ -426,15 +426,23 @@ test('FL records of a real coordinator become FederatedJob status, TrainingRound
     t.deepEqual(tr.metadata.labels, { [JOB_LABEL]: 'mnist', [ROUND_LABEL]: String(cp.spec.round) });
     t.is(tr.metadata.annotations?.[CONTROL_PLANE_NAME_ANNOTATION], cp.metadata.name);
     t.deepEqual(tr.spec, { ...cp.spec, federatedJobRef: { name: 'mnist' } });
-    t.deepEqual({ ...tr.status, checkpoint: undefined }, { ...cp.status, checkpoint: undefined });
+    // the record's fields as they are; its reason becomes the conditions' (the adapter's words)
+    const { reason, ...plain } = cp.status;
+    t.deepEqual({ ...tr.status, checkpoint: undefined, conditions: undefined }, { ...plain, checkpoint: undefined, conditions: undefined });
+    t.is(tr.status?.conditions?.find((c) => c.type === 'RoundActive')?.reason, reason);
   }
+  t.deepEqual(
+    trs[2]!.status?.conditions?.map((c) => [c.type, c.status]),
+    [['RoundActive', 'False'], ['ParticipantsReady', 'Unknown'], ['AggregationComplete', 'True']],
+  );
   t.like(trs[0]!.status, { phase: 'Failed', updatesRequired: 2 });
   t.is(trs[0]!.status?.checkpoint, undefined);
   t.regex(trs[0]!.status?.message ?? '', /can still send an update/);
   t.is(trs[1]!.status?.checkpoint, 'model-mnist-round-1');
   t.is(trs[2]!.status?.checkpoint, 'model-mnist-round-2');
   t.like(trs[2]!.status, { phase: 'Completed', updatesReceived: 2, metrics: { totalSamples: 20 } });
-  t.deepEqual(trainingRoundStatus(rounds[1]!), rounds[1]!.status, 'without its job: as it is');
+  const { reason: _, ...plain } = rounds[1]!.status;
+  t.deepEqual({ ...trainingRoundStatus(rounds[1]!), conditions: undefined }, { ...plain, conditions: undefined }, 'without its job: as it is');
 
   // checkpoints: per round, roundRef to the TrainingRound resource
   const mcs = checkpoints.map((c) => modelCheckpointResource(job, c));

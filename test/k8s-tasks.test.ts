@@ -426,7 +426,7 @@ k8s.test('execution: job: a Secret, ConfigMap and Job owned by the WasmTask, sta
 k8s.test('an adapter restarted mid-way keeps every status, adopts the task of a resource whose status was never written, and creates no duplicate', async (t) => {
   const c = k8s.cluster();
   const helloBefore = (await getResource<WasmTask>(WASM_TASK, 'hello'))!;
-  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total;
+  const tasksBefore = (await stack.api.listTasks({ limit: 1 })).total!;
   // 'sleep' is the export the module runs: 2.5 s
   await applyObjects(c, wasmTask('sleep', { file: wasm.sleep, inputs: [2500] }));
   const running = await waitFor<WasmTask>(WASM_TASK, 'sleep', 'Running', (o) => o.status?.phase === 'Running');
@@ -507,7 +507,7 @@ k8s.test('propeller serve --kubeconfig runs the adapter against its own control 
     await serve?.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   });
-  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--local-proplets', '1', '--kubeconfig', c.env.KUBECONFIG!];
+  const args = ['--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', dir, '--fetch-allow', '127.0.0.0/8', '--local-proplets', '1', '--kubeconfig', c.env.KUBECONFIG!];
   const s = await startServe(args);
   serve = s;
   await applyObjects(c, { apiVersion: TASK.apiVersion, kind: 'Task', metadata: { name: 'served', namespace: NS }, spec: { imageUrl: `${moduleUrl}/hello.wasm`, cliArgs: ['served'] } });

@@ -56,7 +56,7 @@ test('a Propeller-protocol proplet registers, takes its start on the shared topi
 
   const task = await s.api.createTask({ name: 'add', file: add, inputs: [40, 2], proplet_id: 'py-1' });
   await s.api.startTask(task.id);
-  const done = await s.api.getTask(task.id, 5000);
+  const done = await s.api.getTask(task.id, 60_000);
   t.is(done.state, 'Completed', done.error);
   t.is(done.result?.results, 42);
   t.is(done.result?.proplet_id, 'py-1');

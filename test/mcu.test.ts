@@ -15,7 +15,7 @@ import { crc32, decode, encode, type Chunk, type Result } from '../protocol/inde
 import { Backoff } from '../proplet-mcu/backoff.ts';
 import { McuProplet, type McuPropletOptions } from '../proplet-mcu/device.ts';
 import { ModuleDownload, type Ask, type DownloadFaults } from '../proplet-mcu/download.ts';
-import { peekStart } from '../proplet-mcu/messages.ts';
+import { peekStart } from '../proplet-core/start-ref.ts';
 import { topic } from '../topics/index.ts';
 import { scope, startStack, until, type Stack } from './helpers/stack.ts';
 
@@ -138,7 +138,7 @@ async function run(spec: Parameters<Stack['api']['createTask']>[0]) {
   const t = await s.api.createTask(spec);
   await s.api.startTask(t.id);
   for (let i = 0; i < 60; i++) {
-    const x = await s.api.getTask(t.id, 5000);
+    const x = await s.api.getTask(t.id, 60_000);
     if (['Completed', 'Failed', 'Stopped'].includes(x.state)) return x;
   }
   throw new Error('task did not finish');
@@ -268,7 +268,7 @@ test.serial('a module whose SHA-256 does not match its digest fails and never ru
   try {
     const x = await s.api.createTask({ name: 'check', file: big.bytes.toString('base64'), proplet_id: MCU });
     await s.api.startTask(x.id);
-    const done = await s.api.getTask(x.id, 10_000);
+    const done = await s.api.getTask(x.id, 60_000);
     t.is(done.state, 'Failed');
     t.regex(done.error!, /module digest mismatch: .* discarded without running/);
     t.false(mcuResults.some((r) => r.task_id === x.id && r.status === 'running'));
@@ -285,7 +285,7 @@ test.serial('a payload larger than the receive buffer is dropped and reported; a
     const r = decode('proplet.results', p).msg;
     if (r.proplet_id === MCU && r.status === 'refused') refusals.push(r);
   });
-  await manager.subscribeAsync(topic(scope, 'proplet.results'), { qos: 1 });
+  await manager.subscribeAsync(topic(scope, 'proplet.results', MCU), { qos: 1 }); // the broker delivers on the sender's own topic
   const before = mcu.stats.rxDropped;
   const taskId = '0b7c1a52-9d1e-4f3a-8c5b-2e6f7a8b9c0d';
   const start = encode('manager.start', { v: 1, id: taskId, name: 'add', proplet_id: MCU, attempt: 3, file: wasm('add'), env: { BIG: 'x'.repeat(2000) } }, 'cbor');

@@ -106,7 +106,7 @@ test('parseOciRef: tags, digests, ports, the latest default, and clear refusals'
 
 test('wasm checks, layer choice and challenges', (t) => {
   t.is(notWasm(new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0])), null);
-  t.regex(notWasm(Buffer.from('#!/bin/sh\necho hi\n'))!, /not a WebAssembly module: it starts with 23 21/);
+  t.regex(notWasm(Buffer.from('#!/bin/sh\necho hi\n'))!, /not a WebAssembly module: it does not start with 00 61 73 6d/);
   t.regex(notWasm(new Uint8Array([0, 0x61, 0x73, 0x6d, 0x0d, 0, 1, 0]))!, /component/);
   const l = (mediaType: string, size: number) => ({ mediaType, size });
   t.deepEqual(pickLayer([l('application/octet-stream', 900), l('application/vnd.wasm.content.layer.v1+wasm', 10), l('application/wasm', 5)]), l('application/wasm', 5));
@@ -225,13 +225,13 @@ rtest('refusals: wrong digest, unknown tag, non-wasm push, non-wasm layer, size 
   const pushed = await pushModule(variant(add, 'refusals'), `oci://${r.host}/mods/refusals:v1`);
   const wrong = `sha256:${'0'.repeat(64)}`;
   const e1 = await t.throwsAsync(pullModule(`oci://${r.host}/mods/refusals@${wrong}`), { instanceOf: OciError });
-  t.is(e1!.message, `oci://${r.host}/mods/refusals@${wrong}: manifest not found (HTTP 404 MANIFEST_UNKNOWN: manifest unknown)`);
+  t.is(e1!.message, `oci://${r.host}/mods/refusals@${wrong}: manifest not found (HTTP 404 MANIFEST_UNKNOWN)`);
   const e2 = await t.throwsAsync(pullModule(`oci://${r.host}/mods/refusals:nope`), { instanceOf: OciError });
   t.regex(e2!.message, /^oci:\/\/127\.0\.0\.1:\d+\/mods\/refusals:nope: manifest not found \(HTTP 404/);
 
   // Non-wasm bytes are refused before anything is uploaded.
   const e3 = await t.throwsAsync(pushModule(Buffer.from('#!/bin/sh\necho not wasm\n'), `oci://${r.host}/mods/notwasm:v1`), { instanceOf: OciError });
-  t.regex(e3!.message, /^oci:\/\/127\.0\.0\.1:\d+\/mods\/notwasm:v1: refusing to push: not a WebAssembly module: it starts with 23 21 2f 62/);
+  t.regex(e3!.message, /^oci:\/\/127\.0\.0\.1:\d+\/mods\/notwasm:v1: refusing to push: not a WebAssembly module: it does not start with 00 61 73 6d/);
   const catalog = (await (await fetch(`${r.url}/v2/_catalog`)).json()) as { repositories: string[] };
   t.false(catalog.repositories.includes('mods/notwasm'));
   // Pushing by a digest that is not the manifest's own is refused before uploading.
@@ -249,7 +249,7 @@ rtest('refusals: wrong digest, unknown tag, non-wasm push, non-wasm layer, size 
     layers: [{ mediaType: 'text/plain', digest: layer, size: text.length }],
   });
   const e5 = await t.throwsAsync(pullModule(`oci://${r.host}/mods/text:v1`), { instanceOf: OciError });
-  t.regex(e5!.message, /layer sha256:[0-9a-f]{64} \(text\/plain\) is not a WebAssembly module: it starts with 6a 75 73 74/);
+  t.regex(e5!.message, /layer sha256:[0-9a-f]{64} \(text\/plain\) is not a WebAssembly module: it does not start with 00 61 73 6d/);
 
   const e6 = await t.throwsAsync(pullModule(`oci://${r.host}/mods/refusals:v1`, { maxBytes: 64 }), { instanceOf: OciError });
   t.regex(e6!.message, /the module layer is \d+ bytes, more than the limit of 64$/);
@@ -457,14 +457,14 @@ rtest('a task with image_url oci://… runs on both proplet kinds; a wrong diges
     const ref = `oci://${reg!.host}/tasks/add:e2e`;
     const pushed = await pushModule(add, ref);
     for (const on of ['p1', 'mcu-oci']) {
-      const task = await s.api.createTask({ name: 'add', image_url: ref, inputs: [20, 22], proplet_id: on }, { start: true, waitMs: 10_000 });
+      const task = await s.api.createTask({ name: 'add', image_url: ref, inputs: [20, 22], proplet_id: on }, { start: true, waitMs: 60_000 });
       t.is(task.state, 'Completed', `${on}: ${task.error}`);
       t.is(task.result?.results, 42);
       t.is(task.result?.proplet_id, on);
       t.is(task.module_digest, pushed.digest);
     }
     const wrong = `oci://${reg!.host}/tasks/add@sha256:${'0'.repeat(64)}`;
-    const bad = await s.api.createTask({ name: 'add', image_url: wrong, inputs: [1, 2] }, { start: true, waitMs: 10_000 });
+    const bad = await s.api.createTask({ name: 'add', image_url: wrong, inputs: [1, 2] }, { start: true, waitMs: 60_000 });
     t.is(bad.state, 'Failed');
     t.regex(bad.error!, /manifest|not found|digest/i);
   } finally {

@@ -31,7 +31,7 @@ async function spread(s: Stack, n: number, extra: Record<string, unknown> = {}, 
     const at = t.proplet_id ?? 'pending';
     per[at] = (per[at] ?? 0) + 1;
   }
-  const done = await Promise.all(tasks.map((x) => s.api.getTask(x.id, 10_000)));
+  const done = await Promise.all(tasks.map((x) => s.api.getTask(x.id, 60_000)));
   for (const d of done) if (d.state !== 'Completed') throw new Error(`task ${d.id} ended ${d.state}: ${d.error ?? d.pending_reason}`);
   return per;
 }

@@ -1,5 +1,6 @@
 import test from 'ava';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { Decoder } from 'cbor-x';
 import {
   claimedSender,
   crc32,
@@ -212,4 +213,97 @@ test('crc32 matches the IEEE/zlib check value', (t) => {
   t.is(crc32(new Uint8Array(0)), 0);
   // incremental use gives the same value
   t.is(crc32(Buffer.from('6789'), crc32(Buffer.from('12345'))), 0xcbf43926);
+});
+
+// ---- one field, one value: duplicate and aliased keys ----
+
+/** A CBOR map written pair by pair, so that a key may appear twice. */
+function cborPairs(pairs: [unknown, unknown][]): Buffer {
+  const n = pairs.length;
+  const head = n < 24 ? Buffer.from([0xa0 | n]) : Buffer.from([0xb8, n]);
+  return Buffer.concat([head, ...pairs.flatMap(([k, v]) => [encodeCbor(k), encodeCbor(v)])]);
+}
+
+const twice: [string, MessageKind, Uint8Array][] = [
+  ['CBOR integer key twice', 'proplet.alive', cborPairs([[1, 'a'], [1, 'b']])],
+  ['CBOR text key twice', 'proplet.alive', cborPairs([['proplet_id', 'a'], ['proplet_id', 'b']])],
+  ['CBOR text name and integer key', 'proplet.alive', cborPairs([['proplet_id', 'a'], [1, 'b']])],
+  ['CBOR integer key and text name', 'proplet.results', cborPairs([[1, 'a'], [2, 't'], ['proplet_id', 'b']])],
+  ['CBOR alias with a null first', 'proplet.alive', cborPairs([['proplet_id', null], [1, 'b']])],
+  ['CBOR the same integer in two widths', 'proplet.alive', Buffer.concat([Buffer.from([0xa2]), encodeCbor(1), encodeCbor('a'), Buffer.from([0x18, 0x01]), encodeCbor('b')])],
+  ['CBOR duplicate inside a nested struct', 'proplet.create', cborPairs([[1, 'a'], [6, new Map<unknown, unknown>([[3, 1], ['max_tasks', 2]])]])],
+  ['CBOR duplicate inside results', 'proplet.results', cborPairs([[1, 'a'], [2, 't'], [5, new Map<unknown, unknown>([[1, 'x'], ['1', 'y']])]])],
+  ['CBOR duplicate label', 'proplet.create', Buffer.concat([Buffer.from([0xa2]), encodeCbor(1), encodeCbor('a'), encodeCbor(5), Buffer.from([0xa2]), encodeCbor('k'), encodeCbor('x'), encodeCbor('k'), encodeCbor('y')])],
+  ['JSON key twice', 'proplet.alive', Buffer.from('{"proplet_id":"a","proplet_id":"b"}')],
+  ['JSON key twice, one escaped', 'proplet.alive', Buffer.from('{"proplet_id":"a","proplet\\u005fid":"b"}')],
+  ['JSON duplicate in a nested object', 'proplet.create', Buffer.from('{"proplet_id":"a","labels":{"k":"x","k":"y"}}')],
+  ['JSON duplicate deep in results', 'proplet.results', Buffer.from('{"proplet_id":"a","task_id":"t","results":[{"x":1,"x":2}]}')],
+];
+for (const [name, kind, bytes] of twice) {
+  test(`a map naming one field twice is refused: ${name}`, (t) => {
+    const e = t.throws(() => decode(kind, bytes), { instanceOf: ProtocolError });
+    t.is(e?.reason, 'duplicate_field', e?.message);
+    // the broker's sender check sees raw duplicates and the sender's alias (other aliases need the schema)
+    if (!/nested struct|inside results/.test(name)) t.true(claimedSender(kind, bytes) instanceof ProtocolError, 'the broker\'s sender check refuses it too');
+  });
+}
+
+test('bounds: too many items or too deep is refused before decoding, valid messages fit', (t) => {
+  const wide = new Map<string, number>();
+  for (let i = 0; i < 20_000; i++) wide.set(`k${i}`, i);
+  const manyCbor = encode('proplet.results', { proplet_id: 'p', task_id: 't', results: Object.fromEntries(wide) }, 'cbor');
+  t.is(t.throws(() => decode('proplet.results', manyCbor), { instanceOf: ProtocolError })?.reason, 'too_complex');
+  const manyJson = encode('proplet.results', { proplet_id: 'p', task_id: 't', results: Object.fromEntries(wide) }, 'json');
+  t.is(t.throws(() => decode('proplet.results', manyJson), { instanceOf: ProtocolError })?.reason, 'too_complex');
+  let deep: unknown = 1;
+  for (let i = 0; i < 40; i++) deep = [deep];
+  for (const enc of ['json', 'cbor'] as const) {
+    const bytes = encode('proplet.results', { proplet_id: 'p', task_id: 't', results: deep }, enc);
+    t.is(t.throws(() => decode('proplet.results', bytes), { instanceOf: ProtocolError })?.reason, 'too_complex', enc);
+  }
+  // a heartbeat listing the most running tasks the schema allows still fits
+  const running = Array.from({ length: 1024 }, (_, i) => ({ task_id: `t${i}`, attempt: 1 }));
+  for (const enc of ['json', 'cbor'] as const) t.notThrows(() => decode('proplet.alive', encode('proplet.alive', { proplet_id: 'p', running }, enc)));
+  // an 8 GiB map header in a 10-byte CBOR payload is refused without allocating
+  t.is(t.throws(() => decode('proplet.alive', Buffer.from('bb0000000200000000a0', 'hex')), { instanceOf: ProtocolError })?.reason, 'malformed');
+});
+
+test('CBOR: records and other private tags are refused; trailing bytes are refused', (t) => {
+  const tagged = Buffer.concat([Buffer.from([0xa1]), encodeCbor(1), Buffer.from([0xd8, 0x1c]), encodeCbor('a')]); // tag 28 (shared value)
+  t.is(t.throws(() => decode('proplet.alive', tagged), { instanceOf: ProtocolError })?.reason, 'malformed');
+  const trailing = Buffer.concat([encode('proplet.alive', { proplet_id: 'a' }, 'cbor'), Buffer.from([0x00])]);
+  t.is(t.throws(() => decode('proplet.alive', trailing), { instanceOf: ProtocolError })?.reason, 'malformed');
+});
+
+// Fuzz with aliases and duplicates: valid messages whose sender (or another
+// field) is named again under its other form or the same key, in random places.
+test('fuzz: aliased and duplicate keys are always refused, by the decoder and by the broker\'s sender check alike', (t) => {
+  let seed = 7;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const kinds = ['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet', 'fl.update'] as const;
+  const dec = new Decoder({ useRecords: false, mapsAsObjects: false } as ConstructorParameters<typeof Decoder>[0]);
+  let n = 0;
+  for (let i = 0; i < 600; i++) {
+    const kind = kinds[i % kinds.length]!;
+    const fields = FIELDS[kind];
+    const pairs = [...(dec.decode(encode(kind, samples[kind] as never, 'cbor')) as Map<number, unknown>)];
+    // pick a field present in the message and add it again, by integer key or by name
+    const [key, value] = pairs[Math.floor(rnd() * pairs.length)]!;
+    const name = Object.entries(fields).find(([, f]) => f.key === key)![0];
+    const again: [unknown, unknown] = [rnd() < 0.5 ? key : name, rnd() < 0.5 ? value : key === 1 ? 'someone-else' : value];
+    const at = Math.floor(rnd() * (pairs.length + 1));
+    const forged = [...pairs.slice(0, at), again, ...pairs.slice(at)];
+    const bytes = cborPairs(forged);
+    const e = t.throws(() => decode(kind, bytes), { instanceOf: ProtocolError });
+    t.is(e?.reason, 'duplicate_field', `${kind}: ${e?.message}`);
+    if (key === 1) t.true(claimedSender(kind, bytes) instanceof ProtocolError, kind);
+    // the same in JSON: the name twice, once perhaps escaped
+    const json = encode(kind, samples[kind] as never, 'json').toString();
+    const esc = rnd() < 0.5 ? name : name.replace('_', '\\u005f').replace(/^v$/, '\\u0076');
+    const dup = `{"${esc}":${JSON.stringify(JSON.parse(json)[name])},${json.slice(1)}`;
+    const je = t.throws(() => decode(kind, Buffer.from(dup)), { instanceOf: ProtocolError });
+    t.is(je?.reason, 'duplicate_field', `${kind} JSON ${dup.slice(0, 80)}`);
+    n++;
+  }
+  t.is(n, 600);
 });

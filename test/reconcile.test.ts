@@ -60,7 +60,7 @@ test('a task refused by every proplet ends Failed after maxAttempts with all att
     });
   refuse(a, 'refuser-a');
   refuse(b, 'refuser-b');
-  const task = await s.api.createTask({ name: 'add', file: wasm('add'), inputs: [1, 2], proplet_selector: { match_labels: { role: 'refuser' } } }, { start: true, waitMs: 5000 });
+  const task = await s.api.createTask({ name: 'add', file: wasm('add'), inputs: [1, 2], proplet_selector: { match_labels: { role: 'refuser' } } }, { start: true, waitMs: 60_000 });
   t.is(task.state, 'Failed');
   t.regex(task.error!, /gave up after 2 attempts/);
   t.deepEqual(task.attempts.map((x) => x.outcome), ['refused', 'refused']);
@@ -77,7 +77,7 @@ test('a result from an old attempt is ignored and counted, never applied', async
   await until(async () => /reason="stale_attempt"\} [1-9]/.test(await s.cp.metrics.registry.getSingleMetricAsString('propeller_results_ignored_total')), 'stale result counted');
   t.not((await s.api.getTask(task.id)).state, 'Completed');
   await r.c.publishAsync(topic(scope, 'proplet.results'), encode('proplet.results', { proplet_id: 'late', task_id: task.id, attempt, status: 'completed', results: 3 }, 'json'), { qos: 1 });
-  const done = await s.api.getTask(task.id, 5000);
+  const done = await s.api.getTask(task.id, 60_000);
   t.is(done.state, 'Completed');
   t.is(done.result?.results, 3);
 });

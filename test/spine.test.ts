@@ -26,7 +26,7 @@ async function run(spec: Parameters<Stack['api']['createTask']>[0]) {
   const t = await s.api.createTask(spec);
   await s.api.startTask(t.id);
   for (let i = 0; i < 100; i++) {
-    const x = await s.api.getTask(t.id, 5000);
+    const x = await s.api.getTask(t.id, 60_000);
     if (['Completed', 'Failed', 'Stopped'].includes(x.state)) return x;
   }
   throw new Error('task did not finish');
@@ -118,7 +118,8 @@ test('stop kills a running daemon task', async (t) => {
 test('a start published over MQTT reaches only its proplet, and results come back over MQTT', async (t) => {
   const manager = await s.client('mgr-test', 'manager');
   const results: unknown[] = [];
-  await manager.subscribeAsync(topic(scope, 'proplet.results'), { qos: 1 });
+  // the broker delivers p1's results on p1's own topic, whichever topic p1 published on
+  await manager.subscribeAsync(topic(scope, 'proplet.results', 'p1'), { qos: 1 });
   manager.on('message', (_t, payload) => results.push(decode('proplet.results', payload).msg));
   // a raw direct-addressed peer listening on its own topic must not see p1's start
   const other = await s.client('bystander');

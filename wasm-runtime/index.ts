@@ -6,6 +6,8 @@ import { devNull } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import { prepare, PrepareError, type ModuleMeta } from './modules.ts';
+import { clipBytes } from './output.ts';
+export { clipText, TRUNCATED_MARKER } from './output.ts';
 
 export { parseFunctionSignatures, parseModule, limitMemory, WasmParseError } from './wasm-parse.ts';
 export type { FuncSignature, ValType, NumType, ModuleInfo, MemoryLimits } from './wasm-parse.ts';
@@ -61,7 +63,6 @@ export interface WasmRunnerOptions {
   outputLimitBytes?: number;
 }
 
-export const TRUNCATED_MARKER = '…[truncated]';
 const DEFAULT_OUTPUT_LIMIT = 1 << 20;
 const WORKER_URL = new URL('./wasm-worker.js', import.meta.url);
 
@@ -96,9 +97,9 @@ class Capture {
     this.size += data.length;
   }
 
+  /** At most `limit` bytes, the truncation marker included. */
   text(): string {
-    const s = Buffer.concat(this.chunks, this.size).toString('utf8');
-    return this.truncated ? s + TRUNCATED_MARKER : s;
+    return clipBytes(Buffer.concat(this.chunks, this.size), this.limit, this.truncated);
   }
 }
 

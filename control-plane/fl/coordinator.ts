@@ -23,9 +23,6 @@ import { TaskError, type TaskService } from '../tasks.ts';
 import { InputError } from '../task-input.ts';
 import { createAggregator, UpdateError, type Aggregator } from './aggregate.ts';
 import {
-  FL_API_VERSION,
-  setCondition,
-  condition,
   type FederatedJob,
   type FederatedJobSpec,
   type ModelCheckpoint,
@@ -33,6 +30,8 @@ import {
   type TrainingRound,
   type TrainingRoundSpec,
 } from './resources.ts';
+import { IndexedRecords } from './records.ts';
+import { isFinal, nextStep, onDeadline, onFolded, onTaskState, participantFailed, screenUpdate, type Folded, type RoundCommand } from './round-core.ts';
 
 /** Why an update was not taken; 'accepted' when it counts, 'partial' for a part of a streamed one. */
 export type UpdateOutcome = 'accepted' | 'partial' | 'duplicate' | 'unknown_round' | 'late' | 'not_participant' | 'stale' | 'invalid' | 'shape' | 'non_finite' | 'samples' | 'capacity' | 'failed_participant';
@@ -78,8 +77,9 @@ interface LiveRound {
   graceTimers: Set<NodeJS.Timeout>;
 }
 
-export const JOB_LABEL = 'propeller.absmach.io/federatedjob';
-export const ROUND_LABEL = 'propeller.absmach.io/traininground';
+/** On a round's tasks and on checkpoints: the job and the round they belong to. */
+export const JOB_LABEL = 'fl-job';
+export const ROUND_LABEL = 'fl-round';
 
 const MAX_MODEL_BYTES = 16 * 1024 * 1024;
 const FLUSH_MS = 100;
@@ -101,27 +101,43 @@ export class FlCoordinator {
   private readonly now: () => number;
   private closed = false;
 
+  /** The FL records, indexed in memory: queries and metrics do not parse the store's tables. */
+  private readonly jobRecs: IndexedRecords<FederatedJob>;
+  private readonly roundRecs: IndexedRecords<TrainingRound>;
+  private readonly checkpointRecs: IndexedRecords<ModelCheckpoint>;
+
   constructor(private o: FlCoordinatorOptions) {
     this.now = o.now ?? Date.now;
+    this.jobRecs = new IndexedRecords(o.store.flJobs, (j) => j.metadata.name);
+    this.roundRecs = new IndexedRecords(o.store.flRounds);
+    this.checkpointRecs = new IndexedRecords(o.store.flCheckpoints);
     o.tasks.on('changed', (t) => this.onTask(t));
   }
 
   // --- queries --------------------------------------------------------------
 
+  /** Every job, to read (not to change): no copy, no parse. */
   jobs(): FederatedJob[] {
-    return this.o.store.flJobs.list();
+    return this.jobRecs.view();
+  }
+  /** Jobs and rounds by phase, counted on write (for metrics scrapes). */
+  jobPhaseCounts(): ReadonlyMap<string, number> {
+    return this.jobRecs.phaseCounts();
+  }
+  roundPhaseCounts(): ReadonlyMap<string, number> {
+    return this.roundRecs.phaseCounts();
   }
   job(name: string): FederatedJob {
-    const j = this.o.store.flJobs.get(name);
+    const j = this.jobRecs.get(name);
     if (!j) throw new TaskError('not_found', `FederatedJob ${name} not found`);
     return j;
   }
+  /** Rounds (of one job: from its index, not a scan), to read; a running one as it is now. */
   rounds(job?: string): TrainingRound[] {
-    const all = this.o.store.flRounds.list().map((r) => this.fresh(r));
-    return job === undefined ? all : all.filter((r) => r.spec.federatedJobRef?.name === job);
+    return this.roundRecs.view(job).map((r) => this.fresh(r));
   }
   round(name: string): TrainingRound {
-    const r = this.o.store.flRounds.get(name);
+    const r = this.roundRecs.get(name);
     if (!r) throw new TaskError('not_found', `TrainingRound ${name} not found`);
     return this.fresh(r);
   }
@@ -132,16 +148,15 @@ export class FlCoordinator {
   }
   /** A round to change: the live working copy while it runs, else the stored one. */
   private working(name: string): TrainingRound | undefined {
-    return this.live.get(name)?.round ?? this.o.store.flRounds.get(name);
+    return this.live.get(name)?.round ?? this.roundRecs.get(name);
   }
   checkpoint(name: string): ModelCheckpoint {
-    const c = this.o.store.flCheckpoints.get(name);
+    const c = this.checkpointRecs.get(name);
     if (!c) throw new TaskError('not_found', `ModelCheckpoint ${name} not found`);
     return c;
   }
   checkpoints(job?: string): ModelCheckpoint[] {
-    const all = this.o.store.flCheckpoints.list();
-    return job === undefined ? all : all.filter((c) => c.spec.federatedJobRef?.name === job);
+    return this.checkpointRecs.view(job);
   }
   get activeRounds(): number {
     return this.live.size;
@@ -168,10 +183,9 @@ export class FlCoordinator {
   // --- jobs -----------------------------------------------------------------
 
   createJob(name: string, spec: FederatedJobSpec): FederatedJob {
-    if (this.o.store.flJobs.get(name)) throw new TaskError('conflict', `FederatedJob ${name} already exists`);
+    if (this.jobRecs.get(name)) throw new TaskError('conflict', `FederatedJob ${name} already exists`);
     const at = this.iso();
     const job: FederatedJob = {
-      apiVersion: FL_API_VERSION,
       kind: 'FederatedJob',
       metadata: { name, uid: randomUUID(), creationTimestamp: at },
       spec,
@@ -181,7 +195,8 @@ export class FlCoordinator {
         completedRounds: 0,
         participants: (spec.participants ?? []).map((p) => ({ propletId: p.propletId, roundsContributed: 0 })),
         retriesUsed: 0,
-        conditions: [condition('Ready', 'False', 'Pending', 'fetching the initial model', at)],
+        reason: 'Pending',
+        message: 'fetching the initial model',
       },
     };
     this.saveJob(job);
@@ -193,14 +208,17 @@ export class FlCoordinator {
   /** Deletes a job: its running round is stopped first (its tasks too). Rounds and checkpoints stay, as history. */
   deleteJob(name: string): void {
     const job = this.job(name);
-    for (const r of this.rounds(name)) if (!isFinal(r)) this.failRound(r, 'Deleted', `FederatedJob ${name} was deleted`, false);
-    this.o.store.flJobs.delete(job.metadata.name);
+    for (const r of this.rounds(name)) {
+      const w = isFinal(r) ? undefined : this.working(r.metadata.name); // a copy to change, not the index's record
+      if (w) this.failRound(w, 'Deleted', `FederatedJob ${name} was deleted`, false);
+    }
+    this.jobRecs.delete(job.metadata.name);
     tap(this, 'fl-removed', 'job', job.metadata.name);
   }
 
   /** A standalone TrainingRound (the seed allows one without a job driving it). */
   createRound(name: string, spec: TrainingRoundSpec): TrainingRound {
-    if (this.o.store.flRounds.get(name)) throw new TaskError('conflict', `TrainingRound ${name} already exists`);
+    if (this.roundRecs.get(name)) throw new TaskError('conflict', `TrainingRound ${name} already exists`);
     const round = this.newRound(name, spec);
     void this.startRound(round.metadata.name);
     return round;
@@ -209,22 +227,22 @@ export class FlCoordinator {
   deleteRound(name: string): void {
     const r = this.round(name);
     if (!isFinal(r)) this.failRound(r, 'Deleted', `TrainingRound ${name} was deleted`, false);
-    this.o.store.flRounds.delete(name);
+    this.roundRecs.delete(name);
     tap(this, 'fl-removed', 'round', name);
   }
 
   /** After a (re)start: resume every job and round from what the store says. */
   resume(): void {
-    for (const r of this.o.store.flRounds.list()) {
+    for (const r of this.roundRecs.list()) {
       if (isFinal(r)) continue;
-      const job = r.spec.federatedJobRef && this.o.store.flJobs.get(r.spec.federatedJobRef.name);
+      const job = r.spec.federatedJobRef && this.jobRecs.get(r.spec.federatedJobRef.name);
       if (r.spec.federatedJobRef && !job) continue;
       r.status.restarts++;
       this.o.log('warn', 'round restarted after a control-plane restart', { round: r.metadata.name });
       this.resetRound(r, 'the control plane restarted during the round');
       void this.startRound(r.metadata.name);
     }
-    for (const j of this.o.store.flJobs.list()) if (j.status.phase === 'Pending' || j.status.phase === 'Running') void this.advance(j.metadata.name);
+    for (const j of this.jobRecs.list()) if (j.status.phase === 'Pending' || j.status.phase === 'Running') void this.advance(j.metadata.name);
   }
 
   close(): void {
@@ -246,45 +264,43 @@ export class FlCoordinator {
     }
     this.advancing.add(name);
     try {
-      const job = this.o.store.flJobs.get(name);
-      if (!job || job.status.phase === 'Completed' || job.status.phase === 'Failed') return;
-      if (!job.status.currentModelRef) {
+      let step = nextStep(this.jobRecs.get(name), this.roundRecs.view(name));
+      if (step.t === 'fetch-model') {
         let ref: string;
         try {
-          ref = await this.storeRef(job.spec.modelRef, 'model');
+          ref = await this.storeRef(this.jobRecs.get(name)!.spec.modelRef, 'model');
         } catch (e) {
-          return this.endJob(name, 'Failed', 'ModelUnavailable', `initial model ${job.spec.modelRef}: ${(e as Error).message}`);
+          return this.endJob(name, 'Failed', 'ModelUnavailable', `initial model ${this.jobRecs.get(name)?.spec.modelRef}: ${(e as Error).message}`);
         }
-        const j = this.o.store.flJobs.get(name);
+        const j = this.jobRecs.get(name);
         if (!j) return;
         j.status.currentModelRef = ref;
         this.saveJob(j);
+        step = nextStep(j, this.roundRecs.view(name));
       }
-      const j = this.o.store.flJobs.get(name)!;
-      const rounds = this.rounds(name).sort((a, b) => (a.spec.round ?? 0) - (b.spec.round ?? 0) || a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp));
-      const last = rounds.at(-1);
-      if (last && !isFinal(last)) return; // that round drives the job on when it ends
-      if (last?.status.phase === 'Failed') {
-        const n = last.spec.round ?? 1;
-        const retries = rounds.filter((r) => r.spec.round === n).length - 1;
-        if (retries >= (j.spec.roundRetries ?? 0)) return this.endJob(name, 'Failed', 'RoundFailed', `round ${n} failed: ${last.status.message ?? 'unknown reason'}`);
+      if (step.t === 'wait' || step.t === 'fetch-model') return;
+      const j = this.jobRecs.get(name)!;
+      if (step.t === 'begin' || step.t === 'end') {
+        // the round's completion was stored, the job's was not: catch up
+        if (step.catchUp) {
+          this.countCompleted(j, step.catchUp);
+          this.saveJob(j);
+        }
+      }
+      if (step.t === 'end') return this.endJob(name, step.phase, step.reason, step.message);
+      if (step.retry > 0) {
         j.status.retriesUsed++;
         this.saveJob(j);
-        return this.beginRound(j, n, retries + 1);
+        return this.beginRound(j, step.n, step.retry);
       }
-      const done = last ? (last.spec.round ?? 0) : 0;
-      if (last && j.status.completedRounds < done) {
-        // the round's completion was stored, the job's was not: catch up
-        this.countCompleted(j, last);
-      }
-      if (j.status.completedRounds >= j.spec.rounds.total) return this.endJob(name, 'Completed', 'AllRoundsCompleted', `${j.status.completedRounds} rounds completed`);
-      if (j.status.phase === 'Pending') {
+      if (step.start) {
         j.status.phase = 'Running';
         j.status.startTime = this.iso();
-        setCondition(j.status.conditions, condition('Ready', 'True', 'Running', 'rounds are running', this.iso()));
+        j.status.reason = 'Running';
+        j.status.message = 'rounds are running';
         this.saveJob(j);
       }
-      this.beginRound(j, j.status.completedRounds + 1, 0);
+      this.beginRound(j, step.n, 0);
     } finally {
       this.advancing.delete(name);
       if (this.again.delete(name)) void this.advance(name);
@@ -308,7 +324,8 @@ export class FlCoordinator {
     round.metadata.labels = { [JOB_LABEL]: job.metadata.name };
     this.saveRound(round);
     job.status.currentRound = n;
-    setCondition(job.status.conditions, condition('RoundActive', 'True', 'RoundStarted', `round ${n} of ${job.spec.rounds.total} started`, this.iso()));
+    job.status.reason = 'RoundStarted';
+    job.status.message = `round ${n} of ${job.spec.rounds.total} started`;
     this.saveJob(job);
     void this.startRound(round.metadata.name);
   }
@@ -330,14 +347,13 @@ export class FlCoordinator {
   }
 
   private endJob(name: string, phase: 'Completed' | 'Failed', reason: string, message: string): void {
-    const j = this.o.store.flJobs.get(name);
+    const j = this.jobRecs.get(name);
     if (!j) return;
     const at = this.iso();
     j.status.phase = phase;
     j.status.completionTime = at;
     j.status.message = message;
-    setCondition(j.status.conditions, condition('RoundActive', 'False', reason, message, at));
-    setCondition(j.status.conditions, condition('Ready', phase === 'Completed' ? 'True' : 'False', reason, message, at));
+    j.status.reason = reason;
     this.saveJob(j);
     this.o.log(phase === 'Completed' ? 'info' : 'warn', `federated job ${phase.toLowerCase()}`, { job: name, reason, message });
   }
@@ -353,7 +369,7 @@ export class FlCoordinator {
       js.lastPhase = p.phase;
       if (p.phase === 'Submitted') js.roundsContributed++;
     }
-    setCondition(job.status.conditions, condition('AggregationComplete', 'True', 'AggregationComplete', `round ${job.status.completedRounds} aggregated into ${r.status.aggregatedModelRef}`, this.iso()));
+
   }
 
   // --- rounds ---------------------------------------------------------------
@@ -361,7 +377,6 @@ export class FlCoordinator {
   private newRound(name: string, spec: TrainingRoundSpec): TrainingRound {
     const at = this.iso();
     const round: TrainingRound = {
-      apiVersion: FL_API_VERSION,
       kind: 'TrainingRound',
       metadata: { name, uid: randomUUID(), creationTimestamp: at },
       spec,
@@ -372,7 +387,6 @@ export class FlCoordinator {
         updatesRequired: spec.kOfN,
         refused: { late: 0, notParticipant: 0, stale: 0, invalid: 0 },
         restarts: 0,
-        conditions: [],
       },
     };
     this.saveRound(round);
@@ -381,7 +395,7 @@ export class FlCoordinator {
 
   /** Creates the round's tasks and opens it for updates. */
   private async startRound(name: string): Promise<void> {
-    let r = this.o.store.flRounds.get(name);
+    let r = this.roundRecs.get(name);
     if (!r || r.status.phase !== 'Pending' || this.closed) return;
     const { spec } = r;
     if (spec.participants.length < spec.kOfN) {
@@ -398,11 +412,11 @@ export class FlCoordinator {
         if (!moduleBytes) throw new Error(`module ${spec.taskWasmImage} is not in the module store (POST /modules)`);
       }
     } catch (e) {
-      r = this.o.store.flRounds.get(name);
+      r = this.roundRecs.get(name);
       if (r) this.failRound(r, 'ModelUnavailable', (e as Error).message);
       return;
     }
-    r = this.o.store.flRounds.get(name);
+    r = this.roundRecs.get(name);
     if (!r || r.status.phase !== 'Pending' || this.closed) return;
     let aggregator: Aggregator;
     try {
@@ -445,8 +459,8 @@ export class FlCoordinator {
       p.phase = 'Pending';
       live.byTask.set(task.id, propletId);
     });
-    setCondition(r.status.conditions, condition('RoundActive', 'True', 'RoundStarted', `waiting for ${spec.kOfN} of ${spec.participants.length} updates`, r.status.startTime));
-    setCondition(r.status.conditions, condition('ParticipantsReady', 'Unknown', 'TasksCreated', `${spec.participants.length} tasks created`, r.status.startTime));
+    r.status.reason = 'RoundStarted';
+    r.status.message = `waiting for ${spec.kOfN} of ${spec.participants.length} updates`;
     this.live.set(name, live);
     this.saveRound(r);
     live.timer = setTimeout(() => this.onDeadline(name), Math.max(0, spec.timeoutSeconds * 1000));
@@ -474,8 +488,7 @@ export class FlCoordinator {
 
   private onDeadline(name: string): void {
     const r = this.working(name);
-    if (!r || r.status.phase !== 'Running') return;
-    this.failRound(r, 'Timeout', `timed out after ${r.spec.timeoutSeconds} s with ${r.status.updatesReceived} of ${r.spec.kOfN} required updates`);
+    if (r) this.execute(r, onDeadline(r));
   }
 
   private onTask(t: Task): void {
@@ -484,46 +497,52 @@ export class FlCoordinator {
     const live = this.live.get(name);
     const propletId = live?.byTask.get(t.id);
     if (!live || !propletId) return;
-    const r = live.round;
-    const p = r.status.participants.find((x) => x.propletId === propletId);
-    if (!p || p.taskId !== t.id || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
-    if (t.state === 'Running' && p.phase === 'Pending') {
-      p.phase = 'Running';
-      this.touchRound(r);
-      return;
-    }
-    if (!TERMINAL.has(t.state)) return;
-    if (t.state === 'Completed') {
-      // the update travels on its own topic and may arrive just after the result
-      const timer = setTimeout(() => {
-        live.graceTimers.delete(timer);
-        this.participantFailed(name, propletId, 'the task completed without sending an update', t.id);
-      }, this.o.noUpdateGraceMs ?? 2000);
-      live.graceTimers.add(timer);
-      return;
-    }
-    this.participantFailed(name, propletId, t.error ?? `task ${t.state.toLowerCase()}`, t.id);
+    this.execute(live.round, onTaskState(live.round, propletId, t.id, t.state, t.error));
   }
 
   private participantFailed(name: string, propletId: string, reason: string, taskId?: string): void {
     const r = this.working(name);
-    if (!r || r.status.phase !== 'Running') return;
-    const p = r.status.participants.find((x) => x.propletId === propletId);
-    if (!p || (taskId && p.taskId !== taskId) || p.phase === 'Submitted' || p.phase === 'Refused' || p.phase === 'Failed') return;
-    p.phase = 'Failed';
-    p.reason = reason;
-    this.o.log('warn', 'round participant failed', { round: name, proplet_id: propletId, reason });
-    this.live.get(name)?.aggregator.abort(propletId);
-    this.touchRound(r);
-    this.checkReachable(r);
+    if (r) this.execute(r, participantFailed(r, propletId, reason, taskId));
   }
 
-  /** Fails the round as soon as k updates can no longer arrive. */
-  private checkReachable(r: TrainingRound): void {
-    const out = r.status.participants.filter((p) => p.phase === 'Failed' || p.phase === 'Refused').length;
-    const possible = r.status.participants.length - out;
-    if (possible < r.spec.kOfN) {
-      this.failRound(r, 'NotEnoughUpdates', `only ${possible} of ${r.status.participants.length} participants can still send an update, ${r.spec.kOfN} required`);
+  /** Carries out the round core's commands. */
+  private execute(r: TrainingRound, commands: RoundCommand[]): void {
+    const name = r.metadata.name;
+    for (const c of commands) {
+      switch (c.t) {
+        case 'touch':
+          this.touchRound(r);
+          break;
+        case 'log':
+          this.o.log(c.level, c.msg, c.fields);
+          break;
+        case 'abort-update': {
+          const live = this.live.get(name);
+          live?.streams.delete(c.propletId);
+          live?.aggregator.abort(c.propletId);
+          break;
+        }
+        case 'await-update': {
+          const live = this.live.get(name);
+          if (!live) break;
+          const timer = setTimeout(() => {
+            live.graceTimers.delete(timer);
+            this.participantFailed(name, c.propletId, 'the task completed without sending an update', c.taskId);
+          }, this.o.noUpdateGraceMs ?? 2000);
+          live.graceTimers.add(timer);
+          break;
+        }
+        case 'aggregate': {
+          const live = this.live.get(name);
+          if (live) this.aggregate(r, live);
+          break;
+        }
+        case 'fail-round':
+          if (!isFinal(r)) this.failRound(r, c.reason, c.message);
+          break;
+        case 'fold':
+          break; // only from applyUpdate, which folds itself
+      }
     }
   }
 
@@ -542,79 +561,57 @@ export class FlCoordinator {
   private applyUpdate(msg: FlUpdate): UpdateOutcome {
     const r = this.working(msg.round_id);
     if (!r) return 'unknown_round';
-    const p = r.status.participants.find((x) => x.propletId === msg.proplet_id);
     const live = this.live.get(r.metadata.name);
-    if (!p) return this.refuse(r, 'notParticipant', 'not_participant');
-    if (p.taskId !== msg.task_id) return this.refuse(r, 'stale', 'stale');
-    if (r.status.phase !== 'Running' || !live) {
-      if (p.phase === 'Submitted') return 'duplicate';
-      return this.refuse(r, 'late', 'late');
-    }
-    if (p.phase === 'Submitted') return 'duplicate';
-    if (p.phase === 'Refused' || p.phase === 'Failed') return this.refuse(r, 'invalid', 'failed_participant');
-    if (msg.error !== undefined) {
-      this.participantFailed(r.metadata.name, p.propletId, `participant: ${msg.error}`);
-      return 'failed_participant';
-    }
+    const screened = screenUpdate(r, msg, live !== undefined);
+    this.execute(r, screened.commands);
+    if (screened.verdict || !live) return screened.verdict ?? 'late';
+    const folded = this.fold(live, msg);
+    const { verdict, commands } = onFolded(r, msg.proplet_id, folded);
+    this.execute(r, commands);
+    return verdict;
+  }
+
+  /** Folds one update (or one part of a streamed one) into the round's aggregator. */
+  private fold(live: LiveRound, msg: FlUpdate): Folded {
     const metrics = clientMetrics(msg.metrics);
     const agg = live.aggregator;
+    const id = msg.proplet_id;
     try {
       if (msg.num_samples === undefined) throw new UpdateError('samples', 'num_samples is required');
       if (msg.model !== undefined) {
         if (msg.parts !== undefined) throw new UpdateError('invalid', 'give model or parts, not both');
-        agg.addEncoded(p.propletId, msg.num_samples, msg.model, metrics);
+        agg.addEncoded(id, msg.num_samples, msg.model, metrics);
       } else {
         if (msg.parts === undefined || msg.part === undefined || msg.tensor === undefined || msg.offset === undefined || msg.data === undefined) {
           throw new UpdateError('invalid', 'an update needs model, or parts with part, tensor, offset and data');
         }
-        let s = live.streams.get(p.propletId);
+        let s = live.streams.get(id);
         if (!s) {
-          agg.begin(p.propletId, msg.num_samples, metrics);
-          live.streams.set(p.propletId, (s = { parts: msg.parts, seen: new Set() }));
+          agg.begin(id, msg.num_samples, metrics);
+          live.streams.set(id, (s = { parts: msg.parts, seen: new Set() }));
         }
         if (msg.parts !== s.parts || msg.part >= s.parts) throw new UpdateError('shape', `part ${msg.part} of ${msg.parts} does not fit a stream of ${s.parts} parts`);
-        if (s.seen.has(msg.part)) return 'duplicate';
+        if (s.seen.has(msg.part)) return { t: 'duplicate-part' };
         s.seen.add(msg.part);
-        agg.addChunk(p.propletId, msg.tensor, msg.offset, msg.data);
-        if (s.seen.size < s.parts) {
-          if (p.phase === 'Pending') p.phase = 'Running';
-          return 'partial';
-        }
-        live.streams.delete(p.propletId);
-        agg.commit(p.propletId);
+        agg.addChunk(id, msg.tensor, msg.offset, msg.data);
+        if (s.seen.size < s.parts) return { t: 'partial' };
+        live.streams.delete(id);
+        agg.commit(id);
       }
     } catch (e) {
       if (!(e instanceof UpdateError)) throw e;
-      live.streams.delete(p.propletId);
-      agg.abort(p.propletId);
-      p.phase = 'Refused';
-      p.reason = `${e.reason}: ${e.message}`;
-      r.status.refused.invalid++;
-      this.touchRound(r);
-      this.checkReachable(r);
-      return e.reason === 'shape' || e.reason === 'non_finite' || e.reason === 'samples' || e.reason === 'capacity' ? e.reason : 'invalid';
+      const verdict = e.reason === 'shape' || e.reason === 'non_finite' || e.reason === 'samples' || e.reason === 'capacity' ? e.reason : 'invalid';
+      return { t: 'refused', reason: e.reason, message: e.message, verdict };
     }
-    p.phase = 'Submitted';
-    p.numSamples = msg.num_samples;
-    if (msg.metrics) p.metrics = msg.metrics;
-    delete p.reason;
-    r.status.updatesReceived = agg.count;
-    if (agg.count >= r.spec.kOfN) this.aggregate(r, live);
-    else this.touchRound(r);
-    return 'accepted';
-  }
-
-  private refuse(r: TrainingRound, counter: keyof TrainingRound['status']['refused'], outcome: UpdateOutcome): UpdateOutcome {
-    r.status.refused[counter]++;
-    this.touchRound(r);
-    return outcome;
+    return { t: 'complete', numSamples: msg.num_samples, ...(msg.metrics ? { metrics: msg.metrics } : {}), count: agg.count };
   }
 
   /** k updates are in: the aggregate becomes a checkpoint and the round completes. */
   private aggregate(r: TrainingRound, live: LiveRound): void {
     const name = r.metadata.name;
     r.status.phase = 'Aggregating';
-    setCondition(r.status.conditions, condition('AggregationComplete', 'False', 'Aggregating', `aggregating ${live.aggregator.count} updates`, this.iso()));
+    r.status.reason = 'Aggregating';
+    r.status.message = `aggregating ${live.aggregator.count} updates`;
     this.saveRound(r);
     const started = performance.now();
     const m = live.aggregator.metrics();
@@ -632,7 +629,6 @@ export class FlCoordinator {
     const job = r.spec.federatedJobRef?.name;
     const n = r.spec.round ?? 1;
     const cp: ModelCheckpoint = {
-      apiVersion: FL_API_VERSION,
       kind: 'ModelCheckpoint',
       metadata: { name: job ? checkpointName(job, n) : `model-${name}`, uid: randomUUID(), creationTimestamp: this.iso(), labels: job ? { [JOB_LABEL]: job, [ROUND_LABEL]: name } : { [ROUND_LABEL]: name } },
       spec: {
@@ -666,16 +662,15 @@ export class FlCoordinator {
     r.status.checkpoint = cp.metadata.name;
     r.status.metrics = { totalSamples: m.totalSamples, ...(m.loss !== undefined ? { loss: m.loss } : {}), ...(m.accuracy !== undefined ? { accuracy: m.accuracy } : {}) };
     r.status.message = `aggregated ${m.updates} of ${r.status.participants.length} updates (${m.totalSamples} samples)`;
-    setCondition(r.status.conditions, condition('AggregationComplete', 'True', 'AggregationComplete', r.status.message, at));
-    setCondition(r.status.conditions, condition('RoundActive', 'False', 'RoundCompleted', r.status.message, at));
+    r.status.reason = 'RoundCompleted';
     // one write: a crash cannot leave the round completed without its checkpoint
     this.o.store.atomically(() => {
-      this.o.store.flCheckpoints.put(cp.metadata.name, cp);
-      this.o.store.flRounds.put(name, r);
-      const j = job ? this.o.store.flJobs.get(job) : undefined;
+      this.checkpointRecs.put(cp.metadata.name, cp);
+      this.roundRecs.put(name, r);
+      const j = job ? this.jobRecs.get(job) : undefined;
       if (j) {
         this.countCompleted(j, r);
-        this.o.store.flJobs.put(j.metadata.name, j);
+        this.jobRecs.put(j.metadata.name, j);
       }
     });
     tap(this, 'fl-round', r);
@@ -691,7 +686,7 @@ export class FlCoordinator {
     r.status.phase = 'Failed';
     r.status.endTime = at;
     r.status.message = message;
-    setCondition(r.status.conditions, condition('RoundActive', 'False', reason, message, at));
+    r.status.reason = reason;
     this.saveRound(r);
     this.o.log('warn', 'round failed', { round: r.metadata.name, reason, message });
     if (wasRunning) this.o.metrics.roundEnded('Failed', secondsSince(r.status.startTime, at));
@@ -745,7 +740,7 @@ export class FlCoordinator {
 
   private saveJob(j: FederatedJob): void {
     tap(this, 'fl-job', j);
-    this.o.store.flJobs.put(j.metadata.name, j);
+    this.jobRecs.put(j.metadata.name, j);
   }
   private saveRound(r: TrainingRound): void {
     tap(this, 'fl-round', r);
@@ -754,7 +749,7 @@ export class FlCoordinator {
       clearTimeout(live.flush);
       delete live.flush;
     }
-    this.o.store.flRounds.put(r.metadata.name, r);
+    this.roundRecs.put(r.metadata.name, r);
   }
   /** A participant-level change: written with the next flush while the round runs, at once otherwise. */
   private touchRound(r: TrainingRound): void {
@@ -763,21 +758,18 @@ export class FlCoordinator {
     if (!live || live.round !== r) return this.saveRound(r);
     live.flush ??= setTimeout(() => {
       delete live.flush;
-      if (this.live.get(r.metadata.name) === live) this.o.store.flRounds.put(r.metadata.name, live.round);
+      if (this.live.get(r.metadata.name) === live) this.roundRecs.put(r.metadata.name, live.round);
     }, FLUSH_MS);
   }
   private saveCheckpoint(c: ModelCheckpoint): void {
     tap(this, 'fl-checkpoint', c);
-    this.o.store.flCheckpoints.put(c.metadata.name, c);
+    this.checkpointRecs.put(c.metadata.name, c);
   }
   private iso(): string {
     return new Date(this.now()).toISOString();
   }
 }
 
-function isFinal(r: TrainingRound): boolean {
-  return r.status.phase === 'Completed' || r.status.phase === 'Failed';
-}
 
 function secondsSince(from: string | undefined, to: string): number {
   return from ? Math.max(0, (Date.parse(to) - Date.parse(from)) / 1000) : 0;

@@ -1,8 +1,9 @@
 // The FL records, shaped as the seed's resources (FederatedJob, TrainingRound,
-// ModelCheckpoint: metadata, camelCase spec, status), so that the HTTP API
-// takes the seed's YAML as is and a Kubernetes adapter can copy spec and
-// status across without translation. Input parsing lives here too: every
-// refusal names the field.
+// ModelCheckpoint: kind, metadata, camelCase spec, status with phase, reason
+// and message), so that the HTTP API takes the seed's YAML as is (apiVersion
+// is read past: the API group is the Kubernetes adapter's word, as are
+// conditions, which it derives from phase and reason). Input parsing lives
+// here too: every refusal names the field.
 
 import { parse as parseYaml } from 'yaml';
 import { isId } from '../../protocol/index.ts';
@@ -11,21 +12,11 @@ import { InputError } from '../task-input.ts';
 import { AggregatorError } from './aggregate.ts';
 import { MODEL_FORMAT } from '../../protocol/model-format.ts';
 
-export const FL_API_VERSION = 'propeller.absmach.io/v1alpha1';
-
 export type JobPhase = 'Pending' | 'Running' | 'Completed' | 'Failed';
 export type RoundPhase = 'Pending' | 'Running' | 'Aggregating' | 'Completed' | 'Failed';
 export type CheckpointPhase = 'Uploading' | 'Ready' | 'Failed';
 /** Pending: task not running yet; Submitted: its update counts; Refused: its update was bad; Failed: no update will come. */
 export type ParticipantPhase = 'Pending' | 'Running' | 'Submitted' | 'Refused' | 'Failed' | 'Stopped';
-
-export interface Condition {
-  type: string;
-  status: 'True' | 'False' | 'Unknown';
-  reason: string;
-  message: string;
-  lastTransitionTime: string;
-}
 
 export interface Meta {
   name: string;
@@ -78,12 +69,12 @@ export interface FederatedJobStatus {
   retriesUsed: number;
   startTime?: string;
   completionTime?: string;
+  /** Why the job is where it is, one CamelCase word (Pending, Running, RoundStarted, AllRoundsCompleted, RoundFailed, ModelUnavailable). */
+  reason?: string;
   message?: string;
-  conditions: Condition[];
 }
 
 export interface FederatedJob {
-  apiVersion: string;
   kind: 'FederatedJob';
   metadata: Meta;
   spec: FederatedJobSpec;
@@ -136,12 +127,12 @@ export interface TrainingRoundStatus {
   refused: RoundRefusals;
   /** Times the round was started afresh after a control-plane restart. */
   restarts: number;
+  /** Why the round is where it is, one CamelCase word (RoundStarted, Aggregating, RoundCompleted, Timeout, NotEnoughUpdates, ...). */
+  reason?: string;
   message?: string;
-  conditions: Condition[];
 }
 
 export interface TrainingRound {
-  apiVersion: string;
   kind: 'TrainingRound';
   metadata: Meta;
   spec: TrainingRoundSpec;
@@ -149,7 +140,6 @@ export interface TrainingRound {
 }
 
 export interface ModelCheckpoint {
-  apiVersion: string;
   kind: 'ModelCheckpoint';
   metadata: Meta;
   spec: {
@@ -212,7 +202,7 @@ function name(metadata: unknown, fallback: string | undefined): string {
 
 function kindOf(o: Record<string, unknown>, want: string): void {
   if (o.kind !== undefined && o.kind !== want) throw new InputError('kind', `must be ${want}, not ${JSON.stringify(o.kind)}`);
-  if (o.apiVersion !== undefined && o.apiVersion !== FL_API_VERSION) throw new InputError('apiVersion', `must be ${FL_API_VERSION}`);
+  if (o.apiVersion !== undefined && typeof o.apiVersion !== 'string') throw new InputError('apiVersion', 'must be a string');
 }
 
 function aggregator(v: unknown, field: string): { algorithm: string; config?: Record<string, unknown> } {
@@ -335,15 +325,4 @@ export function parseTrainingRound(body: unknown): { name: string; spec: Trainin
   if (hp) spec.hyperparams = hp;
   if (s.aggregator !== undefined) spec.aggregator = aggregator(s.aggregator, 'spec.aggregator');
   return { name: roundName, spec };
-}
-
-export function condition(type: string, status: Condition['status'], reason: string, message: string, at: string): Condition {
-  return { type, status, reason, message, lastTransitionTime: at };
-}
-
-/** Sets a condition; its lastTransitionTime moves only when its status changes. */
-export function setCondition(list: Condition[], c: Condition): void {
-  const i = list.findIndex((x) => x.type === c.type);
-  if (i < 0) list.push(c);
-  else list[i] = list[i]!.status === c.status ? { ...c, lastTransitionTime: list[i]!.lastTransitionTime } : c;
 }

@@ -8,6 +8,7 @@
 
 import { createHash } from 'node:crypto';
 import { sha256Digest } from '../../protocol/index.ts';
+import type { FetchPolicy } from './policy.ts';
 
 export class OciError extends Error {
   override name = 'OciError';
@@ -124,7 +125,8 @@ export function registryOrigin(r: OciRef, insecure = false): string {
 export function notWasm(bytes: Uint8Array): string | null {
   const hex = (n: number) => Array.from(bytes.subarray(0, n), (b) => b.toString(16).padStart(2, '0')).join(' ');
   if (bytes.length < 8) return `not a WebAssembly module: only ${bytes.length} bytes`;
-  if (bytes[0] !== 0 || bytes[1] !== 0x61 || bytes[2] !== 0x73 || bytes[3] !== 0x6d) return `not a WebAssembly module: it starts with ${hex(8)}, not 00 61 73 6d ("\\0asm")`;
+  // the bytes themselves are not echoed: a fetched answer may be anyone's
+  if (bytes[0] !== 0 || bytes[1] !== 0x61 || bytes[2] !== 0x73 || bytes[3] !== 0x6d) return 'not a WebAssembly module: it does not start with 00 61 73 6d ("\\0asm")';
   if (bytes[4] === 1 && bytes[5] === 0 && bytes[6] === 0 && bytes[7] === 0) return null;
   if (bytes[6] === 1 && bytes[7] === 0) return 'a WebAssembly component, not a core module (proplets run core modules)';
   return `unsupported WebAssembly version ${hex(8).slice(12)} (expected 01 00 00 00)`;
@@ -140,6 +142,8 @@ export interface OciOptions {
   insecure?: boolean;
   /** The whole operation's time limit (default 60 s). */
   timeoutMs?: number;
+  /** Checked before every request (registry, token service, redirects); default: anything goes. */
+  policy?: FetchPolicy;
 }
 
 export interface PullOptions extends OciOptions {
@@ -233,6 +237,11 @@ class Session {
 
   /** fetch with the deadline, readable network errors, and no redirect followed blindly. */
   async raw(url: URL, init: RequestInit & { headers?: Record<string, string> }, what: string): Promise<Response> {
+    try {
+      await this.opts.policy?.check(url);
+    } catch (e) {
+      this.fail((e as Error).message);
+    }
     try {
       return await fetch(url, { ...init, redirect: 'manual', signal: this.signal });
     } catch (e) {
@@ -410,7 +419,8 @@ function errorDetail(body: Uint8Array): string {
     const j = JSON.parse(new TextDecoder().decode(body)) as { errors?: { code?: string; message?: string }[] };
     const e = j.errors?.[0];
     if (!e) return '';
-    return `${e.code ? ` ${e.code}` : ''}${e.message ? `: ${e.message}` : ''}`.replace(/[\r\n]+/g, ' ').slice(0, 200);
+    // the registry's error code only (an enum such as MANIFEST_UNKNOWN): free text from the answer is not echoed
+    return e.code && /^[A-Z_]{1,64}$/.test(e.code) ? ` ${e.code}` : '';
   } catch {
     return '';
   }

@@ -25,7 +25,7 @@
 
 import { ApiError } from '../../control-plane/client.ts';
 import type { AdapterContext, ControllerFactory } from '../adapter.ts';
-import { controlPlaneJobName, controlPlaneRoundName, federatedJobManifest, federatedJobStatus, isJobRound, JOB_LABEL, modelCheckpointResource, roundCheckpointResource, trainingRoundManifest, trainingRoundResource, trainingRoundStatus } from '../fl-objects.ts';
+import { controlPlaneJobName, controlPlaneRoundName, federatedJobManifest, federatedJobStatus, isJobRound, JOB_LABEL, modelCheckpointResource, resourceName, roundCheckpointResource, trainingRoundManifest, trainingRoundResource, trainingRoundStatus } from '../fl-objects.ts';
 import { labelValue } from '../proplet-objects.ts';
 import { getCondition, setCondition } from '../runtime/conditions.ts';
 import type { Controller, ReconcileResult } from '../runtime/controller.ts';
@@ -193,8 +193,9 @@ export const federatedJobController: ControllerFactory = (ctx): Controller<Feder
       const [{ rounds }, { checkpoints }] = await Promise.all([cp.flRounds(name), cp.flCheckpoints(name)]);
       const trs = await fl.children<TrainingRound>(TRAINING_ROUND, job);
       for (const r of rounds) {
-        const want = trainingRoundResource(job, r);
-        const m = await fl.mirror(TRAINING_ROUND, job, want, trs.get(want.metadata.name!));
+        const have = trs.get(resourceName(job, r.metadata.name));
+        const want = trainingRoundResource(job, r, have?.status?.conditions);
+        const m = await fl.mirror(TRAINING_ROUND, job, want, have);
         if (!m.clash) await fl.roundEvents(job, want.metadata.name!, r.spec.round, m.before, want.status);
       }
       const mcs = await fl.children<ModelCheckpoint>(MODEL_CHECKPOINT, job);
@@ -203,7 +204,7 @@ export const federatedJobController: ControllerFactory = (ctx): Controller<Feder
         const m = await fl.mirror(MODEL_CHECKPOINT, job, want, mcs.get(want.metadata.name!));
         if (!m.clash) await fl.checkpointEvent(job, want, m.before);
       }
-      const now = federatedJobStatus(cpJob);
+      const now = federatedJobStatus(cpJob, before?.conditions);
       if (await writeStatus(kube, FEDERATED_JOB, job, now)) await jobEvents(job, before, now);
       const settled = FINAL.has(now.phase) && rounds.every((r) => FINAL.has(r.status.phase)) && checkpoints.every((c) => c.status.phase !== 'Uploading');
       return settled ? {} : { requeueAfterMs: ctx.pollMs };
@@ -236,7 +237,7 @@ export const trainingRoundController: ControllerFactory = (ctx): Controller<Trai
         const m = await fl.mirror(MODEL_CHECKPOINT, tr, want, await fl.get<ModelCheckpoint>(MODEL_CHECKPOINT, tr.metadata.namespace!, want.metadata.name!));
         if (!m.clash) await fl.checkpointEvent(tr, want, m.before);
       }
-      const now = trainingRoundStatus(r, tr);
+      const now = trainingRoundStatus(r, tr, before?.conditions);
       if (await writeStatus(kube, TRAINING_ROUND, tr, now)) await fl.roundEvents(tr, tr.metadata.name!, r.spec.round, before, now);
       return FINAL.has(now.phase) && (!r.status.checkpoint || checkpoint?.status.phase !== 'Uploading') ? {} : { requeueAfterMs: ctx.pollMs };
     },

@@ -109,7 +109,7 @@ function propletControllerOf(ctx: AdapterContext, o: PropletControllerOptions): 
     if (await secretExists(p)) return true;
     let secret: string;
     try {
-      secret = (await cp.addProplet(account)).secret;
+      secret = (await cp.addProplet(account, { rotate: true })).secret; // the Secret is absent: a new secret is the intent
     } catch (e) {
       if (cpStatus(e, 501)) return false;
       throw e;

@@ -282,7 +282,7 @@ async function ensureJobObjects(ctx: AdapterContext, obj: WasmTask, spec: Contro
   if (await absent(core.readNamespacedSecret({ name, namespace }))) {
     let secret: string | undefined;
     try {
-      secret = (await ctx.cp.addProplet(propletId)).secret;
+      secret = (await ctx.cp.addProplet(propletId, { rotate: true })).secret; // issued only while its Secret is absent: a new secret is the intent
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 501)) throw e;
     }

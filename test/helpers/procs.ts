@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { ControlPlaneClient } from '../../control-plane/client.ts';
 
 export const BIN = new URL('../../bin/propeller.js', import.meta.url).pathname;
@@ -60,6 +61,8 @@ export interface Serve extends Proc {
   api: ControlPlaneClient;
   apiUrl: string;
   brokerUrl: string;
+  /** The API token serve created or was given (undefined with --no-auth). */
+  token?: string;
 }
 
 export async function startServe(args: string[], env: Record<string, string> = {}): Promise<Serve> {
@@ -70,7 +73,9 @@ export async function startServe(args: string[], env: Record<string, string> = {
     throw e;
   });
   const apiUrl = ready.api as string;
-  return { ...p, api: new ControlPlaneClient(apiUrl), apiUrl, brokerUrl: ready.broker as string };
+  const tokenLog = p.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('API token'));
+  const token = args.includes('--api-token') ? args[args.indexOf('--api-token') + 1] : tokenLog ? readFileSync(tokenLog.file as string, 'utf8').trim() : undefined;
+  return { ...p, api: new ControlPlaneClient(apiUrl, token), apiUrl, brokerUrl: ready.broker as string, ...(token ? { token } : {}) };
 }
 
 export async function startProplet(args: string[], env: Record<string, string> = {}): Promise<Proc> {

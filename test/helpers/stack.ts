@@ -28,17 +28,26 @@ export interface Stack {
 }
 
 export async function startStack(
-  o: { proplets?: number; health?: Partial<HealthConfig>; cp?: Partial<ControlPlaneOptions>; proplet?: Partial<NodePropletOptions> } = {},
+  o: {
+    proplets?: number;
+    health?: Partial<HealthConfig>;
+    cp?: Partial<ControlPlaneOptions>;
+    proplet?: Partial<NodePropletOptions>;
+    /** Require this API token (`api` sends it); without one the API is served with noAuth, an explicit test-only choice. */
+    token?: string;
+  } = {},
 ): Promise<Stack> {
   const creds = new CredentialStore();
   const broker = await EmbeddedBroker.start({ scope, credentials: creds, port: 0, log: () => {} });
   const cp = new ControlPlane({
     scope,
     mqtt: { url: broker.url, username: 'propeller-manager', password: creds.issue('propeller-manager', 'manager'), clientId: `cp-${Math.random()}` },
-    http: { port: 0 },
     health: { checkIntervalMs: 100, offlineThresholdMs: 5_000, failureThresholdMs: 10_000, ...o.health },
-    credentials: { issue: (id) => creds.issue(id, 'proplet'), revoke: (id) => void creds.delete(id) },
+    credentials: { issue: (id) => creds.issue(id, 'proplet'), revoke: (id) => void creds.delete(id), role: (id) => creds.get(id)?.role },
+    // test servers and registries live on loopback: allowed here explicitly (the default denies it)
+    fetch: { allow: ['127.0.0.0/8', '::1'] },
     ...o.cp,
+    http: { port: 0, ...(o.token ? { token: o.token } : { noAuth: true }), ...o.cp?.http },
   });
   const port = await cp.start();
   const apiUrl = `http://127.0.0.1:${port}`;
@@ -48,7 +57,7 @@ export async function startStack(
     broker,
     cp,
     apiUrl,
-    api: new ControlPlaneClient(apiUrl),
+    api: new ControlPlaneClient(apiUrl, o.token),
     creds,
     proplets,
     async addProplet(id, po = {}) {

@@ -1,0 +1,112 @@
+// Memory under malformed and abusive input: what a refused or departed client
+// leaves behind must not stay. Over real TCP against the broker and the control
+// plane in this process; the heap and external memory are read after a full GC.
+
+import test from 'ava';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import mqtt, { type MqttClient } from 'mqtt';
+import { encode, encodeCbor } from '../protocol/index.ts';
+import { flUpdateTopic, topic } from '../topics/index.ts';
+import { scope as S, startStack, until, type Stack } from './helpers/stack.ts';
+
+const gc = (() => {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+})();
+
+const MiB = 1024 * 1024;
+
+function footprint(): number {
+  gc();
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.arrayBuffers;
+}
+
+let s: Stack;
+test.before(async () => {
+  s = await startStack();
+});
+test.after.always(async () => {
+  await s?.close();
+});
+
+async function series(name: string): Promise<number> {
+  const m = s.cp.metrics.registry.getSingleMetric(name);
+  return m ? (await m.get()).values.length : 0;
+}
+
+test.serial('sessions a proplet account leaves behind hold nothing: 20 departed clean:false clients, 40 shared starts of 256 KiB', async (t) => {
+  const secret = s.creds.issue('hoarder', 'proplet');
+  const before = footprint();
+  for (let i = 0; i < 20; i++) {
+    // any client id, a persistent session, QoS 1 on the shared start topic: then gone
+    const c = await mqtt.connectAsync(s.broker.url, { protocolVersion: 4, username: 'hoarder', password: secret, clientId: `hoard-${i}`, clean: false, reconnectPeriod: 0 });
+    await c.subscribeAsync(topic(S, 'manager.start'), { qos: 1 });
+    await c.endAsync(true);
+  }
+  const manager = await s.client('mgr-mem', 'manager');
+  for (let i = 0; i < 40; i++) {
+    const file = Buffer.alloc(256 * 1024, i);
+    await manager.publishAsync(topic(S, 'manager.start'), encode('manager.start', { id: `t-${i}`, proplet_id: 'nobody', file }, 'cbor'), { qos: 1 });
+  }
+  const grown = (footprint() - before) / MiB;
+  t.log(`footprint after the run: ${grown.toFixed(1)} MiB above the start (10 MiB of starts were published)`);
+  t.true(grown < 4, `${grown.toFixed(1)} MiB still held`);
+  // and none of the sessions was kept
+  const again = mqtt.connect(s.broker.url, { protocolVersion: 4, username: 'hoarder', password: secret, clientId: 'hoard-0', clean: false, reconnectPeriod: 0 });
+  const ack = await new Promise<{ sessionPresent: boolean }>((r) => again.once('connect', r));
+  t.false(ack.sessionPresent, 'a proplet account gets no persistent session');
+  await again.endAsync(true);
+});
+
+test.serial('malformed and abusive publishes: memory returns, metric series stay bounded, retained messages are not kept', async (t) => {
+  const secret = s.creds.issue('noisy', 'proplet');
+  const seriesBefore = { dropped: await series('propeller_mqtt_dropped_total'), rejected: await series('propeller_messages_rejected_total') };
+  const before = footprint();
+  // built one at a time, so that the test itself holds none of them afterwards
+  const payloads: [string, () => Buffer, boolean][] = [];
+  for (let i = 0; i < 30; i++) {
+    // 30 attacker-chosen topics and payloads: duplicates, bombs, garbage, retained FL updates under fresh round ids
+    payloads.push([topic(S, 'proplet.alive'), () => Buffer.from(`{"proplet_id":"noisy","proplet_id":"x${i}"}`), false]);
+    payloads.push([`${topic(S, 'proplet.alive')}/x${i}/y`, () => Buffer.from('{}'), false]);
+    payloads.push([topic(S, 'proplet.results'), () => Buffer.from(`{"proplet_id":"noisy","task_id":"t","stdout":"${'a'.repeat(3 * MiB)}${i}"}`), false]);
+    payloads.push([topic(S, 'proplet.results'), () => encodeCbor(new Map<unknown, unknown>([[1, 'noisy'], [2, 't'], [5, Object.fromEntries(Array.from({ length: 20_000 }, (_, k) => [`k${k}-${i}`, k]))]])), false]);
+  }
+  for (let i = 0; i < 30; i++) {
+    const update = encode('fl.update', { proplet_id: 'noisy', round_id: `round-${i}`, task_id: 't', model: Buffer.alloc(64 * 1024, i) }, 'cbor');
+    payloads.push([flUpdateTopic(S, `round-${i}`, 'noisy'), () => update, true]);
+  }
+  let conn: MqttClient | undefined;
+  for (const [tp, payload, retain] of payloads) {
+    if (!conn?.connected) conn = await mqtt.connectAsync(s.broker.url, { protocolVersion: 4, username: 'noisy', password: secret, reconnectPeriod: 0 });
+    const c = conn;
+    let onClose!: () => void;
+    const closed = new Promise<void>((r) => c.once('close', (onClose = () => r())));
+    c.publish(tp, payload(), { qos: 0, retain });
+    // a refused publish closes the connection; an accepted one is followed by a ping round trip
+    await Promise.race([closed, new Promise<void>((r) => c.publish(topic(S, 'proplet.metrics', 'noisy'), '{"proplet_id":"noisy"}', { qos: 1 }, () => r()))]);
+    c.off('close', onClose);
+  }
+  conn?.end(true);
+  // retained FL updates were not kept: a new subscriber gets none
+  const watcher = await s.client('mem-watch', 'debug');
+  const retained: string[] = [];
+  let marked = false;
+  watcher.on('message', (tp, _p, packet) => {
+    if (packet.retain) retained.push(tp);
+    else if (tp === flUpdateTopic(S, 'marker', 'noisy')) marked = true;
+  });
+  await watcher.subscribeAsync(`m/${S.domain}/c/${S.channel}/messages/fl/#`, { qos: 1 });
+  // retained messages come right after the SUBACK, before anything published later
+  const manager = await s.client('mem-marker', 'manager');
+  await manager.publishAsync(flUpdateTopic(S, 'marker', 'noisy'), '{}', { qos: 1 });
+  await until(() => marked, 'the marker');
+  t.deepEqual(retained, []);
+  const grown = (footprint() - before) / MiB;
+  t.log(`footprint after ${payloads.length} abusive publishes (~${((30 * 3 * MiB + 30 * 64 * 1024) / MiB).toFixed(0)} MiB sent): ${grown.toFixed(1)} MiB above the start`);
+  t.true(grown < 8, `${grown.toFixed(1)} MiB still held`);
+  t.true((await series('propeller_mqtt_dropped_total')) - seriesBefore.dropped <= 4, 'drop reasons are a fixed set');
+  t.true((await series('propeller_messages_rejected_total')) - seriesBefore.rejected <= 4, 'reject reasons are a fixed set');
+});
