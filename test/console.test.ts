@@ -39,6 +39,8 @@ test.after.always(async () => {
 
 async function open(tt: { teardown(f: () => unknown): void }, hash: string): Promise<Page> {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // a bound for what never happens, not a time budget: a busy machine gets a minute
+  page.setDefaultTimeout(60_000);
   tt.teardown(() => page.close());
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(e.message));
@@ -208,7 +210,7 @@ t('a slow client never holds the control plane: its frames are dropped past the 
   res.setEncoding('utf8');
   res.on('data', (c: string) => (seen = (seen + c).slice(-100_000)));
   res.resume();
-  await until(() => seen.includes('event: gap'), 'gap event after the client caught up', 30_000);
+  await until(() => seen.includes('event: gap'), 'gap event after the client caught up', 60_000);
   res.destroy();
   tt.true((await dropped()) > before, 'the drops are counted');
 });
@@ -218,6 +220,7 @@ test.serial('a wrong token leads to the sign-in prompt, and the token is checked
   const s = await startStack({ cp: { http: { port: 0, token: 'right-token', staticDir: await ensureConsoleBuilt() } } });
   cleanup.push(() => s.close());
   const page = await browser.newPage();
+  page.setDefaultTimeout(60_000);
   cleanup.push(() => page.close());
   // the page itself is open (it must load to say 'sign in'); the API and the event stream are not
   tt.is((await fetch(`${s.apiUrl}/`)).status, 200);
