@@ -3,7 +3,7 @@
 
 const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args: string[]): Promise<void> }> }> = {
   dispatch: { summary: 'tasks through the HTTP API to local proplets: latency and throughput', load: () => import('./dispatch.ts') },
-  placement: { summary: 'scheduler decisions/s per algorithm over 10,000 proplets and 100,000 pending tasks', load: () => import('./placement.ts') },
+  placement: { summary: 'scheduler decisions per CPU-second per algorithm at 1k, 10k, 100k proplets, 100,000 pending tasks', load: () => import('./placement.ts') },
   fleet: { summary: 'simulated MCU fleet: connect, heartbeats, task storm', load: () => import('./fleet.ts') },
   fedavg: { summary: 'streaming federated averaging of large updates: time and memory', load: () => import('./fedavg.ts') },
   'decode-worst': { summary: 'worst-case decode time of one proplet message at the protocol limits, and refusal of over-limit ones', load: () => import('./decode-worst.ts') },
@@ -11,6 +11,8 @@ const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args:
   store: { summary: 'task transitions/s and CPU per transition: old whole-document SQLite vs the SQLite and PostgreSQL stores', load: () => import('./store.ts') },
   retention: { summary: 'a per-second schedule over simulated hours: tasks held, heap, request cost, retention on vs off', load: () => import('./retention.ts') },
   'fl-records': { summary: 'FL jobs/rounds/checkpoints on a metrics scrape and an adapter poll: indexed vs parsing the table', load: () => import('./fl-records.ts') },
+  broker: { summary: 'embedded broker vs Mosquitto: QoS 0/1 msg/s, fan-out, 10,000 connects, memory per connection', load: () => import('./broker.ts') },
+  heartbeat: { summary: 'control-plane CPU and garbage per decoded heartbeat (Registry.alive) over 10,000 proplets', load: () => import('./heartbeat.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
 };
 

@@ -7,6 +7,7 @@
 // CONNECT, a length field longer than 4 bytes). Aedes sees the same bytes,
 // unchanged, otherwise.
 
+import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 
 export type Violation =
@@ -39,6 +40,7 @@ export class PacketGuard extends Duplex {
     private readonly opts: GuardOptions,
   ) {
     super({ allowHalfOpen: false });
+    this.batch = inner instanceof Socket;
     inner.on('data', (chunk: Buffer) => this.onData(chunk));
     inner.on('end', () => this.push(null));
     inner.on('error', (err) => this.destroy(err));
@@ -114,8 +116,31 @@ export class PacketGuard extends Duplex {
     this.inner.resume();
   }
 
+  /**
+   * Aedes writes each delivery from a setImmediate of its own (and
+   * mqtt-packet uncorks on the next tick), so without this every delivered
+   * packet was one writev system call. The connection stays corked from the
+   * first write of an event-loop turn until a setImmediate queued then, which
+   * runs after every delivery of that turn: one writev per socket per turn.
+   */
+  private corked = false;
+  private readonly batch: boolean;
+  private readonly flush = (): void => {
+    this.corked = false;
+    if (!this.inner.destroyed) this.inner.uncork();
+  };
+
+  private hold(): void {
+    // Only sockets write a corked batch in one go (_writev); a WebSocket stream sends chunk after chunk, asynchronously.
+    if (this.corked || !this.batch) return;
+    this.corked = true;
+    this.inner.cork();
+    setImmediate(this.flush);
+  }
+
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     if (this.inner.destroyed) return cb(new Error('connection closed'));
+    this.hold();
     if (this.inner.write(chunk)) cb();
     else this.inner.once('drain', () => cb());
   }
@@ -123,10 +148,11 @@ export class PacketGuard extends Duplex {
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     if (this.inner.destroyed) return cb(new Error('connection closed'));
     const inner = this.inner;
-    inner.cork();
+    this.hold();
+    if (!this.batch) inner.cork();
     let ok = true;
     for (const c of chunks) ok = inner.write(c.chunk) && ok;
-    inner.uncork();
+    if (!this.batch) inner.uncork();
     if (ok) cb();
     else inner.once('drain', () => cb());
   }
@@ -137,6 +163,8 @@ export class PacketGuard extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    // What was written before the close (a refusing CONNACK) still goes out, as it did unbatched.
+    if (this.corked) this.flush();
     this.inner.destroy();
     cb(err);
   }

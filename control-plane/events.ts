@@ -216,7 +216,12 @@ export class EventBus {
     if (this.proplets.size) {
       const changed: unknown[] = [];
       const removed: string[] = [];
-      for (const [id, p] of this.proplets) p ? changed.push(this.o.propletView(withoutHistory(p))) : removed.push(id);
+      // read again through the registry: a heartbeat updates last_seen lazily (see Registry.alive)
+      for (const [id, p] of this.proplets) {
+        const now = p && this.o.registry.get(id);
+        if (now) changed.push(this.o.propletView(withoutHistory(now)));
+        else removed.push(id);
+      }
       common += frame('proplets', { changed, removed });
       this.proplets.clear();
     }

@@ -22,8 +22,26 @@ export interface RegistryEvents {
   report: [proplet: Proplet, running: TaskRef[]];
 }
 
+/**
+ * A proplet and its heartbeat times as numbers. A heartbeat only stores
+ * numbers here (no Date, no ISO string, no array growth): the Proplet's
+ * `last_seen` and `alive_history` strings are brought up to date when the
+ * proplet is read through the registry (get, list, values, events), at most
+ * HISTORY strings per read however many heartbeats came in between.
+ */
+interface Entry {
+  p: Proplet;
+  /** Last heartbeat (or registration), ms since the epoch. */
+  at: number;
+  /** Heartbeats not yet in p.alive_history, a ring of the newest HISTORY. */
+  pend: Float64Array;
+  npend: number;
+  /** Where the next pending heartbeat goes in the ring. */
+  w: number;
+}
+
 export class Registry extends EventEmitter<RegistryEvents> {
-  private proplets = new Map<string, Proplet>();
+  private entries = new Map<string, Entry>();
   private timer?: NodeJS.Timeout;
 
   constructor(
@@ -34,30 +52,47 @@ export class Registry extends EventEmitter<RegistryEvents> {
     super();
     // After a restart every proplet gets a fresh grace period: we did not see
     // it while we were down, which is not its fault.
-    const at = new Date(this.now()).toISOString();
+    const t = this.now();
+    const at = new Date(t).toISOString();
     for (const p of store.proplets.list()) {
       p.last_seen = at;
-      this.proplets.set(p.id, p);
+      this.entries.set(p.id, entry(p, t));
     }
   }
 
+  /** The entry's proplet with its heartbeat strings brought up to date. */
+  private fresh(e: Entry): Proplet {
+    if (e.npend === 0) return e.p;
+    const h = e.p.alive_history;
+    let at = '';
+    for (let k = e.npend; k > 0; k--) {
+      at = new Date(e.pend[(e.w - k + HISTORY) % HISTORY]!).toISOString();
+      h.push(at);
+    }
+    if (h.length > HISTORY) h.splice(0, h.length - HISTORY);
+    e.p.last_seen = at;
+    e.npend = 0;
+    return e.p;
+  }
+
   get(id: string): Proplet | undefined {
-    return this.proplets.get(id);
+    const e = this.entries.get(id);
+    return e === undefined ? undefined : this.fresh(e);
   }
   list(): Proplet[] {
-    return [...this.proplets.values()];
+    return Array.from(this.entries.values(), (e) => this.fresh(e));
   }
-  values(): IterableIterator<Proplet> {
-    return this.proplets.values();
+  *values(): IterableIterator<Proplet> {
+    for (const e of this.entries.values()) yield this.fresh(e);
   }
   get size(): number {
-    return this.proplets.size;
+    return this.entries.size;
   }
 
   /** `wireEncoding` is how the registration arrived: the default answer encoding when it names none. */
   register(msg: Register, wireEncoding: Encoding = 'json'): Proplet {
     const at = new Date(this.now()).toISOString();
-    const prev = this.proplets.get(msg.proplet_id);
+    const prev = this.get(msg.proplet_id);
     const p: Proplet = {
       id: msg.proplet_id,
       name: msg.name ?? prev?.name ?? msg.proplet_id,
@@ -79,39 +114,44 @@ export class Registry extends EventEmitter<RegistryEvents> {
     };
     if (p.wasm_runtime === undefined) delete p.wasm_runtime;
     if (p.memory_used === undefined) delete p.memory_used;
-    this.proplets.set(p.id, p);
+    this.entries.set(p.id, entry(p, Date.parse(at)));
     this.store.proplets.put(p.id, p);
     if (prev && prev.state !== 'alive') this.emit('state', p, prev.state, 're-registered');
     this.emit('up', p, msg.running);
     return p;
   }
 
-  /** Returns false for an unknown proplet: it must register first. */
+  /**
+   * Returns false for an unknown proplet: it must register first. O(1), and
+   * allocates nothing for a proplet that stays alive (see Entry).
+   */
   alive(msg: Alive): boolean {
-    const p = this.proplets.get(msg.proplet_id);
-    if (!p) return false;
+    const e = this.entries.get(msg.proplet_id);
+    if (e === undefined) return false;
+    const p = e.p;
     if (msg.status === 'offline') {
-      this.markOffline(p, 'connection lost (last will)');
+      this.markOffline(this.fresh(e), 'connection lost (last will)');
       return true;
     }
     const now = this.now();
-    const at = new Date(now).toISOString();
-    p.last_seen = at;
-    p.alive_history.push(at);
-    if (p.alive_history.length > HISTORY) p.alive_history.shift();
+    e.at = now;
+    e.pend[e.w] = now;
+    e.w = e.w === HISTORY - 1 ? 0 : e.w + 1;
+    if (e.npend < HISTORY) e.npend++;
     const loadChanged = msg.running_tasks !== undefined && msg.running_tasks !== p.running_tasks;
     if (msg.running_tasks !== undefined) p.running_tasks = msg.running_tasks;
     if (msg.memory_used !== undefined) p.memory_used = msg.memory_used;
     tap(this, 'proplet', p);
     if (p.state !== 'alive') {
       const from = p.state;
+      this.fresh(e);
       p.state = 'alive';
-      p.state_since = at;
+      p.state_since = p.last_seen;
       this.store.proplets.put(p.id, p);
       this.emit('state', p, from, 'heartbeat');
       this.emit('up', p, msg.running);
     } else {
-      if (loadChanged) this.emit('load', p);
+      if (loadChanged) this.emit('load', this.fresh(e));
       if (msg.running) this.emit('report', p, msg.running);
     }
     return true;
@@ -123,7 +163,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   remove(id: string): boolean {
-    const had = this.proplets.delete(id);
+    const had = this.entries.delete(id);
     tap(this, 'proplet-removed', id);
     this.store.proplets.delete(id);
     return had;
@@ -132,9 +172,10 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** One liveness pass: missed heartbeats past the thresholds move proplets down. */
   sweep(): void {
     const now = this.now();
-    for (const p of this.proplets.values()) {
+    for (const e of this.entries.values()) {
+      const p = e.p;
       if (p.state === 'failed') continue;
-      const silent = now - Date.parse(p.last_seen);
+      const silent = now - e.at;
       if (silent >= this.health.failureThresholdMs) {
         this.transition(p, 'failed', `no heartbeat for ${Math.round(silent / 1000)} s`);
       } else if (p.state === 'alive' && silent >= this.health.offlineThresholdMs) {
@@ -155,10 +196,16 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   private transition(p: Proplet, to: PropletState, reason: string): void {
+    const e = this.entries.get(p.id);
+    if (e !== undefined && e.p === p) this.fresh(e); // the store and listeners get the current strings
     const from = p.state;
     p.state = to;
     p.state_since = new Date(this.now()).toISOString();
     this.store.proplets.put(p.id, p);
     this.emit('state', p, from, reason);
   }
+}
+
+function entry(p: Proplet, at: number): Entry {
+  return { p, at, pend: new Float64Array(HISTORY), npend: 0, w: 0 };
 }

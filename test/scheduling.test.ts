@@ -540,3 +540,25 @@ test('parseSchedulerType accepts the seeds’ names and rejects others', (t) => 
   t.deepEqual({ ...DEFAULT_HYBRID }, { preferK8sForCompute: true, preferExternalForEdge: true, computeKeywords: ['ml', 'ai', 'compute', 'batch'], edgeKeywords: ['sensor', 'iot', 'edge', 'device'], loadBalancingRatio: 0.5 });
 });
 
+
+test('indexes built mid-batch see the earlier placements, whether proplets come sorted by id or not', (t) => {
+  // 40 proplets; the first 30 tasks fill the default pool, then tasks with
+  // selectors make new pools whose indexes start from the one key order of
+  // the batch, with the proplets that took tasks since re-sorted.
+  const ps = Array.from({ length: 40 }, (_, i) =>
+    proplet(`p${String(i).padStart(2, '0')}`, { device_type: i % 3 === 0 ? 'esp32' : 'rpi', labels: { zone: i % 2 === 0 ? 'n' : 's' }, capacity: { max_tasks: 3, memory_bytes: 1000 } }),
+  );
+  const loads = Object.fromEntries(ps.filter((_, i) => i % 4 === 0).map((p, i) => [p.id, load(i % 3, 0, (i * 97) % 500)]));
+  const tasks = [
+    ...Array.from({ length: 30 }, (_, i) => task(`d${i}`, { resources: { memory_bytes: 10 + i * 7 } })),
+    ...Array.from({ length: 40 }, (_, i) =>
+      task(`s${i}`, { resources: { memory_bytes: 50 + (i % 5) * 90 }, proplet_selector: i % 2 === 0 ? { match_device_types: ['esp32'] } : { match_labels: { zone: 'n' } } }),
+    ),
+  ];
+  for (const algorithm of ['least-loaded', 'hybrid', 'resource-aware', 'round-robin', 'random'] as const) {
+    const sorted = batch(t, { ps, loads, algorithm }, tasks);
+    const shuffled = batch(t, { ps: [...ps].reverse(), loads, algorithm }, tasks);
+    if (algorithm !== 'random') t.deepEqual(shuffled, sorted, algorithm);
+    t.true(sorted.slice(30).some((d) => d.ok), algorithm);
+  }
+});

@@ -55,6 +55,12 @@ export interface PoolSpec {
   groupLabels: readonly (readonly [string, string])[];
   /** min(scheduler maxTasksPerProplet, group max_tasks_per_proplet); the proplet's own max is applied per proplet. */
   base: number;
+  /**
+   * The reasons of checks 2–5, built once per spec so that sorting a large
+   * fleet into pool members and non-members builds no strings: device type,
+   * then one per capability, one per label, then the group.
+   */
+  reasons: readonly string[];
 }
 
 const uniqSorted = (xs: readonly string[] | undefined): string[] => [...new Set(xs ?? [])].sort(cmpId);
@@ -68,19 +74,36 @@ export function poolSpec(sel: PropletSelector | undefined, group: PropletGroup |
   const groupLabels = sortedEntries(group?.selector.match_labels);
   const base = Math.min(maxTasksPerProplet ?? Infinity, group?.scheduling.max_tasks_per_proplet ?? Infinity);
   const key = dt.length === 0 && caps.length === 0 && labels.length === 0 && group === undefined ? '' : JSON.stringify([group?.name ?? null, dt, caps, labels]);
-  return { key, deviceTypes: dt.length > 0 ? dt : undefined, capabilities: caps, labels, group, groupLabels, base };
+  const reasons = [
+    `device type not ${dt.join('/')}`,
+    ...caps.map((c) => `lacks capability ${c}`),
+    ...labels.map(([k, v]) => `lacks label ${k}=${v}`),
+    `not in group ${group?.name ?? ''}`,
+  ];
+  return { key, deviceTypes: dt.length > 0 ? dt : undefined, capabilities: caps, labels, group, groupLabels, base, reasons };
 }
 
 const hasLabel = (p: Proplet, k: string, v: string): boolean => Object.hasOwn(p.labels, k) && p.labels[k] === v;
 
+/**
+ * Which of checks 2–5 an alive proplet fails first, as an index into
+ * spec.reasons, or -1 when it is in the pool.
+ */
+export function staticCheck(p: Proplet, spec: PoolSpec): number {
+  if (spec.deviceTypes !== undefined && !spec.deviceTypes.includes(p.device_type)) return 0;
+  const caps = spec.capabilities;
+  for (let k = 0; k < caps.length; k++) if (!p.capabilities.includes(caps[k]!)) return 1 + k;
+  const labels = spec.labels;
+  for (let k = 0; k < labels.length; k++) if (!hasLabel(p, labels[k]![0], labels[k]![1])) return 1 + caps.length + k;
+  if (spec.group !== undefined) for (const [k, v] of spec.groupLabels) if (!hasLabel(p, k, v)) return spec.reasons.length - 1;
+  return -1;
+}
+
 /** Why `p` is outside the pool of `spec` (checks 1–5), or undefined when it is in it. */
 export function staticReason(p: Proplet, spec: PoolSpec): string | undefined {
   if (p.state !== 'alive') return p.state;
-  if (spec.deviceTypes !== undefined && !spec.deviceTypes.includes(p.device_type)) return `device type not ${spec.deviceTypes.join('/')}`;
-  for (const c of spec.capabilities) if (!p.capabilities.includes(c)) return `lacks capability ${c}`;
-  for (const [k, v] of spec.labels) if (!hasLabel(p, k, v)) return `lacks label ${k}=${v}`;
-  if (spec.group !== undefined) for (const [k, v] of spec.groupLabels) if (!hasLabel(p, k, v)) return `not in group ${spec.group.name}`;
-  return undefined;
+  const k = staticCheck(p, spec);
+  return k < 0 ? undefined : spec.reasons[k];
 }
 
 // The aggregated dynamic reasons, shared by the linear scan and the indexes.
@@ -178,8 +201,18 @@ export class Snapshot {
   /** Proplet indices in byte order of ids. */
   get byRank(): Int32Array {
     if (this.byRankCache === undefined) {
-      const ids = this.proplets.map((p, i) => [p.id, i] as const).sort((a, b) => cmpId(a[0], b[0]));
-      this.byRankCache = Int32Array.from(ids, (x) => x[1]);
+      const ps = this.proplets;
+      let sorted = true;
+      for (let i = 1; i < ps.length && sorted; i++) sorted = ps[i - 1]!.id < ps[i]!.id;
+      // Stores list proplets by id: then the order is the input's, no sort (and no garbage) needed.
+      if (sorted) {
+        const by = new Int32Array(ps.length);
+        for (let i = 0; i < by.length; i++) by[i] = i;
+        this.byRankCache = by;
+      } else {
+        const ids = ps.map((p, i) => [p.id, i] as const).sort((a, b) => cmpId(a[0], b[0]));
+        this.byRankCache = Int32Array.from(ids, (x) => x[1]);
+      }
     }
     return this.byRankCache;
   }

@@ -47,7 +47,7 @@
 // of the pool takes a task.
 
 import { freeShare, raScore, type Finder, type PropletType } from './algorithms.ts';
-import { atCapacity, bump, moduleTooLarge, REFUSED, shortOfCpu, shortOfMemory, staticReason, summarize, type PoolSpec, type Snapshot } from './filter.ts';
+import { atCapacity, bump, moduleTooLarge, REFUSED, shortOfCpu, shortOfMemory, staticCheck, summarize, type PoolSpec, type Snapshot } from './filter.ts';
 
 const EPS = 1e-9;
 /** Points per node in the (free cpu, free memory) frontier. */
@@ -119,6 +119,19 @@ class Aggregates {
   combine(x: number, a: number, b: number, self: boolean): void {
     const d = this.d;
     const o = x * S;
+    if (self && (a < 0 || d[a * S + CNT] === 0) && (b < 0 || d[b * S + CNT] === 0)) {
+      // Its own member alone (every treap leaf): a one-point frontier.
+      const sc = d[o + SELFC]!;
+      const sm = d[o + SELFM]!;
+      d[o] = sc;
+      d[o + K] = sm;
+      d[o + FN] = 1;
+      d[o + CNT] = 1;
+      d[o + MAXMOD] = d[o + MINMOD] = d[o + SELFMOD]!;
+      d[o + MINCPU] = sc;
+      d[o + MINMEM] = sm;
+      return;
+    }
     let cnt = 0;
     let maxMod = -Infinity;
     let minMod = Infinity;
@@ -513,6 +526,17 @@ class SegTree implements Index {
 /** What a treap orders by: (tasks, memory requested, id), (share free now, id) or (tasks, id). */
 type KeyKind = 'load' | 'share' | 'tasks';
 
+/**
+ * Every proplet sorted once per batch by the least-loaded key (tasks, memory
+ * requested, id), so that each pool's treap is built by a filtering pass
+ * instead of a sort of its own. `moved` marks proplets that took a task after
+ * the sort: their place in `idx` is stale.
+ */
+interface KeyOrder {
+  idx: Int32Array;
+  moved: Uint8Array;
+}
+
 class Treap implements Index {
   private readonly g: Aggregates;
   private readonly L: Int32Array;
@@ -537,6 +561,8 @@ class Treap implements Index {
     private readonly pos: Int32Array,
     private readonly base: number,
     private readonly kind: KeyKind,
+    /** Every proplet in this kind's key order as the batch found it, and which have taken a task since (see KeyOrder). */
+    order?: KeyOrder,
   ) {
     const m = node.length;
     this.g = new Aggregates(m);
@@ -556,10 +582,33 @@ class Treap implements Index {
       if (this.isOpen(x)) {
         this.setKey(x);
         this.in[x] = 1;
-        open.push(x);
+        if (order === undefined) open.push(x);
       }
     }
-    open.sort((a, b) => (this.less(a, b) ? -1 : 1));
+    const less = (a: number, b: number): number => (this.less(a, b) ? -1 : 1);
+    if (order === undefined) open.sort(less);
+    else {
+      // The members that have not moved since the order was taken are in
+      // order already; sort only the few that have, and merge.
+      const moved: number[] = [];
+      for (let r = 0; r < order.idx.length; r++) {
+        const i: number = order.idx[r]!;
+        const x: number = pos[i]!;
+        if (x < 0 || this.in[x] === 0) continue;
+        if (order.moved[i] === 1) moved.push(x);
+        else open.push(x);
+      }
+      if (moved.length > 0) {
+        moved.sort(less);
+        const still = open.splice(0);
+        let a = 0;
+        let b = 0;
+        while (a < still.length || b < moved.length) {
+          if (b >= moved.length || (a < still.length && this.less(still[a]!, moved[b]!))) open.push(still[a++]!);
+          else open.push(moved[b++]!);
+        }
+      }
+    }
     const stack: number[] = [];
     for (const x of open) {
       let last = -1;
@@ -787,6 +836,8 @@ class RaIndex implements Index {
 class Pool {
   /** Members in id order. */
   readonly members: Int32Array;
+  /** Proplet index → position in members, -1 when not a member. */
+  readonly pos: Int32Array;
   /** Static reasons of the proplets outside the pool, counted once. */
   readonly outside = new Map<string, number>();
   /** Members at capacity, by reason ("at capacity (16/16 tasks)"): kept up to date by commit(). */
@@ -800,16 +851,32 @@ class Pool {
     private readonly s: Snapshot,
     readonly spec: PoolSpec,
   ) {
-    const members: number[] = [];
-    for (const i of s.byRank) {
-      const why = staticReason(s.proplets[i]!, spec);
-      if (why === undefined) {
-        members.push(i);
-        const max = s.maxTasks(i, spec.base);
-        if (s.tasks[i]! >= max) bump(this.full, atCapacity(s.tasks[i]!, max));
-      } else bump(this.outside, why);
+    // One pass over the fleet without building strings: the reasons are
+    // counted by their index in spec.reasons and named once at the end.
+    const byRank = s.byRank;
+    const members = new Int32Array(s.n);
+    const failed = new Float64Array(spec.reasons.length);
+    let m = 0;
+    for (let r = 0; r < byRank.length; r++) {
+      const i = byRank[r]!;
+      const p = s.proplets[i]!;
+      if (p.state !== 'alive') {
+        bump(this.outside, p.state);
+        continue;
+      }
+      const k = staticCheck(p, spec);
+      if (k >= 0) {
+        failed[k]!++;
+        continue;
+      }
+      members[m++] = i;
+      const max = s.maxTasks(i, spec.base);
+      if (s.tasks[i]! >= max) bump(this.full, atCapacity(s.tasks[i]!, max));
     }
-    this.members = Int32Array.from(members);
+    for (let k = 0; k < failed.length; k++) if (failed[k]! > 0) bump(this.outside, spec.reasons[k]!, failed[k]!);
+    this.members = members.slice(0, m);
+    this.pos = new Int32Array(s.n).fill(-1);
+    for (let x = 0; x < m; x++) this.pos[this.members[x]!] = x;
   }
 
   /** Member `i` took a task (the snapshot already counts it). */
@@ -841,21 +908,32 @@ class Pool {
 
 export class IndexedFinder implements Finder {
   private readonly pools = new Map<string, Pool>();
-  /** Pools each proplet is a member of. */
-  private readonly poolsOf: Pool[][];
+  /** The same pools as a list (a batch has a few; a per-proplet list of them would cost an array per proplet). */
+  private readonly poolList: Pool[] = [];
 
-  constructor(private readonly s: Snapshot) {
-    this.poolsOf = Array.from({ length: s.n }, () => []);
-  }
+  constructor(private readonly s: Snapshot) {}
 
   private pool(spec: PoolSpec): Pool {
     let p = this.pools.get(spec.key);
     if (p === undefined) {
       p = new Pool(this.s, spec);
       this.pools.set(spec.key, p);
-      for (const i of p.members) this.poolsOf[i]!.push(p);
+      this.poolList.push(p);
     }
     return p;
+  }
+
+  private loadOrderCache: KeyOrder | undefined;
+
+  private loadOrder(): KeyOrder {
+    if (this.loadOrderCache === undefined) {
+      const { tasks, mem, rank, n } = this.s;
+      const idx = new Int32Array(n);
+      for (let i = 0; i < n; i++) idx[i] = i;
+      idx.sort((a, b) => tasks[a]! - tasks[b]! || mem[a]! - mem[b]! || rank[a]! - rank[b]!);
+      this.loadOrderCache = { idx, moved: new Uint8Array(n) };
+    }
+    return this.loadOrderCache;
   }
 
   private positions(members: ArrayLike<number>): { node: Int32Array; pos: Int32Array } {
@@ -867,7 +945,7 @@ export class IndexedFinder implements Finder {
   private idTree(p: Pool): SegTree {
     let t = p.indexes.get('id') as SegTree | undefined;
     if (t === undefined) {
-      const { node, pos } = this.positions(p.members);
+      const { node, pos } = { node: p.members, pos: p.pos };
       t = new SegTree(this.s, node, pos, p.spec.base, 'id');
       p.indexes.set('id', t);
     }
@@ -880,8 +958,8 @@ export class IndexedFinder implements Finder {
     if (t === undefined) {
       const s = this.s;
       const members = type === undefined ? p.members : p.members.filter((i) => (s.isK8s[i] === 1) === (type === 'k8s'));
-      const { node, pos } = this.positions(members);
-      t = new Treap(s, node, pos, p.spec.base, 'load');
+      const { node, pos } = type === undefined ? { node: p.members, pos: p.pos } : this.positions(members);
+      t = new Treap(s, node, pos, p.spec.base, 'load', this.loadOrder());
       p.indexes.set(k, t);
     }
     return t;
@@ -993,6 +1071,7 @@ export class IndexedFinder implements Finder {
   }
 
   commit(i: number): void {
-    for (const p of this.poolsOf[i]!) p.commit(i);
+    if (this.loadOrderCache !== undefined) this.loadOrderCache.moved[i] = 1;
+    for (const p of this.poolList) if (p.pos[i]! >= 0) p.commit(i);
   }
 }

@@ -1,0 +1,484 @@
+// Broker: the embedded broker as the control plane runs it (authentication,
+// topic ACL, packet guard, on Aedes) against Debian's Mosquitto with a
+// password file and an ACL file, side by side in one run, on free loopback
+// ports. Each broker runs in a process of its own (the embedded one forked
+// from this file with --serve, Mosquitto spawned with a temporary config), so
+// its CPU time and memory are its own; the clients (minimal MQTT on raw
+// sockets, see Raw) run here, the same for both.
+//
+// - QoS 0 and QoS 1, 1 publisher → 1 subscriber: messages/s end to end, with
+//   at most --window messages sent but not yet received, and the broker's CPU
+//   µs per message;
+// - fan-out, 1 publisher → --subs subscribers: deliveries/s;
+// - --connects connections (raw MQTT 3.1.1 CONNECT, --connect-window at a
+//   time): time until every CONNACK, and the broker's memory growth per
+//   connection while they are all open.
+// Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
+// ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
+//
+// --profile DIR writes a CPU profile of the embedded broker's process there
+// (node --cpu-prof).
+
+import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
+import { scope as mkScope, topic as topicOf } from '../topics/index.ts';
+import { freePort, until } from '../test/helpers/stack.ts';
+import { printTable } from './stats.ts';
+
+const SCOPE = mkScope('propeller', 'control');
+const TOPIC = topicOf(SCOPE, 'manager.start');
+const MANAGER = 'bench-manager';
+const CONN_USER = 'bench-conn';
+const MOSQUITTO = '/usr/sbin/mosquitto';
+
+interface Accounts {
+  manager: string;
+  conn: string;
+  subs: Record<string, string>;
+}
+
+interface Usage {
+  /** CPU µs, user + system. */
+  cpu: number;
+  rss: number;
+  /** The embedded broker's V8 heap + external memory after a collection (Mosquitto: its RSS). */
+  heap: number;
+}
+
+/** A broker under test, in a process of its own. */
+interface Target {
+  name: string;
+  port: number;
+  usage(): Promise<Usage>;
+  stop(): Promise<void>;
+}
+
+// ---- the embedded broker's process ----
+
+async function serve(subs: number): Promise<void> {
+  const creds = new CredentialStore();
+  const accounts: Accounts = { manager: creds.issue(MANAGER, 'manager'), conn: creds.issue(CONN_USER, 'proplet'), subs: {} };
+  for (let i = 0; i < subs; i++) accounts.subs[`bench-sub-${i}`] = creds.issue(`bench-sub-${i}`, 'proplet');
+  const broker = await EmbeddedBroker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  process.on('message', (m: string) => {
+    if (m === 'usage') {
+      // garbage is not memory the connections hold (Mosquitto has none to collect)
+      gc();
+      const c = process.cpuUsage();
+      const m = process.memoryUsage();
+      process.send!({ usage: { cpu: c.user + c.system, rss: m.rss, heap: m.heapUsed + m.external } });
+    } else if (m === 'exit') void broker.close().finally(() => process.exit(0));
+  });
+  process.send!({ ready: { port: broker.port, accounts } });
+}
+
+async function startEmbedded(subs: number, profileDir: string | undefined): Promise<{ target: Target; accounts: Accounts }> {
+  const runTs = join(fileURLToPath(new URL('.', import.meta.url)), 'run.ts');
+  const execArgv = [...process.execArgv, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
+  const child = fork(runTs, ['broker', '--serve', '--subs', String(subs)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const [ready] = (await once(child, 'message')) as [{ ready: { port: number; accounts: Accounts } }];
+  const usage = async (): Promise<Usage> => {
+    child.send('usage');
+    for (;;) {
+      const [m] = (await once(child, 'message')) as [{ usage?: Usage }];
+      if (m.usage) return m.usage;
+    }
+  };
+  return {
+    accounts: ready.ready.accounts,
+    target: {
+      name: 'embedded',
+      port: ready.ready.port,
+      usage,
+      async stop() {
+        child.send('exit');
+        await once(child, 'exit');
+      },
+    },
+  };
+}
+
+// ---- Mosquitto ----
+
+async function startMosquitto(accounts: Accounts): Promise<Target> {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-mosquitto-'));
+  const port = await freePort();
+  const users: [string, string][] = [[MANAGER, accounts.manager], [CONN_USER, accounts.conn], ...Object.entries(accounts.subs)];
+  const pw = join(dir, 'passwd');
+  writeFileSync(pw, users.map(([u, p]) => `${u}:${p}`).join('\n') + '\n');
+  execFileSync('mosquitto_passwd', ['-U', pw]); // hashes every line in place (sha512-pbkdf2)
+  // The same rights as the embedded broker's ACL gives for what the bench does.
+  const acl = [`user ${MANAGER}`, 'topic readwrite m/#', ...users.slice(1).flatMap(([u]) => [`user ${u}`, `topic read ${TOPIC}`])];
+  writeFileSync(join(dir, 'acl'), acl.join('\n') + '\n');
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(
+    conf,
+    [`listener ${port} 127.0.0.1`, 'persistence false', 'allow_anonymous false', `password_file ${pw}`, `acl_file ${join(dir, 'acl')}`, 'max_queued_messages 100000', 'log_type error', ''].join('\n'),
+  );
+  // started as root, mosquitto drops to its own user, which must read these
+  chmodSync(dir, 0o755);
+  for (const f of ['passwd', 'acl', 'mosquitto.conf']) chmodSync(join(dir, f), 0o644);
+  const proc: ChildProcess = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr!.on('data', (d) => (stderr += d));
+  await until(
+    () =>
+      new Promise<boolean>((resolve, reject) => {
+        if (proc.exitCode !== null) return reject(new Error(`mosquitto exited ${proc.exitCode}: ${stderr}`));
+        const c = connect(port, '127.0.0.1', () => {
+          c.destroy();
+          resolve(true);
+        });
+        c.on('error', () => resolve(false));
+      }),
+    `mosquitto on ${port}`,
+  );
+  const tick = 1e6 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+  return {
+    name: 'mosquitto',
+    port,
+    async usage() {
+      const stat = readFileSync(`/proc/${proc.pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const rss = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${proc.pid}/status`, 'utf8'))![1]) * 1024;
+      return { cpu: (Number(f[11]) + Number(f[12])) * tick, rss, heap: rss };
+    },
+    async stop() {
+      if (proc.exitCode === null) {
+        proc.kill('SIGTERM');
+        await once(proc, 'exit');
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---- scenarios ----
+
+/**
+ * A minimal MQTT 3.1.1 client on a raw socket, so that the clients cost far
+ * less than either broker (mqtt.js at 100k messages/s would be the
+ * bottleneck): CONNECT, SUBSCRIBE, pre-encoded PUBLISH, PUBACK for QoS 1,
+ * and a count of the PUBLISH packets received.
+ */
+class Raw {
+  received = 0;
+  onPublish: (() => void) | undefined;
+  private rest: Buffer = Buffer.alloc(0);
+  private waiting: { type: number; resolve: (body: Buffer) => void }[] = [];
+
+  private constructor(readonly sock: Socket) {
+    sock.setNoDelay(true);
+    sock.on('data', (d: Buffer) => this.onData(d));
+    sock.on('error', () => {});
+  }
+
+  static async open(port: number, clientId: string, username: string, password: string): Promise<Raw> {
+    const sock = connect(port, '127.0.0.1');
+    await once(sock, 'connect');
+    const r = new Raw(sock);
+    const ack = r.next(2);
+    sock.write(connectPacket(clientId, username, password));
+    const body = await ack;
+    if (body[1] !== 0) throw new Error(`CONNECT refused: return code ${body[1]}`);
+    return r;
+  }
+
+  private next(type: number): Promise<Buffer> {
+    return new Promise((resolve) => this.waiting.push({ type, resolve }));
+  }
+
+  async subscribe(topic: string, qos: 0 | 1): Promise<void> {
+    const ack = this.next(9);
+    const t = Buffer.from(topic);
+    const body = Buffer.concat([Buffer.from([0, 1, t.length >> 8, t.length & 255]), t, Buffer.from([qos])]);
+    this.sock.write(Buffer.concat([Buffer.from([0x82, ...varint(body.length)]), body]));
+    const b = await ack;
+    if (b[2] === 0x80) throw new Error(`SUBSCRIBE ${topic} refused`);
+  }
+
+  private onData(d: Buffer): void {
+    let b = this.rest.length > 0 ? Buffer.concat([this.rest, d]) : d;
+    let i = 0;
+    let acks: number[] | undefined;
+    while (i < b.length) {
+      let len = 0;
+      let mult = 1;
+      let j = i + 1;
+      for (;;) {
+        if (j >= b.length) {
+          this.rest = b.subarray(i);
+          if (acks) this.sock.write(Buffer.from(acks));
+          return;
+        }
+        const x = b[j++]!;
+        len += (x & 0x7f) * mult;
+        mult *= 128;
+        if ((x & 0x80) === 0) break;
+      }
+      if (j + len > b.length) break;
+      const type = b[i]! >> 4;
+      if (type === 3) {
+        if ((b[i]! & 0x06) !== 0) {
+          // QoS 1: PUBACK with the packet id after the topic
+          const tl = b.readUInt16BE(j);
+          (acks ??= []).push(0x40, 2, b[j + 2 + tl]!, b[j + 3 + tl]!);
+        }
+        this.received++;
+        this.onPublish?.();
+      } else {
+        const w = this.waiting.findIndex((x) => x.type === type);
+        if (w >= 0) this.waiting.splice(w, 1)[0]!.resolve(b.subarray(j, j + len));
+      }
+      i = j + len;
+    }
+    this.rest = i < b.length ? Buffer.from(b.subarray(i)) : Buffer.alloc(0);
+    if (acks) this.sock.write(Buffer.from(acks));
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+function varint(x: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = x % 128;
+    x = Math.floor(x / 128);
+    if (x > 0) b |= 0x80;
+    out.push(b);
+  } while (x > 0);
+  return out;
+}
+
+/** PUBLISH packets of `payload` to `topic`; QoS 1 ones carry packet id `id`. */
+function publishPacket(topic: string, payload: Buffer, qos: 0 | 1, id = 1): Buffer {
+  const t = Buffer.from(topic);
+  const head = Buffer.from([t.length >> 8, t.length & 255]);
+  const parts = qos === 1 ? [head, t, Buffer.from([id >> 8, id & 255]), payload] : [head, t, payload];
+  const body = Buffer.concat(parts);
+  return Buffer.concat([Buffer.from([qos === 1 ? 0x32 : 0x30, ...varint(body.length)]), body]);
+}
+
+interface Flow {
+  secs: number;
+  /** Broker CPU µs over the run. */
+  cpu: number;
+  deliveries: number;
+}
+
+/**
+ * The publisher sends `n` messages, keeping at most `window` deliveries
+ * outstanding (sent × subscribers − received), written in batches of up to
+ * 64 packets per write; the run ends when every subscriber has every message.
+ */
+async function flow(t: Target, acc: Accounts, subs: number, n: number, qos: 0 | 1, window: number, payload: Buffer): Promise<Flow> {
+  const tag = Math.random().toString(36).slice(2);
+  const pub = await Raw.open(t.port, `pub-${tag}`, MANAGER, acc.manager);
+  const names = Object.keys(acc.subs).slice(0, subs);
+  const subscribers = await Promise.all(names.map((u) => Raw.open(t.port, `${u}-${tag}`, u, acc.subs[u]!)));
+  for (const s of subscribers) await s.subscribe(TOPIC, qos);
+  const want = n * subs;
+  let received = 0;
+  let sent = 0;
+  let wake: (() => void) | undefined;
+  const onPublish = (): void => {
+    received++;
+    if (wake && (received === want || sent * subs - received <= window / 2)) {
+      const w = wake;
+      wake = undefined;
+      w();
+    }
+  };
+  for (const s of subscribers) s.onPublish = onPublish;
+  const q0 = publishPacket(TOPIC, payload, 0);
+  const u0 = await t.usage();
+  const t0 = performance.now();
+  let id = 0;
+  while (sent < n) {
+    while (sent < n && sent * subs - received < window) {
+      const k = Math.min(64, n - sent, Math.max(1, Math.floor((window - (sent * subs - received)) / subs)));
+      const batch: Buffer[] = [];
+      for (let x = 0; x < k; x++) batch.push(qos === 0 ? q0 : publishPacket(TOPIC, payload, 1, (id = (id % 65535) + 1)));
+      pub.sock.write(k === 1 ? batch[0]! : Buffer.concat(batch));
+      sent += k;
+    }
+    await new Promise<void>((r) => (wake = r));
+  }
+  while (received < want) await new Promise<void>((r) => (wake = r));
+  const secs = (performance.now() - t0) / 1000;
+  const u1 = await t.usage();
+  for (const c of [pub, ...subscribers]) c.close();
+  return { secs, cpu: u1.cpu - u0.cpu, deliveries: want };
+}
+
+/** A minimal MQTT 3.1.1 CONNECT (clean session, keepalive 600 s, username and password). */
+function connectPacket(clientId: string, username: string, password: string): Buffer {
+  const str = (s: string): Buffer => {
+    const b = Buffer.from(s, 'utf8');
+    const out = Buffer.alloc(2 + b.length);
+    out.writeUInt16BE(b.length, 0);
+    b.copy(out, 2);
+    return out;
+  };
+  const body = Buffer.concat([str('MQTT'), Buffer.from([4, 0xc2, 0x02, 0x58]), str(clientId), str(username), str(password)]);
+  return Buffer.concat([Buffer.from([0x10, ...varint(body.length)]), body]);
+}
+
+interface Storm {
+  secs: number;
+  perConn: number;
+  heapPerConn: number;
+  cpu: number;
+  failed: number;
+}
+
+async function connects(t: Target, acc: Accounts, n: number, window: number): Promise<Storm> {
+  const sockets: Socket[] = [];
+  await new Promise((r) => setTimeout(r, 200));
+  const u0 = await t.usage();
+  const t0 = performance.now();
+  let next = 0;
+  let done = 0;
+  let failed = 0;
+  await new Promise<void>((resolve) => {
+    const one = (): void => {
+      const i = next++;
+      const s = connect(t.port, '127.0.0.1');
+      s.setNoDelay(true);
+      sockets.push(s);
+      let got = Buffer.alloc(0);
+      const finish = (ok: boolean): void => {
+        if (!ok) failed++;
+        done++;
+        if (next < n) one();
+        else if (done === n) resolve();
+      };
+      s.on('connect', () => s.write(connectPacket(`storm-${i}`, CONN_USER, acc.conn)));
+      s.on('data', (d: Buffer) => {
+        if (got.length >= 4) return;
+        got = Buffer.concat([got, d]);
+        if (got.length >= 4) finish(got[0] === 0x20 && got[3] === 0);
+      });
+      s.on('error', () => {
+        if (got.length < 4) {
+          got = Buffer.alloc(4);
+          finish(false);
+        }
+      });
+    };
+    for (let k = 0; k < Math.min(window, n); k++) one();
+  });
+  const secs = (performance.now() - t0) / 1000;
+  await new Promise((r) => setTimeout(r, 500)); // let the broker settle what it allocated
+  const u1 = await t.usage();
+  for (const s of sockets) s.destroy();
+  await new Promise((r) => setTimeout(r, 1000));
+  return { secs, perConn: (u1.rss - u0.rss) / n, heapPerConn: (u1.heap - u0.heap) / n, cpu: u1.cpu - u0.cpu, failed };
+}
+
+// ---- the run ----
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      serve: { type: 'boolean', default: false },
+      messages: { type: 'string', default: '100000' },
+      'qos1-messages': { type: 'string', default: '50000' },
+      subs: { type: 'string', default: '100' },
+      'fanout-messages': { type: 'string', default: '2000' },
+      window: { type: 'string', default: '1000' },
+      payload: { type: 'string', default: '100' },
+      connects: { type: 'string', default: '10000' },
+      'connect-window': { type: 'string', default: '100' },
+      rounds: { type: 'string', default: '3' },
+      profile: { type: 'string' },
+    },
+  });
+  const subs = Number(values.subs);
+  if (values.serve) return serve(subs);
+  const n0 = Number(values.messages);
+  const n1 = Number(values['qos1-messages']);
+  const nf = Number(values['fanout-messages']);
+  const window = Number(values.window);
+  const payload = Buffer.alloc(Number(values.payload), 'x');
+  const nc = Number(values.connects);
+  const rounds = Number(values.rounds);
+  const load = (): string =>
+    loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ');
+  const load0 = load();
+
+  const { target: emb, accounts } = await startEmbedded(subs, values.profile);
+  const mos = await startMosquitto(accounts);
+  const targets = [mos, emb];
+  try {
+    // The connect storms first, on fresh brokers: later, memory freed by the
+    // other scenarios is reused by the connections and hides their cost.
+    // Memory per connection is from the first round.
+    const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [] };
+    for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window'])));
+    // Warm-up: the JIT and both brokers' first allocations.
+    for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
+
+    // Each scenario alternates the brokers, `rounds` times; medians per broker.
+    type Res = Record<string, Flow[]>;
+    const scen = async (s: number, n: number, qos: 0 | 1, win: number): Promise<Res> => {
+      const out: Res = { mosquitto: [], embedded: [] };
+      for (let r = 0; r < rounds; r++) for (const t of targets) out[t.name]!.push(await flow(t, accounts, s, n, qos, win, payload));
+      return out;
+    };
+    const q0 = await scen(1, n0, 0, window);
+    const q1 = await scen(1, n1, 1, window);
+    const fan = await scen(subs, nf, 0, window * 10);
+
+    const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+    const rate = (fs: Flow[]): number => med(fs.map((f) => f.deliveries / f.secs));
+    const cpuPer = (fs: Flow[]): number => med(fs.map((f) => f.cpu / f.deliveries));
+    const rows: (string | number)[][] = [];
+    const verdicts: string[] = [];
+    const flowRow = (what: string, unit: string, r: Res, goal: number): void => {
+      const e = rate(r.embedded!);
+      const m = rate(r.mosquitto!);
+      const ok = e >= goal * m;
+      verdicts.push(`${what}: ${ok ? 'met' : 'NOT met'}`);
+      rows.push([what, `${Math.round(e).toLocaleString('en')} ${unit}`, `${Math.round(m).toLocaleString('en')} ${unit}`, `${(e / m).toFixed(2)}x`, `≥ ${goal}x: ${ok ? 'met' : 'NOT met'}`, cpuPer(r.embedded!).toFixed(1), cpuPer(r.mosquitto!).toFixed(1)]);
+    };
+    flowRow('QoS 0, 1 pub → 1 sub', 'msg/s', q0, 0.8);
+    flowRow('QoS 1, 1 pub → 1 sub', 'msg/s', q1, 1.0);
+    flowRow(`fan-out 1 → ${subs} (QoS 0)`, 'deliveries/s', fan, 0.7);
+    const se = med(storms.embedded!.map((s) => s.secs));
+    const sm = med(storms.mosquitto!.map((s) => s.secs));
+    const okT = se <= 1.2 * sm;
+    rows.push([`${nc.toLocaleString('en')} connects (${values['connect-window']} at a time)`, `${se.toFixed(2)} s`, `${sm.toFixed(2)} s`, `${(se / sm).toFixed(2)}x time`, `≤ 1.2x: ${okT ? 'met' : 'NOT met'}`, (med(storms.embedded!.map((s) => s.cpu)) / nc).toFixed(1), (med(storms.mosquitto!.map((s) => s.cpu)) / nc).toFixed(1)]);
+    const me = storms.embedded![0]!.perConn / 1024;
+    const mm = storms.mosquitto![0]!.perConn / 1024;
+    rows.push(['memory per open connection (RSS growth, first round)', `${me.toFixed(1)} KiB`, `${mm.toFixed(1)} KiB`, `${(me / mm).toFixed(1)}x`, `≤ 4 KiB: ${me <= 4 ? 'met' : 'NOT met'}`, '-', '-']);
+    rows.push(['  embedded: V8 heap + external growth per connection', `${(storms.embedded![0]!.heapPerConn / 1024).toFixed(1)} KiB`, '-', '-', '-', '-', '-']);
+    verdicts.push(`connects time: ${okT ? 'met' : 'NOT met'}`, `memory per connection: ${me <= 4 ? 'met' : 'NOT met'}`);
+    const failed = [...storms.embedded!, ...storms.mosquitto!].reduce((a, s) => a + s.failed, 0);
+
+    console.log(
+      `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
+        `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
+    );
+    printTable(['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'], rows);
+    console.log(`\n${verdicts.join('; ')}${failed > 0 ? `; ${failed} connects FAILED` : ''}`);
+  } finally {
+    for (const t of targets) await t.stop();
+  }
+}
