@@ -17,7 +17,7 @@ test('index, hashed and plain assets, HEAD, missing files and traversal; the API
   writeFileSync(join(dir, 'ui', 'app-AB12CD34.js'), 'console.log(1)');
   writeFileSync(join(dir, 'ui', 'plain.css'), 'body{}');
   writeFileSync(join(dir, 'secret.txt'), 'not served');
-  const s = await startStack({ cp: { http: { port: 0, token: 'tok', staticDir: dir } } });
+  const s = await startStack({ token: 'tok', cp: { http: { port: 0, staticDir: dir } } });
   t.teardown(() => s.close());
   const get = (path: string, method = 'GET') => fetch(`${s.apiUrl}${path}`, { method });
 
