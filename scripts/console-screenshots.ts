@@ -32,7 +32,7 @@ try {
     apiVersion: 'propeller.absmach.io/v1alpha1',
     kind: 'FederatedJob',
     metadata: { name: 'fl-logreg' },
-    spec: { experimentId: 'fl-logreg-001', modelRef: ref, taskWasmImage: digest, participants: ['node-1', 'mcu-001', 'mcu-002', 'mcu-003'].map((propletId) => ({ propletId })), kOfN: 3, timeoutSeconds: 30, rounds: { total: 8, strategy: 'sequential' }, aggregator: { algorithm: 'fedavg' }, hyperparams: { learningRate: 0.5, epochs: 1 } },
+    spec: { experimentId: 'fl-logreg-001', modelRef: ref, taskWasmImage: digest, participants: ['node-1', 'mcu-001', 'mcu-002'].map((propletId) => ({ propletId })), kOfN: 1, timeoutSeconds: 30, rounds: { total: 8, strategy: 'sequential' }, aggregator: { algorithm: 'fedavg' }, hyperparams: { learningRate: 0.5, epochs: 1 } },
   });
   // a few devices lost, as a fleet at the edge has
   for (const d of cs.fleet.devices.slice(190, 194)) {

@@ -39,6 +39,8 @@ test.after.always(async () => {
 
 async function open(tt: { teardown(f: () => unknown): void }, hash: string): Promise<Page> {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // a bound for what never happens, not a time budget: a busy machine gets a minute
+  page.setDefaultTimeout(60_000);
   tt.teardown(() => page.close());
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(e.message));
@@ -146,7 +148,7 @@ t('the FL example: rounds, one plotted point per round, checkpoints with digest 
     apiVersion: 'propeller.absmach.io/v1alpha1',
     kind: 'FederatedJob',
     metadata: { name: 'console-fl' },
-    spec: { experimentId: 'console-fl', modelRef: ref, taskWasmImage: digest, participants: [{ propletId: 'node-1' }, { propletId: 'mcu-001' }], kOfN: 2, timeoutSeconds: 30, rounds: { total: rounds, strategy: 'sequential' }, aggregator: { algorithm: 'fedavg' }, hyperparams: { learningRate: 0.5, epochs: 1 } },
+    spec: { experimentId: 'console-fl', modelRef: ref, taskWasmImage: digest, participants: [{ propletId: 'node-1' }, { propletId: 'mcu-001' }], kOfN: 1, timeoutSeconds: 30, rounds: { total: rounds, strategy: 'sequential' }, aggregator: { algorithm: 'fedavg' }, hyperparams: { learningRate: 0.5, epochs: 1 } },
   });
   await page.locator('#fl-job[data-phase="Completed"]').waitFor();
   await page.locator(`#fl-chart[data-points="${rounds}"]`).waitFor();
@@ -208,16 +210,17 @@ t('a slow client never holds the control plane: its frames are dropped past the 
   res.setEncoding('utf8');
   res.on('data', (c: string) => (seen = (seen + c).slice(-100_000)));
   res.resume();
-  await until(() => seen.includes('event: gap'), 'gap event after the client caught up', 30_000);
+  await until(() => seen.includes('event: gap'), 'gap event after the client caught up', 60_000);
   res.destroy();
   tt.true((await dropped()) > before, 'the drops are counted');
 });
 
 test.serial('a wrong token leads to the sign-in prompt, and the token is checked before it is used', async (tt) => {
   if (skip) return tt.pass();
-  const s = await startStack({ cp: { http: { port: 0, token: 'right-token', staticDir: await ensureConsoleBuilt() } } });
+  const s = await startStack({ token: 'right-token', cp: { http: { port: 0, staticDir: await ensureConsoleBuilt() } } });
   cleanup.push(() => s.close());
   const page = await browser.newPage();
+  page.setDefaultTimeout(60_000);
   cleanup.push(() => page.close());
   // the page itself is open (it must load to say 'sign in'); the API and the event stream are not
   tt.is((await fetch(`${s.apiUrl}/`)).status, 200);
@@ -228,4 +231,18 @@ test.serial('a wrong token leads to the sign-in prompt, and the token is checked
   await page.click('#signin-submit');
   await page.locator('#token-error').filter({ hasText: 'refused' }).waitFor();
   tt.is(await page.locator('#signin').count(), 1);
+
+  // the right token: GET /login sets the session cookie and the console opens
+  await page.fill('#token', 'right-token');
+  await page.click('#signin-submit');
+  await page.locator('#live-status[data-status="live"]').waitFor();
+  await page.locator('#task-list').waitFor();
+  tt.is(new URL(page.url()).hash, '#/tasks');
+  const cookie = (await page.context().cookies()).find((c) => c.httpOnly);
+  tt.truthy(cookie, 'an HttpOnly session cookie');
+  tt.is(cookie?.sameSite, 'Strict');
+  // the session ends (cookie gone) while the page is open: the stream fails and the prompt comes back
+  await page.context().clearCookies();
+  s.cp.events.close();
+  await page.locator('#signin').waitFor();
 });

@@ -213,7 +213,15 @@ function Chart({ rounds }: { rounds: FlRound[] }) {
       );
     } else plot.current.setData(data);
   }, [JSON.stringify(xs), JSON.stringify(loss), JSON.stringify(acc)]);
-  useEffect(() => () => plot.current?.destroy(), []);
+  useEffect(() => {
+    const box = el.current!;
+    const ro = new ResizeObserver(() => plot.current?.setSize({ width: Math.max(320, box.clientWidth - 8), height: 260 }));
+    ro.observe(box);
+    return () => {
+      ro.disconnect();
+      plot.current?.destroy();
+    };
+  }, []);
   return (
     <figure class="chart" id="fl-chart" data-points={xs.length}>
       <div ref={el} />

@@ -86,6 +86,7 @@ export function Fleet() {
     else if (e.key === 'Home') next = 0;
     else if (e.key === 'End') next = rows.length - 1;
     else if (e.key === 'Enter' && rows[cur]) return setOpen(open === rows[cur]!.id ? undefined : rows[cur]!.id);
+    else if (e.key === 'Escape') return setOpen(undefined);
     else return;
     e.preventDefault();
     next = Math.max(0, Math.min(rows.length - 1, next));
