@@ -59,7 +59,8 @@ export function propletAcls(s: Scope, id: string): Acl[] {
 }
 
 export function managerAcls(s: Scope): Acl[] {
-  const all = `${base(s)}/#`;
+  // the whole domain: both topic layouts, and the device channels of Propeller's embed-proplets
+  const all = `${base({ domain: s.domain, channel: '+' }, 'bare')}/#`;
   return [
     { acltype: 'publishClientSend', topic: all, allow: true },
     { acltype: 'subscribePattern', topic: all, allow: true },
@@ -152,7 +153,7 @@ export class MosquittoDynsec {
     await this.call([{ command: 'deleteRole', rolename: propletRole(id) }]).catch(() => undefined);
   }
 
-  /** The control plane's own account: everything under its scope. */
+  /** The control plane's own account: everything under its domain. */
   async addManager(s: Scope, username: string, password: string): Promise<void> {
     const role = managerRole(s);
     await this.call([{ command: 'createRole', rolename: role, acls: managerAcls(s) }]).catch((e) => {

@@ -28,6 +28,8 @@ function pool(): pg.Pool {
 
 interface Seen {
   events: string[];
+  /** Called as a holder acquires, before anything else runs. */
+  onAcquired?: (holder: string) => void;
 }
 
 function lease(name: string, holder: string, ttlMs: number, seen: Seen, p = pool(), retryMs?: number): PgLease {
@@ -37,7 +39,10 @@ function lease(name: string, holder: string, ttlMs: number, seen: Seen, p = pool
     holder,
     ttlMs,
     retryMs,
-    onAcquired: (token) => seen.events.push(`${holder} acquired ${token}`),
+    onAcquired: (token) => {
+      seen.onAcquired?.(holder);
+      seen.events.push(`${holder} acquired ${token}`);
+    },
     onLost: () => seen.events.push(`${holder} lost`),
   });
   leases.push(l);
@@ -55,10 +60,15 @@ test('one holder at a time; when it dies the other takes over, after the dead on
   t.false(b.isHolder);
   t.deepEqual(seen.events, ['a acquired 1']);
   // a's database connection dies: it can no longer renew
+  let aHeldWhenBAcquired: boolean | undefined;
+  seen.onAcquired = () => (aHeldWhenBAcquired = a.isHolder);
   await poolA.end();
   await until(() => b.isHolder, 'b takes over');
+  // the safety property: when b holds the lease, a no longer acts as holder (its own deadline passed first)
+  t.false(aHeldWhenBAcquired);
   t.false(a.isHolder);
-  t.deepEqual(seen.events, ['a acquired 1', 'a lost', 'b acquired 2'], 'a stepped down before b took over; a new token');
+  t.is(b.token, 2, 'a new token');
+  t.deepEqual(seen.events.filter((e) => e.startsWith('a')), ['a acquired 1', 'a lost'], 'a stepped down');
 });
 
 test('a graceful stop hands the lease over at once, without waiting for it to expire', async (t) => {
