@@ -503,6 +503,9 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const now = this.now();
     for (const id of this.activeOn(proplet.id)) {
       const t = this.tasks.get(id)!;
+      // A proplet that reports what it runs acknowledges every start: a start not yet acknowledged
+      // is the start deadline's to judge (start-ack.ts), not a report that may have left before it.
+      if (t.state === 'Scheduled') continue;
       // A report may have left the proplet before a start we just sent reached it:
       // only an attempt older than the grace period is known to be lost.
       const since = Date.parse(t.attempts.at(-1)?.started_at ?? t.updated_at);
