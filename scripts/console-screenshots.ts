@@ -21,10 +21,10 @@ const browser = await launchBrowser();
 try {
   const api = cs.stack.api;
   const b64 = (name: string) => Buffer.from(exampleWasm(name)).toString('base64');
-  await api.createTask({ name: 'add', file: b64('add'), inputs: [2, 3] } as never, { start: true, waitMs: 10_000 });
-  await api.createTask({ name: 'hello', file: b64('hello'), cli_args: ['world'], proplet_id: 'node-1' } as never, { start: true, waitMs: 10_000 });
-  await api.createTask({ name: 'fib', file: b64('add'), inputs: [20] } as never, { start: true, waitMs: 10_000 });
-  const daemon = await api.createTask({ name: 'ticker', file: b64('daemon'), daemon: true, proplet_id: 'node-1' } as never);
+  await api.createTask({ name: 'add', file: b64('add'), inputs: [2, 3] }, { start: true, waitMs: 10_000 });
+  await api.createTask({ name: 'hello', file: b64('hello'), cli_args: ['world'], proplet_id: 'node-1' }, { start: true, waitMs: 10_000 });
+  await api.createTask({ name: 'fib', file: b64('add'), inputs: [20] }, { start: true, waitMs: 10_000 });
+  const daemon = await api.createTask({ name: 'ticker', file: b64('daemon'), daemon: true, proplet_id: 'node-1' });
   await api.startTask(daemon.id);
   const { ref } = await api.pushModel(JSON.parse(readFileSync(join(EXAMPLE, 'initial-model.json'), 'utf8')) as object);
   const { digest } = await api.pushModule(exampleWasm('fl-logreg'));

@@ -123,7 +123,7 @@ t('a task created from the page (uploaded .wasm with inputs) reaches Completed w
 });
 
 t('a running daemon is stopped from the page', async (tt) => {
-  const task = await cs.stack.api.createTask({ name: 'ticker', file: Buffer.from(exampleWasm('daemon')).toString('base64'), daemon: true, proplet_id: 'node-1' } as never);
+  const task = await cs.stack.api.createTask({ name: 'ticker', file: Buffer.from(exampleWasm('daemon')).toString('base64'), daemon: true, proplet_id: 'node-1' });
   await cs.stack.api.startTask(task.id);
   const page = await open(tt, `#/tasks/${task.id}`);
   await page.locator('#task-detail[data-state="Running"]').waitFor();
@@ -134,7 +134,7 @@ t('a running daemon is stopped from the page', async (tt) => {
 
 t('the task list pages newest first and filters by state and by proplet (the API filters)', async (tt) => {
   const file = Buffer.from(exampleWasm('hello')).toString('base64');
-  for (let i = 1; i <= 30; i++) await cs.stack.api.createTask({ name: `batch-${String(i).padStart(2, '0')}`, file, labels: { batch: 'paging' } } as never);
+  for (let i = 1; i <= 30; i++) await cs.stack.api.createTask({ name: `batch-${String(i).padStart(2, '0')}`, file, labels: { batch: 'paging' } });
   const page = await open(tt, '#/tasks');
   await page.fill('#task-filter-label', 'batch=paging');
   await page.click('#tasks-h ~ form button[type="submit"]');
