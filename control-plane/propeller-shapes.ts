@@ -109,7 +109,8 @@ export function embedStart(msg: Start, module: Uint8Array | undefined): Shaped<E
   if (msg.cli_args?.length) return fail('embed-proplet takes no cli_args');
   const inputs = embedInputs(msg.inputs ?? []);
   if (typeof inputs === 'string') return fail(inputs);
-  if (msg.name !== 'main') return fail(`embed-proplet calls only the export main, the task names ${JSON.stringify(msg.name ?? '')}`);
+  // an FL round's task is named after its round: embed-proplet runs its main all the same (ROUND_ID marks it)
+  if (msg.name !== 'main' && !msg.env?.ROUND_ID) return fail(`embed-proplet calls only the export main, the task names ${JSON.stringify(msg.name ?? '')}`);
   if (!module) return fail('embed-proplet needs the module at hand to be checked and sent inline');
   const sig = functionExport(module, 'main');
   if (typeof sig === 'string') return fail(`the module cannot run on embed-proplet: ${sig}`);

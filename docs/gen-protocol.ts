@@ -30,7 +30,7 @@ import {
 } from '../protocol/index.ts';
 import { encodeModel, MODEL_FORMAT } from '../protocol/model-format.ts';
 import type { Fields, Type } from '../protocol/schema.ts';
-import { base, flUpdateTopic, parseTopic, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
+import { base, flUpdateTopic, parseTopic, ROOT_FL_FILTER, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { embedStart, propellerChunks, rustStart, shapeStop } from '../control-plane/propeller-shapes.ts';
 
 export const DOC_PATH = fileURLToPath(new URL('./protocol.md', import.meta.url));
@@ -801,6 +801,8 @@ export function propellerTable(): string {
     ['start, embed-proplet', bareOf('manager.start'), code(JSON.parse(embed.bytes.toString())), `\`manager.start\` at QoS ${embed.qos}, inputs as numbers, \`name\` \`main\`, at most 1023 bytes; a task it cannot run is refused at placement`],
     ['stop', bareOf('manager.stop'), `${code(shapeStop('propeller-rust', TASK, 'add')!.msg)} / ${code(shapeStop('embed', TASK, 'main')!.msg)}`, '`manager.stop`: `{id}` to the Rust proplet, `id`, `name` and `state` to embed-proplet (it drops a stop without them)'],
     ['module by name', bareOf('registry.proplet'), code({ app_name: 'sha256:…' }), '`registry.proplet` with a name: the module named by a digest, by a task\'s `image_url`, or fetched from that URL'],
+    ['FL update, Rust proplet', bareOf('proplet.results'), code({ task_id: '<task>', results: { task_id: '<task>', round_id: '<round>', proplet_id: '<id>', num_samples: 1, update_b64: '<output, base64>', format: 'f32-delta', metrics: {} }, error: null }), `the result of a \`ROUND_ID\` task, and an \`fl.update\` for that round: aggregated when the output is a ${MODEL_FORMAT} model (its JSON text, or its CBOR bytes with \`format\` \`${MODEL_FORMAT}\`); any other output (\`f32-delta\`, which Propeller does not define) refuses the participant with the reason`],
+    ['FL update, embed-proplet', ROOT_FL_FILTER.replace('+', '<round>').replace('+', '<id>'), code({ round_id: '<round>', proplet_id: '<id>', base_model_uri: '<MODEL_URI>', num_samples: 3, metrics: {}, update: { format: MODEL_FORMAT, tensors: '[…]' } }), `at the broker's root (no \`m/\` prefix): \`fl.update\` for that proplet's task in the round; the broker takes it only from the proplet the last level names; \`update\` (or the message itself) must be a ${MODEL_FORMAT} model in JSON; anything else (a bare number, an empty \`update\`) refuses the participant with the reason and a \`propeller_messages_rejected_total\` count, and the device keeps its connection; \`error\` ends its part with that error`],
     ['module chunk', bareOf('registry.server'), code(chunk), 'in answer: 512,000-byte chunks for the Rust proplet (smaller under its packet limit), one whole message of at most 1023 bytes for embed-proplet'],
   ];
   return [

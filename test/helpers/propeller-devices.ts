@@ -32,7 +32,7 @@ export class RustProplet {
   private chunks = new Map<string, { total: number; parts: Map<number, Buffer> }>();
   private timers: NodeJS.Timeout[] = [];
 
-  constructor(private o: Common & { livelinessMs?: number; metricsMs?: number }) {
+  constructor(private o: Common & { livelinessMs?: number; metricsMs?: number; train?: (start: Json) => { output: string; error?: string } }) {
     this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
   }
 
@@ -144,6 +144,23 @@ export class RustProplet {
         await wait(20);
       }
     }
+    const env = (m.env ?? {}) as Record<string, string>;
+    if (env.ROUND_ID && this.o.train) {
+      // service.rs: a ROUND_ID task's result is FLResultMessage {task_id, results: envelope, error}, with no proplet_id
+      const { output, error } = this.o.train(m);
+      const envelope = {
+        task_id: id,
+        round_id: env.ROUND_ID,
+        proplet_id: this.o.id,
+        num_samples: Number.parseInt(env.FL_NUM_SAMPLES ?? '', 10) || 1,
+        update_b64: Buffer.from(output).toString('base64'),
+        format: env.FL_FORMAT ?? 'f32-delta',
+        metrics: {},
+      };
+      this.running.delete(id);
+      void this.pub('control/proplet/results', { task_id: id, results: envelope, error: error ?? null }).catch(() => {});
+      return;
+    }
     if (m.daemon) {
       // start_app returns at once for a daemon: an empty result, and it keeps running until stopped
       return this.result(id, '', null, false);
@@ -203,7 +220,10 @@ export class EmbedProplet {
   private current?: { id: string; inputs: number[] };
   private timers: NodeJS.Timeout[] = [];
 
-  constructor(private o: Common & { firstAliveMs?: number; livelinessMs?: number; metricsMs?: number }) {
+  /** FL updates it published on fl/rounds/<round>/updates/<id>. */
+  readonly flUpdates: string[] = [];
+
+  constructor(private o: Common & { firstAliveMs?: number; livelinessMs?: number; metricsMs?: number; train?: (start: Json) => { output: string; error?: string } }) {
     this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
   }
 
@@ -307,6 +327,8 @@ export class EmbedProplet {
     const inputs = Array.isArray(m.inputs) ? m.inputs.slice(0, 16).map((x) => (typeof x === 'number' ? Number(BigInt.asUintN(64, BigInt(Math.trunc(x)))) : 0)) : [];
     this.current = { id: m.id, inputs };
     if (this.paused) return;
+    const env = (m.env ?? {}) as Record<string, string>;
+    if (env.ROUND_ID && this.o.train) return this.flUpdate(env, this.o.train(m));
     if (typeof m.file === 'string' && m.file) return this.run(m.id, Buffer.from(m.file.slice(0, 1023), 'base64'), inputs);
     if (typeof m.image_url === 'string' && m.image_url) this.pub('registry/proplet', { app_name: m.image_url });
   }
@@ -321,6 +343,31 @@ export class EmbedProplet {
     } catch (e) {
       this.result({ task_id: taskId, results: '', error: `WASM execution failed: ${(e as Error).message}` });
     }
+  }
+
+  /**
+   * publish_results_with_error() for an FML task (ROUND_ID): the output parsed
+   * as JSON with round_id, proplet_id and base_model_uri added when missing, or
+   * an empty update (with the error, if any), on the root topic
+   * fl/rounds/<round>/updates/<id>; no result on control/proplet/results.
+   */
+  private flUpdate(env: Record<string, string>, r: { output: string; error?: string }): void {
+    const head = { round_id: env.ROUND_ID, proplet_id: this.o.id, base_model_uri: env.MODEL_URI ?? '' };
+    let payload: string;
+    if (r.error) payload = JSON.stringify({ ...head, num_samples: 0, metrics: {}, update: {}, error: r.error });
+    else {
+      let out: unknown;
+      try {
+        out = JSON.parse(r.output);
+      } catch {
+        out = undefined;
+      }
+      if (out && typeof out === 'object' && !Array.isArray(out)) payload = JSON.stringify({ ...out, ...Object.fromEntries(Object.entries(head).filter(([k]) => !(k in out))) });
+      else if (out !== undefined) payload = JSON.stringify(out); // cJSON adds nothing to a non-object
+      else payload = JSON.stringify({ ...head, num_samples: 0, metrics: {}, update: {} });
+    }
+    this.flUpdates.push(payload);
+    this.client.publish(`fl/rounds/${env.ROUND_ID}/updates/${this.o.id}`, payload, { qos: 1 });
   }
 
   private result(r: Json): void {

@@ -1,0 +1,112 @@
+// Federated learning with Propeller's own proplets over real TCP: the Rust
+// proplet's update envelope inside its result, and embed-proplet's update on
+// the broker's root topic fl/rounds/<round>/updates/<proplet> (no m/ prefix),
+// both feeding the FL coordinator; what cannot be aggregated is refused with a
+// reason the round shows, and the device keeps its connection.
+
+import test from 'ava';
+import { authorize } from '../broker/acl.ts';
+import { encodeModel, MODEL_FORMAT, modelToJson, type Model } from '../protocol/model-format.ts';
+import type { TrainingRound } from '../control-plane/fl/resources.ts';
+import { EmbedProplet, RustProplet } from './helpers/propeller-devices.ts';
+import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+
+/** (module (func (export "main") (result i32) (i32.const 0))): small enough for embed-proplet's 1023-byte start. */
+const MAIN = new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 1, 5, 1, 0x60, 0, 1, 0x7f, 3, 2, 1, 0, 7, 8, 1, 4, 0x6d, 0x61, 0x69, 0x6e, 0, 0, 0x0a, 6, 1, 4, 0, 0x41, 0, 0x0b]);
+
+const model = (w: number[], b: number): Model => ({ format: MODEL_FORMAT, tensors: [{ name: 'w', shape: [w.length], data: Float32Array.from(w) }, { name: 'b', shape: [1], data: Float32Array.from([b]) }] });
+
+/** What each device's task prints in the current test, by proplet id. */
+const outputs = new Map<string, () => { output: string; error?: string }>();
+const train = (id: string) => () => outputs.get(id)!();
+
+let s: Stack;
+let rust: RustProplet;
+let esp: EmbedProplet;
+
+test.before(async () => {
+  s = await startStack({ health: { offlineThresholdMs: 20_000, failureThresholdMs: 40_000 } });
+  rust = new RustProplet({ url: s.broker.url, id: 'rust-fl', secret: s.creds.issue('rust-fl', 'proplet'), train: train('rust-fl') });
+  esp = new EmbedProplet({ url: s.broker.url, id: 'esp-fl', secret: s.creds.issue('esp-fl', 'proplet'), channel: 'esp-fl', firstAliveMs: 100, livelinessMs: 200, train: train('esp-fl') });
+  await rust.start();
+  await esp.start();
+  await until(() => s.cp.registry.get('rust-fl')?.state === 'alive' && s.cp.registry.get('esp-fl')?.state === 'alive', 'both registered');
+});
+test.after.always(async () => {
+  await rust?.close().catch(() => {});
+  await esp?.close().catch(() => {});
+  await s?.close();
+});
+
+const metric = async (line: RegExp): Promise<number> => {
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  const m = text.split('\n').find((l) => line.test(l));
+  return m ? Number(m.split(' ').at(-1)) : 0;
+};
+
+/** A round of both devices; k = 1 lets the second refusal be seen after the first. */
+async function round(name: string, kOfN = 2): Promise<TrainingRound> {
+  const { ref } = await s.api.pushModel(encodeModel(model([0, 0], 0)));
+  const { digest } = await s.api.pushModule(MAIN);
+  await s.api.createFlRound({ metadata: { name }, spec: { roundId: name, modelRef: ref, taskWasmImage: digest, participants: ['rust-fl', 'esp-fl'], kOfN, timeoutSeconds: 30 } });
+  let r!: TrainingRound;
+  await until(async () => ['Completed', 'Failed'].includes((r = await s.api.getFlRound(name)).status.phase), `round ${name} ends`);
+  return r;
+}
+
+test.serial('a round with both: the Rust envelope in its result and embed-proplet\'s root-topic update are aggregated', async (t) => {
+  const json = (m: Model) => JSON.stringify(modelToJson(m));
+  outputs.set('rust-fl', () => ({ output: json(model([1, 1], 1)) })); // FL_FORMAT unset: "f32-delta", but the text is a model
+  outputs.set('esp-fl', () => ({ output: JSON.stringify({ num_samples: 3, metrics: { loss: 0.25 }, update: modelToJson(model([5, 5], 5)) }) }));
+  const r = await round('pf-1');
+  t.is(r.status.phase, 'Completed', r.status.message);
+  const by = Object.fromEntries(r.status.participants.map((p) => [p.propletId, p]));
+  t.is(by['rust-fl']!.phase, 'Submitted');
+  t.is(by['esp-fl']!.phase, 'Submitted');
+  t.is(by['esp-fl']!.numSamples, 3);
+  t.deepEqual(by['esp-fl']!.metrics, { loss: 0.25 });
+  // FedAvg by samples: (1*1 + 3*5) / 4 = 4
+  const [cp] = (await s.api.flCheckpoints()).checkpoints.filter((c) => c.spec.roundRef?.name === 'pf-1');
+  t.truthy(cp);
+  t.is(cp!.spec.metadata.totalSamples, 4);
+  t.true(esp.flUpdates.length === 1 && JSON.parse(esp.flUpdates[0]!).round_id === 'pf-1');
+  // the Rust proplet's result is still the task's result
+  const task = await s.api.getTask(by['rust-fl']!.taskId!);
+  t.is((task.result?.results as { round_id?: string } | undefined)?.round_id, 'pf-1');
+});
+
+test.serial('what cannot be aggregated is refused with the reason the round shows; embed-proplet keeps its connection', async (t) => {
+  const before = await metric(/^propeller_messages_rejected_total\{kind="fl.update",reason="format"\}/);
+  outputs.set('rust-fl', () => ({ output: '7' })); // f32-delta of a number: no model
+  outputs.set('esp-fl', () => ({ output: '42' })); // main's i32: cJSON prints the bare number
+  const r = await round('pf-2', 1);
+  t.is(r.status.phase, 'Failed');
+  const by = Object.fromEntries(r.status.participants.map((p) => [p.propletId, p]));
+  t.is(by['rust-fl']!.phase, 'Refused');
+  t.regex(by['rust-fl']!.reason ?? '', /^format: update format "f32-delta" cannot be aggregated/);
+  t.is(by['esp-fl']!.phase, 'Refused');
+  t.regex(by['esp-fl']!.reason ?? '', /^malformed: an FL update must be a JSON object, not 42/);
+  t.is(await metric(/^propeller_messages_rejected_total\{kind="fl.update",reason="format"\}/), before + 1);
+  t.true(esp.client.connected);
+  t.is(s.cp.registry.get('esp-fl')?.state, 'alive');
+
+  // an error the device reports ends its part with that error
+  outputs.set('rust-fl', () => ({ output: '', error: 'out of memory' }));
+  outputs.set('esp-fl', () => ({ output: '', error: 'model fetch failed' }));
+  const e = await round('pf-3', 1);
+  const reasons = Object.fromEntries(e.status.participants.map((p) => [p.propletId, p.reason]));
+  t.regex(reasons['esp-fl'] ?? '', /model fetch failed/);
+  t.regex(reasons['rust-fl'] ?? '', /out of memory/);
+  t.true(esp.client.connected);
+});
+
+test('the broker takes the root FL topic only from the proplet it names, and lets only the manager read it', (t) => {
+  const ok = (d: { ok: boolean }) => d.ok;
+  t.true(ok(authorize(scope, 'proplet', 'esp-fl', 'publish', 'fl/rounds/r1/updates/esp-fl', '42')));
+  t.deepEqual(authorize(scope, 'proplet', 'esp-fl', 'publish', 'fl/rounds/r1/updates/other', '{}'), { ok: false, reason: 'topic_id_mismatch' });
+  t.deepEqual(authorize(scope, 'proplet', 'esp-fl', 'publish', 'fl/rounds/r1/updates/esp-fl', '{"proplet_id":"other"}'), { ok: false, reason: 'sender_mismatch' });
+  t.deepEqual(authorize(scope, 'proplet', 'esp-fl', 'publish', 'fl/rounds/r1/esp-fl', '{}'), { ok: false, reason: 'outside_scope' });
+  t.deepEqual(authorize(scope, 'proplet', 'esp-fl', 'subscribe', 'fl/rounds/+/updates/+'), { ok: false, reason: 'outside_scope' });
+  t.true(ok(authorize(scope, 'manager', 'cp', 'subscribe', 'fl/rounds/+/updates/+')));
+  t.deepEqual(authorize(scope, 'manager', 'cp', 'publish', 'fl/rounds/r1/updates/esp-fl', '{}'), { ok: false, reason: 'outside_scope' });
+});
