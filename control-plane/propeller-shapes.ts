@@ -118,18 +118,19 @@ export function embedStart(msg: Start, module: Uint8Array | undefined): Shaped<E
     return fail(`embed-proplet calls main with i32 arguments and prints i32 results; main is (${sig.params.join(', ')}) -> (${sig.results.join(', ')})`);
   }
   if (sig.params.length !== inputs.length) return fail(`main takes ${sig.params.length} arguments, the task gives ${inputs.length} inputs`);
-  const start: EmbedStart = {
-    id: msg.id,
-    name: 'main',
-    file: b64(module),
-    inputs,
-    ...(msg.env && Object.keys(msg.env).length ? { env: msg.env } : {}),
-  };
-  const bytes = json(start);
-  if (bytes.length > EMBED_MAX_MESSAGE) {
-    return fail(`the start is ${bytes.length} bytes with its ${module.length}-byte module: embed-proplet reads messages of at most ${EMBED_MAX_MESSAGE} bytes (a module of about 700 bytes)`);
-  }
-  return { ok: true, msg: start, bytes, qos: 0 };
+  const head = { id: msg.id, name: 'main', ...(msg.env && Object.keys(msg.env).length ? { env: msg.env } : {}) };
+  const inline: EmbedStart = { id: head.id, name: head.name, file: b64(module), inputs, ...(head.env ? { env: head.env } : {}) };
+  const bytes = json(inline);
+  if (bytes.length <= EMBED_MAX_MESSAGE) return { ok: true, msg: inline, bytes, qos: 0 };
+  // By name the module travels alone, in one registry/server message it takes as the whole module: this fits
+  // when the start is large for its env or inputs rather than for its module.
+  const name = msg.digest ?? msg.image_url;
+  const byName: EmbedStart = { id: head.id, name: head.name, image_url: name ?? '', inputs, ...(head.env ? { env: head.env } : {}) };
+  const startBytes = json(byName);
+  const chunk = name ? propellerChunks('embed', name, module) : 'the module has no name to be asked for by';
+  if (startBytes.length <= EMBED_MAX_MESSAGE && typeof chunk !== 'string') return { ok: true, msg: byName, bytes: startBytes, qos: 0 };
+  const alone = typeof chunk === 'string' ? chunk : `the start naming it is ${startBytes.length} bytes`;
+  return fail(`the start is ${bytes.length} bytes with its ${module.length}-byte module, and by name ${alone}: embed-proplet reads messages of at most ${EMBED_MAX_MESSAGE} bytes (a module of about 650 bytes)`);
 }
 
 /** A start shaped for a Propeller proplet kind; undefined for kinds that read our messages as they are. */

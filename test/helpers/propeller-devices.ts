@@ -220,6 +220,10 @@ export class EmbedProplet {
   private current?: { id: string; inputs: number[] };
   private timers: NodeJS.Timeout[] = [];
 
+  /** registry/server messages it read: each one a whole module. */
+  readonly modules: Json[] = [];
+  /** Modules it asked for by name on registry/proplet. */
+  readonly registryRequests: string[] = [];
   /** FL updates it published on fl/rounds/<round>/updates/<id>. */
   readonly flUpdates: string[] = [];
 
@@ -315,6 +319,7 @@ export class EmbedProplet {
       this.stops.push(m);
       return;
     }
+    if (path === 'registry/server') this.modules.push(m);
     if (path === 'registry/server' && typeof m.data === 'string' && this.current) {
       // each message is taken as the whole module
       void this.run(this.current.id, Buffer.from(m.data, 'base64'), this.current.inputs);
@@ -330,7 +335,10 @@ export class EmbedProplet {
     const env = (m.env ?? {}) as Record<string, string>;
     if (env.ROUND_ID && this.o.train) return this.flUpdate(env, this.o.train(m));
     if (typeof m.file === 'string' && m.file) return this.run(m.id, Buffer.from(m.file.slice(0, 1023), 'base64'), inputs);
-    if (typeof m.image_url === 'string' && m.image_url) this.pub('registry/proplet', { app_name: m.image_url });
+    if (typeof m.image_url === 'string' && m.image_url) {
+      this.registryRequests.push(m.image_url);
+      this.pub('registry/proplet', { app_name: m.image_url });
+    }
   }
 
   private async run(taskId: string, module: Buffer, inputs: number[]): Promise<void> {
