@@ -8,6 +8,7 @@ import { decode, encode, parsePropellerJson, ProtocolError, type Encoding, type 
 import { managerFilters, parseRootFlTopic, parseTopic, ROOT_FL_FILTER, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { isPropellerProplet, kindOfRegistration, scopeOf, wireOf, type PropellerCompat } from './propeller-compat.ts';
 import { fromPropellerUpdate, isRustFlEnvelope } from './propeller-fl.ts';
+import { PropletUsage } from './propeller-metrics.ts';
 import { fromPropellerMetrics, resultStatus, shapeStart, shapeStop, type Qos, type ShapeOptions } from './propeller-shapes.ts';
 import type { ChunkServer } from './chunk-server.ts';
 import { tap } from './events.ts';
@@ -67,6 +68,7 @@ export interface Handlers {
 export class MqttGateway implements Dispatcher {
   private client?: MqttClient;
   private handlers?: Handlers;
+  private usage?: PropletUsage;
 
   constructor(private o: GatewayOptions) {}
 
@@ -76,6 +78,7 @@ export class MqttGateway implements Dispatcher {
 
   async connect(handlers: Handlers): Promise<void> {
     this.handlers = handlers;
+    this.usage ??= new PropletUsage(this.o.metrics.registry, () => handlers.registry.values());
     const client = mqtt.connect(this.o.url, {
       protocolVersion: 4,
       username: this.o.username,
@@ -260,6 +263,7 @@ export class MqttGateway implements Dispatcher {
             msg.memory_used ??= m.memory_used;
             if (msg.memory_used !== undefined) p.memory_used = msg.memory_used;
           }
+          this.usage?.report(p.id, msg.cpu_percent);
           h.onMetrics?.(msg.proplet_id, msg as unknown as Record<string, unknown>);
           return;
         }

@@ -61,6 +61,9 @@ test.serial('registers on its own device channel, from discovery metadata os zep
   t.is(p.wasm_runtime, 'wamr');
   await until(() => s.cp.registry.get('esp-1')!.alive_history.length >= 3, 'heartbeats');
   await until(() => s.cp.registry.get('esp-1')!.memory_used === 40960, 'metrics');
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  t.regex(text, /^propeller_proplet_cpu_percent\{proplet_id="esp-1"\} 3\.5$/m);
+  t.regex(text, /^propeller_proplet_memory_used_bytes\{proplet_id="esp-1"\} 40960$/m);
 });
 
 test.serial('a pinned task: numbers reach it as JSON numbers at QoS 0, its result without proplet_id is attributed by its channel', async (t) => {

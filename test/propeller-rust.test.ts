@@ -64,6 +64,10 @@ test.serial('registers from its discovery message and is known as a Rust proplet
   const m = await s.cp.metrics.registry.getSingleMetricAsString('propeller_messages_received_total');
   t.regex(m, /kind="proplet.metrics"\} [1-9]/);
   t.notRegex(await s.cp.metrics.registry.getSingleMetricAsString('propeller_messages_rejected_total'), /kind="proplet\.(create|alive|metrics)"/);
+  // its cpu_metrics.percent and memory_metrics.rss_bytes, per proplet, on the HTTP /metrics
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  t.regex(text, /^propeller_proplet_cpu_percent\{proplet_id="rust-1"\} 12\.5$/m);
+  t.regex(text, /^propeller_proplet_memory_used_bytes\{proplet_id="rust-1"\} 31457280$/m);
 });
 
 test.serial('a pinned task with string and number inputs: the proplet gets strings and its string result lands in the task', async (t) => {
