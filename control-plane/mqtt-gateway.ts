@@ -78,7 +78,7 @@ export class MqttGateway implements Dispatcher {
 
   async connect(handlers: Handlers): Promise<void> {
     this.handlers = handlers;
-    this.usage ??= new PropletUsage(this.o.metrics.registry, () => handlers.registry.values());
+    this.usage ??= new PropletUsage(this.o.metrics.registry, () => handlers.registry.values(), (id) => handlers.tasks.get(id));
     const client = mqtt.connect(this.o.url, {
       protocolVersion: 4,
       username: this.o.username,
@@ -282,6 +282,11 @@ export class MqttGateway implements Dispatcher {
           if (raw instanceof ProtocolError) throw raw;
           const id = typeof raw.proplet_id === 'string' ? raw.proplet_id : sender;
           if (id === undefined || !h.registry.get(id)) return this.reject(kind, 'unknown_proplet', `${kind} from unregistered proplet ${String(id)}`);
+          if (parsed.kind === 'proplet.task_metrics') {
+            const task = typeof raw.task_id === 'string' ? h.tasks.get(raw.task_id) : undefined;
+            if (!task || task.proplet_id !== id) return this.reject(kind, 'unknown_task', `task metrics from ${clip(id)} for a task it does not run: ${clip(String(raw.task_id))}`);
+            this.usage?.task(task.id, id, raw.metrics);
+          }
           return;
         }
         default:

@@ -89,6 +89,18 @@ export class RustProplet {
     return this.client.publishAsync(`${this.base}/${path}`, JSON.stringify(msg), { qos: 2 });
   }
 
+  /** What its process monitor publishes for a running task (service.rs: MetricsMessage). */
+  taskMetrics(taskId: string, cpuPercent: number, memoryBytes: number): Promise<unknown> {
+    const now = Date.now();
+    return this.pub('control/proplet/task_metrics', {
+      task_id: taskId,
+      proplet_id: this.o.id,
+      metrics: { cpu_percent: cpuPercent, memory_bytes: memoryBytes, memory_percent: 0.1, disk_read_bytes: 0, disk_write_bytes: 0, uptime_seconds: 1, thread_count: 4, file_descriptor_count: 9 },
+      aggregated: { avg_cpu_usage: cpuPercent, max_cpu_usage: cpuPercent, avg_memory_usage: memoryBytes, max_memory_usage: memoryBytes, total_disk_read: 0, total_disk_write: 0, sample_count: 1 },
+      timestamp: { secs_since_epoch: Math.floor(now / 1000), nanos_since_epoch: (now % 1000) * 1e6 },
+    });
+  }
+
   private async onMessage(t: string, buf: Buffer): Promise<void> {
     const path = t.slice(this.base.length + 1);
     let m: Json;
