@@ -8,6 +8,7 @@ import test from 'ava';
 import { authorize } from '../broker/acl.ts';
 import { encodeModel, MODEL_FORMAT, modelToJson, type Model } from '../protocol/model-format.ts';
 import type { TrainingRound } from '../control-plane/fl/resources.ts';
+import { fromPropellerUpdate } from '../control-plane/propeller-fl.ts';
 import { EmbedProplet, RustProplet } from './helpers/propeller-devices.ts';
 import { scope, startStack, until, type Stack } from './helpers/stack.ts';
 
@@ -109,4 +110,34 @@ test('the broker takes the root FL topic only from the proplet it names, and let
   t.deepEqual(authorize(scope, 'proplet', 'esp-fl', 'subscribe', 'fl/rounds/+/updates/+'), { ok: false, reason: 'outside_scope' });
   t.true(ok(authorize(scope, 'manager', 'cp', 'subscribe', 'fl/rounds/+/updates/+')));
   t.deepEqual(authorize(scope, 'manager', 'cp', 'publish', 'fl/rounds/r1/updates/esp-fl', '{}'), { ok: false, reason: 'outside_scope' });
+});
+
+test('Propeller envelopes read as our updates, or refused with the reason (pure)', (t) => {
+  const ids = { round: 'r1', sender: 'p1', taskId: 't1' };
+  const m = model([1, 2], 3);
+  const cbor = Buffer.from(encodeModel(m));
+  const ok = (raw: unknown, error?: unknown) => {
+    const r = fromPropellerUpdate(raw, ids, error);
+    if (!r.ok) throw new Error(`${r.reason}: ${r.message}`);
+    return r.update;
+  };
+  const no = (raw: unknown) => {
+    const r = fromPropellerUpdate(raw, ids);
+    return r.ok ? 'accepted' : `${r.reason}: ${r.message}`;
+  };
+  // CBOR bytes in update_b64 with our format named; JSON text whatever the format says; the model as the message itself
+  t.deepEqual(Buffer.from(ok({ round_id: 'r1', proplet_id: 'p1', num_samples: 5, update_b64: cbor.toString('base64'), format: MODEL_FORMAT }).model!), cbor);
+  t.deepEqual(Buffer.from(ok({ update_b64: Buffer.from(JSON.stringify(modelToJson(m))).toString('base64'), format: 'f32-delta' }).model!), cbor);
+  t.is(ok({ ...modelToJson(m), num_samples: 2 }).num_samples, 2);
+  t.deepEqual(ok({ update: modelToJson(m), metrics: { loss: 0.5, note: 'x' } }).metrics, { loss: 0.5 });
+  t.deepEqual(ok({ update_b64: '' }, 'boom'), { v: 1, proplet_id: 'p1', round_id: 'r1', task_id: 't1', error: 'boom' });
+  t.regex(no({ update_b64: cbor.toString('base64'), format: 'f32-delta' }), /^format: update format "f32-delta" cannot be aggregated/);
+  t.regex(no({ update_b64: '' }), /^empty: /);
+  t.regex(no({ update: {} }), /^format: the update is not a propeller-model\/v1 model \(update is empty\)/);
+  t.regex(no({ update: { w: [1, 2] } }), /\(update has w\)/);
+  t.regex(no({ round_id: 'r2', update: modelToJson(m) }), /^round_mismatch: /);
+  t.regex(no({ proplet_id: 'p2', update: modelToJson(m) }), /^sender_mismatch: /);
+  t.regex(no({ num_samples: -1, update: modelToJson(m) }), /^samples: /);
+  t.regex(no({ update: { ...modelToJson(m), tensors: [{ name: 'w', shape: [2], data: [1] }] } }), /^invalid: tensor 'w'/);
+  t.regex(no(42), /^malformed: an FL update must be a JSON object, not 42/);
 });
