@@ -228,14 +228,13 @@ export class MqttGateway implements Dispatcher {
           const p = h.registry.get(msg.proplet_id);
           if (!p) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);
           // Propeller's proplets give no status: a string result, an error, or "" at once for a daemon
-          if (msg.status === undefined && isPropellerProplet(wireOf(p, this.o.scope).kind)) {
-            msg.status = resultStatus(msg, h.tasks.get(msg.task_id)?.daemon ?? false);
-            // the Rust proplet's FL update rides in the result of a ROUND_ID task
-            const round = h.tasks.get(msg.task_id)?.env?.ROUND_ID;
-            if (round && isRustFlEnvelope(msg.results)) this.propellerFlUpdate(msg.results, round, p.id, msg.task_id, msg.error);
-          }
+          const propeller = msg.status === undefined && isPropellerProplet(wireOf(p, this.o.scope).kind);
+          if (propeller) msg.status = resultStatus(msg, h.tasks.get(msg.task_id)?.daemon ?? false);
+          const round = propeller ? h.tasks.get(msg.task_id)?.env?.ROUND_ID : undefined;
           const ignored = h.tasks.onResult(msg as Result);
           if (ignored) this.o.log('info', 'result ignored', { reason: ignored, task_id: msg.task_id, proplet_id: msg.proplet_id, attempt: msg.attempt });
+          // the Rust proplet's FL update rides in the result of a ROUND_ID task: the result first, so that a round the update closes finds its task done
+          if (round && isRustFlEnvelope(msg.results)) this.propellerFlUpdate(msg.results, round, p.id, msg.task_id, msg.error);
           return;
         }
         case 'registry.proplet': {

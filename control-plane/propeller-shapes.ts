@@ -72,18 +72,41 @@ export function embedInputs(inputs: readonly unknown[]): number[] | string {
   return out;
 }
 
+/**
+ * The Rust proplet reports an FL task (env ROUND_ID) only when it knows
+ * MANAGER_COORDINATOR_URL (from the task's env or its own): it POSTs the output
+ * to <url>/update and, refused, publishes it on fl/rounds/<round>/updates/<id>;
+ * then it puts the update envelope in its result. Without the URL it reports
+ * nothing at all. The control plane takes updates over MQTT only (an HTTP post
+ * does not say who sent it), so it points the proplet at a path of its own API
+ * that refuses the post: the update then comes over the authenticated connection.
+ */
+export const PROPELLER_COORDINATOR_PATH = '/fl/propeller';
+
+function rustEnv(env: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (!env?.ROUND_ID || env.MANAGER_COORDINATOR_URL || !env.MODEL_URI) return env;
+  let origin: string;
+  try {
+    origin = new URL(env.MODEL_URI).origin; // the control plane's API, which serves the round's model
+  } catch {
+    return env;
+  }
+  return origin.startsWith('http') ? { ...env, MANAGER_COORDINATOR_URL: `${origin}${PROPELLER_COORDINATOR_PATH}` } : env;
+}
+
 /** A start for the Rust proplet: inline while it fits its packet limit, else by name (it then asks for chunks). */
 export function rustStart(msg: Start, o: ShapeOptions = {}): Shaped<RustStart> {
   const inputs = rustInputs(msg.inputs ?? []);
   if (typeof inputs === 'string') return fail(inputs);
   if (!msg.name) return fail('the Rust proplet needs a task name: the export it calls');
+  const env = rustEnv(msg.env);
   const base: RustStart = {
     id: msg.id,
     name: msg.name,
     cli_args: msg.cli_args ?? [],
     inputs,
     daemon: msg.daemon ?? false,
-    ...(msg.env && Object.keys(msg.env).length ? { env: msg.env } : {}),
+    ...(env && Object.keys(env).length ? { env } : {}),
     ...(msg.proplet_id ? { proplet_id: msg.proplet_id } : {}),
   };
   const max = o.rustMaxPacket ?? RUST_MAX_PACKET;

@@ -9,6 +9,7 @@ import { authorize } from '../broker/acl.ts';
 import { encodeModel, MODEL_FORMAT, modelToJson, type Model } from '../protocol/model-format.ts';
 import type { TrainingRound } from '../control-plane/fl/resources.ts';
 import { fromPropellerUpdate } from '../control-plane/propeller-fl.ts';
+import { rustStart } from '../control-plane/propeller-shapes.ts';
 import { EmbedProplet, RustProplet } from './helpers/propeller-devices.ts';
 import { scope, startStack, until, type Stack } from './helpers/stack.ts';
 
@@ -57,7 +58,8 @@ async function round(name: string, kOfN = 2): Promise<TrainingRound> {
 
 test.serial('a round with both: the Rust envelope in its result and embed-proplet\'s root-topic update are aggregated', async (t) => {
   const json = (m: Model) => JSON.stringify(modelToJson(m));
-  outputs.set('rust-fl', () => ({ output: json(model([1, 1], 1)) })); // FL_FORMAT unset: "f32-delta", but the text is a model
+  // its output, a model in JSON: posted to MANAGER_COORDINATOR_URL (ours refuses), so published on the root topic; then the envelope
+  outputs.set('rust-fl', () => ({ output: json(model([1, 1], 1)) }));
   outputs.set('esp-fl', () => ({ output: JSON.stringify({ num_samples: 3, metrics: { loss: 0.25 }, update: modelToJson(model([5, 5], 5)) }) }));
   const r = await round('pf-1');
   t.is(r.status.phase, 'Completed', r.status.message);
@@ -71,14 +73,13 @@ test.serial('a round with both: the Rust envelope in its result and embed-prople
   t.truthy(cp);
   t.is(cp!.spec.metadata.totalSamples, 4);
   t.true(esp.flUpdates.length === 1 && JSON.parse(esp.flUpdates[0]!).round_id === 'pf-1');
-  // the Rust proplet's result is still the task's result
-  const task = await s.api.getTask(by['rust-fl']!.taskId!);
-  t.is((task.result?.results as { round_id?: string } | undefined)?.round_id, 'pf-1');
+  t.deepEqual(rust.coordinatorPosts, [{ url: `${s.apiUrl}/fl/propeller/update`, accepted: false }]);
+  t.deepEqual(rust.dropped, []);
 });
 
 test.serial('what cannot be aggregated is refused with the reason the round shows; embed-proplet keeps its connection', async (t) => {
   const before = await metric(/^propeller_messages_rejected_total\{kind="fl.update",reason="format"\}/);
-  outputs.set('rust-fl', () => ({ output: '7' })); // f32-delta of a number: no model
+  outputs.set('rust-fl', () => ({ output: 'w=0.5' })); // not JSON: nothing posted, only the envelope, "f32-delta" of text
   outputs.set('esp-fl', () => ({ output: '42' })); // main's i32: cJSON prints the bare number
   const r = await round('pf-2', 1);
   t.is(r.status.phase, 'Failed');
@@ -88,6 +89,10 @@ test.serial('what cannot be aggregated is refused with the reason the round show
   t.is(by['esp-fl']!.phase, 'Refused');
   t.regex(by['esp-fl']!.reason ?? '', /^malformed: an FL update must be a JSON object, not 42/);
   t.is(await metric(/^propeller_messages_rejected_total\{kind="fl.update",reason="format"\}/), before + 1);
+  // the envelope is also the task's result
+  const task = await s.api.getTask(by['rust-fl']!.taskId!);
+  t.is(task.state, 'Completed');
+  t.is((task.result?.results as { round_id?: string; format?: string } | undefined)?.format, 'f32-delta');
   t.true(esp.client.connected);
   t.is(s.cp.registry.get('esp-fl')?.state, 'alive');
 
@@ -140,4 +145,14 @@ test('Propeller envelopes read as our updates, or refused with the reason (pure)
   t.regex(no({ num_samples: -1, update: modelToJson(m) }), /^samples: /);
   t.regex(no({ update: { ...modelToJson(m), tensors: [{ name: 'w', shape: [2], data: [1] }] } }), /^invalid: tensor 'w'/);
   t.regex(no(42), /^malformed: an FL update must be a JSON object, not 42/);
+});
+
+test('a Rust proplet FL start names a coordinator URL that refuses posts, so its update comes over MQTT (pure)', (t) => {
+  const env = { ROUND_ID: 'r1', MODEL_URI: 'http://10.0.0.5:7070/models/sha256:ab' };
+  const st = rustStart({ id: 't1', name: 'r1-0', inputs: [], file: MAIN, env } as never);
+  t.true(st.ok && st.msg.env?.MANAGER_COORDINATOR_URL === 'http://10.0.0.5:7070/fl/propeller');
+  const own = rustStart({ id: 't1', name: 'r1-0', inputs: [], file: MAIN, env: { ...env, MANAGER_COORDINATOR_URL: 'http://coordinator:8080' } } as never);
+  t.true(own.ok && own.msg.env?.MANAGER_COORDINATOR_URL === 'http://coordinator:8080');
+  const plain = rustStart({ id: 't1', name: 'add', inputs: [], file: MAIN, env: { A: '1' } } as never);
+  t.true(plain.ok && plain.msg.env?.MANAGER_COORDINATOR_URL === undefined);
 });

@@ -29,6 +29,8 @@ export class RustProplet {
   readonly stops: Json[] = [];
   readonly running = new Set<string>();
   readonly registryRequests: string[] = [];
+  /** FL updates it posted to MANAGER_COORDINATOR_URL/update, and whether the coordinator took them. */
+  readonly coordinatorPosts: { url: string; accepted: boolean }[] = [];
   private chunks = new Map<string, { total: number; parts: Map<number, Buffer> }>();
   private timers: NodeJS.Timeout[] = [];
 
@@ -158,8 +160,24 @@ export class RustProplet {
     }
     const env = (m.env ?? {}) as Record<string, string>;
     if (env.ROUND_ID && this.o.train) {
-      // service.rs: a ROUND_ID task's result is FLResultMessage {task_id, results: envelope, error}, with no proplet_id
       const { output, error } = this.o.train(m);
+      this.running.delete(id);
+      // service.rs: without MANAGER_COORDINATOR_URL an FL task reports nothing at all
+      const coordinator = env.MANAGER_COORDINATOR_URL;
+      if (!coordinator) return void this.dropped.push({ payload: raw.toString(), why: 'MANAGER_COORDINATOR_URL not set' });
+      // the output as JSON to <url>/update; refused or unreachable: the same JSON on the root topic
+      let updateJson: unknown;
+      try {
+        updateJson = JSON.parse(output);
+      } catch {
+        updateJson = undefined;
+      }
+      if (updateJson !== undefined) {
+        const posted = await fetch(`${coordinator}/update`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(updateJson) }).then((r) => r.ok, () => false);
+        this.coordinatorPosts.push({ url: `${coordinator}/update`, accepted: posted });
+        if (!posted) await this.client.publishAsync(`fl/rounds/${env.ROUND_ID}/updates/${this.o.id}`, JSON.stringify(updateJson), { qos: 2 }).catch(() => {});
+      }
+      // then FLResultMessage {task_id, results: envelope, error} on results, with no proplet_id
       const envelope = {
         task_id: id,
         round_id: env.ROUND_ID,
@@ -169,7 +187,6 @@ export class RustProplet {
         format: env.FL_FORMAT ?? 'f32-delta',
         metrics: {},
       };
-      this.running.delete(id);
       void this.pub('control/proplet/results', { task_id: id, results: envelope, error: error ?? null }).catch(() => {});
       return;
     }
