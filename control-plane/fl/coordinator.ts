@@ -562,6 +562,32 @@ export class FlCoordinator {
     return outcome;
   }
 
+  /** The task a participant runs in a round: Propeller's root FL updates name none. */
+  taskOf(round: string, propletId: string): string | undefined {
+    return this.working(round)?.status.participants.find((p) => p.propletId === propletId)?.taskId;
+  }
+
+  /**
+   * An update that came but cannot be aggregated (a format we cannot read): the
+   * participant is refused with the reason, as one with a bad model is.
+   */
+  refuseUpdate(msg: Pick<FlUpdate, 'round_id' | 'proplet_id' | 'task_id'>, reason: string, message: string): UpdateOutcome {
+    const r = this.working(msg.round_id);
+    let outcome: UpdateOutcome = 'unknown_round';
+    if (r) {
+      const screened = screenUpdate(r, msg, this.live.has(r.metadata.name));
+      this.execute(r, screened.commands);
+      outcome = screened.verdict ?? 'invalid';
+      if (!screened.verdict) {
+        const refused = onFolded(r, msg.proplet_id, { t: 'refused', reason, message, verdict: 'invalid' });
+        this.execute(r, refused.commands);
+      }
+    }
+    this.o.metrics.update(outcome);
+    this.o.log('warn', 'fl update refused', { round: msg.round_id, proplet_id: msg.proplet_id, reason: outcome, detail: `${reason}: ${message}` });
+    return outcome;
+  }
+
   private applyUpdate(msg: FlUpdate): UpdateOutcome {
     const r = this.working(msg.round_id);
     if (!r) return 'unknown_round';
