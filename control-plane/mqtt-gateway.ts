@@ -36,6 +36,12 @@ export interface GatewayOptions {
    * checks it. Default false: such messages are refused (`no_topic_id`).
    */
   trustPayloadSender?: boolean;
+  /**
+   * Replicas: results and metrics are consumed once across the replicas of
+   * this group (MQTT shared subscriptions, `$share/GROUP/…`); registrations and
+   * heartbeats still reach every replica, each keeping its own liveness view.
+   */
+  shareGroup?: string;
 }
 
 /** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
@@ -53,6 +59,18 @@ export interface Handlers {
 }
 
 export class MqttGateway implements Dispatcher {
+  private filters(): string[] {
+    const s = this.o.scope;
+    const g = this.o.shareGroup;
+    if (!g) return managerFilters(s);
+    const all = `${topic(s, 'proplet.create').slice(0, -'/create'.length)}/#`;
+    return managerFilters(s).flatMap((f) =>
+      f === all
+        ? [`${topic(s, 'proplet.create')}/#`, `${topic(s, 'proplet.alive')}/#`, `$share/${g}/${topic(s, 'proplet.results')}/#`, `$share/${g}/${topic(s, 'proplet.metrics')}/#`]
+        : [f],
+    );
+  }
+
   private client?: MqttClient;
   private handlers?: Handlers;
 
@@ -83,7 +101,7 @@ export class MqttGateway implements Dispatcher {
       // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       this.o.log('info', 'mqtt connected', { url: this.o.url, session_present: ack.sessionPresent });
-      client.subscribe(managerFilters(this.o.scope), { qos: 1 }, (err, granted) => {
+      client.subscribe(this.filters(), { qos: 1 }, (err, granted) => {
         if (err) return this.o.log('error', 'subscribe failed', { error: err.message });
         const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic);
         if (refused?.length) this.o.log('error', 'broker refused subscriptions: check the manager account ACL', { refused });

@@ -25,6 +25,8 @@ export interface RegistryEvents {
 export class Registry extends EventEmitter<RegistryEvents> {
   private proplets = new Map<string, Proplet>();
   private timer?: NodeJS.Timeout;
+  /** Replicas: only the lease's owner sweeps (see replica.ts). */
+  owner: () => boolean = () => true;
 
   constructor(
     private store: Store,
@@ -122,6 +124,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.transition(p, 'offline', reason);
   }
 
+  /** Another replica registered, changed or removed this proplet in the store: take its version. */
+  adopt(id: string, p: Proplet | undefined): void {
+    const old = this.proplets.get(id);
+    if (!p) {
+      this.proplets.delete(id);
+      return;
+    }
+    // liveness is what this replica hears itself: keep its own last_seen
+    if (old) p.last_seen = old.last_seen > p.last_seen ? old.last_seen : p.last_seen;
+    this.proplets.set(id, p);
+  }
+
   remove(id: string): boolean {
     const had = this.proplets.delete(id);
     tap(this, 'proplet-removed', id);
@@ -131,6 +145,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   /** One liveness pass: missed heartbeats past the thresholds move proplets down. */
   sweep(): void {
+    if (!this.owner()) return;
     const now = this.now();
     for (const p of this.proplets.values()) {
       if (p.state === 'failed') continue;
