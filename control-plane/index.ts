@@ -33,7 +33,7 @@ import type { Task } from './model.ts';
 export interface ControlPlaneOptions {
   scope: Scope;
   /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
-  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean };
+  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean; shareGroup?: string };
   /** The HTTP API; `token` or `noAuth: true` is required (the API is never open by omission). */
   http: { host?: string; port?: number; token?: string; noAuth?: boolean; tokenHint?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
   health: HealthConfig;
@@ -66,6 +66,8 @@ export interface ControlPlaneOptions {
    * private addresses are denied unless `allow` names them (CIDRs, addresses, host names).
    */
   fetch?: { allow?: readonly string[]; deny?: readonly string[] };
+  /** One of N replicas (replica.ts): the owner-only work runs when isOwner() says so. */
+  replica?: { isOwner(): boolean; onAcquired(f: () => void): void };
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
   /** How long one of our proplets may take to acknowledge a start before it counts as refused (START_ACK_TIMEOUT). Default 10 s. */
@@ -191,15 +193,36 @@ export class ControlPlane {
     this.http.mount((req, res, url) => this.events.serve(req, res, url));
     if (o.http?.staticDir) this.http.mount(staticDirectory(o.http.staticDir), { open: true });
     this.wireEvents();
+    if (o.replica) {
+      const own = () => o.replica!.isOwner();
+      this.tasks.owner = own;
+      this.registry.owner = own;
+      this.cron.owner = own;
+      // a new owner catches up: liveness, and what waits for placement
+      o.replica.onAcquired(() => {
+        this.registry.sweep();
+        this.tasks.schedulePlacement();
+      });
+    }
+  }
+
+  /** A row another replica committed (the store's change feed): refresh this replica's view of it. */
+  refresh(key: { kind: string; id: string }): void {
+    if (key.kind === 'task') this.tasks.adopt(key.id, this.store.tasks.get(key.id));
+    else if (key.kind === 'proplet') this.registry.adopt(key.id, this.store.proplets.get(key.id));
   }
 
   private wireEvents(): void {
+    // with replicas, only the owner reconciles: another replica's view of a task may lag the feed
+    const owner = () => this.o.replica?.isOwner() ?? true;
     this.registry.on('up', (p, running) => {
-      this.tasks.reconcile(p, running);
+      if (owner()) this.tasks.reconcile(p, running);
       this.tasks.schedulePlacement();
     });
     this.registry.on('load', () => this.tasks.schedulePlacement());
-    this.registry.on('report', (p, running) => this.tasks.reconcile(p, running));
+    this.registry.on('report', (p, running) => {
+      if (owner()) this.tasks.reconcile(p, running);
+    });
     this.registry.on('state', (p, from, reason) => {
       this.metrics.propletTransitions.inc({ to: p.state });
       this.log(p.state === 'alive' ? 'info' : 'warn', 'proplet state', { proplet_id: p.id, from, to: p.state, reason });

@@ -87,6 +87,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
   /** Started tasks whose module is being fetched: not placeable yet. */
   private resolving = new Set<string>();
   private placeQueued = false;
+  /** Replicas: only the lease's owner places (see replica.ts). */
+  owner: () => boolean = () => true;
   private readonly index = new TaskIndex();
   readonly retention: RetentionConfig;
   private readonly expiry = new ExpiryQueue();
@@ -524,7 +526,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   /** Coalesces placement requests into one pass per tick. */
   schedulePlacement(): void {
-    if (this.placeQueued) return;
+    if (this.placeQueued || !this.owner()) return;
     this.placeQueued = true;
     setImmediate(() => {
       this.placeQueued = false;
@@ -733,6 +735,25 @@ export class TaskService extends EventEmitter<TaskEvents> {
     let s = this.active.get(propletId);
     if (!s) this.active.set(propletId, (s = new Set()));
     s.add(taskId);
+  }
+
+  /** Another replica changed this task in the store: take its version (undefined: it was deleted). */
+  adopt(id: string, t: Task | undefined): void {
+    const old = this.tasks.get(id);
+    if (old) this.release(old);
+    if (!t) {
+      if (!old) return;
+      this.tasks.delete(id);
+      this.waiting.delete(id);
+      this.emit('deleted', id);
+      return;
+    }
+    this.tasks.set(id, t);
+    if (t.state === 'Pending' && t.start_requested) this.waiting.add(id);
+    else this.waiting.delete(id);
+    if ((t.state === 'Scheduled' || t.state === 'Running') && t.proplet_id) this.addActive(t.proplet_id, id);
+    this.emit('changed', t);
+    this.schedulePlacement();
   }
 
   private release(t: Task): void {
