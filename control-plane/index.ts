@@ -196,6 +196,7 @@ export class ControlPlane {
     if (o.replica) {
       const own = () => o.replica!.isOwner();
       this.tasks.owner = own;
+      this.tasks.replicated = true;
       this.registry.owner = own;
       this.cron.owner = own;
       // a new owner catches up: liveness, and what waits for placement

@@ -104,7 +104,8 @@ export class MqttGateway implements Dispatcher {
       // Stable per scope, so the persistent session below is found again after a restart.
       clientId: this.o.clientId ?? `propeller-manager-${this.o.scope.domain}-${this.o.scope.channel}`,
       // A persistent session lets the broker keep results for us across a control-plane restart.
-      clean: false,
+      // Not for replicas: a dead replica's session would go on taking its share of the results.
+      clean: this.o.shareGroup !== undefined,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
     });
