@@ -211,6 +211,8 @@ export class ControlPlane {
   refresh(key: { kind: string; id: string }): void {
     if (key.kind === 'task') this.tasks.adopt(key.id, this.store.tasks.get(key.id));
     else if (key.kind === 'proplet') this.registry.adopt(key.id, this.store.proplets.get(key.id));
+    // FL resources read fresh on every replica; a round's live state stays with the replica that runs it (docs/scaling.md)
+    else if (key.kind === 'fl-job' || key.kind === 'fl-round' || key.kind === 'fl-checkpoint') this.fl.reloadRecord(key.kind, key.id);
   }
 
   private wireEvents(): void {
