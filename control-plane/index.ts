@@ -67,7 +67,7 @@ export interface ControlPlaneOptions {
    */
   fetch?: { allow?: readonly string[]; deny?: readonly string[] };
   /** One of N replicas (replica.ts): the owner-only work runs when isOwner() says so. */
-  replica?: { isOwner(): boolean; onAcquired(f: () => void): void };
+  replica?: { isOwner(): boolean; onAcquired(f: () => void): void; module(digest: string): Promise<Uint8Array | undefined> };
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
   /** How long one of our proplets may take to acknowledge a start before it counts as refused (START_ACK_TIMEOUT). Default 10 s. */
@@ -209,10 +209,31 @@ export class ControlPlane {
 
   /** A row another replica committed (the store's change feed): refresh this replica's view of it. */
   refresh(key: { kind: string; id: string }): void {
-    if (key.kind === 'task') this.tasks.adopt(key.id, this.store.tasks.get(key.id));
+    if (key.kind === 'task') {
+      // a module another replica stored (a task created there with its file) is not in this one's mirror: load it first
+      const d = this.store.tasks.get(key.id)?.module_digest;
+      if (d && this.o.replica && !this.store.getModule(d)) void this.loadModule(d).then(() => this.tasks.adopt(key.id, this.store.tasks.get(key.id)));
+      else this.tasks.adopt(key.id, this.store.tasks.get(key.id));
+    }
     else if (key.kind === 'proplet') this.registry.adopt(key.id, this.store.proplets.get(key.id));
     // FL resources read fresh on every replica; a round's live state stays with the replica that runs it (docs/scaling.md)
     else if (key.kind === 'fl-job' || key.kind === 'fl-round' || key.kind === 'fl-checkpoint') this.fl.reloadRecord(key.kind, key.id);
+  }
+
+  private loading = new Map<string, Promise<void>>();
+  private loadModule(digest: string): Promise<void> {
+    let p = this.loading.get(digest);
+    if (!p) {
+      p = this.o
+        .replica!.module(digest)
+        .then(
+          (bytes) => bytes && this.store.putModule(digest, bytes),
+          (e: Error) => this.log('warn', 'cannot load a module another replica stored', { digest, error: e.message }),
+        )
+        .finally(() => this.loading.delete(digest));
+      this.loading.set(digest, p);
+    }
+    return p;
   }
 
   private wireEvents(): void {

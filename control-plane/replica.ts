@@ -50,6 +50,12 @@ export class Replica {
   onAcquired(f: () => void): void {
     this.acquired.push(f);
   }
+  /** A module another replica stored: the store's mirror loads modules only at start. */
+  async module(digest: string): Promise<Uint8Array | undefined> {
+    const r = await this.pool.query<{ bytes: Buffer }>('SELECT bytes FROM modules WHERE digest = $1', [digest]);
+    const b = r.rows[0]?.bytes;
+    return b && new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  }
   async start(): Promise<void> {
     await this.lease.start();
   }
