@@ -175,6 +175,7 @@ export class ControlPlane {
         aggregation: (seconds) => m.flAggregation.observe(seconds),
       },
       log: this.log,
+      ...(o.replica ? { load: (digest: string) => this.loadModule(digest) } : {}),
     });
     addFlRoutes(this.http, this.fl);
     addPropellerApiRoutes(this.http, this.tasks, this.registry, (req) => this.http.module(req));
@@ -199,10 +200,13 @@ export class ControlPlane {
       this.tasks.replicated = true;
       this.registry.owner = own;
       this.cron.owner = own;
+      this.fl.owner = own;
       // a new owner catches up: liveness, and what waits for placement
       o.replica.onAcquired(() => {
         this.registry.sweep();
         this.tasks.schedulePlacement();
+        // rounds the dead owner ran start over, as after a restart
+        this.fl.resume();
       });
     }
   }
@@ -217,7 +221,10 @@ export class ControlPlane {
     }
     else if (key.kind === 'proplet') this.registry.adopt(key.id, this.store.proplets.get(key.id));
     // FL resources read fresh on every replica; a round's live state stays with the replica that runs it (docs/scaling.md)
-    else if (key.kind === 'fl-job' || key.kind === 'fl-round' || key.kind === 'fl-checkpoint') this.fl.reloadRecord(key.kind, key.id);
+    else if (key.kind === 'fl-job' || key.kind === 'fl-round' || key.kind === 'fl-checkpoint') {
+      this.fl.reloadRecord(key.kind, key.id);
+      this.fl.adopted(key.kind, key.id);
+    }
   }
 
   private loading = new Map<string, Promise<void>>();
