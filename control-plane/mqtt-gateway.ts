@@ -42,6 +42,13 @@ export interface GatewayOptions {
   trustPayloadSender?: boolean;
   /** Limits of Propeller's proplets the control plane shapes its messages to. */
   shape?: ShapeOptions;
+  /**
+   * Replicas: what one replica must handle alone (results, metrics, chunk
+   * requests) is consumed once across the group (MQTT shared subscriptions,
+   * `$share/GROUP/…`); registrations and heartbeats still reach every replica,
+   * each keeping its own liveness view.
+   */
+  shareGroup?: string;
 }
 
 /** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
@@ -66,6 +73,21 @@ export interface Handlers {
 }
 
 export class MqttGateway implements Dispatcher {
+  /** Both layouts, and every channel of the domain: embed-proplets each have their own (propeller-compat.ts). */
+  private filters(): string[] {
+    const all = managerFilters(this.o.scope, true);
+    const g = this.o.shareGroup;
+    if (!g) return all;
+    const CONTROL = '/control/proplet/#';
+    return all.flatMap((f) => {
+      if (f.endsWith(CONTROL)) {
+        const p = f.slice(0, -1);
+        return [`${p}create/#`, `${p}alive/#`, ...['results', 'metrics', 'invoke_results', 'task_metrics'].map((k) => `$share/${g}/${p}${k}/#`)];
+      }
+      return f.includes('/registry/proplet') ? [`$share/${g}/${f}`] : [f];
+    });
+  }
+
   private client?: MqttClient;
   private handlers?: Handlers;
   private usage?: PropletUsage;
@@ -86,7 +108,8 @@ export class MqttGateway implements Dispatcher {
       // Stable per scope, so the persistent session below is found again after a restart.
       clientId: this.o.clientId ?? `propeller-manager-${this.o.scope.domain}-${this.o.scope.channel}`,
       // A persistent session lets the broker keep results for us across a control-plane restart.
-      clean: false,
+      // Not for replicas: a dead replica's session would go on taking its share of the results.
+      clean: this.o.shareGroup !== undefined,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
     });
@@ -98,8 +121,7 @@ export class MqttGateway implements Dispatcher {
       // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       this.o.log('info', 'mqtt connected', { url: this.o.url, session_present: ack.sessionPresent });
-      // both layouts, and every channel of the domain: embed-proplets each have their own (propeller-compat.ts)
-      client.subscribe(managerFilters(this.o.scope, true), { qos: 1 }, (err, granted) => {
+      client.subscribe(this.filters(), { qos: 1 }, (err, granted) => {
         if (err) return this.o.log('error', 'subscribe failed', { error: err.message });
         const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic);
         if (refused?.length) this.o.log('error', 'broker refused subscriptions: check the manager account ACL', { refused });
