@@ -133,19 +133,28 @@ export function encodeCbor(value: unknown): Buffer {
 /** Returns the sender id a proplet-sent payload claims, without full validation (the broker's ACL check). */
 export function claimedSender(kind: MessageKind, payload: Uint8Array): string | undefined | ProtocolError {
   const sender = SENDER_FIELD[kind];
-  if (!sender) return undefined;
+  return sender ? (claimedField(kind, payload, sender) as string | undefined | ProtocolError) : undefined;
+}
+
+/**
+ * One field of a payload, read without validating the rest (who sent it, which task a
+ * refused result was about). A field named twice, as text and as its compact key, is an error.
+ */
+export function claimedField(kind: MessageKind, payload: Uint8Array, field: string): string | number | undefined | ProtocolError {
+  const spec = FIELDS[kind][field];
+  if (!spec) return undefined;
   try {
     const { value } = decodeRaw(payload, MAX_PAYLOAD[kind], limitsOf(kind));
-    const key = FIELDS[kind][sender]!.key;
+    const key = spec.key;
     let v: unknown;
     if (value instanceof Map) {
-      // Both forms at once would let this check and the control plane's decoder read different senders.
-      if (value.has(sender) && value.has(key)) return new ProtocolError('duplicate_field', `${sender} is named twice (as "${sender}" and as ${key})`, sender);
-      v = value.has(sender) ? value.get(sender) : value.get(key);
-    } else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[sender];
+      // Both forms at once would let this check and the control plane's decoder read different values.
+      if (value.has(field) && value.has(key)) return new ProtocolError('duplicate_field', `${field} is named twice (as "${field}" and as ${key})`, field);
+      v = value.has(field) ? value.get(field) : value.get(key);
+    } else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[field];
     else return new ProtocolError('malformed', 'payload is not a map');
     if (v === undefined || v === null) return undefined;
-    return checkStruct({ [sender]: FIELDS[kind][sender]! }, { [sender]: v }, '')[sender] as string;
+    return checkStruct({ [field]: spec }, { [field]: v }, '')[field] as string | number;
   } catch (e) {
     return e instanceof ProtocolError ? e : new ProtocolError('malformed', String(e));
   }

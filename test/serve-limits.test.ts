@@ -56,7 +56,7 @@ test('--max-connections-per-proplet 2: a proplet account holds two connections; 
     c.on('close', () => (closed[i] = true));
     clients.push(c);
   }
-  await until(() => closed[0], 'the oldest connection closed');
+  await until(() => closed[0] === true, 'the oldest connection closed');
   // with the default limit (1) the second connect already replaced the first and the third the second: 2
   t.is(await metric(s, 'propeller_mqtt_connections_replaced_total{role="proplet"}'), 1);
   t.false(closed[1]);
