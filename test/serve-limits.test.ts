@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
-import { BIN, startServe, type Serve } from './helpers/procs.ts';
+import { BIN, metricOf, startServe, type Serve } from './helpers/procs.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 const exec = promisify(execFile);
@@ -25,12 +25,6 @@ async function serve(args: string[]): Promise<Serve> {
   const s = await startServe(['--data-dir', dir, '--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), ...args]);
   procs.push(s);
   return s;
-}
-
-async function metric(s: Serve, line: string): Promise<number> {
-  const text = await (await fetch(`${s.apiUrl}/metrics`, { headers: { authorization: `Bearer ${s.token}` } })).text();
-  const hit = text.split('\n').find((l) => l.startsWith(line + ' '));
-  return hit ? Number(hit.slice(line.length + 1)) : 0;
 }
 
 function connect(url: string, username: string, password: string, clientId: string): Promise<mqtt.MqttClient | Error> {
@@ -58,7 +52,7 @@ test('--max-connections-per-proplet 2: a proplet account holds two connections; 
   }
   await until(() => closed[0] === true, 'the oldest connection closed');
   // with the default limit (1) the second connect already replaced the first and the third the second: 2
-  t.is(await metric(s, 'propeller_mqtt_connections_replaced_total{role="proplet"}'), 1);
+  t.is(await metricOf(s, 'propeller_mqtt_connections_replaced_total{role="proplet"}'), 1);
   t.false(closed[1]);
   t.false(closed[2]);
   for (const c of clients) c.end(true);
@@ -72,8 +66,8 @@ test('--auth-backoff-failures 2: the third wrong password from one address is an
     t.true(r instanceof Error);
   }
   // with the default (10 failures) nothing is delayed yet
-  t.is(await metric(s, 'propeller_mqtt_auth_backoff_total{action="refusal_delayed"}'), 1);
-  t.is(await metric(s, 'propeller_mqtt_auth_failures_total'), 3);
+  t.is(await metricOf(s, 'propeller_mqtt_auth_backoff_total{action="refusal_delayed"}'), 1);
+  t.is(await metricOf(s, 'propeller_mqtt_auth_failures_total'), 3);
 });
 
 for (const [args, env, msg] of [

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
-import { BIN, startServe, type Serve } from './helpers/procs.ts';
+import { BIN, metricOf, startServe, type Serve } from './helpers/procs.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 let broker: Mosquitto | undefined;
@@ -59,12 +59,6 @@ function sim(args: string[]): ChildProcess {
   return p;
 }
 
-async function metric(s: Serve, line: string): Promise<number> {
-  const text = await (await fetch(`${s.apiUrl}/metrics`, { headers: { authorization: `Bearer ${s.token}` } })).text();
-  const hit = text.split('\n').find((l) => l.startsWith(line + ' '));
-  return hit ? Number(hit.slice(line.length + 1)) : 0;
-}
-
 test('sim --broker mqtt://… (Mosquitto): the MCUs publish on their own topics, register and run a task', async (t) => {
   const s = await setup(t, 'ext1', ['mcu-ext-1']);
   if (!s) return;
@@ -76,7 +70,7 @@ test('sim --broker mqtt://… (Mosquitto): the MCUs publish on their own topics,
   const done = await s.serve.api.getTask(task.id);
   t.is(done.state, 'Completed', done.error);
   t.is(done.result?.results, 15);
-  t.is(await metric(s.serve, 'propeller_messages_rejected_total{kind="proplet.create",reason="no_topic_id"}'), 0);
+  t.is(await metricOf(s.serve, 'propeller_messages_rejected_total{kind="proplet.create",reason="no_topic_id"}'), 0);
   p.kill('SIGTERM');
   await once(p, 'exit');
 });
@@ -85,7 +79,7 @@ test('sim --topics shared on Mosquitto: serve (without --trust-payload-sender) r
   const s = await setup(t, 'ext2', ['mcu-ext-2']);
   if (!s) return;
   const p = sim(['--devices', '1', '--domain', 'ext2', '--broker', broker!.url, '--credentials', s.creds, '--heartbeat', '1s', '--topics', 'shared']);
-  await until(async () => (await metric(s.serve, 'propeller_messages_rejected_total{kind="proplet.create",reason="no_topic_id"}')) >= 1, 'the shared-topic registration refused');
+  await until(async () => (await metricOf(s.serve, 'propeller_messages_rejected_total{kind="proplet.create",reason="no_topic_id"}')) >= 1, 'the shared-topic registration refused');
   t.false((await s.serve.api.listProplets()).proplets.some((x) => x.id === 'mcu-ext-2'));
   p.kill('SIGTERM');
   await once(p, 'exit');
