@@ -4,7 +4,7 @@
 // metric, and never throws past this file.
 
 import mqtt, { type MqttClient } from 'mqtt';
-import { claimedField, decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { claimedFields, decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { managerFilters, parseTopic, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { isPropellerProplet, kindOfRegistration, scopeOf, wireOf, type PropellerCompat } from './propeller-compat.ts';
 import { fromPropellerMetrics, resultStatus, shapeStart, shapeStop, type Qos, type ShapeOptions } from './propeller-shapes.ts';
@@ -288,10 +288,10 @@ export class MqttGateway implements Dispatcher {
    */
   private refuseResult(propletId: string, payload: Buffer, reason: string, detail: string): void {
     this.reject('proplet.results', reason, detail);
-    const taskId = claimedField('proplet.results', payload, 'task_id');
-    const attempt = claimedField('proplet.results', payload, 'attempt');
-    if (typeof taskId !== 'string' || attempt instanceof ProtocolError) return;
-    const ignored = this.handlers!.tasks.onResultRefused(propletId, taskId, typeof attempt === 'number' ? attempt : undefined, `${reason}: ${detail}`);
+    const about = claimedFields('proplet.results', payload, ['task_id', 'attempt']);
+    if (about instanceof ProtocolError || typeof about.task_id !== 'string') return;
+    const taskId = about.task_id;
+    const ignored = this.handlers!.tasks.onResultRefused(propletId, taskId, about.attempt as number | undefined, `${reason}: ${detail}`);
     if (ignored) this.o.log('info', 'refused result ignored', { reason: ignored, task_id: taskId, proplet_id: propletId });
     else this.o.log('warn', 'task failed: its result was refused', { task_id: taskId, proplet_id: propletId, reason });
   }

@@ -133,28 +133,33 @@ export function encodeCbor(value: unknown): Buffer {
 /** Returns the sender id a proplet-sent payload claims, without full validation (the broker's ACL check). */
 export function claimedSender(kind: MessageKind, payload: Uint8Array): string | undefined | ProtocolError {
   const sender = SENDER_FIELD[kind];
-  return sender ? (claimedField(kind, payload, sender) as string | undefined | ProtocolError) : undefined;
+  if (!sender) return undefined;
+  const got = claimedFields(kind, payload, [sender]);
+  return got instanceof ProtocolError ? got : (got[sender] as string | undefined);
 }
 
 /**
- * One field of a payload, read without validating the rest (who sent it, which task a
- * refused result was about). A field named twice, as text and as its compact key, is an error.
+ * Some fields of a payload, decoded once and read without validating the rest (who sent it,
+ * which task a refused result was about). A field named twice, as text and as its compact key,
+ * or one that does not validate, is an error.
  */
-export function claimedField(kind: MessageKind, payload: Uint8Array, field: string): string | number | undefined | ProtocolError {
-  const spec = FIELDS[kind][field];
-  if (!spec) return undefined;
+export function claimedFields(kind: MessageKind, payload: Uint8Array, fields: string[]): Record<string, string | number | undefined> | ProtocolError {
   try {
     const { value } = decodeRaw(payload, MAX_PAYLOAD[kind], limitsOf(kind));
-    const key = spec.key;
-    let v: unknown;
-    if (value instanceof Map) {
-      // Both forms at once would let this check and the control plane's decoder read different values.
-      if (value.has(field) && value.has(key)) return new ProtocolError('duplicate_field', `${field} is named twice (as "${field}" and as ${key})`, field);
-      v = value.has(field) ? value.get(field) : value.get(key);
-    } else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[field];
-    else return new ProtocolError('malformed', 'payload is not a map');
-    if (v === undefined || v === null) return undefined;
-    return checkStruct({ [field]: spec }, { [field]: v }, '')[field] as string | number;
+    if (value === null || typeof value !== 'object') return new ProtocolError('malformed', 'payload is not a map');
+    const out: Record<string, string | number | undefined> = {};
+    for (const field of fields) {
+      const spec = FIELDS[kind][field];
+      if (!spec) continue;
+      let v: unknown;
+      if (value instanceof Map) {
+        // Both forms at once would let this check and the control plane's decoder read different values.
+        if (value.has(field) && value.has(spec.key)) return new ProtocolError('duplicate_field', `${field} is named twice (as "${field}" and as ${spec.key})`, field);
+        v = value.has(field) ? value.get(field) : value.get(spec.key);
+      } else v = (value as Record<string, unknown>)[field];
+      if (v !== undefined && v !== null) out[field] = checkStruct({ [field]: spec }, { [field]: v }, '')[field] as string | number;
+    }
+    return out;
   } catch (e) {
     return e instanceof ProtocolError ? e : new ProtocolError('malformed', String(e));
   }
