@@ -19,10 +19,10 @@ test.after.always(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-async function serve(args: string[]): Promise<Serve> {
+async function serve(args: string[], env: Record<string, string> = {}): Promise<Serve> {
   const dir = mkdtempSync(join(tmpdir(), 'propeller-limits-'));
   dirs.push(dir);
-  const s = await startServe(['--data-dir', dir, '--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), ...args]);
+  const s = await startServe(['--data-dir', dir, '--mqtt-port', String(await freePort()), '--http-port', String(await freePort()), ...args], env);
   procs.push(s);
   return s;
 }
@@ -68,6 +68,15 @@ test('--auth-backoff-failures 2: the third wrong password from one address is an
   // with the default (10 failures) nothing is delayed yet
   t.is(await metricOf(s, 'propeller_mqtt_auth_backoff_total{action="refusal_delayed"}'), 1);
   t.is(await metricOf(s, 'propeller_mqtt_auth_failures_total'), 3);
+});
+
+test('PROPELLER_AUTH_BACKOFF_FAILURES=0 turns the back-off off: twelve wrong passwords, none answered late', async (t) => {
+  const s = await serve([], { PROPELLER_AUTH_BACKOFF_FAILURES: '0' });
+  await s.api.addProplet('dev-3');
+  for (let i = 0; i < 12; i++) t.true((await connect(s.brokerUrl, 'dev-3', 'wrong', `guess-${i}`)) instanceof Error);
+  t.is(await metricOf(s, 'propeller_mqtt_auth_failures_total'), 12);
+  // the default (10) would have delayed the last two
+  t.is(await metricOf(s, 'propeller_mqtt_auth_backoff_total{action="refusal_delayed"}'), 0);
 });
 
 for (const [args, env, msg] of [
