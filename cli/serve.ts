@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
+import { CredentialStore, EmbeddedBroker, parseCredentials, type BrokerOptions } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } from '../control-plane/index.ts';
 import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
@@ -39,6 +39,9 @@ export const serve: Command = {
     'mqtt-username': { type: 'string' },
     'mqtt-password': { type: 'string' },
     'trust-payload-sender': { type: 'boolean' },
+    'max-connections-per-proplet': { type: 'string' },
+    'auth-backoff-failures': { type: 'string' },
+    'auth-backoff-window': { type: 'string' },
     'data-dir': { type: 'string' },
     store: { type: 'string' },
     credentials: { type: 'string' },
@@ -65,6 +68,15 @@ export const serve: Command = {
   --mqtt-password P      its password (env MQTT_PASSWORD)
   --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
                          payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
+  --max-connections-per-proplet N
+                         embedded broker: open connections one proplet account may hold; a newer one closes the
+                         oldest (env PROPELLER_MAX_CONNECTIONS_PER_PROPLET, default 1)
+  --auth-backoff-failures N
+                         embedded broker: failed logins from one address (or for one account) before its answers
+                         are slowed; 0 turns the back-off off (env PROPELLER_AUTH_BACKOFF_FAILURES, default 10)
+  --auth-backoff-window D
+                         how long after the last failure they are forgotten, e.g. 60s, 5m
+                         (env PROPELLER_AUTH_BACKOFF_WINDOW, default 60s)
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
   --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
                          default sqlite:DATA_DIR/state.db)
@@ -98,6 +110,10 @@ ${scopeHelp}
     const log = createLogger(level);
     const sc = scopeFrom(v);
     const host = str(v.host) ?? '127.0.0.1';
+    const limits = brokerLimits(v, env);
+    if (Object.keys(limits).length && (str(v.broker) ?? env.MQTT_BROKER)) {
+      throw new UsageError('--max-connections-per-proplet and --auth-backoff-* set the embedded broker; an external broker has its own (Mosquitto: max_connections)');
+    }
     const dataDir = dataDirFrom(v);
     mkdirSync(dataDir, { recursive: true });
     let health;
@@ -149,6 +165,7 @@ ${scopeHelp}
         scope: sc,
         credentials: creds,
         managerFirst: true,
+        ...limits,
         host,
         port: int('mqtt-port', v['mqtt-port'] ?? env.PROPELLER_MQTT_PORT, 1883),
         ...(v['ws-port'] ? { ws: { host, port: int('ws-port', v['ws-port'], 0) } } : {}),
@@ -236,6 +253,37 @@ ${scopeHelp}
     return 0;
   },
 };
+
+/**
+ * The embedded broker's per-account connection limit and login back-off, from flags over env; the
+ * defaults are the broker's own (broker/limits.ts). A bad value is a usage error naming the flag.
+ */
+function brokerLimits(v: Record<string, unknown>, env: NodeJS.ProcessEnv): Pick<BrokerOptions, 'connectionLimits' | 'authBackoff'> {
+  const given = (flag: string, name: string): string | undefined => str(v[flag]) ?? env[name];
+  const out: Pick<BrokerOptions, 'connectionLimits' | 'authBackoff'> = {};
+  const perProplet = given('max-connections-per-proplet', 'PROPELLER_MAX_CONNECTIONS_PER_PROPLET');
+  if (perProplet !== undefined) {
+    const n = int('max-connections-per-proplet', perProplet, 1);
+    if (n < 1) throw new UsageError(`--max-connections-per-proplet must be at least 1, got ${JSON.stringify(perProplet)}`);
+    out.connectionLimits = { proplet: n };
+  }
+  const failures = given('auth-backoff-failures', 'PROPELLER_AUTH_BACKOFF_FAILURES');
+  const window = given('auth-backoff-window', 'PROPELLER_AUTH_BACKOFF_WINDOW');
+  const backoff: { failures?: number; windowMs?: number } = {};
+  if (failures !== undefined) backoff.failures = int('auth-backoff-failures', failures, 10);
+  if (window !== undefined) {
+    try {
+      backoff.windowMs = parseDuration('--auth-backoff-window', window);
+    } catch (e) {
+      if (e instanceof ConfigError) throw new UsageError(e.message);
+      throw e;
+    }
+    if (!(backoff.windowMs > 0)) throw new UsageError(`--auth-backoff-window must be longer than 0, got ${JSON.stringify(window)}`);
+  }
+  if (backoff.failures === 0) out.authBackoff = false;
+  else if (failures !== undefined || window !== undefined) out.authBackoff = backoff;
+  return out;
+}
 
 /** The web console's built assets: as given, or console/dist of this package when it has been built. */
 function consoleDir(given: string | undefined): string | undefined {

@@ -34,6 +34,7 @@ export const sim: Command = {
     ...apiOptions,
     devices: { type: 'string' },
     broker: { type: 'string' },
+    topics: { type: 'string' },
     heartbeat: { type: 'string' },
     'fail-rate': { type: 'string' },
     'connect-rate': { type: 'string' },
@@ -52,6 +53,9 @@ export const sim: Command = {
   },
   help: `  --devices N            devices to simulate (required)
   --broker URL           broker (env MQTT_BROKER, default mqtt://127.0.0.1:1883)
+  --topics FORM          where devices publish: shared (…/proplet/results, as docs/mcu.md counts its bytes; the
+                         embedded broker stamps the sender) or per-proplet (…/proplet/results/ID, which an external
+                         broker such as Mosquitto needs). Default: per-proplet when --broker or MQTT_BROKER is given
   --heartbeat DURATION   heartbeat period of every device (default 10s)
   --fail-rate R          probability per heartbeat period that a device drops its
                          connection without DISCONNECT (its will fires); it comes
@@ -91,6 +95,9 @@ ${scopeHelp}`,
     const level = (str(v['log-level']) ?? 'error') as Level | 'silent';
     if (!['debug', 'info', 'warn', 'error', 'silent'].includes(level)) throw new UsageError('--log-level must be debug, info, warn, error or silent');
     const log = createLogger(level, 'sim');
+    const named = str(v.broker) ?? env.MQTT_BROKER;
+    const form = str(v.topics) ?? (named !== undefined ? 'per-proplet' : 'shared');
+    if (form !== 'shared' && form !== 'per-proplet') throw new UsageError(`--topics must be shared or per-proplet, got ${JSON.stringify(form)}`);
 
     let ids: string[] | undefined;
     let credentials: (id: string) => string | Promise<string>;
@@ -113,7 +120,7 @@ ${scopeHelp}`,
 
     const fleet: Fleet = await startFleet({
       devices,
-      url: brokerUrl(str(v.broker) ?? env.MQTT_BROKER ?? 'mqtt://127.0.0.1:1883'),
+      url: brokerUrl(named ?? 'mqtt://127.0.0.1:1883'),
       scope: scopeFrom(v),
       credentials,
       ...(ids ? { ids } : {}),
@@ -129,6 +136,7 @@ ${scopeHelp}`,
         maxTasks,
         deviceType: str(v['device-type']) ?? 'esp32',
         labels: pairs('label', v.label),
+        perPropletTopics: form === 'per-proplet',
       },
       log: (l, m, f) => log(l, m, f),
     });

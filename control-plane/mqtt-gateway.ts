@@ -4,7 +4,7 @@
 // metric, and never throws past this file.
 
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
+import { claimedFields, decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
 import { managerFilters, parseRootFlTopic, parseTopic, ROOT_FL_FILTER, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { isPropellerProplet, kindOfRegistration, scopeOf, wireOf, type PropellerCompat } from './propeller-compat.ts';
 import { fromPropellerUpdate, isRustFlEnvelope } from './propeller-fl.ts';
@@ -244,7 +244,7 @@ export class MqttGateway implements Dispatcher {
           // A device cannot hold a result larger than its memory: its profile bounds what it may send, before any parsing.
           const mem = parsed.propletId !== undefined ? h.registry.get(parsed.propletId)?.capacity.memory_bytes : undefined;
           if (mem !== undefined && payload.length > Math.max(mem, MIN_RESULT_BOUND)) {
-            return this.reject(kind, 'too_large', `result of ${payload.length} bytes from a proplet with ${mem} bytes of memory`);
+            return this.refuseResult(parsed.propletId!, payload, 'too_large', `result of ${payload.length} bytes from a proplet with ${mem} bytes of memory`);
           }
           const { msg } = decode('proplet.results', payload, ctx);
           const p = h.registry.get(msg.proplet_id);
@@ -314,7 +314,11 @@ export class MqttGateway implements Dispatcher {
           return this.reject(kind, 'unsupported', `no handler for ${kind}`);
       }
     } catch (e) {
-      if (e instanceof ProtocolError) return this.reject(kind, e.reason, e.message);
+      if (e instanceof ProtocolError) {
+        const sender = parsed?.propletId ?? (parsed && parsed.channel !== this.o.scope.channel ? parsed.channel : undefined);
+        if (kind === 'proplet.results' && sender !== undefined) return this.refuseResult(sender, payload, e.reason, e.message);
+        return this.reject(kind, e.reason, e.message);
+      }
       this.o.log('error', 'handler failed', { kind, topic: t, error: (e as Error).stack });
       this.o.metrics.messagesRejected.inc({ kind, reason: 'internal' });
     }
@@ -358,6 +362,20 @@ export class MqttGateway implements Dispatcher {
     }
     this.reject('fl.update', tr.reason, `${clip(sender)} in round ${clip(round)}: ${tr.message}`);
     fl.refuseUpdate({ round_id: round, proplet_id: sender, task_id: taskId }, tr.reason, tr.message);
+  }
+
+  /**
+   * A result dropped from a proplet the topic names: when its task id can still be read, that
+   * task fails at once with the reason (never silently re-run into a misleading failure).
+   */
+  private refuseResult(propletId: string, payload: Buffer, reason: string, detail: string): void {
+    this.reject('proplet.results', reason, detail);
+    const about = claimedFields('proplet.results', payload, ['task_id', 'attempt']);
+    if (about instanceof ProtocolError || typeof about.task_id !== 'string') return;
+    const taskId = about.task_id;
+    const ignored = this.handlers!.tasks.onResultRefused(propletId, taskId, about.attempt as number | undefined, `${reason}: ${detail}`);
+    if (ignored) this.o.log('info', 'refused result ignored', { reason: ignored, task_id: taskId, proplet_id: propletId });
+    else this.o.log('warn', 'task failed: its result was refused', { task_id: taskId, proplet_id: propletId, reason });
   }
 
   reject(kind: string, reason: string, detail: string): void {

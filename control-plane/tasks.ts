@@ -481,11 +481,9 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private applyResult(r: Result): string | undefined {
-    const t = this.tasks.get(r.task_id);
-    if (!t) return 'unknown_task';
-    if (t.proplet_id !== r.proplet_id || (t.state !== 'Scheduled' && t.state !== 'Running')) return 'not_running_there';
-    // Propeller's proplets send no attempt: it can only be the current one.
-    if (r.attempt !== undefined && r.attempt !== t.attempt) return 'stale_attempt';
+    const why = this.whyNotRunningThere(r.task_id, r.proplet_id, r.attempt);
+    if (why) return why;
+    const t = this.tasks.get(r.task_id)!;
     const status = r.status ?? (r.error ? 'failed' : 'completed');
     if (status === 'running') {
       if (t.state === 'Scheduled') {
@@ -520,6 +518,36 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.release(t);
     if (status === 'failed') t.error = r.error ?? 'failed';
     this.finish(t, status === 'completed' ? 'Completed' : 'Failed', at, r);
+    return undefined;
+  }
+
+  /**
+   * A result the proplet running the task sent, dropped at the edge (over its size bound, malformed):
+   * the task fails now with the reason, rather than waiting to be re-run into a misleading
+   * "no longer runs it". Later results of that attempt find it finished and are ignored.
+   */
+  onResultRefused(propletId: string, taskId: string, attempt: number | undefined, reason: string): string | undefined {
+    const why = this.whyNotRunningThere(taskId, propletId, attempt);
+    if (why) return this.ignored(why);
+    const t = this.tasks.get(taskId)!;
+    const p = this.o.registry.get(propletId);
+    // it may still run (a refused "running"): it is over here, so over there too
+    if (p) this.o.dispatcher.stop(p, { v: 1, id: t.id, proplet_id: p.id, attempt: t.attempt });
+    t.error = `result refused: ${reason}`;
+    this.endAttempt(t, 'failed', t.error);
+    this.release(t);
+    this.finish(t, 'Failed', this.iso());
+    return undefined;
+  }
+
+  /** The task, when `propletId` runs its current attempt; else why a message about it is ignored. */
+  /** Why a result for this attempt cannot be applied (not counted: the caller counts what it ignores), or undefined. */
+  private whyNotRunningThere(taskId: string, propletId: string, attempt: number | undefined): string | undefined {
+    const t = this.tasks.get(taskId);
+    if (!t) return 'unknown_task';
+    if (t.proplet_id !== propletId || (t.state !== 'Scheduled' && t.state !== 'Running')) return 'not_running_there';
+    // Propeller's proplets send no attempt: it can only be the current one.
+    if (attempt !== undefined && attempt !== t.attempt) return 'stale_attempt';
     return undefined;
   }
 

@@ -79,6 +79,13 @@ export interface McuPropletOptions {
    * A module run again (every FL round runs the same client) is not downloaded again.
    */
   flashCacheBytes?: number;
+  /**
+   * Publish on this device's own topics (`…/proplet/results/ID`) instead of the shared ones.
+   * Needed behind an external broker, which cannot stamp the authenticated id into the topic
+   * (the control plane refuses shared-topic messages there unless it trusts payload senders).
+   * Default false: the shared form, whose bytes docs/mcu.md counts; the embedded broker stamps it.
+   */
+  perPropletTopics?: boolean;
   /** Fault injection for tests: holds a round's FL update (and the task's result) back this long, as a slow uplink would. */
   updateDelayMs?: (roundId: string) => number;
   log?: Log;
@@ -334,7 +341,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
       connectTimeout: this.o.connectTimeoutMs ?? MCU_DEFAULTS.connectTimeoutMs,
       reconnectPeriod: 0, // our own loop below, with jittered backoff
       resubscribe: false,
-      will: { topic: topic(scope, 'proplet.alive'), payload: encode('proplet.alive', willMsg(id), 'cbor'), qos: 1, retain: false },
+      will: { topic: this.topicOf('proplet.alive'), payload: encode('proplet.alive', willMsg(id), 'cbor'), qos: 1, retain: false },
     });
     this.client = client;
     let up = false;
@@ -393,7 +400,12 @@ export class McuProplet extends EventEmitter<McuEvents> {
   }
 
   private publish<K extends 'proplet.create' | 'proplet.alive' | 'registry.proplet'>(kind: K, msg: MessageByKind[K]): boolean {
-    return this.publishBytes(topic(this.o.scope, kind), encode(kind, msg, 'cbor'));
+    return this.publishBytes(this.topicOf(kind), encode(kind, msg, 'cbor'));
+  }
+
+  /** Where this device publishes a kind: the shared topic, or its own with `perPropletTopics`. */
+  private topicOf(kind: 'proplet.create' | 'proplet.alive' | 'proplet.results' | 'registry.proplet'): string {
+    return topic(this.o.scope, kind, this.o.perPropletTopics ? this.o.id : undefined);
   }
 
   private publishBytes(t: string, payload: Uint8Array): boolean {
@@ -459,7 +471,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
       }
       case 'publish':
         if (!c.flushed) this.counted(c.result);
-        if (!this.publishBytes(topic(this.o.scope, 'proplet.results'), encodeResult(c.result, 'cbor'))) {
+        if (!this.publishBytes(this.topicOf('proplet.results'), encodeResult(c.result, 'cbor'))) {
           // the connection went before the core heard of it: the core keeps a final result for the next connect
           for (const d of this.core.handle({ t: 'unsent', result: c.result })) {
             if (d.t === 'deferred') this.stats.resultsDeferred++;

@@ -134,18 +134,32 @@ export function encodeCbor(value: unknown): Buffer {
 export function claimedSender(kind: MessageKind, payload: Uint8Array): string | undefined | ProtocolError {
   const sender = SENDER_FIELD[kind];
   if (!sender) return undefined;
+  const got = claimedFields(kind, payload, [sender]);
+  return got instanceof ProtocolError ? got : (got[sender] as string | undefined);
+}
+
+/**
+ * Some fields of a payload, decoded once and read without validating the rest (who sent it,
+ * which task a refused result was about). A field named twice, as text and as its compact key,
+ * or one that does not validate, is an error.
+ */
+export function claimedFields(kind: MessageKind, payload: Uint8Array, fields: string[]): Record<string, string | number | undefined> | ProtocolError {
   try {
     const { value } = decodeRaw(payload, MAX_PAYLOAD[kind], limitsOf(kind));
-    const key = FIELDS[kind][sender]!.key;
-    let v: unknown;
-    if (value instanceof Map) {
-      // Both forms at once would let this check and the control plane's decoder read different senders.
-      if (value.has(sender) && value.has(key)) return new ProtocolError('duplicate_field', `${sender} is named twice (as "${sender}" and as ${key})`, sender);
-      v = value.has(sender) ? value.get(sender) : value.get(key);
-    } else if (value !== null && typeof value === 'object') v = (value as Record<string, unknown>)[sender];
-    else return new ProtocolError('malformed', 'payload is not a map');
-    if (v === undefined || v === null) return undefined;
-    return checkStruct({ [sender]: FIELDS[kind][sender]! }, { [sender]: v }, '')[sender] as string;
+    if (value === null || typeof value !== 'object') return new ProtocolError('malformed', 'payload is not a map');
+    const out: Record<string, string | number | undefined> = {};
+    for (const field of fields) {
+      const spec = FIELDS[kind][field];
+      if (!spec) continue;
+      let v: unknown;
+      if (value instanceof Map) {
+        // Both forms at once would let this check and the control plane's decoder read different values.
+        if (value.has(field) && value.has(spec.key)) return new ProtocolError('duplicate_field', `${field} is named twice (as "${field}" and as ${spec.key})`, field);
+        v = value.has(field) ? value.get(field) : value.get(spec.key);
+      } else v = (value as Record<string, unknown>)[field];
+      if (v !== undefined && v !== null) out[field] = checkStruct({ [field]: spec }, { [field]: v }, '')[field] as string | number;
+    }
+    return out;
   } catch (e) {
     return e instanceof ProtocolError ? e : new ProtocolError('malformed', String(e));
   }

@@ -87,3 +87,10 @@ export async function startProplet(args: string[], env: Record<string, string> =
   });
   return p;
 }
+
+/** One series' value on serve's /metrics, e.g. `propeller_mqtt_auth_failures_total` or `x_total{reason="y"}` (0 when absent). */
+export async function metricOf(s: Serve, series: string): Promise<number> {
+  const text = await (await fetch(`${s.apiUrl}/metrics`, { headers: s.token ? { authorization: `Bearer ${s.token}` } : {} })).text();
+  const hit = text.split('\n').find((l) => l.startsWith(series + ' '));
+  return hit ? Number(hit.slice(series.length + 1)) : 0;
+}
