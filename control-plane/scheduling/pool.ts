@@ -115,22 +115,29 @@ class Aggregates {
     d[o + SELFMOD] = s.maxMod[i]!;
   }
 
-  /** Node `x` = children a, b (-1 for none) and, when `self`, its own member (setSelf). */
-  combine(x: number, a: number, b: number, self: boolean): void {
+  /**
+   * Node `x` = children a, b (-1 for none) and, when `self`, its own member
+   * (setSelf). Returns whether anything but the count changed (or the count
+   * crossed zero): when not, an ancestor's aggregates change only by the
+   * count, which lets a treap update stop combining partway up (see Treap).
+   */
+  combine(x: number, a: number, b: number, self: boolean): boolean {
     const d = this.d;
     const o = x * S;
     if (self && (a < 0 || d[a * S + CNT] === 0) && (b < 0 || d[b * S + CNT] === 0)) {
       // Its own member alone (every treap leaf): a one-point frontier.
       const sc = d[o + SELFC]!;
       const sm = d[o + SELFM]!;
+      const mod = d[o + SELFMOD]!;
+      const same = d[o + CNT] === 1 && d[o + FN] === 1 && d[o] === sc && d[o + K] === sm && d[o + MAXMOD] === mod && d[o + MINMOD] === mod && d[o + MINCPU] === sc && d[o + MINMEM] === sm;
       d[o] = sc;
       d[o + K] = sm;
       d[o + FN] = 1;
       d[o + CNT] = 1;
-      d[o + MAXMOD] = d[o + MINMOD] = d[o + SELFMOD]!;
+      d[o + MAXMOD] = d[o + MINMOD] = mod;
       d[o + MINCPU] = sc;
       d[o + MINMEM] = sm;
-      return;
+      return !same;
     }
     let cnt = 0;
     let maxMod = -Infinity;
@@ -227,9 +234,13 @@ class Aggregates {
       }
       kept--;
     }
+    let same = d[o + FN] === kept && d[o + MAXMOD] === maxMod && d[o + MINMOD] === minMod && d[o + MINCPU] === minCpu && d[o + MINMEM] === minMem && (d[o + CNT] === 0) === (cnt === 0);
     for (let k = 0; k < kept; k++) {
-      d[o + k] = scC[k]!;
-      d[o + K + k] = scM[k]!;
+      const c = scC[k]!;
+      const m = scM[k]!;
+      if (same && (d[o + k] !== c || d[o + K + k] !== m)) same = false;
+      d[o + k] = c;
+      d[o + K + k] = m;
     }
     d[o + FN] = kept;
     d[o + CNT] = cnt;
@@ -237,6 +248,7 @@ class Aggregates {
     d[o + MINMOD] = minMod;
     d[o + MINCPU] = minCpu;
     d[o + MINMEM] = minMem;
+    return !same;
   }
 
   /** Some open member below `x` might fit the current task. */
@@ -338,19 +350,20 @@ class SegTree implements Index {
     for (let node = size - 1; node >= 1; node--) this.pull(node);
   }
 
-  private setLeaf(j: number): void {
+  /** Returns whether the leaf's aggregates changed in more than its count (always, for 'ra'). */
+  private setLeaf(j: number): boolean {
     const node = this.size + j;
     const s = this.s;
     const i = j < this.m ? this.leaf[j]! : -1;
     const isOpen = i >= 0 && s.tasks[i]! < s.maxTasks(i, this.base);
     if (isOpen) this.g.setSelf(s, node, i);
-    this.g.combine(node, -1, -1, isOpen);
-    if (this.mode !== 'ra') return;
+    const changed = this.g.combine(node, -1, -1, isOpen);
+    if (this.mode !== 'ra') return changed;
     if (!isOpen) {
       this.best1[node] = -1;
       this.open0[node] = 0;
       this.minFc[node] = this.minCc[node] = this.minFm[node] = this.minCm[node] = this.minComb[node] = Infinity;
-      return;
+      return true;
     }
     const cc = s.capCpu[i]!;
     const cm = s.capMem[i]!;
@@ -364,13 +377,16 @@ class SegTree implements Index {
     this.minFm[node] = known && cm === cm ? (cm > 0 ? (cm - s.mem[i]!) / cm : 0) : Infinity;
     this.minCm[node] = known && cm === cm && cm > 0 ? cm : Infinity;
     this.minComb[node] = known ? freeShare(s, i) : Infinity;
+    return true;
   }
 
-  private pull(node: number): void {
+  /** Returns whether the node's aggregates changed in more than its count (always, for 'ra'). */
+  private pull(node: number): boolean {
     const l = node << 1;
     const r = l | 1;
-    this.g.combine(node, l, r, false);
-    if (this.mode === 'ra') {
+    const changed = this.g.combine(node, l, r, false);
+    if (this.mode !== 'ra') return changed;
+    {
       const a = this.best1[l]!;
       const b = this.best1[r]!;
       this.best1[node] = a < 0 ? b : b < 0 ? a : this.less1(a, b) ? a : b;
@@ -381,13 +397,24 @@ class SegTree implements Index {
       this.minCm[node] = Math.min(this.minCm[l]!, this.minCm[r]!);
       this.minComb[node] = Math.min(this.minComb[l]!, this.minComb[r]!);
     }
+    return true;
   }
 
   update(i: number): void {
     const j = this.pos[i]!;
     if (j < 0) return;
-    this.setLeaf(j);
-    for (let node = (this.size + j) >> 1; node >= 1; node >>= 1) this.pull(node);
+    const g = this.g;
+    const leaf = this.size + j;
+    const before = g.cnt(leaf);
+    let changed = this.setLeaf(j);
+    const delta = g.cnt(leaf) - before;
+    // Above the first ancestor whose aggregates stay the same but for the
+    // count, only the counts change (and nothing once the count does not).
+    for (let node = leaf >> 1; node >= 1; node >>= 1) {
+      if (changed) changed = this.pull(node);
+      else if (delta !== 0) g.d[node * S + CNT] = g.cnt(node) + delta;
+      else break;
+    }
   }
 
   /** (tasks, id) of leaf a < that of leaf b. */
@@ -552,6 +579,8 @@ class Treap implements Index {
   private root = -1;
   private sl = -1;
   private sr = -1;
+  /** Set by insert and erase: the subtree they returned changed in more than its count (see pullAfter). */
+  private changed = false;
 
   constructor(
     private readonly s: Snapshot,
@@ -656,8 +685,23 @@ class Treap implements Index {
     return this.kr[a]! < this.kr[b]!;
   }
 
-  private pull(t: number): void {
-    this.g.combine(t, this.L[t]!, this.R[t]!, true);
+  private pull(t: number): boolean {
+    return this.g.combine(t, this.L[t]!, this.R[t]!, true);
+  }
+
+  /**
+   * After inserting (delta 1) or erasing (delta -1) below `t` through `child`:
+   * when the child is the same node and its aggregates changed only by the
+   * count, so do t's, and the combine is skipped. Most moves change nothing
+   * but counts a few levels above the node moved (its point is dominated
+   * there), so this saves most of the combining on the way to the root.
+   */
+  private pullAfter(t: number, before: number, after: number, delta: number): void {
+    if (before === after && !this.changed) {
+      const d = this.g.d;
+      d[t * S + CNT] = d[t * S + CNT]! + delta;
+    }
+    else this.changed = this.pull(t);
   }
 
   /** Splits `t` into sl (keys < x's) and sr (keys > x's); x is not in `t`. */
@@ -696,6 +740,7 @@ class Treap implements Index {
     if (t < 0) {
       this.L[x] = this.R[x] = -1;
       this.pull(x);
+      this.changed = true;
       return x;
     }
     if (this.pri[x]! > this.pri[t]!) {
@@ -703,19 +748,35 @@ class Treap implements Index {
       this.L[x] = this.sl;
       this.R[x] = this.sr;
       this.pull(x);
+      this.changed = true;
       return x;
     }
-    if (this.less(x, t)) this.L[t] = this.insert(this.L[t]!, x);
-    else this.R[t] = this.insert(this.R[t]!, x);
-    this.pull(t);
+    if (this.less(x, t)) {
+      const c = this.L[t]!;
+      this.L[t] = this.insert(c, x);
+      this.pullAfter(t, c, this.L[t]!, 1);
+    } else {
+      const c = this.R[t]!;
+      this.R[t] = this.insert(c, x);
+      this.pullAfter(t, c, this.R[t]!, 1);
+    }
     return t;
   }
 
   private erase(t: number, x: number): number {
-    if (t === x) return this.merge(this.L[t]!, this.R[t]!);
-    if (this.less(x, t)) this.L[t] = this.erase(this.L[t]!, x);
-    else this.R[t] = this.erase(this.R[t]!, x);
-    this.pull(t);
+    if (t === x) {
+      this.changed = true;
+      return this.merge(this.L[t]!, this.R[t]!);
+    }
+    if (this.less(x, t)) {
+      const c = this.L[t]!;
+      this.L[t] = this.erase(c, x);
+      this.pullAfter(t, c, this.L[t]!, -1);
+    } else {
+      const c = this.R[t]!;
+      this.R[t] = this.erase(c, x);
+      this.pullAfter(t, c, this.R[t]!, -1);
+    }
     return t;
   }
 
