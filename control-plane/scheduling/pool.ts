@@ -570,10 +570,9 @@ class Treap implements Index {
   private readonly R: Int32Array;
   private readonly pri: Uint32Array;
   /** The key each node was inserted with. */
-  private readonly k1: Float64Array;
-  private readonly k2: Float64Array;
+  /** Per node (k1, k2, rank), side by side so a comparison reads one cache line. */
+  private readonly key: Float64Array;
   /** The member's id rank, the last part of the key. */
-  private readonly kr: Int32Array;
   private readonly in: Uint8Array;
   private readonly rank: Int32Array;
   private root = -1;
@@ -598,9 +597,7 @@ class Treap implements Index {
     this.L = new Int32Array(m).fill(-1);
     this.R = new Int32Array(m).fill(-1);
     this.pri = new Uint32Array(m);
-    this.k1 = new Float64Array(m);
-    this.k2 = new Float64Array(m);
-    this.kr = new Int32Array(m);
+    this.key = new Float64Array(3 * m);
     this.in = new Uint8Array(m);
     this.rank = s.rank;
     // Priorities from a fixed hash: the shape is the same every run (the answers never depend on it).
@@ -664,25 +661,29 @@ class Treap implements Index {
 
   private setKey(x: number): void {
     const i = this.node[x]!;
-    this.kr[x] = this.rank[i]!;
+    const o = 3 * x;
+    this.key[o + 2] = this.rank[i]!;
     this.g.setSelf(this.s, x, i);
     if (this.kind === 'share') {
-      this.k1[x] = freeShare(this.s, i);
-      this.k2[x] = 0;
+      this.key[o] = freeShare(this.s, i);
+      this.key[o + 1] = 0;
     } else {
-      this.k1[x] = this.s.tasks[i]!;
-      this.k2[x] = this.kind === 'load' ? this.s.mem[i]! : 0;
+      this.key[o] = this.s.tasks[i]!;
+      this.key[o + 1] = this.kind === 'load' ? this.s.mem[i]! : 0;
     }
   }
 
   private less(a: number, b: number): boolean {
-    const a1 = this.k1[a]!;
-    const b1 = this.k1[b]!;
+    const k = this.key;
+    const oa = 3 * a;
+    const ob = 3 * b;
+    const a1 = k[oa]!;
+    const b1 = k[ob]!;
     if (a1 !== b1) return a1 < b1;
-    const a2 = this.k2[a]!;
-    const b2 = this.k2[b]!;
+    const a2 = k[oa + 1]!;
+    const b2 = k[ob + 1]!;
     if (a2 !== b2) return a2 < b2;
-    return this.kr[a]! < this.kr[b]!;
+    return k[oa + 2]! < k[ob + 2]!;
   }
 
   private pull(t: number): boolean {
@@ -812,7 +813,7 @@ class Treap implements Index {
 
   private find(t: number, above: number): number {
     if (t < 0 || !this.g.canFit(this.s, t)) return -1;
-    if (this.k1[t]! <= above) return this.find(this.R[t]!, above);
+    if (this.key[3 * t]! <= above) return this.find(this.R[t]!, above);
     const a = this.find(this.L[t]!, above);
     if (a >= 0) return a;
     if (this.s.fits(this.node[t]!, this.base)) return t;
@@ -820,7 +821,7 @@ class Treap implements Index {
   }
 
   k1Of(i: number): number {
-    return this.k1[this.pos[i]!]!;
+    return this.key[3 * this.pos[i]!]!;
   }
 
   classify(c: FailCounts): void {
@@ -972,13 +973,23 @@ export class IndexedFinder implements Finder {
   /** The same pools as a list (a batch has a few; a per-proplet list of them would cost an array per proplet). */
   private readonly poolList: Pool[] = [];
 
-  constructor(private readonly s: Snapshot) {}
+  constructor(private readonly s: Snapshot) {
+    this.inPools = new Uint32Array(s.n);
+  }
+
+  /** Per proplet, bit k set when it is a member of poolList[k] (the first 32 pools; later ones are checked by position). */
+  private readonly inPools: Uint32Array;
 
   private pool(spec: PoolSpec): Pool {
     let p = this.pools.get(spec.key);
     if (p === undefined) {
       p = new Pool(this.s, spec);
       this.pools.set(spec.key, p);
+      const k = this.poolList.length;
+      if (k < 32) {
+        const bit = (1 << k) >>> 0;
+        for (const i of p.members) this.inPools[i] = (this.inPools[i]! | bit) >>> 0;
+      }
       this.poolList.push(p);
     }
     return p;
@@ -1133,6 +1144,9 @@ export class IndexedFinder implements Finder {
 
   commit(i: number): void {
     if (this.loadOrderCache !== undefined) this.loadOrderCache.moved[i] = 1;
-    for (const p of this.poolList) if (p.pos[i]! >= 0) p.commit(i);
+    // The pools it is in, from one word rather than one lookup per pool.
+    const list = this.poolList;
+    for (let m = this.inPools[i]!; m !== 0; m &= m - 1) list[31 - Math.clz32(m & -m)]!.commit(i);
+    for (let k = 32; k < list.length; k++) if (list[k]!.pos[i]! >= 0) list[k]!.commit(i);
   }
 }
