@@ -36,7 +36,9 @@
 //   min*           minima of free cpu, free memory and module limit
 // so every subtree where no member can fit the task is skipped. Placing a
 // task updates the proplet in every index of every pool it is in: O(pools ×
-// log n).
+// log n) nodes, but the aggregates are combined again only up to the first
+// ancestor where nothing but the member count changes (the moved proplet's
+// point is dominated there); above it only counts are adjusted.
 //
 // When nothing fits, the reason counts every proplet by its first failing
 // check without visiting most of them: proplets outside the pool are counted
