@@ -11,7 +11,7 @@
 // rules. A proplet may also use a channel named by its own id (a device
 // channel: embed-proplet runs every start on its channel, so each gets one).
 
-import { LAYOUTS, parseTopic, propletSubscriptions, sharedSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
+import { LAYOUTS, parseRootFlTopic, parseTopic, ROOT_FL_FILTER, propletSubscriptions, sharedSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
 import { claimedSender, isId, SENDER_FIELD, type MessageKind } from '../protocol/index.ts';
 import { propellerSender } from '../protocol/propeller.ts';
 import type { Role } from './credentials.ts';
@@ -88,6 +88,7 @@ const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
  */
 export function authorize(scope: Scope, role: Role, id: string, action: Action, topic: string, payload?: Uint8Array | string): Decision {
   if (typeof topic !== 'string') return deny('invalid_topic');
+  if (topic.startsWith('fl/')) return rootFl(role, id, action, topic, payload);
   const levels = levelsAfterBase(scope, role, id, topic);
   if (!levels) return deny('outside_scope');
   const shape = checkLevels(levels, action === 'subscribe' && role !== 'proplet');
@@ -148,6 +149,23 @@ function propletSubscribe(scope: Scope, id: string, filter: string): Decision {
     if (sharedSubscriptions(own, layout).includes(filter)) return OK;
   }
   return deny('not_own_topic');
+}
+
+// Propeller's root FL updates (topics' ROOT_FL_FILTER): a proplet publishes on
+// the topic named by its own id, the manager reads them all. The payload is the
+// coordinator's to judge (embed-proplet may send a bare number): only a sender
+// it names is checked here, so an unusable update is refused without closing
+// the device's connection.
+function rootFl(role: Role, id: string, action: Action, topic: string, payload: Uint8Array | string | undefined): Decision {
+  if (action === 'subscribe') return (role === 'manager' || role === 'debug') && topic === ROOT_FL_FILTER ? OK : deny('outside_scope');
+  if (role !== 'proplet') return role === 'debug' ? deny('read_only') : deny('outside_scope');
+  if (!isId(id)) return deny('bad_identity');
+  const p = parseRootFlTopic(topic);
+  if (!p) return deny('outside_scope');
+  if (p.propletId !== id) return deny('topic_id_mismatch');
+  const claimed = propellerSender(typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY));
+  if (typeof claimed === 'string' && claimed !== id) return deny('sender_mismatch');
+  return OK;
 }
 
 function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8Array | string | undefined): Decision {

@@ -1,7 +1,9 @@
 // `propeller serve`: the embedded broker (unless an external one is named),
 // the control plane with its HTTP API, and optionally local node proplets.
 
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CredentialStore, EmbeddedBroker, parseCredentials } from '../broker/index.ts';
@@ -9,6 +11,7 @@ import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } f
 import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
+import { Replica } from '../control-plane/replica.ts';
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
@@ -113,13 +116,27 @@ ${scopeHelp}
       if (e instanceof ConfigError) throw new UsageError(e.message);
       throw e;
     }
-    const store = await openStore(storeLocation(str(v.store) ?? env.STORE_URL, dataDir), { log: (l, m, f) => log(l, m, { c: 'store', ...f }) });
+    // rows other replicas committed refresh this one's view (the control plane exists by then)
+    let cp: ControlPlane | undefined;
+    const loc = storeLocation(str(v.store) ?? env.STORE_URL, dataDir);
+    const store = await openStore(loc, { log: (l, m, f) => log(l, m, { c: 'store', ...f }), onChange: (k) => cp?.refresh(k), onConflict: (k) => cp?.refresh(k) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
+    // PostgreSQL and an external broker: one of N replicas (docs/scaling.md)
+    const replica =
+      loc.engine === 'postgres' && external
+        ? new Replica({ url: loc.url, name: `propeller/${sc.domain}/${sc.channel}`, holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, log: (l, m, f) => log(l, m, { c: 'replica', ...f }) })
+        : undefined;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
-    let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean };
+    let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
     if (external) {
-      mqtt = { url: brokerUrl(external), username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD, trustPayloadSender: v['trust-payload-sender'] === true };
+      mqtt = {
+        url: brokerUrl(external),
+        username: str(v['mqtt-username']) ?? env.MQTT_USERNAME,
+        password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD,
+        trustPayloadSender: v['trust-payload-sender'] === true,
+        ...(replica ? { shareGroup: `propeller-${sc.domain}-${sc.channel}`, clientId: `propeller-manager-${randomUUID()}` } : {}),
+      };
     } else {
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
@@ -151,7 +168,9 @@ ${scopeHelp}
     const publicUrl = str(v['public-url']) ?? env.PROPELLER_PUBLIC_URL;
     if (publicUrl !== undefined && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new UsageError(`--public-url must be an http(s) URL, got ${JSON.stringify(publicUrl)}`);
     const staticDir = consoleDir(str(v['console-dir']) ?? env.PROPELLER_CONSOLE_DIR);
-    const cp = new ControlPlane({
+    await replica?.start();
+    cp = new ControlPlane({
+      ...(replica ? { replica } : {}),
       scope: sc,
       mqtt,
       http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), ...auth, staticDir },
@@ -211,6 +230,7 @@ ${scopeHelp}
     });
     await adapter?.close();
     await Promise.all(proplets.map((p) => p.close()));
+    await replica?.stop();
     await cp.close();
     await broker?.close();
     return 0;

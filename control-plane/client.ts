@@ -113,7 +113,7 @@ export class ControlPlaneClient {
     return this.request<Task>('GET', `/tasks/${encodeURIComponent(id)}${waitMs ? `?wait=${waitMs}ms` : ''}`);
   }
   /** One page, newest first; pass the answer's `continue` back for the next (older) one. */
-  listTasks(opts: { state?: string; limit?: number; continue?: string; label?: string[] } = {}) {
+  listTasks(opts: { state?: string; limit?: number; continue?: string; label?: string[]; proplet?: string } = {}) {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(opts)) for (const x of Array.isArray(v) ? v : v === undefined ? [] : [v]) q.append(k, String(x));
     return this.request<{ total?: number; limit: number; tasks: Task[]; continue?: string }>('GET', `/tasks?${q}`);

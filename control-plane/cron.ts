@@ -9,6 +9,8 @@ import type { TaskService } from './tasks.ts';
 
 export class CronScheduler {
   private jobs = new Map<string, { job: ScheduledTask; key: string }>();
+  /** Replicas: only the lease's owner fires (see replica.ts). */
+  owner: () => boolean = () => true;
 
   constructor(
     private tasks: TaskService,
@@ -57,6 +59,7 @@ export class CronScheduler {
   }
 
   private fire(id: string): void {
+    if (!this.owner()) return;
     try {
       const t = this.tasks.get(id);
       if (!t?.schedule || t.suspended || !t.cron) return;

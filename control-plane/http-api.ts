@@ -12,7 +12,7 @@ import { parseGroupInput, type GroupService } from './groups.ts';
 import { TERMINAL, type Proplet, type PropletGroup, type Task, type TaskState } from './model.ts';
 import type { Registry } from './registry.ts';
 import { InputError, isWasm, parseTaskInput, type TaskInput } from './task-input.ts';
-import { TokenError } from './task-index.ts';
+import { onProplet, TokenError } from './task-index.ts';
 import { TaskError, type TaskService } from './tasks.ts';
 
 export interface HttpApiOptions {
@@ -175,6 +175,12 @@ export class HttpApi {
       this.checkModuleSize(input.file);
       const start = url.searchParams.get('start');
       if (start !== null && start !== 'true' && start !== 'false') throw new HttpError(400, 'start: must be true or false', 'start');
+      // ?require_proplet=true: a pin to a proplet never registered is refused (the console's form) instead of waiting for it
+      const strict = url.searchParams.get('require_proplet');
+      if (strict !== null && strict !== 'true' && strict !== 'false') throw new HttpError(400, 'require_proplet: must be true or false', 'require_proplet');
+      if (strict === 'true' && input.proplet_id && !registry.get(input.proplet_id)) {
+        throw new HttpError(400, `proplet_id: no proplet ${JSON.stringify(input.proplet_id)} is registered`, 'proplet_id');
+      }
       const wait = url.searchParams.get('wait');
       const t = tasks.create(input);
       if (start === 'true') {
@@ -198,7 +204,12 @@ export class HttpApi {
       }
       const wanted = state ? TASK_STATES.find((s) => s.toLowerCase() === state.toLowerCase()) : undefined;
       if (state && !wanted) throw new HttpError(400, `state: must be one of ${TASK_STATES.join(', ')}`, 'state');
-      const match = wanted || labels.length ? (t: Task) => (!wanted || t.state === wanted) && labels.every(([k, v]) => t.labels[k] === v) : undefined;
+      const proplet = url.searchParams.get('proplet');
+      if (proplet !== null && !isId(proplet)) throw new HttpError(400, "proplet: must be a proplet id (1-128 characters without '+', '#', '/' or control characters)", 'proplet');
+      const match =
+        wanted || labels.length || proplet !== null
+          ? (t: Task) => (!wanted || t.state === wanted) && labels.every(([k, v]) => t.labels[k] === v) && (proplet === null || onProplet(t, proplet))
+          : undefined;
       let page;
       try {
         page = tasks.page(offset + limit, after, match);
@@ -207,8 +218,8 @@ export class HttpApi {
         throw e;
       }
       const shown = page.tasks.slice(offset);
-      // a total is given when it is known without walking the history (no label filter)
-      const total = labels.length ? undefined : tasks.count(wanted);
+      // a total is given when it is known without walking the history (no label or proplet filter)
+      const total = labels.length || proplet !== null ? undefined : tasks.count(wanted);
       return {
         ...(total !== undefined ? { total } : {}),
         limit,

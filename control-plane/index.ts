@@ -33,7 +33,7 @@ import type { Task } from './model.ts';
 export interface ControlPlaneOptions {
   scope: Scope;
   /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
-  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean };
+  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean; shareGroup?: string };
   /** The HTTP API; `token` or `noAuth: true` is required (the API is never open by omission). */
   http: { host?: string; port?: number; token?: string; noAuth?: boolean; tokenHint?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
   health: HealthConfig;
@@ -66,6 +66,8 @@ export interface ControlPlaneOptions {
    * private addresses are denied unless `allow` names them (CIDRs, addresses, host names).
    */
   fetch?: { allow?: readonly string[]; deny?: readonly string[] };
+  /** One of N replicas (replica.ts): the owner-only work runs when isOwner() says so. */
+  replica?: { isOwner(): boolean; onAcquired(f: () => void): void; module(digest: string): Promise<Uint8Array | undefined> };
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
   /** How long one of our proplets may take to acknowledge a start before it counts as refused (START_ACK_TIMEOUT). Default 10 s. */
@@ -173,6 +175,7 @@ export class ControlPlane {
         aggregation: (seconds) => m.flAggregation.observe(seconds),
       },
       log: this.log,
+      ...(o.replica ? { load: (digest: string) => this.loadModule(digest) } : {}),
     });
     addFlRoutes(this.http, this.fl);
     addPropellerApiRoutes(this.http, this.tasks, this.registry, (req) => this.http.module(req));
@@ -191,15 +194,66 @@ export class ControlPlane {
     this.http.mount((req, res, url) => this.events.serve(req, res, url));
     if (o.http?.staticDir) this.http.mount(staticDirectory(o.http.staticDir), { open: true });
     this.wireEvents();
+    if (o.replica) {
+      const own = () => o.replica!.isOwner();
+      this.tasks.owner = own;
+      this.tasks.replicated = true;
+      this.registry.owner = own;
+      this.cron.owner = own;
+      this.fl.owner = own;
+      // a new owner catches up: liveness, and what waits for placement
+      o.replica.onAcquired(() => {
+        this.registry.sweep();
+        this.tasks.schedulePlacement();
+        // rounds the dead owner ran start over, as after a restart
+        this.fl.resume();
+      });
+    }
+  }
+
+  /** A row another replica committed (the store's change feed): refresh this replica's view of it. */
+  refresh(key: { kind: string; id: string }): void {
+    if (key.kind === 'task') {
+      // a module another replica stored (a task created there with its file) is not in this one's mirror: load it first
+      const d = this.store.tasks.get(key.id)?.module_digest;
+      if (d && this.o.replica && !this.store.getModule(d)) void this.loadModule(d).then(() => this.tasks.adopt(key.id, this.store.tasks.get(key.id)));
+      else this.tasks.adopt(key.id, this.store.tasks.get(key.id));
+    }
+    else if (key.kind === 'proplet') this.registry.adopt(key.id, this.store.proplets.get(key.id));
+    // FL resources read fresh on every replica; a round's live state stays with the replica that runs it (docs/scaling.md)
+    else if (key.kind === 'fl-job' || key.kind === 'fl-round' || key.kind === 'fl-checkpoint') {
+      this.fl.reloadRecord(key.kind, key.id);
+      this.fl.adopted(key.kind, key.id);
+    }
+  }
+
+  private loading = new Map<string, Promise<void>>();
+  private loadModule(digest: string): Promise<void> {
+    let p = this.loading.get(digest);
+    if (!p) {
+      p = this.o
+        .replica!.module(digest)
+        .then(
+          (bytes) => bytes && this.store.putModule(digest, bytes),
+          (e: Error) => this.log('warn', 'cannot load a module another replica stored', { digest, error: e.message }),
+        )
+        .finally(() => this.loading.delete(digest));
+      this.loading.set(digest, p);
+    }
+    return p;
   }
 
   private wireEvents(): void {
+    // with replicas, only the owner reconciles: another replica's view of a task may lag the feed
+    const owner = () => this.o.replica?.isOwner() ?? true;
     this.registry.on('up', (p, running) => {
-      this.tasks.reconcile(p, running);
+      if (owner()) this.tasks.reconcile(p, running);
       this.tasks.schedulePlacement();
     });
     this.registry.on('load', () => this.tasks.schedulePlacement());
-    this.registry.on('report', (p, running) => this.tasks.reconcile(p, running));
+    this.registry.on('report', (p, running) => {
+      if (owner()) this.tasks.reconcile(p, running);
+    });
     this.registry.on('state', (p, from, reason) => {
       this.metrics.propletTransitions.inc({ to: p.state });
       this.log(p.state === 'alive' ? 'info' : 'warn', 'proplet state', { proplet_id: p.id, from, to: p.state, reason });

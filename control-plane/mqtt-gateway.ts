@@ -5,8 +5,10 @@
 
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, parsePropellerJson, ProtocolError, type Encoding, type Result, type Start, type Stop } from '../protocol/index.ts';
-import { managerFilters, parseTopic, topic, type Scope, type TopicKind } from '../topics/index.ts';
+import { managerFilters, parseRootFlTopic, parseTopic, ROOT_FL_FILTER, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { isPropellerProplet, kindOfRegistration, scopeOf, wireOf, type PropellerCompat } from './propeller-compat.ts';
+import { fromPropellerUpdate, isRustFlEnvelope } from './propeller-fl.ts';
+import { PropletUsage } from './propeller-metrics.ts';
 import { fromPropellerMetrics, resultStatus, shapeStart, shapeStop, type Qos, type ShapeOptions } from './propeller-shapes.ts';
 import type { ChunkServer } from './chunk-server.ts';
 import { tap } from './events.ts';
@@ -40,6 +42,13 @@ export interface GatewayOptions {
   trustPayloadSender?: boolean;
   /** Limits of Propeller's proplets the control plane shapes its messages to. */
   shape?: ShapeOptions;
+  /**
+   * Replicas: what one replica must handle alone (results, metrics, chunk
+   * requests) is consumed once across the group (MQTT shared subscriptions,
+   * `$share/GROUP/…`); registrations and heartbeats still reach every replica,
+   * each keeping its own liveness view.
+   */
+  shareGroup?: string;
 }
 
 /** What proplets send: the sender is the topic's proplet id, which the broker authenticated. */
@@ -64,8 +73,24 @@ export interface Handlers {
 }
 
 export class MqttGateway implements Dispatcher {
+  /** Both layouts, and every channel of the domain: embed-proplets each have their own (propeller-compat.ts). */
+  private filters(): string[] {
+    const all = managerFilters(this.o.scope, true);
+    const g = this.o.shareGroup;
+    if (!g) return all;
+    const CONTROL = '/control/proplet/#';
+    return all.flatMap((f) => {
+      if (f.endsWith(CONTROL)) {
+        const p = f.slice(0, -1);
+        return [`${p}create/#`, `${p}alive/#`, ...['results', 'metrics', 'invoke_results', 'task_metrics'].map((k) => `$share/${g}/${p}${k}/#`)];
+      }
+      return f.includes('/registry/proplet') ? [`$share/${g}/${f}`] : [f];
+    });
+  }
+
   private client?: MqttClient;
   private handlers?: Handlers;
+  private usage?: PropletUsage;
 
   constructor(private o: GatewayOptions) {}
 
@@ -75,6 +100,7 @@ export class MqttGateway implements Dispatcher {
 
   async connect(handlers: Handlers): Promise<void> {
     this.handlers = handlers;
+    this.usage ??= new PropletUsage(this.o.metrics.registry, () => handlers.registry.values(), (id) => handlers.tasks.get(id));
     const client = mqtt.connect(this.o.url, {
       protocolVersion: 4,
       username: this.o.username,
@@ -82,7 +108,8 @@ export class MqttGateway implements Dispatcher {
       // Stable per scope, so the persistent session below is found again after a restart.
       clientId: this.o.clientId ?? `propeller-manager-${this.o.scope.domain}-${this.o.scope.channel}`,
       // A persistent session lets the broker keep results for us across a control-plane restart.
-      clean: false,
+      // Not for replicas: a dead replica's session would go on taking its share of the results.
+      clean: this.o.shareGroup !== undefined,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
     });
@@ -94,11 +121,14 @@ export class MqttGateway implements Dispatcher {
       // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       this.o.log('info', 'mqtt connected', { url: this.o.url, session_present: ack.sessionPresent });
-      // both layouts, and every channel of the domain: embed-proplets each have their own (propeller-compat.ts)
-      client.subscribe(managerFilters(this.o.scope, true), { qos: 1 }, (err, granted) => {
+      client.subscribe(this.filters(), { qos: 1 }, (err, granted) => {
         if (err) return this.o.log('error', 'subscribe failed', { error: err.message });
         const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic);
         if (refused?.length) this.o.log('error', 'broker refused subscriptions: check the manager account ACL', { refused });
+      });
+      // Propeller's proplets publish FL updates at the broker's root (topics' ROOT_FL_FILTER)
+      client.subscribe(ROOT_FL_FILTER, { qos: 1 }, (err, granted) => {
+        if (err || granted?.[0]?.qos === 128) this.o.log('warn', "broker refused the root FL filter: Propeller proplets' FL updates are not heard", { filter: ROOT_FL_FILTER });
       });
     });
     await new Promise<void>((resolve, reject) => {
@@ -172,6 +202,8 @@ export class MqttGateway implements Dispatcher {
   /** Exposed for tests: handle one inbound message as if it came from the broker. */
   handle(t: string, payload: Buffer): void {
     tap(this, 'wire', 'in', t, payload);
+    const root = parseRootFlTopic(t);
+    if (root) return this.rootFlUpdate(root.roundId, root.propletId, payload);
     const parsed = parseTopic(t);
     const kind = parsed?.kind ?? 'unknown';
     try {
@@ -218,9 +250,13 @@ export class MqttGateway implements Dispatcher {
           const p = h.registry.get(msg.proplet_id);
           if (!p) return this.reject(kind, 'unknown_proplet', `result from unregistered proplet ${clip(msg.proplet_id)}`);
           // Propeller's proplets give no status: a string result, an error, or "" at once for a daemon
-          if (msg.status === undefined && isPropellerProplet(wireOf(p, this.o.scope).kind)) msg.status = resultStatus(msg, h.tasks.get(msg.task_id)?.daemon ?? false);
+          const propeller = msg.status === undefined && isPropellerProplet(wireOf(p, this.o.scope).kind);
+          if (propeller) msg.status = resultStatus(msg, h.tasks.get(msg.task_id)?.daemon ?? false);
+          const round = propeller ? h.tasks.get(msg.task_id)?.env?.ROUND_ID : undefined;
           const ignored = h.tasks.onResult(msg as Result);
           if (ignored) this.o.log('info', 'result ignored', { reason: ignored, task_id: msg.task_id, proplet_id: msg.proplet_id, attempt: msg.attempt });
+          // the Rust proplet's FL update rides in the result of a ROUND_ID task: the result first, so that a round the update closes finds its task done
+          if (round && isRustFlEnvelope(msg.results)) this.propellerFlUpdate(msg.results, round, p.id, msg.task_id, msg.error);
           return;
         }
         case 'registry.proplet': {
@@ -248,6 +284,7 @@ export class MqttGateway implements Dispatcher {
             msg.memory_used ??= m.memory_used;
             if (msg.memory_used !== undefined) p.memory_used = msg.memory_used;
           }
+          this.usage?.report(p.id, msg.cpu_percent);
           h.onMetrics?.(msg.proplet_id, msg as unknown as Record<string, unknown>);
           return;
         }
@@ -266,6 +303,11 @@ export class MqttGateway implements Dispatcher {
           if (raw instanceof ProtocolError) throw raw;
           const id = typeof raw.proplet_id === 'string' ? raw.proplet_id : sender;
           if (id === undefined || !h.registry.get(id)) return this.reject(kind, 'unknown_proplet', `${kind} from unregistered proplet ${String(id)}`);
+          if (parsed.kind === 'proplet.task_metrics') {
+            const task = typeof raw.task_id === 'string' ? h.tasks.get(raw.task_id) : undefined;
+            if (!task || task.proplet_id !== id) return this.reject(kind, 'unknown_task', `task metrics from ${clip(id)} for a task it does not run: ${clip(String(raw.task_id))}`);
+            this.usage?.task(task.id, id, raw.metrics);
+          }
           return;
         }
         default:
@@ -276,6 +318,46 @@ export class MqttGateway implements Dispatcher {
       this.o.log('error', 'handler failed', { kind, topic: t, error: (e as Error).stack });
       this.o.metrics.messagesRejected.inc({ kind, reason: 'internal' });
     }
+  }
+
+  /** fl/rounds/<round>/updates/<proplet> at the broker's root (Propeller's proplets): the broker checked the proplet id level. */
+  private rootFlUpdate(round: string, sender: string, payload: Buffer): void {
+    const h = this.handlers!;
+    this.o.metrics.messagesReceived.inc({ kind: 'fl.update' });
+    try {
+      if (!h.registry.get(sender)) return this.reject('fl.update', 'unknown_proplet', `update from unregistered proplet ${clip(sender)}`);
+      if (!h.fl) return this.reject('fl.update', 'unsupported', 'no FL coordinator');
+      const taskId = h.fl.taskOf(round, sender);
+      if (!taskId) return this.reject('fl.update', 'not_participant', `${clip(sender)} has no task in round ${clip(round)}`);
+      let raw: unknown;
+      try {
+        raw = JSON.parse(payload.toString('utf8'));
+      } catch (e) {
+        raw = new ProtocolError('malformed', `not JSON: ${(e as Error).message}`);
+      }
+      if (raw instanceof ProtocolError) {
+        this.reject('fl.update', raw.reason, raw.message);
+        h.fl.refuseUpdate({ round_id: round, proplet_id: sender, task_id: taskId }, raw.reason, raw.message);
+        return;
+      }
+      this.propellerFlUpdate(raw, round, sender, taskId);
+    } catch (e) {
+      this.o.log('error', 'handler failed', { kind: 'fl.update', round, error: (e as Error).stack });
+      this.o.metrics.messagesRejected.inc({ kind: 'fl.update', reason: 'internal' });
+    }
+  }
+
+  /** A Propeller FL envelope to the coordinator: as our update, or refused with the reason the round then shows. */
+  private propellerFlUpdate(raw: unknown, round: string, sender: string, taskId: string, error?: unknown): void {
+    const fl = this.handlers?.fl;
+    if (!fl) return this.reject('fl.update', 'unsupported', 'no FL coordinator');
+    const tr = fromPropellerUpdate(raw, { round, sender, taskId }, error);
+    if (tr.ok) {
+      fl.onUpdate(tr.update);
+      return;
+    }
+    this.reject('fl.update', tr.reason, `${clip(sender)} in round ${clip(round)}: ${tr.message}`);
+    fl.refuseUpdate({ round_id: round, proplet_id: sender, task_id: taskId }, tr.reason, tr.message);
   }
 
   reject(kind: string, reason: string, detail: string): void {

@@ -72,18 +72,41 @@ export function embedInputs(inputs: readonly unknown[]): number[] | string {
   return out;
 }
 
+/**
+ * The Rust proplet reports an FL task (env ROUND_ID) only when it knows
+ * MANAGER_COORDINATOR_URL (from the task's env or its own): it POSTs the output
+ * to <url>/update and, refused, publishes it on fl/rounds/<round>/updates/<id>;
+ * then it puts the update envelope in its result. Without the URL it reports
+ * nothing at all. The control plane takes updates over MQTT only (an HTTP post
+ * does not say who sent it), so it points the proplet at a path of its own API
+ * that refuses the post: the update then comes over the authenticated connection.
+ */
+export const PROPELLER_COORDINATOR_PATH = '/fl/propeller';
+
+function rustEnv(env: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (!env?.ROUND_ID || env.MANAGER_COORDINATOR_URL || !env.MODEL_URI) return env;
+  let origin: string;
+  try {
+    origin = new URL(env.MODEL_URI).origin; // the control plane's API, which serves the round's model
+  } catch {
+    return env;
+  }
+  return origin.startsWith('http') ? { ...env, MANAGER_COORDINATOR_URL: `${origin}${PROPELLER_COORDINATOR_PATH}` } : env;
+}
+
 /** A start for the Rust proplet: inline while it fits its packet limit, else by name (it then asks for chunks). */
 export function rustStart(msg: Start, o: ShapeOptions = {}): Shaped<RustStart> {
   const inputs = rustInputs(msg.inputs ?? []);
   if (typeof inputs === 'string') return fail(inputs);
   if (!msg.name) return fail('the Rust proplet needs a task name: the export it calls');
+  const env = rustEnv(msg.env);
   const base: RustStart = {
     id: msg.id,
     name: msg.name,
     cli_args: msg.cli_args ?? [],
     inputs,
     daemon: msg.daemon ?? false,
-    ...(msg.env && Object.keys(msg.env).length ? { env: msg.env } : {}),
+    ...(env && Object.keys(env).length ? { env } : {}),
     ...(msg.proplet_id ? { proplet_id: msg.proplet_id } : {}),
   };
   const max = o.rustMaxPacket ?? RUST_MAX_PACKET;
@@ -109,7 +132,8 @@ export function embedStart(msg: Start, module: Uint8Array | undefined): Shaped<E
   if (msg.cli_args?.length) return fail('embed-proplet takes no cli_args');
   const inputs = embedInputs(msg.inputs ?? []);
   if (typeof inputs === 'string') return fail(inputs);
-  if (msg.name !== 'main') return fail(`embed-proplet calls only the export main, the task names ${JSON.stringify(msg.name ?? '')}`);
+  // an FL round's task is named after its round: embed-proplet runs its main all the same (ROUND_ID marks it)
+  if (msg.name !== 'main' && !msg.env?.ROUND_ID) return fail(`embed-proplet calls only the export main, the task names ${JSON.stringify(msg.name ?? '')}`);
   if (!module) return fail('embed-proplet needs the module at hand to be checked and sent inline');
   const sig = functionExport(module, 'main');
   if (typeof sig === 'string') return fail(`the module cannot run on embed-proplet: ${sig}`);
@@ -117,18 +141,19 @@ export function embedStart(msg: Start, module: Uint8Array | undefined): Shaped<E
     return fail(`embed-proplet calls main with i32 arguments and prints i32 results; main is (${sig.params.join(', ')}) -> (${sig.results.join(', ')})`);
   }
   if (sig.params.length !== inputs.length) return fail(`main takes ${sig.params.length} arguments, the task gives ${inputs.length} inputs`);
-  const start: EmbedStart = {
-    id: msg.id,
-    name: 'main',
-    file: b64(module),
-    inputs,
-    ...(msg.env && Object.keys(msg.env).length ? { env: msg.env } : {}),
-  };
-  const bytes = json(start);
-  if (bytes.length > EMBED_MAX_MESSAGE) {
-    return fail(`the start is ${bytes.length} bytes with its ${module.length}-byte module: embed-proplet reads messages of at most ${EMBED_MAX_MESSAGE} bytes (a module of about 700 bytes)`);
-  }
-  return { ok: true, msg: start, bytes, qos: 0 };
+  const head = { id: msg.id, name: 'main', ...(msg.env && Object.keys(msg.env).length ? { env: msg.env } : {}) };
+  const inline: EmbedStart = { id: head.id, name: head.name, file: b64(module), inputs, ...(head.env ? { env: head.env } : {}) };
+  const bytes = json(inline);
+  if (bytes.length <= EMBED_MAX_MESSAGE) return { ok: true, msg: inline, bytes, qos: 0 };
+  // By name the module travels alone, in one registry/server message it takes as the whole module: this fits
+  // when the start is large for its env or inputs rather than for its module.
+  const name = msg.digest ?? msg.image_url;
+  const byName: EmbedStart = { id: head.id, name: head.name, image_url: name ?? '', inputs, ...(head.env ? { env: head.env } : {}) };
+  const startBytes = json(byName);
+  const chunk = name ? propellerChunks('embed', name, module) : 'the module has no name to be asked for by';
+  if (startBytes.length <= EMBED_MAX_MESSAGE && typeof chunk !== 'string') return { ok: true, msg: byName, bytes: startBytes, qos: 0 };
+  const alone = typeof chunk === 'string' ? chunk : `the start naming it is ${startBytes.length} bytes`;
+  return fail(`the start is ${bytes.length} bytes with its ${module.length}-byte module, and by name ${alone}: embed-proplet reads messages of at most ${EMBED_MAX_MESSAGE} bytes (a module of about 650 bytes)`);
 }
 
 /** A start shaped for a Propeller proplet kind; undefined for kinds that read our messages as they are. */

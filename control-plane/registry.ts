@@ -43,6 +43,8 @@ interface Entry {
 export class Registry extends EventEmitter<RegistryEvents> {
   private entries = new Map<string, Entry>();
   private timer?: NodeJS.Timeout;
+  /** Replicas: only the lease's owner sweeps (see replica.ts). */
+  owner: () => boolean = () => true;
 
   constructor(
     private store: Store,
@@ -164,6 +166,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
     this.transition(p, 'offline', reason);
   }
 
+  /** Another replica registered, changed or removed this proplet in the store: take its version. */
+  adopt(id: string, p: Proplet | undefined): void {
+    if (!p) {
+      this.entries.delete(id);
+      return;
+    }
+    const e = this.entries.get(id);
+    // liveness is what this replica hears itself: keep its own heartbeat times
+    if (e) e.p = p;
+    else this.entries.set(id, entry(p, this.now()));
+  }
+
   remove(id: string): boolean {
     const had = this.entries.delete(id);
     tap(this, 'proplet-removed', id);
@@ -173,6 +187,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   /** One liveness pass: missed heartbeats past the thresholds move proplets down. */
   sweep(): void {
+    if (!this.owner()) return;
     const now = this.now();
     for (const e of this.entries.values()) {
       const p = e.p;

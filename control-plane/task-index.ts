@@ -14,6 +14,9 @@ export interface Page {
 /** (created_at, id): the order tasks are listed in; ids break ties between tasks created in one millisecond. */
 const before = (a: Task, created: string, id: string) => a.created_at < created || (a.created_at === created && a.id < id);
 
+/** The task runs, ran (an attempt of its latest run) or is pinned on the proplet: what `GET /tasks?proplet=` lists. */
+export const onProplet = (t: Task, id: string): boolean => t.proplet_id === id || t.pinned_proplet_id === id || t.attempts.some((a) => a.proplet_id === id);
+
 export class TaskIndex {
   /** Ascending by (created_at, id); mostly appended to, since new tasks are the newest. */
   private order: Task[] = [];

@@ -18,6 +18,9 @@ import { TaskIndex, type Page } from './task-index.ts';
 import type { TaskInput } from './task-input.ts';
 
 /** How the control plane reaches proplets; the MQTT gateway implements it. */
+/** Replicas: how long a result may wait for the placement it names to reach this replica through the store. */
+const PARK_MS = 10_000;
+
 export interface Dispatcher {
   start(proplet: Proplet, msg: Start): void;
   stop(proplet: Proplet, msg: Stop): void;
@@ -87,6 +90,14 @@ export class TaskService extends EventEmitter<TaskEvents> {
   /** Started tasks whose module is being fetched: not placeable yet. */
   private resolving = new Set<string>();
   private placeQueued = false;
+  /** Replicas: only the lease's owner places (see replica.ts). */
+  owner: () => boolean = () => true;
+  /** Replicas (index.ts sets it): other control planes change tasks in the store too. */
+  replicated = false;
+  /** Replicas: results naming a placement this replica has not yet seen, judged again when the task's row comes in. */
+  private parked = new Map<string, { r: Result; until: number }[]>();
+  /** Replicas: applied results whose write is not yet committed; re-applied if another replica's write wins the row. */
+  private unconfirmed = new Map<string, Result>();
   private readonly index = new TaskIndex();
   readonly retention: RetentionConfig;
   private readonly expiry = new ExpiryQueue();
@@ -337,6 +348,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   /** Deletes every finished task whose time-to-live is over. */
   sweepExpired(): number {
+    // replicas: one sweeper, the owner; the others keep what is due for when they own
+    if (this.replicated && !this.owner()) return 0;
     const now = this.now();
     const gone: Task[] = [];
     for (const { at, id } of this.expiry.due(now)) {
@@ -429,13 +442,50 @@ export class TaskService extends EventEmitter<TaskEvents> {
     return t;
   }
 
-  /** Applies a result message. Returns why it was ignored, or undefined when applied. */
-  onResult(r: Result): string | undefined {
+  /** Applies a result message. Returns why it was ignored, or undefined when applied (or, with replicas, parked). */
+  onResult(r: Result, until = this.now() + PARK_MS): string | undefined {
+    const why = this.applyResult(r);
+    if (!this.replicated) return why === undefined ? undefined : this.ignored(why);
+    if (why === undefined) {
+      if (r.status !== 'running') this.confirm(r);
+      return undefined;
+    }
     const t = this.tasks.get(r.task_id);
-    if (!t) return this.ignored('unknown_task');
-    if (t.proplet_id !== r.proplet_id || (t.state !== 'Scheduled' && t.state !== 'Running')) return this.ignored('not_running_there');
+    // the owner commits a placement before it sends the start, so its row is on its way here through the store's feed
+    const unseen = !t || (r.attempt !== undefined ? r.attempt > t.attempt : t.state === 'Pending');
+    if (!unseen || this.now() >= until) return this.ignored(why);
+    const list = this.parked.get(r.task_id) ?? [];
+    list.push({ r, until });
+    this.parked.set(r.task_id, list);
+    return undefined;
+  }
+
+  /** Replicas: until this result's write is committed, a conflicting write from another replica does not lose it. */
+  private confirm(r: Result): void {
+    this.unconfirmed.set(r.task_id, r);
+    void this.o.store.flush().then(
+      () => this.unconfirmed.get(r.task_id) === r && this.unconfirmed.delete(r.task_id),
+      () => {},
+    );
+  }
+
+  /** Replicas: results still waiting for a placement this replica never saw are given up. */
+  private dropParked(): void {
+    const now = this.now();
+    for (const [id, list] of this.parked) {
+      const keep = list.filter((x) => x.until > now);
+      for (const x of list) if (x.until <= now) this.o.log('info', 'result ignored', { reason: this.ignored('not_running_there'), task_id: id, proplet_id: x.r.proplet_id, attempt: x.r.attempt });
+      if (keep.length) this.parked.set(id, keep);
+      else this.parked.delete(id);
+    }
+  }
+
+  private applyResult(r: Result): string | undefined {
+    const t = this.tasks.get(r.task_id);
+    if (!t) return 'unknown_task';
+    if (t.proplet_id !== r.proplet_id || (t.state !== 'Scheduled' && t.state !== 'Running')) return 'not_running_there';
     // Propeller's proplets send no attempt: it can only be the current one.
-    if (r.attempt !== undefined && r.attempt !== t.attempt) return this.ignored('stale_attempt');
+    if (r.attempt !== undefined && r.attempt !== t.attempt) return 'stale_attempt';
     const status = r.status ?? (r.error ? 'failed' : 'completed');
     if (status === 'running') {
       if (t.state === 'Scheduled') {
@@ -503,6 +553,9 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const now = this.now();
     for (const id of this.activeOn(proplet.id)) {
       const t = this.tasks.get(id)!;
+      // A proplet that reports what it runs acknowledges every start: a start not yet acknowledged
+      // is the start deadline's to judge (start-ack.ts), not a report that may have left before it.
+      if (t.state === 'Scheduled') continue;
       // A report may have left the proplet before a start we just sent reached it:
       // only an attempt older than the grace period is known to be lost.
       const since = Date.parse(t.attempts.at(-1)?.started_at ?? t.updated_at);
@@ -524,7 +577,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   /** Coalesces placement requests into one pass per tick. */
   schedulePlacement(): void {
-    if (this.placeQueued) return;
+    if (this.placeQueued || !this.owner()) return;
     this.placeQueued = true;
     setImmediate(() => {
       this.placeQueued = false;
@@ -582,7 +635,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
   startTimers(): void {
     this.startedAt = this.now();
     this.sweepExpired();
-    this.expiryTimer = setInterval(() => this.sweepExpired(), this.o.retryIntervalMs ?? 1000);
+    this.expiryTimer = setInterval(() => {
+      this.sweepExpired();
+      if (this.parked.size) this.dropParked();
+    }, this.o.retryIntervalMs ?? 1000);
     this.expiryTimer.unref();
     // after a restart: tasks that were waiting for their module fetch it again
     for (const id of this.waiting) {
@@ -632,7 +688,20 @@ export class TaskService extends EventEmitter<TaskEvents> {
     t.attempts.push({ attempt: t.attempt, proplet_id: p.id, started_at: at });
     this.addActive(p.id, t.id);
     this.transition(t, 'Scheduled', undefined, { proplet_id: p.id, attempt: t.attempt });
-    this.o.dispatcher.start(p, this.startMessage(t, p));
+    if (!this.replicated) return this.o.dispatcher.start(p, this.startMessage(t, p));
+    // Replicas: the start goes out once the placement is committed, so whichever replica
+    // its results reach can find it in the store.
+    const attempt = t.attempt;
+    void this.o.store.flush().then(
+      () => {
+        const cur = this.tasks.get(t.id);
+        if (cur?.state !== 'Scheduled' || cur.attempt !== attempt || cur.proplet_id !== p.id) return;
+        const to = this.o.registry.get(p.id) ?? p;
+        this.o.dispatcher.start(to, this.startMessage(cur, to));
+      },
+      // the database is away: the start-ack deadline moves the task on
+      () => {},
+    );
   }
 
   startMessage(t: Task, p: Proplet): Start {
@@ -733,6 +802,43 @@ export class TaskService extends EventEmitter<TaskEvents> {
     let s = this.active.get(propletId);
     if (!s) this.active.set(propletId, (s = new Set()));
     s.add(taskId);
+  }
+
+  /** Another replica changed this task in the store: take its version (undefined: it was deleted). */
+  adopt(id: string, t: Task | undefined): void {
+    const old = this.tasks.get(id);
+    if (old) {
+      this.release(old);
+      this.index.remove(old);
+    }
+    if (!t) {
+      this.parked.delete(id);
+      if (!old) return;
+      this.tasks.delete(id);
+      this.waiting.delete(id);
+      this.expiresAt.delete(id);
+      this.emit('deleted', id);
+      return;
+    }
+    this.tasks.set(id, t);
+    this.index.upsert(t);
+    // finished elsewhere: it expires here too (only the owner sweeps)
+    if (TERMINAL.has(t.state) && !(old && TERMINAL.has(old.state))) this.retain(t);
+    if (t.state === 'Pending' && t.start_requested) this.waiting.add(id);
+    else this.waiting.delete(id);
+    if ((t.state === 'Scheduled' || t.state === 'Running') && t.proplet_id) this.addActive(t.proplet_id, id);
+    this.emit('changed', t);
+    this.schedulePlacement();
+    // results that came before this row, or whose write lost to this one: judge them again
+    const again = this.parked.get(id);
+    this.parked.delete(id);
+    const lost = this.unconfirmed.get(id);
+    this.unconfirmed.delete(id);
+    if (lost) this.onResult(lost);
+    for (const x of again ?? []) {
+      const why = this.onResult(x.r, x.until);
+      if (why) this.o.log('info', 'result ignored', { reason: why, task_id: id, proplet_id: x.r.proplet_id, attempt: x.r.attempt });
+    }
   }
 
   private release(t: Task): void {

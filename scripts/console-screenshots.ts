@@ -21,19 +21,13 @@ const browser = await launchBrowser();
 try {
   const api = cs.stack.api;
   const b64 = (name: string) => Buffer.from(exampleWasm(name)).toString('base64');
-  await api.createTask({ name: 'add', file: b64('add'), inputs: [2, 3] } as never, { start: true, waitMs: 10_000 });
-  await api.createTask({ name: 'hello', file: b64('hello'), cli_args: ['world'], proplet_id: 'node-1' } as never, { start: true, waitMs: 10_000 });
-  await api.createTask({ name: 'fib', file: b64('add'), inputs: [20] } as never, { start: true, waitMs: 10_000 });
-  const daemon = await api.createTask({ name: 'ticker', file: b64('daemon'), daemon: true, proplet_id: 'node-1' } as never);
+  await api.createTask({ name: 'add', file: b64('add'), inputs: [2, 3] }, { start: true, waitMs: 10_000 });
+  await api.createTask({ name: 'hello', file: b64('hello'), cli_args: ['world'], proplet_id: 'node-1' }, { start: true, waitMs: 10_000 });
+  await api.createTask({ name: 'fib', file: b64('add'), inputs: [20] }, { start: true, waitMs: 10_000 });
+  await api.createTask({ name: 'add-bad-input', file: b64('add'), inputs: ['two', 3] }, { start: true, waitMs: 10_000 });
+  await api.createTask({ name: 'north-only', file: b64('hello'), proplet_selector: { match_labels: { zone: 'north' } } }, { start: true });
+  const daemon = await api.createTask({ name: 'ticker', file: b64('daemon'), daemon: true, proplet_id: 'node-1' });
   await api.startTask(daemon.id);
-  const { ref } = await api.pushModel(JSON.parse(readFileSync(join(EXAMPLE, 'initial-model.json'), 'utf8')) as object);
-  const { digest } = await api.pushModule(exampleWasm('fl-logreg'));
-  await api.createFlJob({
-    apiVersion: 'propeller.absmach.io/v1alpha1',
-    kind: 'FederatedJob',
-    metadata: { name: 'fl-logreg' },
-    spec: { experimentId: 'fl-logreg-001', modelRef: ref, taskWasmImage: digest, participants: ['node-1', 'mcu-001', 'mcu-002'].map((propletId) => ({ propletId })), kOfN: 1, timeoutSeconds: 30, rounds: { total: 8, strategy: 'sequential' }, aggregator: { algorithm: 'fedavg' }, hyperparams: { learningRate: 0.5, epochs: 1 } },
-  });
   // a few devices lost, as a fleet at the edge has
   for (const d of cs.fleet.devices.slice(190, 194)) {
     d.dropConnection();
@@ -51,6 +45,15 @@ try {
   const tasks = await api.listTasks({ limit: 100 });
   const done = tasks.tasks.find((t) => t.name === 'hello')!;
   await shot(`#/tasks/${done.id}`, '#task-detail[data-state="Completed"]', 'console-tasks.png');
+  // the FL job after the tasks view, whose list would otherwise be all its rounds' tasks
+  const { ref } = await api.pushModel(JSON.parse(readFileSync(join(EXAMPLE, 'initial-model.json'), 'utf8')) as object);
+  const { digest } = await api.pushModule(exampleWasm('fl-logreg'));
+  await api.createFlJob({
+    apiVersion: 'propeller.absmach.io/v1alpha1',
+    kind: 'FederatedJob',
+    metadata: { name: 'fl-logreg' },
+    spec: { experimentId: 'fl-logreg-001', modelRef: ref, taskWasmImage: digest, participants: ['node-1', 'mcu-001', 'mcu-002'].map((propletId) => ({ propletId })), kOfN: 1, timeoutSeconds: 30, rounds: { total: 8, strategy: 'sequential' }, aggregator: { algorithm: 'fedavg' }, hyperparams: { learningRate: 0.5, epochs: 1 } },
+  });
   await shot('#/fl/fl-logreg', '#fl-chart[data-points="8"]', 'console-fl.png');
   await shot('#/wire', '#wire-lines li[data-kind="proplet.alive"]', 'console-wire.png');
 } finally {

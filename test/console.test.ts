@@ -98,9 +98,20 @@ t('a task created from the page (uploaded .wasm with inputs) reaches Completed w
   await page.setInputFiles('#f-source', join(dir, 'notes.wasm'));
   await page.click('#create-submit');
   await page.locator('#err-source').filter({ hasText: 'not a WebAssembly module' }).waitFor();
-
   await page.setInputFiles('#f-source', examplePath('add'));
   await page.fill('#f-inputs', '2, 3');
+  // a selector the API refuses (more device types than it takes): its message under that field
+  await page.fill('#f-device_types', Array.from({ length: 65 }, (_, i) => `type-${i}`).join(','));
+  await page.click('#create-submit');
+  await page.locator('#err-device_types').filter({ hasText: 'at most 64 strings' }).waitFor();
+  tt.is(await page.locator('#f-device_types').getAttribute('aria-invalid'), 'true');
+  await page.fill('#f-device_types', '');
+  // a pin to a proplet that is not registered: refused by the API, not left waiting
+  await page.fill('#f-proplet_id', 'no-such-proplet');
+  await page.click('#create-submit');
+  await page.locator('#err-proplet_id').filter({ hasText: 'no proplet "no-such-proplet" is registered' }).waitFor();
+  tt.is((await cs.stack.api.listTasks({ proplet: 'no-such-proplet' })).tasks.length, 0, 'the refused forms created nothing');
+
   await page.fill('#f-proplet_id', 'node-1');
   await page.click('#create-submit');
   await page.locator('#task-detail[data-state="Completed"]').waitFor();
@@ -112,7 +123,7 @@ t('a task created from the page (uploaded .wasm with inputs) reaches Completed w
 });
 
 t('a running daemon is stopped from the page', async (tt) => {
-  const task = await cs.stack.api.createTask({ name: 'ticker', file: Buffer.from(exampleWasm('daemon')).toString('base64'), daemon: true, proplet_id: 'node-1' } as never);
+  const task = await cs.stack.api.createTask({ name: 'ticker', file: Buffer.from(exampleWasm('daemon')).toString('base64'), daemon: true, proplet_id: 'node-1' });
   await cs.stack.api.startTask(task.id);
   const page = await open(tt, `#/tasks/${task.id}`);
   await page.locator('#task-detail[data-state="Running"]').waitFor();
@@ -121,9 +132,9 @@ t('a running daemon is stopped from the page', async (tt) => {
   tt.is((await cs.stack.api.getTask(task.id)).state, 'Stopped');
 });
 
-t('the task list pages newest first and filters by state', async (tt) => {
+t('the task list pages newest first and filters by state and by proplet (the API filters)', async (tt) => {
   const file = Buffer.from(exampleWasm('hello')).toString('base64');
-  for (let i = 1; i <= 30; i++) await cs.stack.api.createTask({ name: `batch-${String(i).padStart(2, '0')}`, file, labels: { batch: 'paging' } } as never);
+  for (let i = 1; i <= 30; i++) await cs.stack.api.createTask({ name: `batch-${String(i).padStart(2, '0')}`, file, labels: { batch: 'paging' } });
   const page = await open(tt, '#/tasks');
   await page.fill('#task-filter-label', 'batch=paging');
   await page.click('#tasks-h ~ form button[type="submit"]');
@@ -136,6 +147,21 @@ t('the task list pages newest first and filters by state', async (tt) => {
   await page.selectOption('#task-filter-state', 'Completed');
   await page.click('#tasks-h ~ form button[type="submit"]');
   await page.locator('#task-list + p.muted', { hasText: 'No tasks match' }).waitFor();
+
+  // by proplet: the API filters (the page asks for it), so the answer holds however long the history
+  await page.selectOption('#task-filter-state', '');
+  await page.fill('#task-filter-label', '');
+  await page.fill('#task-filter-proplet', 'node-1');
+  const asked = page.waitForRequest((r) => new URL(r.url()).searchParams.get('proplet') === 'node-1');
+  await page.click('#tasks-h ~ form button[type="submit"]');
+  await asked;
+  await names.first().filter({ hasText: 'ticker' }).waitFor();
+  tt.deepEqual(await names.allTextContents(), ['ticker', 'add'], 'the tasks pinned to and run on node-1, none of the batch');
+  // a value the API refuses: its own message on the page
+  await page.fill('#task-filter-proplet', 'a/b');
+  await page.click('#tasks-h ~ form button[type="submit"]');
+  await page.locator('#task-list-error', { hasText: 'proplet: must be a proplet id' }).waitFor();
+  tt.deepEqual(errorsOf(page).filter((e) => !/status of 400/.test(e)), []);
 });
 
 t('the FL example: rounds, one plotted point per round, checkpoints with digest and download link', async (tt) => {

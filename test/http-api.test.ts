@@ -36,6 +36,7 @@ const bad: [string, unknown, string, RegExp][] = [
   ['bad memory', { name: 'x', resources: { memory: 'lots' } }, 'resources', /not a size/],
   ['bad timeout', { name: 'x', timeout: 'soon' }, 'timeout', /not a duration/],
   ['daemon not bool', { name: 'x', daemon: 'yes' }, 'daemon', /true or false/],
+  ['a selector of the wrong shape', { name: 'x', proplet_selector: { match_device_types: 'esp32' } }, 'proplet_selector.match_device_types', /array of at most 64 strings/],
 ];
 for (const [name, body, field, re] of bad) {
   test(`POST /tasks refuses ${name} with 400 naming ${field}`, async (t) => {
@@ -127,6 +128,40 @@ test('list with filters and pagination; bad query values are 400', async (t) => 
   t.deepEqual(both.body.tasks.map((x: { name: string }) => x.name), ['lab']);
   t.is((await call('GET', '/tasks?label=app=x')).body.tasks.length, 2);
   t.is((await call('GET', '/tasks?label=app')).status, 400);
+});
+
+test('?require_proplet=true refuses a pin to a proplet never registered, naming proplet_id; without it the task waits', async (t) => {
+  const file = hello.toString('base64');
+  const refused = await call('POST', '/tasks?require_proplet=true', JSON.stringify({ name: 'pinned', file, proplet_id: 'nobody-here' }));
+  t.is(refused.status, 400);
+  t.is(refused.body.field, 'proplet_id');
+  t.regex(refused.body.error, /no proplet "nobody-here" is registered/);
+  t.is((await call('GET', '/tasks?proplet=nobody-here')).body.tasks.length, 0, 'nothing was created');
+  t.is((await call('POST', '/tasks?require_proplet=yes', JSON.stringify({ name: 'x', file }))).body.field, 'require_proplet');
+  t.is((await call('POST', '/tasks', JSON.stringify({ name: 'pinned', file, proplet_id: 'nobody-here' }))).status, 201);
+});
+
+test('GET /tasks?proplet= lists the tasks placed, run or pinned there, paged; a bad id is 400', async (t) => {
+  const file = hello.toString('base64');
+  await s.addProplet('runner-1');
+  const ran = (await call('POST', '/tasks?start=true&wait=30s', JSON.stringify({ name: 'ran', file, cli_args: ['x'], proplet_id: 'runner-1' }))).body;
+  t.is(ran.state, 'Completed');
+  for (const name of ['pin-a', 'pin-b']) await call('POST', '/tasks', JSON.stringify({ name, file, proplet_id: 'runner-1' }));
+  await call('POST', '/tasks', JSON.stringify({ name: 'elsewhere', file, proplet_id: 'runner-2' }));
+  const names: string[] = [];
+  let token = '';
+  do {
+    const r = await call('GET', `/tasks?proplet=runner-1&limit=2${token ? `&continue=${token}` : ''}`);
+    t.is(r.status, 200);
+    t.is(r.body.total, undefined, 'no total: it would need a walk of the history');
+    names.push(...r.body.tasks.map((x: { name: string }) => x.name));
+    token = r.body.continue ?? '';
+  } while (token);
+  t.deepEqual(names, ['pin-b', 'pin-a', 'ran']);
+  t.deepEqual((await call('GET', '/tasks?proplet=runner-1&state=completed')).body.tasks.map((x: { name: string }) => x.name), ['ran']);
+  const badId = await call('GET', '/tasks?proplet=a/b');
+  t.is(badId.status, 400);
+  t.is(badId.body.field, 'proplet');
 });
 
 test('POST /proplets issues credentials once; bad ids are 400', async (t) => {

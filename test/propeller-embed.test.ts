@@ -25,6 +25,9 @@ const ADD = Buffer.from(MAIN_ADD.toString('latin1').replace('\x04main', '\x04add
 /** A module too large for one 1023-byte message: a custom section of 1,500 bytes. */
 const BIG = Buffer.concat([MAIN_ADD, Buffer.from([0, 0xe0, 0x0b, 3]), Buffer.from('pad'), Buffer.alloc(1500)]);
 
+/** A 445-byte module (a custom section of 400 bytes): inline beside a large env it overflows a start, by name it fits. */
+const PADDED = Buffer.concat([MAIN_ADD, Buffer.from([0, 0x90, 0x03, 3]), Buffer.from('pad'), Buffer.alloc(396)]);
+
 let s: Stack;
 const devices: EmbedProplet[] = [];
 
@@ -58,6 +61,9 @@ test.serial('registers on its own device channel, from discovery metadata os zep
   t.is(p.wasm_runtime, 'wamr');
   await until(() => s.cp.registry.get('esp-1')!.alive_history.length >= 3, 'heartbeats');
   await until(() => s.cp.registry.get('esp-1')!.memory_used === 40960, 'metrics');
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  t.regex(text, /^propeller_proplet_cpu_percent\{proplet_id="esp-1"\} 3\.5$/m);
+  t.regex(text, /^propeller_proplet_memory_used_bytes\{proplet_id="esp-1"\} 40960$/m);
 });
 
 test.serial('a pinned task: numbers reach it as JSON numbers at QoS 0, its result without proplet_id is attributed by its channel', async (t) => {
@@ -79,7 +85,7 @@ test.serial('a start it could not take is never sent: the pinned task fails with
     [{ name: 'add', file: ADD.toString('base64'), inputs: [1, 2] }, /calls only the export main/],
     [{ inputs: ['abc', 2] }, /inputs\[0\]: embed-proplet takes whole numbers/],
     [{ inputs: [1] }, /main takes 2 arguments, the task gives 1/],
-    [{ file: BIG.toString('base64'), inputs: [1, 2] }, /at most 1023 bytes/],
+    [{ file: BIG.toString('base64'), inputs: [1, 2] }, /and by name module sha256:[0-9a-f]{64} is 1549 bytes: as one message \(\d+ bytes\) it exceeds embed-proplet's 1023: embed-proplet reads messages of at most 1023 bytes/],
     [{ daemon: true, inputs: [1, 2] }, /no daemons/],
   ];
   for (const [spec, why] of cases) {
@@ -90,6 +96,22 @@ test.serial('a start it could not take is never sent: the pinned task fails with
     t.regex(done.error ?? '', /^cannot run on esp-1: /);
   }
   t.is(dev.received, before);
+  t.is(dev.oversized, 0);
+});
+
+test.serial('a start too large inline for its env goes by name: it asks for the digest and takes the one registry/server message as the module', async (t) => {
+  const dev = devices[0]!;
+  const before = dev.modules.length;
+  const id = await run({ file: PADDED.toString('base64'), inputs: [40, 2], env: { NOTE: 'x'.repeat(400) }, proplet_id: 'esp-1' });
+  const done = await s.api.getTask(id, 20_000);
+  t.is(done.state, 'Completed', done.error ?? done.pending_reason);
+  t.is(done.result?.results, '42');
+  const start = dev.starts.find((m) => m.id === id)!;
+  t.is(start.file, undefined);
+  t.regex(String(start.image_url), /^sha256:[0-9a-f]{64}$/);
+  t.deepEqual(dev.registryRequests.at(-1), start.image_url);
+  t.is(dev.modules.length, before + 1);
+  t.deepEqual(Buffer.from(dev.modules.at(-1)!.data as string, 'base64'), PADDED);
   t.is(dev.oversized, 0);
 });
 

@@ -64,6 +64,10 @@ test.serial('registers from its discovery message and is known as a Rust proplet
   const m = await s.cp.metrics.registry.getSingleMetricAsString('propeller_messages_received_total');
   t.regex(m, /kind="proplet.metrics"\} [1-9]/);
   t.notRegex(await s.cp.metrics.registry.getSingleMetricAsString('propeller_messages_rejected_total'), /kind="proplet\.(create|alive|metrics)"/);
+  // its cpu_metrics.percent and memory_metrics.rss_bytes, per proplet, on the HTTP /metrics
+  const text = await (await fetch(`${s.apiUrl}/metrics`)).text();
+  t.regex(text, /^propeller_proplet_cpu_percent\{proplet_id="rust-1"\} 12\.5$/m);
+  t.regex(text, /^propeller_proplet_memory_used_bytes\{proplet_id="rust-1"\} 31457280$/m);
 });
 
 test.serial('a pinned task with string and number inputs: the proplet gets strings and its string result lands in the task', async (t) => {
@@ -95,11 +99,21 @@ test.serial('a daemon answers "" at once: Running; stop sends {id} and the task 
   await s.api.startTask(task.id);
   await until(async () => (await s.api.getTask(task.id)).state === 'Running', 'daemon running');
   t.true(dev.running.has(task.id));
+  // its task_metrics while it runs: per task on /metrics; for a task it does not run: refused with a reason
+  const metrics = () => fetch(`${s.apiUrl}/metrics`).then((r) => r.text());
+  const refused = () => s.cp.metrics.registry.getSingleMetricAsString('propeller_messages_rejected_total');
+  await dev.taskMetrics(task.id, 7.25, 1_048_576);
+  await dev.taskMetrics('not-its-task', 1, 1);
+  await until(async () => /kind="proplet.task_metrics",reason="unknown_task"\} 1/.test(await refused()), 'the stray one refused');
+  const text = await metrics();
+  t.regex(text, new RegExp(`^propeller_task_cpu_percent\\{task_id="${task.id}",proplet_id="rust-1"\\} 7\\.25$`, 'm'));
+  t.regex(text, new RegExp(`^propeller_task_memory_bytes\\{task_id="${task.id}",proplet_id="rust-1"\\} 1048576$`, 'm'));
   await s.api.stopTask(task.id);
   await until(() => dev.stops.some((m) => m.id === task.id), 'stop received');
   t.deepEqual(dev.stops.find((m) => m.id === task.id), { id: task.id });
   t.false(dev.running.has(task.id));
   t.is((await s.api.getTask(task.id)).state, 'Stopped');
+  t.notRegex(await metrics(), new RegExp(`task_id="${task.id}"`)); // a stopped task's series goes
 });
 
 test.serial('a module over its packet limit is sent by name and served in chunks on registry/server', async (t) => {

@@ -142,6 +142,22 @@ export function stampSender(t: string, propletId: string): string | undefined {
   return `${t}/${propletId}`;
 }
 
+/**
+ * Propeller's proplets publish FL updates at the root of the broker, outside
+ * any domain: `fl/rounds/<round_id>/updates/<proplet_id>` (embed-proplet always,
+ * the Rust proplet when its coordinator URL fails). The proplet id level names
+ * the sender; the broker checks it against the authenticated id.
+ */
+export const ROOT_FL_FILTER = 'fl/rounds/+/updates/+';
+
+/** The round and proplet of a root FL update topic, or undefined for any other topic. */
+export function parseRootFlTopic(t: string): { roundId: string; propletId: string } | undefined {
+  if (typeof t !== 'string' || t.length > 1024) return undefined;
+  const p = t.split('/');
+  if (p.length !== 5 || p[0] !== 'fl' || p[1] !== 'rounds' || p[3] !== 'updates' || !isValidLevel(p[2]) || !isValidLevel(p[4])) return undefined;
+  return { roundId: p[2], propletId: p[4] };
+}
+
 /** The filter of one proplet's FL updates in any round (the external broker's ACL for that proplet). */
 export function flUpdateFilter(s: Scope, propletId: string): string {
   assertLevel('proplet id', propletId);

@@ -57,6 +57,8 @@ export interface FlCoordinatorOptions {
   now?: () => number;
   /** A task that completed without sending an update is counted as failed after this (default 2 s). */
   noUpdateGraceMs?: number;
+  /** Replicas: brings a model or module another replica stored into this one's store. */
+  load?: (digest: string) => Promise<void>;
 }
 
 /** What a running round keeps in memory only. */
@@ -100,6 +102,8 @@ export class FlCoordinator {
   private again = new Set<string>();
   private readonly now: () => number;
   private closed = false;
+  /** Replicas: only the lease's owner runs rounds and moves jobs on (replica.ts); the others keep the records fresh. */
+  owner: () => boolean = () => true;
 
   /** The FL records, indexed in memory: queries and metrics do not parse the store's tables. */
   private readonly jobRecs: IndexedRecords<FederatedJob>;
@@ -235,10 +239,11 @@ export class FlCoordinator {
     tap(this, 'fl-removed', 'round', name);
   }
 
-  /** After a (re)start: resume every job and round from what the store says. */
+  /** After a (re)start, or when this replica becomes the owner: resume every job and round from what the store says. */
   resume(): void {
+    if (!this.owner()) return;
     for (const r of this.roundRecs.list()) {
-      if (isFinal(r)) continue;
+      if (isFinal(r) || this.live.has(r.metadata.name)) continue;
       const job = r.spec.federatedJobRef && this.jobRecs.get(r.spec.federatedJobRef.name);
       if (r.spec.federatedJobRef && !job) continue;
       r.status.restarts++;
@@ -247,6 +252,13 @@ export class FlCoordinator {
       void this.startRound(r.metadata.name);
     }
     for (const j of this.jobRecs.list()) if (j.status.phase === 'Pending' || j.status.phase === 'Running') void this.advance(j.metadata.name);
+  }
+
+  /** Replicas: a record another replica wrote (created through its API): the owner moves it on. */
+  adopted(kind: 'fl-job' | 'fl-round' | 'fl-checkpoint', name: string): void {
+    if (!this.owner()) return;
+    if (kind === 'fl-job' && this.jobRecs.get(name)) void this.advance(name);
+    if (kind === 'fl-round' && !this.live.has(name) && this.roundRecs.get(name)?.status.phase === 'Pending') void this.startRound(name);
   }
 
   close(): void {
@@ -261,7 +273,7 @@ export class FlCoordinator {
    * one round.
    */
   private async advance(name: string): Promise<void> {
-    if (this.closed) return;
+    if (this.closed || !this.owner()) return;
     if (this.advancing.has(name)) {
       this.again.add(name);
       return;
@@ -400,7 +412,7 @@ export class FlCoordinator {
   /** Creates the round's tasks and opens it for updates. */
   private async startRound(name: string): Promise<void> {
     let r = this.roundRecs.get(name);
-    if (!r || r.status.phase !== 'Pending' || this.closed) return;
+    if (!r || r.status.phase !== 'Pending' || this.closed || !this.owner()) return;
     const { spec } = r;
     if (spec.participants.length < spec.kOfN) {
       return this.failRound(r, 'NotEnoughParticipants', `${spec.participants.length} participants available, ${spec.kOfN} required`);
@@ -412,6 +424,7 @@ export class FlCoordinator {
       reference = decodeModel(this.o.store.getModule(modelRef)!);
       if (modelRef !== spec.modelRef) spec.modelRef = modelRef;
       if (spec.taskWasmImage.startsWith('sha256:')) {
+        if (!this.o.store.getModule(spec.taskWasmImage)) await this.o.load?.(spec.taskWasmImage);
         moduleBytes = this.o.store.getModule(spec.taskWasmImage);
         if (!moduleBytes) throw new Error(`module ${spec.taskWasmImage} is not in the module store (POST /modules)`);
       }
@@ -482,6 +495,7 @@ export class FlCoordinator {
   /** A model or module reference as a store digest: fetched and stored first when it is a URL. */
   private async storeRef(ref: string, what: 'model' | 'module'): Promise<string> {
     if (ref.startsWith('sha256:')) {
+      if (!this.o.store.getModule(ref)) await this.o.load?.(ref);
       if (!this.o.store.getModule(ref)) throw new Error(`${ref} is not in the ${what} store`);
       return ref;
     }
@@ -554,11 +568,39 @@ export class FlCoordinator {
 
   /** One fl.update message (already validated by the protocol layer). */
   onUpdate(msg: FlUpdate): UpdateOutcome {
+    // replicas: every replica hears every update; the owner runs the rounds, the others leave them to it
+    if (!this.owner() && !this.live.has(msg.round_id)) return 'unknown_round';
     const outcome = this.applyUpdate(msg);
     this.o.metrics.update(outcome);
     if (outcome !== 'accepted' && outcome !== 'partial' && outcome !== 'duplicate') {
       this.o.log('warn', 'fl update refused', { round: msg.round_id, proplet_id: msg.proplet_id, reason: outcome });
     }
+    return outcome;
+  }
+
+  /** The task a participant runs in a round: Propeller's root FL updates name none. */
+  taskOf(round: string, propletId: string): string | undefined {
+    return this.working(round)?.status.participants.find((p) => p.propletId === propletId)?.taskId;
+  }
+
+  /**
+   * An update that came but cannot be aggregated (a format we cannot read): the
+   * participant is refused with the reason, as one with a bad model is.
+   */
+  refuseUpdate(msg: Pick<FlUpdate, 'round_id' | 'proplet_id' | 'task_id'>, reason: string, message: string): UpdateOutcome {
+    const r = this.working(msg.round_id);
+    let outcome: UpdateOutcome = 'unknown_round';
+    if (r) {
+      const screened = screenUpdate(r, msg, this.live.has(r.metadata.name));
+      this.execute(r, screened.commands);
+      outcome = screened.verdict ?? 'invalid';
+      if (!screened.verdict) {
+        const refused = onFolded(r, msg.proplet_id, { t: 'refused', reason, message, verdict: 'invalid' });
+        this.execute(r, refused.commands);
+      }
+    }
+    this.o.metrics.update(outcome);
+    this.o.log('warn', 'fl update refused', { round: msg.round_id, proplet_id: msg.proplet_id, reason: outcome, detail: `${reason}: ${message}` });
     return outcome;
   }
 

@@ -29,10 +29,12 @@ export class RustProplet {
   readonly stops: Json[] = [];
   readonly running = new Set<string>();
   readonly registryRequests: string[] = [];
+  /** FL updates it posted to MANAGER_COORDINATOR_URL/update, and whether the coordinator took them. */
+  readonly coordinatorPosts: { url: string; accepted: boolean }[] = [];
   private chunks = new Map<string, { total: number; parts: Map<number, Buffer> }>();
   private timers: NodeJS.Timeout[] = [];
 
-  constructor(private o: Common & { livelinessMs?: number; metricsMs?: number }) {
+  constructor(private o: Common & { livelinessMs?: number; metricsMs?: number; train?: (start: Json) => { output: string; error?: string } }) {
     this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
   }
 
@@ -89,6 +91,18 @@ export class RustProplet {
     return this.client.publishAsync(`${this.base}/${path}`, JSON.stringify(msg), { qos: 2 });
   }
 
+  /** What its process monitor publishes for a running task (service.rs: MetricsMessage). */
+  taskMetrics(taskId: string, cpuPercent: number, memoryBytes: number): Promise<unknown> {
+    const now = Date.now();
+    return this.pub('control/proplet/task_metrics', {
+      task_id: taskId,
+      proplet_id: this.o.id,
+      metrics: { cpu_percent: cpuPercent, memory_bytes: memoryBytes, memory_percent: 0.1, disk_read_bytes: 0, disk_write_bytes: 0, uptime_seconds: 1, thread_count: 4, file_descriptor_count: 9 },
+      aggregated: { avg_cpu_usage: cpuPercent, max_cpu_usage: cpuPercent, avg_memory_usage: memoryBytes, max_memory_usage: memoryBytes, total_disk_read: 0, total_disk_write: 0, sample_count: 1 },
+      timestamp: { secs_since_epoch: Math.floor(now / 1000), nanos_since_epoch: (now % 1000) * 1e6 },
+    });
+  }
+
   private async onMessage(t: string, buf: Buffer): Promise<void> {
     const path = t.slice(this.base.length + 1);
     let m: Json;
@@ -143,6 +157,38 @@ export class RustProplet {
         if (Date.now() > until) return this.result(id, '', 'Timeout waiting for binary chunks');
         await wait(20);
       }
+    }
+    const env = (m.env ?? {}) as Record<string, string>;
+    if (env.ROUND_ID && this.o.train) {
+      const { output, error } = this.o.train(m);
+      this.running.delete(id);
+      // service.rs: without MANAGER_COORDINATOR_URL an FL task reports nothing at all
+      const coordinator = env.MANAGER_COORDINATOR_URL;
+      if (!coordinator) return void this.dropped.push({ payload: raw.toString(), why: 'MANAGER_COORDINATOR_URL not set' });
+      // the output as JSON to <url>/update; refused or unreachable: the same JSON on the root topic
+      let updateJson: unknown;
+      try {
+        updateJson = JSON.parse(output);
+      } catch {
+        updateJson = undefined;
+      }
+      if (updateJson !== undefined) {
+        const posted = await fetch(`${coordinator}/update`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(updateJson) }).then((r) => r.ok, () => false);
+        this.coordinatorPosts.push({ url: `${coordinator}/update`, accepted: posted });
+        if (!posted) await this.client.publishAsync(`fl/rounds/${env.ROUND_ID}/updates/${this.o.id}`, JSON.stringify(updateJson), { qos: 2 }).catch(() => {});
+      }
+      // then FLResultMessage {task_id, results: envelope, error} on results, with no proplet_id
+      const envelope = {
+        task_id: id,
+        round_id: env.ROUND_ID,
+        proplet_id: this.o.id,
+        num_samples: Number.parseInt(env.FL_NUM_SAMPLES ?? '', 10) || 1,
+        update_b64: Buffer.from(output).toString('base64'),
+        format: env.FL_FORMAT ?? 'f32-delta',
+        metrics: {},
+      };
+      void this.pub('control/proplet/results', { task_id: id, results: envelope, error: error ?? null }).catch(() => {});
+      return;
     }
     if (m.daemon) {
       // start_app returns at once for a daemon: an empty result, and it keeps running until stopped
@@ -203,7 +249,14 @@ export class EmbedProplet {
   private current?: { id: string; inputs: number[] };
   private timers: NodeJS.Timeout[] = [];
 
-  constructor(private o: Common & { firstAliveMs?: number; livelinessMs?: number; metricsMs?: number }) {
+  /** registry/server messages it read: each one a whole module. */
+  readonly modules: Json[] = [];
+  /** Modules it asked for by name on registry/proplet. */
+  readonly registryRequests: string[] = [];
+  /** FL updates it published on fl/rounds/<round>/updates/<id>. */
+  readonly flUpdates: string[] = [];
+
+  constructor(private o: Common & { firstAliveMs?: number; livelinessMs?: number; metricsMs?: number; train?: (start: Json) => { output: string; error?: string } }) {
     this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
   }
 
@@ -295,6 +348,7 @@ export class EmbedProplet {
       this.stops.push(m);
       return;
     }
+    if (path === 'registry/server') this.modules.push(m);
     if (path === 'registry/server' && typeof m.data === 'string' && this.current) {
       // each message is taken as the whole module
       void this.run(this.current.id, Buffer.from(m.data, 'base64'), this.current.inputs);
@@ -307,8 +361,13 @@ export class EmbedProplet {
     const inputs = Array.isArray(m.inputs) ? m.inputs.slice(0, 16).map((x) => (typeof x === 'number' ? Number(BigInt.asUintN(64, BigInt(Math.trunc(x)))) : 0)) : [];
     this.current = { id: m.id, inputs };
     if (this.paused) return;
+    const env = (m.env ?? {}) as Record<string, string>;
+    if (env.ROUND_ID && this.o.train) return this.flUpdate(env, this.o.train(m));
     if (typeof m.file === 'string' && m.file) return this.run(m.id, Buffer.from(m.file.slice(0, 1023), 'base64'), inputs);
-    if (typeof m.image_url === 'string' && m.image_url) this.pub('registry/proplet', { app_name: m.image_url });
+    if (typeof m.image_url === 'string' && m.image_url) {
+      this.registryRequests.push(m.image_url);
+      this.pub('registry/proplet', { app_name: m.image_url });
+    }
   }
 
   private async run(taskId: string, module: Buffer, inputs: number[]): Promise<void> {
@@ -321,6 +380,31 @@ export class EmbedProplet {
     } catch (e) {
       this.result({ task_id: taskId, results: '', error: `WASM execution failed: ${(e as Error).message}` });
     }
+  }
+
+  /**
+   * publish_results_with_error() for an FML task (ROUND_ID): the output parsed
+   * as JSON with round_id, proplet_id and base_model_uri added when missing, or
+   * an empty update (with the error, if any), on the root topic
+   * fl/rounds/<round>/updates/<id>; no result on control/proplet/results.
+   */
+  private flUpdate(env: Record<string, string>, r: { output: string; error?: string }): void {
+    const head = { round_id: env.ROUND_ID, proplet_id: this.o.id, base_model_uri: env.MODEL_URI ?? '' };
+    let payload: string;
+    if (r.error) payload = JSON.stringify({ ...head, num_samples: 0, metrics: {}, update: {}, error: r.error });
+    else {
+      let out: unknown;
+      try {
+        out = JSON.parse(r.output);
+      } catch {
+        out = undefined;
+      }
+      if (out && typeof out === 'object' && !Array.isArray(out)) payload = JSON.stringify({ ...out, ...Object.fromEntries(Object.entries(head).filter(([k]) => !(k in out))) });
+      else if (out !== undefined) payload = JSON.stringify(out); // cJSON adds nothing to a non-object
+      else payload = JSON.stringify({ ...head, num_samples: 0, metrics: {}, update: {} });
+    }
+    this.flUpdates.push(payload);
+    this.client.publish(`fl/rounds/${env.ROUND_ID}/updates/${this.o.id}`, payload, { qos: 1 });
   }
 
   private result(r: Json): void {

@@ -3,12 +3,16 @@
 
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { CredentialStore, EmbeddedBroker } from '../../broker/index.ts';
 import { ControlPlaneClient } from '../../control-plane/client.ts';
 import type { HealthConfig } from '../../control-plane/config.ts';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/index.ts';
+import { SqliteStore } from '../../control-plane/sqlite-store.ts';
 import { NodeProplet, type NodePropletOptions } from '../../proplet-node/proplet.ts';
 import { scope as mkScope } from '../../topics/index.ts';
 
@@ -39,8 +43,12 @@ export async function startStack(
 ): Promise<Stack> {
   const creds = new CredentialStore();
   const broker = await EmbeddedBroker.start({ scope, credentials: creds, port: 0, log: () => {} });
+  // the store users get (SQLite in a data dir), unless a test brings its own
+  const dataDir = o.cp?.store ? undefined : mkdtempSync(join(tmpdir(), 'propeller-stack-'));
+  const store = o.cp?.store ?? (await SqliteStore.open(join(dataDir!, 'state.db')));
   const cp = new ControlPlane({
     scope,
+    store,
     mqtt: { url: broker.url, username: 'propeller-manager', password: creds.issue('propeller-manager', 'manager'), clientId: `cp-${Math.random()}` },
     health: { checkIntervalMs: 100, offlineThresholdMs: 5_000, failureThresholdMs: 10_000, ...o.health },
     credentials: { issue: (id) => creds.issue(id, 'proplet'), revoke: (id) => void creds.delete(id), role: (id) => creds.get(id)?.role },
@@ -77,6 +85,7 @@ export async function startStack(
       await Promise.all(proplets.map((p) => p.close().catch(() => {})));
       await cp.close();
       await broker.close();
+      if (dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };
   for (let i = 1; i <= (o.proplets ?? 0); i++) await stack.addProplet(`p${i}`);

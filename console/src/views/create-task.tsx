@@ -105,8 +105,9 @@ export function CreateTask({ onCancel, onCreated }: { onCancel: () => void; onCr
     }
     setBusy(true);
     try {
-      const start = fd.get('start') ? '?start=true' : '';
-      onCreated(await postJson<Task>(`/tasks${start}`, body));
+      // require_proplet: a mistyped pin is refused next to its field, not left waiting for a proplet that never comes
+      const start = fd.get('start') ? '&start=true' : '';
+      onCreated(await postJson<Task>(`/tasks?require_proplet=true${start}`, body));
     } catch (e) {
       const err = e as ApiError;
       setErrors({ [formField(err.field)]: err.message });

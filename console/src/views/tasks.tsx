@@ -33,14 +33,7 @@ async function fetchPage(f: Filters, token: string | undefined, pageNo: number):
   const qs = new URLSearchParams();
   if (f.state) qs.set('state', f.state);
   if (f.label) qs.append('label', f.label);
-  if (f.proplet) {
-    // the API filters by state and label; by proplet we filter the newest tasks here
-    const r = await api<{ tasks: Task[]; offset?: number }>(`/tasks?${qs}&limit=1000`);
-    // an older control plane (it says offset) lists oldest first
-    const newest = r.offset === undefined ? r.tasks : r.tasks.reverse();
-    const mine = newest.filter((t) => t.proplet_id === f.proplet || t.pinned_proplet_id === f.proplet);
-    return { tasks: mine.slice(pageNo * PAGE, (pageNo + 1) * PAGE), total: mine.length, ...(mine.length > (pageNo + 1) * PAGE ? { next: String(pageNo + 1) } : {}) };
-  }
+  if (f.proplet) qs.set('proplet', f.proplet);
   if (token) qs.set('continue', token);
   const r = await api<{ total?: number; offset?: number; tasks: Task[]; continue?: string }>(`/tasks?${qs}&limit=${PAGE}`);
   if (r.offset === undefined || r.continue !== undefined || r.total === undefined) {
@@ -126,7 +119,7 @@ export function Tasks({ selected }: { selected?: string }) {
           <button type="submit">Filter</button>
         </form>
         {error && (
-          <p class="error" role="alert">
+          <p class="error" role="alert" id="task-list-error">
             {error.message}
           </p>
         )}
