@@ -562,3 +562,33 @@ test('indexes built mid-batch see the earlier placements, whether proplets come 
     t.true(sorted.slice(30).some((d) => d.ok), algorithm);
   }
 });
+
+test('long batches over 1,500 proplets and more pools than a proplet’s pool bitmask holds (40 racks) agree with the scan', (t) => {
+  // Deep indexes, where a move stops combining aggregates partway up (only
+  // counts change above), and pools beyond the 32 found through the bitmask.
+  const rnd = seeded(16);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+  const racks = Array.from({ length: 40 }, (_, k) => `r${k}`);
+  const ps = Array.from({ length: 1500 }, (_, i) => {
+    const dt = pick(['esp32', 'rpi', 'node']);
+    return proplet(`p${String(i).padStart(4, '0')}`, {
+      device_type: dt,
+      proplet_type: dt === 'node' ? 'k8s' : 'external',
+      labels: { rack: pick(racks) },
+      capacity: dt === 'esp32' ? { cpu_millis: 240, memory_bytes: 512, max_tasks: 1 + Math.floor(rnd() * 6) } : { cpu_millis: pick([1000, 4000]), memory_bytes: pick([4096, 8192]), max_tasks: 1 + Math.floor(rnd() * 6) },
+    });
+  });
+  const loads: Record<string, Load> = {};
+  for (const p of ps) if (rnd() < 0.5) loads[p.id] = load(Math.floor(rnd() * 2), Math.floor(rnd() * 100), Math.floor(rnd() * 300));
+  const tasks = Array.from({ length: 2500 }, (_, i) =>
+    task(`t${i}`, {
+      name: pick(['ml-job', 'sensor-read', 'plain']),
+      resources: { cpu_millis: pick([0, 10, 100, 600]), memory_bytes: pick([0, 16, 200, 2000, 10000]) },
+      ...(rnd() < 0.6 ? { proplet_selector: { match_labels: { rack: pick(racks) } } } : {}),
+    }),
+  );
+  for (const algorithm of ['least-loaded', 'hybrid', 'round-robin', 'random', 'resource-aware'] as const) {
+    const ds = batch(t, { ps, loads, algorithm }, tasks);
+    t.true(ds.some((d) => d.ok) && ds.some((d) => !d.ok), algorithm);
+  }
+});

@@ -36,7 +36,9 @@
 //   min*           minima of free cpu, free memory and module limit
 // so every subtree where no member can fit the task is skipped. Placing a
 // task updates the proplet in every index of every pool it is in: O(pools ×
-// log n).
+// log n) nodes, but the aggregates are combined again only up to the first
+// ancestor where nothing but the member count changes (the moved proplet's
+// point is dominated there); above it only counts are adjusted.
 //
 // When nothing fits, the reason counts every proplet by its first failing
 // check without visiting most of them: proplets outside the pool are counted
@@ -115,22 +117,29 @@ class Aggregates {
     d[o + SELFMOD] = s.maxMod[i]!;
   }
 
-  /** Node `x` = children a, b (-1 for none) and, when `self`, its own member (setSelf). */
-  combine(x: number, a: number, b: number, self: boolean): void {
+  /**
+   * Node `x` = children a, b (-1 for none) and, when `self`, its own member
+   * (setSelf). Returns whether anything but the count changed (or the count
+   * crossed zero): when not, an ancestor's aggregates change only by the
+   * count, which lets a treap update stop combining partway up (see Treap).
+   */
+  combine(x: number, a: number, b: number, self: boolean): boolean {
     const d = this.d;
     const o = x * S;
     if (self && (a < 0 || d[a * S + CNT] === 0) && (b < 0 || d[b * S + CNT] === 0)) {
       // Its own member alone (every treap leaf): a one-point frontier.
       const sc = d[o + SELFC]!;
       const sm = d[o + SELFM]!;
+      const mod = d[o + SELFMOD]!;
+      const same = d[o + CNT] === 1 && d[o + FN] === 1 && d[o] === sc && d[o + K] === sm && d[o + MAXMOD] === mod && d[o + MINMOD] === mod && d[o + MINCPU] === sc && d[o + MINMEM] === sm;
       d[o] = sc;
       d[o + K] = sm;
       d[o + FN] = 1;
       d[o + CNT] = 1;
-      d[o + MAXMOD] = d[o + MINMOD] = d[o + SELFMOD]!;
+      d[o + MAXMOD] = d[o + MINMOD] = mod;
       d[o + MINCPU] = sc;
       d[o + MINMEM] = sm;
-      return;
+      return !same;
     }
     let cnt = 0;
     let maxMod = -Infinity;
@@ -227,9 +236,13 @@ class Aggregates {
       }
       kept--;
     }
+    let same = d[o + FN] === kept && d[o + MAXMOD] === maxMod && d[o + MINMOD] === minMod && d[o + MINCPU] === minCpu && d[o + MINMEM] === minMem && (d[o + CNT] === 0) === (cnt === 0);
     for (let k = 0; k < kept; k++) {
-      d[o + k] = scC[k]!;
-      d[o + K + k] = scM[k]!;
+      const c = scC[k]!;
+      const m = scM[k]!;
+      if (same && (d[o + k] !== c || d[o + K + k] !== m)) same = false;
+      d[o + k] = c;
+      d[o + K + k] = m;
     }
     d[o + FN] = kept;
     d[o + CNT] = cnt;
@@ -237,6 +250,7 @@ class Aggregates {
     d[o + MINMOD] = minMod;
     d[o + MINCPU] = minCpu;
     d[o + MINMEM] = minMem;
+    return !same;
   }
 
   /** Some open member below `x` might fit the current task. */
@@ -338,19 +352,20 @@ class SegTree implements Index {
     for (let node = size - 1; node >= 1; node--) this.pull(node);
   }
 
-  private setLeaf(j: number): void {
+  /** Returns whether the leaf's aggregates changed in more than its count (always, for 'ra'). */
+  private setLeaf(j: number): boolean {
     const node = this.size + j;
     const s = this.s;
     const i = j < this.m ? this.leaf[j]! : -1;
     const isOpen = i >= 0 && s.tasks[i]! < s.maxTasks(i, this.base);
     if (isOpen) this.g.setSelf(s, node, i);
-    this.g.combine(node, -1, -1, isOpen);
-    if (this.mode !== 'ra') return;
+    const changed = this.g.combine(node, -1, -1, isOpen);
+    if (this.mode !== 'ra') return changed;
     if (!isOpen) {
       this.best1[node] = -1;
       this.open0[node] = 0;
       this.minFc[node] = this.minCc[node] = this.minFm[node] = this.minCm[node] = this.minComb[node] = Infinity;
-      return;
+      return true;
     }
     const cc = s.capCpu[i]!;
     const cm = s.capMem[i]!;
@@ -364,13 +379,16 @@ class SegTree implements Index {
     this.minFm[node] = known && cm === cm ? (cm > 0 ? (cm - s.mem[i]!) / cm : 0) : Infinity;
     this.minCm[node] = known && cm === cm && cm > 0 ? cm : Infinity;
     this.minComb[node] = known ? freeShare(s, i) : Infinity;
+    return true;
   }
 
-  private pull(node: number): void {
+  /** Returns whether the node's aggregates changed in more than its count (always, for 'ra'). */
+  private pull(node: number): boolean {
     const l = node << 1;
     const r = l | 1;
-    this.g.combine(node, l, r, false);
-    if (this.mode === 'ra') {
+    const changed = this.g.combine(node, l, r, false);
+    if (this.mode !== 'ra') return changed;
+    {
       const a = this.best1[l]!;
       const b = this.best1[r]!;
       this.best1[node] = a < 0 ? b : b < 0 ? a : this.less1(a, b) ? a : b;
@@ -381,13 +399,24 @@ class SegTree implements Index {
       this.minCm[node] = Math.min(this.minCm[l]!, this.minCm[r]!);
       this.minComb[node] = Math.min(this.minComb[l]!, this.minComb[r]!);
     }
+    return true;
   }
 
   update(i: number): void {
     const j = this.pos[i]!;
     if (j < 0) return;
-    this.setLeaf(j);
-    for (let node = (this.size + j) >> 1; node >= 1; node >>= 1) this.pull(node);
+    const g = this.g;
+    const leaf = this.size + j;
+    const before = g.cnt(leaf);
+    let changed = this.setLeaf(j);
+    const delta = g.cnt(leaf) - before;
+    // Above the first ancestor whose aggregates stay the same but for the
+    // count, only the counts change (and nothing once the count does not).
+    for (let node = leaf >> 1; node >= 1; node >>= 1) {
+      if (changed) changed = this.pull(node);
+      else if (delta !== 0) g.d[node * S + CNT] = g.cnt(node) + delta;
+      else break;
+    }
   }
 
   /** (tasks, id) of leaf a < that of leaf b. */
@@ -543,15 +572,16 @@ class Treap implements Index {
   private readonly R: Int32Array;
   private readonly pri: Uint32Array;
   /** The key each node was inserted with. */
-  private readonly k1: Float64Array;
-  private readonly k2: Float64Array;
+  /** Per node (k1, k2, rank), side by side so a comparison reads one cache line. */
+  private readonly key: Float64Array;
   /** The member's id rank, the last part of the key. */
-  private readonly kr: Int32Array;
   private readonly in: Uint8Array;
   private readonly rank: Int32Array;
   private root = -1;
   private sl = -1;
   private sr = -1;
+  /** Set by insert and erase: the subtree they returned changed in more than its count (see pullAfter). */
+  private changed = false;
 
   constructor(
     private readonly s: Snapshot,
@@ -569,9 +599,7 @@ class Treap implements Index {
     this.L = new Int32Array(m).fill(-1);
     this.R = new Int32Array(m).fill(-1);
     this.pri = new Uint32Array(m);
-    this.k1 = new Float64Array(m);
-    this.k2 = new Float64Array(m);
-    this.kr = new Int32Array(m);
+    this.key = new Float64Array(3 * m);
     this.in = new Uint8Array(m);
     this.rank = s.rank;
     // Priorities from a fixed hash: the shape is the same every run (the answers never depend on it).
@@ -635,29 +663,48 @@ class Treap implements Index {
 
   private setKey(x: number): void {
     const i = this.node[x]!;
-    this.kr[x] = this.rank[i]!;
+    const o = 3 * x;
+    this.key[o + 2] = this.rank[i]!;
     this.g.setSelf(this.s, x, i);
     if (this.kind === 'share') {
-      this.k1[x] = freeShare(this.s, i);
-      this.k2[x] = 0;
+      this.key[o] = freeShare(this.s, i);
+      this.key[o + 1] = 0;
     } else {
-      this.k1[x] = this.s.tasks[i]!;
-      this.k2[x] = this.kind === 'load' ? this.s.mem[i]! : 0;
+      this.key[o] = this.s.tasks[i]!;
+      this.key[o + 1] = this.kind === 'load' ? this.s.mem[i]! : 0;
     }
   }
 
   private less(a: number, b: number): boolean {
-    const a1 = this.k1[a]!;
-    const b1 = this.k1[b]!;
+    const k = this.key;
+    const oa = 3 * a;
+    const ob = 3 * b;
+    const a1 = k[oa]!;
+    const b1 = k[ob]!;
     if (a1 !== b1) return a1 < b1;
-    const a2 = this.k2[a]!;
-    const b2 = this.k2[b]!;
+    const a2 = k[oa + 1]!;
+    const b2 = k[ob + 1]!;
     if (a2 !== b2) return a2 < b2;
-    return this.kr[a]! < this.kr[b]!;
+    return k[oa + 2]! < k[ob + 2]!;
   }
 
-  private pull(t: number): void {
-    this.g.combine(t, this.L[t]!, this.R[t]!, true);
+  private pull(t: number): boolean {
+    return this.g.combine(t, this.L[t]!, this.R[t]!, true);
+  }
+
+  /**
+   * After inserting (delta 1) or erasing (delta -1) below `t` through `child`:
+   * when the child is the same node and its aggregates changed only by the
+   * count, so do t's, and the combine is skipped. Most moves change nothing
+   * but counts a few levels above the node moved (its point is dominated
+   * there), so this saves most of the combining on the way to the root.
+   */
+  private pullAfter(t: number, before: number, after: number, delta: number): void {
+    if (before === after && !this.changed) {
+      const d = this.g.d;
+      d[t * S + CNT] = d[t * S + CNT]! + delta;
+    }
+    else this.changed = this.pull(t);
   }
 
   /** Splits `t` into sl (keys < x's) and sr (keys > x's); x is not in `t`. */
@@ -696,6 +743,7 @@ class Treap implements Index {
     if (t < 0) {
       this.L[x] = this.R[x] = -1;
       this.pull(x);
+      this.changed = true;
       return x;
     }
     if (this.pri[x]! > this.pri[t]!) {
@@ -703,19 +751,35 @@ class Treap implements Index {
       this.L[x] = this.sl;
       this.R[x] = this.sr;
       this.pull(x);
+      this.changed = true;
       return x;
     }
-    if (this.less(x, t)) this.L[t] = this.insert(this.L[t]!, x);
-    else this.R[t] = this.insert(this.R[t]!, x);
-    this.pull(t);
+    if (this.less(x, t)) {
+      const c = this.L[t]!;
+      this.L[t] = this.insert(c, x);
+      this.pullAfter(t, c, this.L[t]!, 1);
+    } else {
+      const c = this.R[t]!;
+      this.R[t] = this.insert(c, x);
+      this.pullAfter(t, c, this.R[t]!, 1);
+    }
     return t;
   }
 
   private erase(t: number, x: number): number {
-    if (t === x) return this.merge(this.L[t]!, this.R[t]!);
-    if (this.less(x, t)) this.L[t] = this.erase(this.L[t]!, x);
-    else this.R[t] = this.erase(this.R[t]!, x);
-    this.pull(t);
+    if (t === x) {
+      this.changed = true;
+      return this.merge(this.L[t]!, this.R[t]!);
+    }
+    if (this.less(x, t)) {
+      const c = this.L[t]!;
+      this.L[t] = this.erase(c, x);
+      this.pullAfter(t, c, this.L[t]!, -1);
+    } else {
+      const c = this.R[t]!;
+      this.R[t] = this.erase(c, x);
+      this.pullAfter(t, c, this.R[t]!, -1);
+    }
     return t;
   }
 
@@ -751,7 +815,7 @@ class Treap implements Index {
 
   private find(t: number, above: number): number {
     if (t < 0 || !this.g.canFit(this.s, t)) return -1;
-    if (this.k1[t]! <= above) return this.find(this.R[t]!, above);
+    if (this.key[3 * t]! <= above) return this.find(this.R[t]!, above);
     const a = this.find(this.L[t]!, above);
     if (a >= 0) return a;
     if (this.s.fits(this.node[t]!, this.base)) return t;
@@ -759,7 +823,7 @@ class Treap implements Index {
   }
 
   k1Of(i: number): number {
-    return this.k1[this.pos[i]!]!;
+    return this.key[3 * this.pos[i]!]!;
   }
 
   classify(c: FailCounts): void {
@@ -911,13 +975,23 @@ export class IndexedFinder implements Finder {
   /** The same pools as a list (a batch has a few; a per-proplet list of them would cost an array per proplet). */
   private readonly poolList: Pool[] = [];
 
-  constructor(private readonly s: Snapshot) {}
+  constructor(private readonly s: Snapshot) {
+    this.inPools = new Uint32Array(s.n);
+  }
+
+  /** Per proplet, bit k set when it is a member of poolList[k] (the first 32 pools; later ones are checked by position). */
+  private readonly inPools: Uint32Array;
 
   private pool(spec: PoolSpec): Pool {
     let p = this.pools.get(spec.key);
     if (p === undefined) {
       p = new Pool(this.s, spec);
       this.pools.set(spec.key, p);
+      const k = this.poolList.length;
+      if (k < 32) {
+        const bit = (1 << k) >>> 0;
+        for (const i of p.members) this.inPools[i] = (this.inPools[i]! | bit) >>> 0;
+      }
       this.poolList.push(p);
     }
     return p;
@@ -1072,6 +1146,9 @@ export class IndexedFinder implements Finder {
 
   commit(i: number): void {
     if (this.loadOrderCache !== undefined) this.loadOrderCache.moved[i] = 1;
-    for (const p of this.poolList) if (p.pos[i]! >= 0) p.commit(i);
+    // The pools it is in, from one word rather than one lookup per pool.
+    const list = this.poolList;
+    for (let m = this.inPools[i]!; m !== 0; m &= m - 1) list[31 - Math.clz32(m & -m)]!.commit(i);
+    for (let k = 32; k < list.length; k++) if (list[k]!.pos[i]! >= 0) list[k]!.commit(i);
   }
 }
