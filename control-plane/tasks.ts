@@ -187,7 +187,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   create(input: TaskInput): Task {
-    const at = this.iso();
+    const at = this.creationTime();
     const t: Task = {
       id: randomUUID(),
       name: input.name,
@@ -226,7 +226,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   /** One firing of a scheduled task: a new task with the template's spec, started at once. */
   createRun(template: Task): Task {
-    const at = this.iso();
+    const at = this.creationTime();
     const run: Task = {
       ...structuredClone(template),
       id: randomUUID(),
@@ -581,9 +581,6 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const now = this.now();
     for (const id of this.activeOn(proplet.id)) {
       const t = this.tasks.get(id)!;
-      // A proplet that reports what it runs acknowledges every start: a start not yet acknowledged
-      // is the start deadline's to judge (start-ack.ts), not a report that may have left before it.
-      if (t.state === 'Scheduled') continue;
       // A report may have left the proplet before a start we just sent reached it:
       // only an attempt older than the grace period is known to be lost.
       const since = Date.parse(t.attempts.at(-1)?.started_at ?? t.updated_at);
@@ -878,7 +875,15 @@ export class TaskService extends EventEmitter<TaskEvents> {
     return reason;
   }
 
+  private lastCreated = 0;
+
   private iso(): string {
     return new Date(this.now()).toISOString();
+  }
+
+  /** Strictly increasing, so tasks list newest first in the order they were created, even within one millisecond. */
+  private creationTime(): string {
+    this.lastCreated = Math.max(this.now(), this.lastCreated + 1);
+    return new Date(this.lastCreated).toISOString();
   }
 }
