@@ -10,11 +10,10 @@
 // test/mcu-cbor2.test.ts decodes every example here with Python's cbor2 and
 // checks docs/mcu.md against this file's output.
 
-import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { ChunkServer } from '../control-plane/chunk-server.ts';
 import type { Proplet } from '../control-plane/model.ts';
-import { ADD_WASM, annotateCbor, publishPacketSize } from './gen-protocol.ts';
+import { ADD_WASM, annotateCbor, publishPacketSize, runGenerator } from './gen-protocol.ts';
 import { decode, encode, sha256Digest, type MessageByKind, type MessageKind } from '../protocol/index.ts';
 import { scope, topic, type Scope } from '../topics/index.ts';
 import { MCU_DEFAULTS } from '../proplet-mcu/device.ts';
@@ -222,20 +221,7 @@ export function applyTo(doc: string, blocks = generate()): string {
 }
 
 function main(argv: string[]): number {
-  const blocks = generate();
-  if (argv.includes('--write') || argv.includes('--check')) {
-    const doc = readFileSync(DOC_PATH, 'utf8');
-    const next = applyTo(doc, blocks);
-    if (argv.includes('--check')) {
-      if (next !== doc) process.stderr.write('docs/mcu.md is out of date: run node --import tsx docs/gen-mcu.ts --write\n');
-      return next === doc ? 0 : 1;
-    }
-    if (next !== doc) writeFileSync(DOC_PATH, next);
-    process.stderr.write(next !== doc ? 'docs/mcu.md updated\n' : 'docs/mcu.md already up to date\n');
-    return 0;
-  }
-  for (const [name, text] of blocks) process.stdout.write(`<!-- generated: start ${name} -->\n${text}\n<!-- generated: end ${name} -->\n\n`);
-  return 0;
+  return runGenerator(argv, DOC_PATH, 'docs/gen-mcu.ts', generate(), applyTo);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

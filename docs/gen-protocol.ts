@@ -859,24 +859,29 @@ export function applyTo(doc: string, blocks = generate()): string {
   });
 }
 
-function main(argv: string[]): number {
-  const blocks = generate();
+/**
+ * The command line of a doc generator: `--write` rewrites the generated blocks
+ * of `docPath`, `--check` exits 1 when they are out of date, no flag prints them.
+ */
+export function runGenerator(argv: string[], docPath: string, script: string, blocks: Map<string, string>, applyBlocks: (doc: string, blocks: Map<string, string>) => string): number {
+  const name = `docs/${docPath.split('/').pop()}`;
   if (argv.includes('--write') || argv.includes('--check')) {
-    const doc = readFileSync(DOC_PATH, 'utf8');
-    const next = applyTo(doc, blocks);
+    const doc = readFileSync(docPath, 'utf8');
+    const next = applyBlocks(doc, blocks);
     if (argv.includes('--check')) {
-      if (next !== doc) {
-        process.stderr.write('docs/protocol.md is out of date: run node --import tsx docs/gen-protocol.ts --write\n');
-        return 1;
-      }
-      return 0;
+      if (next !== doc) process.stderr.write(`${name} is out of date: run node --import tsx ${script} --write\n`);
+      return next === doc ? 0 : 1;
     }
-    if (next !== doc) writeFileSync(DOC_PATH, next);
-    process.stderr.write(next !== doc ? 'docs/protocol.md updated\n' : 'docs/protocol.md already up to date\n');
+    if (next !== doc) writeFileSync(docPath, next);
+    process.stderr.write(next !== doc ? `${name} updated\n` : `${name} already up to date\n`);
     return 0;
   }
-  for (const [name, text] of blocks) process.stdout.write(`<!-- generated: start ${name} -->\n${text}\n<!-- generated: end ${name} -->\n\n`);
+  for (const [block, text] of blocks) process.stdout.write(`<!-- generated: start ${block} -->\n${text}\n<!-- generated: end ${block} -->\n\n`);
   return 0;
+}
+
+function main(argv: string[]): number {
+  return runGenerator(argv, DOC_PATH, 'docs/gen-protocol.ts', generate(), applyTo);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
