@@ -19,10 +19,31 @@ interface Common {
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The Rust proplet (crate 0.5): MQTT 3.1.1, clean session, QoS 2 everywhere, no will, string inputs. */
-export class RustProplet {
+/** What both device shapes share: the connection, the topic base, their timers, and how they end. */
+abstract class SimulatedDevice {
   client!: MqttClient;
   readonly base: string;
+  protected timers: NodeJS.Timeout[] = [];
+
+  constructor(o: Common) {
+    this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
+  }
+
+  /** A crash or a power cut: the socket goes without DISCONNECT (the broker publishes a will if the device set one). */
+  kill(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.client.stream.destroy();
+    this.client.end(true);
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.timers) clearInterval(t);
+    await this.client.endAsync(true);
+  }
+}
+
+/** The Rust proplet (crate 0.5): MQTT 3.1.1, clean session, QoS 2 everywhere, no will, string inputs. */
+export class RustProplet extends SimulatedDevice {
   readonly starts: Json[] = [];
   /** Starts serde would not deserialize (a number among the inputs, a missing name): dropped whole, nothing sent back. */
   readonly dropped: { payload: string; why: string }[] = [];
@@ -32,10 +53,9 @@ export class RustProplet {
   /** FL updates it posted to MANAGER_COORDINATOR_URL/update, and whether the coordinator took them. */
   readonly coordinatorPosts: { url: string; accepted: boolean }[] = [];
   private chunks = new Map<string, { total: number; parts: Map<number, Buffer> }>();
-  private timers: NodeJS.Timeout[] = [];
 
   constructor(private o: Common & { livelinessMs?: number; metricsMs?: number; train?: (start: Json) => { output: string; error?: string } }) {
-    this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
+    super(o);
   }
 
   async start(): Promise<void> {
@@ -73,18 +93,6 @@ export class RustProplet {
     };
     metrics();
     this.timers.push(setInterval(metrics, this.o.metricsMs ?? 10_000));
-  }
-
-  /** A crash: the socket goes, no DISCONNECT and no will (it sets none). */
-  kill(): void {
-    for (const t of this.timers) clearInterval(t);
-    this.client.stream.destroy();
-    this.client.end(true);
-  }
-
-  async close(): Promise<void> {
-    for (const t of this.timers) clearInterval(t);
-    await this.client.endAsync(true);
   }
 
   pub(path: string, msg: unknown): Promise<unknown> {
@@ -232,9 +240,7 @@ export class RustProplet {
  * for good, runs every start on its channel, calls only `main` with i32
  * arguments, results without proplet_id, never reconnects.
  */
-export class EmbedProplet {
-  client!: MqttClient;
-  readonly base: string;
+export class EmbedProplet extends SimulatedDevice {
   readonly starts: Json[] = [];
   readonly stops: Json[] = [];
   readonly droppedStops: string[] = [];
@@ -247,7 +253,6 @@ export class EmbedProplet {
   paused = false;
   readonly results: Json[] = [];
   private current?: { id: string; inputs: number[] };
-  private timers: NodeJS.Timeout[] = [];
 
   /** registry/server messages it read: each one a whole module. */
   readonly modules: Json[] = [];
@@ -257,7 +262,7 @@ export class EmbedProplet {
   readonly flUpdates: string[] = [];
 
   constructor(private o: Common & { firstAliveMs?: number; livelinessMs?: number; metricsMs?: number; train?: (start: Json) => { output: string; error?: string } }) {
-    this.base = `m/${o.domain ?? 'propeller'}/c/${o.channel ?? 'control'}`;
+    super(o);
   }
 
   get stalled(): boolean {
@@ -310,18 +315,6 @@ export class EmbedProplet {
         });
       }, this.o.metricsMs ?? 30_000),
     );
-  }
-
-  /** Power cut: no DISCONNECT, so the broker publishes the will. It does not come back. */
-  kill(): void {
-    for (const t of this.timers) clearInterval(t);
-    this.client.stream.destroy();
-    this.client.end(true);
-  }
-
-  async close(): Promise<void> {
-    for (const t of this.timers) clearInterval(t);
-    await this.client.endAsync(true);
   }
 
   private pub(path: string, msg: unknown): void {
