@@ -99,6 +99,8 @@ const seen = (s: Serve, id: string) =>
     t.log(JSON.stringify(other.logs.filter((l) => l.level !== 'debug' && l.msg !== 'message dropped').slice(-8)));
     throw e;
   });
+  // the survivors record results whoever holds the lease, so the tasks can all complete before the dead owner's lease runs out
+  await until(() => survivors.some(ownerLog), 'a survivor takes the lease over');
   const tookOver = survivors.flatMap((s) => s.logs.filter((l) => l.msg === 'lease acquired'));
   t.is(tookOver.length, 1, 'one survivor took the lease');
   t.log(`takeover ${Date.parse(tookOver[0]!.t as string) - killedAt} ms after the kill (lease 5 s); the survivors' APIs answered ${answered} polls meanwhile`);
