@@ -11,7 +11,7 @@ import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } f
 import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
-import { Replica } from '../control-plane/replica.ts';
+import { DEFAULT_LEASE_MS, Replica } from '../control-plane/replica.ts';
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
@@ -44,6 +44,7 @@ export const serve: Command = {
     'auth-backoff-window': { type: 'string' },
     'data-dir': { type: 'string' },
     store: { type: 'string' },
+    'lease-duration': { type: 'string' },
     credentials: { type: 'string' },
     'debug-account': { type: 'boolean' },
     'local-proplets': { type: 'string' },
@@ -80,6 +81,9 @@ export const serve: Command = {
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
   --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
                          default sqlite:DATA_DIR/state.db)
+  --lease-duration D     replicas (--store postgres://… with --broker): how long the owner of placement, liveness,
+                         cron and FL rounds may go without renewing its lease; another replica takes over within
+                         D + 1 s of its death (env LEASE_DURATION, default 5s, at least 1s)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account (subscribe under m/DOMAIN/c/CHANNEL/messages/#);
                          its password is in DATA_DIR/debug.secret, kept across restarts (delete it for a new one)
@@ -135,13 +139,28 @@ ${scopeHelp}
     // rows other replicas committed refresh this one's view (the control plane exists by then)
     let cp: ControlPlane | undefined;
     const loc = storeLocation(str(v.store) ?? env.STORE_URL, dataDir);
-    const store = await openStore(loc, { log: (l, m, f) => log(l, m, { c: 'store', ...f }), onChange: (k) => cp?.refresh(k), onConflict: (k) => cp?.refresh(k) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
+    const leaseMs = leaseDuration(str(v['lease-duration']) ?? env.LEASE_DURATION);
     // PostgreSQL and an external broker: one of N replicas (docs/scaling.md)
     const replica =
       loc.engine === 'postgres' && external
-        ? new Replica({ url: loc.url, name: `propeller/${sc.domain}/${sc.channel}`, holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, log: (l, m, f) => log(l, m, { c: 'replica', ...f }) })
+        ? new Replica({
+            url: loc.url,
+            name: `propeller/${sc.domain}/${sc.channel}`,
+            holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
+            leaseMs,
+            // a replica without its broker or store hands the lease to one that has them
+            eligible: () => cp?.ready() ?? true,
+            log: (l, m, f) => log(l, m, { c: 'replica', ...f }),
+          })
         : undefined;
+    const store = await openStore(loc, {
+      log: (l, m, f) => log(l, m, { c: 'store', ...f }),
+      onChange: (k) => cp?.refresh(k),
+      onConflict: (k) => cp?.refresh(k),
+      // owner-only writes carry the lease's fencing token, checked when they commit
+      ...(replica ? { fence: () => replica.fence(), onFenced: (why: string) => replica.stepDown(why) } : {}),
+    });
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
     let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
@@ -293,6 +312,19 @@ function consoleDir(given: string | undefined): string | undefined {
     if (existsSync(join(dir, 'index.html'))) return dir;
   }
   return undefined;
+}
+
+/** --lease-duration / LEASE_DURATION: a duration of at least 1 s (default 5 s). */
+function leaseDuration(given: string | undefined): number {
+  if (given === undefined) return DEFAULT_LEASE_MS;
+  let ms: number;
+  try {
+    ms = parseDuration('--lease-duration', given);
+  } catch {
+    ms = NaN;
+  }
+  if (!(ms >= 1000)) throw new UsageError(`--lease-duration (LEASE_DURATION) must be a duration of at least 1s, such as 5s or 2500ms; got ${JSON.stringify(given)}`);
+  return ms;
 }
 
 function storeLocation(url: string | undefined, dataDir: string): StoreLocation {

@@ -25,6 +25,9 @@ export interface Mosquitto {
   port: number;
   /** The dynsec admin account, when started with `dynsec`. */
   admin?: { username: string; password: string };
+  /** Stops the broker, keeping its configuration, to be resumed on the same port. */
+  halt(): Promise<void>;
+  resume(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -49,9 +52,13 @@ export async function startMosquitto(o: { dynsec?: boolean; extra?: string } = {
   if (o.extra) lines.push(o.extra);
   const conf = join(dir, 'mosquitto.conf');
   writeFileSync(conf, lines.join('\n') + '\n');
-  const proc: ChildProcess = spawn(MOSQUITTO!, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let proc: ChildProcess;
   let stderr = '';
-  proc.stderr!.on('data', (d) => (stderr += d));
+  const launch = () => {
+    proc = spawn(MOSQUITTO!, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+    proc.stderr!.on('data', (d) => (stderr += d));
+  };
+  launch();
   const accepts = () =>
     new Promise<boolean>((resolve) => {
       const c = connect(port, '127.0.0.1', () => {
@@ -60,19 +67,29 @@ export async function startMosquitto(o: { dynsec?: boolean; extra?: string } = {
       });
       c.on('error', () => resolve(false));
     });
-  await until(async () => {
-    if (proc.exitCode !== null) throw new Error(`mosquitto exited ${proc.exitCode}: ${stderr}`);
-    return accepts();
-  }, `mosquitto on ${port}`);
+  const up = () =>
+    until(async () => {
+      if (proc.exitCode !== null) throw new Error(`mosquitto exited ${proc.exitCode}: ${stderr}`);
+      return accepts();
+    }, `mosquitto on ${port}`);
+  await up();
+  const halt = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    }
+  };
   return {
     url: `mqtt://127.0.0.1:${port}`,
     port,
     admin,
+    halt,
+    async resume() {
+      launch();
+      await up();
+    },
     async stop() {
-      if (proc.exitCode === null) {
-        proc.kill('SIGTERM');
-        await once(proc, 'exit');
-      }
+      await halt();
       rmSync(dir, { recursive: true, force: true });
     },
   };
