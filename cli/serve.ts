@@ -13,6 +13,7 @@ import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
 import { DEFAULT_LEASE_MS, Replica } from '../control-plane/replica.ts';
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
+import { claimStore, PlanePresence } from '../control-plane/plane.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { base } from '../topics/index.ts';
@@ -161,6 +162,22 @@ ${scopeHelp}
       // owner-only writes carry the lease's fencing token, checked when they commit
       ...(replica ? { fence: () => replica.fence(), onFenced: (why: string) => replica.stepDown(why) } : {}),
     });
+    // one plane = one store + one domain/channel: refuse to mix two (docs/scaling.md, "Faults")
+    let presence: PlanePresence | undefined;
+    try {
+      if (loc.engine === 'postgres') {
+        const storeId = await claimStore(loc.url, sc);
+        if (replica) {
+          const u = brokerUrl(external!);
+          presence = await PlanePresence.start({ url: u, username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD, scope: sc, storeId, log }).catch((e: Error) => {
+            throw e.name === 'PlaneConflictError' ? e : new Error(`cannot connect to MQTT broker ${u}: ${e.message}`);
+          });
+        }
+      }
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
     let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
@@ -207,6 +224,7 @@ ${scopeHelp}
     await replica?.start();
     cp = new ControlPlane({
       ...(replica ? { replica } : {}),
+      ...(presence ? { dependencies: [presence.dependency] } : {}),
       scope: sc,
       mqtt,
       http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), ...auth, staticDir },
@@ -267,6 +285,7 @@ ${scopeHelp}
     await adapter?.close();
     await Promise.all(proplets.map((p) => p.close()));
     await replica?.stop();
+    await presence?.close();
     await cp.close();
     await broker?.close();
     return 0;
