@@ -324,12 +324,18 @@ export class MirrorStore implements Store {
     for (const g of stale) this.dropStale(g);
     if (!live.length) return;
     // owner-only writes made under different tokens (the lease changed hands meanwhile) go one group at a time
-    const fences = new Set(live.map(fenceOf).filter((f) => f !== undefined).map((f) => f.token));
-    if (fences.size <= 1) {
+    let fence: Fence | undefined;
+    let mixed = false;
+    for (const g of live) {
+      const f = fenceOf(g);
+      if (f && fence && f.token !== fence.token) mixed = true;
+      fence ??= f;
+    }
+    if (!mixed) {
       try {
         const ops = this.coalesce(live);
         if (!ops.length) return;
-        const conflicts = await this.engine.commit(ops, live.map(fenceOf).find((f) => f !== undefined));
+        const conflicts = await this.engine.commit(ops, fence);
         if (!conflicts.length) return this.committed(ops);
       } catch (e) {
         if (!this.engine.isDataError(e) && !(e instanceof FencedError)) throw e;

@@ -550,13 +550,14 @@ export class FlCoordinator {
           live.graceTimers.add(timer);
           break;
         }
+        // closing a round is the owner's: a paused ex-owner's close is refused when it commits
         case 'aggregate': {
           const live = this.live.get(name);
-          if (live) this.aggregate(r, live);
+          if (live) this.o.store.asOwner(() => this.aggregate(r, live));
           break;
         }
         case 'fail-round':
-          if (!isFinal(r)) this.failRound(r, c.reason, c.message);
+          if (!isFinal(r)) this.o.store.asOwner(() => this.failRound(r, c.reason, c.message));
           break;
         case 'fold':
           break; // only from applyUpdate, which folds itself
@@ -709,9 +710,8 @@ export class FlCoordinator {
     r.status.metrics = { totalSamples: m.totalSamples, ...(m.loss !== undefined ? { loss: m.loss } : {}), ...(m.accuracy !== undefined ? { accuracy: m.accuracy } : {}) };
     r.status.message = `aggregated ${m.updates} of ${r.status.participants.length} updates (${m.totalSamples} samples)`;
     r.status.reason = 'RoundCompleted';
-    // one write: a crash cannot leave the round completed without its checkpoint; and
-    // only while this replica owns the lease: a paused ex-owner never completes a round twice
-    this.o.store.asOwner(() => this.o.store.atomically(() => {
+    // one write: a crash cannot leave the round completed without its checkpoint
+    this.o.store.atomically(() => {
       this.checkpointRecs.put(cp.metadata.name, cp);
       this.roundRecs.put(name, r);
       const j = job ? this.jobRecs.get(job) : undefined;
@@ -719,7 +719,7 @@ export class FlCoordinator {
         this.countCompleted(j, r);
         this.jobRecs.put(j.metadata.name, j);
       }
-    }));
+    });
     tap(this, 'fl-round', r);
     this.o.log('info', 'round completed', { round: name, updates: m.updates, samples: m.totalSamples, loss: m.loss, accuracy: m.accuracy, model: ref });
     this.o.metrics.roundEnded('Completed', secondsSince(r.status.startTime, at));
