@@ -4,6 +4,8 @@
 // restart cannot bring a database or a broker back, so the liveness probe never
 // depends on them (docs/scaling.md, "Faults").
 
+import { Gauge, type Registry } from 'prom-client';
+
 export interface Outage {
   /** ms since the epoch */
   since: number;
@@ -49,4 +51,25 @@ export function writesRefused(deps: readonly Dependency[]): string | undefined {
     if (o) return `not ready: ${d.what} is unavailable since ${new Date(o.since).toISOString()} (${o.error}); nothing was changed, retry later`;
   }
   return undefined;
+}
+
+/** `propeller_dependency_up{dependency}` (1 up, 0 down) and `propeller_ready`, read at scrape time: for alerts. */
+export function registerHealthMetrics(registry: Registry, deps: readonly Dependency[]): void {
+  new Gauge({
+    name: 'propeller_dependency_up',
+    help: 'Whether a dependency of the control plane is there (1) or down (0): store, broker, plane',
+    labelNames: ['dependency'],
+    registers: [registry],
+    collect() {
+      for (const d of deps) this.set({ dependency: d.name }, d.outage() ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: 'propeller_ready',
+    help: 'Whether the control plane is ready (1) or not (0): what GET /health says',
+    registers: [registry],
+    collect() {
+      this.set(readiness(deps).ready ? 1 : 0);
+    },
+  });
 }

@@ -12,7 +12,7 @@ import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
 import { GroupService } from './groups.ts';
 import { EventBus } from './events.ts';
-import { readiness, writesRefused, type Dependency } from './health.ts';
+import { readiness, registerHealthMetrics, writesRefused, type Dependency } from './health.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
@@ -158,6 +158,7 @@ export class ControlPlane {
       { name: 'broker', what: 'the MQTT broker', outage: () => this.gateway.outage(), refusesWrites: o.replica !== undefined },
       ...(o.dependencies ?? []),
     ];
+    registerHealthMetrics(this.metrics.registry, this.dependencies);
     this.http = new HttpApi({
       ...o.http,
       tasks: this.tasks,
