@@ -76,7 +76,7 @@ export async function openDynsecAccounts(o: {
     admin = await MosquittoDynsec.connect({ url: o.url, ...o.admin });
     if (await admin.ensureManager(o.scope, mgr, mgrPassword)) o.log('info', 'broker account created for the control plane', { username: mgr, c: 'dynsec' });
   } catch (e) {
-    throw new UsageError(`--broker-accounts dynsec: ${(e as Error).message}`);
+    throw new Error(`--broker-accounts dynsec: ${o.admin.username} at ${o.url}: ${(e as Error).message}`);
   }
   const reserved = new Set([mgr, o.admin.username]);
   const broker = async <T>(what: string, f: () => Promise<T>): Promise<T> => {

@@ -156,3 +156,17 @@ const status = (p: Promise<unknown>) => p.then(() => 201, (e: ApiError) => e.sta
   await until(async () => (answer = await status(b.api.addProplet('dyn-3'))) !== 503, 'an add once Mosquitto is back');
   t.is(answer, 201);
 });
+
+(missing ? test.skip : test.serial)('a wrong admin password stops serve at start with one line and a non-zero exit', async (t) => {
+  const e = await promisify(execFile)('node', [
+    BIN,
+    'serve',
+    ...['--broker', mosquitto.url, '--broker-accounts', 'dynsec', '--broker-admin-username', mosquitto.admin!.username, '--broker-admin-password', 'wrong'],
+    ...['--mqtt-username', CP.username, '--mqtt-password', CP.password, '--data-dir', dirs[0]!, '--http-port', '0'],
+  ]).then(
+    () => undefined,
+    (err: { code?: number; stderr?: string }) => err,
+  );
+  t.is(e?.code, 1);
+  t.regex(e!.stderr!, /^propeller: --broker-accounts dynsec: dynsec-admin at mqtt:\/\/127\.0\.0\.1:\d+: .*Not authorized\n$/);
+});
