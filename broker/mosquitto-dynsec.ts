@@ -12,7 +12,7 @@
 
 import { randomUUID } from 'node:crypto';
 import mqtt, { type MqttClient } from 'mqtt';
-import { base, flUpdateFilter, propletSubscriptions, ROOT_FL_FILTER, rootFlUpdateFilter, topic, type Scope } from '../topics/index.ts';
+import { base, flUpdateFilter, LAYOUTS, propletSubscriptions, ROOT_FL_FILTER, rootFlUpdateFilter, sharedSubscriptions, topic, type Scope } from '../topics/index.ts';
 
 const CONTROL = '$CONTROL/dynamic-security/v1';
 const RESPONSE = `${CONTROL}/response`;
@@ -72,20 +72,34 @@ export function managerRole(s: Scope): string {
   return `propeller-manager-${s.domain}-${s.channel}`;
 }
 
+/** What a proplet publishes besides FL updates (the embedded broker's PROPLET_PUBLISH_KINDS). */
+const SENDS = ['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet'] as const;
+
 /**
  * What one proplet may do, literally: publish its own per-proplet topics and
  * its FL updates in the three forms proplets use (ours, the bare layout of
  * Propeller's proplets, and the broker root where Propeller's embed-proplet
- * sends them), subscribe to its own start, stop and module topics.
+ * sends them), subscribe to its own start, stop and module topics; and the
+ * same on its device channel.
  */
 export function propletAcls(s: Scope, id: string): Acl[] {
-  const send = (['proplet.create', 'proplet.alive', 'proplet.results', 'proplet.metrics', 'registry.proplet'] as const).map((k) => topic(s, k, id));
+  const send = SENDS.map((k) => topic(s, k, id));
   // the one wildcard level is the round, never the sender
   send.push(flUpdateFilter(s, id), flUpdateFilter(s, id, 'bare'), rootFlUpdateFilter(id));
+  const read = propletSubscriptions(s, id);
+  // Its device channel (m/DOMAIN/c/ID/…, where Propeller's embed-proplet lives): there the channel names the
+  // sender, so its shared topics are its own. Not when the id is the scope's channel: that one is everyone's.
+  if (id !== s.channel) {
+    const own: Scope = { domain: s.domain, channel: id };
+    for (const layout of LAYOUTS) {
+      send.push(...SENDS.flatMap((k) => [topic(own, k, undefined, layout), topic(own, k, id, layout)]), flUpdateFilter(own, id, layout));
+      read.push(...sharedSubscriptions(own, layout));
+    }
+  }
   return [
     ...send.map((t) => ({ acltype: 'publishClientSend' as const, topic: t, allow: true })),
-    ...propletSubscriptions(s, id).map((t) => ({ acltype: 'subscribeLiteral' as const, topic: t, allow: true })),
-    ...propletSubscriptions(s, id).map((t) => ({ acltype: 'unsubscribeLiteral' as const, topic: t, allow: true })),
+    ...read.map((t) => ({ acltype: 'subscribeLiteral' as const, topic: t, allow: true })),
+    ...read.map((t) => ({ acltype: 'unsubscribeLiteral' as const, topic: t, allow: true })),
   ];
 }
 

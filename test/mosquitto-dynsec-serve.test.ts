@@ -21,6 +21,7 @@ import { scope, topic } from '../topics/index.ts';
 import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
 import { postgresMissing, testPostgres } from './helpers/postgres.ts';
 import { BIN, startProplet, startServe, type Proc, type Serve } from './helpers/procs.ts';
+import { EmbedProplet } from './helpers/propeller-devices.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 const missing = postgresMissing() ?? mosquittoMissing(true);
@@ -133,6 +134,22 @@ const status = (p: Promise<unknown>) => p.then(() => 201, (e: ApiError) => e.sta
   await until(async () => (await status(b.api.addProplet('dyn-2'))) === 201, 'the name is free again on the other replica');
   // the replicas' shared subscriptions and the root FL filter were granted to the control plane's account
   for (const s of replicas) t.deepEqual(s.logs.filter((l) => /refused/.test(String(l.msg))), [], 'no subscription refused');
+});
+
+/** (module (func (export "main") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))): what embed-proplet calls */
+const MAIN_ADD = Buffer.from('0061736d0100000001070160027f7f017f03020100070801046d61696e00000a09010700200020016a0b', 'hex');
+
+(missing ? test.skip : test.serial)('Propeller’s embed-proplet added through the API registers on its device channel and runs a task there', async (t) => {
+  const [a, b] = replicas as [Serve, Serve];
+  const { secret } = await a.api.addProplet('esp-dyn');
+  const dev = new EmbedProplet({ url: mosquitto.url, id: 'esp-dyn', secret, channel: 'esp-dyn', firstAliveMs: 100, livelinessMs: 300, metricsMs: 300 });
+  await dev.start();
+  t.teardown(() => dev.close());
+  await until(async () => (await b.api.getProplet('esp-dyn').catch(() => undefined))?.state === 'alive', 'esp-dyn alive');
+  t.deepEqual((await b.api.getProplet('esp-dyn')).wire, { kind: 'embed', layout: 'bare', channel: 'esp-dyn' });
+  const task = await b.api.createTask({ name: 'main', file: MAIN_ADD.toString('base64'), inputs: [40, 2], proplet_id: 'esp-dyn' }, { start: true });
+  await until(async () => (await a.api.getTask(task.id).catch(() => undefined))?.state === 'Completed', 'the task completed on esp-dyn', 60_000);
+  t.is((await a.api.getTask(task.id)).result?.results, '42');
 });
 
 (missing ? test.skip : test.serial)('the control plane’s own, the admin and group accounts are refused; with Mosquitto away an add answers 503 and leaves nothing behind', async (t) => {

@@ -176,3 +176,27 @@ maybe('a rotation disconnects the proplet’s open connection; rotating an unkno
   t.true(await admin.removeProplet('dev-6'));
   t.false(await admin.removeProplet('dev-6'), 'gone');
 });
+
+maybe('a device channel (Propeller’s embed-proplet) is its own proplet’s only, and never the scope’s channel', async (t) => {
+  await admin.addProplet(scope, 'esp-a', 'secret-a');
+  await admin.addProplet(scope, 'esp-b', 'secret-b');
+  const cp = await login('cp', 'cp-secret');
+  const got: string[] = [];
+  cp.on('message', (tp) => got.push(tp));
+  await cp.subscribeAsync(managerFilters(scope, true), { qos: 1 });
+  const a = await login('esp-a', 'secret-a');
+  const own = { domain: scope.domain, channel: 'esp-a' };
+  const other = { domain: scope.domain, channel: 'esp-b' };
+  const alive = (s: typeof own) => topic(s, 'proplet.alive', undefined, 'bare');
+  await a.publishAsync(alive(other), '{"status":"alive"}', { qos: 1 });
+  await a.publishAsync(alive(scope), '{"status":"alive"}', { qos: 1 });
+  await a.publishAsync(alive(own), '{"status":"alive"}', { qos: 1 });
+  await until(() => got.includes(alive(own)), 'esp-a heard on its device channel');
+  t.deepEqual(got, [alive(own)], 'nothing on esp-b’s channel or the scope’s shared topic');
+  t.is(await grant(a, topic(own, 'manager.start', undefined, 'bare')), 1);
+  t.is(await grant(a, topic(other, 'manager.start', undefined, 'bare')), 128);
+  // a proplet named like the scope's channel gets no device channel: it would be everyone's shared topics
+  await admin.addProplet(scope, scope.channel, 'secret-c');
+  const c = await login(scope.channel, 'secret-c');
+  t.is(await grant(c, topic(scope, 'manager.start', undefined, 'bare')), 128);
+});
