@@ -98,6 +98,8 @@ export async function openDynsecAccounts(o: {
       throw new HttpError(501, "group accounts (PREFIX-*) need wildcard user names, which Mosquitto's dynamic security plugin does not have: add each proplet (POST /proplets)");
     }
     if (reserved.has(id)) throw new HttpError(409, `${id} is reserved: the control plane's own or the broker's admin account`, 'proplet_id');
+    // a lone surrogate has no UTF-8 form: Mosquitto drops such a command without an answer
+    if (/\p{Cs}/u.test(id)) throw new HttpError(400, 'proplet_id: not valid Unicode (a lone surrogate): it cannot be an MQTT user name', 'proplet_id');
     const secret = generateSecret();
     await broker(`${rotate ? 'rotating' : 'creating'} the broker account of ${id}`, () => (rotate ? admin.rotateProplet(o.scope, id, secret) : admin.addProplet(o.scope, id, secret)));
     // only now: the store never holds an account the broker has not made

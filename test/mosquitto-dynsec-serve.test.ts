@@ -161,6 +161,8 @@ const MAIN_ADD = Buffer.from('0061736d0100000001070160027f7f017f0302010007080104
     t.is((await t.throwsAsync(a.api.removeProplet(id)) as ApiError).status, 409);
   }
   t.is(await tryLogin(CP.username, CP.password), 'accepted', 'the control plane’s account unchanged');
+  const lone = await t.throwsAsync(a.api.addProplet('bad\ud800id'));
+  t.is((lone as ApiError).status, 400, lone!.message);
   const group = await t.throwsAsync(b.api.addGroupAccount('pods'));
   t.is((group as ApiError).status, 501);
   t.regex(group!.message, /wildcard/);
