@@ -171,7 +171,10 @@ const MAIN_ADD = Buffer.from('0061736d0100000001070160027f7f017f0302010007080104
     const e = await t.throwsAsync(a.api.addProplet('dyn-3'));
     t.is((e as ApiError).status, 503, e!.message);
     t.regex(e!.message, /broker account of dyn-3: .*not connected/);
+    // a removal the broker could not make leaves the proplet as it was
+    t.is((await t.throwsAsync(b.api.removeProplet('dyn-1')) as ApiError).status, 503);
   });
+  t.is((await a.api.getProplet('dyn-1')).id, 'dyn-1');
   // once the broker is back, the same add succeeds as a first one: nothing of the failed one was kept
   let answer: number | undefined;
   await until(async () => (answer = await status(b.api.addProplet('dyn-3'))) !== 503, 'an add once Mosquitto is back');
