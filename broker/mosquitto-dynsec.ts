@@ -171,7 +171,7 @@ export class MosquittoDynsec {
   }
 
   /** Runs commands in one message; throws on the first that failed, naming it. */
-  async call(commands: Record<string, unknown>[]): Promise<Response[]> {
+  async call(commands: Record<string, unknown>[], tolerate: (e: DynsecError) => boolean = () => false): Promise<Response[]> {
     const name = String(commands[0]?.command);
     // mqtt.js would queue the command until it reconnects: a caller must not wait on a broker that is away
     if (!this.client.connected) throw new DynsecError(name, 'not connected to the broker', true);
@@ -186,7 +186,11 @@ export class MosquittoDynsec {
     });
     await this.client.publishAsync(CONTROL, JSON.stringify({ commands: tagged }), { qos: 1 }).catch(() => undefined);
     const responses = await answer;
-    for (const r of responses) if (r.error) throw new DynsecError(r.command, r.error);
+    for (const r of responses) {
+      if (!r.error) continue;
+      const e = new DynsecError(r.command, r.error);
+      if (!tolerate(e)) throw e;
+    }
     return responses;
   }
 
@@ -209,14 +213,8 @@ export class MosquittoDynsec {
    */
   async addProplet(s: Scope, id: string, secret: string): Promise<void> {
     const role = propletRole(id);
-    let made = false;
-    try {
-      await this.call([{ command: 'createRole', rolename: role, acls: propletAcls(s, id) }]);
-      made = true;
-    } catch (e) {
-      // a role left by an earlier, half-finished add is reused: it holds only this id's topics
-      if (!alreadyExists(e)) throw e;
-    }
+    // a role left by an earlier, half-finished add is reused: it holds only this id's topics
+    const made = await this.ensureRole(role, propletAcls(s, id));
     try {
       await this.call([{ command: 'createClient', username: id, password: secret, roles: [{ rolename: role }] }]);
     } catch (e) {
@@ -231,6 +229,8 @@ export class MosquittoDynsec {
     const roles = await this.clientRoles(id);
     if (roles === undefined) return this.addProplet(s, id, secret);
     if (!roles.includes(propletRole(id))) throw new DynsecConflict(id, 'not_ours');
+    // a rotation also brings a role made by an older version up to date
+    await this.ensureRole(propletRole(id), propletAcls(s, id));
     await this.setSecret(id, secret);
   }
 
@@ -277,17 +277,22 @@ export class MosquittoDynsec {
   }
 
   private async ensureManagerRole(s: Scope): Promise<void> {
-    const role = managerRole(s);
+    await this.ensureRole(managerRole(s), managerAcls(s));
+  }
+
+  /**
+   * Creates the role, or gives an existing one (made by an older version, or
+   * left by a failed add) every ACL it lacks; returns whether it was created.
+   */
+  private async ensureRole(rolename: string, acls: Acl[]): Promise<boolean> {
     try {
-      await this.call([{ command: 'createRole', rolename: role, acls: managerAcls(s) }]);
+      await this.call([{ command: 'createRole', rolename, acls }]);
+      return true;
     } catch (e) {
       if (!alreadyExists(e)) throw e;
-      for (const acl of managerAcls(s)) {
-        await this.call([{ command: 'addRoleACL', rolename: role, ...acl }]).catch((e2) => {
-          if (!alreadyExists(e2)) throw e2;
-        });
-      }
     }
+    await this.call(acls.map((acl) => ({ command: 'addRoleACL', rolename, ...acl })), alreadyExists);
+    return false;
   }
 
   async close(): Promise<void> {

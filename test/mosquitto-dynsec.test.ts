@@ -4,7 +4,7 @@
 
 import test from 'ava';
 import mqtt, { type MqttClient } from 'mqtt';
-import { DynsecConflict, DynsecError, managerRole, MosquittoDynsec, propletRole } from '../broker/mosquitto-dynsec.ts';
+import { DynsecConflict, DynsecError, managerRole, MosquittoDynsec, propletAcls, propletRole } from '../broker/mosquitto-dynsec.ts';
 import { encode } from '../protocol/index.ts';
 import { flUpdateTopic, managerFilters, ROOT_FL_FILTER, topic } from '../topics/index.ts';
 import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
@@ -171,6 +171,16 @@ maybe('a rotation disconnects the proplet’s open connection; rotating an unkno
   await admin.rotateProplet(scope, 'dev-5', 'new');
   await closed;
   t.is(await tryLogin('dev-5', 'new'), 'accepted');
+  // a role an older version made (no FL at the root): a rotation completes it
+  await admin.call([
+    { command: 'createRole', rolename: propletRole('dev-7'), acls: [{ acltype: 'publishClientSend', topic: topic(scope, 'proplet.alive', 'dev-7'), allow: true }] },
+    { command: 'createClient', username: 'dev-7', password: 'seven', roles: [{ rolename: propletRole('dev-7') }] },
+  ]);
+  await admin.rotateProplet(scope, 'dev-7', 'seven-2');
+  const [role] = await admin.call([{ command: 'getRole', rolename: propletRole('dev-7') }]);
+  const topics = (role!.data as { role: { acls: { topic: string }[] } }).role.acls.map((a) => a.topic);
+  const sorted = (xs: string[]) => [...new Set(xs)].sort();
+  t.deepEqual(sorted(topics), sorted(propletAcls(scope, 'dev-7').map((a) => a.topic)));
   await admin.rotateProplet(scope, 'dev-6', 'six');
   t.is(await tryLogin('dev-6', 'six'), 'accepted');
   t.true(await admin.removeProplet('dev-6'));
