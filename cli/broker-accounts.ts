@@ -13,8 +13,6 @@ import type { Logger } from '../control-plane/log.ts';
 import type { Scope } from '../topics/index.ts';
 import { UsageError, str } from './args.ts';
 
-export type AccountsMode = 'external' | 'dynsec';
-
 export const accountsHelp = `  --broker-accounts MODE with --broker: who makes proplet accounts. 'external' (default): the broker's operator, and
                          POST /proplets answers 501; 'dynsec': the control plane, through Mosquitto's dynamic
                          security plugin, so 'propeller proplet add/rm' work (env PROPELLER_BROKER_ACCOUNTS)
