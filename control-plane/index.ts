@@ -145,6 +145,10 @@ export class ControlPlane {
       },
       timeoutMs: o.startAckTimeoutMs ?? DEFAULT_START_ACK_TIMEOUT_MS,
       log: this.log,
+      stop: (propletId, id, attempt) => {
+        const p = this.registry.get(propletId);
+        if (p) this.gateway.stop(p, { v: 1, id, proplet_id: propletId, attempt });
+      },
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({
