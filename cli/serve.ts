@@ -18,6 +18,7 @@ import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { base } from '../topics/index.ts';
 import { UsageError, int, str, type Command } from './args.ts';
+import { accountsFrom, accountsHelp, accountsOptions, openDynsecAccounts, type DynsecAccounts } from './broker-accounts.ts';
 import { debugAccount } from './debug-account.ts';
 import { brokerUrl, dataDirFrom, ensureApiToken, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
 
@@ -40,6 +41,7 @@ export const serve: Command = {
     'mqtt-username': { type: 'string' },
     'mqtt-password': { type: 'string' },
     'trust-payload-sender': { type: 'boolean' },
+    ...accountsOptions,
     'max-connections-per-proplet': { type: 'string' },
     'auth-backoff-failures': { type: 'string' },
     'auth-backoff-window': { type: 'string' },
@@ -70,6 +72,7 @@ export const serve: Command = {
   --mqtt-password P      its password (env MQTT_PASSWORD)
   --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
                          payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
+${accountsHelp}
   --max-connections-per-proplet N
                          embedded broker: open connections one proplet account may hold; a newer one closes the
                          oldest (env PROPELLER_MAX_CONNECTIONS_PER_PROPLET, default 1)
@@ -142,6 +145,7 @@ ${scopeHelp}
     const loc = storeLocation(str(v.store) ?? env.STORE_URL, dataDir);
     const external = str(v.broker) ?? env.MQTT_BROKER;
     const leaseMs = leaseDuration(str(v['lease-duration']) ?? env.LEASE_DURATION);
+    const dynsec = accountsFrom(v, external);
     // PostgreSQL and an external broker: one of N replicas (docs/scaling.md)
     const replica =
       loc.engine === 'postgres' && external
@@ -163,23 +167,18 @@ ${scopeHelp}
       ...(replica ? { fence: () => replica.fence(), onFenced: (why: string) => replica.stepDown(why) } : {}),
     });
     // one plane = one store + one domain/channel: refuse to mix two (docs/scaling.md, "Faults")
-    let presence: PlanePresence | undefined;
-    try {
-      if (loc.engine === 'postgres') {
-        const storeId = await claimStore(loc.url, sc);
-        if (replica) {
-          const u = brokerUrl(external!);
-          presence = await PlanePresence.start({ url: u, username: str(v['mqtt-username']) ?? env.MQTT_USERNAME, password: str(v['mqtt-password']) ?? env.MQTT_PASSWORD, scope: sc, storeId, log }).catch((e: Error) => {
-            throw e.name === 'PlaneConflictError' ? e : new Error(`cannot connect to MQTT broker ${u}: ${e.message}`);
-          });
-        }
+    let storeId: string | undefined;
+    if (loc.engine === 'postgres') {
+      try {
+        storeId = await claimStore(loc.url, sc);
+      } catch (e) {
+        await store.close();
+        throw e;
       }
-    } catch (e) {
-      await store.close();
-      throw e;
     }
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
+    let accounts: DynsecAccounts | undefined;
     let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
     if (external) {
       mqtt = {
@@ -189,6 +188,7 @@ ${scopeHelp}
         trustPayloadSender: v['trust-payload-sender'] === true,
         ...(replica ? { shareGroup: `propeller-${sc.domain}-${sc.channel}`, clientId: `propeller-manager-${randomUUID()}` } : {}),
       };
+      if (dynsec) accounts = await openDynsecAccounts({ url: mqtt.url, scope: sc, admin: dynsec.admin, manager: mqtt, store, log });
     } else {
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
@@ -211,6 +211,15 @@ ${scopeHelp}
       mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
+    // replicas announce their store on the broker; another store there for this domain/channel is refused
+    const presence =
+      replica && storeId
+        ? await PlanePresence.start({ url: mqtt.url, username: mqtt.username, password: mqtt.password, scope: sc, storeId, log }).catch(async (e: Error) => {
+            await accounts?.close();
+            await store.close();
+            throw e.name === 'PlaneConflictError' ? e : new Error(`cannot connect to MQTT broker ${mqtt.url}: ${e.message}`);
+          })
+        : undefined;
     const auth = apiAuth(v, dataDir, log);
     let fetchRules: { allow: string[]; deny: string[] };
     try {
@@ -247,6 +256,7 @@ ${scopeHelp}
             role: (id: string) => creds.get(id)?.role,
           },
         } : {}),
+      ...(accounts ? { credentials: accounts.credentials } : {}),
     });
     broker?.attachMetrics(cp.metrics.registry); // the broker's drops and refused CONNECTs on /metrics
     const port = await cp.start();
@@ -255,7 +265,7 @@ ${scopeHelp}
     const n = int('local-proplets', v['local-proplets'], 0);
     for (let i = 1; i <= n; i++) {
       const id = `local-${i}`;
-      const secret = creds ? creds.issue(id, 'proplet') : undefined;
+      const secret = creds ? creds.issue(id, 'proplet') : await accounts?.issueLocal(id);
       const p = new NodeProplet({ id, secret, url: mqtt.url, scope: sc, heartbeatMs: Math.min(10_000, health.offlineThresholdMs / 3), log: (l, m, f) => log(l, m, { c: id, ...f }) });
       await p.start();
       proplets.push(p);
@@ -287,6 +297,7 @@ ${scopeHelp}
     await replica?.stop();
     await presence?.close();
     await cp.close();
+    await accounts?.close();
     await broker?.close();
     return 0;
   },

@@ -164,15 +164,15 @@ async function gate(port: number): Promise<{ url: string; open: boolean; close()
   await until(async () => (await Promise.all(replicas.map(async (s) => (await s.api.listProplets()).proplets.some((p) => p.id === 'pf-2' && p.state === 'alive')))).every(Boolean), 'both replicas see the proplet');
   const t1 = await a.api.createTask(sleepTask(1500), { start: true });
   await until(async () => (await b.api.getTask(t1.id).catch(() => undefined))?.state === 'Running', 'the task runs');
-  await mosquitto!.halt();
-  relay.open = false;
-  await until(async () => (await Promise.all(replicas.map((s) => downOn(s, 'broker')))).every(Boolean), 'both replicas say the broker is down');
-  const refused = await post(a, '/tasks', sleepTask(10));
-  t.is(refused.status, 503);
-  t.regex(refused.body.error!, /^not ready: the MQTT broker is unavailable since /);
-  // away for longer than FAILURE_THRESHOLD: silence during an outage is not a proplet's death
-  await until(async () => ((await get(a, '/health')).body.down?.[0]?.for_s ?? 0) >= 5, 'the broker away for 5 s');
-  await mosquitto!.resume();
+  await mosquitto!.restart(async () => {
+    relay.open = false;
+    await until(async () => (await Promise.all(replicas.map((s) => downOn(s, 'broker')))).every(Boolean), 'both replicas say the broker is down');
+    const refused = await post(a, '/tasks', sleepTask(10));
+    t.is(refused.status, 503);
+    t.regex(refused.body.error!, /^not ready: the MQTT broker is unavailable since /);
+    // away for longer than FAILURE_THRESHOLD: silence during an outage is not a proplet's death
+    await until(async () => ((await get(a, '/health')).body.down?.[0]?.for_s ?? 0) >= 5, 'the broker away for 5 s');
+  });
   await until(async () => (await Promise.all(replicas.map(readyOn))).every(Boolean), 'both replicas ready again', 60_000);
   // the proplet comes back after the control plane did: the result it held is heard
   relay.open = true;

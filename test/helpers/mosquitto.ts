@@ -25,9 +25,8 @@ export interface Mosquitto {
   port: number;
   /** The dynsec admin account, when started with `dynsec`. */
   admin?: { username: string; password: string };
-  /** Stops the broker, keeping its configuration, to be resumed on the same port. */
-  halt(): Promise<void>;
-  resume(): Promise<void>;
+  /** Stops the broker and starts it again on the same port and files (dynsec accounts kept); `between` runs while it is down. */
+  restart(between?: () => Promise<void>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -54,11 +53,6 @@ export async function startMosquitto(o: { dynsec?: boolean; extra?: string } = {
   writeFileSync(conf, lines.join('\n') + '\n');
   let proc: ChildProcess;
   let stderr = '';
-  const launch = () => {
-    proc = spawn(MOSQUITTO!, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
-    proc.stderr!.on('data', (d) => (stderr += d));
-  };
-  launch();
   const accepts = () =>
     new Promise<boolean>((resolve) => {
       const c = connect(port, '127.0.0.1', () => {
@@ -67,26 +61,30 @@ export async function startMosquitto(o: { dynsec?: boolean; extra?: string } = {
       });
       c.on('error', () => resolve(false));
     });
-  const up = () =>
-    until(async () => {
-      if (proc.exitCode !== null) throw new Error(`mosquitto exited ${proc.exitCode}: ${stderr}`);
+  const launch = async () => {
+    const p = spawn(MOSQUITTO!, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+    proc = p;
+    p.stderr!.on('data', (d) => (stderr += d));
+    await until(async () => {
+      if (p.exitCode !== null) throw new Error(`mosquitto exited ${p.exitCode}: ${stderr}`);
       return accepts();
     }, `mosquitto on ${port}`);
-  await up();
+  };
   const halt = async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGTERM');
       await once(proc, 'exit');
     }
   };
+  await launch();
   return {
     url: `mqtt://127.0.0.1:${port}`,
     port,
     admin,
-    halt,
-    async resume() {
-      launch();
-      await up();
+    async restart(between) {
+      await halt();
+      await between?.();
+      await launch();
     },
     async stop() {
       await halt();
