@@ -110,8 +110,13 @@ export class PlanePresence {
     client.on('message', (t, payload) => p.heard(t, payload));
     client.on('error', () => {}); // the gateway's connection reports the broker's state
     await p.join();
-    // the broker lost its retained messages when it restarted: announce again
-    client.on('connect', () => void p.join().catch(() => {}));
+    // after a reconnect (the broker may have restarted and lost what was retained): what is
+    // announced now is heard again from scratch, and this plane announces itself again
+    client.on('connect', () => {
+      p.seen.clear();
+      p.conflictSince = undefined;
+      void p.join().catch(() => {});
+    });
     const other = p.conflict();
     if (other) {
       await p.close();
