@@ -157,6 +157,9 @@ async function gate(port: number): Promise<{ url: string; open: boolean; close()
   const url = await (postgres ? postgres.createDatabase() : (await import('./helpers/postgres.ts')).testPostgres());
   const replicas = [await serve('broker-loss', ['--broker', mosquitto!.url, '--store', url, '--lease-duration', '2s']), await serve('broker-loss', ['--broker', mosquitto!.url, '--store', url, '--lease-duration', '2s'])];
   const [a, b] = replicas as [Serve, Serve];
+  // a single process on the same broker (SQLite, a domain of its own): not ready too, but it keeps taking writes
+  const single = await serve('broker-single', ['--broker', mosquitto!.url]);
+  let kept = '';
   const relay = await gate(mosquitto!.port);
   t.teardown(() => relay.close());
   const proplet = await startProplet(['--id', 'pf-2', '--broker', relay.url, '--heartbeat', '300ms', '--domain', 'broker-loss']);
@@ -166,6 +169,10 @@ async function gate(port: number): Promise<{ url: string; open: boolean; close()
   await until(async () => (await b.api.getTask(t1.id).catch(() => undefined))?.state === 'Running', 'the task runs');
   await mosquitto!.restart(async () => {
     relay.open = false;
+    await until(() => downOn(single, 'broker'), 'the single process says its broker is down');
+    const taken = await post(single, '/tasks', { name: 'kept' });
+    t.is(taken.status, 201, 'a single process keeps a write made while its broker is away');
+    kept = (taken.body as { id?: string }).id!;
     await until(async () => (await Promise.all(replicas.map((s) => downOn(s, 'broker')))).every(Boolean), 'both replicas say the broker is down');
     const refused = await post(a, '/tasks', sleepTask(10));
     t.is(refused.status, 503);
@@ -173,7 +180,8 @@ async function gate(port: number): Promise<{ url: string; open: boolean; close()
     // away for longer than FAILURE_THRESHOLD: silence during an outage is not a proplet's death
     await until(async () => ((await get(a, '/health')).body.down?.[0]?.for_s ?? 0) >= 5, 'the broker away for 5 s');
   });
-  await until(async () => (await Promise.all(replicas.map(readyOn))).every(Boolean), 'both replicas ready again', 60_000);
+  await until(async () => (await Promise.all([...replicas, single].map(readyOn))).every(Boolean), 'both replicas and the single process ready again', 60_000);
+  t.is((await single.api.getTask(kept)).name, 'kept');
   // the proplet comes back after the control plane did: the result it held is heard
   relay.open = true;
   await until(async () => (await a.api.getTask(t1.id)).state === 'Completed', 'the task completed', 60_000).catch(async (e) => {
@@ -193,5 +201,5 @@ async function gate(port: number): Promise<{ url: string; open: boolean; close()
   const dead = a.logs.concat(b.logs).filter((l) => l.msg === 'proplet state' && l.to === 'failed');
   t.deepEqual(dead, [], 'no proplet declared failed for the outage');
   t.deepEqual((await a.api.listTasks()).tasks.map((x) => x.id).sort(), [t1.id, t2.id].sort());
-  await Promise.all([...replicas, proplet].map((p) => p.kill()));
+  await Promise.all([...replicas, single, proplet].map((p) => p.kill()));
 });
