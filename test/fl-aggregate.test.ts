@@ -406,7 +406,7 @@ test('add() stages through the ring, a free stream slot, or the 256 KiB area whi
     for (const i of [5, 150_000, 299_999]) refused(t, () => a.add(poisoned(i)), 'non_finite', new RegExp(`NaN at index ${i}\\b`));
     t.deepEqual(bits(a.result()), before, label);
   };
-  a.add(good[0]!); // the ring (half a model)
+  a.add(good[0]!); // the ring (a quarter of the model, rounded up to whole pieces)
   check('ring');
   a.begin('open', 1); // slot 0 (where the ring was) now holds a stream: add() goes through the 256 KiB area
   a.add(good[1]!);
@@ -520,8 +520,8 @@ test('fedmedian and trimmed-mean refuse updates past maxBufferedValues', (t) => 
     t.is(a.count, 3);
     t.is(a.memoryBytes, 3 * P * 4);
   }
-  // fedavg holds its float64 sum (after a 256 KiB staging area) in wasm memory, then add()'s ring of half
-  // a model (a whole one for a model this small) where slot 0 goes, which becomes slot 0 when a stream opens;
+  // fedavg holds its float64 sum (after a 256 KiB staging area) in wasm memory, then add()'s ring of a
+  // quarter of a model (a whole one for a model this small) where slot 0 goes, which becomes slot 0 when a stream opens;
   // the memory grows by a slot per stream open at once and does not shrink: the slots are reused by later streams
   releaseFedAvgMemory(); // a memory kept by another test's finishWith() may be bigger
   const f = new FedAvg(ref, { maxInFlight: 3 });

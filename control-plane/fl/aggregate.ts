@@ -682,13 +682,14 @@ const PIECE = 262144;
 const STAGE_BYTES = PIECE;
 const SUM_AT = STAGE_BYTES;
 /**
- * add()'s staging ring: half a model (at least one piece, at most the whole
- * model), where stream slot 0 would be (it becomes part of that slot when a
- * stream opens), so that sum + ring stay below 3× one model and streams add
- * nothing to it. A free slot, when there is one, serves as a ring of the
- * whole model.
+ * add()'s staging ring: a quarter of a model (at least one piece, at most the
+ * whole model), where stream slot 0 would be (it becomes part of that slot
+ * when a stream opens), so streams add nothing to it. A quarter: sum (2×) +
+ * ring stay well below 3× one model in RSS (a process's RSS moves by 0.5 MB
+ * or more besides); half a model measured no faster under load. A free slot,
+ * when there is one, serves as a ring of the whole model.
  */
-const ringBytesFor = (modelBytes: number, slotBytes: number) => Math.min(slotBytes, Math.max(PIECE, Math.ceil(modelBytes / 2 / PIECE) * PIECE));
+const ringBytesFor = (modelBytes: number, slotBytes: number) => Math.min(slotBytes, Math.max(PIECE, Math.ceil(modelBytes / 4 / PIECE) * PIECE));
 const pagesFor = (bytes: number) => Math.ceil(bytes / PAGE);
 
 /**
@@ -738,7 +739,7 @@ export function releaseFedAvgMemory(): number {
  * accumulated in float64 and rounded to float32 once at the end.
  *
  * Memory, all in the kernel's wasm memory: a staging area (STAGE_BYTES),
- * the float64 sum (8 bytes × params), add()'s ring (half a model) and, once
+ * the float64 sum (8 bytes × params), add()'s ring (a quarter of a model) and, once
  * updates stream (begin...commit), one slot of 4 bytes × params per stream
  * open at once (at most maxInFlight); the ring is the start of slot 0. A slot
  * is reused by the next stream; wasm memory does not shrink, so the slots of
@@ -749,8 +750,8 @@ export function releaseFedAvgMemory(): number {
  * A whole update (add, addEncoded) is checked entirely before any value is
  * folded, so a NaN at the very end changes nothing: its pieces are copied
  * into the ring and checked there; then the pieces still in the ring (the
- * newer half of the update) are folded where they are, and only the older
- * half is copied in again. A free stream slot serves as a ring of a whole
+ * newest quarter of the update) are folded where they are, and only the
+ * older ones are copied in again. A free stream slot serves as a ring of a whole
  * model (one copy); while every slot is busy, the staging area is a ring of
  * one piece. Folding as pieces arrive and undoing on a late NaN would need
  * the old sums of the folded pieces (subtraction is not exact), i.e. another
