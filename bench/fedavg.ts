@@ -22,7 +22,8 @@
 // before each run) and warm (a new aggregator on the memory the previous one
 // handed back with finishWith(), every later round of the same model). Peak
 // RSS growth: measured in fresh child processes per variant (median of
-// three: a process's RSS moves by a few MB with its heap), in which each
+// three; `--single-threaded`: V8's background compiler and GC threads
+// otherwise touch 0-4 MB of their malloc arenas at random moments), in which each
 // update is generated from a seeded generator into one reused buffer
 // (allocated before the baseline sample), for FedAvg after a small run of the
 // same variant (so compiled code is not counted), so the growth is the
@@ -242,7 +243,7 @@ function rssOnce(variant: Variant, params: number, updates: number, chunk: numbe
 function measureRss(variant: Variant, params: number, updates: number, chunk: number): { growth: number; held: number } {
   const root = join(dirname(fileURLToPath(import.meta.url)), '..');
   const code = `import('./bench/fedavg.ts').then(m => m.run(['--rss-child', '${variant}', '--params', '${params}', '--updates', '${updates}', '--chunk', '${chunk}']))`;
-  const runs = [0, 1, 2].map(() => JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '-e', code], { cwd: root, encoding: 'utf8', maxBuffer: 1 << 20 })) as { growth: number; held: number });
+  const runs = [0, 1, 2].map(() => JSON.parse(execFileSync(process.execPath, ['--single-threaded', '--import', 'tsx', '-e', code], { cwd: root, encoding: 'utf8', maxBuffer: 1 << 20 })) as { growth: number; held: number });
   return runs.sort((a, b) => a.growth - b.growth)[1]!;
 }
 
