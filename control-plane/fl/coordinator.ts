@@ -665,9 +665,10 @@ export class FlCoordinator {
     const participants = live.aggregator.participants();
     let bytes: Uint8Array;
     try {
-      const model = live.aggregator.finish();
-      model.meta = { ...(model.meta ?? {}), round: r.spec.round ?? 1, ...(r.spec.federatedJobRef ? { job: r.spec.federatedJobRef.name } : {}) };
-      bytes = encodeModel(model);
+      // encoded inside finishWith: fedavg then keeps its memory for the job's next round
+      bytes = live.aggregator.finishWith((model) =>
+        encodeModel({ ...model, meta: { ...(model.meta ?? {}), round: r.spec.round ?? 1, ...(r.spec.federatedJobRef ? { job: r.spec.federatedJobRef.name } : {}) } }),
+      );
     } catch (e) {
       return this.failRound(r, 'AggregationFailed', (e as Error).message);
     }
