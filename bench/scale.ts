@@ -13,7 +13,7 @@
 // processes share two cores, so tasks/s cannot grow with replicas here; the
 // projection per added core is computed from the CPU per task instead.
 //
-//   npm run bench -- scale [--tasks 2000] [--warmup 100] [--concurrency 32] [--proplets 4]
+//   npm run bench -- scale [--tasks 2000] [--warmup 100] [--concurrency 32] [--proplets 8]
 //        [--max-tasks 1] [--replicas 1,2,3] [--no-embedded] [--time-limit 10m]
 //
 // Fleet (--fleet N): N simulated MCU devices (`propeller sim`, several
@@ -140,6 +140,19 @@ interface Measured {
   /** CPU seconds per 1,000 tasks, per part. */
   per1k: { kind: string; label: string; cpu: number }[];
   clientPer1k: number;
+  /** The store's work over the measured stream, summed over replicas. */
+  store: { commits: number; writes: number; conflicts: number };
+}
+
+/** The store's counters on every replica, summed: commits, row writes, conflicts (another replica's write won). */
+async function storeCounters(s: Setup): Promise<{ commits: number; writes: number; conflicts: number }> {
+  const one = async (x: Serve) => ({
+    commits: await metricOf(x, 'propeller_store_commits_total'),
+    writes: await metricOf(x, 'propeller_store_writes_total'),
+    conflicts: await metricOf(x, 'propeller_store_conflicts_total'),
+  });
+  const all = await Promise.all(s.apis.map(one));
+  return { commits: all.reduce((a, x) => a + x.commits, 0), writes: all.reduce((a, x) => a + x.writes, 0), conflicts: all.reduce((a, x) => a + x.conflicts, 0) };
 }
 
 async function embeddedSetup(r: Resources, o: { proplets: number; maxTasks: number }): Promise<Setup> {
@@ -203,6 +216,7 @@ async function finished(s: Setup, total: number, ms: number): Promise<void> {
 async function measure(s: Setup, replicas: number, o: { tasks: number; warmup: number; concurrency: number; file: string }, left: (w: string) => number): Promise<Measured> {
   const warmErrors = await stream(s, 0, o.warmup, o.concurrency, o.file);
   await finished(s, o.warmup - warmErrors, left('warm-up'));
+  const st0 = await storeCounters(s);
   const cpu0 = s.parts.map((p) => p.cpu());
   const self0 = process.cpuUsage();
   const t0 = performance.now();
@@ -213,7 +227,9 @@ async function measure(s: Setup, replicas: number, o: { tasks: number; warmup: n
   const done = o.tasks - errors;
   const per1k = s.parts.map((p, i) => ({ kind: p.kind, label: p.label, cpu: ((p.cpu() - cpu0[i]!) * 1000) / done }));
   const failed = await counted(s.apis[0]!, 'Failed');
-  const m = { name: s.name, replicas, tps: done / wallS, wallS, errors, failed, load: load(), per1k, clientPer1k: ((self.user + self.system) / 1e6 / done) * 1000 };
+  const st1 = await storeCounters(s);
+  const store = { commits: st1.commits - st0.commits, writes: st1.writes - st0.writes, conflicts: st1.conflicts - st0.conflicts };
+  const m = { store, name: s.name, replicas, tps: done / wallS, wallS, errors, failed, load: load(), per1k, clientPer1k: ((self.user + self.system) / 1e6 / done) * 1000 };
   console.log(`${s.name}: ${fmt(m.tps)} tasks/s (${done} in ${fmt(wallS)} s, ${errors} POST errors, ${failed} failed), load ${m.load}`);
   return m;
 }
@@ -282,6 +298,15 @@ function report(results: Measured[], cores: number): void {
       sumKind(m, 'plane') + sumKind(m, 'mosquitto') + sumKind(m, 'postgres') + sumKind(m, 'proplet') + m.clientPer1k,
       m.load,
     ]),
+  );
+
+  console.log('\nThe store over the measured stream (all replicas):\n');
+  printTable(
+    ['configuration', 'commits per task', 'row writes per task', 'conflicts per 1,000 tasks'],
+    results.map((m) => {
+      const done = m.tps * m.wallS;
+      return [m.name, m.store.commits / done, m.store.writes / done, (m.store.conflicts * 1000) / done];
+    }),
   );
 
   console.log(`\nProjection per added core (from the CPU per task above; measured tasks/s cannot grow here: ${cores} cores are shared by every process of the run and by the rest of the machine):\n`);
@@ -519,7 +544,7 @@ export async function run(argv: string[]): Promise<void> {
       tasks: { type: 'string', default: '2000' },
       warmup: { type: 'string', default: '100' },
       concurrency: { type: 'string', default: '32' },
-      proplets: { type: 'string', default: '4' },
+      proplets: { type: 'string', default: '8' },
       'max-tasks': { type: 'string', default: '1' },
       replicas: { type: 'string', default: '1,2,3' },
       'no-embedded': { type: 'boolean', default: false },
