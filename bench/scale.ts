@@ -38,7 +38,7 @@ import { parseDuration } from '../control-plane/config.ts';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { startMosquitto, type Mosquitto } from '../test/helpers/mosquitto.ts';
 import { startPostgres, type Postgres } from '../test/helpers/postgres.ts';
-import { BIN, metricOf, startProplet, startServe, type Proc, type Serve } from '../test/helpers/procs.ts';
+import { BIN, metricOf, startProplet, startServe, type Serve } from '../test/helpers/procs.ts';
 import { freePort } from '../test/helpers/stack.ts';
 import { childrenNamed, cpuSeconds, rssBytes, treeCpuSeconds } from './procstat.ts';
 import { fmt, printTable } from './stats.ts';
@@ -112,6 +112,24 @@ const replicaArgs = async (r: Resources, broker: string, store: string, extra: s
   ...extra,
 ];
 
+/**
+ * A series on a replica's /metrics. A dropped keep-alive connection on a busy machine is retried;
+ * a replica that died ends the run with its last words.
+ */
+async function metric(s: Serve, series: string): Promise<number> {
+  for (let attempt = 1; ; attempt++) {
+    if (s.proc.exitCode !== null || s.proc.signalCode !== null) {
+      throw new Error(`serve (pid ${s.proc.pid}) exited ${s.proc.exitCode ?? s.proc.signalCode}: ${JSON.stringify(s.logs.filter((l) => l.level !== 'debug' && l.level !== 'info').slice(-5))}`);
+    }
+    try {
+      return await metricOf(s, series);
+    } catch (e) {
+      if (attempt >= 5) throw e;
+      await sleep(500);
+    }
+  }
+}
+
 const owns = (s: Serve) => s.logs.some((l) => l.msg === 'lease acquired');
 
 // ---------------------------------------------------------------------------
@@ -147,9 +165,9 @@ interface Measured {
 /** The store's counters on every replica, summed: commits, row writes, conflicts (another replica's write won). */
 async function storeCounters(s: Setup): Promise<{ commits: number; writes: number; conflicts: number }> {
   const one = async (x: Serve) => ({
-    commits: await metricOf(x, 'propeller_store_commits_total'),
-    writes: await metricOf(x, 'propeller_store_writes_total'),
-    conflicts: await metricOf(x, 'propeller_store_conflicts_total'),
+    commits: await metric(x, 'propeller_store_commits_total'),
+    writes: await metric(x, 'propeller_store_writes_total'),
+    conflicts: await metric(x, 'propeller_store_conflicts_total'),
   });
   const all = await Promise.all(s.apis.map(one));
   return { commits: all.reduce((a, x) => a + x.commits, 0), writes: all.reduce((a, x) => a + x.writes, 0), conflicts: all.reduce((a, x) => a + x.conflicts, 0) };
@@ -164,7 +182,7 @@ async function embeddedSetup(r: Resources, o: { proplets: number; maxTasks: numb
     const p = r.add(await startProplet(['--id', id, `--secret=${secret}`, '--broker', serve.brokerUrl, '--max-tasks', String(o.maxTasks), '--heartbeat', '5s']));
     parts.push({ kind: 'proplet', label: `node proplet ${i}`, cpu: () => cpuSeconds(p.proc.pid!) });
   }
-  await poll(async () => (await metricOf(serve, 'propeller_proplets_total{state="alive",type="external"}')) === o.proplets, 100, 60_000, 'the proplets alive');
+  await poll(async () => (await metric(serve, 'propeller_proplets_total{state="alive",type="external"}')) === o.proplets, 100, 60_000, 'the proplets alive');
   return { name: 'embedded (1 process)', apis: [serve], parts };
 }
 
@@ -180,7 +198,7 @@ async function replicaSetup(r: Resources, k: number, mq: { broker: Mosquitto; pi
     const p = r.add(await startProplet(['--id', `scale${k}-p${i}`, '--broker', mq.broker.url, '--max-tasks', String(o.maxTasks), '--heartbeat', '5s', ...domain]));
     parts.push({ kind: 'proplet', label: `node proplet ${i}`, cpu: () => cpuSeconds(p.proc.pid!) });
   }
-  const alive = (s: Serve) => metricOf(s, 'propeller_proplets_total{state="alive",type="external"}');
+  const alive = (s: Serve) => metric(s, 'propeller_proplets_total{state="alive",type="external"}');
   await poll(async () => (await Promise.all(replicas.map(alive))).every((n) => n === o.proplets), 100, 60_000, 'every replica sees the proplets');
   parts.push({ kind: 'mosquitto', label: 'Mosquitto', cpu: () => cpuSeconds(mq.pid) });
   if (pg.pid) parts.push({ kind: 'postgres', label: 'PostgreSQL (server + backends)', cpu: () => treeCpuSeconds(pg.pid!()) });
@@ -205,7 +223,7 @@ async function stream(s: Setup, from: number, n: number, concurrency: number, fi
   return errors;
 }
 
-const counted = (s: Serve, state: string) => metricOf(s, `propeller_tasks_total{state="${state}"}`);
+const counted = (s: Serve, state: string) => metric(s, `propeller_tasks_total{state="${state}"}`);
 
 /** Until every replica counts `total` tasks finished (Completed or Failed). */
 async function finished(s: Setup, total: number, ms: number): Promise<void> {
@@ -467,11 +485,13 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
     // a busy owner that misses its renewals loses the lease to another: counted, not hidden
     const leaseMoves = () => replicas.reduce((a, s) => a + s.logs.filter((l) => l.msg === 'lease acquired').length, 0) - 1;
     const rss0 = replicas.map((s) => rssBytes(s.proc.pid!));
-    const alive = (s: Serve) => metricOf(s, 'propeller_proplets_total{state="alive",type="external"}');
+    const alive = (s: Serve) => metric(s, 'propeller_proplets_total{state="alive",type="external"}');
 
     // registration: every replica hears every registration (plain subscriptions) and keeps its own view
     const simsRun: Sim[] = [];
     const cpuR0 = replicas.map((s) => cpuSeconds(s.proc.pid!));
+    const pgReg0 = pg.pid ? treeCpuSeconds(pg.pid()) : NaN;
+    const mqReg0 = mqs.map((m) => cpuSeconds(m.pid));
     const t0 = performance.now();
     for (const [i, { devices, broker }] of plan.entries()) {
       const ids = Array.from({ length: devices }, (_, j) => `f${i}-${String(j + 1).padStart(5, '0')}`);
@@ -491,11 +511,13 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
     );
     const registeredMs = Math.max(...registeredAt.values());
     const regCpu = replicas.map((s, i) => cpuSeconds(s.proc.pid!) - cpuR0[i]!);
+    const pgReg = pg.pid ? treeCpuSeconds(pg.pid()) - pgReg0 : NaN;
+    const mqReg = mqs.map((m, i) => cpuSeconds(m.pid) - mqReg0[i]!);
     const rssReg = replicas.map((s) => rssBytes(s.proc.pid!));
     console.log(`registered: ${n} devices alive on every replica in ${fmt(registeredMs / 1000)} s (${replicas.map((s) => `${name(s)} ${fmt(registeredAt.get(s)! / 1000)} s`).join(', ')}), load ${load()}`);
 
     // steady state: heartbeats only; no scrapes meanwhile (a scrape lists every proplet)
-    const transitions = async (s: Serve) => (await metricOf(s, 'propeller_proplet_transitions_total{to="offline"}')) + (await metricOf(s, 'propeller_proplet_transitions_total{to="failed"}'));
+    const transitions = async (s: Serve) => (await metric(s, 'propeller_proplet_transitions_total{to="offline"}')) + (await metric(s, 'propeller_proplet_transitions_total{to="failed"}'));
     const tr0 = await Promise.all(replicas.map(transitions));
     const cpuS0 = replicas.map((s) => cpuSeconds(s.proc.pid!));
     const mqCpu0 = mqs.map((m) => cpuSeconds(m.pid));
@@ -531,8 +553,8 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
           String(aliveEnd[i]!),
           String(falseOffline[i]!),
         ]),
-        ...mqs.map((m, i) => [`Mosquitto ${i === 0 ? 'core' : `edge ${i}`}`, '', '', '', '', rssBytes(m.pid) / MiB, '', (mqCpu[i]! / wall) * 100, '', '', '']),
-        ['PostgreSQL (server + backends)', '', '', '', '', '', '', (pgCpu / wall) * 100, '', '', ''],
+        ...mqs.map((m, i) => [`Mosquitto ${i === 0 ? 'core' : `edge ${i}`}`, '', mqReg[i]!, '', '', rssBytes(m.pid) / MiB, '', (mqCpu[i]! / wall) * 100, '', '', '']),
+        ['PostgreSQL (server + backends)', '', pgReg, '', '', '', '', (pgCpu / wall) * 100, '', '', ''],
         ...simsRun.map((s, i) => [`sim ${i + 1} (${s.devices} devices on ${s.broker})`, '', '', '', '', rssBytes(s.proc.pid!) / MiB, (rssBytes(s.proc.pid!) / s.devices / 1024), (simCpu[i]! / wall) * 100, '', '', '']),
       ],
     );
