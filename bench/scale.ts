@@ -510,6 +510,7 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
       `${n} devices alive on every replica`,
     );
     const registeredMs = Math.max(...registeredAt.values());
+    const movesRegistering = leaseMoves();
     const regCpu = replicas.map((s, i) => cpuSeconds(s.proc.pid!) - cpuR0[i]!);
     const pgReg = pg.pid ? treeCpuSeconds(pg.pid()) - pgReg0 : NaN;
     const mqReg = mqs.map((m, i) => cpuSeconds(m.pid) - mqReg0[i]!);
@@ -561,7 +562,7 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
     for (const [i, s] of simsRun.entries()) console.log(`sim ${i + 1}: ${s.lastLine}`);
     const total = falseOffline.reduce((a, b) => a + b, 0);
     const allAlive = aliveEnd.every((x) => x === n);
-    console.log(`\nlease changed hands ${leaseMoves()} time(s) during the run`);
+    console.log(`\nthe lease (5 s) changed hands ${movesRegistering} time(s) during registration and ${leaseMoves() - movesRegistering} in the steady phase: an owner that misses its renewals (event loop or database slow) hands it over`);
     console.log(`goal: zero false offline over ${periods} heartbeat periods on every replica: ${total === 0 && allAlive ? 'met' : 'NOT met'} (${total} transitions; alive ${aliveEnd.join(', ')} of ${n})`);
   } finally {
     await r.close();
