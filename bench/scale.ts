@@ -369,7 +369,7 @@ function report(results: Measured[], cores: number): void {
       'so an added core gives',
       o.slope > 0 ? 'less throughput' : 'more throughput',
       o.slope > 0
-        ? 'every replica adopts every change through the feed and its writes conflict with the owner\'s (see the conflicts above): replicas buy availability and API capacity, not task throughput'
+        ? 'every replica adopts every change through the feed, and a task\'s rows are written by several replicas (placement on the owner, results wherever $share hands them) and conflict (above): replicas buy availability and API capacity, not task throughput'
         : `up to ${fmt(1000 / o.at(rep.at(-1)!.replicas + 1) - 1000 / o.at(rep.at(-1)!.replicas))} tasks/s more with the next replica`,
     ]);
   }
