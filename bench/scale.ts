@@ -28,7 +28,7 @@
 //   npm run bench -- scale --fleet 20000 [--fleet-replicas 2] [--per-sim 10000] [--per-broker 15000]
 //        [--heartbeat 10s] [--periods 4] [--connect-rate 1000] [--time-limit 10m]
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -446,9 +446,10 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
   const heartbeatMs = parseDuration('--heartbeat', values.heartbeat as string);
   const periods = Number(values.periods);
   const rate = Number(values['connect-rate']);
-  // a process may hold this many descriptors here (ulimit -n, not raisable): each sim and each broker stays below it
-  const FD_ROOM = 19_000;
-  if (!(n > 0 && k > 0 && perSim > 0 && perSim <= FD_ROOM && perBroker > 0 && perBroker <= FD_ROOM)) throw new Error(`--fleet, --fleet-replicas > 0; --per-sim and --per-broker from 1 to ${FD_ROOM} (file descriptors per process)`);
+  // each sim and each broker stays below the descriptors a process may hold (ulimit -n: 20,000 here, not raisable), with room for the rest
+  const limit = execFileSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).trim();
+  const FD_ROOM = limit === 'unlimited' ? 1_000_000 : Number(limit) - 1000;
+  if (!(n > 0 && k > 0 && perSim > 0 && perSim <= FD_ROOM && perBroker > 0 && perBroker <= FD_ROOM)) throw new Error(`--fleet, --fleet-replicas > 0; --per-sim and --per-broker from 1 to ${FD_ROOM} (ulimit -n ${limit}, less 1,000)`);
   // each sim process on a broker with room for all its devices; a new edge broker when none has
   const plan: { devices: number; broker: number }[] = [];
   const onBroker: number[] = [];
