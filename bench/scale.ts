@@ -483,7 +483,7 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
     await poll(async () => replicas.some(owns), 100, left('a lease owner'), 'a lease owner');
     const firstOwner = replicas.find(owns)!;
     const name = (s: Serve) => `replica ${replicas.indexOf(s) + 1}${s === firstOwner ? ' (owner at start)' : ''}`;
-    // a busy owner that misses its renewals loses the lease to another: counted, not hidden
+    // a busy owner that misses its renewals loses the lease (to another replica, or takes it again): counted, not hidden
     const leaseMoves = () => replicas.reduce((a, s) => a + s.logs.filter((l) => l.msg === 'lease acquired').length, 0) - 1;
     const rss0 = replicas.map((s) => rssBytes(s.proc.pid!));
     const alive = (s: Serve) => metric(s, 'propeller_proplets_total{state="alive",type="external"}');
@@ -563,7 +563,7 @@ async function fleet(values: Record<string, string | boolean | undefined>): Prom
     for (const [i, s] of simsRun.entries()) console.log(`sim ${i + 1}: ${s.lastLine}`);
     const total = falseOffline.reduce((a, b) => a + b, 0);
     const allAlive = aliveEnd.every((x) => x === n);
-    console.log(`\nthe lease (5 s) changed hands ${movesRegistering} time(s) during registration and ${leaseMoves() - movesRegistering} in the steady phase: an owner that misses its renewals (event loop or database slow) hands it over`);
+    console.log(`\nthe lease (5 s) was lost and taken again (by another replica or the same) ${movesRegistering} time(s) during registration and ${leaseMoves() - movesRegistering} in the steady phase: an owner that misses its renewals (event loop or database slow) loses it`);
     console.log(`goal: zero false offline over ${periods} heartbeat periods on every replica: ${total === 0 && allAlive ? 'met' : 'NOT met'} (${total} transitions; alive ${aliveEnd.join(', ')} of ${n})`);
   } finally {
     await r.close();
