@@ -160,6 +160,26 @@ interface Measured {
   clientPer1k: number;
   /** The store's work over the measured stream, summed over replicas. */
   store: { commits: number; writes: number; conflicts: number };
+  /** Conflicting rows each replica logged over the stream, by kind of row (task, proplet…). */
+  conflictRows: string;
+}
+
+/** Rows named by the store's conflict logs of each replica since `from` (its log index): who loses, and on what. */
+function conflictRows(s: Setup, from: number[]): string {
+  return s.apis
+    .map((x, i) => {
+      const kinds = new Map<string, number>();
+      for (const l of x.logs.slice(from[i])) {
+        if (typeof l.msg !== 'string' || !l.msg.startsWith('store write conflict')) continue;
+        for (const row of (l.rows as string[] | undefined) ?? []) {
+          const kind = row.split('/')[0]!;
+          kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+        }
+      }
+      const label = s.parts.find((p) => p.kind === 'plane' && p.label.startsWith(`replica ${i + 1}`))?.label ?? `process ${i + 1}`;
+      return `${label}: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ') || 'none'}`;
+    })
+    .join('; ');
 }
 
 /** The store's counters on every replica, summed: commits, row writes, conflicts (another replica's write won). */
@@ -235,6 +255,7 @@ async function measure(s: Setup, replicas: number, o: { tasks: number; warmup: n
   const warmErrors = await stream(s, 0, o.warmup, o.concurrency, o.file);
   await finished(s, o.warmup - warmErrors, left('warm-up'));
   const st0 = await storeCounters(s);
+  const logsAt = s.apis.map((x) => x.logs.length);
   const cpu0 = s.parts.map((p) => p.cpu());
   const self0 = process.cpuUsage();
   const t0 = performance.now();
@@ -247,7 +268,7 @@ async function measure(s: Setup, replicas: number, o: { tasks: number; warmup: n
   const failed = await counted(s.apis[0]!, 'Failed');
   const st1 = await storeCounters(s);
   const store = { commits: st1.commits - st0.commits, writes: st1.writes - st0.writes, conflicts: st1.conflicts - st0.conflicts };
-  const m = { store, name: s.name, replicas, tps: done / wallS, wallS, errors, failed, load: load(), per1k, clientPer1k: ((self.user + self.system) / 1e6 / done) * 1000 };
+  const m = { store, conflictRows: conflictRows(s, logsAt), name: s.name, replicas, tps: done / wallS, wallS, errors, failed, load: load(), per1k, clientPer1k: ((self.user + self.system) / 1e6 / done) * 1000 };
   console.log(`${s.name}: ${fmt(m.tps)} tasks/s (${done} in ${fmt(wallS)} s, ${errors} POST errors, ${failed} failed), load ${m.load}`);
   return m;
 }
@@ -320,10 +341,10 @@ function report(results: Measured[], cores: number): void {
 
   console.log('\nThe store over the measured stream (all replicas):\n');
   printTable(
-    ['configuration', 'commits per task', 'row writes per task', 'conflicts per 1,000 tasks'],
+    ['configuration', 'commits per task', 'row writes per task', 'conflicts per 1,000 tasks', 'conflicting rows logged (who lost, on what)'],
     results.map((m) => {
       const done = m.tps * m.wallS;
-      return [m.name, m.store.commits / done, m.store.writes / done, (m.store.conflicts * 1000) / done];
+      return [m.name, m.store.commits / done, m.store.writes / done, (m.store.conflicts * 1000) / done, m.conflictRows];
     }),
   );
 
