@@ -241,9 +241,14 @@ export class MirrorStore implements Store {
   private schedule(): void {
     // a running flush loops until the queue is empty; a pending retry waits its turn
     if (this.immediate || this.retry || this.flushing || this.closed) return;
+    // Commit one turn later than the first write: what that turn's own setImmediate callbacks
+    // write joins the same transaction (a task created and started is placed in a setImmediate:
+    // its Scheduled write then shares the commit of its creation, one transaction instead of two).
     this.immediate = setImmediate(() => {
-      this.immediate = undefined;
-      void this.flush().catch(() => {});
+      this.immediate = setImmediate(() => {
+        this.immediate = undefined;
+        void this.flush().catch(() => {});
+      });
     });
   }
 
