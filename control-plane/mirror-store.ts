@@ -1,7 +1,8 @@
 // The durable store's core, shared by SQLite and PostgreSQL: reads are served
 // synchronously from an in-memory mirror loaded at open; writes update the
-// mirror at once and are queued, then committed once per tick in ONE
-// transaction (group commit). Each row carries a version and every write is
+// mirror at once and are queued, then committed together in ONE transaction
+// a millisecond after the first of them, or at once when someone flushes
+// (group commit). Each row carries a version and every write is
 // guarded by the version this process last saw (optimistic concurrency, like
 // Kubernetes' resourceVersion): a write that lost to another writer is counted,
 // logged and dropped, and the row is reloaded — never silently overwritten.
@@ -33,6 +34,9 @@ interface TaskEntry {
 
 type Undo = () => void;
 type NewIntent = Intent extends infer I ? (I extends Intent ? Omit<I, 'epoch'> : never) : never;
+
+/** How long the first write waits for others to share its commit (writes nobody awaits; flush() commits at once). */
+const GROUP_WINDOW_MS = 1;
 
 const keyOf = (kind: string, id: string) => `${kind}\u0000${id}`;
 const splitKey = (key: string): RowKey => {
@@ -67,7 +71,7 @@ export class MirrorStore implements Store {
   /** The group `atomically` is building, and how to undo it in the mirror. */
   private open?: { intents: Intent[]; undo: Undo[] };
   private flushing?: Promise<void>;
-  private immediate?: NodeJS.Immediate;
+  private groupTimer?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
   private closed = false;
   private readonly log: Logger;
@@ -240,16 +244,15 @@ export class MirrorStore implements Store {
 
   private schedule(): void {
     // a running flush loops until the queue is empty; a pending retry waits its turn
-    if (this.immediate || this.retry || this.flushing || this.closed) return;
-    // Commit one turn later than the first write: what that turn's own setImmediate callbacks
-    // write joins the same transaction (a task created and started is placed in a setImmediate:
-    // its Scheduled write then shares the commit of its creation, one transaction instead of two).
-    this.immediate = setImmediate(() => {
-      this.immediate = setImmediate(() => {
-        this.immediate = undefined;
-        void this.flush().catch(() => {});
-      });
-    });
+    if (this.groupTimer || this.retry || this.flushing || this.closed) return;
+    // Commit GROUP_WINDOW_MS after the first write rather than at the end of its turn: the
+    // writes of the next few turns join the transaction (a task's placement, its Running and
+    // its result are one commit instead of three). Nobody waits for it: whoever must see a
+    // write committed (an API answer, a replica's start) calls flush(), which commits at once.
+    this.groupTimer = setTimeout(() => {
+      this.groupTimer = undefined;
+      void this.flush().catch(() => {});
+    }, GROUP_WINDOW_MS);
   }
 
   /** Resolves when everything queued before the call is in the database (later writes need not wait). */
@@ -434,9 +437,9 @@ export class MirrorStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    clearImmediate(this.immediate);
+    clearTimeout(this.groupTimer);
     clearTimeout(this.retry);
-    this.immediate = this.retry = undefined;
+    this.groupTimer = this.retry = undefined;
     // a graceful stop loses nothing: drain, retrying while the database is away for a while
     for (let attempt = 0; ; attempt++) {
       try {
