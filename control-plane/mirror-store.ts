@@ -263,7 +263,8 @@ export class MirrorStore implements Store {
         await this.flushing.catch(() => {});
         continue;
       }
-      this.flushing = this.commitQueued();
+      // at the end of this turn: every caller waiting now, and what this turn still writes, share the commit
+      this.flushing = new Promise<void>((r) => setImmediate(r)).then(() => this.commitQueued());
       try {
         await this.flushing;
       } finally {
