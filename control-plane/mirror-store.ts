@@ -1,8 +1,8 @@
 // The durable store's core, shared by SQLite and PostgreSQL: reads are served
 // synchronously from an in-memory mirror loaded at open; writes update the
 // mirror at once and are queued, then committed together in ONE transaction
-// a millisecond after the first of them, or at once when someone flushes
-// (group commit). Each row carries a version and every write is
+// a millisecond after the first of them, or at the end of the turn in which
+// someone waits for them (flush): group commit. Each row carries a version and every write is
 // guarded by the version this process last saw (optimistic concurrency, like
 // Kubernetes' resourceVersion): a write that lost to another writer is counted,
 // logged and dropped, and the row is reloaded — never silently overwritten.
@@ -35,7 +35,7 @@ interface TaskEntry {
 type Undo = () => void;
 type NewIntent = Intent extends infer I ? (I extends Intent ? Omit<I, 'epoch'> : never) : never;
 
-/** How long the first write waits for others to share its commit (writes nobody awaits; flush() commits at once). */
+/** How long the first write waits for others to share its commit (writes nobody awaits: flush() does not wait for it). */
 const GROUP_WINDOW_MS = 1;
 
 const keyOf = (kind: string, id: string) => `${kind}\u0000${id}`;
@@ -248,7 +248,7 @@ export class MirrorStore implements Store {
     // Commit GROUP_WINDOW_MS after the first write rather than at the end of its turn: the
     // writes of the next few turns join the transaction (a task's placement, its Running and
     // its result are one commit instead of three). Nobody waits for it: whoever must see a
-    // write committed (an API answer, a replica's start) calls flush(), which commits at once.
+    // write committed (an API answer, a replica's start) calls flush(), which commits at the end of its turn.
     this.groupTimer = setTimeout(() => {
       this.groupTimer = undefined;
       void this.flush().catch(() => {});
