@@ -550,13 +550,14 @@ export class FlCoordinator {
           live.graceTimers.add(timer);
           break;
         }
+        // closing a round is the owner's: a paused ex-owner's close is refused when it commits
         case 'aggregate': {
           const live = this.live.get(name);
-          if (live) this.aggregate(r, live);
+          if (live) this.o.store.asOwner(() => this.aggregate(r, live));
           break;
         }
         case 'fail-round':
-          if (!isFinal(r)) this.failRound(r, c.reason, c.message);
+          if (!isFinal(r)) this.o.store.asOwner(() => this.failRound(r, c.reason, c.message));
           break;
         case 'fold':
           break; // only from applyUpdate, which folds itself
