@@ -2,8 +2,8 @@
 // synchronously from an in-memory mirror loaded at open; writes update the
 // mirror at once and are queued, then committed together in ONE transaction
 // a millisecond after the first of them, or at the end of the turn in which
-// someone waits for them (flush): group commit. Each row carries a version and every write is
-// guarded by the version this process last saw (optimistic concurrency, like
+// someone waits for them (flush): group commit. Each row carries a version
+// and every write is guarded by the version this process last saw (optimistic concurrency, like
 // Kubernetes' resourceVersion): a write that lost to another writer is counted,
 // logged and dropped, and the row is reloaded — never silently overwritten.
 
