@@ -133,6 +133,8 @@ export class HttpApi {
   private server: Server;
   private routes: Route[] = [];
   private mounts: { handler: RawHandler; open: boolean }[] = [];
+  /** Requests waiting (?wait=) for a task to finish, by task id. */
+  private waiters = new Map<string, Set<() => void>>();
 
   constructor(private o: HttpApiOptions) {
     if (!o.token && o.noAuth !== true) throw new Error('HttpApi: give a token, or noAuth: true to serve without one');
@@ -142,6 +144,7 @@ export class HttpApi {
         if (!res.headersSent) res.writeHead(500).end();
       });
     });
+    o.tasks.on('changed', this.onTaskChanged);
     this.server.headersTimeout = 30_000;
     this.server.requestTimeout = 120_000;
     this.defineRoutes();
@@ -164,6 +167,7 @@ export class HttpApi {
   }
 
   async close(): Promise<void> {
+    this.o.tasks.off('changed', this.onTaskChanged);
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -501,16 +505,24 @@ or the same URL with the token from the data directory's <code>api.token</code> 
     await new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
-        this.o.tasks.off('changed', onChange);
+        const set = this.waiters.get(id);
+        set?.delete(done);
+        if (set?.size === 0) this.waiters.delete(id);
         resolve();
       };
-      const onChange = (x: Task) => {
-        if (x.id === id && TERMINAL.has(x.state)) done();
-      };
       const timer = setTimeout(done, ms);
-      this.o.tasks.on('changed', onChange);
+      let set = this.waiters.get(id);
+      if (!set) this.waiters.set(id, (set = new Set()));
+      set.add(done);
     });
   }
+
+  /** Wakes the requests waiting for this task to finish (one listener for all: a change costs O(1), not O(waiting requests)). */
+  private onTaskChanged = (t: Task): void => {
+    if (!TERMINAL.has(t.state)) return;
+    const set = this.waiters.get(t.id);
+    if (set) for (const done of [...set]) done();
+  };
 
   async read(req: IncomingMessage, limit: number): Promise<Buffer> {
     const declared = Number(req.headers['content-length']);

@@ -1,8 +1,9 @@
 // The durable store's core, shared by SQLite and PostgreSQL: reads are served
 // synchronously from an in-memory mirror loaded at open; writes update the
-// mirror at once and are queued, then committed once per tick in ONE
-// transaction (group commit). Each row carries a version and every write is
-// guarded by the version this process last saw (optimistic concurrency, like
+// mirror at once and are queued, then committed together in ONE transaction
+// a millisecond after the first of them, or at the end of the turn in which
+// someone waits for them (flush): group commit. Each row carries a version
+// and every write is guarded by the version this process last saw (optimistic concurrency, like
 // Kubernetes' resourceVersion): a write that lost to another writer is counted,
 // logged and dropped, and the row is reloaded — never silently overwritten.
 
@@ -40,6 +41,9 @@ interface TaskEntry {
 type Undo = () => void;
 type NewIntent = Intent extends infer I ? (I extends Intent ? Omit<I, 'epoch' | 'fence'> : never) : never;
 
+/** How long the first write waits for others to share its commit (writes nobody awaits: flush() does not wait for it). */
+const GROUP_WINDOW_MS = 1;
+
 const keyOf = (kind: string, id: string) => `${kind}\u0000${id}`;
 const splitKey = (key: string): RowKey => {
   const i = key.indexOf('\u0000');
@@ -73,7 +77,7 @@ export class MirrorStore implements Store {
   /** The group `atomically` is building, and how to undo it in the mirror. */
   private open?: { intents: Intent[]; undo: Undo[] };
   private flushing?: Promise<void>;
-  private immediate?: NodeJS.Immediate;
+  private groupTimer?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
   private closed = false;
   /** Set inside asOwner: the fence its writes carry. */
@@ -265,11 +269,15 @@ export class MirrorStore implements Store {
 
   private schedule(): void {
     // a running flush loops until the queue is empty; a pending retry waits its turn
-    if (this.immediate || this.retry || this.flushing || this.closed) return;
-    this.immediate = setImmediate(() => {
-      this.immediate = undefined;
+    if (this.groupTimer || this.retry || this.flushing || this.closed) return;
+    // Commit GROUP_WINDOW_MS after the first write rather than at the end of its turn: the
+    // writes of the next few turns join the transaction (a task's placement, its Running and
+    // its result are one commit instead of three). Nobody waits for it: whoever must see a
+    // write committed (an API answer, a replica's start) calls flush(), which commits at the end of its turn.
+    this.groupTimer = setTimeout(() => {
+      this.groupTimer = undefined;
       void this.flush().catch(() => {});
-    });
+    }, GROUP_WINDOW_MS);
   }
 
   /** Resolves when everything queued before the call is in the database (later writes need not wait). */
@@ -280,7 +288,8 @@ export class MirrorStore implements Store {
         await this.flushing.catch(() => {});
         continue;
       }
-      this.flushing = this.commitQueued();
+      // at the end of this turn: every caller waiting now, and what this turn still writes, share the commit
+      this.flushing = new Promise<void>((r) => setImmediate(r)).then(() => this.commitQueued());
       try {
         await this.flushing;
       } finally {
@@ -480,9 +489,9 @@ export class MirrorStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    clearImmediate(this.immediate);
+    clearTimeout(this.groupTimer);
     clearTimeout(this.retry);
-    this.immediate = this.retry = undefined;
+    this.groupTimer = this.retry = undefined;
     // a graceful stop loses nothing: drain, retrying while the database is away for a while
     for (let attempt = 0; ; attempt++) {
       try {
