@@ -40,6 +40,12 @@ export interface Profile {
   aliveOnFinish?: boolean;
   /** How long a stop that arrived before its start is remembered (default 60 s). */
   stopMemoryMs?: number;
+  /**
+   * Final results of the last attempts that ended here, kept to answer the control plane's
+   * "how did it end?" (a stop for an attempt that ended) when the first copy was lost,
+   * e.g. published into a broker that had just restarted empty (default 64; 0 keeps none).
+   */
+  retainedResults?: number;
 }
 
 /** Fields of a final result, without the identity and attempt the core fills in. */
@@ -106,6 +112,8 @@ export class PropletCore<P> {
   private readonly stops = new Map<string, { attempt?: number; at: number }>();
   /** Attempts that ended here: a redelivered start (QoS 1) for one of them is not run again. */
   private readonly ended = new Map<string, true>();
+  /** The final results of the last `retainedResults` of those attempts, by run key, oldest first. */
+  private readonly retained = new Map<string, Result>();
   private readonly outbox: Result[] = [];
   private online = false;
 
@@ -211,6 +219,9 @@ export class PropletCore<P> {
     this.stops.set(e.id, { attempt: e.attempt, at: e.now });
     trim(this.stops);
     const h = this.tasks.get(e.id);
+    // it ended here: the control plane asks because it never heard how; say it again
+    const kept = !h && e.attempt !== undefined ? this.retained.get(runKey(e.id, e.attempt)) : undefined;
+    if (kept) return this.publish(kept);
     if (!h) return [{ t: 'ignored', id: e.id, reason: 'unknown_task', detail: 'remembered in case its start follows' }];
     // a stop for an old attempt (reconciliation) must not end the current one
     if (!compatible(e.attempt, h.attempt)) return [{ t: 'ignored', id: e.id, reason: 'stale_attempt', detail: `stop for attempt ${e.attempt}, running ${h.attempt}` }];
@@ -270,9 +281,17 @@ export class PropletCore<P> {
     }
     const result: Result = { ...this.base(h.id, h.attempt), ...o };
     if (h.fl) result.fl = true;
+    if (h.attempt !== undefined) this.retain(h.key, result);
     const out = this.publish(result);
     if ((this.profile.aliveOnFinish ?? true) && this.online) out.push({ t: 'alive', running: this.running() });
     return out;
+  }
+
+  private retain(key: string, result: Result): void {
+    const keep = this.profile.retainedResults ?? 64;
+    if (keep <= 0) return;
+    this.retained.set(key, result);
+    while (this.retained.size > keep) this.retained.delete(this.retained.keys().next().value!);
   }
 
   private refusal(id: string, attempt: number | undefined, reason: string): Command<P>[] {

@@ -149,6 +149,8 @@ interface Run {
 
 /** Final results kept while offline, at most. */
 const OUTBOX = 16;
+/** Final results kept after they went out, to answer a control plane that never heard them (RAM is scarce: a few). */
+const RETAINED = 4;
 
 /** The profile's defaults: docs/mcu.md lists them from here. */
 export const MCU_DEFAULTS = {
@@ -250,6 +252,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
       maxModuleBytes: this.profile.maxModuleBytes,
       ramBudgetBytes: budget,
       outboxSize: OUTBOX,
+      retainedResults: RETAINED,
     });
     this.backoff = new Backoff(o.backoff, o.random);
     this.ownRunner = o.runner === undefined;
