@@ -64,6 +64,11 @@ export interface TaskServiceOptions {
    * still be queued on its side of the reconnect. Default 30 s.
    */
   restartGraceMs?: number;
+  /**
+   * How long a proplet asked about an attempt it no longer reports (a stop for it) may take to
+   * answer with the result it kept, before the task is placed again (default reconcileGraceMs).
+   */
+  askGraceMs?: number;
   /** PropletGroups by name, for tasks that name one. */
   groups?: (name: string) => PropletGroup | undefined;
   /** How long finished tasks and scheduled runs are kept (default: 24 h; 3 successful and 1 failed run per schedule). */
@@ -110,6 +115,9 @@ export class TaskService extends EventEmitter<TaskEvents> {
   readonly maxAttempts: number;
   readonly reconcileGraceMs: number;
   readonly restartGraceMs: number;
+  readonly askGraceMs: number;
+  /** Attempts a proplet no longer reports, asked how they ended: placed again when no answer comes in time. */
+  private readonly asked = new Map<string, NodeJS.Timeout>();
   readonly defaultTimeoutMs: number;
   /** When this control plane (re)started: attempts begun before it get restartGraceMs. */
   private startedAt: number;
@@ -122,6 +130,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.defaultTimeoutMs = o.defaultTimeoutMs ?? 60_000;
     this.reconcileGraceMs = o.reconcileGraceMs ?? 5_000;
     this.restartGraceMs = o.restartGraceMs ?? 30_000;
+    this.askGraceMs = o.askGraceMs ?? this.reconcileGraceMs;
     this.startedAt = this.now();
     this.retention = { ...DEFAULT_RETENTION, ...o.retention };
     const finished: Task[] = [];
@@ -573,7 +582,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   /**
    * A proplet came (back) up and said what it runs. Tasks we think run there but it
-   * does not report are placed again; tasks it runs that we moved elsewhere are stopped there.
+   * does not report are asked about, then placed again; tasks it runs that we moved elsewhere are stopped there.
    */
   reconcile(proplet: Proplet, running: TaskRef[] | undefined): void {
     if (running === undefined) return; // Propeller's proplets do not report; trust our view.
@@ -587,17 +596,36 @@ export class TaskService extends EventEmitter<TaskEvents> {
       // Placed before a restart: the proplet may have finished it while we were away and
       // still hold the result; a later report settles it once the restart grace is over.
       const grace = since < this.startedAt && now - this.startedAt < this.restartGraceMs;
-      if (!reported.has(id) && now - since > this.reconcileGraceMs && !grace) {
-        this.endAttempt(t, 'evacuated', 'proplet restarted without it');
-        this.release(t);
-        this.retryOrFail(t, `proplet ${proplet.id} no longer runs it`);
-      }
+      if (!reported.has(id) && now - since > this.reconcileGraceMs && !grace) this.ask(proplet, t);
     }
     for (const [id, attempt] of reported) {
       const t = this.tasks.get(id);
       const current = t && t.proplet_id === proplet.id && (attempt === undefined || attempt === t.attempt) && (t.state === 'Scheduled' || t.state === 'Running');
       if (!current) this.o.dispatcher.stop(proplet, { v: 1, id, proplet_id: proplet.id, ...(attempt !== undefined ? { attempt } : {}) });
     }
+  }
+
+  /**
+   * It may have ended there with its result lost on the way (published into a broker that had
+   * just restarted empty): a stop for the attempt asks, and a proplet that kept the result sends
+   * it again, applied as any result. Without an answer in time, the task is placed again.
+   */
+  private ask(proplet: Proplet, t: Task): void {
+    if (this.asked.has(t.id)) return;
+    const attempt = t.attempt;
+    this.o.dispatcher.stop(proplet, { v: 1, id: t.id, proplet_id: proplet.id, attempt });
+    const timer = setTimeout(() => {
+      this.asked.delete(t.id);
+      const cur = this.tasks.get(t.id);
+      if (!cur || this.whyNotRunningThere(cur.id, proplet.id, attempt) || !this.owner()) return;
+      this.asOwner(() => {
+        this.endAttempt(cur, 'evacuated', 'proplet restarted without it');
+        this.release(cur);
+        this.retryOrFail(cur, `proplet ${proplet.id} no longer runs it`);
+      });
+    }, this.askGraceMs);
+    timer.unref();
+    this.asked.set(t.id, timer);
   }
 
   /** The broker was away: as after a restart, tasks placed before get the restart grace to report (their results may be on the way). */
@@ -689,6 +717,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
+    for (const timer of this.asked.values()) clearTimeout(timer);
+    this.asked.clear();
   }
 
   private armRetry(): void {
@@ -879,6 +909,11 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   private release(t: Task): void {
     if (t.proplet_id) this.active.get(t.proplet_id)?.delete(t.id);
+    const asked = this.asked.get(t.id);
+    if (asked) {
+      clearTimeout(asked);
+      this.asked.delete(t.id);
+    }
   }
 
   private ignored(reason: string): string {
