@@ -75,8 +75,8 @@ export type Command<P> =
   | { t: 'run'; key: string; id: string; payload: P; linearBytes: number }
   /** End the run (it finishes with status stopped). */
   | { t: 'kill'; key: string; id: string }
-  /** Send this result; `flushed` when it waited in the outbox for a connection. */
-  | { t: 'publish'; result: Result; flushed?: true }
+  /** Send this result; `flushed` when it waited in the outbox for a connection, `again` when it was sent before (asked by a stop). */
+  | { t: 'publish'; result: Result; flushed?: true; again?: true }
   /** A final result kept for the next connection (the proplet is offline). */
   | { t: 'deferred'; result: Result }
   /** Register again with what runs (after a (re)connect): the control plane reconciles with it. */
@@ -221,7 +221,7 @@ export class PropletCore<P> {
     const h = this.tasks.get(e.id);
     // it ended here: the control plane asks because it never heard how; say it again
     const kept = !h && e.attempt !== undefined ? this.retained.get(runKey(e.id, e.attempt)) : undefined;
-    if (kept) return this.publish(kept);
+    if (kept) return this.online ? [{ t: 'publish', result: kept, again: true }] : this.publish(kept);
     if (!h) return [{ t: 'ignored', id: e.id, reason: 'unknown_task', detail: 'remembered in case its start follows' }];
     // a stop for an old attempt (reconciliation) must not end the current one
     if (!compatible(e.attempt, h.attempt)) return [{ t: 'ignored', id: e.id, reason: 'stale_attempt', detail: `stop for attempt ${e.attempt}, running ${h.attempt}` }];

@@ -473,7 +473,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
         return;
       }
       case 'publish':
-        if (!c.flushed) this.counted(c.result);
+        if (!c.flushed && !c.again) this.counted(c.result);
         if (!this.publishBytes(this.topicOf('proplet.results'), encodeResult(c.result, 'cbor'))) {
           // the connection went before the core heard of it: the core keeps a final result for the next connect
           for (const d of this.core.handle({ t: 'unsent', result: c.result })) {

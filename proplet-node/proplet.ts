@@ -173,7 +173,8 @@ export class NodeProplet {
         return; // a fetch in flight ends on its own; the core no longer holds the task, so nothing runs
       case 'publish':
         this.client?.publish(topic(this.o.scope, 'proplet.results', this.o.id), encodeResult(c.result, this.encoding), { qos: 1 });
-        if (c.result.status !== 'running') {
+        if (c.again) this.log('info', 'result sent again', { task_id: c.result.task_id, attempt: c.result.attempt, status: c.result.status, reason: 'asked by a stop for an attempt that ended here' });
+        else if (c.result.status !== 'running') {
           const status = c.result.status ?? 'completed';
           this.log('info', status === 'refused' ? 'task refused' : 'task finished', { task_id: c.result.task_id, attempt: c.result.attempt, status, ...(c.result.error ? { error: c.result.error } : {}) });
           if (status !== 'refused') this.o.onTaskFinished?.(c.result.task_id, status as 'completed' | 'failed' | 'stopped');
@@ -189,7 +190,9 @@ export class NodeProplet {
         this.log('debug', 'message ignored', { task_id: c.id, reason: c.reason, ...(c.detail ? { detail: c.detail } : {}) });
         return;
       case 'deferred':
-        return; // sent after the next connect
+        // sent after the next connect
+        this.log('info', 'result kept for the next connection', { task_id: c.result.task_id, attempt: c.result.attempt, status: c.result.status });
+        return;
       case 'dropped-result':
         this.log('warn', 'result dropped', { task_id: c.result.task_id, reason: c.reason });
         return;

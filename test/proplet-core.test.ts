@@ -28,7 +28,7 @@ function show(c: Command<P>): string {
     case 'run':
       return `run ${c.key} linear=${c.linearBytes}`;
     case 'publish':
-      return `publish ${c.result.task_id}@${c.result.attempt ?? '-'} ${c.result.status}${c.result.status === 'refused' ? `: ${c.result.error}` : ''}${c.flushed ? ' (flushed)' : ''}`;
+      return `publish ${c.result.task_id}@${c.result.attempt ?? '-'} ${c.result.status}${c.result.status === 'refused' ? `: ${c.result.error}` : ''}${c.flushed ? ' (flushed)' : ''}${c.again ? ' (again)' : ''}`;
     case 'deferred':
       return `defer ${c.result.task_id}@${c.result.attempt ?? '-'} ${c.result.status}`;
     case 'announce':
@@ -85,14 +85,14 @@ const rows: Row[] = [
   { name: 'an unsent running result is not kept', given: [start()], when: { t: 'unsent', result: { v: 1, proplet_id: ME, task_id: T, attempt: 1, status: 'running' } }, then: [] },
   { name: 'running is not kept while offline', given: [start(), { t: 'disconnected' }], when: loaded(), then: [`run ${key()} linear=0`] },
   { name: 'the outbox is bounded: the oldest result is dropped', profile: { outboxSize: 1, maxTasks: 4 }, given: [start(), start({ id: 't2' }), loaded(), { t: 'loaded', key: key(1, 't2'), moduleBytes: 1, linearBytes: 0 }, { t: 'disconnected' }, finished()], when: { t: 'finished', key: key(1, 't2'), outcome: { status: 'completed' } }, then: ['defer t2@1 completed', `drop ${T}`] },
-  { name: 'a stop for an attempt that ended here is answered with its final result again', given: [start(), loaded(), finished()], when: stop({ attempt: 1 }), then: [`publish ${T}@1 completed`] },
-  { name: 'a failed attempt is answered with its failure again', given: [start(), loaded(), finished(1, 'failed')], when: stop({ attempt: 1 }), then: [`publish ${T}@1 failed`] },
+  { name: 'a stop for an attempt that ended here is answered with its final result again', given: [start(), loaded(), finished()], when: stop({ attempt: 1 }), then: [`publish ${T}@1 completed (again)`] },
+  { name: 'a failed attempt is answered with its failure again', given: [start(), loaded(), finished(1, 'failed')], when: stop({ attempt: 1 }), then: [`publish ${T}@1 failed (again)`] },
   { name: 'a stop without attempt after the end: only remembered', given: [start(), loaded(), finished()], when: stop(), then: ['ignore unknown_task'] },
   { name: 'a stop for another attempt than the one that ended: only remembered', given: [start(), loaded(), finished()], when: stop({ attempt: 2 }), then: ['ignore unknown_task'] },
   { name: 'a stop for an attempt that never ran here: only remembered', given: [], when: stop({ attempt: 1 }), then: ['ignore unknown_task'] },
   { name: 'a profile keeping no results: the stop is only remembered', profile: { retainedResults: 0 }, given: [start(), loaded(), finished()], when: stop({ attempt: 1 }), then: ['ignore unknown_task'] },
   { name: 'only the last results are kept: the oldest is forgotten', profile: { retainedResults: 1 }, given: [start(), loaded(), finished(), start({ id: 't2' }), { t: 'loaded', key: key(1, 't2'), moduleBytes: 1, linearBytes: 0 }, { t: 'finished', key: key(1, 't2'), outcome: { status: 'completed' } }], when: stop({ attempt: 1 }), then: ['ignore unknown_task'] },
-  { name: 'the newest kept result is still answered', profile: { retainedResults: 1 }, given: [start(), loaded(), finished(), start({ id: 't2' }), { t: 'loaded', key: key(1, 't2'), moduleBytes: 1, linearBytes: 0 }, { t: 'finished', key: key(1, 't2'), outcome: { status: 'completed' } }], when: stop({ id: 't2', attempt: 1 }), then: ['publish t2@1 completed'] },
+  { name: 'the newest kept result is still answered', profile: { retainedResults: 1 }, given: [start(), loaded(), finished(), start({ id: 't2' }), { t: 'loaded', key: key(1, 't2'), moduleBytes: 1, linearBytes: 0 }, { t: 'finished', key: key(1, 't2'), outcome: { status: 'completed' } }], when: stop({ id: 't2', attempt: 1 }), then: ['publish t2@1 completed (again)'] },
   { name: 'a stop for another proplet is not answered', given: [start(), loaded(), finished()], when: stop({ attempt: 1, proplet_id: 'p2' }), then: ['ignore not_mine'] },
   { name: 'the new load follows the result', given: [start(), loaded()], when: finished(), then: [`publish ${T}@1 completed`, 'alive []'] },
 ];
@@ -144,8 +144,8 @@ test('the answer to a stop for an ended attempt is the whole final result, as fi
   const first = core.handle({ t: 'finished', key: key(), outcome: { status: 'completed', results: [42], stdout: 'out', duration_ms: 7 } });
   const again = core.handle(stop({ attempt: 1 }));
   t.is(again.length, 1);
-  t.deepEqual(again[0], first[0]);
-  t.like(again[0], { t: 'publish', result: { v: 1, proplet_id: ME, task_id: T, attempt: 1, status: 'completed', results: [42], fl: true } });
+  t.deepEqual(again[0], { ...first[0]!, again: true } as Command<P>);
+  t.like(again[0], { t: 'publish', again: true, result: { v: 1, proplet_id: ME, task_id: T, attempt: 1, status: 'completed', results: [42], fl: true } });
   // the redelivered start of that attempt is still not run again
   t.deepEqual(core.handle(start()).map(show), ['ignore duplicate']);
 });
