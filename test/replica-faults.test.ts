@@ -7,13 +7,13 @@
 
 import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
 import { postgresMissing, startPostgres, type OwnPostgres } from './helpers/postgres.ts';
 import { metricOf, startProplet, startServe, type Proc, type Serve } from './helpers/procs.ts';
+import { tcpRelay } from './helpers/relay.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 const missing = postgresMissing() ?? mosquittoMissing();
@@ -75,40 +75,6 @@ const completions = (proplets: Proc[]) => {
 };
 const sleepTask = (ms: number) => ({ name: 'sleep', file: sleepWasm, inputs: [ms] });
 
-/**
- * A TCP relay to the broker that can be shut (a network partition of the proplet
- * behind it): it lets the proplet reconnect only after the control plane has,
- * see the limitation in docs/scaling.md ("Faults").
- */
-async function gate(port: number): Promise<{ url: string; open: boolean; close(): void }> {
-  const socks = new Set<Socket>();
-  const g = {
-    url: '',
-    open: true,
-    close: () => {
-      server.close();
-      for (const s of socks) s.destroy();
-    },
-  };
-  const server = createServer((down) => {
-    if (!g.open) return void down.destroy();
-    const up = connect(port, '127.0.0.1');
-    for (const s of [down, up]) {
-      socks.add(s);
-      s.on('error', () => {});
-      s.on('close', () => {
-        socks.delete(s);
-        down.destroy();
-        up.destroy();
-      });
-    }
-    down.pipe(up).pipe(down);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  g.url = `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return g;
-}
-
 (missing || given ? test.skip : test.serial)('PostgreSQL stopped and restarted: not ready with the reason, writes refused, everything resumes, nothing duplicated', async (t) => {
   const url = await postgres!.createDatabase();
   const replicas = [await serve('pg-loss', ['--broker', mosquitto!.url, '--store', url, '--lease-duration', '2s']), await serve('pg-loss', ['--broker', mosquitto!.url, '--store', url, '--lease-duration', '2s'])];
@@ -160,7 +126,8 @@ async function gate(port: number): Promise<{ url: string; open: boolean; close()
   // a single process on the same broker (SQLite, a domain of its own): not ready too, but it keeps taking writes
   const single = await serve('broker-single', ['--broker', mosquitto!.url]);
   let kept = '';
-  const relay = await gate(mosquitto!.port);
+  // the proplet behind a relay: it comes back only after the control plane has (the other order: test/result-resend.test.ts)
+  const relay = await tcpRelay(mosquitto!.port);
   t.teardown(() => relay.close());
   const proplet = await startProplet(['--id', 'pf-2', '--broker', relay.url, '--heartbeat', '300ms', '--domain', 'broker-loss']);
   procs.push(proplet);
