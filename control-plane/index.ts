@@ -50,6 +50,8 @@ export interface ControlPlaneOptions {
    * their proplets reconnect and report (default: the offline threshold); no attempt is used meanwhile.
    */
   restartGraceMs?: number;
+  /** How long a start may be in flight before a report without it means it was lost (default 5 s). */
+  reconcileGraceMs?: number;
   /** How long finished tasks and scheduled runs are kept (default 24 h; 3 successful, 1 failed run per schedule). */
   retention?: Partial<RetentionConfig>;
   /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
@@ -138,6 +140,7 @@ export class ControlPlane {
       maxAttempts: o.maxAttempts,
       defaultTimeoutMs: o.defaultTimeoutMs,
       restartGraceMs: o.restartGraceMs ?? o.health.offlineThresholdMs,
+      ...(o.reconcileGraceMs !== undefined ? { reconcileGraceMs: o.reconcileGraceMs } : {}),
       ...(o.retention ? { retention: o.retention } : {}),
       resolveModule: (url) => resolveModule(url, policy),
       admit: (t, p, start) => this.compat.admit(t, p, start, this.registry.values()),

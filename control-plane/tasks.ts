@@ -117,7 +117,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   readonly restartGraceMs: number;
   readonly askGraceMs: number;
   /** Attempts a proplet no longer reports, asked how they ended: placed again when no answer comes in time. */
-  private readonly asked = new Map<string, NodeJS.Timeout>();
+  private readonly asked = new Map<string, { timer: NodeJS.Timeout; attempt: number }>();
   readonly defaultTimeoutMs: number;
   /** When this control plane (re)started: attempts begun before it get restartGraceMs. */
   private startedAt: number;
@@ -515,6 +515,11 @@ export class TaskService extends EventEmitter<TaskEvents> {
       } else this.retryOrFail(t, why);
       return undefined;
     }
+    if (status === 'stopped' && this.asked.get(t.id)?.attempt === t.attempt) {
+      // our question reached a run whose start the report had overtaken, and stopped it: as before, placed again
+      this.evacuateAsked(t, r.proplet_id);
+      return undefined;
+    }
     if (status === 'stopped') {
       // A stop we did not ask for (the proplet shut the task down): the task did not finish.
       this.endAttempt(t, 'stopped', r.error);
@@ -618,14 +623,16 @@ export class TaskService extends EventEmitter<TaskEvents> {
       this.asked.delete(t.id);
       const cur = this.tasks.get(t.id);
       if (!cur || this.whyNotRunningThere(cur.id, proplet.id, attempt) || !this.owner()) return;
-      this.asOwner(() => {
-        this.endAttempt(cur, 'evacuated', 'proplet restarted without it');
-        this.release(cur);
-        this.retryOrFail(cur, `proplet ${proplet.id} no longer runs it`);
-      });
+      this.asOwner(() => this.evacuateAsked(cur, proplet.id));
     }, this.askGraceMs);
     timer.unref();
-    this.asked.set(t.id, timer);
+    this.asked.set(t.id, { timer, attempt });
+  }
+
+  private evacuateAsked(t: Task, propletId: string): void {
+    this.endAttempt(t, 'evacuated', 'proplet restarted without it');
+    this.release(t);
+    this.retryOrFail(t, `proplet ${propletId} no longer runs it`);
   }
 
   /** The broker was away: as after a restart, tasks placed before get the restart grace to report (their results may be on the way). */
@@ -717,7 +724,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
-    for (const timer of this.asked.values()) clearTimeout(timer);
+    for (const a of this.asked.values()) clearTimeout(a.timer);
     this.asked.clear();
   }
 
@@ -838,6 +845,12 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const at = this.iso();
     t.state = state;
     t.updated_at = at;
+    // answered, stopped, or moved: the question is settled (a row adopted from another replica leaves it to the timer's check)
+    const asked = this.asked.get(t.id);
+    if (asked) {
+      clearTimeout(asked.timer);
+      this.asked.delete(t.id);
+    }
     t.history.push({ state, at, ...(reason ? { reason } : {}), ...extra });
     if (t.history.length > 100) t.history.splice(1, t.history.length - 100);
     this.save(t);
@@ -909,11 +922,6 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   private release(t: Task): void {
     if (t.proplet_id) this.active.get(t.proplet_id)?.delete(t.id);
-    const asked = this.asked.get(t.id);
-    if (asked) {
-      clearTimeout(asked);
-      this.asked.delete(t.id);
-    }
   }
 
   private ignored(reason: string): string {
