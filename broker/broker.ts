@@ -11,7 +11,7 @@ import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type P
 import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { base, scope as makeScope, stampSender, type Scope } from '../topics/index.ts';
-import { authorize, type DenyReason } from './acl.ts';
+import { authorize, type Decision, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
@@ -37,6 +37,8 @@ const MAX_PENDING_REFUSALS = 32;
 const MAX_CONNECT_SIZE = 64 * KiB;
 /** The deepest topic of the tree has 10 levels (FL updates); Aedes' default is 100. */
 const MAX_TOPIC_LEVELS = 16;
+/** Publish decisions of the manager remembered (by topic); beyond, they are forgotten all at once. */
+const MANAGER_TOPICS_CACHED = 4096;
 /** MQTT's own ceiling: 1 + 4 length bytes + 268,435,455. */
 const MQTT_MAX_PACKET = 268_435_460;
 
@@ -262,6 +264,7 @@ export class EmbeddedBroker {
   /** Authenticated clients whose connection is open (Aedes' own counter drifts under concurrent client-id takeovers). */
   private liveCount = 0;
   private readonly conns = new Set<Connection>();
+  private readonly managerTopics = new Map<string, Decision>();
   private readonly owner: ConnectionOwner = {
     limit: (c, first) => {
       if (first) return Math.min(this.maxPacket, MAX_CONNECT_SIZE);
@@ -370,6 +373,7 @@ export class EmbeddedBroker {
       authorizeSubscribe: (client, sub, cb) => self!.authorizeSubscribe(client, sub, cb),
       authorizeForward: (client, packet) => self!.authorizeForward(client, packet),
     });
+    silenceSys(aedes);
     const b = new EmbeddedBroker(opts, aedes, sizes);
     self = b;
     aedes.on('clientError', (client: Client, err: Error) => b.onClientError(client, err));
@@ -740,7 +744,7 @@ export class EmbeddedBroker {
     if (!idn) return cb(this.refuse(client, idn, packet.topic, 'no_identity'));
     if (idn.untrusted) return cb(refusal('client no longer trusted')); // already counted and logged
     if (this.revoked(idn)) return cb(this.refuse(client, idn, packet.topic, 'credentials_revoked'));
-    const d = authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
+    const d = idn.role === 'manager' ? this.managerPublish(packet.topic) : authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
     if (d.ok) {
       if (idn.role === 'proplet') {
         // The identity is decided here, once: subscribers (the control plane) read it from the topic.
@@ -752,6 +756,22 @@ export class EmbeddedBroker {
     }
     // The error makes Aedes close the connection (MQTT 3.1.1 has no way to refuse a publish).
     cb(this.refuse(client, idn, packet.topic, d.reason));
+  }
+
+  /**
+   * The manager's publish decisions by topic. For the manager the ACL reads
+   * the topic alone (not the account id, not the payload), and the control
+   * plane publishes on a few topics many times: splitting and checking each
+   * one per message was the wrapper's largest cost per delivered message.
+   */
+  private managerPublish(topic: string): Decision {
+    let d = this.managerTopics.get(topic);
+    if (!d) {
+      d = authorize(this.scope, 'manager', '', 'publish', topic);
+      if (this.managerTopics.size >= MANAGER_TOPICS_CACHED) this.managerTopics.clear();
+      this.managerTopics.set(topic, d);
+    }
+    return d;
   }
 
   private authorizeSubscribe(client: Client, sub: Subscription, cb: (err: Error | null, sub?: Subscription | null) => void): void {
@@ -815,6 +835,25 @@ function topicMatches(filter: string, topic: string): boolean {
     if (i >= t.length || (f[i] !== '+' && f[i] !== t[i])) return false;
   }
   return f.length === t.length;
+}
+
+/**
+ * Aedes publishes a $SYS notice on every connect and disconnect (and a
+ * heartbeat), each through the whole publish path. Nobody can read them here:
+ * the ACL keeps every subscription under the scope's base, and clients cannot
+ * publish on $SYS either. So they are dropped at the door.
+ */
+function silenceSys(aedes: Aedes): void {
+  type Publish = (packet: { topic?: unknown }, client?: unknown, done?: unknown) => void;
+  const inner = aedes.publish as unknown as Publish;
+  (aedes as unknown as { publish: Publish }).publish = function (this: Aedes, packet, client, done) {
+    if (typeof packet?.topic === 'string' && packet.topic.startsWith('$SYS/')) {
+      const cb = typeof client === 'function' ? client : done;
+      if (typeof cb === 'function') process.nextTick(cb as () => void);
+      return;
+    }
+    inner.call(this, packet, client, done);
+  };
 }
 
 function remoteOf(s: net.Socket): string {
