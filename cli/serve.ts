@@ -17,6 +17,7 @@ import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { base } from '../topics/index.ts';
 import { UsageError, int, str, type Command } from './args.ts';
+import { accountsFrom, accountsHelp, accountsOptions, openDynsecAccounts, type DynsecAccounts } from './broker-accounts.ts';
 import { debugAccount } from './debug-account.ts';
 import { brokerUrl, dataDirFrom, ensureApiToken, scopeFrom, scopeHelp, scopeOptions } from './settings.ts';
 
@@ -39,6 +40,7 @@ export const serve: Command = {
     'mqtt-username': { type: 'string' },
     'mqtt-password': { type: 'string' },
     'trust-payload-sender': { type: 'boolean' },
+    ...accountsOptions,
     'max-connections-per-proplet': { type: 'string' },
     'auth-backoff-failures': { type: 'string' },
     'auth-backoff-window': { type: 'string' },
@@ -68,6 +70,7 @@ export const serve: Command = {
   --mqtt-password P      its password (env MQTT_PASSWORD)
   --trust-payload-sender with --broker: accept proplet messages on the shared topics and take their sender from the
                          payload, as Propeller does (the external broker cannot stamp the topic; see docs/security.md)
+${accountsHelp}
   --max-connections-per-proplet N
                          embedded broker: open connections one proplet account may hold; a newer one closes the
                          oldest (env PROPELLER_MAX_CONNECTIONS_PER_PROPLET, default 1)
@@ -137,6 +140,7 @@ ${scopeHelp}
     const loc = storeLocation(str(v.store) ?? env.STORE_URL, dataDir);
     const store = await openStore(loc, { log: (l, m, f) => log(l, m, { c: 'store', ...f }), onChange: (k) => cp?.refresh(k), onConflict: (k) => cp?.refresh(k) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
+    const dynsec = accountsFrom(v, external);
     // PostgreSQL and an external broker: one of N replicas (docs/scaling.md)
     const replica =
       loc.engine === 'postgres' && external
@@ -144,6 +148,7 @@ ${scopeHelp}
         : undefined;
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
+    let accounts: DynsecAccounts | undefined;
     let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
     if (external) {
       mqtt = {
@@ -153,6 +158,7 @@ ${scopeHelp}
         trustPayloadSender: v['trust-payload-sender'] === true,
         ...(replica ? { shareGroup: `propeller-${sc.domain}-${sc.channel}`, clientId: `propeller-manager-${randomUUID()}` } : {}),
       };
+      if (dynsec) accounts = await openDynsecAccounts({ url: mqtt.url, scope: sc, admin: dynsec.admin, manager: mqtt, store, log });
     } else {
       creds = openCredentials(store, str(v.credentials));
       const managerSecret = creds.issue('propeller-manager', 'manager');
@@ -210,6 +216,7 @@ ${scopeHelp}
             role: (id: string) => creds.get(id)?.role,
           },
         } : {}),
+      ...(accounts ? { credentials: accounts.credentials } : {}),
     });
     broker?.attachMetrics(cp.metrics.registry); // the broker's drops and refused CONNECTs on /metrics
     const port = await cp.start();
@@ -218,7 +225,7 @@ ${scopeHelp}
     const n = int('local-proplets', v['local-proplets'], 0);
     for (let i = 1; i <= n; i++) {
       const id = `local-${i}`;
-      const secret = creds ? creds.issue(id, 'proplet') : undefined;
+      const secret = creds ? creds.issue(id, 'proplet') : await accounts?.issueLocal(id);
       const p = new NodeProplet({ id, secret, url: mqtt.url, scope: sc, heartbeatMs: Math.min(10_000, health.offlineThresholdMs / 3), log: (l, m, f) => log(l, m, { c: id, ...f }) });
       await p.start();
       proplets.push(p);
@@ -249,6 +256,7 @@ ${scopeHelp}
     await Promise.all(proplets.map((p) => p.close()));
     await replica?.stop();
     await cp.close();
+    await accounts?.close();
     await broker?.close();
     return 0;
   },

@@ -197,7 +197,8 @@ export const propletAdd: Command = {
   summary: 'create MQTT credentials for a proplet (prints its secret once)',
   options: { ...apiOptions, rotate: { type: 'boolean' } },
   help: `  --rotate               replace the secret of a proplet that already has one (the old one stops working)
-${apiHelp}`,
+${apiHelp}
+  With an external Mosquitto (serve --broker-accounts dynsec) the account is made there before this answers.`,
   async run(v, pos) {
     print(await client(v).addProplet(one(pos, 'proplet id'), { rotate: v.rotate === true }));
   },

@@ -36,9 +36,13 @@ export interface HttpApiOptions {
   groups: GroupService;
   metrics: ControlPlaneMetrics;
   log: Logger;
-  /** Issues MQTT credentials for a proplet; absent when an external broker manages them. */
-  issueCredentials?: (propletId: string) => string;
-  revokeCredentials?: (propletId: string) => void;
+  /**
+   * Issues MQTT credentials for a proplet (`rotate`: an existing account gets a new secret); absent when an
+   * external broker manages them. On an external broker it answers once the broker has the account, and
+   * throws an HttpError (409, 502, 503) saying why it has not.
+   */
+  issueCredentials?: (propletId: string, rotate: boolean) => string | Promise<string>;
+  revokeCredentials?: (propletId: string) => void | Promise<void>;
   /** The role of an existing broker account ('proplet', 'manager', 'debug'), undefined when there is none. */
   accountRole?: (id: string) => string | undefined;
   health?: () => Record<string, unknown>;
@@ -292,7 +296,7 @@ export class HttpApi {
       const id = body.proplet_id;
       if (!isId(id)) throw new HttpError(400, "proplet_id: must be 1-128 characters without '+', '#', '/' or control characters", 'proplet_id');
       this.refuseReserved(id);
-      return { proplet_id: id, secret: this.issue(id, body.rotate, `proplet ${id}`, `propeller proplet add ${id} --rotate`) };
+      return { proplet_id: id, secret: await this.issue(id, body.rotate, `proplet ${id}`, `propeller proplet add ${id} --rotate`) };
     }, 201);
     // {prefix, rotate?}: the group account PREFIX-*, one secret for every proplet id PREFIX-<anything>
     // (the pods of a Kubernetes Proplet); its own route, so no proplet request can create or replace one
@@ -302,20 +306,21 @@ export class HttpApi {
       if (!isId(prefix) || prefix.includes('*') || !isId(`${prefix}-*`)) throw new HttpError(400, "prefix: must be 1-126 characters without '*', '+', '#', '/' or control characters", 'prefix');
       const account = `${prefix}-*`;
       this.refuseReserved(prefix);
-      return { account, secret: this.issue(account, body.rotate, `group account ${account}`) };
+      return { account, secret: await this.issue(account, body.rotate, `group account ${account}`) };
     }, 201);
-    this.route('DELETE', '/group-accounts/{prefix}', (_req, _url, [prefix]) => {
+    this.route('DELETE', '/group-accounts/{prefix}', async (_req, _url, [prefix]) => {
       if (!this.o.revokeCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
       this.refuseReserved(prefix!);
       const account = `${prefix}-*`;
       if (this.o.accountRole?.(account) === undefined) throw new HttpError(404, `group account ${account} not found`);
-      this.o.revokeCredentials(account);
+      await this.o.revokeCredentials(account);
       return { deleted: account };
     });
-    this.route('DELETE', '/proplets/{id}', (_req, _url, [id]) => {
+    this.route('DELETE', '/proplets/{id}', async (_req, _url, [id]) => {
       this.refuseReserved(id!);
+      // the account first: if the broker cannot delete it, the proplet stays as it was
+      await this.o.revokeCredentials?.(id!);
       const had = registry.remove(id!);
-      this.o.revokeCredentials?.(id!);
       if (!had && !this.o.revokeCredentials) throw new HttpError(404, `proplet ${id} not found`);
       return { deleted: id };
     });
@@ -327,13 +332,13 @@ export class HttpApi {
    * control plane out of its broker or take over a whole group's ids.
    */
   /** New credentials for `id`; an existing account's secret is replaced only when `rotate` is true. */
-  private issue(id: string, rotate: unknown, what: string, cli?: string): string {
+  private async issue(id: string, rotate: unknown, what: string, cli?: string): Promise<string> {
     if (!this.o.issueCredentials) throw new HttpError(501, 'credentials are managed by the external broker');
     if (rotate !== undefined && typeof rotate !== 'boolean') throw new HttpError(400, 'rotate: must be true or false', 'rotate');
     if (this.o.accountRole?.(id) !== undefined && rotate !== true) {
       throw new HttpError(409, `${what} already has credentials: to replace its secret (the device must then use the new one), ask again with rotate: true${cli ? ` (CLI: ${cli})` : ''}`);
     }
-    return this.o.issueCredentials(id);
+    return this.o.issueCredentials(id, rotate === true);
   }
 
   private refuseReserved(id: string): void {

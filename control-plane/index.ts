@@ -54,8 +54,9 @@ export interface ControlPlaneOptions {
   /** Evacuate tasks from failed proplets (seed: healthMonitor.autoEvacuateTasks). */
   autoEvacuateTasks?: boolean;
   credentials?: {
-    issue(propletId: string): string;
-    revoke(propletId: string): void;
+    /** `rotate`: a new secret for an existing account. May answer later (an external broker's accounts). */
+    issue(propletId: string, rotate: boolean): string | Promise<string>;
+    revoke(propletId: string): void | Promise<void>;
     /** The role of an existing account, undefined when there is none: reserved accounts are refused by the API. */
     role(id: string): string | undefined;
   };
@@ -144,6 +145,10 @@ export class ControlPlane {
       },
       timeoutMs: o.startAckTimeoutMs ?? DEFAULT_START_ACK_TIMEOUT_MS,
       log: this.log,
+      stop: (propletId, id, attempt) => {
+        const p = this.registry.get(propletId);
+        if (p) this.gateway.stop(p, { v: 1, id, proplet_id: propletId, attempt });
+      },
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
     this.http = new HttpApi({
@@ -153,7 +158,7 @@ export class ControlPlane {
       registry: this.registry,
       metrics: this.metrics,
       log: this.log,
-      issueCredentials: o.credentials && ((id) => o.credentials!.issue(id)),
+      issueCredentials: o.credentials && ((id, rotate) => o.credentials!.issue(id, rotate)),
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       accountRole: o.credentials && ((id) => o.credentials!.role(id)),
       health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),

@@ -1,7 +1,9 @@
 // No start silently dropped. Our proplets answer every start, with `running`
 // once the module is loaded or with a refusal; a start not answered within the
 // deadline is taken as refused by that proplet, so the task moves on at once
-// with that reason instead of waiting for the proplet to be declared failed.
+// with that reason instead of waiting for the proplet to be declared failed;
+// that proplet is told to stop the attempt, so a start it takes late (a busy
+// device, a slow link) does not run beside the replacement.
 // A proplet that asks for its module's chunks shows it is working on the
 // start: its deadline starts over. Propeller's proplets never answer a start,
 // so they get no deadline: the control plane sends them only starts they can
@@ -25,6 +27,8 @@ export interface StartAckOptions {
   acknowledges(propletId: string): boolean;
   timeoutMs: number;
   log: Logger;
+  /** Tells the proplet to drop that attempt: a start that arrives late must not run beside its replacement. */
+  stop(propletId: string, taskId: string, attempt: number): void;
 }
 
 export class StartAckDeadline {
@@ -73,6 +77,7 @@ export class StartAckDeadline {
     if (!t || t.state !== 'Scheduled' || t.attempt !== attempt || t.proplet_id !== propletId) return;
     const error = `start not acknowledged within ${this.o.timeoutMs / 1000} s (START_ACK_TIMEOUT)`;
     this.o.log('warn', 'start not acknowledged', { task_id: id, proplet_id: propletId, attempt });
+    this.o.stop(propletId, id, attempt);
     this.o.tasks.onResult({ proplet_id: propletId, task_id: id, attempt, status: 'refused', error });
   }
 }

@@ -158,10 +158,16 @@ export function parseRootFlTopic(t: string): { roundId: string; propletId: strin
   return { roundId: p[2], propletId: p[4] };
 }
 
-/** The filter of one proplet's FL updates in any round (the external broker's ACL for that proplet). */
-export function flUpdateFilter(s: Scope, propletId: string): string {
+/** The filter of one proplet's FL updates in any round, in a layout (the external broker's ACL for that proplet). */
+export function flUpdateFilter(s: Scope, propletId: string, layout: Layout = 'messages'): string {
   assertLevel('proplet id', propletId);
-  return `${base(s)}/fl/rounds/+/updates/${propletId}`;
+  return `${base(s, layout)}/fl/rounds/+/updates/${propletId}`;
+}
+
+/** The filter of one proplet's root FL updates (ROOT_FL_FILTER with its own id as the last level). */
+export function rootFlUpdateFilter(propletId: string): string {
+  assertLevel('proplet id', propletId);
+  return `fl/rounds/+/updates/${propletId}`;
 }
 
 /** A filter matching every message of the scope: what `propeller watch` and the debug account read. */

@@ -25,6 +25,8 @@ export interface Mosquitto {
   port: number;
   /** The dynsec admin account, when started with `dynsec`. */
   admin?: { username: string; password: string };
+  /** Stops the broker and starts it again on the same port and files (dynsec accounts kept); `between` runs while it is down. */
+  restart(between?: () => Promise<void>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -49,9 +51,8 @@ export async function startMosquitto(o: { dynsec?: boolean; extra?: string } = {
   if (o.extra) lines.push(o.extra);
   const conf = join(dir, 'mosquitto.conf');
   writeFileSync(conf, lines.join('\n') + '\n');
-  const proc: ChildProcess = spawn(MOSQUITTO!, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let proc: ChildProcess;
   let stderr = '';
-  proc.stderr!.on('data', (d) => (stderr += d));
   const accepts = () =>
     new Promise<boolean>((resolve) => {
       const c = connect(port, '127.0.0.1', () => {
@@ -60,19 +61,33 @@ export async function startMosquitto(o: { dynsec?: boolean; extra?: string } = {
       });
       c.on('error', () => resolve(false));
     });
-  await until(async () => {
-    if (proc.exitCode !== null) throw new Error(`mosquitto exited ${proc.exitCode}: ${stderr}`);
-    return accepts();
-  }, `mosquitto on ${port}`);
+  const launch = async () => {
+    const p = spawn(MOSQUITTO!, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+    proc = p;
+    p.stderr!.on('data', (d) => (stderr += d));
+    await until(async () => {
+      if (p.exitCode !== null) throw new Error(`mosquitto exited ${p.exitCode}: ${stderr}`);
+      return accepts();
+    }, `mosquitto on ${port}`);
+  };
+  const halt = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    }
+  };
+  await launch();
   return {
     url: `mqtt://127.0.0.1:${port}`,
     port,
     admin,
+    async restart(between) {
+      await halt();
+      await between?.();
+      await launch();
+    },
     async stop() {
-      if (proc.exitCode === null) {
-        proc.kill('SIGTERM');
-        await once(proc, 'exit');
-      }
+      await halt();
       rmSync(dir, { recursive: true, force: true });
     },
   };
