@@ -11,8 +11,11 @@
 //   µs per message;
 // - fan-out, 1 publisher → --subs subscribers: deliveries/s;
 // - --connects connections (raw MQTT 3.1.1 CONNECT, --connect-window at a
-//   time): time until every CONNACK, and the broker's memory growth per
-//   connection while they are all open.
+//   time), each into an account of its own as a fleet's are: time until
+//   every CONNACK, and the broker's memory growth per connection while they
+//   are all open.
+// --only connects,qos0,qos1,fanout picks scenarios; --plain-aedes adds Aedes
+// without the wrapper (no auth, ACL or guard) as a third column.
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
@@ -24,7 +27,6 @@ import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:ch
 import { once } from 'node:events';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
-import { Aedes } from 'aedes';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,6 +34,7 @@ import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Session } from 'node:inspector';
+import { Aedes } from 'aedes';
 import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
 import { scope as mkScope, topic as topicOf } from '../topics/index.ts';
 import { freePort, until } from '../test/helpers/stack.ts';
