@@ -14,6 +14,7 @@ const BENCHES: Record<string, { summary: string; load: () => Promise<{ run(args:
   broker: { summary: 'embedded broker vs Mosquitto: QoS 0/1 msg/s, fan-out, 10,000 connects, memory per connection', load: () => import('./broker.ts') },
   heartbeat: { summary: 'control-plane CPU and garbage per decoded heartbeat (Registry.alive) over 10,000 proplets', load: () => import('./heartbeat.ts') },
   startup: { summary: 'propeller --help, serve to /health, proplet RSS: compiled vs tsx', load: () => import('./startup.ts') },
+  scale: { summary: 'embedded vs 1-3 replicas on Mosquitto + PostgreSQL: tasks/s, CPU-s per 1,000 tasks per process, projection per core; --fleet N: 20,000+ MCUs', load: () => import('./scale.ts') },
   'fl-round': { summary: 'FL rounds across 1,000 simulated MCU proplets with a tiny model: round latency', load: () => import('./fl-round.ts') },
 };
 

@@ -11,8 +11,9 @@ import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } f
 import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
 import { parseSchedulerType, type CreateSchedulerConfig } from '../control-plane/scheduling/index.ts';
-import { Replica } from '../control-plane/replica.ts';
+import { DEFAULT_LEASE_MS, Replica } from '../control-plane/replica.ts';
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
+import { claimStore, PlanePresence } from '../control-plane/plane.ts';
 import { createLogger, type Level } from '../control-plane/log.ts';
 import { NodeProplet } from '../proplet-node/proplet.ts';
 import { base } from '../topics/index.ts';
@@ -46,6 +47,7 @@ export const serve: Command = {
     'auth-backoff-window': { type: 'string' },
     'data-dir': { type: 'string' },
     store: { type: 'string' },
+    'lease-duration': { type: 'string' },
     credentials: { type: 'string' },
     'debug-account': { type: 'boolean' },
     'local-proplets': { type: 'string' },
@@ -83,6 +85,9 @@ ${accountsHelp}
   --data-dir DIR         state directory (env PROPELLER_DATA_DIR, default .propeller)
   --store URL            where state lives: postgres://USER@HOST:PORT/DB or sqlite:PATH (env STORE_URL,
                          default sqlite:DATA_DIR/state.db)
+  --lease-duration D     replicas (--store postgres://… with --broker): how long the owner of placement, liveness,
+                         cron and FL rounds may go without renewing its lease; another replica takes over within
+                         D + 1 s of its death (env LEASE_DURATION, default 5s, at least 1s)
   --credentials FILE     extra broker accounts (see broker/README.md for the format)
   --debug-account        enable the read-only 'debug' account (subscribe under m/DOMAIN/c/CHANNEL/messages/#);
                          its password is in DATA_DIR/debug.secret, kept across restarts (delete it for a new one)
@@ -138,14 +143,39 @@ ${scopeHelp}
     // rows other replicas committed refresh this one's view (the control plane exists by then)
     let cp: ControlPlane | undefined;
     const loc = storeLocation(str(v.store) ?? env.STORE_URL, dataDir);
-    const store = await openStore(loc, { log: (l, m, f) => log(l, m, { c: 'store', ...f }), onChange: (k) => cp?.refresh(k), onConflict: (k) => cp?.refresh(k) });
     const external = str(v.broker) ?? env.MQTT_BROKER;
+    const leaseMs = leaseDuration(str(v['lease-duration']) ?? env.LEASE_DURATION);
     const dynsec = accountsFrom(v, external);
     // PostgreSQL and an external broker: one of N replicas (docs/scaling.md)
     const replica =
       loc.engine === 'postgres' && external
-        ? new Replica({ url: loc.url, name: `propeller/${sc.domain}/${sc.channel}`, holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, log: (l, m, f) => log(l, m, { c: 'replica', ...f }) })
+        ? new Replica({
+            url: loc.url,
+            name: `propeller/${sc.domain}/${sc.channel}`,
+            holder: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`,
+            leaseMs,
+            // a replica without its broker or store hands the lease to one that has them
+            eligible: () => cp?.ready() ?? true,
+            log: (l, m, f) => log(l, m, { c: 'replica', ...f }),
+          })
         : undefined;
+    const store = await openStore(loc, {
+      log: (l, m, f) => log(l, m, { c: 'store', ...f }),
+      onChange: (k) => cp?.refresh(k),
+      onConflict: (k) => cp?.refresh(k),
+      // owner-only writes carry the lease's fencing token, checked when they commit
+      ...(replica ? { fence: () => replica.fence(), onFenced: (why: string) => replica.stepDown(why) } : {}),
+    });
+    // one plane = one store + one domain/channel: refuse to mix two (docs/scaling.md, "Faults")
+    let storeId: string | undefined;
+    if (loc.engine === 'postgres') {
+      try {
+        storeId = await claimStore(loc.url, sc);
+      } catch (e) {
+        await store.close();
+        throw e;
+      }
+    }
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
     let accounts: DynsecAccounts | undefined;
@@ -181,6 +211,15 @@ ${scopeHelp}
       mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
+    // replicas announce their store on the broker; another store there for this domain/channel is refused
+    const presence =
+      replica && storeId
+        ? await PlanePresence.start({ url: mqtt.url, username: mqtt.username, password: mqtt.password, scope: sc, storeId, log }).catch(async (e: Error) => {
+            await accounts?.close();
+            await store.close();
+            throw e.name === 'PlaneConflictError' ? e : new Error(`cannot connect to MQTT broker ${mqtt.url}: ${e.message}`);
+          })
+        : undefined;
     const auth = apiAuth(v, dataDir, log);
     let fetchRules: { allow: string[]; deny: string[] };
     try {
@@ -194,6 +233,7 @@ ${scopeHelp}
     await replica?.start();
     cp = new ControlPlane({
       ...(replica ? { replica } : {}),
+      ...(presence ? { dependencies: [presence.dependency] } : {}),
       scope: sc,
       mqtt,
       http: { host, port: int('http-port', v['http-port'] ?? env.PROPELLER_HTTP_PORT, 7070), ...auth, staticDir },
@@ -255,6 +295,7 @@ ${scopeHelp}
     await adapter?.close();
     await Promise.all(proplets.map((p) => p.close()));
     await replica?.stop();
+    await presence?.close();
     await cp.close();
     await accounts?.close();
     await broker?.close();
@@ -301,6 +342,19 @@ function consoleDir(given: string | undefined): string | undefined {
     if (existsSync(join(dir, 'index.html'))) return dir;
   }
   return undefined;
+}
+
+/** --lease-duration / LEASE_DURATION: a duration of at least 1 s (default 5 s). */
+function leaseDuration(given: string | undefined): number {
+  if (given === undefined) return DEFAULT_LEASE_MS;
+  let ms: number;
+  try {
+    ms = parseDuration('--lease-duration', given);
+  } catch {
+    ms = NaN;
+  }
+  if (!(ms >= 1000)) throw new UsageError(`--lease-duration (LEASE_DURATION) must be a duration of at least 1s, such as 5s or 2500ms; got ${JSON.stringify(given)}`);
+  return ms;
 }
 
 function storeLocation(url: string | undefined, dataDir: string): StoreLocation {

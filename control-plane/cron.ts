@@ -60,6 +60,10 @@ export class CronScheduler {
 
   private fire(id: string): void {
     if (!this.owner()) return;
+    this.tasks.asOwner(() => this.fireOwned(id));
+  }
+
+  private fireOwned(id: string): void {
     try {
       const t = this.tasks.get(id);
       if (!t?.schedule || t.suspended || !t.cron) return;

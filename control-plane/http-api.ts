@@ -45,7 +45,10 @@ export interface HttpApiOptions {
   revokeCredentials?: (propletId: string) => void | Promise<void>;
   /** The role of an existing broker account ('proplet', 'manager', 'debug'), undefined when there is none. */
   accountRole?: (id: string) => string | undefined;
-  health?: () => Record<string, unknown>;
+  /** /health's report; `ready: false` answers 503 (control-plane/health.ts). */
+  health?: () => Record<string, unknown> & { ready?: boolean };
+  /** Why writes are refused now (a dependency is down): they answer 503 with it, nothing changed. */
+  refuseWrites?: () => string | undefined;
   putModule: (digest: string, bytes: Uint8Array) => void;
   /** Resolves when the state store has committed what was written so far: no answer shows uncommitted state. */
   durable?: () => Promise<void>;
@@ -64,6 +67,17 @@ export class HttpError extends Error {
 type Handler = (req: IncomingMessage, url: URL, params: string[]) => Promise<unknown> | unknown;
 /** Given the raw request (event streams, static files); true when it answered. */
 export type RawHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => boolean | Promise<boolean>;
+
+/** A JSON answer with a status of its own (a probe's 503). */
+class Answer {
+  constructor(
+    readonly status: number,
+    readonly body: unknown,
+  ) {}
+}
+
+/** The probes: /health (= /health/ready) and /health/live. */
+const HEALTH = /^\/health(\/(ready|live))?\/?$/;
 
 /** A handler's answer that is not JSON (a model's bytes). */
 export class RawBody {
@@ -92,7 +106,7 @@ export const SESSION_COOKIE = 'propeller_session';
  * (unguessable, immutable) by proplets that hold no API token.
  */
 function isOpen(method: string, path: string): boolean {
-  return path === '/health' || (method === 'GET' && (path === '/login' || path.startsWith('/models/')));
+  return HEALTH.test(path) || (method === 'GET' && (path === '/login' || path.startsWith('/models/')));
 }
 
 const sha = (s: string) => createHash('sha256').update(s).digest();
@@ -119,6 +133,8 @@ export class HttpApi {
   private server: Server;
   private routes: Route[] = [];
   private mounts: { handler: RawHandler; open: boolean }[] = [];
+  /** Requests waiting (?wait=) for a task to finish, by task id. */
+  private waiters = new Map<string, Set<() => void>>();
 
   constructor(private o: HttpApiOptions) {
     if (!o.token && o.noAuth !== true) throw new Error('HttpApi: give a token, or noAuth: true to serve without one');
@@ -128,6 +144,7 @@ export class HttpApi {
         if (!res.headersSent) res.writeHead(500).end();
       });
     });
+    o.tasks.on('changed', this.onTaskChanged);
     this.server.headersTimeout = 30_000;
     this.server.requestTimeout = 120_000;
     this.defineRoutes();
@@ -150,6 +167,7 @@ export class HttpApi {
   }
 
   async close(): Promise<void> {
+    this.o.tasks.off('changed', this.onTaskChanged);
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -172,7 +190,15 @@ export class HttpApi {
 
   private defineRoutes(): void {
     const { tasks, registry } = this.o;
-    this.route('GET', '/health', () => ({ status: 'ok', proplets: registry.size, tasks: tasks.count(), ...this.o.health?.() }));
+    // readiness: 503 while the store or the broker is away (which, since when); liveness: the process answers
+    const health = () => {
+      const h = this.o.health?.() ?? {};
+      const body = { status: h.ready === false ? 'not ready' : 'ok', proplets: registry.size, tasks: tasks.count(), ...h };
+      return h.ready === false ? new Answer(503, body) : body;
+    };
+    this.route('GET', '/health', health);
+    this.route('GET', '/health/ready', health);
+    this.route('GET', '/health/live', () => ({ status: 'alive' }));
     // ?start=true starts it at once and ?wait=DURATION answers when it has finished: one round trip for a run.
     this.route('POST', '/tasks', async (req, url) => {
       const input = parseTaskInput(await this.json(req)) as TaskInput;
@@ -382,10 +408,13 @@ export class HttpApi {
       const route = matching.find((r) => r.method === method);
       if (!route) throw new HttpError(405, `${method} not allowed on ${url.pathname}; allowed: ${matching.map((r) => r.method).join(', ')}`);
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
+      const refused = method === 'GET' || method === 'HEAD' ? undefined : this.o.refuseWrites?.();
+      if (refused) throw new HttpError(503, refused);
       body = await route.handler(req, url, params);
       status = route.status ?? 200;
+      if (body instanceof Answer) ({ status, body } = body);
       // what a client is shown is committed: a crash cannot take back what it saw (health answers regardless)
-      if (url.pathname !== '/health') await this.durable();
+      if (!HEALTH.test(url.pathname)) await this.durable();
       if (body instanceof RawBody) {
         res.writeHead(status, { 'content-type': body.contentType, 'content-length': body.bytes.length, ...body.headers }).end(body.bytes);
         this.o.metrics.httpRequests.inc({ method, code: String(status) });
@@ -476,16 +505,24 @@ or the same URL with the token from the data directory's <code>api.token</code> 
     await new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
-        this.o.tasks.off('changed', onChange);
+        const set = this.waiters.get(id);
+        set?.delete(done);
+        if (set?.size === 0) this.waiters.delete(id);
         resolve();
       };
-      const onChange = (x: Task) => {
-        if (x.id === id && TERMINAL.has(x.state)) done();
-      };
       const timer = setTimeout(done, ms);
-      this.o.tasks.on('changed', onChange);
+      let set = this.waiters.get(id);
+      if (!set) this.waiters.set(id, (set = new Set()));
+      set.add(done);
     });
   }
+
+  /** Wakes the requests waiting for this task to finish (one listener for all: a change costs O(1), not O(waiting requests)). */
+  private onTaskChanged = (t: Task): void => {
+    if (!TERMINAL.has(t.state)) return;
+    const set = this.waiters.get(t.id);
+    if (set) for (const done of [...set]) done();
+  };
 
   async read(req: IncomingMessage, limit: number): Promise<Buffer> {
     const declared = Number(req.headers['content-length']);

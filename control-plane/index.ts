@@ -12,6 +12,7 @@ import { FlCoordinator } from './fl/coordinator.ts';
 import { addFlRoutes } from './fl/http-routes.ts';
 import { GroupService } from './groups.ts';
 import { EventBus } from './events.ts';
+import { readiness, registerHealthMetrics, writesRefused, type Dependency } from './health.ts';
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
@@ -69,6 +70,8 @@ export interface ControlPlaneOptions {
   fetch?: { allow?: readonly string[]; deny?: readonly string[] };
   /** One of N replicas (replica.ts): the owner-only work runs when isOwner() says so. */
   replica?: { isOwner(): boolean; onAcquired(f: () => void): void; module(digest: string): Promise<Uint8Array | undefined> };
+  /** More that readiness depends on (a replica's plane identity on the broker). */
+  dependencies?: Dependency[];
   /** This control plane's HTTP address as proplets reach it (FL tasks' MODEL_URI). Default: http://<http host>:<port>. */
   publicUrl?: string;
   /** How long one of our proplets may take to acknowledge a start before it counts as refused (START_ACK_TIMEOUT). Default 10 s. */
@@ -91,6 +94,8 @@ export class ControlPlane {
   readonly events: EventBus;
   readonly compat: PropellerCompat;
   readonly startAcks: StartAckDeadline;
+  /** What /health's readiness and the refusal of writes look at. */
+  readonly dependencies: Dependency[];
   private readonly log: Logger;
 
   constructor(private o: ControlPlaneOptions) {
@@ -151,6 +156,14 @@ export class ControlPlane {
       },
     });
     this.groups = new GroupService(this.store, this.registry, (id) => this.tasks.assigned(id));
+    this.dependencies = [
+      { name: 'store', what: `the state store`, outage: () => this.store.outage() },
+      // a single process keeps a change made while its broker is away (the start waits in the client's queue);
+      // a replica refuses it, so that clients go to a replica that can act on it
+      { name: 'broker', what: 'the MQTT broker', outage: () => this.gateway.outage(), refusesWrites: o.replica !== undefined },
+      ...(o.dependencies ?? []),
+    ];
+    registerHealthMetrics(this.metrics.registry, this.dependencies);
     this.http = new HttpApi({
       ...o.http,
       tasks: this.tasks,
@@ -161,7 +174,13 @@ export class ControlPlane {
       issueCredentials: o.credentials && ((id, rotate) => o.credentials!.issue(id, rotate)),
       revokeCredentials: o.credentials && ((id) => o.credentials!.revoke(id)),
       accountRole: o.credentials && ((id) => o.credentials!.role(id)),
-      health: () => ({ mqtt: this.gateway.connected ? 'connected' : 'disconnected' }),
+      health: () => ({
+        ...readiness(this.dependencies),
+        mqtt: this.gateway.connected ? 'connected' : 'disconnected',
+        store: this.store.outage() ? 'unreachable' : 'ok',
+        ...(o.replica ? { owner: o.replica.isOwner() } : {}),
+      }),
+      refuseWrites: () => writesRefused(this.dependencies),
       putModule: (digest, bytes) => this.store.putModule(digest, bytes),
       durable: () => this.store.flush(),
     });
@@ -199,6 +218,14 @@ export class ControlPlane {
     this.http.mount((req, res, url) => this.events.serve(req, res, url));
     if (o.http?.staticDir) this.http.mount(staticDirectory(o.http.staticDir), { open: true });
     this.wireEvents();
+    // while the broker is away nobody is heard: silence is no sign of death, and when it is back
+    // every proplet gets a fresh grace to reconnect (as after a restart)
+    this.registry.hearing = () => this.gateway.connected;
+    this.gateway.onReconnect = () => {
+      this.registry.regrace();
+      this.tasks.regrace();
+      this.log('info', 'broker reachable again: proplets get a fresh liveness grace');
+    };
     if (o.replica) {
       const own = () => o.replica!.isOwner();
       this.tasks.owner = own;
@@ -214,6 +241,11 @@ export class ControlPlane {
         this.fl.resume();
       });
     }
+  }
+
+  /** Store, broker (and plane) all there: what a replica needs to take the lease. */
+  ready(): boolean {
+    return readiness(this.dependencies).ready;
   }
 
   /** A row another replica committed (the store's change feed): refresh this replica's view of it. */
@@ -252,12 +284,12 @@ export class ControlPlane {
     // with replicas, only the owner reconciles: another replica's view of a task may lag the feed
     const owner = () => this.o.replica?.isOwner() ?? true;
     this.registry.on('up', (p, running) => {
-      if (owner()) this.tasks.reconcile(p, running);
+      if (owner()) this.tasks.asOwner(() => this.tasks.reconcile(p, running));
       this.tasks.schedulePlacement();
     });
     this.registry.on('load', () => this.tasks.schedulePlacement());
     this.registry.on('report', (p, running) => {
-      if (owner()) this.tasks.reconcile(p, running);
+      if (owner()) this.tasks.asOwner(() => this.tasks.reconcile(p, running));
     });
     this.registry.on('state', (p, from, reason) => {
       this.metrics.propletTransitions.inc({ to: p.state });

@@ -40,6 +40,28 @@ export class FencedError extends Error {
   override name = 'FencedError';
 }
 
+/** What an owner-only write carries: the lease it was made under and that lease's token at the time. */
+export interface Fence {
+  name: string;
+  holder: string;
+  token: number;
+}
+
+/**
+ * Throws FencedError unless the lease row still names this holder and token and
+ * has not expired, checked inside the caller's transaction. FOR SHARE: a
+ * successor's takeover (an UPDATE of that row) waits for this transaction, so
+ * what it commits is seen by the successor, never interleaved with it.
+ */
+export async function checkFence(client: Pick<PoolClient, 'query'>, f: Fence): Promise<void> {
+  if (f.token < 0) throw new FencedError('owner-only work by a replica that does not hold the lease');
+  const r = await client.query(
+    'SELECT 1 FROM propeller_leases WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp() FOR SHARE',
+    [f.name, f.holder, f.token],
+  );
+  if (r.rowCount !== 1) throw new FencedError(`lease ${f.name} token ${f.token} is no longer current: another replica owns the work now`);
+}
+
 export interface LeaseOptions {
   pool: Pool;
   /** What the lease guards, e.g. 'propeller/control'. */
@@ -52,6 +74,8 @@ export interface LeaseOptions {
   retryMs?: number;
   onAcquired?: (token: number) => void;
   onLost?: (reason: string) => void;
+  /** While false, this replica does not take the lease, and hands it over if it holds it (e.g. its broker is away). */
+  eligible?: () => boolean;
   log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -74,6 +98,17 @@ export class PgLease {
     return this.token !== undefined;
   }
 
+  /** The fence owner-only writes carry while this replica holds the lease. */
+  current(): Fence | undefined {
+    const token = this.token;
+    return token === undefined ? undefined : { name: this.o.name, holder: this.o.holder, token };
+  }
+
+  /** The database refused a write under our token: another replica holds the lease. */
+  stepDown(reason: string): void {
+    this.lose(reason);
+  }
+
   async start(): Promise<void> {
     await ensureLeaseTable(this.o.pool);
     await this.tick();
@@ -82,12 +117,13 @@ export class PgLease {
 
   /** Throws FencedError unless this replica still holds the lease, checked inside the caller's transaction. */
   async fence(client: PoolClient): Promise<void> {
-    const token = this.token;
-    if (token === undefined) throw new FencedError(`not the holder of lease ${this.o.name}`);
-    const r = await client.query('SELECT 1 FROM propeller_leases WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > now() FOR SHARE', [this.o.name, this.o.holder, token]);
-    if (r.rowCount !== 1) {
-      this.lose('fenced: another replica holds the lease');
-      throw new FencedError(`lease ${this.o.name} token ${token} is no longer current`);
+    const f = this.current();
+    if (!f) throw new FencedError(`not the holder of lease ${this.o.name}`);
+    try {
+      await checkFence(client, f);
+    } catch (e) {
+      if (e instanceof FencedError) this.lose('fenced: another replica holds the lease');
+      throw e;
     }
   }
 
@@ -120,6 +156,7 @@ export class PgLease {
   /** One attempt: renew what we hold, or take what has expired. */
   private async tick(): Promise<void> {
     if (this.busy || this.stopped) return;
+    if (this.o.eligible && !this.o.eligible()) return this.handOver('this replica is not ready');
     this.busy = true;
     const sent = performance.now();
     const ttl = `${Math.ceil(this.o.ttlMs)} milliseconds`;
@@ -158,6 +195,14 @@ export class PgLease {
     } finally {
       this.busy = false;
     }
+  }
+
+  /** Gives the lease up at once so that a ready replica takes it. */
+  private handOver(reason: string): void {
+    const token = this.held?.token;
+    if (token === undefined) return;
+    this.lose(reason);
+    void this.o.pool.query('UPDATE propeller_leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND token = $3', [this.o.name, this.o.holder, token]).catch(() => undefined);
   }
 
   private lose(reason: string): void {

@@ -1,15 +1,17 @@
 // The durable store's core, shared by SQLite and PostgreSQL: reads are served
 // synchronously from an in-memory mirror loaded at open; writes update the
-// mirror at once and are queued, then committed once per tick in ONE
-// transaction (group commit). Each row carries a version and every write is
-// guarded by the version this process last saw (optimistic concurrency, like
+// mirror at once and are queued, then committed together in ONE transaction
+// a millisecond after the first of them, or at the end of the turn in which
+// someone waits for them (flush): group commit. Each row carries a version
+// and every write is guarded by the version this process last saw (optimistic concurrency, like
 // Kubernetes' resourceVersion): a write that lost to another writer is counted,
 // logged and dropped, and the row is reloaded — never silently overwritten.
 
 import type { FederatedJob, ModelCheckpoint, TrainingRound } from './fl/resources.ts';
+import { FencedError, type Fence } from './lease.ts';
 import { silent, type Logger } from './log.ts';
 import type { Proplet, PropletGroup, Task, Transition } from './model.ts';
-import { zeroStats, type Collection, type Store, type StoredCredential } from './store.ts';
+import { zeroStats, type Collection, type Store, type StoredCredential, type StoreOutage } from './store.ts';
 import { sameTransition, taskFromRow, taskToRow, type DocKind, type Engine, type HistoryWrite, type LoadedTask, type Op, type RowKey, type TaskRow } from './store-rows.ts';
 
 export interface MirrorOptions {
@@ -18,13 +20,18 @@ export interface MirrorOptions {
   onConflict?: (key: RowKey) => void;
   /** Called after another writer's committed change was loaded into the mirror (PostgreSQL's change feed). */
   onChange?: (key: RowKey) => void;
+  /** Replicas: the lease's fence while this replica owns it; writes made in asOwner carry it. */
+  fence?: () => Fence | undefined;
+  /** Replicas: the database refused writes made under a stale fence (another replica owns the lease now). */
+  onFenced?: (reason: string) => void;
 }
 
 /** A write as made by a caller; its versions are filled in at commit time. */
-type Intent =
-  | { t: 'task'; key: string; id: string; row: TaskRow | null; spec: boolean; hist?: HistoryWrite; epoch: number }
-  | { t: 'doc'; key: string; kind: DocKind; id: string; doc: string | null; epoch: number }
-  | { t: 'module'; key: string; digest: string; bytes: Uint8Array; epoch: number };
+type Intent = (
+  | { t: 'task'; key: string; id: string; row: TaskRow | null; spec: boolean; hist?: HistoryWrite }
+  | { t: 'doc'; key: string; kind: DocKind; id: string; doc: string | null }
+  | { t: 'module'; key: string; digest: string; bytes: Uint8Array }
+) & { epoch: number; fence: Fence | undefined };
 
 interface TaskEntry {
   row: TaskRow;
@@ -32,7 +39,10 @@ interface TaskEntry {
 }
 
 type Undo = () => void;
-type NewIntent = Intent extends infer I ? (I extends Intent ? Omit<I, 'epoch'> : never) : never;
+type NewIntent = Intent extends infer I ? (I extends Intent ? Omit<I, 'epoch' | 'fence'> : never) : never;
+
+/** How long the first write waits for others to share its commit (writes nobody awaits: flush() does not wait for it). */
+const GROUP_WINDOW_MS = 1;
 
 const keyOf = (kind: string, id: string) => `${kind}\u0000${id}`;
 const splitKey = (key: string): RowKey => {
@@ -67,9 +77,13 @@ export class MirrorStore implements Store {
   /** The group `atomically` is building, and how to undo it in the mirror. */
   private open?: { intents: Intent[]; undo: Undo[] };
   private flushing?: Promise<void>;
-  private immediate?: NodeJS.Immediate;
+  private groupTimer?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
   private closed = false;
+  /** Set inside asOwner: the fence its writes carry. */
+  private fencing?: Fence;
+  /** Since when commits fail because the database is unreachable. */
+  private down?: StoreOutage;
   private readonly log: Logger;
 
   protected constructor(
@@ -217,6 +231,21 @@ export class MirrorStore implements Store {
     }
   }
 
+  asOwner<R>(fn: () => R): R {
+    const prev = this.fencing;
+    // owner work run by a replica that does not hold the lease (a timer armed while it did) is refused at commit
+    this.fencing = this.o.fence && (this.o.fence() ?? NOT_OWNER);
+    try {
+      return fn();
+    } finally {
+      this.fencing = prev;
+    }
+  }
+
+  outage(): StoreOutage | undefined {
+    return this.down ?? this.engine.outage?.();
+  }
+
   private record(i: NewIntent, undo: Undo): void {
     if (this.closed) {
       // a late event after shutdown: nothing can be committed any more
@@ -224,7 +253,7 @@ export class MirrorStore implements Store {
       this.log('warn', 'store write after close; dropped', { engine: this.engine.name, row: i.key.replace('\u0000', '/') });
       return;
     }
-    const intent = { ...i, epoch: this.epochs.get(i.key) ?? 0 } as Intent;
+    const intent = { ...i, epoch: this.epochs.get(i.key) ?? 0, fence: this.fencing } as Intent;
     if (this.open) {
       this.open.intents.push(intent);
       this.open.undo.push(undo);
@@ -240,11 +269,15 @@ export class MirrorStore implements Store {
 
   private schedule(): void {
     // a running flush loops until the queue is empty; a pending retry waits its turn
-    if (this.immediate || this.retry || this.flushing || this.closed) return;
-    this.immediate = setImmediate(() => {
-      this.immediate = undefined;
+    if (this.groupTimer || this.retry || this.flushing || this.closed) return;
+    // Commit GROUP_WINDOW_MS after the first write rather than at the end of its turn: the
+    // writes of the next few turns join the transaction (a task's placement, its Running and
+    // its result are one commit instead of three). Nobody waits for it: whoever must see a
+    // write committed (an API answer, a replica's start) calls flush(), which commits at the end of its turn.
+    this.groupTimer = setTimeout(() => {
+      this.groupTimer = undefined;
       void this.flush().catch(() => {});
-    });
+    }, GROUP_WINDOW_MS);
   }
 
   /** Resolves when everything queued before the call is in the database (later writes need not wait). */
@@ -255,7 +288,8 @@ export class MirrorStore implements Store {
         await this.flushing.catch(() => {});
         continue;
       }
-      this.flushing = this.commitQueued();
+      // at the end of this turn: every caller waiting now, and what this turn still writes, share the commit
+      this.flushing = new Promise<void>((r) => setImmediate(r)).then(() => this.commitQueued());
       try {
         await this.flushing;
       } finally {
@@ -275,9 +309,12 @@ export class MirrorStore implements Store {
       await this.commitGroups(groups);
       this.stats.pending -= groups.reduce((n, g) => n + g.length, 0);
       this.settled += groups.length;
+      if (this.down) this.log('info', 'store reachable again', { engine: this.engine.name, down_s: (Date.now() - this.down.since) / 1000 });
+      this.down = undefined;
     } catch (e) {
       // the database is unreachable: keep the writes, in order, and try again
       this.stats.failures++;
+      this.down = { since: this.down?.since ?? Date.now(), error: (e as Error).message };
       this.queue = groups.concat(this.queue);
       this.log('error', 'store commit failed; retrying', { engine: this.engine.name, error: (e as Error).message, pending: this.stats.pending });
       if (!this.closed && !this.retry)
@@ -295,13 +332,23 @@ export class MirrorStore implements Store {
     const stale = groups.filter((g) => this.isStale(g));
     for (const g of stale) this.dropStale(g);
     if (!live.length) return;
-    try {
-      const ops = this.coalesce(live);
-      if (!ops.length) return;
-      const conflicts = await this.engine.commit(ops);
-      if (!conflicts.length) return this.committed(ops);
-    } catch (e) {
-      if (!this.engine.isDataError(e)) throw e;
+    // owner-only writes made under different tokens (the lease changed hands meanwhile) go one group at a time
+    let fence: Fence | undefined;
+    let mixed = false;
+    for (const g of live) {
+      const f = fenceOf(g);
+      if (f && fence && f.token !== fence.token) mixed = true;
+      fence ??= f;
+    }
+    if (!mixed) {
+      try {
+        const ops = this.coalesce(live);
+        if (!ops.length) return;
+        const conflicts = await this.engine.commit(ops, fence);
+        if (!conflicts.length) return this.committed(ops);
+      } catch (e) {
+        if (!this.engine.isDataError(e) && !(e instanceof FencedError)) throw e;
+      }
     }
     for (const g of live) {
       if (this.isStale(g)) {
@@ -312,8 +359,12 @@ export class MirrorStore implements Store {
       if (!ops.length) continue;
       let conflicts: RowKey[];
       try {
-        conflicts = await this.engine.commit(ops);
+        conflicts = await this.engine.commit(ops, fenceOf(g));
       } catch (e) {
+        if (e instanceof FencedError) {
+          await this.refuseFenced(ops, e);
+          continue;
+        }
         if (!this.engine.isDataError(e)) throw e;
         this.stats.dropped += ops.length;
         this.log('error', 'store write refused by the database; dropped', { engine: this.engine.name, keys: ops.map(describe), error: (e as Error).message });
@@ -332,6 +383,15 @@ export class MirrorStore implements Store {
       });
       await this.reloadRows(ops.filter((o) => o.t !== 'module').map((o) => keyOf(o.t === 'task' ? 'task' : o.kind, o.id)), conflicts);
     }
+  }
+
+  /** An ex-owner's writes: never committed; its view goes back to what the database has, and it steps down. */
+  private async refuseFenced(ops: Op[], e: FencedError): Promise<void> {
+    this.stats.fenced += ops.length;
+    const keys = ops.filter((o) => o.t !== 'module').map((o) => keyOf(o.t === 'task' ? 'task' : o.kind, o.id));
+    this.log('warn', 'owner write refused: another replica owns the lease now; dropped', { engine: this.engine.name, rows: keys.map((k) => k.replace('\u0000', '/')), reason: e.message });
+    this.o.onFenced?.(e.message);
+    await this.reloadRows(keys, keys.map(splitKey));
   }
 
   private async applyRemote(queued: Intent[][]): Promise<void> {
@@ -429,9 +489,9 @@ export class MirrorStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    clearImmediate(this.immediate);
+    clearTimeout(this.groupTimer);
     clearTimeout(this.retry);
-    this.immediate = this.retry = undefined;
+    this.groupTimer = this.retry = undefined;
     // a graceful stop loses nothing: drain, retrying while the database is away for a while
     for (let attempt = 0; ; attempt++) {
       try {
@@ -459,6 +519,14 @@ function historyWrite(prev: Transition[] | undefined, now: Transition[]): Histor
   }
   // first write, or the history was trimmed: rewrite it
   return { replace: true, from: 0, entries: now.map((h) => ({ ...h })) };
+}
+
+const NOT_OWNER: Fence = { name: '', holder: '', token: -1 };
+
+/** The fence a group's writes were made under (asOwner), if any. */
+function fenceOf(g: Intent[]): Fence | undefined {
+  for (const i of g) if (i.fence) return i.fence;
+  return undefined;
 }
 
 function mergeHistory(a: HistoryWrite | undefined, b: HistoryWrite): HistoryWrite {

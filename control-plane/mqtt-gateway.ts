@@ -89,6 +89,10 @@ export class MqttGateway implements Dispatcher {
   }
 
   private client?: MqttClient;
+  /** Since when the broker connection is down, and the last reason heard. */
+  private lost?: { since: number; error: string };
+  /** Called when the connection comes back after it was lost (not on the first connect). */
+  onReconnect?: () => void;
   private handlers?: Handlers;
   private usage?: PropletUsage;
 
@@ -96,6 +100,12 @@ export class MqttGateway implements Dispatcher {
 
   get connected(): boolean {
     return this.client?.connected ?? false;
+  }
+
+  /** Set while the broker is unreachable: since when, and why. */
+  outage(): { since: number; error: string } | undefined {
+    if (this.connected) return undefined;
+    return this.lost ?? { since: Date.now(), error: 'not connected yet' };
   }
 
   async connect(handlers: Handlers): Promise<void> {
@@ -115,12 +125,21 @@ export class MqttGateway implements Dispatcher {
     });
     this.client = client;
     client.on('message', (t, payload) => this.handle(t, payload));
-    client.on('error', (e) => this.o.log('warn', 'mqtt error', { error: e.message }));
+    client.on('error', (e) => {
+      if (this.lost) this.lost.error = e.message;
+      this.o.log('warn', 'mqtt error', { error: e.message });
+    });
+    client.on('close', () => {
+      this.lost ??= { since: Date.now(), error: 'connection to the broker lost' };
+    });
     client.on('reconnect', () => this.o.log('info', 'mqtt reconnecting'));
     client.on('connect', (ack) => {
       // mqtt.js leaves Nagle on: small control messages would wait for delayed ACKs (~40 ms).
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       this.o.log('info', 'mqtt connected', { url: this.o.url, session_present: ack.sessionPresent });
+      const was = this.lost;
+      this.lost = undefined;
+      if (was) this.onReconnect?.();
       client.subscribe(this.filters(), { qos: 1 }, (err, granted) => {
         if (err) return this.o.log('error', 'subscribe failed', { error: err.message });
         const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic);

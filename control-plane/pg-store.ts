@@ -4,6 +4,7 @@
 // (unnest of arrays), whatever the number of rows in it.
 
 import pg from 'pg';
+import { checkFence, type Fence } from './lease.ts';
 import { MirrorStore, type MirrorOptions } from './mirror-store.ts';
 import { StoreError, transition, type ChangedRow, type DocKind, type Engine, type LoadedDoc, type LoadedTask, type Op, type RowKey, type TaskRow } from './store-rows.ts';
 
@@ -72,6 +73,8 @@ class PgEngine implements Engine {
   private client?: pg.Client;
   private listener?: pg.Client;
   private closing = false;
+  /** Since when the change feed's connection is down: the database is unreachable. */
+  private feedDown?: { since: number; error: string };
   private modules = new Map<string, Uint8Array>();
 
   constructor(private url: string) {}
@@ -138,12 +141,18 @@ class PgEngine implements Engine {
     return { tasks, docs };
   }
 
-  async commit(ops: Op[]): Promise<RowKey[]> {
+  outage() {
+    return this.feedDown;
+  }
+
+  async commit(ops: Op[], fence?: Fence): Promise<RowKey[]> {
     const c = await this.connection();
     for (const precise of [false, true]) {
       await c.query('BEGIN');
       try {
         const conflicts = await this.apply(c, ops, precise);
+        // last, so that a holder paused anywhere in this transaction is judged when it commits
+        if (!conflicts.length && fence) await checkFence(c, fence);
         if (!conflicts.length) await this.notify(c, ops);
         await c.query(conflicts.length ? 'ROLLBACK' : 'COMMIT');
         return conflicts;
@@ -304,14 +313,16 @@ class PgEngine implements Engine {
       if (this.closing) return;
       const l = new pg.Client({ connectionString: this.url, connectionTimeoutMillis: 10_000 });
       this.listener = l;
-      const again = () => {
+      const again = (e?: Error) => {
         if (this.listener !== l) return;
         this.listener = undefined;
+        // since the first failure; the latest reason
+        if (!this.closing) this.feedDown = { since: this.feedDown?.since ?? Date.now(), error: e ? describePgError(e) : 'connection to PostgreSQL lost' };
         void l.end().catch(() => {});
         if (!this.closing) setTimeout(() => void listen().catch(() => {}), 1000).unref();
       };
       l.on('error', again);
-      l.on('end', again);
+      l.on('end', () => again());
       l.on('notification', (n) => {
         if (n.channel !== FEED || !n.payload || n.processId === (this.client as { processID?: number } | undefined)?.processID) return;
         try {
@@ -324,10 +335,11 @@ class PgEngine implements Engine {
         await l.connect();
         await l.query(`LISTEN ${FEED}`);
       } catch (e) {
-        again();
+        again(e as Error);
         if (first) throw e;
         return;
       }
+      this.feedDown = undefined;
       if (!first) {
         const rows = (await l.query<ChangedRow>(`SELECT 'task' AS kind, id, version FROM tasks UNION ALL SELECT kind, id, version FROM records`)).rows;
         onChange(rows, true);

@@ -45,6 +45,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
   private timer?: NodeJS.Timeout;
   /** Replicas: only the lease's owner sweeps (see replica.ts). */
   owner: () => boolean = () => true;
+  /** False while the broker is away: the proplets' silence then says nothing about them. */
+  hearing: () => boolean = () => true;
 
   constructor(
     private store: Store,
@@ -187,18 +189,27 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   /** One liveness pass: missed heartbeats past the thresholds move proplets down. */
   sweep(): void {
-    if (!this.owner()) return;
+    if (!this.owner() || !this.hearing()) return;
     const now = this.now();
-    for (const e of this.entries.values()) {
-      const p = e.p;
-      if (p.state === 'failed') continue;
-      const silent = now - e.at;
-      if (silent >= this.health.failureThresholdMs) {
-        this.transition(p, 'failed', `no heartbeat for ${Math.round(silent / 1000)} s`);
-      } else if (p.state === 'alive' && silent >= this.health.offlineThresholdMs) {
-        this.transition(p, 'offline', `no heartbeat for ${Math.round(silent / 1000)} s`);
+    // what the transitions cause (evacuations) commits only while this replica owns the lease
+    this.store.asOwner(() => {
+      for (const e of this.entries.values()) {
+        const p = e.p;
+        if (p.state === 'failed') continue;
+        const silent = now - e.at;
+        if (silent >= this.health.failureThresholdMs) {
+          this.transition(p, 'failed', `no heartbeat for ${Math.round(silent / 1000)} s`);
+        } else if (p.state === 'alive' && silent >= this.health.offlineThresholdMs) {
+          this.transition(p, 'offline', `no heartbeat for ${Math.round(silent / 1000)} s`);
+        }
       }
-    }
+    });
+  }
+
+  /** The broker is back: every proplet gets a fresh grace, as after a restart (it could not reach us meanwhile). */
+  regrace(): void {
+    const now = this.now();
+    for (const e of this.entries.values()) e.at = Math.max(e.at, now);
   }
 
   start(): void {

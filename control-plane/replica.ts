@@ -5,7 +5,7 @@
 // share of the proplets' results.
 
 import pg from 'pg';
-import { PgLease } from './lease.ts';
+import { PgLease, type Fence } from './lease.ts';
 import { silent, type Logger } from './log.ts';
 
 export interface ReplicaOptions {
@@ -17,8 +17,12 @@ export interface ReplicaOptions {
   holder: string;
   /** A dead owner's work is taken over within this + 1 s. Default 5 s. */
   leaseMs?: number;
+  /** While false (broker or store away), this replica neither takes the lease nor keeps it. */
+  eligible?: () => boolean;
   log?: Logger;
 }
+
+export const DEFAULT_LEASE_MS = 5000;
 
 export class Replica {
   private pool: pg.Pool;
@@ -33,7 +37,8 @@ export class Replica {
       pool: this.pool,
       name: o.name,
       holder: o.holder,
-      ttlMs: o.leaseMs ?? 5000,
+      ttlMs: o.leaseMs ?? DEFAULT_LEASE_MS,
+      ...(o.eligible ? { eligible: o.eligible } : {}),
       onAcquired: (token) => {
         log('info', 'this replica owns placement, liveness and cron', { holder: o.holder, token });
         for (const f of this.acquired) f();
@@ -45,6 +50,14 @@ export class Replica {
 
   isOwner(): boolean {
     return this.lease.isHolder;
+  }
+  /** What owner-only writes carry (the store checks it when it commits them). */
+  fence(): Fence | undefined {
+    return this.lease.current();
+  }
+  /** The store refused a write under this replica's token: another replica owns the lease. */
+  stepDown(reason: string): void {
+    this.lease.stepDown(reason);
   }
   /** Runs f each time this replica becomes the owner (to catch up on what it did not do meanwhile). */
   onAcquired(f: () => void): void {

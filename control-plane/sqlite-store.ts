@@ -1,6 +1,7 @@
 // The embedded durable store: one SQLite file in the data directory
-// (better-sqlite3, WAL), the default. Writes are group-committed once per tick
-// (mirror-store.ts); a kill -9 at any moment leaves the last committed state.
+// (better-sqlite3, WAL), the default. Writes are group-committed, a
+// millisecond's worth in one transaction (mirror-store.ts); a kill -9 at any
+// moment leaves the last committed state.
 
 import Database from 'better-sqlite3';
 import { LRUCache } from 'lru-cache';

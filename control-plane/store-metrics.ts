@@ -9,6 +9,7 @@ const COUNTERS: [keyof StoreStats, string, string][] = [
   ['conflicts', 'propeller_store_conflicts_total', 'Store writes refused because another writer changed the row first (the row was reloaded)'],
   ['dropped', 'propeller_store_dropped_total', 'Store writes dropped because the database refused their data'],
   ['failures', 'propeller_store_commit_failures_total', 'Store commits that failed (database unreachable) and were retried'],
+  ['fenced', 'propeller_store_fenced_total', "Owner-only writes refused because another replica had taken the lease (stale fencing token)"],
 ];
 
 export function registerStoreMetrics(registry: Registry, store: Store): void {

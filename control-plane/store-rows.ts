@@ -5,6 +5,7 @@
 // lifecycle) and `spec` (what the user asked for, written only when it changes).
 // Every other record is one versioned JSON document.
 
+import type { Fence } from './lease.ts';
 import type { Task, TaskState, Transition } from './model.ts';
 
 export type DocKind = 'proplet' | 'group' | 'credential' | 'fl-job' | 'fl-round' | 'fl-checkpoint';
@@ -73,7 +74,9 @@ export interface Engine {
    * Applies ops in one transaction. Returns the keys whose version had moved
    * on; when there are any, nothing was applied.
    */
-  commit(ops: Op[]): Promise<RowKey[]>;
+  commit(ops: Op[], fence?: Fence): Promise<RowKey[]>;
+  /** Set while the engine knows its database is unreachable (e.g. its change feed's connection is down). */
+  outage?(): { since: number; error: string } | undefined;
   /** The rows as the database has them now (undefined: no such row). */
   reload(keys: RowKey[]): Promise<(LoadedTask | LoadedDoc | undefined)[]>;
   /**

@@ -35,6 +35,14 @@ export interface StoreStats {
   failures: number;
   /** Writes waiting for the next commit. */
   pending: number;
+  /** Owner-only writes refused because the lease had moved to another replica (fencing token stale). */
+  fenced: number;
+}
+
+/** Why the store cannot commit now, and since when (ms since the epoch). */
+export interface StoreOutage {
+  since: number;
+  error: string;
 }
 
 export interface Store {
@@ -52,6 +60,14 @@ export interface Store {
   deleteTasks(ids: readonly string[]): number;
   /** Runs fn so that all its writes land together or not at all. */
   atomically<R>(fn: () => R): R;
+  /**
+   * Runs fn as the replicas' lease owner (placement, liveness, cron, FL rounds):
+   * its writes land together, and only while the lease is still this replica's
+   * (checked in the committing transaction). Elsewhere the same as atomically.
+   */
+  asOwner<R>(fn: () => R): R;
+  /** Set while the store cannot commit (its database is unreachable). */
+  outage(): StoreOutage | undefined;
   readonly stats: StoreStats;
   /** Resolves once every write made before the call is committed. */
   flush(): Promise<void>;
@@ -60,7 +76,7 @@ export interface Store {
 }
 
 export function zeroStats(): StoreStats {
-  return { commits: 0, writes: 0, conflicts: 0, dropped: 0, failures: 0, pending: 0 };
+  return { commits: 0, writes: 0, conflicts: 0, dropped: 0, failures: 0, pending: 0, fenced: 0 };
 }
 
 /** Copies on the way in and out, so callers cannot change stored state by accident. */
@@ -104,6 +120,12 @@ export class MemoryStore implements Store {
   }
   atomically<R>(fn: () => R): R {
     return fn();
+  }
+  asOwner<R>(fn: () => R): R {
+    return fn();
+  }
+  outage() {
+    return undefined;
   }
   async flush() {}
   async close() {}

@@ -356,7 +356,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
       const t = this.tasks.get(id);
       if (t && this.expiresAt.get(id) === at && TERMINAL.has(t.state)) gone.push(t);
     }
-    this.forget(gone);
+    this.asOwner(() => this.forget(gone));
     return gone.length;
   }
 
@@ -600,13 +600,23 @@ export class TaskService extends EventEmitter<TaskEvents> {
     }
   }
 
+  /** The broker was away: as after a restart, tasks placed before get the restart grace to report (their results may be on the way). */
+  regrace(): void {
+    this.startedAt = this.now();
+  }
+
+  /** Owner-only work (placement, retention, cron): its writes commit only while this replica holds the lease. */
+  asOwner<R>(fn: () => R): R {
+    return this.o.store.asOwner(fn);
+  }
+
   /** Coalesces placement requests into one pass per tick. */
   schedulePlacement(): void {
     if (this.placeQueued || !this.owner()) return;
     this.placeQueued = true;
     setImmediate(() => {
       this.placeQueued = false;
-      this.placePending();
+      this.asOwner(() => this.placePending());
     });
   }
 
@@ -685,7 +695,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (this.retryTimer) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
-      this.placePending();
+      if (this.owner()) this.asOwner(() => this.placePending());
     }, this.o.retryIntervalMs ?? 1000);
     this.retryTimer.unref();
   }
@@ -720,7 +730,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
     void this.o.store.flush().then(
       () => {
         const cur = this.tasks.get(t.id);
-        if (cur?.state !== 'Scheduled' || cur.attempt !== attempt || cur.proplet_id !== p.id) return;
+        // an ex-owner whose placement was fenced off sends nothing, even if the new owner placed it alike
+        if (!this.owner() || cur?.state !== 'Scheduled' || cur.attempt !== attempt || cur.proplet_id !== p.id) return;
         const to = this.o.registry.get(p.id) ?? p;
         this.o.dispatcher.start(to, this.startMessage(cur, to));
       },

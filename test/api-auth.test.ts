@@ -61,7 +61,7 @@ test('the bearer token opens every route; /health and models stay open and /heal
   t.regex((await call('/metrics', { headers: bearer(TOKEN) })).body, /propeller_tasks_total/);
   const h = await call('/health');
   t.is(h.status, 200);
-  t.deepEqual(Object.keys(h.body).sort(), ['mqtt', 'proplets', 'status', 'tasks']);
+  t.deepEqual(Object.keys(h.body).sort(), ['down', 'mqtt', 'proplets', 'ready', 'status', 'store', 'tasks']);
   t.false(JSON.stringify(h.body).includes('p1'));
   // content-addressed: unknown is a 404, not a 401
   t.is((await call(`/models/sha256:${'0'.repeat(64)}`)).status, 404);

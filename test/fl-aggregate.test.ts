@@ -12,6 +12,7 @@ import {
   FedMedian,
   FOLD_KERNEL_WASM,
   FOLD_KERNEL_WAT,
+  releaseFedAvgMemory,
   TrimmedMean,
   UpdateError,
   type Aggregator,
@@ -22,11 +23,11 @@ import { encodeModel, float32ToLE, MODEL_FORMAT, paramCount, type Model } from '
 import { seeded as rng } from './helpers/seeded.ts';
 
 
-// Sizes that cross the kernel's 64 KiB staging blocks and leave odd tails.
+// Sizes that leave odd tails (SIMD lanes of 4 and 8 values); random stream chunks cross tensors' pieces.
 const SHAPES: [string, number[]][] = [
   ['conv.w', [3, 3, 4, 8]],
   ['conv.b', [8]],
-  ['fc.w', [181, 191]], // 34,571 values: two full 16,384 blocks and a tail of 1,803
+  ['fc.w', [181, 191]], // 34,571 values
   ['fc.b', [7]],
   ['scale', []],
 ];
@@ -72,6 +73,9 @@ function maxRelDiff(a: Model, b: Float32Array[]): number {
   }
   return worst;
 }
+
+/** FedAvg's staging area, ahead of its sum in the kernel's memory. */
+const STAGE = 262144;
 
 const bits = (m: Model) => Buffer.from(encodeModel({ ...m, meta: undefined }));
 
@@ -261,7 +265,7 @@ test('fedavg is bit-identical to the naive float64 loop in arrival order (the 1e
   }
 });
 
-// One tensor of many 64 KiB staging blocks (the last one partial) and a small one after it.
+// One tensor of several 256 KiB pieces (the last one partial; more than add()'s ring holds) and a small one after it.
 const BIG: [string, number[]][] = [
   ['big', [300_001]],
   ['tail', [3]],
@@ -386,6 +390,76 @@ test('addEncoded: an update in its CBOR form folds like the decoded one, and is 
   }
 });
 
+test('add() stages through the ring, a free stream slot, or the 256 KiB area while every slot is busy: same sums, exact refusals', (t) => {
+  const r = rng(21);
+  const bigRef = bigModel(r);
+  const good: Update[] = [0, 1, 2, 3, 4].map((i) => ({ participant: `good-${i}`, numSamples: 3 + i * 11, model: bigModel(r) }));
+  const poisoned = (i: number): Update => {
+    const m = structuredClone(good[4]!.model);
+    m.tensors[0]!.data[i] = NaN;
+    return { ...good[4]!, participant: 'bad', model: m };
+  };
+  const a = new FedAvg(bigRef, { maxInFlight: 1 });
+  const check = (label: string) => {
+    const before = bits(a.result());
+    // a NaN in the first piece (copied in again by the fold), in the middle, in the last piece (still staged)
+    for (const i of [5, 150_000, 299_999]) refused(t, () => a.add(poisoned(i)), 'non_finite', new RegExp(`NaN at index ${i}\\b`));
+    t.deepEqual(bits(a.result()), before, label);
+  };
+  a.add(good[0]!); // the ring (a quarter of the model, rounded up to whole pieces)
+  check('ring');
+  a.begin('open', 1); // slot 0 (where the ring was) now holds a stream: add() goes through the 256 KiB area
+  a.add(good[1]!);
+  check('every slot busy');
+  a.abort('open');
+  a.add(good[2]!); // the free slot, a whole model
+  check('free slot');
+  streamInOrder(a, good[3]!, 65536);
+  a.add(good[4]!);
+  const want = naiveFedAvg(good, bigRef);
+  t.deepEqual(bits(a.finish()), bits({ ...bigRef, tensors: bigRef.tensors.map((x, i) => ({ ...x, data: want[i]! })) }));
+});
+
+test('finishWith() hands the memory to the next fedavg of the same model: detached views, a zeroed sum, bounded and dropped for another size', (t) => {
+  releaseFedAvgMemory();
+  const us = updates(6, 22);
+  const want = bits({ ...ref, tensors: ref.tensors.map((x, i) => ({ ...x, data: naiveFedAvg(us.slice(3))[i]! })) });
+  const first = new FedAvg(ref);
+  for (const u of us.slice(0, 3)) stream(first, u, rng(23)); // the kept memory has grown by a slot, and holds sums
+  let kept: Float32Array | undefined;
+  const encoded = first.finishWith((m) => {
+    kept = m.tensors[2]!.data;
+    t.true(kept.length > 0);
+    return encodeModel(m);
+  });
+  t.true(encoded.length > 0);
+  t.is(kept!.length, 0, 'a view kept past use() reads as empty, never as the next round');
+  t.throws(() => first.result(), { instanceOf: AggregatorError, message: /finished/ });
+  const grown = first.memoryBytes;
+  // the next round of the same model starts on that memory, from a zero sum
+  const second = new FedAvg(ref);
+  t.is(second.memoryBytes, grown);
+  t.is(releaseFedAvgMemory(), 0, 'taken from the pool');
+  for (const u of us.slice(3)) second.add(u);
+  t.deepEqual(second.finishWith((m) => bits(m)), want);
+  // a third aggregator while two finish: at most two memories are kept
+  const [x, y, z] = [new FedAvg(ref), new FedAvg(ref), new FedAvg(ref)];
+  for (const a of [x, y, z]) a.add(us[0]!);
+  for (const a of [x, y, z]) a.finishWith(() => undefined);
+  t.is(releaseFedAvgMemory(), 2);
+  // a model of another size drops the memories kept for this one
+  const w = new FedAvg(ref);
+  w.add(us[0]!);
+  w.finishWith(() => undefined);
+  const other = new FedAvg(bigModel(rng(24)));
+  t.is(releaseFedAvgMemory(), 0);
+  t.is(other.count, 0);
+  // fedmedian and trimmed-mean: finishWith is finish() handed to use
+  const m = new FedMedian(ref);
+  m.add(us[0]!);
+  t.deepEqual(m.finishWith((r) => bits(r)), bits(us[0]!.model));
+});
+
 test('one poisoned update: fedavg follows it, fedmedian and trimmed-mean do not', (t) => {
   const honest = updates(9, 9, 1).map((u) => ({ ...u, numSamples: 100 }));
   const poison = structuredClone(honest[0]!.model);
@@ -446,25 +520,27 @@ test('fedmedian and trimmed-mean refuse updates past maxBufferedValues', (t) => 
     t.is(a.count, 3);
     t.is(a.memoryBytes, 3 * P * 4);
   }
-  // fedavg holds its float64 sum (and a 64 KiB staging area) in wasm memory, which grows by a slot
-  // per stream open at once and does not shrink: the slots are reused by later streams
+  // fedavg holds its float64 sum (after a 256 KiB staging area) in wasm memory, then add()'s ring of a
+  // quarter of a model (a whole one for a model this small) where slot 0 goes, which becomes slot 0 when a stream opens;
+  // the memory grows by a slot per stream open at once and does not shrink: the slots are reused by later streams
+  releaseFedAvgMemory(); // a memory kept by another test's finishWith() may be bigger
   const f = new FedAvg(ref, { maxInFlight: 3 });
   const pages = (bytes: number) => Math.ceil(bytes / 65536) * 65536;
   const slot = Math.ceil((4 * P) / 16) * 16;
   for (const u of us) f.add(u);
-  t.is(f.memoryBytes, pages(65536 + 8 * P));
+  t.is(f.memoryBytes, pages(STAGE + 8 * P + slot));
   f.begin('s1', 1);
-  t.is(f.memoryBytes, pages(65536 + 8 * P + slot));
+  t.is(f.memoryBytes, pages(STAGE + 8 * P + slot));
   f.abort('s1');
-  t.is(f.memoryBytes, pages(65536 + 8 * P + slot));
+  t.is(f.memoryBytes, pages(STAGE + 8 * P + slot));
   f.begin('s1', 1);
   f.begin('s2', 1);
-  t.is(f.memoryBytes, pages(65536 + 8 * P + 2 * slot));
+  t.is(f.memoryBytes, pages(STAGE + 8 * P + 2 * slot));
   f.abort('s1');
   f.abort('s2');
   f.begin('s3', 1);
   f.begin('s4', 1);
-  t.is(f.memoryBytes, pages(65536 + 8 * P + 2 * slot));
+  t.is(f.memoryBytes, pages(STAGE + 8 * P + 2 * slot));
   t.throws(() => createAggregator('fedmedian', ref, { maxBufferedValues: -1 }), { instanceOf: AggregatorError, message: /maxBufferedValues must be an integer/ });
 });
 

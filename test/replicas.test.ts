@@ -1,16 +1,19 @@
 // N control planes on one PostgreSQL store and one Mosquitto: tasks created on
-// any replica's API are placed by the lease's owner and run once; kill -9 the
-// owner mid-stream, another takes over, every task completes exactly once and
-// the survivors' APIs answer throughout.
+// any replica's API are placed by the lease's owner and run once, on node
+// proplets and on simulated MCUs (`propeller sim`, per-proplet topics, modules
+// fetched in chunks from whichever replica the shared subscription picks);
+// kill -9 the owner mid-stream, another takes over, every task completes
+// exactly once and the survivors' APIs answer throughout.
 
 import test from 'ava';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
 import { postgresMissing, testPostgres } from './helpers/postgres.ts';
-import { startProplet, startServe, type Proc, type Serve } from './helpers/procs.ts';
+import { BIN, startProplet, startServe, type Proc, type Serve } from './helpers/procs.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 const missing = postgresMissing() ?? mosquittoMissing();
@@ -34,6 +37,40 @@ test.after.always(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
+/** `propeller sim` on the external broker, its JSON log lines collected (the devices log each task they finish). */
+function startSim(ids: string[], args: string[]): Proc {
+  const dir = mkdtempSync(join(tmpdir(), 'propeller-replica-sim-'));
+  dirs.push(dir);
+  // Mosquitto here takes any account (allow_anonymous): the devices' secrets are the file's
+  const creds = join(dir, 'devices.json');
+  writeFileSync(creds, JSON.stringify(Object.fromEntries(ids.map((id) => [id, `secret-${id}`]))));
+  const proc = spawn('node', [BIN, 'sim', '--devices', String(ids.length), '--credentials', creds, '--log-level', 'info', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const logs: Record<string, unknown>[] = [];
+  let buf = '';
+  proc.stderr!.on('data', (d) => {
+    buf += d;
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        logs.push({ raw: line });
+      }
+    }
+  });
+  return {
+    proc,
+    logs,
+    async kill(signal = 'SIGKILL') {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
 /** A task as a replica has it: another replica's write reaches it one commit and one notification later (404 until then). */
 const seen = (s: Serve, id: string) =>
   s.api.getTask(id).catch((e: { status?: number }) => {
@@ -41,7 +78,7 @@ const seen = (s: Serve, id: string) =>
     throw e;
   });
 
-(missing ? test.skip : test.serial)('three replicas: tasks from any API run once; kill -9 the owner mid-stream, another takes over', async (t) => {
+(missing ? test.skip : test.serial)('three replicas, node and MCU proplets: tasks from any API run once; kill -9 the owner mid-stream, another takes over', async (t) => {
   const store = await testPostgres();
   const health = { HEALTH_CHECK_INTERVAL: '200ms', OFFLINE_THRESHOLD: '3s', FAILURE_THRESHOLD: '6s' };
   const replicas: Serve[] = [];
@@ -63,51 +100,64 @@ const seen = (s: Serve, id: string) =>
     procs.push(p);
     proplets.push(p);
   }
-  const seeBoth = async (s: Serve) => (await s.api.listProplets()).proplets.filter((p) => p.state === 'alive').length === 2;
-  await until(async () => (await Promise.all(replicas.map(seeBoth))).every(Boolean), 'every replica sees both proplets').catch((e) => {
-    t.log(JSON.stringify(other.logs.slice(-8)), JSON.stringify(proplets[0]!.logs.slice(-5)));
+  // two simulated MCUs in one `propeller sim` process: per-proplet topics (the default with --broker), a module fetched in chunks
+  const mcus = ['rm-1', 'rm-2'];
+  const sim = startSim(mcus, ['--broker', mosquitto!.url, '--heartbeat', '300ms', '--max-tasks', '2']);
+  procs.push(sim);
+  proplets.push(sim);
+  const seeAll = async (s: Serve) => (await s.api.listProplets()).proplets.filter((p) => p.state === 'alive').length === 2 + mcus.length;
+  await until(async () => (await Promise.all(replicas.map(seeAll))).every(Boolean), 'every replica sees the node and MCU proplets').catch((e) => {
+    t.log(JSON.stringify(other.logs.slice(-8)), JSON.stringify(proplets[0]!.logs.slice(-5)), JSON.stringify(sim.logs.slice(-5)));
     throw e;
   });
-  // tasks through both APIs
+  // tasks through both APIs, one per wave pinned to each MCU (the others placed where there is room)
   const ids: string[] = [];
+  const sleepTask = (i: number, ms: number) => ({ name: 'sleep', file: sleepWasm, inputs: [ms], ...(i < mcus.length ? { proplet_id: mcus[i]! } : {}) });
   // the first through the replicas that do not place: the owner has to load the module they stored
   const via = [...survivors, ...survivors, owner, owner];
-  for (let i = 0; i < 6; i++) ids.push((await via[i]!.api.createTask({ name: 'sleep', file: sleepWasm, inputs: [400] }, { start: true })).id);
+  for (let i = 0; i < 6; i++) ids.push((await via[i]!.api.createTask(sleepTask(i, 400), { start: true })).id);
   await until(async () => (await Promise.all(ids.map((id) => seen(other, id)))).every((x) => x?.state === 'Completed'), 'first wave completed', 60_000).catch(async (e) => {
     t.log(JSON.stringify((await Promise.all(ids.map((id) => other.api.getTask(id)))).map((x) => [x.state, x.proplet_id, x.pending_reason])));
     t.log(JSON.stringify((await Promise.all(ids.map((id) => owner.api.getTask(id)))).map((x) => [x.state, x.proplet_id, x.pending_reason])));
     t.log(JSON.stringify(owner.logs.filter((l) => l.level !== 'debug').slice(-6)));
-    t.log(JSON.stringify(proplets[0]!.logs.slice(-4)));
+    t.log(JSON.stringify(proplets[0]!.logs.slice(-4)), JSON.stringify(sim.logs.filter((l) => l.level !== 'debug').slice(-6)));
     throw e;
   });
   // a second wave, and the owner dies in the middle of it
-  for (let i = 0; i < 6; i++) ids.push((await survivors[i % 2]!.api.createTask({ name: 'sleep', file: sleepWasm, inputs: [800] }, { start: true })).id);
+  for (let i = 0; i < 6; i++) ids.push((await survivors[i % 2]!.api.createTask(sleepTask(i, 800), { start: true })).id);
+  // the holder now: on a loaded machine a late renewal may have handed the lease to another already
+  const acquiredAt = (s: Serve) => Math.max(-1, ...s.logs.filter((l) => l.msg === 'lease acquired').map((l) => Date.parse(l.t as string)));
+  const dying = replicas.reduce((a, b) => (acquiredAt(b) > acquiredAt(a) ? b : a));
+  if (dying !== owner) t.log('the lease moved before the kill: killing its holder now');
+  const living = replicas.filter((s) => s !== dying);
   const killedAt = Date.now();
-  await owner.kill('SIGKILL');
+  await dying.kill('SIGKILL');
   let answered = 0;
   await until(
     async () => {
       // both survivors answer, taking turns
-      const all = await Promise.all(ids.map((id) => seen(survivors[answered % 2]!, id)));
+      const all = await Promise.all(ids.map((id) => seen(living[answered % 2]!, id)));
       answered++;
       return all.every((x) => x?.state === 'Completed');
     },
     'every task completed after the owner died',
     90_000,
   ).catch(async (e) => {
-    t.log(JSON.stringify((await Promise.all(ids.map((id) => other.api.getTask(id)))).map((x) => [x.state, x.proplet_id, x.attempt, x.pending_reason])));
-    t.log(JSON.stringify(other.logs.filter((l) => l.level !== 'debug' && l.msg !== 'message dropped').slice(-8)));
+    t.log(JSON.stringify((await Promise.all(ids.map((id) => living[0]!.api.getTask(id)))).map((x) => [x.state, x.proplet_id, x.attempt, x.pending_reason])));
+    t.log(JSON.stringify(living[0]!.logs.filter((l) => l.level !== 'debug' && l.msg !== 'message dropped').slice(-8)));
     throw e;
   });
   // the survivors record results whoever holds the lease, so the tasks can all complete before the dead owner's lease runs out
-  await until(() => survivors.some(ownerLog), 'a survivor takes the lease over');
-  const tookOver = survivors.flatMap((s) => s.logs.filter((l) => l.msg === 'lease acquired'));
-  t.is(tookOver.length, 1, 'one survivor took the lease');
+  const afterKill = (s: Serve) => s.logs.filter((l) => l.msg === 'lease acquired' && Date.parse(l.t as string) >= killedAt);
+  await until(() => living.some((s) => afterKill(s).length > 0), 'a survivor takes the lease over');
+  const tookOver = living.flatMap(afterKill).sort((x, y) => Date.parse(x.t as string) - Date.parse(y.t as string));
   t.log(`takeover ${Date.parse(tookOver[0]!.t as string) - killedAt} ms after the kill (lease 5 s); the survivors' APIs answered ${answered} polls meanwhile`);
   const completions = new Map<string, number>();
   for (const p of proplets) for (const l of p.logs) if (l.msg === 'task finished' && l.status === 'completed') completions.set(l.task_id as string, (completions.get(l.task_id as string) ?? 0) + 1);
   for (const id of ids) t.is(completions.get(id), 1, `task ${id} completed once`);
-  for (const s of survivors) t.is((await s.api.listTasks()).tasks.length, ids.length);
+  const onMcu = sim.logs.filter((l) => l.msg === 'task finished' && l.status === 'completed').map((l) => l.id);
+  t.deepEqual([...new Set(onMcu)].sort(), mcus, 'the pinned tasks ran on both MCUs');
+  for (const s of living) t.is((await s.api.listTasks()).tasks.length, ids.length);
 });
 
 (missing ? test.skip : test.serial)('FL: kill -9 the replica that runs the rounds mid-job: the survivor restarts its round, the job completes, no round aggregated twice', async (t) => {

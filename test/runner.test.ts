@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import wabtInit from 'wabt';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
+import { until } from './helpers/stack.ts';
 import {
   compileModule,
   limitMemory,
@@ -196,6 +197,25 @@ test('20 concurrent runs on a pool of 4 all succeed', async (t) => {
       t.is(r.returnValue, i + 1000);
     });
     t.is(pool.running, 0);
+  } finally {
+    await pool.close();
+  }
+});
+
+test('workers started beyond the pool stay for the next burst, and retire after idleRetireMs', async (t) => {
+  const pool = new WasmRunner({ poolSize: 1, maxConcurrent: 4, idleRetireMs: 300 });
+  try {
+    const module = await compileModule(wasm.add!, { maxMemoryBytes: 16 << 20 });
+    const burst = () => Promise.all(Array.from({ length: 4 }, (_, i) => pool.run(req('add', { module, name: 'add', inputs: [i, 1] }))));
+    for (const r of await burst()) t.true(r.ok, r.error);
+    const started = pool.workers;
+    t.true(started > 1, 'the burst started extra workers');
+    // finished runs leave their workers idle and warm, not terminated at once (a cold one costs ~40 ms)
+    t.is(pool.workers, started);
+    for (const r of await burst()) t.true(r.ok, r.error);
+    t.true(pool.workers <= 4);
+    await until(() => pool.workers === 1, 'extra workers retired');
+    t.is(pool.workers, 1);
   } finally {
     await pool.close();
   }

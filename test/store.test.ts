@@ -163,6 +163,23 @@ for (const e of ENGINES) {
     await b.close();
   });
 
+  it('callers waiting for commits in one turn share one transaction, with what that turn still writes', async (t, e) => {
+    const loc = await e.fresh();
+    const a = await openStore(loc);
+    // as API answers do: each awaits flush() for what it wrote
+    a.tasks.put('a', task('a'));
+    const first = a.flush();
+    a.tasks.put('b', task('b'));
+    const second = a.flush();
+    await Promise.all([first, second]);
+    t.is(a.stats.commits, 1, 'one commit for both');
+    t.is(a.stats.pending, 0);
+    await a.close();
+    const b = await openStore(loc);
+    t.deepEqual(b.tasks.list().map((x) => x.id), ['a', 'b']);
+    await b.close();
+  });
+
   it('a graceful close commits everything pending; deleteTasks removes rows and history in one go', async (t, e) => {
     const loc = await e.fresh();
     const a = await openStore(loc);

@@ -170,6 +170,20 @@ export function rootFlUpdateFilter(propletId: string): string {
   return `fl/rounds/+/updates/${propletId}`;
 }
 
+/**
+ * Where a control-plane replica announces which store it serves the scope from
+ * (retained, cleared by its last will): two planes of one scope on one broker
+ * with different stores see each other here. Not a proplet topic.
+ */
+export function planeTopic(s: Scope, instance: string): string {
+  assertLevel('instance', instance);
+  return `${base(s)}/control/plane/${instance}`;
+}
+
+export function planeFilter(s: Scope): string {
+  return `${base(s)}/control/plane/+`;
+}
+
 /** A filter matching every message of the scope: what `propeller watch` and the debug account read. */
 export function allFilter(s: Scope): string {
   return `${base(s)}/#`;

@@ -61,6 +61,11 @@ export interface WasmRunnerOptions {
   maxConcurrent?: number;
   /** cap for captured stdout and stderr each (default 1 MiB) */
   outputLimitBytes?: number;
+  /**
+   * How long a worker beyond poolSize stays idle before it is retired (default 2 s). Retiring at
+   * once would start a cold worker (~40 ms) for nearly every run of a steady stream of concurrent runs.
+   */
+  idleRetireMs?: number;
 }
 
 const DEFAULT_OUTPUT_LIMIT = 1 << 20;
@@ -111,6 +116,8 @@ interface Slot {
   /** resolves when the worker reports ready, or dies */
   started: Promise<void>;
   settle: () => void;
+  /** an extra worker's retirement, due while it stays idle */
+  retireTimer: NodeJS.Timeout | null;
 }
 
 type TaskState = 'preparing' | 'queued' | 'running' | 'done';
@@ -133,6 +140,7 @@ export class WasmRunner {
   readonly poolSize: number;
   readonly maxConcurrent: number;
   readonly outputLimitBytes: number;
+  readonly idleRetireMs: number;
 
   private readonly slots = new Set<Slot>();
   private idle: Slot[] = [];
@@ -158,6 +166,7 @@ export class WasmRunner {
     this.poolSize = poolSize;
     this.maxConcurrent = maxConcurrent;
     this.outputLimitBytes = opts.outputLimitBytes ?? DEFAULT_OUTPUT_LIMIT;
+    this.idleRetireMs = opts.idleRetireMs ?? 2000;
     // Shared host fds behind WASI's stdin/stdout/stderr; guests cannot close them (see the worker).
     this.nullIn = openSync(devNull, 'r');
     this.nullOut = openSync(devNull, 'w');
@@ -167,6 +176,11 @@ export class WasmRunner {
   /** number of runs executing in a worker now */
   get running(): number {
     return this.busy;
+  }
+
+  /** number of workers started and not retired (busy, idle or starting) */
+  get workers(): number {
+    return this.slots.size;
   }
 
   /** number of runs waiting for a worker */
@@ -295,7 +309,7 @@ export class WasmRunner {
     });
     let settle = (): void => {};
     const started = new Promise<void>((resolve) => (settle = resolve));
-    const slot: Slot = { worker, task: null, ready: false, dead: false, started, settle };
+    const slot: Slot = { worker, task: null, ready: false, dead: false, started, settle, retireTimer: null };
     this.slots.add(slot);
     worker.unref();
     worker.on('message', (msg: WorkerMessage) => this.onMessage(slot, msg));
@@ -339,6 +353,7 @@ export class WasmRunner {
     if (slot.dead) return;
     slot.dead = true;
     slot.settle();
+    if (slot.retireTimer) clearTimeout(slot.retireTimer);
     this.slots.delete(slot);
     this.idle = this.idle.filter((s) => s !== slot);
     const task = slot.task;
@@ -359,6 +374,7 @@ export class WasmRunner {
     slot.dead = true;
     slot.settle();
     slot.task = null;
+    if (slot.retireTimer) clearTimeout(slot.retireTimer);
     this.slots.delete(slot);
     this.idle = this.idle.filter((s) => s !== slot);
     const p = slot.worker.terminate().catch(() => undefined);
@@ -370,10 +386,13 @@ export class WasmRunner {
   private release(slot: Slot): void {
     slot.worker.unref();
     if (this.closed || slot.dead) return;
-    // keep it if work is waiting or the warm pool is short; retire extras started for maxConcurrent > poolSize
-    if (this.queue.length === 0 && this.slots.size > this.poolSize) {
-      this.retire(slot);
-      return;
+    // extras started for maxConcurrent > poolSize are retired once they have stayed idle a while
+    if (this.slots.size > this.poolSize && !slot.retireTimer) {
+      slot.retireTimer = setTimeout(() => {
+        slot.retireTimer = null;
+        if (!slot.task && this.slots.size > this.poolSize) this.retire(slot);
+      }, this.idleRetireMs);
+      slot.retireTimer.unref();
     }
     this.idle.push(slot);
   }
@@ -389,10 +408,16 @@ export class WasmRunner {
 
   /** An idle worker, preferring one that has finished starting (most recently used first). */
   private takeIdle(): Slot | undefined {
-    for (let i = this.idle.length - 1; i >= 0; i--) {
-      if (this.idle[i]!.ready) return this.idle.splice(i, 1)[0];
+    let slot: Slot | undefined;
+    for (let i = this.idle.length - 1; i >= 0 && !slot; i--) {
+      if (this.idle[i]!.ready) slot = this.idle.splice(i, 1)[0];
     }
-    return this.idle.pop();
+    slot ??= this.idle.pop();
+    if (slot?.retireTimer) {
+      clearTimeout(slot.retireTimer);
+      slot.retireTimer = null;
+    }
+    return slot;
   }
 
   private start(task: Task, slot: Slot): void {

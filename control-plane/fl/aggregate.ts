@@ -209,6 +209,12 @@ export interface Aggregator {
   result(): Model;
   /** result(), then closes the aggregator and lets go of its buffers (FedAvg reuses its sum's memory for the result). */
   finish(): Model;
+  /**
+   * finish(), the result handed to `use` (encode or copy it there), then
+   * FedAvg keeps its memory for the next aggregator of the same model: a new
+   * round then starts on memory already touched (see FedAvg).
+   */
+  finishWith<T>(use: (result: Model) => T): T;
 }
 
 /**
@@ -535,6 +541,10 @@ abstract class BaseAggregator implements Aggregator {
     return m;
   }
 
+  finishWith<T>(use: (result: Model) => T): T {
+    return use(this.finish());
+  }
+
   protected close(): void {
     for (const s of [...this.streams.values()]) this.drop(s);
     this.finished = true;
@@ -666,27 +676,86 @@ let kernelModule: WebAssembly.Module | undefined;
 
 const PAGE = 65536;
 const MAX_PAGES = 65535; // addresses stay below 2^32 - 1, so no i32 end pointer wraps
-/** The staging area at address 0: a whole update's bytes are copied through it, 64 KiB at a time, for the kernel to read. */
-const STAGE_BYTES = 65536;
+/** A whole update is copied into the kernel's memory a piece at a time, each piece checked while it is in the CPU cache (256 KiB: 10-20 % faster than 32-64 KiB here, 128-512 KiB alike). */
+const PIECE = 262144;
+/** At address 0: the fallback staging area of add() while every stream slot is busy, and where older pieces are copied in again. */
+const STAGE_BYTES = PIECE;
 const SUM_AT = STAGE_BYTES;
+/**
+ * add()'s staging ring: a quarter of a model (at least one piece, at most the
+ * whole model), where stream slot 0 would be (it becomes part of that slot
+ * when a stream opens), so streams add nothing to it. A quarter: sum (2×) +
+ * ring stay well below 3× one model in RSS (a process's RSS moves by 0.5 MB
+ * or more besides); half a model measured no faster under load. A free slot,
+ * when there is one, serves as a ring of the whole model.
+ */
+const ringBytesFor = (modelBytes: number, slotBytes: number) => Math.min(slotBytes, Math.max(PIECE, Math.ceil(modelBytes / 4 / PIECE) * PIECE));
 const pagesFor = (bytes: number) => Math.ceil(bytes / PAGE);
+
+/**
+ * Kernel memories kept for the next FedAvg of the same model (finishWith()
+ * hands them back), so that a new round's aggregator does not pay the first
+ * touch of a fresh memory again: page faults are 20-40 % of an aggregator's
+ * time on a VM (5-19 µs per 4 KiB page measured here). Bounded: at most
+ * POOL_SIZE memories, all for one model size (a new aggregator for another
+ * size drops them), dropped after POOL_IDLE_MS without use or by
+ * releaseFedAvgMemory().
+ */
+interface Pooled {
+  memory: WebAssembly.Memory;
+  params: number;
+  maximum: number;
+}
+const POOL_SIZE = 2;
+const POOL_IDLE_MS = 60_000;
+const pool: Pooled[] = [];
+let poolTimer: ReturnType<typeof setTimeout> | undefined;
+
+function takePooled(params: number, maximum: number): WebAssembly.Memory | undefined {
+  for (let i = pool.length - 1; i >= 0; i--) if (pool[i]!.params !== params) pool.splice(i, 1);
+  const i = pool.findIndex((p) => p.maximum >= maximum);
+  return i < 0 ? undefined : pool.splice(i, 1)[0]!.memory;
+}
+
+function keepPooled(p: Pooled): void {
+  pool.push(p);
+  if (pool.length > POOL_SIZE) pool.shift();
+  if (poolTimer) clearTimeout(poolTimer);
+  poolTimer = setTimeout(releaseFedAvgMemory, POOL_IDLE_MS);
+  poolTimer.unref?.();
+}
+
+/** Drops the kernel memories kept for later FedAvg aggregators; returns how many there were. */
+export function releaseFedAvgMemory(): number {
+  const n = pool.length;
+  pool.length = 0;
+  if (poolTimer) clearTimeout(poolTimer);
+  poolTimer = undefined;
+  return n;
+}
 
 /**
  * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value,
  * accumulated in float64 and rounded to float32 once at the end.
  *
- * Memory, all in the kernel's wasm memory: a staging area (STAGE_BYTES), the
- * float64 sum (8 bytes × params) and, once updates stream (begin...commit),
- * one slot of 4 bytes × params per stream open at once (at most maxInFlight).
- * A slot is reused by the next stream; wasm memory does not shrink, so the
- * slots of the most streams ever open at once stay until the aggregator is
- * dropped.
+ * Memory, all in the kernel's wasm memory: a staging area (STAGE_BYTES),
+ * the float64 sum (8 bytes × params), add()'s ring (a quarter of a model) and, once
+ * updates stream (begin...commit), one slot of 4 bytes × params per stream
+ * open at once (at most maxInFlight); the ring is the start of slot 0. A slot
+ * is reused by the next stream; wasm memory does not shrink, so the slots of
+ * the most streams ever open at once stay until the memory is dropped.
+ * finishWith() keeps the memory for the next aggregator of the same model
+ * (see takePooled).
  *
- * A whole update (add, addEncoded) is read twice through the staging area:
- * every value is checked before any is folded, so a NaN at the very end
- * changes nothing, and no model-sized scratch is needed. The second read
- * mostly hits the CPU cache (the update was just read). See docs/fl.md for
- * the one-pass designs that were measured and why they did not win.
+ * A whole update (add, addEncoded) is checked entirely before any value is
+ * folded, so a NaN at the very end changes nothing: its pieces are copied
+ * into the ring and checked there; then the pieces still in the ring (the
+ * newest quarter of the update) are folded where they are, and only the
+ * older ones are copied in again. A free stream slot serves as a ring of a whole
+ * model (one copy); while every slot is busy, the staging area is a ring of
+ * one piece. Folding as pieces arrive and undoing on a late NaN would need
+ * the old sums of the folded pieces (subtraction is not exact), i.e. another
+ * model-sized float64 buffer: see docs/fl.md.
  *
  * Why a slot per streamed update rather than folding chunks into the sum as
  * they arrive and subtracting them on abort: subtracting needs the aborted
@@ -703,47 +772,38 @@ export class FedAvg extends BaseAggregator {
   private readonly k: Kernel;
   /** A view of the whole memory, renewed when it grows (a new slot). */
   private u8: Uint8Array;
+  private readonly ringBytes: number;
   /** Byte address of slot 0 and each slot's size (16-byte aligned). */
   private readonly slotsAt: number;
   private readonly slotBytes: number;
+  private readonly maximum: number;
   private slots = 0;
   private readonly freeSlots: number[] = [];
+  /** Per piece of the update being added: tensor, byte offset, position in the ring's stream of bytes. */
+  private readonly pieces: number[] = [];
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
     this.slotsAt = SUM_AT + this.params * 8;
     this.slotBytes = Math.ceil((this.params * 4) / 16) * 16;
+    this.ringBytes = ringBytesFor(this.params * 4, this.slotBytes);
     const pages = pagesFor(this.slotsAt);
     if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.params * 8}-byte sum, beyond 4 GiB of wasm memory`);
-    const maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + this.cfg.maxInFlight * this.slotBytes));
-    try {
-      this.memory = new WebAssembly.Memory({ initial: pages, maximum });
-    } catch (e) {
-      throw new AggregatorError('reference', `fedavg: cannot allocate ${pages * PAGE} bytes for the sum: ${(e as Error).message}`);
+    this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes)));
+    const kept = takePooled(this.params, this.maximum);
+    if (kept) {
+      this.memory = kept;
+      new Uint8Array(kept.buffer).fill(0, SUM_AT, this.slotsAt);
+    } else {
+      try {
+        this.memory = new WebAssembly.Memory({ initial: pages, maximum: this.maximum });
+      } catch (e) {
+        throw new AggregatorError('reference', `fedavg: cannot allocate ${pages * PAGE} bytes for the sum: ${(e as Error).message}`);
+      }
     }
     kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
     this.k = new WebAssembly.Instance(kernelModule, { env: { memory: this.memory } }).exports as unknown as Kernel;
     this.u8 = new Uint8Array(this.memory.buffer);
-  }
-
-  /**
-   * Copies LE float32 bytes into the staging area a piece at a time and calls
-   * step(n, o) for each piece (n values from byte o); stops at the first piece
-   * for which step returns true and gives its byte offset, else -1.
-   */
-  private staged(bytes: Uint8Array, step: (n: number, o: number) => boolean): number {
-    for (let o = 0; o < bytes.length; o += STAGE_BYTES) {
-      const piece = bytes.subarray(o, o + STAGE_BYTES);
-      this.u8.set(piece, 0);
-      if (step(piece.length >>> 2, o)) return o;
-    }
-    return -1;
-  }
-
-  /** The index of the first non-finite value in LE float32 bytes, or -1. */
-  private check(bytes: Uint8Array): number {
-    const o = this.staged(bytes, (n) => this.k.nonfinite(0, n) !== 0);
-    return o < 0 ? -1 : o / 4 + firstNonFiniteLE(bytes.subarray(o, o + STAGE_BYTES));
   }
 
   protected checkCapacity(): void {}
@@ -752,14 +812,66 @@ export class FedAvg extends BaseAggregator {
     return this.memory.buffer.byteLength;
   }
 
-  protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
-    for (let t = 0; t < tensors.length; t++) {
-      const i = this.check(tensors[t]!);
-      if (i >= 0) throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(tensors[t]!, i));
+  /** Grows the memory to `bytes`; false if it cannot. */
+  private growTo(bytes: number): boolean {
+    const pages = pagesFor(bytes) - this.memory.buffer.byteLength / PAGE;
+    if (pages <= 0) return true;
+    try {
+      this.memory.grow(pages);
+    } catch {
+      return false;
     }
+    this.u8 = new Uint8Array(this.memory.buffer);
+    return true;
+  }
+
+  /** Where add() stages an update: [address, bytes] of a free slot, the ring, or the staging area while every slot is busy. */
+  private ring(): [number, number] {
+    const free = this.freeSlots[this.freeSlots.length - 1];
+    if (free !== undefined) return [this.slotsAt + free * this.slotBytes, this.slotBytes];
+    if (this.slots === 0) {
+      // a kept memory may hold a whole slot already
+      const room = Math.min(this.slotBytes, this.memory.buffer.byteLength - this.slotsAt) & ~15;
+      if (room >= this.ringBytes) return [this.slotsAt, room];
+      if (this.growTo(this.slotsAt + this.ringBytes)) return [this.slotsAt, this.ringBytes];
+    }
+    return [0, STAGE_BYTES];
+  }
+
+  protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
+    const [base, R] = this.ring();
+    const pieces = this.pieces;
+    pieces.length = 0;
+    let v = 0;
     for (let t = 0; t < tensors.length; t++) {
-      const s = SUM_AT + this.offsets[t]! * 8;
-      this.staged(tensors[t]!, (n, o) => (this.k.fold(s + o * 2, 0, n, weight), false));
+      const bytes = tensors[t]!;
+      for (let o = 0; o < bytes.length; o += PIECE) {
+        const piece = bytes.subarray(o, o + PIECE);
+        if ((v % R) + piece.length > R) v += R - (v % R);
+        const at = base + (v % R);
+        this.u8.set(piece, at);
+        if (this.k.nonfinite(at, piece.length >>> 2)) {
+          const i = o / 4 + firstNonFiniteLE(piece);
+          throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
+        }
+        pieces.push(t, o, v);
+        v += (piece.length + 15) & ~15;
+      }
+    }
+    // Every value is finite. The pieces in [v - R, v) are still in the ring:
+    // folded where they are, newest first (the likeliest still in cache);
+    // then the older ones are copied in again. Each value is folded once, so
+    // the order of the pieces does not change the sum.
+    const fold = (j: number, at: number) => {
+      const t = pieces[j]!;
+      const o = pieces[j + 1]!;
+      this.k.fold(SUM_AT + (this.offsets[t]! + o / 4) * 8, at, Math.min(PIECE, tensors[t]!.length - o) >>> 2, weight);
+    };
+    let j = pieces.length - 3;
+    for (; j >= 0 && pieces[j + 2]! >= v - R; j -= 3) fold(j, base + (pieces[j + 2]! % R));
+    for (let i = 0; i <= j; i += 3) {
+      this.u8.set(tensors[pieces[i]!]!.subarray(pieces[i + 1]!, pieces[i + 1]! + PIECE), 0);
+      fold(i, 0);
     }
   }
 
@@ -776,12 +888,9 @@ export class FedAvg extends BaseAggregator {
     let i = this.freeSlots.pop();
     if (i === undefined) {
       i = this.slots;
-      try {
-        this.memory.grow(pagesFor(this.slotsAt + (i + 1) * this.slotBytes) - this.memory.buffer.byteLength / PAGE);
-      } catch (e) {
-        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot: ${(e as Error).message}`, participant);
+      if (!this.growTo(this.slotsAt + (i + 1) * this.slotBytes)) {
+        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot`, participant);
       }
-      this.u8 = new Uint8Array(this.memory.buffer);
       this.slots++;
     }
     const slot = i;
@@ -837,6 +946,21 @@ export class FedAvg extends BaseAggregator {
     const m = this.modelOver(f32);
     this.close();
     return m;
+  }
+
+  /**
+   * finish(), then the memory is kept for the next FedAvg of the same model.
+   * The result's views are detached when `use` returns (they read as empty,
+   * never as another round's sums): copy or encode the result inside `use`.
+   */
+  override finishWith<T>(use: (result: Model) => T): T {
+    const m = this.finish();
+    try {
+      return use(m);
+    } finally {
+      this.memory.grow(0); // detaches every view of the old buffer
+      keepPooled({ memory: this.memory, params: this.params, maximum: this.maximum });
+    }
   }
 }
 

@@ -550,13 +550,14 @@ export class FlCoordinator {
           live.graceTimers.add(timer);
           break;
         }
+        // closing a round is the owner's: a paused ex-owner's close is refused when it commits
         case 'aggregate': {
           const live = this.live.get(name);
-          if (live) this.aggregate(r, live);
+          if (live) this.o.store.asOwner(() => this.aggregate(r, live));
           break;
         }
         case 'fail-round':
-          if (!isFinal(r)) this.failRound(r, c.reason, c.message);
+          if (!isFinal(r)) this.o.store.asOwner(() => this.failRound(r, c.reason, c.message));
           break;
         case 'fold':
           break; // only from applyUpdate, which folds itself
@@ -664,9 +665,10 @@ export class FlCoordinator {
     const participants = live.aggregator.participants();
     let bytes: Uint8Array;
     try {
-      const model = live.aggregator.finish();
-      model.meta = { ...(model.meta ?? {}), round: r.spec.round ?? 1, ...(r.spec.federatedJobRef ? { job: r.spec.federatedJobRef.name } : {}) };
-      bytes = encodeModel(model);
+      // encoded inside finishWith: fedavg then keeps its memory for the job's next round
+      bytes = live.aggregator.finishWith((model) =>
+        encodeModel({ ...model, meta: { ...(model.meta ?? {}), round: r.spec.round ?? 1, ...(r.spec.federatedJobRef ? { job: r.spec.federatedJobRef.name } : {}) } }),
+      );
     } catch (e) {
       return this.failRound(r, 'AggregationFailed', (e as Error).message);
     }

@@ -45,8 +45,17 @@ export const postgresMissing = (): string | undefined =>
 
 let counter = 0;
 
+/** A cluster of our own that a test can take away and bring back (same port, same data). */
+export interface OwnPostgres extends Postgres {
+  pid?: () => number;
+  /** pg_ctl stop -m fast: connections are cut, the data stays. */
+  halt?: () => void;
+  /** pg_ctl start again on the same port. */
+  resume?: () => void;
+}
+
 /** `durable`: keep fsync on (benchmarks); tests only need a crash of the server process to be safe. */
-export async function startPostgres(o: { durable?: boolean } = {}): Promise<Postgres & { pid?: () => number }> {
+export async function startPostgres(o: { durable?: boolean } = {}): Promise<OwnPostgres> {
   const given = process.env.PROPELLER_TEST_PG_URL;
   if (given) return onCluster(given, async () => {});
   const bin = pgBinDir();
@@ -66,7 +75,8 @@ export async function startPostgres(o: { durable?: boolean } = {}): Promise<Post
   run('initdb', ['-D', data, '-A', 'trust', '-U', user, '--no-sync', '-E', 'UTF8']);
   const port = await freePort();
   const fast = o.durable ? '' : ' -c fsync=off -c full_page_writes=off';
-  run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1${fast}`, 'start']);
+  const start = () => run('pg_ctl', ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1${fast}`, 'start']);
+  start();
   let stopped = false;
   const pid = () => Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
   // synchronous, so that it also works from a process 'exit' handler
@@ -79,7 +89,7 @@ export async function startPostgres(o: { durable?: boolean } = {}): Promise<Post
       rmSync(dir, { recursive: true, force: true });
     }
   });
-  return { ...cluster, pid };
+  return { ...cluster, pid, halt: () => void run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']), resume: start };
 }
 
 function onCluster(adminUrl: string, stop: () => Promise<void>): Postgres {
