@@ -11,24 +11,30 @@
 //   µs per message;
 // - fan-out, 1 publisher → --subs subscribers: deliveries/s;
 // - --connects connections (raw MQTT 3.1.1 CONNECT, --connect-window at a
-//   time): time until every CONNACK, and the broker's memory growth per
-//   connection while they are all open.
+//   time), each into an account of its own as a fleet's are: time until
+//   every CONNACK, and the broker's memory growth per connection while they
+//   are all open.
+// --only connects,qos0,qos1,fanout picks scenarios; --plain-aedes adds Aedes
+// without the wrapper (no auth, ACL or guard) as a third column.
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
-// --profile DIR writes a CPU profile of the embedded broker's process there
-// (node --cpu-prof).
+// --profile DIR writes a CPU profile of the embedded broker's process (and of
+// plain Aedes with --plain-aedes) there, covering the message scenarios (or
+// the connect storms with --only connects), not the start or the warm-up.
 
 import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { Session } from 'node:inspector';
+import { Aedes } from 'aedes';
 import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
 import { scope as mkScope, topic as topicOf } from '../topics/index.ts';
 import { freePort, until } from '../test/helpers/stack.ts';
@@ -37,12 +43,14 @@ import { printTable } from './stats.ts';
 const SCOPE = mkScope('propeller', 'control');
 const TOPIC = topicOf(SCOPE, 'manager.start');
 const MANAGER = 'bench-manager';
-const CONN_USER = 'bench-conn';
+/** The connect storm's accounts: `bench-dev-<i>`, one per connection, as a fleet of proplets has. */
+const connUser = (i: number): string => `bench-dev-${i}`;
 const MOSQUITTO = '/usr/sbin/mosquitto';
 
 interface Accounts {
   manager: string;
-  conn: string;
+  /** Secrets of connUser(0..n-1). */
+  conn: string[];
   subs: Record<string, string>;
 }
 
@@ -60,19 +68,34 @@ interface Target {
   port: number;
   usage(): Promise<Usage>;
   stop(): Promise<void>;
+  /** Starts or stops (and writes) the CPU profile, when --profile is given. */
+  profile?(on: boolean): Promise<void>;
 }
 
 // ---- the embedded broker's process ----
 
-async function serve(subs: number): Promise<void> {
+async function serve(subs: number, conns: number, plain: boolean, profileDir: string | undefined): Promise<void> {
   const creds = new CredentialStore();
-  const accounts: Accounts = { manager: creds.issue(MANAGER, 'manager'), conn: creds.issue(CONN_USER, 'proplet'), subs: {} };
+  const accounts: Accounts = { manager: creds.issue(MANAGER, 'manager'), conn: [], subs: {} };
+  for (let i = 0; i < conns; i++) accounts.conn.push(creds.issue(connUser(i), 'proplet'));
   for (let i = 0; i < subs; i++) accounts.subs[`bench-sub-${i}`] = creds.issue(`bench-sub-${i}`, 'proplet');
-  const broker = await EmbeddedBroker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
+  const broker = plain ? await plainAedes() : await EmbeddedBroker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
+  if (profileDir) mkdirSync(profileDir, { recursive: true });
+  const profiler = profileDir ? new Session() : undefined;
+  profiler?.connect();
+  const post = (method: string, params?: object): Promise<unknown> =>
+    new Promise((resolve, reject) => profiler!.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
   process.on('message', (m: string) => {
-    if (m === 'usage') {
+    if (m === 'profile-start' && profiler) {
+      void post('Profiler.enable').then(() => post('Profiler.start'));
+    } else if (m === 'profile-stop' && profiler) {
+      void post('Profiler.stop').then((r) => {
+        writeFileSync(join(profileDir!, `${plain ? 'aedes' : 'embedded'}-${process.pid}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
+        process.send!({ profiled: true });
+      });
+    } else if (m === 'usage') {
       // garbage is not memory the connections hold (Mosquitto has none to collect)
       gc();
       const c = process.cpuUsage();
@@ -83,10 +106,25 @@ async function serve(subs: number): Promise<void> {
   process.send!({ ready: { port: broker.port, accounts } });
 }
 
-async function startEmbedded(subs: number, profileDir: string | undefined): Promise<{ target: Target; accounts: Accounts }> {
+/**
+ * Aedes 1.2 alone, as the embedded broker configures it (concurrency 0), with
+ * no hooks: every CONNECT accepted unchecked, no ACL, no packet guard. What
+ * the wrapper adds is the difference to it.
+ */
+async function plainAedes(): Promise<{ port: number; close(): Promise<void> }> {
+  const aedes = await Aedes.createBroker({ concurrency: 0 });
+  const server = createServer({ noDelay: true }, aedes.handle);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((r) => aedes.close(() => server.close(() => r()))),
+  };
+}
+
+async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false): Promise<{ target: Target; accounts: Accounts }> {
   const runTs = join(fileURLToPath(new URL('.', import.meta.url)), 'run.ts');
-  const execArgv = [...process.execArgv, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
-  const child = fork(runTs, ['broker', '--serve', '--subs', String(subs)], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(profileDir ? ['--profile', profileDir] : [])];
+  const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const [ready] = (await once(child, 'message')) as [{ ready: { port: number; accounts: Accounts } }];
   const usage = async (): Promise<Usage> => {
     child.send('usage');
@@ -98,9 +136,18 @@ async function startEmbedded(subs: number, profileDir: string | undefined): Prom
   return {
     accounts: ready.ready.accounts,
     target: {
-      name: 'embedded',
+      name: plain ? 'aedes' : 'embedded',
       port: ready.ready.port,
       usage,
+      async profile(on) {
+        if (!profileDir) return;
+        child.send(on ? 'profile-start' : 'profile-stop');
+        if (on) return;
+        for (;;) {
+          const [m] = (await once(child, 'message')) as [{ profiled?: boolean }];
+          if (m.profiled) return;
+        }
+      },
       async stop() {
         child.send('exit');
         await once(child, 'exit');
@@ -114,12 +161,12 @@ async function startEmbedded(subs: number, profileDir: string | undefined): Prom
 async function startMosquitto(accounts: Accounts): Promise<Target> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-mosquitto-'));
   const port = await freePort();
-  const users: [string, string][] = [[MANAGER, accounts.manager], [CONN_USER, accounts.conn], ...Object.entries(accounts.subs)];
+  const users: [string, string][] = [[MANAGER, accounts.manager], ...Object.entries(accounts.subs), ...accounts.conn.map((p, i): [string, string] => [connUser(i), p])];
   const pw = join(dir, 'passwd');
   writeFileSync(pw, users.map(([u, p]) => `${u}:${p}`).join('\n') + '\n');
   execFileSync('mosquitto_passwd', ['-U', pw]); // hashes every line in place (sha512-pbkdf2)
   // The same rights as the embedded broker's ACL gives for what the bench does.
-  const acl = [`user ${MANAGER}`, 'topic readwrite m/#', ...users.slice(1).flatMap(([u]) => [`user ${u}`, `topic read ${TOPIC}`])];
+  const acl = [`user ${MANAGER}`, 'topic readwrite m/#', ...Object.keys(accounts.subs).flatMap((u) => [`user ${u}`, `topic read ${TOPIC}`])];
   writeFileSync(join(dir, 'acl'), acl.join('\n') + '\n');
   const conf = join(dir, 'mosquitto.conf');
   writeFileSync(
@@ -347,6 +394,9 @@ interface Storm {
 
 async function connects(t: Target, acc: Accounts, n: number, window: number): Promise<Storm> {
   const sockets: Socket[] = [];
+  // One connection first: what the first CONNACK allocates once (mqtt-packet's
+  // cache of encoded numbers, 65,536 Buffers, some 6 MiB) is no connection's own.
+  (await Raw.open(t.port, 'storm-warm-up', connUser(0), acc.conn[0]!)).close();
   await new Promise((r) => setTimeout(r, 200));
   const u0 = await t.usage();
   const t0 = performance.now();
@@ -366,7 +416,7 @@ async function connects(t: Target, acc: Accounts, n: number, window: number): Pr
         if (next < n) one();
         else if (done === n) resolve();
       };
-      s.on('connect', () => s.write(connectPacket(`storm-${i}`, CONN_USER, acc.conn)));
+      s.on('connect', () => s.write(connectPacket(`storm-${i}`, connUser(i % acc.conn.length), acc.conn[i % acc.conn.length]!)));
       s.on('data', (d: Buffer) => {
         if (got.length >= 4) return;
         got = Buffer.concat([got, d]);
@@ -406,10 +456,14 @@ export async function run(argv: string[]): Promise<void> {
       'connect-window': { type: 'string', default: '100' },
       rounds: { type: 'string', default: '3' },
       profile: { type: 'string' },
+      only: { type: 'string', default: 'connects,qos0,qos1,fanout' },
+      'plain-aedes': { type: 'boolean', default: false },
     },
   });
+  const only = new Set(values.only!.split(','));
+  for (const o of only) if (!['connects', 'qos0', 'qos1', 'fanout'].includes(o)) throw new Error(`--only takes connects, qos0, qos1, fanout; got ${o}`);
   const subs = Number(values.subs);
-  if (values.serve) return serve(subs);
+  if (values.serve) return serve(subs, Number(values.connects), values['plain-aedes']!, values.profile);
   const n0 = Number(values.messages);
   const n1 = Number(values['qos1-messages']);
   const nf = Number(values['fanout-messages']);
@@ -423,60 +477,77 @@ export async function run(argv: string[]): Promise<void> {
       .join(' ');
   const load0 = load();
 
-  const { target: emb, accounts } = await startEmbedded(subs, values.profile);
+  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile);
   const mos = await startMosquitto(accounts);
   const targets = [mos, emb];
+  // --plain-aedes: Aedes without the wrapper as a third column, to tell the wrapper's cost from Aedes' own
+  if (values['plain-aedes']) targets.push((await startEmbedded(subs, 0, values.profile, true)).target);
   try {
     // The connect storms first, on fresh brokers: later, memory freed by the
     // other scenarios is reused by the connections and hides their cost.
     // Memory per connection is from the first round.
-    const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [] };
-    for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window'])));
+    const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [], aedes: [] };
+    const profiling = (on: boolean): Promise<unknown> => Promise.all(targets.map((t) => t.profile?.(on)));
+    const stormsOnly = only.size === 1 && only.has('connects');
+    if (stormsOnly) await profiling(true);
+    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window'])));
     // Warm-up: the JIT and both brokers' first allocations.
-    for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
+    if (!stormsOnly) for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
+    if (!stormsOnly) await profiling(true);
 
     // Each scenario alternates the brokers, `rounds` times; medians per broker.
     type Res = Record<string, Flow[]>;
-    const scen = async (s: number, n: number, qos: 0 | 1, win: number): Promise<Res> => {
-      const out: Res = { mosquitto: [], embedded: [] };
-      for (let r = 0; r < rounds; r++) for (const t of targets) out[t.name]!.push(await flow(t, accounts, s, n, qos, win, payload));
+    const scen = async (name: string, s: number, n: number, qos: 0 | 1, win: number): Promise<Res> => {
+      const out: Res = { mosquitto: [], embedded: [], aedes: [] };
+      if (only.has(name)) for (let r = 0; r < rounds; r++) for (const t of targets) out[t.name]!.push(await flow(t, accounts, s, n, qos, win, payload));
       return out;
     };
-    const q0 = await scen(1, n0, 0, window);
-    const q1 = await scen(1, n1, 1, window);
-    const fan = await scen(subs, nf, 0, window * 10);
+    const q0 = await scen('qos0', 1, n0, 0, window);
+    const q1 = await scen('qos1', 1, n1, 1, window);
+    const fan = await scen('fanout', subs, nf, 0, window * 10);
+    await profiling(false);
 
     const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
     const rate = (fs: Flow[]): number => med(fs.map((f) => f.deliveries / f.secs));
     const cpuPer = (fs: Flow[]): number => med(fs.map((f) => f.cpu / f.deliveries));
     const rows: (string | number)[][] = [];
     const verdicts: string[] = [];
+    const plain = values['plain-aedes'];
     const flowRow = (what: string, unit: string, r: Res, goal: number): void => {
+      if (r.embedded!.length === 0) return;
       const e = rate(r.embedded!);
       const m = rate(r.mosquitto!);
       const ok = e >= goal * m;
       verdicts.push(`${what}: ${ok ? 'met' : 'NOT met'}`);
-      rows.push([what, `${Math.round(e).toLocaleString('en')} ${unit}`, `${Math.round(m).toLocaleString('en')} ${unit}`, `${(e / m).toFixed(2)}x`, `≥ ${goal}x: ${ok ? 'met' : 'NOT met'}`, cpuPer(r.embedded!).toFixed(1), cpuPer(r.mosquitto!).toFixed(1)]);
+      const extra = plain ? [`${Math.round(rate(r.aedes!)).toLocaleString('en')} ${unit}`, cpuPer(r.aedes!).toFixed(1)] : [];
+      rows.push([what, `${Math.round(e).toLocaleString('en')} ${unit}`, `${Math.round(m).toLocaleString('en')} ${unit}`, `${(e / m).toFixed(2)}x`, `≥ ${goal}x: ${ok ? 'met' : 'NOT met'}`, cpuPer(r.embedded!).toFixed(1), cpuPer(r.mosquitto!).toFixed(1), ...extra]);
     };
     flowRow('QoS 0, 1 pub → 1 sub', 'msg/s', q0, 0.8);
     flowRow('QoS 1, 1 pub → 1 sub', 'msg/s', q1, 1.0);
     flowRow(`fan-out 1 → ${subs} (QoS 0)`, 'deliveries/s', fan, 0.7);
-    const se = med(storms.embedded!.map((s) => s.secs));
-    const sm = med(storms.mosquitto!.map((s) => s.secs));
-    const okT = se <= 1.2 * sm;
-    rows.push([`${nc.toLocaleString('en')} connects (${values['connect-window']} at a time)`, `${se.toFixed(2)} s`, `${sm.toFixed(2)} s`, `${(se / sm).toFixed(2)}x time`, `≤ 1.2x: ${okT ? 'met' : 'NOT met'}`, (med(storms.embedded!.map((s) => s.cpu)) / nc).toFixed(1), (med(storms.mosquitto!.map((s) => s.cpu)) / nc).toFixed(1)]);
-    const me = storms.embedded![0]!.perConn / 1024;
-    const mm = storms.mosquitto![0]!.perConn / 1024;
-    rows.push(['memory per open connection (RSS growth, first round)', `${me.toFixed(1)} KiB`, `${mm.toFixed(1)} KiB`, `${(me / mm).toFixed(1)}x`, `≤ 4 KiB: ${me <= 4 ? 'met' : 'NOT met'}`, '-', '-']);
-    rows.push(['  embedded: V8 heap + external growth per connection', `${(storms.embedded![0]!.heapPerConn / 1024).toFixed(1)} KiB`, '-', '-', '-', '-', '-']);
-    verdicts.push(`connects time: ${okT ? 'met' : 'NOT met'}`, `memory per connection: ${me <= 4 ? 'met' : 'NOT met'}`);
-    const failed = [...storms.embedded!, ...storms.mosquitto!].reduce((a, s) => a + s.failed, 0);
+    if (only.has('connects')) {
+      const secs = (name: string): number => med(storms[name]!.map((s) => s.secs));
+      const cpu = (name: string): string => (med(storms[name]!.map((s) => s.cpu)) / nc).toFixed(1);
+      const se = secs('embedded');
+      const sm = secs('mosquitto');
+      const okT = se <= 1.2 * sm;
+      const extra = (f: () => (string | number)[]): (string | number)[] => (plain ? f() : []);
+      rows.push([`${nc.toLocaleString('en')} connects (${values['connect-window']} at a time)`, `${se.toFixed(2)} s`, `${sm.toFixed(2)} s`, `${(se / sm).toFixed(2)}x time`, `≤ 1.2x: ${okT ? 'met' : 'NOT met'}`, cpu('embedded'), cpu('mosquitto'), ...extra(() => [`${secs('aedes').toFixed(2)} s`, cpu('aedes')])]);
+      const kib = (name: string): number => storms[name]![0]!.perConn / 1024;
+      const me = kib('embedded');
+      const mm = kib('mosquitto');
+      rows.push(['memory per open connection (RSS growth, first round)', `${me.toFixed(1)} KiB`, `${mm.toFixed(1)} KiB`, `${(me / mm).toFixed(1)}x`, `≤ 4 KiB: ${me <= 4 ? 'met' : 'NOT met'}`, '-', '-', ...extra(() => [`${kib('aedes').toFixed(1)} KiB`, '-'])]);
+      rows.push(['  V8 heap + external growth per connection', `${(storms.embedded![0]!.heapPerConn / 1024).toFixed(1)} KiB`, '-', '-', '-', '-', '-', ...extra(() => [`${(storms.aedes![0]!.heapPerConn / 1024).toFixed(1)} KiB`, '-'])]);
+      verdicts.push(`connects time: ${okT ? 'met' : 'NOT met'}`, `memory per connection: ${me <= 4 ? 'met' : 'NOT met'}`);
+    }
+    const failed = [...storms.embedded!, ...storms.mosquitto!, ...storms.aedes!].reduce((a, s) => a + s.failed, 0);
 
     console.log(
       `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
         `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
     );
-    printTable(['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'], rows);
+    const head = ['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'];
+    printTable(values['plain-aedes'] ? [...head, 'plain Aedes (no auth, ACL, guard)', 'plain Aedes CPU µs'] : head, rows);
     console.log(`\n${verdicts.join('; ')}${failed > 0 ? `; ${failed} connects FAILED` : ''}`);
   } finally {
     for (const t of targets) await t.stop();

@@ -1,31 +1,46 @@
-// A transparent stream between a connection (TCP, TLS or WebSocket) and
-// Aedes that reads only MQTT fixed headers. Aedes' parser buffers a packet
-// until it is complete, whatever length its header announces (up to 256 MiB);
-// the guard refuses a packet as soon as its header announces more than the
-// limit, before any of its body is buffered, and refuses byte streams that
-// cannot be MQTT 3.1.1 (reserved packet types, a first packet that is not
-// CONNECT, a length field longer than 4 bytes). Aedes sees the same bytes,
-// unchanged, otherwise.
+// The packet guard: reads only the MQTT fixed headers of what a connection
+// (TCP, TLS or WebSocket) hands to Aedes. Aedes' parser buffers a packet until
+// it is complete, whatever length its header announces (up to 256 MiB); the
+// guard refuses a packet as soon as its header announces more than the limit,
+// before any of its body is buffered, and refuses byte streams that cannot be
+// MQTT 3.1.1 (reserved packet types, a first packet that is not CONNECT, a
+// length field longer than 4 bytes). Aedes sees the same bytes, unchanged,
+// otherwise.
+//
+// It sits on the connection's own stream rather than being a stream between
+// it and Aedes: Aedes pulls bytes with `read()`, and the guard's `read()`
+// scans what it returns. A Duplex in between cost every connection some
+// 1.5 KiB of heap and every written chunk a second pass through Node's
+// Writable machinery.
 
 import { Socket } from 'node:net';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 
 export type Violation =
   | { reason: 'too_large'; size: number; limit: number }
   | { reason: 'malformed_packet'; detail: string };
 
-export interface GuardOptions {
+/** What the guard asks its owner; one object serves every connection. */
+export interface GuardPolicy<S extends GuardState> {
   /** The largest packet allowed now (fixed header included); read once per packet. */
-  limit: (first: boolean) => number;
+  limit(state: S, first: boolean): number;
   /** Called once, before the connection is destroyed. */
-  onViolation: (v: Violation) => void;
+  violation(state: S, v: Violation): void;
 }
 
 const HEADER = 0;
 const LENGTH = 1;
 const BODY = 2;
 
-export class PacketGuard extends Duplex {
+const GUARD = Symbol('propeller.guard');
+
+type Guarded = Duplex & { [GUARD]: GuardState };
+
+/**
+ * The guard's state for one connection. The broker extends it with what it
+ * keeps per connection, so that a connection costs one object of ours.
+ */
+export class GuardState {
   private state = HEADER;
   private first = true;
   private firstOfPacket = true;
@@ -34,40 +49,16 @@ export class PacketGuard extends Duplex {
   private lenBytes = 0;
   private skip = 0;
   private failed = false;
+  /** A cork of ours is on the socket until the setImmediate that lifts it. */
+  private held = false;
 
   constructor(
-    readonly inner: Duplex,
-    private readonly opts: GuardOptions,
-  ) {
-    super({ allowHalfOpen: false });
-    this.batch = inner instanceof Socket;
-    inner.on('data', (chunk: Buffer) => this.onData(chunk));
-    inner.on('end', () => this.push(null));
-    inner.on('error', (err) => this.destroy(err));
-    inner.on('close', () => {
-      if (!this.destroyed) this.destroy();
-    });
-  }
+    readonly stream: Duplex,
+    private readonly policy: GuardPolicy<GuardState>,
+  ) {}
 
-  private onData(chunk: Buffer): void {
-    if (this.failed || this.destroyed) return;
-    if (typeof chunk === 'string') chunk = Buffer.from(chunk);
-    const v = this.scan(chunk);
-    if (v) {
-      // Nothing of this chunk reaches Aedes: the connection is gone.
-      this.failed = true;
-      this.inner.pause();
-      try {
-        this.opts.onViolation(v);
-      } finally {
-        this.destroy();
-      }
-      return;
-    }
-    if (!this.push(chunk)) this.inner.pause();
-  }
-
-  private scan(chunk: Buffer): Violation | undefined {
+  /** The first violation in `chunk`, if any; the state moves past the headers and bodies it holds. */
+  scan(chunk: Buffer): Violation | undefined {
     const n = chunk.length;
     let i = 0;
     while (i < n) {
@@ -100,7 +91,7 @@ export class PacketGuard extends Duplex {
         continue;
       }
       const size = 1 + this.lenBytes + this.len;
-      const limit = this.opts.limit(this.firstOfPacket);
+      const limit = this.policy.limit(this, this.firstOfPacket);
       if (size > limit) return { reason: 'too_large', size, limit };
       if (this.len === 0) {
         this.state = HEADER;
@@ -112,60 +103,70 @@ export class PacketGuard extends Duplex {
     return undefined;
   }
 
-  override _read(): void {
-    this.inner.resume();
+  /** Reads through the guard (Node's own read() of the stream's class, then the scan). */
+  static read(this: Guarded, n?: number): Buffer | string | null {
+    const g = this[GUARD];
+    if (g.failed) return null;
+    const chunk = (Object.getPrototypeOf(this) as Duplex).read.call(this, n) as Buffer | string | null;
+    if (chunk === null) return null;
+    const v = g.scan(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+    if (!v) return chunk;
+    // Nothing of this chunk reaches Aedes: the connection is gone.
+    g.failed = true;
+    try {
+      g.policy.violation(g, v);
+    } finally {
+      this.destroy();
+    }
+    return null;
   }
 
   /**
    * Aedes writes each delivery from a setImmediate of its own (and
    * mqtt-packet uncorks on the next tick), so without this every delivered
-   * packet was one writev system call. The connection stays corked from the
-   * first write of an event-loop turn until a setImmediate queued then, which
-   * runs after every delivery of that turn: one writev per socket per turn.
+   * packet was one writev system call. A socket stays corked from the first
+   * write of an event-loop turn until a setImmediate queued then, which runs
+   * after every delivery of that turn: one writev per socket per turn.
    */
-  private corked = false;
-  private readonly batch: boolean;
-  private readonly flush = (): void => {
-    this.corked = false;
-    if (!this.inner.destroyed) this.inner.uncork();
-  };
-
-  private hold(): void {
-    // Only sockets write a corked batch in one go (_writev); a WebSocket stream sends chunk after chunk, asynchronously.
-    if (this.corked || !this.batch) return;
-    this.corked = true;
-    this.inner.cork();
-    setImmediate(this.flush);
+  static write(this: Guarded, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+    const g = this[GUARD];
+    if (!g.held && !this.destroyed) {
+      g.held = true;
+      this.cork();
+      setImmediate(GuardState.release, this);
+    }
+    return (Object.getPrototypeOf(this) as { write: (...a: unknown[]) => boolean }).write.call(this, chunk, encoding, cb);
   }
 
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    if (this.inner.destroyed) return cb(new Error('connection closed'));
-    this.hold();
-    if (this.inner.write(chunk)) cb();
-    else this.inner.once('drain', () => cb());
+  private static release(s: Guarded): void {
+    const g = s[GUARD];
+    if (!g.held) return;
+    g.held = false;
+    if (!s.destroyed) s.uncork();
   }
 
-  override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
-    if (this.inner.destroyed) return cb(new Error('connection closed'));
-    const inner = this.inner;
-    this.hold();
-    if (!this.batch) inner.cork();
-    let ok = true;
-    for (const c of chunks) ok = inner.write(c.chunk) && ok;
-    if (!this.batch) inner.uncork();
-    if (ok) cb();
-    else inner.once('drain', () => cb());
+  static destroy(this: Guarded, err?: Error): Duplex {
+    // What was written before the close (a refusing CONNACK) still goes out.
+    GuardState.release(this);
+    return (Object.getPrototypeOf(this) as Duplex).destroy.call(this, err);
   }
+}
 
-  override _final(cb: (err?: Error | null) => void): void {
-    this.inner.end();
-    cb();
-  }
 
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    // What was written before the close (a refusing CONNACK) still goes out, as it did unbatched.
-    if (this.corked) this.flush();
-    this.inner.destroy();
-    cb(err);
-  }
+/**
+ * Puts the guard on `stream` (the stream Aedes is then given): its reads are
+ * scanned; a socket's writes (TCP or TLS) are also batched per event-loop
+ * turn. A WebSocket stream sends chunk after chunk, asynchronously, so
+ * batching would not spare it anything.
+ */
+export function guard(stream: Duplex, state: GuardState): void {
+  (stream as Guarded)[GUARD] = state;
+  stream.read = GuardState.read as Duplex['read'];
+  stream.destroy = GuardState.destroy as Duplex['destroy'];
+  if (stream instanceof Socket) stream.write = GuardState.write as Duplex['write'];
+}
+
+/** The guard state put on `stream`, if any. */
+export function guardOf(stream: unknown): GuardState | undefined {
+  return stream ? (stream as Partial<Guarded>)[GUARD] : undefined;
 }

@@ -3,9 +3,12 @@
 // plane in this process; the heap and external memory are read after a full GC.
 
 import test from 'ava';
+import net from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import mqtt, { type MqttClient } from 'mqtt';
+import mqttPacket from 'mqtt-packet';
+import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
 import { encode, encodeCbor } from '../protocol/index.ts';
 import { flUpdateTopic, topic } from '../topics/index.ts';
 import { scope as S, startStack, until, type Stack } from './helpers/stack.ts';
@@ -109,4 +112,32 @@ test.serial('malformed and abusive publishes: memory returns, metric series stay
   t.true(grown < 8, `${grown.toFixed(1)} MiB still held`);
   t.true((await series('propeller_mqtt_dropped_total')) - seriesBefore.dropped <= 4, 'drop reasons are a fixed set');
   t.true((await series('propeller_messages_rejected_total')) - seriesBefore.rejected <= 4, 'reject reasons are a fixed set');
+});
+
+test.serial('an idle proplet connection costs the broker some 6 KiB of heap (under 11.5 KiB with the client socket beside it): its state is one object of its own', async (t) => {
+  // Before: the packet guard was a Duplex of its own per connection, and deleting the
+  // CONNECT's will from Aedes' client turned every client into a dictionary-mode object
+  // (15 KiB per connection here, the client socket included; 9 KiB now).
+  const creds = new CredentialStore();
+  const n = 300;
+  const secrets = Array.from({ length: n + 1 }, (_, i) => creds.issue(`idle-${i}`, 'proplet'));
+  const broker = await EmbeddedBroker.start({ scope: S, credentials: creds, port: 0, log: () => {} });
+  t.teardown(() => broker.close());
+  const socks: net.Socket[] = [];
+  const open = (i: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const connect = mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: `idle-${i}`, clean: true, keepalive: 0, username: `idle-${i}`, password: Buffer.from(secrets[i]!) });
+      const s = net.connect(broker.port, '127.0.0.1', () => s.write(connect));
+      socks.push(s);
+      s.once('data', (d: Buffer) => (d[0] === 0x20 && d[3] === 0 ? resolve() : reject(new Error(`CONNACK ${d.toString('hex')}`))));
+      s.once('error', reject);
+    });
+  t.teardown(() => socks.forEach((s) => s.destroy()));
+  await open(n); // the first CONNACK allocates what every later one shares
+  const before = footprint();
+  for (let i = 0; i < n; i++) await open(i);
+  await until(() => broker.connectedClients === n + 1, 'every connection authenticated');
+  const perConnection = (footprint() - before) / n / 1024;
+  t.log(`${perConnection.toFixed(1)} KiB of heap per idle connection, broker and client socket together`);
+  t.true(perConnection < 11.5, `${perConnection.toFixed(1)} KiB per connection`);
 });
