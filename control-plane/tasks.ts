@@ -601,7 +601,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
       // Placed before a restart: the proplet may have finished it while we were away and
       // still hold the result; a later report settles it once the restart grace is over.
       const grace = since < this.startedAt && now - this.startedAt < this.restartGraceMs;
-      if (!reported.has(id) && now - since > this.reconcileGraceMs && !grace) this.ask(proplet, t);
+      if (reported.has(id) || now - since <= this.reconcileGraceMs || grace) continue;
+      // only a run we heard begin can have ended there unheard; a start never acknowledged was lost
+      if (t.state === 'Running') this.ask(proplet, t);
+      else this.evacuateAsked(t, proplet.id);
     }
     for (const [id, attempt] of reported) {
       const t = this.tasks.get(id);
@@ -629,6 +632,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.asked.set(t.id, { timer, attempt });
   }
 
+  /** The proplet no longer runs it and did not say how it ended: placed again. */
   private evacuateAsked(t: Task, propletId: string): void {
     this.endAttempt(t, 'evacuated', 'proplet restarted without it');
     this.release(t);

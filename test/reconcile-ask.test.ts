@@ -1,7 +1,8 @@
 // A proplet reporting without a task the control plane has running there is
 // first asked how it ended (a stop for that attempt), not at once given the task
 // again: its answer, the result it kept, completes the task on that attempt; no
-// answer within the grace, or a run the question stopped, places it again.
+// answer within the grace, or a run the question stopped, places it again. A
+// start never acknowledged (no running result) was lost: placed again at once.
 // Real broker, hand-driven proplets over MQTT.
 
 import test from 'ava';
@@ -25,7 +26,7 @@ test.after.always(async () => {
   await s?.close();
 });
 
-/** A proplet that takes a pinned task, then reports running nothing until it is asked about it. */
+/** A proplet that takes a pinned task, says it runs, then reports running nothing until it is asked about it. */
 async function asked(id: string): Promise<{ c: MqttClient; start: Start; stop: Stop; taskId: string; send(r: Omit<Result, 'v' | 'proplet_id' | 'task_id'>): Promise<unknown> }> {
   const c = await s.client(id);
   const starts: Start[] = [];
@@ -39,12 +40,15 @@ async function asked(id: string): Promise<{ c: MqttClient; start: Start; stop: S
   await until(() => s.cp.registry.get(id)?.state === 'alive', `${id} registered`);
   const task = await s.api.createTask({ name: 'sleep', file, inputs: [10], proplet_id: id }, { start: true });
   await until(() => starts.some((x) => x.id === task.id), 'start received');
+  const start = starts.find((x) => x.id === task.id)!;
+  const send = (r: Omit<Result, 'v' | 'proplet_id' | 'task_id'>) => c.publishAsync(topic(scope, 'proplet.results'), encode('proplet.results', { proplet_id: id, task_id: task.id, ...r }, 'json'), { qos: 1 });
+  await send({ attempt: start.attempt, status: 'running' });
+  await until(async () => (await s.api.getTask(task.id)).state === 'Running', 'it runs');
   await until(async () => {
     await c.publishAsync(topic(scope, 'proplet.alive'), encode('proplet.alive', { proplet_id: id, status: 'alive', running_tasks: 0, running: [] }, 'json'), { qos: 1 });
     return stops.some((x) => x.id === task.id);
   }, 'asked how it ended');
-  const send = (r: Omit<Result, 'v' | 'proplet_id' | 'task_id'>) => c.publishAsync(topic(scope, 'proplet.results'), encode('proplet.results', { proplet_id: id, task_id: task.id, ...r }, 'json'), { qos: 1 });
-  return { c, start: starts.find((x) => x.id === task.id)!, stop: stops.find((x) => x.id === task.id)!, taskId: task.id, send };
+  return { c, start, stop: stops.find((x) => x.id === task.id)!, taskId: task.id, send };
 }
 
 test('asked, the proplet answers with the result it kept: completed on the first attempt', async (t) => {
@@ -72,4 +76,22 @@ test('the question stopped a run whose start the report had overtaken: placed ag
   const x = await s.api.getTask(a.taskId);
   t.not(x.state, 'Failed');
   t.is(x.attempts[0]!.outcome, 'evacuated');
+});
+
+test('a start never acknowledged is not asked about: placed again at once', async (t) => {
+  const id = 'ask-lost-start';
+  const c = await s.client(id);
+  const stops: Stop[] = [];
+  c.on('message', (tp, payload) => {
+    if (tp.includes('/manager/stop/')) stops.push(decode('manager.stop', payload).msg);
+  });
+  await c.subscribeAsync(propletSubscriptions(scope, id), { qos: 1 });
+  await c.publishAsync(topic(scope, 'proplet.create'), encode('proplet.create', { proplet_id: id, addressing: 'direct', capacity: { max_tasks: 4 }, running: [] }, 'json'), { qos: 1 });
+  await until(() => s.cp.registry.get(id)?.state === 'alive', `${id} registered`);
+  const task = await s.api.createTask({ name: 'sleep', file, inputs: [10], proplet_id: id }, { start: true });
+  await until(async () => {
+    await c.publishAsync(topic(scope, 'proplet.alive'), encode('proplet.alive', { proplet_id: id, status: 'alive', running_tasks: 0, running: [] }, 'json'), { qos: 1 });
+    return (await s.api.getTask(task.id)).attempt === 2;
+  }, 'placed again');
+  t.false(stops.some((x) => x.id === task.id && x.attempt === 1), 'not asked');
 });
