@@ -26,5 +26,12 @@ if (!name || name === '--help' || name === '-h' || !BENCHES[name]) {
   process.exitCode = name && name !== '--help' && name !== '-h' ? 2 : 0;
 } else {
   const b = await BENCHES[name]!.load();
-  await b.run(args);
+  try {
+    await b.run(args);
+  } catch (e) {
+    // a wrong option is the caller's slip: one line, not a stack trace
+    if (!String((e as { code?: string }).code).startsWith('ERR_PARSE_ARGS')) throw e;
+    process.stderr.write(`bench ${name}: ${(e as Error).message} (the options are in the header of bench/${name}.ts)\n`);
+    process.exitCode = 2;
+  }
 }

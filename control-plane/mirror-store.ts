@@ -326,12 +326,14 @@ export class MirrorStore implements Store {
     }
   }
 
-  /** All groups in one transaction; if any write conflicts, one transaction per group. */
+  /**
+   * All groups in one transaction. The groups that lose a version check are set aside (their rows
+   * reloaded) and the rest go again in one transaction: with replicas, a conflict is common and one
+   * transaction per group after it would multiply the database's work. A group the database refuses
+   * (bad data, a stale fence) falls back to one transaction per group, to find which.
+   */
   private async commitGroups(groups: Intent[][]): Promise<void> {
-    const live = groups.filter((g) => !this.isStale(g));
-    const stale = groups.filter((g) => this.isStale(g));
-    for (const g of stale) this.dropStale(g);
-    if (!live.length) return;
+    let live = this.dropStaleGroups(groups);
     // owner-only writes made under different tokens (the lease changed hands meanwhile) go one group at a time
     let fence: Fence | undefined;
     let mixed = false;
@@ -340,15 +342,23 @@ export class MirrorStore implements Store {
       if (f && fence && f.token !== fence.token) mixed = true;
       fence ??= f;
     }
-    if (!mixed) {
+    while (!mixed && live.length) {
+      const ops = this.coalesce(live);
+      if (!ops.length) return;
+      let conflicts: RowKey[];
       try {
-        const ops = this.coalesce(live);
-        if (!ops.length) return;
-        const conflicts = await this.engine.commit(ops, fence);
-        if (!conflicts.length) return this.committed(ops);
+        conflicts = await this.engine.commit(ops, fence);
       } catch (e) {
         if (!this.engine.isDataError(e) && !(e instanceof FencedError)) throw e;
+        break;
       }
+      if (!conflicts.length) return this.committed(ops);
+      const lost = new Set(conflicts.map((k) => keyOf(k.kind, k.id)));
+      const losers = live.filter((g) => g.some((i) => lost.has(i.key)));
+      if (!losers.length) break; // not attributable to a group: find it one group at a time
+      await this.conflicted(this.coalesce(losers), conflicts);
+      // the reload made any other write to those rows stale
+      live = this.dropStaleGroups(live.filter((g) => !losers.includes(g)));
     }
     for (const g of live) {
       if (this.isStale(g)) {
@@ -371,18 +381,25 @@ export class MirrorStore implements Store {
         await this.reloadRows(ops.filter((o) => o.t !== 'module').map((o) => keyOf(o.t === 'task' ? 'task' : o.kind, o.id)));
         continue;
       }
-      if (!conflicts.length) {
-        this.committed(ops);
-        continue;
-      }
-      this.stats.conflicts += conflicts.length;
-      this.log('warn', 'store write conflict: another writer changed these rows first; reloaded them', {
-        engine: this.engine.name,
-        rows: conflicts.map((k) => `${k.kind}/${k.id}`),
-        dropped_writes: ops.length,
-      });
-      await this.reloadRows(ops.filter((o) => o.t !== 'module').map((o) => keyOf(o.t === 'task' ? 'task' : o.kind, o.id)), conflicts);
+      if (conflicts.length) await this.conflicted(ops, conflicts);
+      else this.committed(ops);
     }
+  }
+
+  private dropStaleGroups(groups: Intent[][]): Intent[][] {
+    for (const g of groups) if (this.isStale(g)) this.dropStale(g);
+    return groups.filter((g) => !this.isStale(g));
+  }
+
+  /** Writes that lost a version check: counted, their rows reloaded, the losers told. */
+  private async conflicted(ops: Op[], conflicts: RowKey[]): Promise<void> {
+    this.stats.conflicts += conflicts.length;
+    this.log('warn', 'store write conflict: another writer changed these rows first; reloaded them', {
+      engine: this.engine.name,
+      rows: conflicts.map((k) => `${k.kind}/${k.id}`),
+      dropped_writes: ops.length,
+    });
+    await this.reloadRows(ops.filter((o) => o.t !== 'module').map((o) => keyOf(o.t === 'task' ? 'task' : o.kind, o.id)), conflicts);
   }
 
   /** An ex-owner's writes: never committed; its view goes back to what the database has, and it steps down. */

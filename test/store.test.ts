@@ -250,6 +250,34 @@ for (const e of ENGINES) {
     await c.close();
   });
 
+  it('a conflict sets aside only the groups that lost: the rest commit together in one more transaction', async (t, e) => {
+    const loc = await e.fresh();
+    const seed = await openStore(loc);
+    seed.tasks.put('x', task('x'));
+    await seed.close();
+    const a = await openStore(loc);
+    const b = await openStore(loc);
+    const xa = a.tasks.get('x')!;
+    const xb = b.tasks.get('x')!;
+    step(xa, 'Scheduled', '2026-12-06T10:00:01.000Z', { proplet_id: 'pa', attempt: 1 });
+    a.tasks.put('x', xa);
+    await a.flush();
+    const commits = b.stats.commits;
+    step(xb, 'Scheduled', '2026-12-06T10:00:01.500Z', { proplet_id: 'pb', attempt: 1 });
+    b.tasks.put('x', xb);
+    const others = Array.from({ length: 9 }, (_, i) => `n${i}`);
+    for (const id of others) b.tasks.put(id, task(id));
+    await b.flush();
+    t.is(b.stats.conflicts, 1);
+    t.is(b.stats.commits - commits, 1, 'the nine other writes in one transaction, not one each');
+    await a.close();
+    await b.close();
+    const c = await openStore(loc);
+    t.is(c.tasks.get('x')!.proplet_id, 'pa');
+    for (const id of others) t.truthy(c.tasks.get(id), id);
+    await c.close();
+  });
+
   it('the HTTP API answers a change only once the store has committed it', async (t, e) => {
     const loc = await e.fresh();
     const store = await openStore(loc);
