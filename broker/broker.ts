@@ -15,6 +15,7 @@ import { authorize, type Decision, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
+import { leanMemoryPersistence, type LeanPersistence } from './persistence.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -286,6 +287,11 @@ export class EmbeddedBroker {
   private holding: boolean;
   private deferred: (() => void)[] = [];
 
+  /** Client ids with QoS 1/2 deliveries not yet acknowledged: none is kept for one that has nothing pending. */
+  get outgoingQueues(): number {
+    return (this.aedes as unknown as { persistence: LeanPersistence }).persistence.outgoingQueues;
+  }
+
   private constructor(opts: BrokerOptions, aedes: Aedes, sizes: { max: number; manager: number }) {
     this.aedes = aedes;
     this.scope = { domain: opts.scope.domain, channel: opts.scope.channel };
@@ -367,6 +373,7 @@ export class EmbeddedBroker {
       // stack (mcollina/mqemitter#204). 0 delivers without the queue.
       concurrency: 0,
       maxTopicLevels: MAX_TOPIC_LEVELS,
+      persistence: leanMemoryPersistence() as never,
       preConnect: (client, packet, cb) => self!.preConnect(client, packet, cb),
       authenticate: (client, username, password, cb) => self!.authenticate(client, username, password, cb),
       authorizePublish: (client, packet, cb) => self!.authorizePublish(client, packet, cb),

@@ -141,3 +141,22 @@ test.serial('an idle proplet connection costs the broker some 6 KiB of heap (und
   t.log(`${perConnection.toFixed(1)} KiB of heap per idle connection, broker and client socket together`);
   t.true(perConnection < 11.5, `${perConnection.toFixed(1)} KiB per connection`);
 });
+
+test.serial('devices that reconnect under fresh client ids leave no outgoing queue behind once their QoS 1 deliveries are acknowledged', async (t) => {
+  const secret = s.creds.issue('roamer', 'proplet');
+  const manager = await s.client('mgr-roam', 'manager');
+  const startTopic = topic(S, 'manager.start', 'roamer');
+  const queuesBefore = s.broker.outgoingQueues;
+  for (let i = 0; i < 30; i++) {
+    // a fresh client id each time, as Propeller's proplets connect
+    const c = await mqtt.connectAsync(s.broker.url, { protocolVersion: 4, username: 'roamer', password: secret, clientId: `roam-${i}-${Date.now()}`, reconnectPeriod: 0 });
+    await c.subscribeAsync(startTopic, { qos: 1 });
+    const got = new Promise<void>((r) => c.once('message', () => r()));
+    await manager.publishAsync(startTopic, encode('manager.start', { id: `roam-${i}`, proplet_id: 'roamer', file: Buffer.from([0, 97, 115, 109, 1, 0, 0, 0]) }, 'json'), { qos: 1 });
+    await got; // mqtt.js acknowledges before it emits
+    await c.endAsync();
+  }
+  await until(() => s.broker.outgoingQueues === queuesBefore, 'every acknowledged queue gone');
+  t.is(s.broker.outgoingQueues, queuesBefore);
+  await manager.endAsync();
+});
