@@ -11,13 +11,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { mosquittoMissing, startMosquitto, type Mosquitto } from './helpers/mosquitto.ts';
-import { postgresMissing, startPostgres, type OwnPostgres } from './helpers/postgres.ts';
+import { pgBinDir, postgresMissing, startPostgres, type OwnPostgres } from './helpers/postgres.ts';
 import { metricOf, startProplet, startServe, type Proc, type Serve } from './helpers/procs.ts';
 import { tcpRelay } from './helpers/relay.ts';
 import { freePort, until } from './helpers/stack.ts';
 
 const missing = postgresMissing() ?? mosquittoMissing();
-const given = !!process.env.PROPELLER_TEST_PG_URL; // a cluster we did not start cannot be stopped
+const cannotHalt = !pgBinDir(); // only a cluster of our own can be stopped and started again
 const procs: Proc[] = [];
 const dirs: string[] = [];
 let mosquitto: Mosquitto | undefined;
@@ -30,7 +30,7 @@ test.before(async () => {
   await buildExamples();
   sleepWasm = readFileSync(join(EXAMPLES_BUILD_DIR, 'sleep.wasm')).toString('base64');
   mosquitto = await startMosquitto();
-  if (!given) postgres = await startPostgres();
+  postgres = await startPostgres({ own: true });
 });
 test.after.always(async () => {
   await Promise.all(procs.map((p) => p.kill()));
@@ -75,7 +75,7 @@ const completions = (proplets: Proc[]) => {
 };
 const sleepTask = (ms: number) => ({ name: 'sleep', file: sleepWasm, inputs: [ms] });
 
-(missing || given ? test.skip : test.serial)('PostgreSQL stopped and restarted: not ready with the reason, writes refused, everything resumes, nothing duplicated', async (t) => {
+(missing || cannotHalt ? test.skip : test.serial)('PostgreSQL stopped and restarted: not ready with the reason, writes refused, everything resumes, nothing duplicated', async (t) => {
   const url = await postgres!.createDatabase();
   const replicas = [await serve('pg-loss', ['--broker', mosquitto!.url, '--store', url, '--lease-duration', '2s']), await serve('pg-loss', ['--broker', mosquitto!.url, '--store', url, '--lease-duration', '2s'])];
   // the single process: PostgreSQL store, embedded broker

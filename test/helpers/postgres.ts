@@ -54,10 +54,14 @@ export interface OwnPostgres extends Postgres {
   resume?: () => void;
 }
 
-/** `durable`: keep fsync on (benchmarks); tests only need a crash of the server process to be safe. */
-export async function startPostgres(o: { durable?: boolean } = {}): Promise<OwnPostgres> {
+/**
+ * `durable`: keep fsync on (benchmarks); tests only need a crash of the server process to be safe.
+ * `own`: a cluster of our own even when PROPELLER_TEST_PG_URL names one (.ci/run does): a test
+ * that stops and restarts PostgreSQL cannot do it to a cluster it did not start.
+ */
+export async function startPostgres(o: { durable?: boolean; own?: boolean } = {}): Promise<OwnPostgres> {
   const given = process.env.PROPELLER_TEST_PG_URL;
-  if (given) return onCluster(given, async () => {});
+  if (given && !(o.own && pgBinDir())) return onCluster(given, async () => {});
   const bin = pgBinDir();
   if (!bin) throw new Error(postgresMissing());
   const dir = mkdtempSync(join(tmpdir(), 'propeller-pg-'));
