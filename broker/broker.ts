@@ -18,7 +18,6 @@ import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type Connectio
 import { leanMemoryPersistence, type LeanPersistence } from './persistence.ts';
 
 const KiB = 1024;
-const MiB = 1024 * KiB;
 
 /** Room for the fixed header, topic and packet id around a payload. */
 const HEADROOM = 64 * KiB;

@@ -358,7 +358,8 @@ export class MirrorStore implements Store {
       if (!losers.length) break; // not attributable to a group: find it one group at a time
       await this.conflicted(this.coalesce(losers), conflicts);
       // the reload made any other write to those rows stale
-      live = this.dropStaleGroups(live.filter((g) => !losers.includes(g)));
+      const lostGroups = new Set(losers);
+      live = this.dropStaleGroups(live.filter((g) => !lostGroups.has(g)));
     }
     for (const g of live) {
       if (this.isStale(g)) {
@@ -387,8 +388,12 @@ export class MirrorStore implements Store {
   }
 
   private dropStaleGroups(groups: Intent[][]): Intent[][] {
-    for (const g of groups) if (this.isStale(g)) this.dropStale(g);
-    return groups.filter((g) => !this.isStale(g));
+    const live: Intent[][] = [];
+    for (const g of groups) {
+      if (this.isStale(g)) this.dropStale(g);
+      else live.push(g);
+    }
+    return live;
   }
 
   /** Writes that lost a version check: counted, their rows reloaded, the losers told. */

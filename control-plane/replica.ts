@@ -29,7 +29,7 @@ export class Replica {
   private lease: PgLease;
   private acquired: (() => void)[] = [];
 
-  constructor(private o: ReplicaOptions) {
+  constructor(o: ReplicaOptions) {
     this.pool = new pg.Pool({ connectionString: o.url, max: 2 });
     this.pool.on('error', () => {}); // a lost connection shows as the next query's error
     const log = o.log ?? silent;

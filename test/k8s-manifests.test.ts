@@ -18,7 +18,6 @@ import { CHART_DIR, differences, HELM_VALUES, ROOT } from '../k8s-adapter/gen-ma
 import { deployment, manifests, rbac, type ManifestOptions } from '../k8s-adapter/manifests.ts';
 import { schemaAt, structuralProblems, type OpenApi } from '../k8s-adapter/schema.ts';
 import {
-  API_VERSION,
   FEDERATED_JOB,
   HYBRID_API_VERSION,
   KINDS,

@@ -28,10 +28,9 @@ import { isNotFound, kubeClients, loadKubeConfig, type Kube, type KubeObject } f
 import { mergePatch } from '../k8s-adapter/runtime/status.ts';
 import { WorkQueue } from '../k8s-adapter/runtime/work-queue.ts';
 import { PROPLET_GROUP, TASK, WASM_TASK, type KindDef, type PropletGroup, type Task, type WasmTask } from '../k8s-adapter/types.ts';
-import { NodeProplet } from '../proplet-node/proplet.ts';
 import { applyObjects, eventually, getJson, installCrds, k8sCluster, kubectlOk } from './helpers/k8s.ts';
 import { BIN, startServe, type Proc } from './helpers/procs.ts';
-import { freePort, scope, startStack, until, type Stack } from './helpers/stack.ts';
+import { freePort, startStack, until, type Stack } from './helpers/stack.ts';
 
 const k8s = k8sCluster(test);
 const NS = 'default';

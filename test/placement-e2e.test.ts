@@ -24,7 +24,7 @@ async function stackWith(type: Algorithm): Promise<Stack> {
 
 /** Starts n sleeping tasks and returns how many landed on each proplet while they run. */
 async function spread(s: Stack, n: number, extra: Record<string, unknown> = {}, ms = 300) {
-  const tasks = await Promise.all(Array.from({ length: n }, (_, i) => s.api.createTask({ name: 'sleep', file: sleep, inputs: [ms], ...extra }, { start: true })));
+  const tasks = await Promise.all(Array.from({ length: n }, () => s.api.createTask({ name: 'sleep', file: sleep, inputs: [ms], ...extra }, { start: true })));
   const per: Record<string, number> = {};
   for (const x of tasks) {
     const t = await s.api.getTask(x.id);

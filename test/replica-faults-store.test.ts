@@ -11,6 +11,7 @@ import type { Task } from '../control-plane/model.ts';
 import { openStore } from '../control-plane/open-store.ts';
 import type { RowKey } from '../control-plane/store-rows.ts';
 import { pgBinDir, postgresMissing, startPostgres, type OwnPostgres } from './helpers/postgres.ts';
+import { taskFixture } from './helpers/task-fixture.ts';
 import { until } from './helpers/stack.ts';
 
 const missing = postgresMissing();
@@ -24,24 +25,7 @@ test.after.always(async () => {
   await postgres?.stop();
 });
 
-const at = '2026-12-07T02:00:00.000Z';
-const task = (id: string, state: Task['state'] = 'Pending'): Task => ({
-  id,
-  name: id,
-  cli_args: [],
-  inputs: [],
-  env: {},
-  daemon: false,
-  resources: {},
-  labels: {},
-  state,
-  start_requested: false,
-  attempt: 0,
-  attempts: [],
-  history: [{ state: 'Pending', at, reason: 'created' }],
-  created_at: at,
-  updated_at: at,
-});
+const task = (id: string, state: Task['state'] = 'Pending'): Task => taskFixture(id, { state });
 
 (missing ? test.skip : test.serial)('owner writes under a stale token are refused, counted and reloaded; the others of the tick commit', async (t) => {
   const url = await postgres!.createDatabase();

@@ -20,6 +20,7 @@ import {
   type SchedulerState,
 } from '../control-plane/scheduling/index.ts';
 import { seeded } from './helpers/seeded.ts';
+import { taskFixture } from './helpers/task-fixture.ts';
 
 // ---- fixtures ----
 
@@ -47,24 +48,7 @@ function proplet(id: string, o: Partial<Proplet> = {}): Proplet {
 }
 
 function task(id: string, o: Partial<Task> = {}): Task {
-  return {
-    id,
-    name: id,
-    cli_args: [],
-    inputs: [],
-    env: {},
-    daemon: false,
-    resources: {},
-    labels: {},
-    state: 'Pending',
-    start_requested: true,
-    attempt: 0,
-    attempts: [],
-    history: [],
-    created_at: T0,
-    updated_at: T0,
-    ...o,
-  };
+  return taskFixture(id, { start_requested: true, history: [], created_at: T0, updated_at: T0, ...o });
 }
 
 function group(name: string, match_labels: Record<string, string>, algorithm: Algorithm = 'round-robin', max?: number): PropletGroup {

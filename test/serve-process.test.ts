@@ -2,7 +2,6 @@
 // finds, and SIGTERM ending it whatever state its MQTT side is in.
 
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';

@@ -13,7 +13,6 @@ import pg from 'pg';
 import type { Task } from '../control-plane/model.ts';
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
 import type { RowKey } from '../control-plane/store-rows.ts';
-import type { Store } from '../control-plane/store.ts';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.ts';
 import { startStack, until } from './helpers/stack.ts';
 
@@ -268,6 +267,8 @@ for (const e of ENGINES) {
     const others = Array.from({ length: 9 }, (_, i) => `n${i}`);
     for (const id of others) b.tasks.put(id, task(id));
     await b.flush();
+    // SQLite: the database refuses x's write. PostgreSQL: the change feed may reload x first, and the
+    // write is then dropped before it is sent. Either way one conflict, and the rest in one commit.
     t.is(b.stats.conflicts, 1);
     t.is(b.stats.commits - commits, 1, 'the nine other writes in one transaction, not one each');
     await a.close();

@@ -220,7 +220,7 @@ export const federatedJobController: ControllerFactory = (ctx): Controller<Feder
 };
 
 export const trainingRoundController: ControllerFactory = (ctx): Controller<TrainingRound> => {
-  const { cp, kube, events } = ctx;
+  const { cp, kube } = ctx;
   const fl = flTools(ctx);
 
   return {
