@@ -4,6 +4,7 @@
 
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -170,6 +171,25 @@ function slimParser(client: Client): void {
   if (!settings || settings.bridgeMode) return;
   const slim = PARSER_SETTINGS.get(settings.protocolVersion);
   if (slim) parser.settings = slim;
+}
+
+// Aedes' parser (mqtt-packet) buffers the bytes of an incomplete packet in
+// `bl`'s BufferListStream, a full Duplex stream (two stream states, an event
+// emitter, their buffers) that nothing ever pipes or listens to: the parser
+// calls only its buffer-list methods. The plain BufferList of the same `bl`
+// (the one mqtt-packet resolves) has them all, for a fraction of the memory.
+// The parser's table of state names is the same for every connection.
+type BufferListClass = new () => object;
+const requireFromMqttPacket = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'));
+const { BufferList } = requireFromMqttPacket('bl') as { BufferList?: BufferListClass };
+const PARSER_STATES = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
+
+/** Trims a fresh client's parser, before it has read anything (see BufferList above). */
+function slimClient(client: Client): void {
+  const parser = (client as unknown as { _parser?: { _list?: { length?: number }; _states?: string[] } })._parser;
+  if (!parser) return;
+  if (BufferList && parser._list?.length === 0) parser._list = new BufferList();
+  if (parser._states?.length === PARSER_STATES.length && PARSER_STATES.every((st, i) => parser._states![i] === st)) parser._states = PARSER_STATES as string[];
 }
 
 function refusal(message: string): Error {
@@ -515,6 +535,7 @@ export class EmbeddedBroker {
     stream.on('close', onStreamClose);
     // Aedes' typings want IncomingMessage & connDetails; it reads only what is there.
     c.client = this.aedes.handle(stream, req as Parameters<Aedes['handle']>[1]);
+    slimClient(c.client);
   }
 
   /** The connection's stream closed: whatever it was counted in forgets it. */
