@@ -16,7 +16,7 @@ import { authorize, type Decision, type DenyReason } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
-import { leanMemoryPersistence, type LeanPersistence } from './persistence.ts';
+import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
 
 const KiB = 1024;
 
@@ -385,6 +385,7 @@ export class EmbeddedBroker {
     // The hooks need the instance and the instance needs Aedes: `self` is set
     // right after createBroker, before anything listens.
     let self: EmbeddedBroker | undefined;
+    shortCircuitEmptyQueues();
     const aedes = await Aedes.createBroker({
       connectTimeout,
       // Aedes' default (100) queues deliveries in mqemitter when a subscriber backs

@@ -15,7 +15,8 @@
 // wrapper around it (Aedes 1.2 only calls the promise methods): one call
 // layer less on every CONNECT and delivery.
 
-import { createRequire } from 'node:module';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
+import stream from 'node:stream';
 
 const require = createRequire(import.meta.url);
 
@@ -101,4 +102,35 @@ export interface LeanPersistence extends Persistence {
 export function leanMemoryPersistence(): LeanPersistence {
   const p = new LeanMemoryPersistence({});
   return Object.defineProperty(p, 'outgoingQueues', { get: () => p.outgoing.size }) as unknown as LeanPersistence;
+}
+
+let shortCircuited = false;
+
+/**
+ * Aedes pipes every client's outgoing queue through a Transform with
+ * `stream.pipeline` on every CONNECT, queue or not. For an empty queue that
+ * costs a Transform pass, two end-of-stream watchers and, when the pipeline
+ * finishes, `AbortController.abort()`, which builds a `DOMException` with a
+ * stack trace: some 20 µs of a CONNECT that has nothing to deliver. This
+ * wraps Node's `stream.pipeline` (and, through syncBuiltinESMExports, the
+ * binding Aedes imported) so that a pipeline whose source is NO_OUTGOING
+ * (only this store hands that out) just calls back on the next tick; every
+ * other pipeline in the process goes to Node's own, untouched. Once per process.
+ */
+export function shortCircuitEmptyQueues(): void {
+  if (shortCircuited) return;
+  shortCircuited = true;
+  const inner = stream.pipeline;
+  const pipeline = function (this: unknown, ...args: unknown[]): unknown {
+    const cb = args[2];
+    if (args[0] === NO_OUTGOING && args.length === 3 && typeof cb === 'function') {
+      process.nextTick(cb as () => void);
+      return args[1];
+    }
+    return (inner as (...a: unknown[]) => unknown).apply(this, args);
+  };
+  // util.promisify.custom and anything else Node hangs on it
+  for (const key of Reflect.ownKeys(inner)) if (typeof key === 'symbol') Object.defineProperty(pipeline, key, Object.getOwnPropertyDescriptor(inner, key)!);
+  stream.pipeline = pipeline as typeof stream.pipeline;
+  syncBuiltinESMExports();
 }
