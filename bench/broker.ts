@@ -15,7 +15,9 @@
 //   every CONNACK, and the broker's memory growth per connection while they
 //   are all open.
 // --only connects,qos0,qos1,fanout picks scenarios; --plain-aedes adds Aedes
-// without the wrapper (no auth, ACL or guard) as a third column.
+// without the wrapper (no auth, ACL or guard) as a third column;
+// --broker-node-flags '--max-semi-space-size=1 ...' starts the embedded
+// broker's process with those Node flags.
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
@@ -121,10 +123,10 @@ async function plainAedes(): Promise<{ port: number; close(): Promise<void> }> {
   };
 }
 
-async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false): Promise<{ target: Target; accounts: Accounts }> {
+async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = []): Promise<{ target: Target; accounts: Accounts }> {
   const runTs = join(fileURLToPath(new URL('.', import.meta.url)), 'run.ts');
   const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(profileDir ? ['--profile', profileDir] : [])];
-  const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...nodeFlags] });
   const [ready] = (await once(child, 'message')) as [{ ready: { port: number; accounts: Accounts } }];
   const usage = async (): Promise<Usage> => {
     child.send('usage');
@@ -458,6 +460,7 @@ export async function run(argv: string[]): Promise<void> {
       profile: { type: 'string' },
       only: { type: 'string', default: 'connects,qos0,qos1,fanout' },
       'plain-aedes': { type: 'boolean', default: false },
+      'broker-node-flags': { type: 'string', default: '' },
     },
   });
   const only = new Set(values.only!.split(','));
@@ -477,7 +480,8 @@ export async function run(argv: string[]): Promise<void> {
       .join(' ');
   const load0 = load();
 
-  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile);
+  const brokerFlags = values['broker-node-flags']!.split(' ').filter(Boolean);
+  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile, false, brokerFlags);
   const mos = await startMosquitto(accounts);
   const targets = [mos, emb];
   // --plain-aedes: Aedes without the wrapper as a third column, to tell the wrapper's cost from Aedes' own
@@ -544,7 +548,7 @@ export async function run(argv: string[]): Promise<void> {
 
     console.log(
       `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
-        `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
+        `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}${brokerFlags.length ? ` (embedded broker: ${brokerFlags.join(' ')})` : ''}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
     );
     const head = ['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'];
     printTable(values['plain-aedes'] ? [...head, 'plain Aedes (no auth, ACL, guard)', 'plain Aedes CPU µs'] : head, rows);
