@@ -22,8 +22,9 @@
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
 // --profile DIR writes a CPU profile of the embedded broker's process (and of
-// plain Aedes with --plain-aedes) there, covering the message scenarios (or
-// the connect storms with --only connects), not the start or the warm-up.
+// plain Aedes with --plain-aedes) there, covering the message scenarios (or,
+// with --only connects, the first storm's CONNECTs, not their closing), not
+// the start or the warm-up.
 
 import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -91,7 +92,9 @@ async function serve(subs: number, conns: number, plain: boolean, profileDir: st
     new Promise((resolve, reject) => profiler!.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
   process.on('message', (m: string) => {
     if (m === 'profile-start' && profiler) {
-      void post('Profiler.enable').then(() => post('Profiler.start'));
+      void post('Profiler.enable')
+        .then(() => post('Profiler.start'))
+        .then(() => process.send!({ profiling: true }));
     } else if (m === 'profile-stop' && profiler) {
       void post('Profiler.stop').then((r) => {
         writeFileSync(join(profileDir!, `${plain ? 'aedes' : 'embedded'}-${process.pid}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
@@ -144,10 +147,9 @@ async function startEmbedded(subs: number, conns: number, profileDir: string | u
       async profile(on) {
         if (!profileDir) return;
         child.send(on ? 'profile-start' : 'profile-stop');
-        if (on) return;
         for (;;) {
-          const [m] = (await once(child, 'message')) as [{ profiled?: boolean }];
-          if (m.profiled) return;
+          const [m] = (await once(child, 'message')) as [{ profiled?: boolean; profiling?: boolean }];
+          if (on ? m.profiling : m.profiled) return;
         }
       },
       async stop() {
@@ -394,13 +396,15 @@ interface Storm {
   failed: number;
 }
 
-async function connects(t: Target, acc: Accounts, n: number, window: number): Promise<Storm> {
+/** `profile`, when given, covers the storm's CONNECTs (from the first to the last CONNACK), not the closing. */
+async function connects(t: Target, acc: Accounts, n: number, window: number, profile?: (on: boolean) => Promise<void>): Promise<Storm> {
   const sockets: Socket[] = [];
   // One connection first: what the first CONNACK allocates once (mqtt-packet's
   // cache of encoded numbers, 65,536 Buffers, some 6 MiB) is no connection's own.
   (await Raw.open(t.port, 'storm-warm-up', connUser(0), acc.conn[0]!)).close();
   await new Promise((r) => setTimeout(r, 200));
   const u0 = await t.usage();
+  await profile?.(true);
   const t0 = performance.now();
   let next = 0;
   let done = 0;
@@ -434,6 +438,7 @@ async function connects(t: Target, acc: Accounts, n: number, window: number): Pr
     for (let k = 0; k < Math.min(window, n); k++) one();
   });
   const secs = (performance.now() - t0) / 1000;
+  await profile?.(false);
   await new Promise((r) => setTimeout(r, 500)); // let the broker settle what it allocated
   const u1 = await t.usage();
   for (const s of sockets) s.destroy();
@@ -493,8 +498,9 @@ export async function run(argv: string[]): Promise<void> {
     const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [], aedes: [] };
     const profiling = (on: boolean): Promise<unknown> => Promise.all(targets.map((t) => t.profile?.(on)));
     const stormsOnly = only.size === 1 && only.has('connects');
-    if (stormsOnly) await profiling(true);
-    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window'])));
+    // with --only connects, the profile covers the first round's CONNECTs
+    const stormProfile = (t: Target, r: number): ((on: boolean) => Promise<void>) | undefined => (stormsOnly && r === 0 && t.profile ? (on) => t.profile!(on) : undefined);
+    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window']), stormProfile(t, r)));
     // Warm-up: the JIT and both brokers' first allocations.
     if (!stormsOnly) for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
     if (!stormsOnly) await profiling(true);
@@ -509,7 +515,7 @@ export async function run(argv: string[]): Promise<void> {
     const q0 = await scen('qos0', 1, n0, 0, window);
     const q1 = await scen('qos1', 1, n1, 1, window);
     const fan = await scen('fanout', subs, nf, 0, window * 10);
-    await profiling(false);
+    if (!stormsOnly) await profiling(false);
 
     const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
     const rate = (fs: Flow[]): number => med(fs.map((f) => f.deliveries / f.secs));

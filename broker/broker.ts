@@ -13,7 +13,7 @@ import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { base, scope as makeScope, stampSender, type Scope } from '../topics/index.ts';
 import { authorize, type Decision, type DenyReason } from './acl.ts';
-import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
+import { accountFor, isGroupId, verifyDummy, verifySecretSoon, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
 import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
@@ -705,10 +705,9 @@ export class EmbeddedBroker {
       this.backoffCounts.delayed++;
       this.backoffCounter?.inc({ action: 'delayed' });
     }
-    const wait = delay > 0 ? new Promise<void>((r) => setTimeout(r, delay).unref()) : Promise.resolve();
-    wait
-      .then(() => verifySecretAsync(secret, rec.hash))
-      .then((ok) => {
+    const failed = (e: unknown): void => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) });
+    const verified = (ok: boolean): void => {
+      try {
         if (!ok) {
           this.userFails?.fail(username);
           return refuse(4, 'bad_secret');
@@ -718,8 +717,18 @@ export class EmbeddedBroker {
         if (now === LOOKUP_FAILED) return refuse(3, 'lookup_failed');
         if (!now || now.hash !== rec.hash || now.role !== rec.role) return refuse(4, 'credentials_changed');
         accept(username, rec.role, rec.hash, false);
-      })
-      .catch((e: unknown) => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) }));
+      } catch (e) {
+        failed(e);
+      }
+    };
+    const verify = (): void => {
+      // an issued secret (one HMAC) is answered here and now; scrypt on the thread pool
+      const v = verifySecretSoon(secret, rec.hash);
+      if (typeof v === 'boolean') verified(v);
+      else v.then(verified, failed);
+    };
+    if (delay > 0) setTimeout(verify, delay).unref();
+    else verify();
   }
 
   /** Beyond the account's limit, its oldest connections go: no will, as the account is still connected. */
