@@ -114,7 +114,7 @@ test.serial('malformed and abusive publishes: memory returns, metric series stay
   t.true((await series('propeller_messages_rejected_total')) - seriesBefore.rejected <= 4, 'reject reasons are a fixed set');
 });
 
-test.serial('an idle proplet connection costs the broker some 6 KiB of heap (under 11.5 KiB with the client socket beside it): its state is one object of its own', async (t) => {
+test.serial('an idle proplet connection costs the broker some 5 KiB of heap (under 11.5 KiB with the client socket beside it): its state is one object of its own', async (t) => {
   // Before: the packet guard was a Duplex of its own per connection, and deleting the
   // CONNECT's will from Aedes' client turned every client into a dictionary-mode object
   // (15 KiB per connection here, the client socket included; 9 KiB now).
