@@ -17,7 +17,9 @@
 // --only connects,qos0,qos1,fanout picks scenarios; --plain-aedes adds Aedes
 // without the wrapper (no auth, ACL or guard) as a third column;
 // --broker-node-flags '--max-semi-space-size=1 ...' starts the embedded
-// broker's process with those Node flags.
+// broker's process with those Node flags; --heap-snapshot DIR writes heap
+// snapshots of the Node brokers before the first storm and with its
+// connections open, and prints what the connections added by constructor.
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
@@ -34,7 +36,7 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { setFlagsFromString } from 'node:v8';
+import { setFlagsFromString, writeHeapSnapshot } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Session } from 'node:inspector';
 import { Aedes } from 'aedes';
@@ -73,6 +75,8 @@ interface Target {
   stop(): Promise<void>;
   /** Starts or stops (and writes) the CPU profile, when --profile is given. */
   profile?(on: boolean): Promise<void>;
+  /** Writes a V8 heap snapshot of the broker's process to `file` (Node brokers only). */
+  snapshot?(file: string): Promise<void>;
 }
 
 // ---- the embedded broker's process ----
@@ -90,8 +94,11 @@ async function serve(subs: number, conns: number, plain: boolean, profileDir: st
   profiler?.connect();
   const post = (method: string, params?: object): Promise<unknown> =>
     new Promise((resolve, reject) => profiler!.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
-  process.on('message', (m: string) => {
-    if (m === 'profile-start' && profiler) {
+  process.on('message', (m: string | { snapshot: string }) => {
+    if (typeof m === 'object') {
+      gc();
+      process.send!({ snapshotted: writeHeapSnapshot(m.snapshot) });
+    } else if (m === 'profile-start' && profiler) {
       void post('Profiler.enable')
         .then(() => post('Profiler.start'))
         .then(() => process.send!({ profiling: true }));
@@ -150,6 +157,13 @@ async function startEmbedded(subs: number, conns: number, profileDir: string | u
         for (;;) {
           const [m] = (await once(child, 'message')) as [{ profiled?: boolean; profiling?: boolean }];
           if (on ? m.profiling : m.profiled) return;
+        }
+      },
+      async snapshot(file) {
+        child.send({ snapshot: file });
+        for (;;) {
+          const [m] = (await once(child, 'message')) as [{ snapshotted?: string }];
+          if (m.snapshotted) return;
         }
       },
       async stop() {
@@ -396,13 +410,18 @@ interface Storm {
   failed: number;
 }
 
-/** `profile`, when given, covers the storm's CONNECTs (from the first to the last CONNACK), not the closing. */
-async function connects(t: Target, acc: Accounts, n: number, window: number, profile?: (on: boolean) => Promise<void>): Promise<Storm> {
+/**
+ * `profile`, when given, covers the storm's CONNECTs (from the first to the
+ * last CONNACK), not the closing; `snapshot`, when given, is called before
+ * the storm and with every connection open.
+ */
+async function connects(t: Target, acc: Accounts, n: number, window: number, profile?: (on: boolean) => Promise<void>, snapshot?: (when: 'before' | 'open') => Promise<void>): Promise<Storm> {
   const sockets: Socket[] = [];
   // One connection first: what the first CONNACK allocates once (mqtt-packet's
   // cache of encoded numbers, 65,536 Buffers, some 6 MiB) is no connection's own.
   (await Raw.open(t.port, 'storm-warm-up', connUser(0), acc.conn[0]!)).close();
   await new Promise((r) => setTimeout(r, 200));
+  await snapshot?.('before');
   const u0 = await t.usage();
   await profile?.(true);
   const t0 = performance.now();
@@ -441,9 +460,43 @@ async function connects(t: Target, acc: Accounts, n: number, window: number, pro
   await profile?.(false);
   await new Promise((r) => setTimeout(r, 500)); // let the broker settle what it allocated
   const u1 = await t.usage();
+  await snapshot?.('open');
   for (const s of sockets) s.destroy();
   await new Promise((r) => setTimeout(r, 1000));
   return { secs, perConn: (u1.rss - u0.rss) / n, heapPerConn: (u1.heap - u0.heap) / n, cpu: u1.cpu - u0.cpu, failed };
+}
+
+/**
+ * Self size per constructor that the open connections added, per
+ * connection: V8's node types other than objects and closures are grouped
+ * by type ("(array)": property and element stores, dictionaries).
+ */
+function heapByConstructor(before: string, open: string, n: number): (string | number)[][] {
+  const agg = (file: string): Map<string, [number, number]> => {
+    const snap = JSON.parse(readFileSync(file, 'utf8')) as { snapshot: { meta: { node_fields: string[]; node_types: [string[]] } }; nodes: number[]; strings: string[] };
+    const f = snap.snapshot.meta.node_fields;
+    const types = snap.snapshot.meta.node_types[0];
+    const [it, iname, isz] = [f.indexOf('type'), f.indexOf('name'), f.indexOf('self_size')];
+    const out = new Map<string, [number, number]>();
+    for (let i = 0; i < snap.nodes.length; i += f.length) {
+      const type = types[snap.nodes[i + it]!]!;
+      const name = type === 'object' || type === 'native' ? snap.strings[snap.nodes[i + iname]!]!.slice(0, 50) : type === 'closure' ? `closure ${snap.strings[snap.nodes[i + iname]!]!.slice(0, 40)}` : `(${type})`;
+      const e = out.get(name) ?? [0, 0];
+      e[0]++;
+      e[1] += snap.nodes[i + isz]!;
+      out.set(name, e);
+    }
+    return out;
+  };
+  const a = agg(before);
+  const rows: [string, number, number][] = [];
+  for (const [name, [count, size]] of agg(open)) {
+    const [c0, s0] = a.get(name) ?? [0, 0];
+    if ((size - s0) / n >= 16) rows.push([name, (count - c0) / n, (size - s0) / n]);
+  }
+  rows.sort((x, y) => y[2] - x[2]);
+  const total = rows.reduce((sum, r) => sum + r[2], 0);
+  return [...rows.slice(0, 30).map(([name, c, b]) => [name, c.toFixed(2), Math.round(b)]), ['total of the rows above 16 B', '', Math.round(total)]];
 }
 
 // ---- the run ----
@@ -466,6 +519,7 @@ export async function run(argv: string[]): Promise<void> {
       only: { type: 'string', default: 'connects,qos0,qos1,fanout' },
       'plain-aedes': { type: 'boolean', default: false },
       'broker-node-flags': { type: 'string', default: '' },
+      'heap-snapshot': { type: 'string' },
     },
   });
   const only = new Set(values.only!.split(','));
@@ -500,7 +554,12 @@ export async function run(argv: string[]): Promise<void> {
     const stormsOnly = only.size === 1 && only.has('connects');
     // with --only connects, the profile covers the first round's CONNECTs
     const stormProfile = (t: Target, r: number): ((on: boolean) => Promise<void>) | undefined => (stormsOnly && r === 0 && t.profile ? (on) => t.profile!(on) : undefined);
-    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window']), stormProfile(t, r)));
+    // --heap-snapshot DIR: the Node brokers' heaps before the first storm and with its connections open
+    const snapDir = values['heap-snapshot'];
+    if (snapDir) mkdirSync(snapDir, { recursive: true });
+    const stormSnapshot = (t: Target, r: number): ((when: string) => Promise<void>) | undefined =>
+      snapDir && r === 0 && t.snapshot ? (when) => t.snapshot!(join(snapDir, `${t.name}-${when}.heapsnapshot`)) : undefined;
+    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window']), stormProfile(t, r), stormSnapshot(t, r)));
     // Warm-up: the JIT and both brokers' first allocations.
     if (!stormsOnly) for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
     if (!stormsOnly) await profiling(true);
@@ -559,6 +618,15 @@ export async function run(argv: string[]): Promise<void> {
     const head = ['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'];
     printTable(values['plain-aedes'] ? [...head, 'plain Aedes (no auth, ACL, guard)', 'plain Aedes CPU µs'] : head, rows);
     console.log(`\n${verdicts.join('; ')}${failed > 0 ? `; ${failed} connects FAILED` : ''}`);
+    if (snapDir) {
+      // writing a snapshot grows the process: this run's memory figures are not comparable
+      console.log(`\nheap snapshots in ${snapDir} (memory figures above are inflated by them); what the ${nc.toLocaleString('en')} open connections added, by constructor (self size):`);
+      for (const t of targets) {
+        if (!t.snapshot) continue;
+        console.log(`\n${t.name}:`);
+        printTable(['constructor / V8 type', 'objects per connection', 'bytes per connection'], heapByConstructor(join(snapDir, `${t.name}-before.heapsnapshot`), join(snapDir, `${t.name}-open.heapsnapshot`), nc));
+      }
+    }
   } finally {
     for (const t of targets) await t.stop();
   }
