@@ -11,7 +11,7 @@
 // rules. A proplet may also use a channel named by its own id (a device
 // channel: embed-proplet runs every start on its channel, so each gets one).
 
-import { LAYOUTS, parseRootFlTopic, parseTopic, ROOT_FL_FILTER, propletSubscriptions, sharedSubscriptions, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
+import { LAYOUTS, parseRootFlTopic, parseTopic, ROOT_FL_FILTER, propletSubscriptions, sharedSubscriptions, stampSender, topic as topicOf, type Scope, type TopicKind } from '../topics/index.ts';
 import { claimedSender, isId, SENDER_FIELD, type MessageKind } from '../protocol/index.ts';
 import { propellerSender } from '../protocol/propeller.ts';
 import type { Role } from './credentials.ts';
@@ -51,10 +51,11 @@ export type DenyReason =
   | 'bad_identity';
 
 /** `stampSender`: allowed, but the message names no sender: publish it on the per-proplet topic of the author (topics' stampSender). */
-export type Decision = { ok: true } | { ok: false; reason: DenyReason };
+export type Denial = { ok: false; reason: DenyReason };
+export type Decision = { ok: true } | Denial;
 
 const OK: Decision = Object.freeze({ ok: true });
-const deny = (reason: DenyReason): Decision => ({ ok: false, reason });
+const deny = (reason: DenyReason): Denial => ({ ok: false, reason });
 
 /** Kinds a proplet may publish. */
 export const PROPLET_PUBLISH_KINDS: ReadonlySet<TopicKind> = new Set<TopicKind>([
@@ -87,8 +88,12 @@ const PAYLOAD_DENIAL: Partial<Record<string, DenyReason>> = {
  * claims). Pure: no I/O, no state.
  */
 export function authorize(scope: Scope, role: Role, id: string, action: Action, topic: string, payload?: Uint8Array | string): Decision {
+  if (role === 'proplet' && action === 'publish') {
+    const plan = propletPublishPlan(scope, id, topic);
+    return plan.ok ? propletPayload(plan, id, payload) : plan;
+  }
   if (typeof topic !== 'string') return deny('invalid_topic');
-  if (topic.startsWith('fl/')) return rootFl(role, id, action, topic, payload);
+  if (topic.startsWith('fl/')) return rootFl(role, action, topic);
   const levels = levelsAfterBase(scope, role, id, topic);
   if (!levels) return deny('outside_scope');
   const shape = checkLevels(levels, action === 'subscribe' && role !== 'proplet');
@@ -101,7 +106,7 @@ export function authorize(scope: Scope, role: Role, id: string, action: Action, 
       return action === 'subscribe' ? OK : deny('read_only');
     case 'proplet':
       if (!isId(id)) return deny('bad_identity');
-      return action === 'subscribe' ? propletSubscribe(scope, id, topic) : propletPublish(scope, id, topic, payload);
+      return propletSubscribe(scope, id, topic);
     default:
       return deny('bad_identity');
   }
@@ -152,30 +157,62 @@ function propletSubscribe(scope: Scope, id: string, filter: string): Decision {
 }
 
 // Propeller's root FL updates (topics' ROOT_FL_FILTER): a proplet publishes on
-// the topic named by its own id, the manager reads them all. The payload is the
-// coordinator's to judge (embed-proplet may send a bare number): only a sender
-// it names is checked here, so an unusable update is refused without closing
-// the device's connection.
-function rootFl(role: Role, id: string, action: Action, topic: string, payload: Uint8Array | string | undefined): Decision {
+// the topic named by its own id (propletPublishPlan), the manager reads them all.
+function rootFl(role: Role, action: Action, topic: string): Decision {
   if (action === 'subscribe') return (role === 'manager' || role === 'debug') && topic === ROOT_FL_FILTER ? OK : deny('outside_scope');
-  if (role !== 'proplet') return role === 'debug' ? deny('read_only') : deny('outside_scope');
-  if (!isId(id)) return deny('bad_identity');
-  const p = parseRootFlTopic(topic);
-  if (!p) return deny('outside_scope');
-  if (p.propletId !== id) return deny('topic_id_mismatch');
-  const claimed = propellerSender(typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY));
-  if (typeof claimed === 'string' && claimed !== id) return deny('sender_mismatch');
-  return OK;
+  return role === 'debug' ? deny('read_only') : deny('outside_scope');
 }
 
-function propletPublish(scope: Scope, id: string, topic: string, payload: Uint8Array | string | undefined): Decision {
+/** How a proplet's payload names its sender: our protocol's field, Propeller's JSON, or Propeller's root FL update (only a sender it names is checked). */
+type SenderRule = 'codec' | 'propeller' | 'root_fl';
+
+/**
+ * The part of a proplet's publish decision that the topic decides: the same
+ * for every message a connection sends on that topic, so the broker keeps it
+ * per connection. The payload's sender is still checked on every message
+ * (propletPayload).
+ */
+export interface PublishPlan {
+  readonly ok: true;
+  /** The topic the message is delivered on: the publisher's own (stampSender), or the topic as sent. */
+  readonly deliverAs: string;
+  readonly rule: SenderRule;
+  readonly kind: MessageKind | undefined;
+}
+
+/** The topic checks of `authorize` for a proplet's publish, in the same order, with the same reasons. */
+export function propletPublishPlan(scope: Scope, id: string, topic: string): PublishPlan | Denial {
+  if (typeof topic !== 'string') return deny('invalid_topic');
+  if (topic.startsWith('fl/')) {
+    if (!isId(id)) return deny('bad_identity');
+    const p = parseRootFlTopic(topic);
+    if (!p) return deny('outside_scope');
+    if (p.propletId !== id) return deny('topic_id_mismatch');
+    return { ok: true, deliverAs: topic, rule: 'root_fl', kind: undefined };
+  }
+  const levels = levelsAfterBase(scope, 'proplet', id, topic);
+  if (!levels) return deny('outside_scope');
+  const shape = checkLevels(levels, false);
+  if (shape) return deny(shape);
+  if (!isId(id)) return deny('bad_identity');
   const p = parseTopic(topic);
   if (!p) return deny('unknown_topic');
   if (p.domain !== scope.domain || (p.channel !== scope.channel && p.channel !== id)) return deny('outside_scope');
   if (!PROPLET_PUBLISH_KINDS.has(p.kind)) return deny('kind_not_allowed');
   if (p.propletId !== undefined && p.propletId !== id) return deny('topic_id_mismatch');
+  const codec = p.kind in SENDER_FIELD;
+  return { ok: true, deliverAs: stampSender(topic, id) ?? topic, rule: codec ? 'codec' : 'propeller', kind: codec ? (p.kind as MessageKind) : undefined };
+}
+
+/** The payload checks of a proplet's publish whose topic `plan` allowed: the sender it claims must be `id`. */
+export function propletPayload(plan: PublishPlan, id: string, payload: Uint8Array | string | undefined): Decision {
   const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : (payload ?? EMPTY);
-  const claimed = p.kind in SENDER_FIELD ? claimedSender(p.kind as MessageKind, bytes) : propellerSender(bytes);
+  if (plan.rule === 'root_fl') {
+    // The payload is the coordinator's to judge (embed-proplet may send a bare number): an unusable update is refused there, without closing the device's connection.
+    const claimed = propellerSender(bytes);
+    return typeof claimed === 'string' && claimed !== id ? deny('sender_mismatch') : OK;
+  }
+  const claimed = plan.rule === 'codec' ? claimedSender(plan.kind!, bytes) : propellerSender(bytes);
   if (claimed instanceof Error) return deny(PAYLOAD_DENIAL[claimed.reason] ?? 'malformed_payload');
   if (claimed !== undefined && claimed !== id) return deny('sender_mismatch');
   // A payload that names no sender (ours in compact CBOR, Propeller's embed-proplet results, `{"app_name"}`) is the

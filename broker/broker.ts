@@ -11,8 +11,8 @@ import tls from 'node:tls';
 import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes';
 import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
-import { base, scope as makeScope, stampSender, type Scope } from '../topics/index.ts';
-import { authorize, type Decision, type DenyReason } from './acl.ts';
+import { base, scope as makeScope, type Scope } from '../topics/index.ts';
+import { authorize, propletPayload, propletPublishPlan, type Decision, type DenyReason, type PublishPlan } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretSoon, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
@@ -108,6 +108,9 @@ export interface Identity {
   clientId: string;
   /** Set when the client is being closed for a refused publish or revoked credentials: nothing more is accepted from it, not even its will. */
   untrusted: boolean;
+  /** A proplet's last publish topic and what the ACL decided from it (the topic's part of the decision depends on nothing else). */
+  lastTopic: string | undefined;
+  lastPlan: PublishPlan | undefined;
 }
 
 const LOOKUP_FAILED = Symbol('propeller.lookupFailed');
@@ -670,7 +673,7 @@ export class EmbeddedBroker {
         if (!d.ok) return refuse(5, 'will_refused', { topic: clip(will.topic), aclReason: d.reason });
       }
       if (!anonymous) this.userFails?.forget(id);
-      conn.identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false };
+      conn.identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false, lastTopic: undefined, lastPlan: undefined };
       // Client ids are free, so namespace them per account: a proplet reusing
       // the manager's client id must not take over (close) the manager's session.
       (client as { id: string }).id = `${anonymous ? '#anonymous' : id}/${wireId}`;
@@ -781,18 +784,34 @@ export class EmbeddedBroker {
     if (!idn) return cb(this.refuse(client, idn, packet.topic, 'no_identity'));
     if (idn.untrusted) return cb(refusal('client no longer trusted')); // already counted and logged
     if (this.revoked(idn)) return cb(this.refuse(client, idn, packet.topic, 'credentials_revoked'));
+    if (idn.role === 'proplet') return this.propletPublish(client, idn, packet, cb);
     const d = idn.role === 'manager' ? this.managerPublish(packet.topic) : authorize(this.scope, idn.role, idn.id, 'publish', packet.topic, packet.payload);
-    if (d.ok) {
-      if (idn.role === 'proplet') {
-        // The identity is decided here, once: subscribers (the control plane) read it from the topic.
-        packet.topic = stampSender(packet.topic, idn.id) ?? packet.topic;
-        // Retained messages would outlive the device, one per topic it names (FL round ids are free).
-        packet.retain = false;
-      }
-      return cb(null);
-    }
+    if (d.ok) return cb(null);
     // The error makes Aedes close the connection (MQTT 3.1.1 has no way to refuse a publish).
     cb(this.refuse(client, idn, packet.topic, d.reason));
+  }
+
+  /**
+   * A proplet's publish: authorize() in two parts. A device publishes on a
+   * handful of topics, its heartbeat's most, so the topic's part is kept for
+   * the connection's last topic; the payload's sender is checked every time.
+   */
+  private propletPublish(client: Client, idn: Identity, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+    const topic = packet.topic;
+    let plan = idn.lastTopic === topic ? idn.lastPlan : undefined;
+    if (!plan) {
+      const p = propletPublishPlan(this.scope, idn.id, topic);
+      if (!p.ok) return cb(this.refuse(client, idn, topic, p.reason));
+      idn.lastTopic = topic;
+      idn.lastPlan = plan = p;
+    }
+    const d = propletPayload(plan, idn.id, packet.payload);
+    if (!d.ok) return cb(this.refuse(client, idn, topic, d.reason));
+    // The identity is decided here, once: subscribers (the control plane) read it from the topic.
+    packet.topic = plan.deliverAs;
+    // Retained messages would outlive the device, one per topic it names (FL round ids are free).
+    packet.retain = false;
+    cb(null);
   }
 
   /**

@@ -4,7 +4,7 @@
 
 import { Decoder, Encoder } from 'cbor-x';
 import { FIELDS, MAX_DEPTH, MAX_ITEMS, MAX_PAYLOAD, PROTOCOL_VERSION, SENDER_FIELD, type Encoding, type MessageByKind, type MessageKind } from './messages.ts';
-import { checkStruct, ProtocolError, structToCompact, toJsonValue } from './schema.ts';
+import { check, checkStruct, ProtocolError, structToCompact, toJsonValue } from './schema.ts';
 import { checkCborStructure, checkJsonStructure, type StructureLimits } from './structure.ts';
 
 // Plain RFC 8949: no records, no tag 259 around maps, no typed-array tags, so
@@ -27,9 +27,13 @@ export function detectEncoding(payload: Uint8Array): Encoding | undefined {
 /** Bounds for payloads of no particular kind (tools such as `propeller watch`). */
 const ANY_LIMITS: StructureLimits = { maxItems: 262_144, maxDepth: 64 };
 
-/** The structure bounds of one kind's messages. */
+const LIMITS = new Map<MessageKind, StructureLimits>();
+
+/** The structure bounds of one kind's messages (one frozen object per kind: decoded per message). */
 export function limitsOf(kind: MessageKind): StructureLimits {
-  return { maxItems: MAX_ITEMS[kind], maxDepth: MAX_DEPTH };
+  let l = LIMITS.get(kind);
+  if (!l) LIMITS.set(kind, (l = Object.freeze({ maxItems: MAX_ITEMS[kind], maxDepth: MAX_DEPTH })));
+  return l;
 }
 
 /**
@@ -157,7 +161,9 @@ export function claimedFields(kind: MessageKind, payload: Uint8Array, fields: st
         if (value.has(field) && value.has(spec.key)) return new ProtocolError('duplicate_field', `${field} is named twice (as "${field}" and as ${spec.key})`, field);
         v = value.has(field) ? value.get(field) : value.get(spec.key);
       } else v = (value as Record<string, unknown>)[field];
-      if (v !== undefined && v !== null) out[field] = checkStruct({ [field]: spec }, { [field]: v }, '')[field] as string | number;
+      // What checkStruct does for this one field (same error, same path), without building a
+      // one-field schema per message, which missed checkStruct's per-schema key index every time.
+      if (v !== undefined && v !== null) out[field] = check(spec.type, v, field) as string | number;
     }
     return out;
   } catch (e) {

@@ -2,6 +2,7 @@
 // which payload, and the expected decision.
 import test from 'ava';
 import { authorize, type Action, type DenyReason, type Role } from '../broker/index.ts';
+import { propletPayload, propletPublishPlan } from '../broker/acl.ts';
 import { encode } from '../protocol/index.ts';
 import { allFilter, base, flUpdateTopic, managerFilters, propletSubscriptions, scope, stampSender, topic } from '../topics/index.ts';
 
@@ -115,6 +116,24 @@ const cases: Case[] = [
   ['a proplet id with a slash', 'proplet', 'p/1', 'publish', topic(S, 'proplet.alive'), json('proplet.alive', 'p1'), 'bad_identity'],
   ['an unknown role', 'admin' as Role, 'x', 'subscribe', allFilter(S), undefined, 'bad_identity'],
 ];
+
+// The broker decides a proplet's publish in two parts (the topic's part kept per
+// connection, the payload's checked every time): together they must give every
+// case of the table, deliver on the stamped topic, and judge each payload afresh.
+test('acl: a proplet publish decided in two parts (topic plan, then payload) gives every case of the table', (t) => {
+  let n = 0;
+  for (const [name, role, id, action, tp, payload, want] of cases) {
+    if (role !== 'proplet' || action !== 'publish') continue;
+    n++;
+    const plan = propletPublishPlan(S, id, tp);
+    t.deepEqual(plan.ok ? propletPayload(plan, id, payload) : plan, want === true ? { ok: true } : { ok: false, reason: want }, name);
+    if (!plan.ok) continue;
+    t.is(plan.deliverAs, stampSender(tp, id) ?? tp, name);
+    // the plan holds nothing of a payload: one naming another proplet on the same topic is refused
+    t.deepEqual(propletPayload(plan, id, json('proplet.alive', `${id}x`)), { ok: false, reason: 'sender_mismatch' }, `${name}, then naming another`);
+  }
+  t.true(n > 20);
+});
 
 for (const [name, role, id, action, tp, payload, want] of cases) {
   test(`acl: ${name}`, (t) => {

@@ -227,6 +227,32 @@ test('a proplet cannot speak for another proplet or as the manager: dropped, cou
   t.regex(await s.registry.metrics(), /propeller_mqtt_dropped_total\{reason="sender_mismatch"\} 2/);
 });
 
+test('a proplet\'s repeated topic is decided once, its payload every time: a forgery after honest heartbeats on the same topic is refused', async (t) => {
+  const s = await setup(t);
+  const m = await managerClient(s);
+  const shared = topic(S, 'proplet.alive');
+  const cbor = (id: string): Buffer => encode('proplet.alive', { proplet_id: id, status: 'alive' }, 'cbor');
+  // same topic, then another one, then back: each delivered on the sender's own topic
+  const p1 = await s.connect('p1');
+  for (const [tp, payload] of [[shared, cbor('p1')], [shared, alive('p1')], [topic(S, 'proplet.metrics'), encode('proplet.metrics', { proplet_id: 'p1' }, 'cbor')], [shared, cbor('p1')]] as const) {
+    await p1.publishAsync(tp, payload, { qos: 1 });
+    t.is((await nextMessage(m.c)).topic, `${tp}/p1`);
+  }
+  // the same (cached) topic, a payload naming p2: refused, the connection closed
+  p1.publish(shared, cbor('p2'), { qos: 1 });
+  await closed(p1);
+  t.is(s.broker.dropped().sender_mismatch, 1);
+  // a new connection of p1 after a cached topic of p2's: decided for p1, not from p2's
+  const p2 = await s.connect('p2');
+  await p2.publishAsync(topic(S, 'proplet.alive', 'p2'), cbor('p2'), { qos: 1 });
+  t.is((await nextMessage(m.c)).topic, topic(S, 'proplet.alive', 'p2'));
+  const again = await s.connect('p1');
+  again.publish(topic(S, 'proplet.alive', 'p2'), cbor('p1'), { qos: 1 });
+  await closed(again);
+  t.is(s.broker.dropped().topic_id_mismatch, 1);
+  t.is(m.got.length, 5);
+});
+
 test('a proplet subscribes only to its own topics and the shared ones, never with wildcards', async (t) => {
   const s = await setup(t);
   const m = await s.connect('manager');

@@ -5,6 +5,9 @@ import {
   claimedSender,
   crc32,
   decode,
+  decodeRaw,
+  limitsOf,
+  MAX_PAYLOAD,
   detectEncoding,
   encode,
   encodeCbor,
@@ -17,6 +20,7 @@ import {
   type Result,
   type Start,
 } from '../protocol/index.ts';
+import { checkStruct } from '../protocol/schema.ts';
 
 const uuid = '8b1c9e9e-3f0e-4c4a-9e1d-0f5d2b7c1a11';
 
@@ -306,4 +310,56 @@ test('fuzz: aliased and duplicate keys are always refused, by the decoder and by
     n++;
   }
   t.is(n, 600);
+});
+
+// claimedFields reads each field with the schema's check() directly; it used to
+// build a one-field schema per message for checkStruct. The reference below is
+// that former reading: on valid and adversarial payloads both give the same
+// value, or the same error (reason, message, field).
+function claimedSenderBefore(kind: MessageKind, payload: Uint8Array): string | undefined | ProtocolError {
+  const field = 'proplet_id';
+  try {
+    const { value } = decodeRaw(payload, MAX_PAYLOAD[kind], limitsOf(kind));
+    if (value === null || typeof value !== 'object') return new ProtocolError('malformed', 'payload is not a map');
+    const spec = FIELDS[kind][field]!;
+    let v: unknown;
+    if (value instanceof Map) {
+      if (value.has(field) && value.has(spec.key)) return new ProtocolError('duplicate_field', `${field} is named twice (as "${field}" and as ${spec.key})`, field);
+      v = value.has(field) ? value.get(field) : value.get(spec.key);
+    } else v = (value as Record<string, unknown>)[field];
+    return v !== undefined && v !== null ? (checkStruct({ [field]: spec }, { [field]: v }, '')[field] as string) : undefined;
+  } catch (e) {
+    return e instanceof ProtocolError ? e : new ProtocolError('malformed', String(e));
+  }
+}
+
+test('claimedSender reads the sender as the one-field schema did, on valid and adversarial payloads', (t) => {
+  const senders: unknown[] = ['p1', '', 'a/b', 'a+b', '#', 'x'.repeat(128), 'x'.repeat(129), 'tab\tin', 7, -1, 1.5, 2n ** 70n, true, null, [], ['p1'], new Map([[1, 'p1']]), { a: 1 }, Buffer.alloc(16, 1), Buffer.alloc(15, 1), new Date(0)];
+  const corpus: [MessageKind, Uint8Array][] = [];
+  for (const kind of ['proplet.alive', 'proplet.create', 'proplet.results', 'proplet.metrics', 'registry.proplet', 'fl.update'] as const) {
+    const key = FIELDS[kind].proplet_id!.key;
+    for (const s of senders) {
+      corpus.push([kind, cborPairs([[key, s]])], [kind, cborPairs([['proplet_id', s]])], [kind, cborPairs([[key, s], [99, 1]])]);
+      if (typeof s !== 'bigint' && !(s instanceof Map) && !Buffer.isBuffer(s)) corpus.push([kind, Buffer.from(JSON.stringify({ proplet_id: s, status: 'alive' }))]);
+    }
+    corpus.push(
+      [kind, cborPairs([['proplet_id', 'a'], [key, 'a']])],
+      [kind, cborPairs([[key, 'a'], [key, 'a']])],
+      [kind, Buffer.from('{"proplet_id":"a","proplet_id":"b"}')],
+      [kind, cborPairs([])],
+      [kind, Buffer.from('[]')],
+      [kind, Buffer.from('garbage')],
+      [kind, Buffer.alloc(0)],
+      [kind, Buffer.from([0xa1, 0x01])],
+      [kind, Buffer.from([0xa1, 0x01, 0x61, 0x61, 0x00])],
+      [kind, Buffer.alloc(MAX_PAYLOAD[kind] + 1, 0x20)],
+      [kind, encodeCbor(new Map<number, unknown>([[key, 'p1'], [2, Array.from({ length: 30 }, (_, i) => ({ i }))]]))],
+    );
+  }
+  let seed = 16;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  for (let i = 0; i < 400; i++) corpus.push(['proplet.alive', Buffer.from([0xa1, ...Array.from({ length: 1 + Math.floor(rnd() * 12) }, () => Math.floor(rnd() * 256))])]);
+  const view = (r: string | undefined | ProtocolError): unknown => (r instanceof ProtocolError ? { reason: r.reason, message: r.message, field: r.field } : r);
+  for (const [kind, bytes] of corpus) t.deepEqual(view(claimedSender(kind, bytes)), view(claimedSenderBefore(kind, bytes)), `${kind} ${Buffer.from(bytes.subarray(0, 40)).toString('hex')}`);
+  t.true(corpus.length > 500);
 });
