@@ -39,132 +39,179 @@ const duplicate = (key: string): never => {
 /** Tags cbor-x decodes into plain values: date/time (0, 1), bignums (2, 3), self-described CBOR. */
 const CBOR_TAGS = new Set([0, 1, 2, 3, 55799]);
 
-export function checkCborStructure(b: Uint8Array, lim: StructureLimits): void {
-  let pos = 0;
-  let items = 0;
-  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+// The walk keeps its state in module variables and reads heads into them, so
+// that checking a message allocates nothing but each map's set of keys: the
+// broker and the control plane both run it on every heartbeat. It never
+// re-enters (no callbacks), and lets go of the payload when it ends.
+const NO_BYTES = new Uint8Array(0);
+let b: Uint8Array = NO_BYTES;
+let pos = 0;
+let items = 0;
+let lim: StructureLimits = { maxItems: 0, maxDepth: 0 };
+// the head last read by head()
+let hMajor = 0;
+let hAi = 0;
+let hVal = 0;
+let hBig: bigint | undefined;
 
-  // the argument of the head at `pos`; advances pos past the head
-  const head = (): { major: number; ai: number; val: number; big?: bigint } => {
-    if (pos >= b.length) bad('CBOR ends in the middle of an item');
-    const ib = b[pos++]!;
-    const major = ib >> 5;
-    const ai = ib & 31;
-    if (ai < 24) return { major, ai, val: ai };
-    const n = ai === 24 ? 1 : ai === 25 ? 2 : ai === 26 ? 4 : ai === 27 ? 8 : 0;
-    if (n === 0) {
-      if (ai === 31) return { major, ai, val: -1 };
-      return bad(`reserved CBOR additional information ${ai}`);
+export function checkCborStructure(bytes: Uint8Array, limits: StructureLimits): void {
+  b = bytes;
+  pos = 0;
+  items = 0;
+  lim = limits;
+  top = 0;
+  try {
+    item(0);
+    if (pos !== b.length) bad(`${b.length - pos} bytes after the CBOR item`);
+  } finally {
+    b = NO_BYTES;
+    keys.length = 0;
+  }
+}
+
+// the argument of the head at `pos` into hMajor/hAi/hVal/hBig; advances pos past the head
+function head(): void {
+  if (pos >= b.length) bad('CBOR ends in the middle of an item');
+  const ib = b[pos++]!;
+  hMajor = ib >> 5;
+  hAi = ib & 31;
+  hBig = undefined;
+  if (hAi < 24) {
+    hVal = hAi;
+    return;
+  }
+  const n = hAi === 24 ? 1 : hAi === 25 ? 2 : hAi === 26 ? 4 : hAi === 27 ? 8 : 0;
+  if (n === 0) {
+    if (hAi === 31) {
+      hVal = -1;
+      return;
     }
-    if (pos + n > b.length) bad('CBOR ends in the middle of an item');
-    let val: number;
-    let big: bigint | undefined;
-    if (n === 1) val = b[pos]!;
-    else if (n === 2) val = view.getUint16(pos);
-    else if (n === 4) val = view.getUint32(pos);
-    else {
-      big = view.getBigUint64(pos);
-      val = Number(big);
-    }
-    pos += n;
-    return { major, ai, val, big };
-  };
+    bad(`reserved CBOR additional information ${hAi}`);
+  }
+  if (pos + n > b.length) bad('CBOR ends in the middle of an item');
+  if (n === 1) hVal = b[pos]!;
+  else if (n === 2) hVal = b[pos]! * 0x100 + b[pos + 1]!;
+  else if (n === 4) hVal = b[pos]! * 0x1000000 + b[pos + 1]! * 0x10000 + b[pos + 2]! * 0x100 + b[pos + 3]!;
+  else {
+    hBig = new DataView(b.buffer, b.byteOffset, b.byteLength).getBigUint64(pos);
+    hVal = Number(hBig);
+  }
+  pos += n;
+}
 
-  const count = (): void => {
-    if (++items > lim.maxItems) tooComplex(`more than ${lim.maxItems} items in one message`);
-  };
+function count(): void {
+  if (++items > lim.maxItems) tooComplex(`more than ${lim.maxItems} items in one message`);
+}
 
-  const skipBytes = (len: number): void => {
-    if (len > b.length - pos) bad('CBOR ends in the middle of a string');
-    pos += len;
-  };
+function skipBytes(len: number): void {
+  if (len > b.length - pos) bad('CBOR ends in the middle of a string');
+  pos += len;
+}
 
-  // one string (major 2 or 3), definite or indefinite; returns its bytes' range when definite
-  const string = (h: { major: number; ai: number; val: number }): [number, number] | undefined => {
-    if (h.ai !== 31) {
-      const start = pos;
-      skipBytes(h.val);
-      return [start, pos];
-    }
-    for (;;) {
-      if (pos >= b.length) bad('CBOR ends in the middle of a string');
-      if (b[pos] === 0xff) {
-        pos++;
-        return undefined;
-      }
-      const c = head();
-      if (c.major !== h.major || c.ai === 31) bad('an indefinite-length string holds a chunk of another type');
-      skipBytes(c.val);
-    }
-  };
+// true, and past it, when the next byte is the break that ends an indefinite-length item
+function atBreak(what: string): boolean {
+  if (pos >= b.length) bad(`CBOR ends in the middle of a ${what}`);
+  if (b[pos] !== 0xff) return false;
+  pos++;
+  return true;
+}
 
-  // a map key's identity: the value a decoder would produce, so 1 and 0x18 0x01 are one key
-  const key = (): string => {
-    const h = head();
-    count();
-    if (h.major === 0) return `#${h.big ?? h.val}`;
-    if (h.major === 1) return `#${h.big !== undefined ? -1n - h.big : -1 - h.val}`;
-    if (h.major === 3 && h.ai !== 31) {
-      const [s, e] = string(h)!;
-      return Buffer.from(b.buffer, b.byteOffset + s, e - s).toString('utf8');
-    }
-    return bad('CBOR map keys must be integers or definite-length text strings');
-  };
+// one string (major 2 or 3) whose head was just read, definite or indefinite
+function string(major: number, ai: number, val: number): void {
+  if (ai !== 31) {
+    skipBytes(val);
+    return;
+  }
+  while (!atBreak('string')) {
+    head();
+    if (hMajor !== major || hAi === 31) bad('an indefinite-length string holds a chunk of another type');
+    skipBytes(hVal);
+  }
+}
 
-  const item = (depth: number): void => {
-    const h = head();
-    count();
-    switch (h.major) {
-      case 0:
-      case 1:
-        if (h.ai === 31) bad('an integer cannot have indefinite length');
-        return;
-      case 2:
-      case 3:
-        string(h);
-        return;
-      case 4:
-      case 5: {
-        if (depth + 1 > lim.maxDepth) tooComplex(`nested deeper than ${lim.maxDepth}`);
-        const isMap = h.major === 5;
-        const seen = isMap ? new Set<string>() : undefined;
-        const entry = (): void => {
-          if (seen) {
-            const k = key();
-            if (seen.has(k)) duplicate(k.startsWith('#') ? k.slice(1) : k);
-            seen.add(k);
-          }
-          item(depth + 1);
-        };
-        if (h.ai === 31) {
-          for (;;) {
-            if (pos >= b.length) bad('CBOR ends in the middle of a container');
-            if (b[pos] === 0xff) {
-              pos++;
-              return;
-            }
-            entry();
-          }
+// a map key's identity: the value a decoder would produce, so 1 and 0x18 0x01 are one key
+function key(): string {
+  head();
+  count();
+  if (hMajor === 0) return `#${hBig ?? hVal}`;
+  if (hMajor === 1) return `#${hBig !== undefined ? -1n - hBig : -1 - hVal}`;
+  if (hMajor === 3 && hAi !== 31) {
+    const s = pos;
+    skipBytes(hVal);
+    return Buffer.from(b.buffer, b.byteOffset + s, pos - s).toString('utf8');
+  }
+  return bad('CBOR map keys must be integers or definite-length text strings');
+}
+
+// The keys of the maps being walked, innermost last: a map of up to SMALL_MAP
+// entries is checked for a repeated key by a scan of its own slice, a larger
+// one with a Set.
+const SMALL_MAP = 16;
+const keys: string[] = [];
+let top = 0;
+
+function entry(seen: Set<string> | undefined, from: number, depth: number): void {
+  const k = key();
+  if (seen) {
+    if (seen.has(k)) duplicate(k.startsWith('#') ? k.slice(1) : k);
+    seen.add(k);
+  } else {
+    for (let i = from; i < top; i++) if (keys[i] === k) duplicate(k.startsWith('#') ? k.slice(1) : k);
+    keys[top++] = k;
+  }
+  item(depth + 1);
+}
+
+function item(depth: number): void {
+  head();
+  count();
+  const major = hMajor;
+  const ai = hAi;
+  const val = hVal;
+  switch (major) {
+    case 0:
+    case 1:
+      if (ai === 31) bad('an integer cannot have indefinite length');
+      return;
+    case 2:
+    case 3:
+      string(major, ai, val);
+      return;
+    case 4:
+    case 5: {
+      if (depth + 1 > lim.maxDepth) tooComplex(`nested deeper than ${lim.maxDepth}`);
+      if (major === 4) {
+        if (ai === 31) {
+          while (!atBreak('container')) item(depth + 1);
+          return;
         }
-        // each entry takes at least one byte (two for a map): a bigger count cannot be honest
-        if (h.val > (b.length - pos) / (isMap ? 2 : 1)) bad('CBOR container longer than the payload');
-        for (let i = 0; i < h.val; i++) entry();
+        // each element takes at least one byte: a bigger count cannot be honest
+        if (val > b.length - pos) bad('CBOR container longer than the payload');
+        for (let i = 0; i < val; i++) item(depth + 1);
         return;
       }
-      case 6:
-        if (h.ai === 31 || !CBOR_TAGS.has(h.val)) bad(`unsupported CBOR tag ${h.big ?? h.val}`);
-        if (depth + 1 > lim.maxDepth) tooComplex(`nested deeper than ${lim.maxDepth}`);
-        item(depth + 1);
-        return;
-      default:
-        // simple values and floats; a lone break code is not an item
-        if (h.ai === 31) bad('unexpected CBOR break');
-        return;
+      // a map: each entry takes at least two bytes
+      if (ai !== 31 && val > (b.length - pos) / 2) bad('CBOR container longer than the payload');
+      const seen = ai === 31 || val > SMALL_MAP ? new Set<string>() : undefined;
+      const from = top;
+      try {
+        if (ai !== 31) for (let i = 0; i < val; i++) entry(seen, from, depth);
+        else while (!atBreak('container')) entry(seen, from, depth);
+      } finally {
+        top = from;
+      }
+      return;
     }
-  };
-
-  item(0);
-  if (pos !== b.length) bad(`${b.length - pos} bytes after the CBOR item`);
+    case 6:
+      if (ai === 31 || !CBOR_TAGS.has(val)) bad(`unsupported CBOR tag ${hBig ?? val}`);
+      if (depth + 1 > lim.maxDepth) tooComplex(`nested deeper than ${lim.maxDepth}`);
+      item(depth + 1);
+      return;
+    default:
+      // simple values and floats; a lone break code is not an item
+      if (ai === 31) bad('unexpected CBOR break');
+      return;
+  }
 }
 
 // ---- JSON ----

@@ -21,6 +21,7 @@ import {
   type Start,
 } from '../protocol/index.ts';
 import { checkStruct } from '../protocol/schema.ts';
+import { checkCborStructure } from '../protocol/structure.ts';
 
 const uuid = '8b1c9e9e-3f0e-4c4a-9e1d-0f5d2b7c1a11';
 
@@ -362,4 +363,23 @@ test('claimedSender reads the sender as the one-field schema did, on valid and a
   const view = (r: string | undefined | ProtocolError): unknown => (r instanceof ProtocolError ? { reason: r.reason, message: r.message, field: r.field } : r);
   for (const [kind, bytes] of corpus) t.deepEqual(view(claimedSender(kind, bytes)), view(claimedSenderBefore(kind, bytes)), `${kind} ${Buffer.from(bytes.subarray(0, 40)).toString('hex')}`);
   t.true(corpus.length > 500);
+});
+
+// structure.ts checks a map of up to 16 entries for a repeated key by scanning
+// the keys of that map alone, a larger one with a Set: both must refuse a
+// repeat anywhere in the map, and neither may see a nested map's keys as the
+// outer map's.
+test('CBOR duplicate keys: found in small and large maps, and never across nesting levels', (t) => {
+  const lim = { maxItems: 1000, maxDepth: 8 };
+  for (const size of [2, 15, 16, 17, 40]) {
+    const pairs: [unknown, unknown][] = Array.from({ length: size }, (_, i) => [i % 2 ? `k${i}` : i, i]);
+    t.notThrows(() => checkCborStructure(cborPairs(pairs), lim), `${size} distinct keys`);
+    for (const at of [0, 1, size - 1]) {
+      const forged = [...pairs, [pairs[at]![0], 'again'] as [unknown, unknown]];
+      t.is(t.throws(() => checkCborStructure(cborPairs(forged), lim), { instanceOf: ProtocolError })?.reason, 'duplicate_field', `${size} keys, key ${at} again`);
+    }
+    // the outer map's keys inside a nested map, and the nested map's after it: not repeats
+    const nested = cborPairs([...pairs.slice(0, -1), [pairs.at(-1)![0], new Map(pairs)]]);
+    t.notThrows(() => checkCborStructure(Buffer.concat([Buffer.from([0x82]), nested, cborPairs(pairs)]), lim), `${size} keys, nested`);
+  }
 });
