@@ -200,10 +200,19 @@ export function checkStruct(fields: Fields, v: unknown, path: string, ignoreUnkn
     if (x === null || x === undefined) continue;
     out[name] = check(fields[name]!.type, x, path ? `${path}.${name}` : name);
   }
-  for (const [name, f] of Object.entries(fields)) {
-    if (f.required && out[name] === undefined) fail(path ? `${path}.${name}` : name, 'is required');
+  for (const name of requiredOf(fields)) {
+    if (out[name] === undefined) fail(path ? `${path}.${name}` : name, 'is required');
   }
   return out;
+}
+
+const requiredNames = new WeakMap<Fields, readonly string[]>();
+
+// a struct's required fields, listed once per schema rather than per message
+function requiredOf(fields: Fields): readonly string[] {
+  let r = requiredNames.get(fields);
+  if (!r) requiredNames.set(fields, (r = Object.entries(fields).filter(([, f]) => f.required).map(([name]) => name)));
+  return r;
 }
 
 function checkAny(v: unknown, path: string, depth: number): unknown {
