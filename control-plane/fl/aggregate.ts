@@ -110,12 +110,21 @@ export interface AggregatorConfig {
   trimFraction?: number;
   /** trimmed-mean: number of updates dropped at each end per coordinate (instead of trimFraction). */
   trim?: number;
+  /**
+   * fedavg: the running sum's type. 'float32' (default): Flower's aggregate()
+   * arithmetic, bit for bit (see FedAvg); 'float64': a float64 sum rounded
+   * to float32 once at the end (twice the memory, no order dependence).
+   */
+  accumulator?: Accumulator;
 }
 
-export const DEFAULT_AGGREGATOR_CONFIG = Object.freeze({ maxSamples: 1e9, maxInFlight: 4, maxBufferedValues: 2 ** 26, trimFraction: 0.1 });
+export type Accumulator = 'float32' | 'float64';
+export const ACCUMULATORS: readonly Accumulator[] = ['float32', 'float64'];
+
+export const DEFAULT_AGGREGATOR_CONFIG = Object.freeze({ maxSamples: 1e9, maxInFlight: 4, maxBufferedValues: 2 ** 26, trimFraction: 0.1, accumulator: 'float32' as Accumulator });
 
 const CONFIG_KEYS: Record<AlgorithmName, readonly (keyof AggregatorConfig)[]> = {
-  fedavg: ['maxSamples', 'maxInFlight'],
+  fedavg: ['maxSamples', 'maxInFlight', 'accumulator'],
   fedmedian: ['maxSamples', 'maxInFlight', 'maxBufferedValues'],
   'trimmed-mean': ['maxSamples', 'maxInFlight', 'maxBufferedValues', 'trimFraction', 'trim'],
 };
@@ -126,6 +135,7 @@ interface Resolved {
   maxBufferedValues: number;
   trimFraction: number;
   trim: number | undefined;
+  accumulator: Accumulator;
 }
 
 function resolveConfig(algorithm: AlgorithmName, config: unknown): Resolved {
@@ -149,7 +159,15 @@ function resolveConfig(algorithm: AlgorithmName, config: unknown): Resolved {
     maxBufferedValues: int('maxBufferedValues', 0, Number.MAX_SAFE_INTEGER, d.maxBufferedValues),
     trimFraction: d.trimFraction,
     trim: c.trim === undefined ? undefined : int('trim', 0, 1 << 24, 0),
+    accumulator: d.accumulator,
   };
+  if (c.accumulator !== undefined) {
+    const a = c.accumulator;
+    if (!ACCUMULATORS.includes(a as Accumulator)) {
+      throw new AggregatorError('config', `aggregator.config.accumulator must be "float32" (Flower's arithmetic, the default) or "float64" (a float64 sum), not ${JSON.stringify(a)}`);
+    }
+    r.accumulator = a as Accumulator;
+  }
   if (c.trimFraction !== undefined) {
     const f = c.trimFraction;
     if (typeof f !== 'number' || !(f >= 0 && f < 0.5)) throw new AggregatorError('config', `aggregator.config.trimFraction must be a number in [0, 0.5), not ${JSON.stringify(f)}`);
@@ -660,16 +678,84 @@ export const FOLD_KERNEL_WAT = String.raw`(module
         (local.set $o (i32.add (local.get $o) (i32.const 8)))
         (br $next)))
     (if (i32.and (local.get $n) (i32.const 1))
-      (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t))))))))
+      (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t)))))))
+  ;; The float32 accumulator (Flower's arithmetic): every operation one IEEE float32
+  ;; operation as numpy does it (wasm has no fused multiply-add outside relaxed SIMD,
+  ;; and keeps subnormals), eight values per iteration.
+  ;; scale32(s, d, n, w): sum[i] = w * data[i], the first update (copied, not added to 0: -0 stays -0).
+  (func (export "scale32") (param $s i32) (param $d i32) (param $n i32) (param $w f32)
+    (local $end i32) (local $wv v128)
+    (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (v128.store (local.get $s) (f32x4.mul (v128.load (local.get $d)) (local.get $wv)))
+        (v128.store offset=16 (local.get $s) (f32x4.mul (v128.load offset=16 (local.get $d)) (local.get $wv)))
+        (local.set $d (i32.add (local.get $d) (i32.const 32)))
+        (local.set $s (i32.add (local.get $s) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (f32.store (local.get $s) (f32.mul (f32.load (local.get $d)) (local.get $w)))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (local.set $s (i32.add (local.get $s) (i32.const 4)))
+        (br $next))))
+  ;; fold32(s, d, n, w): sum[i] = sum[i] + w * data[i], sum and data float32.
+  (func (export "fold32") (param $s i32) (param $d i32) (param $n i32) (param $w f32)
+    (local $end i32) (local $wv v128)
+    (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (v128.store (local.get $s)
+          (f32x4.add (v128.load (local.get $s)) (f32x4.mul (v128.load (local.get $d)) (local.get $wv))))
+        (v128.store offset=16 (local.get $s)
+          (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (v128.load offset=16 (local.get $d)) (local.get $wv))))
+        (local.set $d (i32.add (local.get $d) (i32.const 32)))
+        (local.set $s (i32.add (local.get $s) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (f32.store (local.get $s) (f32.add (f32.load (local.get $s)) (f32.mul (f32.load (local.get $d)) (local.get $w))))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (local.set $s (i32.add (local.get $s) (i32.const 4)))
+        (br $next))))
+  ;; divide32(s, n, t): sum[i] = sum[i] / t in place, float32.
+  (func (export "divide32") (param $s i32) (param $n i32) (param $t f32)
+    (local $end i32) (local $tv v128)
+    (local.set $tv (f32x4.splat (local.get $t)))
+    (local.set $end (i32.add (local.get $s) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $s) (local.get $end)))
+        (v128.store (local.get $s) (f32x4.div (v128.load (local.get $s)) (local.get $tv)))
+        (local.set $s (i32.add (local.get $s) (i32.const 16)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $s) (local.get $end)))
+        (f32.store (local.get $s) (f32.div (f32.load (local.get $s)) (local.get $t)))
+        (local.set $s (i32.add (local.get $s) (i32.const 4)))
+        (br $next)))))
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABFANgAn9/AX9gBH9/f3wAYAN/f3wAAg8BA2VudgZtZW1vcnkCAAEDBAMAAQIHHQMJbm9uZmluaXRlAAAEZm9sZAABBmRpdmlkZQACCsYDA5wBAgF/Anv9DAAAgH8AAIB/AACAfwAAgH8hBCAAIAFBeHFBAnRqIQICQANAIAAgAk8NASADIAD9AAQAIAT9TiAE/TcgAP0ABBAgBP1OIAT9N/1Q/VAhAyAAQSBqIQAMAAsLIAIgAUEHcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgAgBP1OIAT9N/1QIQMgAEEEaiEADAALCyAD/VMLwAECAX8CeyAD/RQhBSABIAJBfHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEGIAAgAP0ABAAgBv1fIAX98gH98AH9CwQAIAAgAP0ABBAgBiAG/Q0ICQoLDA0ODwABAgMEBQYH/V8gBf3yAf3wAf0LBBAgAUEQaiEBIABBIGohAAwACwsgBCACQQNxQQJ0aiEEAkADQCABIARPDQEgACAAKwMAIAEqAgC7IAOioDkDACABQQRqIQEgAEEIaiEADAALCwtkAgJ/AXsgAv0UIQUgACEDIAAgAUF+cUEDdGohBAJAA0AgACAETw0BIAMgAP0ABAAgBf3zAf1e/VsDAAAgAEEQaiEAIANBCGohAwwACwsgAUEBcQRAIAMgACsDACACo7Y4AgALCw==';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABIQVgAn9/AX9gBH9/f3wAYAN/f3wAYAR/f399AGADf399AAIPAQNlbnYGbWVtb3J5AgABAwcGAAECAwMEBzsGCW5vbmZpbml0ZQAABGZvbGQAAQZkaXZpZGUAAgdzY2FsZTMyAAMGZm9sZDMyAAQIZGl2aWRlMzIABQrxBgacAQIBfwJ7/QwAAIB/AACAfwAAgH8AAIB/IQQgACABQXhxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAE/U4gBP03IAD9AAQQIAT9TiAE/Tf9UP1QIQMgAEEgaiEADAALCyACIAFBB3FBAnRqIQICQANAIAAgAk8NASADIAD9XAIAIAT9TiAE/Tf9UCEDIABBBGohAAwACwsgA/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwuPAQIBfwF7IAP9EyEFIAEgAkF4cUECdGohBAJAA0AgASAETw0BIAAgAf0ABAAgBf3mAf0LBAAgACAB/QAEECAF/eYB/QsEECABQSBqIQEgAEEgaiEADAALCyAEIAJBB3FBAnRqIQQCQANAIAEgBE8NASAAIAEqAgAgA5Q4AgAgAUEEaiEBIABBBGohAAwACwsLpwECAX8BeyAD/RMhBSABIAJBeHFBAnRqIQQCQANAIAEgBE8NASAAIAD9AAQAIAH9AAQAIAX95gH95AH9CwQAIAAgAP0ABBAgAf0ABBAgBf3mAf3kAf0LBBAgAUEgaiEBIABBIGohAAwACwsgBCACQQdxQQJ0aiEEAkADQCABIARPDQEgACAAKgIAIAEqAgAgA5SSOAIAIAFBBGohASAAQQRqIQAMAAsLC3ACAX8BeyAC/RMhBCAAIAFBfHFBAnRqIQMCQANAIAAgA08NASAAIAD9AAQAIAT95wH9CwQAIABBEGohAAwACwsgAyABQQNxQQJ0aiEDAkADQCAAIANPDQEgACAAKgIAIAKVOAIAIABBBGohAAwACwsL';
 
 interface Kernel {
   nonfinite(p: number, n: number): number;
   fold(s: number, d: number, n: number, w: number): void;
   divide(s: number, n: number, t: number): void;
+  scale32(s: number, d: number, n: number, w: number): void;
+  fold32(s: number, d: number, n: number, w: number): void;
+  divide32(s: number, n: number, t: number): void;
 }
 
 let kernelModule: WebAssembly.Module | undefined;
@@ -735,9 +821,24 @@ export function releaseFedAvgMemory(): number {
 }
 
 /**
- * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value,
- * accumulated in float64 and rounded to float32 once at the end.
+ * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value.
  *
+ * accumulator 'float32' (the default) is Flower's aggregate()
+ * (flwr.server.strategy.aggregate) in numpy, bit for bit: each value times
+ * float32(numSamples) rounded to float32, summed in float32 in the order the
+ * updates count (the first one copied, not added to 0), the sum divided by
+ * float32(totalSamples). Memory: the float32 sum (4 bytes × params) and one
+ * slot per update being staged or streamed. add() and addEncoded() copy a
+ * whole update into a free slot a piece at a time (PIECE, L2-sized), each
+ * piece checked right after its copy while it is in cache, then fold it
+ * from there in one pass (newest pieces first, the likeliest still in
+ * cache): the caller's data is read once, and nothing is folded before every
+ * value is checked. A streamed update is its slot already (chunks copied
+ * and checked as they arrive) and is folded at commit(). Sum + one slot: 2×
+ * a model, plus a slot per other open stream.
+ *
+ * accumulator 'float64': accumulated in float64 and rounded to float32
+ * once at the end (the order of updates changes nothing in practice).
  * Memory, all in the kernel's wasm memory: a staging area (STAGE_BYTES),
  * the float64 sum (8 bytes × params), add()'s ring (a quarter of a model) and, once
  * updates stream (begin...commit), one slot of 4 bytes × params per stream
@@ -781,19 +882,28 @@ export class FedAvg extends BaseAggregator {
   private readonly freeSlots: number[] = [];
   /** Per piece of the update being added: tensor, byte offset, position in the ring's stream of bytes. */
   private readonly pieces: number[] = [];
+  /** The float64 accumulator (else float32, Flower's arithmetic). */
+  private readonly wide: boolean;
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
-    this.slotsAt = SUM_AT + this.params * 8;
+    this.wide = this.cfg.accumulator === 'float64';
     this.slotBytes = Math.ceil((this.params * 4) / 16) * 16;
+    this.slotsAt = SUM_AT + (this.wide ? this.params * 8 : this.slotBytes);
     this.ringBytes = ringBytesFor(this.params * 4, this.slotBytes);
-    const pages = pagesFor(this.slotsAt);
-    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.params * 8}-byte sum, beyond 4 GiB of wasm memory`);
-    this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes)));
+    // float32: the sum and the slot add() stages into (touched only when used)
+    const pages = pagesFor(this.wide ? this.slotsAt : this.slotsAt + this.slotBytes);
+    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs ${pages * PAGE} bytes for its sum and staging, beyond 4 GiB of wasm memory`);
+    // float32: a whole update is staged in a slot, so one more than the streams
+    const staged = this.wide ? Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes) : (this.cfg.maxInFlight + 1) * this.slotBytes;
+    this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + staged));
     const kept = takePooled(this.params, this.maximum);
     if (kept) {
       this.memory = kept;
-      new Uint8Array(kept.buffer).fill(0, SUM_AT, this.slotsAt);
+      const short = pages - kept.buffer.byteLength / PAGE; // a memory kept by the other accumulator
+      if (short > 0) kept.grow(short);
+      // float32 needs no zeroing: the first update is copied over the sum
+      if (this.wide) new Uint8Array(kept.buffer).fill(0, SUM_AT, this.slotsAt);
     } else {
       try {
         this.memory = new WebAssembly.Memory({ initial: pages, maximum: this.maximum });
@@ -839,6 +949,7 @@ export class FedAvg extends BaseAggregator {
   }
 
   protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
+    if (!this.wide) return this.stageAndFold(tensors, weight, participant);
     const [base, R] = this.ring();
     const pieces = this.pieces;
     pieces.length = 0;
@@ -875,6 +986,56 @@ export class FedAvg extends BaseAggregator {
     }
   }
 
+  /** float32: the whole update copied into a free slot and checked piece by piece, then folded from there. */
+  private stageAndFold(tensors: Uint8Array[], weight: number, participant: string): void {
+    const slot = this.takeSlot(participant);
+    try {
+      const at = this.slotsAt + slot * this.slotBytes;
+      for (let t = 0; t < tensors.length; t++) {
+        const bytes = tensors[t]!;
+        const base = at + this.offsets[t]! * 4;
+        for (let o = 0; o < bytes.length; o += PIECE) {
+          const piece = bytes.subarray(o, o + PIECE);
+          this.u8.set(piece, base + o);
+          if (this.k.nonfinite(base + o, piece.length >>> 2)) {
+            const i = o / 4 + firstNonFiniteLE(piece);
+            throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
+          }
+        }
+      }
+      this.fold32(at, weight);
+    } finally {
+      this.freeSlots.push(slot);
+    }
+  }
+
+  /**
+   * float32: sum (+)= float32(weight) × slot, a piece at a time from the end
+   * (the pieces copied last are the likeliest still in cache); each value is
+   * folded once, so the order of the pieces does not change the sum.
+   */
+  private fold32(at: number, weight: number): void {
+    const first = this.count === 0;
+    const step = PIECE / 4;
+    for (let end = this.params; end > 0; end -= step) {
+      const start = Math.max(0, end - step);
+      if (first) this.k.scale32(SUM_AT + start * 4, at + start * 4, end - start, weight);
+      else this.k.fold32(SUM_AT + start * 4, at + start * 4, end - start, weight);
+    }
+  }
+
+  /** A free slot, or a new one (the memory grows); UpdateError 'capacity' if it cannot. */
+  private takeSlot(participant: string): number {
+    const free = this.freeSlots.pop();
+    if (free !== undefined) return free;
+    const i = this.slots;
+    if (!this.growTo(this.slotsAt + (i + 1) * this.slotBytes)) {
+      throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot`, participant);
+    }
+    this.slots++;
+    return i;
+  }
+
   protected accept(tensors: Tensor[], weight: number, participant: string): void {
     // On little-endian hosts these are views, not copies.
     this.acceptBytes(
@@ -885,15 +1046,7 @@ export class FedAvg extends BaseAggregator {
   }
 
   protected openSlot(participant: string): Slot {
-    let i = this.freeSlots.pop();
-    if (i === undefined) {
-      i = this.slots;
-      if (!this.growTo(this.slotsAt + (i + 1) * this.slotBytes)) {
-        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot`, participant);
-      }
-      this.slots++;
-    }
-    const slot = i;
+    const slot = this.takeSlot(participant);
     const at = this.slotsAt + slot * this.slotBytes;
     let open = true;
     const free = () => {
@@ -906,7 +1059,8 @@ export class FedAvg extends BaseAggregator {
         return this.k.nonfinite(at + pos * 4, bytes.length >>> 2) ? pos + firstNonFiniteLE(bytes) : -1;
       },
       commit: (weight) => {
-        this.k.fold(SUM_AT, at, this.params, weight);
+        if (this.wide) this.k.fold(SUM_AT, at, this.params, weight);
+        else this.fold32(at, weight);
         free();
       },
       release: free,
@@ -916,7 +1070,17 @@ export class FedAvg extends BaseAggregator {
   protected compute(): Float32Array {
     const out = new Float32Array(this.params);
     const total = this.totalSamples;
-    if (HOST_LITTLE_ENDIAN) {
+    if (!this.wide) {
+      // float32 ÷ float32 in float64, rounded to float32: the float32 quotient exactly
+      const t = Math.fround(total);
+      if (HOST_LITTLE_ENDIAN) {
+        const sum = new Float32Array(this.memory.buffer, SUM_AT, this.params);
+        for (let i = 0; i < out.length; i++) out[i] = sum[i]! / t;
+      } else {
+        const dv = new DataView(this.memory.buffer, SUM_AT);
+        for (let i = 0; i < out.length; i++) out[i] = dv.getFloat32(i * 4, true) / t;
+      }
+    } else if (HOST_LITTLE_ENDIAN) {
       const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
       for (let i = 0; i < out.length; i++) out[i] = sum[i]! / total;
     } else {
@@ -937,7 +1101,8 @@ export class FedAvg extends BaseAggregator {
     this.checkResult();
     let f32: Float32Array;
     if (HOST_LITTLE_ENDIAN) {
-      this.k.divide(SUM_AT, this.params, this.totalSamples);
+      if (this.wide) this.k.divide(SUM_AT, this.params, this.totalSamples);
+      else this.k.divide32(SUM_AT, this.params, this.totalSamples); // float32(total) at the boundary
       f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
     } else {
       // wasm memory is little-endian: a host-order Float32Array needs a copy
