@@ -681,17 +681,53 @@ export const FOLD_KERNEL_WAT = String.raw`(module
       (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t)))))))
   ;; The float32 accumulator (Flower's arithmetic): every operation one IEEE float32
   ;; operation as numpy does it (wasm has no fused multiply-add outside relaxed SIMD,
-  ;; and keeps subnormals), eight values per iteration.
-  ;; scale32(s, d, n, w): sum[i] = w * data[i], the first update (copied, not added to 0: -0 stays -0).
-  (func (export "scale32") (param $s i32) (param $d i32) (param $n i32) (param $w f32)
-    (local $end i32) (local $wv v128)
+  ;; and keeps subnormals), eight values per iteration. The new sum is written over the
+  ;; update's staged values (d), never over the old sum (s): an update refused midway
+  ;; leaves the sum as it was. Both return 1 if any staged value was NaN or ±Infinity.
+  ;; scale32(d, n, w): d[i] = w * d[i], the first update (copied, not added to 0: -0 stays -0).
+  (func (export "scale32") (param $d i32) (param $n i32) (param $w f32) (result i32)
+    (local $end i32) (local $wv v128) (local $m v128) (local $acc v128) (local $x v128) (local $y v128) (local $bad i32)
     (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
     (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (v128.store (local.get $s) (f32x4.mul (v128.load (local.get $d)) (local.get $wv)))
-        (v128.store offset=16 (local.get $s) (f32x4.mul (v128.load offset=16 (local.get $d)) (local.get $wv)))
+        (local.set $x (v128.load (local.get $d)))
+        (local.set $y (v128.load offset=16 (local.get $d)))
+        (local.set $acc (v128.or (local.get $acc)
+          (v128.or (i32x4.eq (v128.and (local.get $x) (local.get $m)) (local.get $m))
+                   (i32x4.eq (v128.and (local.get $y) (local.get $m)) (local.get $m)))))
+        (v128.store (local.get $d) (f32x4.mul (local.get $x) (local.get $wv)))
+        (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $y) (local.get $wv)))
+        (local.set $d (i32.add (local.get $d) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $bad (i32.or (local.get $bad)
+          (i32.eq (i32.and (i32.load (local.get $d)) (i32.const 0x7f800000)) (i32.const 0x7f800000))))
+        (f32.store (local.get $d) (f32.mul (f32.load (local.get $d)) (local.get $w)))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (br $next)))
+    (i32.or (local.get $bad) (v128.any_true (local.get $acc))))
+  ;; fold32(s, d, n, w): d[i] = s[i] + w * d[i], s the sum, d the staged update.
+  (func (export "fold32") (param $s i32) (param $d i32) (param $n i32) (param $w f32) (result i32)
+    (local $end i32) (local $wv v128) (local $m v128) (local $acc v128) (local $x v128) (local $y v128) (local $bad i32)
+    (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $x (v128.load (local.get $d)))
+        (local.set $y (v128.load offset=16 (local.get $d)))
+        (local.set $acc (v128.or (local.get $acc)
+          (v128.or (i32x4.eq (v128.and (local.get $x) (local.get $m)) (local.get $m))
+                   (i32x4.eq (v128.and (local.get $y) (local.get $m)) (local.get $m)))))
+        (v128.store (local.get $d) (f32x4.add (v128.load (local.get $s)) (f32x4.mul (local.get $x) (local.get $wv))))
+        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $y) (local.get $wv))))
         (local.set $d (i32.add (local.get $d) (i32.const 32)))
         (local.set $s (i32.add (local.get $s) (i32.const 32)))
         (br $next)))
@@ -699,33 +735,13 @@ export const FOLD_KERNEL_WAT = String.raw`(module
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (f32.store (local.get $s) (f32.mul (f32.load (local.get $d)) (local.get $w)))
+        (local.set $bad (i32.or (local.get $bad)
+          (i32.eq (i32.and (i32.load (local.get $d)) (i32.const 0x7f800000)) (i32.const 0x7f800000))))
+        (f32.store (local.get $d) (f32.add (f32.load (local.get $s)) (f32.mul (f32.load (local.get $d)) (local.get $w))))
         (local.set $d (i32.add (local.get $d) (i32.const 4)))
         (local.set $s (i32.add (local.get $s) (i32.const 4)))
-        (br $next))))
-  ;; fold32(s, d, n, w): sum[i] = sum[i] + w * data[i], sum and data float32.
-  (func (export "fold32") (param $s i32) (param $d i32) (param $n i32) (param $w f32)
-    (local $end i32) (local $wv v128)
-    (local.set $wv (f32x4.splat (local.get $w)))
-    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
-    (block $done
-      (loop $next
-        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (v128.store (local.get $s)
-          (f32x4.add (v128.load (local.get $s)) (f32x4.mul (v128.load (local.get $d)) (local.get $wv))))
-        (v128.store offset=16 (local.get $s)
-          (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (v128.load offset=16 (local.get $d)) (local.get $wv))))
-        (local.set $d (i32.add (local.get $d) (i32.const 32)))
-        (local.set $s (i32.add (local.get $s) (i32.const 32)))
         (br $next)))
-    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
-    (block $done
-      (loop $next
-        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (f32.store (local.get $s) (f32.add (f32.load (local.get $s)) (f32.mul (f32.load (local.get $d)) (local.get $w))))
-        (local.set $d (i32.add (local.get $d) (i32.const 4)))
-        (local.set $s (i32.add (local.get $s) (i32.const 4)))
-        (br $next))))
+    (i32.or (local.get $bad) (v128.any_true (local.get $acc))))
   ;; divide32(s, n, t): sum[i] = sum[i] / t in place, float32.
   (func (export "divide32") (param $s i32) (param $n i32) (param $t f32)
     (local $end i32) (local $tv v128)
@@ -747,14 +763,14 @@ export const FOLD_KERNEL_WAT = String.raw`(module
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABIQVgAn9/AX9gBH9/f3wAYAN/f3wAYAR/f399AGADf399AAIPAQNlbnYGbWVtb3J5AgABAwcGAAECAwMEBzsGCW5vbmZpbml0ZQAABGZvbGQAAQZkaXZpZGUAAgdzY2FsZTMyAAMGZm9sZDMyAAQIZGl2aWRlMzIABQrxBgacAQIBfwJ7/QwAAIB/AACAfwAAgH8AAIB/IQQgACABQXhxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAE/U4gBP03IAD9AAQQIAT9TiAE/Tf9UP1QIQMgAEEgaiEADAALCyACIAFBB3FBAnRqIQICQANAIAAgAk8NASADIAD9XAIAIAT9TiAE/Tf9UCEDIABBBGohAAwACwsgA/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwuPAQIBfwF7IAP9EyEFIAEgAkF4cUECdGohBAJAA0AgASAETw0BIAAgAf0ABAAgBf3mAf0LBAAgACAB/QAEECAF/eYB/QsEECABQSBqIQEgAEEgaiEADAALCyAEIAJBB3FBAnRqIQQCQANAIAEgBE8NASAAIAEqAgAgA5Q4AgAgAUEEaiEBIABBBGohAAwACwsLpwECAX8BeyAD/RMhBSABIAJBeHFBAnRqIQQCQANAIAEgBE8NASAAIAD9AAQAIAH9AAQAIAX95gH95AH9CwQAIAAgAP0ABBAgAf0ABBAgBf3mAf3kAf0LBBAgAUEgaiEBIABBIGohAAwACwsgBCACQQdxQQJ0aiEEAkADQCABIARPDQEgACAAKgIAIAEqAgAgA5SSOAIAIAFBBGohASAAQQRqIQAMAAsLC3ACAX8BeyAC/RMhBCAAIAFBfHFBAnRqIQMCQANAIAAgA08NASAAIAD9AAQAIAT95wH9CwQAIABBEGohAAwACwsgAyABQQNxQQJ0aiEDAkADQCAAIANPDQEgACAAKgIAIAKVOAIAIABBBGohAAwACwsL';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABKQZgAn9/AX9gBH9/f3wAYAN/f3wAYAN/f30Bf2AEf39/fQF/YAN/f30AAg8BA2VudgZtZW1vcnkCAAEDBwYAAQIDBAUHOwYJbm9uZmluaXRlAAAEZm9sZAABBmRpdmlkZQACB3NjYWxlMzIAAwZmb2xkMzIABAhkaXZpZGUzMgAFCpUIBpwBAgF/Anv9DAAAgH8AAIB/AACAfwAAgH8hBCAAIAFBeHFBAnRqIQICQANAIAAgAk8NASADIAD9AAQAIAT9TiAE/TcgAP0ABBAgBP1OIAT9N/1Q/VAhAyAAQSBqIQAMAAsLIAIgAUEHcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgAgBP1OIAT9N/1QIQMgAEEEaiEADAALCyAD/VMLwAECAX8CeyAD/RQhBSABIAJBfHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEGIAAgAP0ABAAgBv1fIAX98gH98AH9CwQAIAAgAP0ABBAgBiAG/Q0ICQoLDA0ODwABAgMEBQYH/V8gBf3yAf3wAf0LBBAgAUEQaiEBIABBIGohAAwACwsgBCACQQNxQQJ0aiEEAkADQCABIARPDQEgACAAKwMAIAEqAgC7IAOioDkDACABQQRqIQEgAEEIaiEADAALCwtkAgJ/AXsgAv0UIQUgACEDIAAgAUF+cUEDdGohBAJAA0AgACAETw0BIAMgAP0ABAAgBf3zAf1e/VsDAAAgAEEQaiEAIANBCGohAwwACwsgAUEBcQRAIAMgACsDACACo7Y4AgALC9oBAwF/BXsBfyAC/RMhBP0MAACAfwAAgH8AAIB/AACAfyEFIAAgAUF4cUECdGohAwJAA0AgACADTw0BIAD9AAQAIQcgAP0ABBAhCCAGIAcgBf1OIAX9NyAIIAX9TiAF/Tf9UP1QIQYgACAHIAT95gH9CwQAIAAgCCAE/eYB/QsEECAAQSBqIQAMAAsLIAMgAUEHcUECdGohAwJAA0AgACADTw0BIAkgACgCAEGAgID8B3FBgICA/AdGciEJIAAgACoCACAClDgCACAAQQRqIQAMAAsLIAkgBv1TcguAAgMBfwV7AX8gA/0TIQX9DAAAgH8AAIB/AACAfwAAgH8hBiABIAJBeHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEIIAH9AAQQIQkgByAIIAb9TiAG/TcgCSAG/U4gBv03/VD9UCEHIAEgAP0ABAAgCCAF/eYB/eQB/QsEACABIAD9AAQQIAkgBf3mAf3kAf0LBBAgAUEgaiEBIABBIGohAAwACwsgBCACQQdxQQJ0aiEEAkADQCABIARPDQEgCiABKAIAQYCAgPwHcUGAgID8B0ZyIQogASAAKgIAIAEqAgAgA5SSOAIAIAFBBGohASAAQQRqIQAMAAsLIAogB/1TcgtwAgF/AXsgAv0TIQQgACABQXxxQQJ0aiEDAkADQCAAIANPDQEgACAA/QAEACAE/ecB/QsEACAAQRBqIQAMAAsLIAMgAUEDcUECdGohAwJAA0AgACADTw0BIAAgACoCACAClTgCACAAQQRqIQAMAAsLCw==';
 
 interface Kernel {
   nonfinite(p: number, n: number): number;
   fold(s: number, d: number, n: number, w: number): void;
   divide(s: number, n: number, t: number): void;
-  scale32(s: number, d: number, n: number, w: number): void;
-  fold32(s: number, d: number, n: number, w: number): void;
+  scale32(d: number, n: number, w: number): number;
+  fold32(s: number, d: number, n: number, w: number): number;
   divide32(s: number, n: number, t: number): void;
 }
 
@@ -884,25 +900,28 @@ export class FedAvg extends BaseAggregator {
   private readonly pieces: number[] = [];
   /** The float64 accumulator (else float32, Flower's arithmetic). */
   private readonly wide: boolean;
+  /** float32: the slot that holds the sum (-1 before the first update). */
+  private sumSlot = -1;
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
     this.wide = this.cfg.accumulator === 'float64';
     this.slotBytes = Math.ceil((this.params * 4) / 16) * 16;
-    this.slotsAt = SUM_AT + (this.wide ? this.params * 8 : this.slotBytes);
+    // float32: the sum is one of the slots (whichever an update was last folded into)
+    this.slotsAt = this.wide ? SUM_AT + this.params * 8 : SUM_AT;
     this.ringBytes = ringBytesFor(this.params * 4, this.slotBytes);
-    // float32: the sum and the slot add() stages into (touched only when used)
-    const pages = pagesFor(this.wide ? this.slotsAt : this.slotsAt + this.slotBytes);
+    // float32: the sum's slot and the one add() stages into (touched only when used)
+    const pages = pagesFor(this.wide ? this.slotsAt : this.slotsAt + 2 * this.slotBytes);
     if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs ${pages * PAGE} bytes for its sum and staging, beyond 4 GiB of wasm memory`);
-    // float32: a whole update is staged in a slot, so one more than the streams
-    const staged = this.wide ? Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes) : (this.cfg.maxInFlight + 1) * this.slotBytes;
+    // float32: the sum's slot, one per stream, and one for add()
+    const staged = this.wide ? Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes) : (this.cfg.maxInFlight + 2) * this.slotBytes;
     this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + staged));
     const kept = takePooled(this.params, this.maximum);
     if (kept) {
       this.memory = kept;
       const short = pages - kept.buffer.byteLength / PAGE; // a memory kept by the other accumulator
       if (short > 0) kept.grow(short);
-      // float32 needs no zeroing: the first update is copied over the sum
+      // float32 needs no zeroing: the first update's products are the sum
       if (this.wide) new Uint8Array(kept.buffer).fill(0, SUM_AT, this.slotsAt);
     } else {
       try {
@@ -986,42 +1005,65 @@ export class FedAvg extends BaseAggregator {
     }
   }
 
-  /** float32: the whole update copied into a free slot and checked piece by piece, then folded from there. */
+  /**
+   * float32: the update copied into a free slot a piece at a time, and each
+   * piece, while in cache, checked and folded there in one pass: the slot
+   * then holds sum + weight × update. Once every piece is in, the slot is the
+   * sum and the old sum's slot is free; a NaN midway frees the slot and the
+   * sum was never written.
+   */
   private stageAndFold(tensors: Uint8Array[], weight: number, participant: string): void {
     const slot = this.takeSlot(participant);
+    const at = this.slotAt(slot);
+    const sum = this.sumSlot < 0 ? -1 : this.slotAt(this.sumSlot);
     try {
-      const at = this.slotsAt + slot * this.slotBytes;
       for (let t = 0; t < tensors.length; t++) {
         const bytes = tensors[t]!;
-        const base = at + this.offsets[t]! * 4;
+        const o4 = this.offsets[t]! * 4;
         for (let o = 0; o < bytes.length; o += PIECE) {
           const piece = bytes.subarray(o, o + PIECE);
-          this.u8.set(piece, base + o);
-          if (this.k.nonfinite(base + o, piece.length >>> 2)) {
+          const d = at + o4 + o;
+          this.u8.set(piece, d);
+          const n = piece.length >>> 2;
+          if (sum < 0 ? this.k.scale32(d, n, weight) : this.k.fold32(sum + o4 + o, d, n, weight)) {
             const i = o / 4 + firstNonFiniteLE(piece);
             throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
           }
         }
       }
-      this.fold32(at, weight);
-    } finally {
+    } catch (e) {
       this.freeSlots.push(slot);
+      throw e;
     }
+    this.adopt(slot);
   }
 
-  /**
-   * float32: sum (+)= float32(weight) × slot, a piece at a time from the end
-   * (the pieces copied last are the likeliest still in cache); each value is
-   * folded once, so the order of the pieces does not change the sum.
-   */
-  private fold32(at: number, weight: number): void {
-    const first = this.count === 0;
+  /** float32: a streamed update's slot (every value checked) becomes sum + weight × update, a piece at a time from the end (the chunks that came last are the likeliest still in cache). */
+  private foldSlot(slot: number, weight: number): void {
+    const at = this.slotAt(slot);
+    const sum = this.sumSlot < 0 ? -1 : this.slotAt(this.sumSlot);
     const step = PIECE / 4;
     for (let end = this.params; end > 0; end -= step) {
       const start = Math.max(0, end - step);
-      if (first) this.k.scale32(SUM_AT + start * 4, at + start * 4, end - start, weight);
-      else this.k.fold32(SUM_AT + start * 4, at + start * 4, end - start, weight);
+      if (sum < 0) this.k.scale32(at + start * 4, end - start, weight);
+      else this.k.fold32(sum + start * 4, at + start * 4, end - start, weight);
     }
+    this.adopt(slot);
+  }
+
+  /** float32: `slot` holds the new sum; the old sum's slot is free. */
+  private adopt(slot: number): void {
+    if (this.sumSlot >= 0) this.freeSlots.push(this.sumSlot);
+    this.sumSlot = slot;
+  }
+
+  private slotAt(slot: number): number {
+    return this.slotsAt + slot * this.slotBytes;
+  }
+
+  /** Byte address of the sum: fixed for float64, the slot that holds it for float32. */
+  private sumAddress(): number {
+    return this.wide ? SUM_AT : this.slotAt(this.sumSlot);
   }
 
   /** A free slot, or a new one (the memory grows); UpdateError 'capacity' if it cannot. */
@@ -1059,9 +1101,13 @@ export class FedAvg extends BaseAggregator {
         return this.k.nonfinite(at + pos * 4, bytes.length >>> 2) ? pos + firstNonFiniteLE(bytes) : -1;
       },
       commit: (weight) => {
-        if (this.wide) this.k.fold(SUM_AT, at, this.params, weight);
-        else this.fold32(at, weight);
-        free();
+        if (this.wide) {
+          this.k.fold(SUM_AT, at, this.params, weight);
+          free();
+        } else {
+          open = false; // the slot is the sum now
+          this.foldSlot(slot, weight);
+        }
       },
       release: free,
     };
@@ -1074,10 +1120,10 @@ export class FedAvg extends BaseAggregator {
       // float32 ÷ float32 in float64, rounded to float32: the float32 quotient exactly
       const t = Math.fround(total);
       if (HOST_LITTLE_ENDIAN) {
-        const sum = new Float32Array(this.memory.buffer, SUM_AT, this.params);
+        const sum = new Float32Array(this.memory.buffer, this.sumAddress(), this.params);
         for (let i = 0; i < out.length; i++) out[i] = sum[i]! / t;
       } else {
-        const dv = new DataView(this.memory.buffer, SUM_AT);
+        const dv = new DataView(this.memory.buffer, this.sumAddress());
         for (let i = 0; i < out.length; i++) out[i] = dv.getFloat32(i * 4, true) / t;
       }
     } else if (HOST_LITTLE_ENDIAN) {
@@ -1101,9 +1147,10 @@ export class FedAvg extends BaseAggregator {
     this.checkResult();
     let f32: Float32Array;
     if (HOST_LITTLE_ENDIAN) {
-      if (this.wide) this.k.divide(SUM_AT, this.params, this.totalSamples);
-      else this.k.divide32(SUM_AT, this.params, this.totalSamples); // float32(total) at the boundary
-      f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
+      const at = this.sumAddress();
+      if (this.wide) this.k.divide(at, this.params, this.totalSamples);
+      else this.k.divide32(at, this.params, this.totalSamples); // float32(total) at the boundary
+      f32 = new Float32Array(this.memory.buffer, at, this.params);
     } else {
       // wasm memory is little-endian: a host-order Float32Array needs a copy
       f32 = this.compute();
