@@ -7,10 +7,11 @@
 // A bad update is refused with an UpdateError carrying a reason code and
 // changes nothing.
 //
-// - FedAvg: the sample-weighted mean. Streaming: one float64 running sum per
-//   parameter (one float64 array in the kernel's wasm memory, tensor after
-//   tensor), O(model) memory whatever the number of updates; never holds the
-//   updates themselves.
+// - FedAvg: the sample-weighted mean. Streaming: one running sum per
+//   parameter (in the kernel's wasm memory, tensor after tensor), O(model)
+//   memory whatever the number of updates; never holds the updates
+//   themselves. The sum is float32 by default, Flower's aggregate() bit for
+//   bit, or float64 (aggregator.config.accumulator).
 // - FedMedian, TrimmedMean: coordinate-wise median / trimmed mean, robust to a
 //   few poisoned updates. They need every update at once, so they hold them
 //   (float32, n × params values) up to maxBufferedValues and refuse beyond.
@@ -599,8 +600,9 @@ function insertRange(list: number[], s: number, e: number): boolean {
  * The FedAvg kernel, in WebAssembly SIMD. Plain JavaScript folds a float32
  * update into a float64 sum at 1.5-5 ns per value on the development
  * machine (scalar, one value at a time); the kernel checks and folds with
- * 128-bit vectors (an OR-accumulated exponent test, two f64x2 lanes per four
- * values), 2-3x faster there, near what memory allows; at finish() it
+ * 128-bit vectors (an OR-accumulated exponent test; for the float64 sum, two
+ * f64x2 lanes per four values; for the float32 one, f32x4 multiply and add
+ * fused with the test in one pass), near what memory allows; at finish() it
  * writes the float32 result over the sum in place. Wasm memory is
  * little-endian on every host, so update bytes off the wire (float32 LE) are
  * copied in as they are. The bytes below are this text compiled by wabt
@@ -843,15 +845,17 @@ export function releaseFedAvgMemory(): number {
  * (flwr.server.strategy.aggregate) in numpy, bit for bit: each value times
  * float32(numSamples) rounded to float32, summed in float32 in the order the
  * updates count (the first one copied, not added to 0), the sum divided by
- * float32(totalSamples). Memory: the float32 sum (4 bytes × params) and one
- * slot per update being staged or streamed. add() and addEncoded() copy a
- * whole update into a free slot a piece at a time (PIECE, L2-sized), each
- * piece checked right after its copy while it is in cache, then fold it
- * from there in one pass (newest pieces first, the likeliest still in
- * cache): the caller's data is read once, and nothing is folded before every
- * value is checked. A streamed update is its slot already (chunks copied
- * and checked as they arrive) and is folded at commit(). Sum + one slot: 2×
- * a model, plus a slot per other open stream.
+ * float32(totalSamples). Memory: slots of 4 bytes × params, one of which
+ * holds the sum. add() and addEncoded() copy a whole update into a free slot
+ * a piece at a time (PIECE, L2-sized), and each piece, right after its copy
+ * while it is in cache, is checked and folded in place by one kernel pass
+ * (slot = sum + w × update; the sum is only read). When every piece is in,
+ * that slot is the sum and the old sum's slot is free; a NaN midway frees
+ * the slot and the sum was never written. So the caller's data and the sum
+ * are each read once per update, and the refusal is exact. A streamed
+ * update is its slot already (chunks copied and checked as they arrive) and
+ * is folded the same way at commit(). Sum + one slot: 2× a model, plus a
+ * slot per open stream.
  *
  * accumulator 'float64': accumulated in float64 and rounded to float32
  * once at the end (the order of updates changes nothing in practice).
