@@ -4,16 +4,18 @@
 // - memcpy floor: each update's bytes copied into one reused buffer (reading
 //   the same 400 MB is the least any aggregator must do);
 // - the floor of a new aggregator: the same memcpy after the first touch of a
-//   fresh wasm memory the size of FedAvg's float64 sum (its page faults, paid
+//   fresh wasm memory of 8 bytes × params (its page faults, paid
 //   once per aggregator, are a large share on a VM where faults are slow);
 // - naive JS loop: sum[i] += x[i] into a Float64Array, no weighting, no checks;
 // - naive "hold every update, then average": the memory comparison;
 // - numpy: Flower's aggregate() and a BLAS sgemv on the same updates, in a
-//   python3 child (see numpyBaseline), and the same arithmetic in float64.
+//   python3 child kept alive (see startNumpy) and timed just before each
+//   fedavg path, and the same arithmetic in float64.
 //   Goal: every fedavg path with the float32 accumulator (the default,
 //   Flower's arithmetic: its result is compared with numpy's bit for bit)
-//   ≤ 0.8× the Flower aggregate's CPU time, peak RSS < 3× one model; the
-//   float64 accumulator is shown against both numpy variants as context.
+//   ≤ 0.8× the CPU time of the Flower aggregate timed beside it, peak RSS <
+//   3× one model; the float64 accumulator is shown against both numpy
+//   variants as context.
 // Then fedmedian and trimmed-mean, which hold every update, on a smaller size
 // (20 × 100,000 by default), with fedavg on the same size.
 //
