@@ -35,7 +35,7 @@
 // aggregator's own allocation, not the test data's, and no earlier variant's
 // freed pages hide it.
 //
-// node --import tsx -e "import('./bench/fedavg.ts').then(m => m.run([]))"
+// npm run bench -- fedavg [options] (the children for RSS run with this process's execArgv: the same loader)
 // options: --params N --updates N --robust-params N --robust-updates N --runs N --chunk BYTES
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -295,7 +295,7 @@ function rssOnce(variant: Variant, params: number, updates: number, chunk: numbe
 function measureRss(variant: Variant, params: number, updates: number, chunk: number, acc: Accumulator = 'float32'): { growth: number; held: number } {
   const root = join(dirname(fileURLToPath(import.meta.url)), '..');
   const code = `import('./bench/fedavg.ts').then(m => m.run(['--rss-child', '${variant}', '--params', '${params}', '--updates', '${updates}', '--chunk', '${chunk}', '--accumulator', '${acc}']))`;
-  const runs = [0, 1, 2].map(() => JSON.parse(execFileSync(process.execPath, ['--single-threaded', '--import', 'tsx', '-e', code], { cwd: root, encoding: 'utf8', maxBuffer: 1 << 20 })) as { growth: number; held: number });
+  const runs = [0, 1, 2].map(() => JSON.parse(execFileSync(process.execPath, [...process.execArgv, '--single-threaded', '-e', code], { cwd: root, encoding: 'utf8', maxBuffer: 1 << 20 })) as { growth: number; held: number });
   return runs.sort((a, b) => a.growth - b.growth)[1]!;
 }
 
