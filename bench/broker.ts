@@ -15,13 +15,18 @@
 //   every CONNACK, and the broker's memory growth per connection while they
 //   are all open.
 // --only connects,qos0,qos1,fanout picks scenarios; --plain-aedes adds Aedes
-// without the wrapper (no auth, ACL or guard) as a third column.
+// without the wrapper (no auth, ACL or guard) as a third column;
+// --broker-node-flags '--max-semi-space-size=1 ...' starts the embedded
+// broker's process with those Node flags; --heap-snapshot DIR writes heap
+// snapshots of the Node brokers before the first storm and with its
+// connections open, and prints what the connections added by constructor.
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
 // --profile DIR writes a CPU profile of the embedded broker's process (and of
-// plain Aedes with --plain-aedes) there, covering the message scenarios (or
-// the connect storms with --only connects), not the start or the warm-up.
+// plain Aedes with --plain-aedes) there, covering the message scenarios (or,
+// with --only connects, the first storm's CONNECTs, not their closing), not
+// the start or the warm-up.
 
 import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -31,7 +36,7 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { setFlagsFromString } from 'node:v8';
+import { setFlagsFromString, writeHeapSnapshot } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Session } from 'node:inspector';
 import { Aedes } from 'aedes';
@@ -70,6 +75,8 @@ interface Target {
   stop(): Promise<void>;
   /** Starts or stops (and writes) the CPU profile, when --profile is given. */
   profile?(on: boolean): Promise<void>;
+  /** Writes a V8 heap snapshot of the broker's process to `file` (Node brokers only). */
+  snapshot?(file: string): Promise<void>;
 }
 
 // ---- the embedded broker's process ----
@@ -87,9 +94,14 @@ async function serve(subs: number, conns: number, plain: boolean, profileDir: st
   profiler?.connect();
   const post = (method: string, params?: object): Promise<unknown> =>
     new Promise((resolve, reject) => profiler!.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
-  process.on('message', (m: string) => {
-    if (m === 'profile-start' && profiler) {
-      void post('Profiler.enable').then(() => post('Profiler.start'));
+  process.on('message', (m: string | { snapshot: string }) => {
+    if (typeof m === 'object') {
+      gc();
+      process.send!({ snapshotted: writeHeapSnapshot(m.snapshot) });
+    } else if (m === 'profile-start' && profiler) {
+      void post('Profiler.enable')
+        .then(() => post('Profiler.start'))
+        .then(() => process.send!({ profiling: true }));
     } else if (m === 'profile-stop' && profiler) {
       void post('Profiler.stop').then((r) => {
         writeFileSync(join(profileDir!, `${plain ? 'aedes' : 'embedded'}-${process.pid}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
@@ -121,10 +133,10 @@ async function plainAedes(): Promise<{ port: number; close(): Promise<void> }> {
   };
 }
 
-async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false): Promise<{ target: Target; accounts: Accounts }> {
+async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = []): Promise<{ target: Target; accounts: Accounts }> {
   const runTs = join(fileURLToPath(new URL('.', import.meta.url)), 'run.ts');
   const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(profileDir ? ['--profile', profileDir] : [])];
-  const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...nodeFlags] });
   const [ready] = (await once(child, 'message')) as [{ ready: { port: number; accounts: Accounts } }];
   const usage = async (): Promise<Usage> => {
     child.send('usage');
@@ -142,10 +154,16 @@ async function startEmbedded(subs: number, conns: number, profileDir: string | u
       async profile(on) {
         if (!profileDir) return;
         child.send(on ? 'profile-start' : 'profile-stop');
-        if (on) return;
         for (;;) {
-          const [m] = (await once(child, 'message')) as [{ profiled?: boolean }];
-          if (m.profiled) return;
+          const [m] = (await once(child, 'message')) as [{ profiled?: boolean; profiling?: boolean }];
+          if (on ? m.profiling : m.profiled) return;
+        }
+      },
+      async snapshot(file) {
+        child.send({ snapshot: file });
+        for (;;) {
+          const [m] = (await once(child, 'message')) as [{ snapshotted?: string }];
+          if (m.snapshotted) return;
         }
       },
       async stop() {
@@ -392,13 +410,20 @@ interface Storm {
   failed: number;
 }
 
-async function connects(t: Target, acc: Accounts, n: number, window: number): Promise<Storm> {
+/**
+ * `profile`, when given, covers the storm's CONNECTs (from the first to the
+ * last CONNACK), not the closing; `snapshot`, when given, is called before
+ * the storm and with every connection open.
+ */
+async function connects(t: Target, acc: Accounts, n: number, window: number, profile?: (on: boolean) => Promise<void>, snapshot?: (when: 'before' | 'open') => Promise<void>): Promise<Storm> {
   const sockets: Socket[] = [];
   // One connection first: what the first CONNACK allocates once (mqtt-packet's
   // cache of encoded numbers, 65,536 Buffers, some 6 MiB) is no connection's own.
   (await Raw.open(t.port, 'storm-warm-up', connUser(0), acc.conn[0]!)).close();
   await new Promise((r) => setTimeout(r, 200));
+  await snapshot?.('before');
   const u0 = await t.usage();
+  await profile?.(true);
   const t0 = performance.now();
   let next = 0;
   let done = 0;
@@ -432,11 +457,46 @@ async function connects(t: Target, acc: Accounts, n: number, window: number): Pr
     for (let k = 0; k < Math.min(window, n); k++) one();
   });
   const secs = (performance.now() - t0) / 1000;
+  await profile?.(false);
   await new Promise((r) => setTimeout(r, 500)); // let the broker settle what it allocated
   const u1 = await t.usage();
+  await snapshot?.('open');
   for (const s of sockets) s.destroy();
   await new Promise((r) => setTimeout(r, 1000));
   return { secs, perConn: (u1.rss - u0.rss) / n, heapPerConn: (u1.heap - u0.heap) / n, cpu: u1.cpu - u0.cpu, failed };
+}
+
+/**
+ * Self size per constructor that the open connections added, per
+ * connection: V8's node types other than objects and closures are grouped
+ * by type ("(array)": property and element stores, dictionaries).
+ */
+function heapByConstructor(before: string, open: string, n: number): (string | number)[][] {
+  const agg = (file: string): Map<string, [number, number]> => {
+    const snap = JSON.parse(readFileSync(file, 'utf8')) as { snapshot: { meta: { node_fields: string[]; node_types: [string[]] } }; nodes: number[]; strings: string[] };
+    const f = snap.snapshot.meta.node_fields;
+    const types = snap.snapshot.meta.node_types[0];
+    const [it, iname, isz] = [f.indexOf('type'), f.indexOf('name'), f.indexOf('self_size')];
+    const out = new Map<string, [number, number]>();
+    for (let i = 0; i < snap.nodes.length; i += f.length) {
+      const type = types[snap.nodes[i + it]!]!;
+      const name = type === 'object' || type === 'native' ? snap.strings[snap.nodes[i + iname]!]!.slice(0, 50) : type === 'closure' ? `closure ${snap.strings[snap.nodes[i + iname]!]!.slice(0, 40)}` : `(${type})`;
+      const e = out.get(name) ?? [0, 0];
+      e[0]++;
+      e[1] += snap.nodes[i + isz]!;
+      out.set(name, e);
+    }
+    return out;
+  };
+  const a = agg(before);
+  const rows: [string, number, number][] = [];
+  for (const [name, [count, size]] of agg(open)) {
+    const [c0, s0] = a.get(name) ?? [0, 0];
+    if ((size - s0) / n >= 16) rows.push([name, (count - c0) / n, (size - s0) / n]);
+  }
+  rows.sort((x, y) => y[2] - x[2]);
+  const total = rows.reduce((sum, r) => sum + r[2], 0);
+  return [...rows.slice(0, 30).map(([name, c, b]) => [name, c.toFixed(2), Math.round(b)]), ['total of the rows above 16 B', '', Math.round(total)]];
 }
 
 // ---- the run ----
@@ -458,6 +518,8 @@ export async function run(argv: string[]): Promise<void> {
       profile: { type: 'string' },
       only: { type: 'string', default: 'connects,qos0,qos1,fanout' },
       'plain-aedes': { type: 'boolean', default: false },
+      'broker-node-flags': { type: 'string', default: '' },
+      'heap-snapshot': { type: 'string' },
     },
   });
   const only = new Set(values.only!.split(','));
@@ -477,7 +539,8 @@ export async function run(argv: string[]): Promise<void> {
       .join(' ');
   const load0 = load();
 
-  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile);
+  const brokerFlags = values['broker-node-flags']!.split(' ').filter(Boolean);
+  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile, false, brokerFlags);
   const mos = await startMosquitto(accounts);
   const targets = [mos, emb];
   // --plain-aedes: Aedes without the wrapper as a third column, to tell the wrapper's cost from Aedes' own
@@ -489,8 +552,14 @@ export async function run(argv: string[]): Promise<void> {
     const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [], aedes: [] };
     const profiling = (on: boolean): Promise<unknown> => Promise.all(targets.map((t) => t.profile?.(on)));
     const stormsOnly = only.size === 1 && only.has('connects');
-    if (stormsOnly) await profiling(true);
-    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window'])));
+    // with --only connects, the profile covers the first round's CONNECTs
+    const stormProfile = (t: Target, r: number): ((on: boolean) => Promise<void>) | undefined => (stormsOnly && r === 0 && t.profile ? (on) => t.profile!(on) : undefined);
+    // --heap-snapshot DIR: the Node brokers' heaps before the first storm and with its connections open
+    const snapDir = values['heap-snapshot'];
+    if (snapDir) mkdirSync(snapDir, { recursive: true });
+    const stormSnapshot = (t: Target, r: number): ((when: string) => Promise<void>) | undefined =>
+      snapDir && r === 0 && t.snapshot ? (when) => t.snapshot!(join(snapDir, `${t.name}-${when}.heapsnapshot`)) : undefined;
+    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window']), stormProfile(t, r), stormSnapshot(t, r)));
     // Warm-up: the JIT and both brokers' first allocations.
     if (!stormsOnly) for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
     if (!stormsOnly) await profiling(true);
@@ -505,7 +574,7 @@ export async function run(argv: string[]): Promise<void> {
     const q0 = await scen('qos0', 1, n0, 0, window);
     const q1 = await scen('qos1', 1, n1, 1, window);
     const fan = await scen('fanout', subs, nf, 0, window * 10);
-    await profiling(false);
+    if (!stormsOnly) await profiling(false);
 
     const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
     const rate = (fs: Flow[]): number => med(fs.map((f) => f.deliveries / f.secs));
@@ -544,11 +613,20 @@ export async function run(argv: string[]): Promise<void> {
 
     console.log(
       `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
-        `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
+        `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}${brokerFlags.length ? ` (embedded broker: ${brokerFlags.join(' ')})` : ''}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
     );
     const head = ['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'];
     printTable(values['plain-aedes'] ? [...head, 'plain Aedes (no auth, ACL, guard)', 'plain Aedes CPU µs'] : head, rows);
     console.log(`\n${verdicts.join('; ')}${failed > 0 ? `; ${failed} connects FAILED` : ''}`);
+    if (snapDir) {
+      // writing a snapshot grows the process: this run's memory figures are not comparable
+      console.log(`\nheap snapshots in ${snapDir} (memory figures above are inflated by them); what the ${nc.toLocaleString('en')} open connections added, by constructor (self size):`);
+      for (const t of targets) {
+        if (!t.snapshot) continue;
+        console.log(`\n${t.name}:`);
+        printTable(['constructor / V8 type', 'objects per connection', 'bytes per connection'], heapByConstructor(join(snapDir, `${t.name}-before.heapsnapshot`), join(snapDir, `${t.name}-open.heapsnapshot`), nc));
+      }
+    }
   } finally {
     for (const t of targets) await t.stop();
   }

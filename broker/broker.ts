@@ -4,6 +4,7 @@
 
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -12,10 +13,10 @@ import { Counter, type Registry } from 'prom-client';
 import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { base, scope as makeScope, stampSender, type Scope } from '../topics/index.ts';
 import { authorize, type Decision, type DenyReason } from './acl.ts';
-import { accountFor, isGroupId, verifyDummy, verifySecretAsync, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
+import { accountFor, isGroupId, verifyDummy, verifySecretSoon, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
-import { leanMemoryPersistence, type LeanPersistence } from './persistence.ts';
+import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
 
 const KiB = 1024;
 
@@ -170,6 +171,25 @@ function slimParser(client: Client): void {
   if (!settings || settings.bridgeMode) return;
   const slim = PARSER_SETTINGS.get(settings.protocolVersion);
   if (slim) parser.settings = slim;
+}
+
+// Aedes' parser (mqtt-packet) buffers the bytes of an incomplete packet in
+// `bl`'s BufferListStream, a full Duplex stream (two stream states, an event
+// emitter, their buffers) that nothing ever pipes or listens to: the parser
+// calls only its buffer-list methods. The plain BufferList of the same `bl`
+// (the one mqtt-packet resolves) has them all, for a fraction of the memory.
+// The parser's table of state names is the same for every connection.
+type BufferListClass = new () => object;
+const requireFromMqttPacket = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'));
+const { BufferList } = requireFromMqttPacket('bl') as { BufferList?: BufferListClass };
+const PARSER_STATES = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
+
+/** Trims a fresh client's parser, before it has read anything (see BufferList above). */
+function slimClient(client: Client): void {
+  const parser = (client as unknown as { _parser?: { _list?: { length?: number }; _states?: string[] } })._parser;
+  if (!parser) return;
+  if (BufferList && parser._list?.length === 0) parser._list = new BufferList();
+  if (parser._states?.length === PARSER_STATES.length && PARSER_STATES.every((st, i) => parser._states![i] === st)) parser._states = PARSER_STATES as string[];
 }
 
 function refusal(message: string): Error {
@@ -365,6 +385,7 @@ export class EmbeddedBroker {
     // The hooks need the instance and the instance needs Aedes: `self` is set
     // right after createBroker, before anything listens.
     let self: EmbeddedBroker | undefined;
+    shortCircuitEmptyQueues();
     const aedes = await Aedes.createBroker({
       connectTimeout,
       // Aedes' default (100) queues deliveries in mqemitter when a subscriber backs
@@ -515,6 +536,7 @@ export class EmbeddedBroker {
     stream.on('close', onStreamClose);
     // Aedes' typings want IncomingMessage & connDetails; it reads only what is there.
     c.client = this.aedes.handle(stream, req as Parameters<Aedes['handle']>[1]);
+    slimClient(c.client);
   }
 
   /** The connection's stream closed: whatever it was counted in forgets it. */
@@ -683,10 +705,9 @@ export class EmbeddedBroker {
       this.backoffCounts.delayed++;
       this.backoffCounter?.inc({ action: 'delayed' });
     }
-    const wait = delay > 0 ? new Promise<void>((r) => setTimeout(r, delay).unref()) : Promise.resolve();
-    wait
-      .then(() => verifySecretAsync(secret, rec.hash))
-      .then((ok) => {
+    const failed = (e: unknown): void => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) });
+    const verified = (ok: boolean): void => {
+      try {
         if (!ok) {
           this.userFails?.fail(username);
           return refuse(4, 'bad_secret');
@@ -696,8 +717,18 @@ export class EmbeddedBroker {
         if (now === LOOKUP_FAILED) return refuse(3, 'lookup_failed');
         if (!now || now.hash !== rec.hash || now.role !== rec.role) return refuse(4, 'credentials_changed');
         accept(username, rec.role, rec.hash, false);
-      })
-      .catch((e: unknown) => this.log('warn', 'mqtt authentication failed internally', { username: clip(username), error: String(e) }));
+      } catch (e) {
+        failed(e);
+      }
+    };
+    const verify = (): void => {
+      // an issued secret (one HMAC) is answered here and now; scrypt on the thread pool
+      const v = verifySecretSoon(secret, rec.hash);
+      if (typeof v === 'boolean') verified(v);
+      else v.then(verified, failed);
+    };
+    if (delay > 0) setTimeout(verify, delay).unref();
+    else verify();
   }
 
   /** Beyond the account's limit, its oldest connections go: no will, as the account is still connected. */

@@ -169,9 +169,19 @@ export function verifySecret(secret: string, hash: string): boolean {
  * the event loop (what the broker uses on CONNECT).
  */
 export function verifySecretAsync(secret: string, hash: string): Promise<boolean> {
+  const v = verifySecretSoon(secret, hash);
+  return typeof v === 'boolean' ? Promise.resolve(v) : v;
+}
+
+/**
+ * As verifySecretAsync, but the answer is plain when it is known at once (a
+ * fast hash, a malformed one): a CONNECT with an issued secret then costs no
+ * promise. Only scrypt answers with a promise.
+ */
+export function verifySecretSoon(secret: string, hash: string): boolean | Promise<boolean> {
   const h = parseHash(hash);
-  if (!h || typeof secret !== 'string') return Promise.resolve(false);
-  if (h.kind === 'sha256') return Promise.resolve(equal(hmac(h.salt, secret), h.mac));
+  if (!h || typeof secret !== 'string') return false;
+  if (h.kind === 'sha256') return equal(hmac(h.salt, secret), h.mac);
   return new Promise((resolve) => {
     scrypt(secret, h.salt, h.key.length, { N: h.N, r: h.r, p: h.p, maxmem: scryptMaxmem(h.N, h.r) }, (err, key) => {
       resolve(!err && equal(key, h.key));

@@ -10,9 +10,13 @@
 // deleted with its last one; an empty queue and no queue mean the same to
 // every caller, so sessions (clean or persistent) see no difference.
 // Everything else is the library's.
+//
+// Aedes is given the promise-based store itself, not the library's callback
+// wrapper around it (Aedes 1.2 only calls the promise methods): one call
+// layer less on every CONNECT and delivery.
 
-import { createRequire } from 'node:module';
-import { Readable } from 'node:stream';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
+import stream from 'node:stream';
 
 const require = createRequire(import.meta.url);
 
@@ -28,9 +32,14 @@ interface MemoryPersistenceClass {
 }
 
 const MemoryPersistence = require('aedes-persistence/asyncPersistence.js') as MemoryPersistenceClass;
-const { CallBackPersistence } = require('aedes-persistence/callBackPersistence.js') as {
-  CallBackPersistence: new (factory: (opts: object) => object, opts?: object) => Persistence & { asyncPersistence: LeanMemoryPersistence };
-};
+
+/**
+ * What outgoingStream() hands Aedes for a client with nothing queued (almost
+ * every CONNECT): Aedes pipes it through a Transform with `stream.pipeline`,
+ * which takes any iterable; an empty array spares a Readable and its async
+ * iterator per CONNECT. Shared and frozen: nothing can be added to it.
+ */
+export const NO_OUTGOING: readonly Outgoing[] = Object.freeze([]);
 
 class LeanMemoryPersistence extends MemoryPersistence {
   readonly outgoing = new Map<string, Outgoing[]>();
@@ -78,9 +87,10 @@ class LeanMemoryPersistence extends MemoryPersistence {
     return held;
   }
 
-  outgoingStream(client: { id: string }): Readable {
-    // a copy: the queue changes while the stream is read
-    return Readable.from([...(this.outgoing.get(client.id) ?? [])]);
+  outgoingStream(client: { id: string }): Iterable<Outgoing> {
+    const q = this.outgoing.get(client.id);
+    // a copy: the queue changes while Aedes walks it
+    return q ? [...q] : NO_OUTGOING;
   }
 }
 
@@ -90,6 +100,37 @@ export interface LeanPersistence extends Persistence {
 }
 
 export function leanMemoryPersistence(): LeanPersistence {
-  const p = new CallBackPersistence((opts) => new LeanMemoryPersistence(opts));
-  return Object.defineProperty(p, 'outgoingQueues', { get: () => p.asyncPersistence.outgoing.size }) as unknown as LeanPersistence;
+  const p = new LeanMemoryPersistence({});
+  return Object.defineProperty(p, 'outgoingQueues', { get: () => p.outgoing.size }) as unknown as LeanPersistence;
+}
+
+let shortCircuited = false;
+
+/**
+ * Aedes pipes every client's outgoing queue through a Transform with
+ * `stream.pipeline` on every CONNECT, queue or not. For an empty queue that
+ * costs a Transform pass, two end-of-stream watchers and, when the pipeline
+ * finishes, `AbortController.abort()`, which builds a `DOMException` with a
+ * stack trace: some 20 µs of a CONNECT that has nothing to deliver. This
+ * wraps Node's `stream.pipeline` (and, through syncBuiltinESMExports, the
+ * binding Aedes imported) so that a pipeline whose source is NO_OUTGOING
+ * (only this store hands that out) just calls back on the next tick; every
+ * other pipeline in the process goes to Node's own, untouched. Once per process.
+ */
+export function shortCircuitEmptyQueues(): void {
+  if (shortCircuited) return;
+  shortCircuited = true;
+  const inner = stream.pipeline;
+  const pipeline = function (this: unknown, ...args: unknown[]): unknown {
+    const cb = args[2];
+    if (args[0] === NO_OUTGOING && args.length === 3 && typeof cb === 'function') {
+      process.nextTick(cb as () => void);
+      return args[1];
+    }
+    return (inner as (...a: unknown[]) => unknown).apply(this, args);
+  };
+  // util.promisify.custom and anything else Node hangs on it
+  for (const key of Reflect.ownKeys(inner)) if (typeof key === 'symbol') Object.defineProperty(pipeline, key, Object.getOwnPropertyDescriptor(inner, key)!);
+  stream.pipeline = pipeline as typeof stream.pipeline;
+  syncBuiltinESMExports();
 }

@@ -114,7 +114,7 @@ test.serial('malformed and abusive publishes: memory returns, metric series stay
   t.true((await series('propeller_messages_rejected_total')) - seriesBefore.rejected <= 4, 'reject reasons are a fixed set');
 });
 
-test.serial('an idle proplet connection costs the broker some 6 KiB of heap (under 11.5 KiB with the client socket beside it): its state is one object of its own', async (t) => {
+test.serial('an idle proplet connection costs the broker some 5 KiB of heap (under 11.5 KiB with the client socket beside it): its state is one object of its own', async (t) => {
   // Before: the packet guard was a Duplex of its own per connection, and deleting the
   // CONNECT's will from Aedes' client turned every client into a dictionary-mode object
   // (15 KiB per connection here, the client socket included; 9 KiB now).
@@ -140,6 +140,20 @@ test.serial('an idle proplet connection costs the broker some 6 KiB of heap (und
   const perConnection = (footprint() - before) / n / 1024;
   t.log(`${perConnection.toFixed(1)} KiB of heap per idle connection, broker and client socket together`);
   t.true(perConnection < 11.5, `${perConnection.toFixed(1)} KiB per connection`);
+});
+
+test.serial("a connection's parser buffers partial packets in a plain buffer list, not a Duplex stream of its own", async (t) => {
+  // mqtt-packet's parser keeps a `bl` BufferListStream per connection (two stream
+  // states and an emitter nobody uses, ~1 KiB); the broker swaps in the plain BufferList.
+  const secret = s.creds.issue('lister', 'proplet');
+  const c = await mqtt.connectAsync(s.broker.url, { protocolVersion: 4, username: 'lister', password: secret, clientId: 'lister-1', reconnectPeriod: 0 });
+  t.teardown(() => c.end(true));
+  const clients = (s.broker as unknown as { aedes: { clients: Record<string, { _parser: { _list: object } }> } }).aedes.clients;
+  const parser = clients['lister/lister-1']!._parser;
+  t.false('pipe' in parser._list, 'no stream methods');
+  t.false('on' in parser._list, 'no event emitter');
+  // and it still parses what follows CONNECT
+  await c.subscribeAsync(topic(S, 'manager.start', 'lister'), { qos: 1 });
 });
 
 test.serial('devices that reconnect under fresh client ids leave no outgoing queue behind once their QoS 1 deliveries are acknowledged', async (t) => {

@@ -4,6 +4,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pipeline, Readable, Writable } from 'node:stream';
+import { pipeline as pipelinePromise } from 'node:stream/promises';
+import { promisify } from 'node:util';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { Registry } from 'prom-client';
@@ -408,6 +411,24 @@ test('a persistent session (the control plane\'s) survives a reconnect under the
   t.teardown(() => m2.end(true));
   const msg = await nextMessage(m2);
   t.is(decode('proplet.results', msg.payload).msg.task_id, 't9');
+});
+
+test("the broker's shortcut for empty outgoing queues leaves every other stream.pipeline of the process as it was", async (t) => {
+  await setup(t); // the shortcut is installed when a broker starts
+  const piped = async (run: (src: Readable, dst: Writable) => Promise<unknown>): Promise<string> => {
+    let got = '';
+    const dst = new Writable({ write: (c, _e, cb) => ((got += String(c)), cb()) });
+    await run(Readable.from(['a', 'b', 'c']), dst);
+    return got;
+  };
+  t.is(await piped((src, dst) => new Promise((resolve, reject) => pipeline(src, dst, (e) => (e ? reject(e) : resolve(undefined))))), 'abc');
+  t.is(await piped((src, dst) => promisify(pipeline)(src, dst)), 'abc');
+  t.is(await piped((src, dst) => pipelinePromise(src, dst)), 'abc');
+  // an empty array (not the broker's own marker) still goes through Node's pipeline
+  let ended = false;
+  await new Promise((resolve) => pipeline([], new Writable({ objectMode: true, write: (_c, _e, cb) => cb(), final: (cb) => ((ended = true), cb()) }), resolve));
+  t.true(ended);
+  await t.throwsAsync(promisify(pipeline)(Readable.from(['x']), new Writable({ write: (_c, _e, cb) => cb(new Error('boom')) })), { message: 'boom' });
 });
 
 test('keepalive 0 is accepted', async (t) => {
