@@ -15,7 +15,7 @@ import { ChunkServer } from '../control-plane/chunk-server.ts';
 import type { Proplet } from '../control-plane/model.ts';
 import { ADD_WASM, annotateCbor, publishPacketSize, runGenerator } from './gen-protocol.ts';
 import { decode, encode, sha256Digest, type MessageByKind, type MessageKind } from '../protocol/index.ts';
-import { scope, topic, type Scope } from '../topics/index.ts';
+import { publishQos, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { MCU_DEFAULTS } from '../proplet-mcu/device.ts';
 import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, resultBase, willMsg, type DeviceProfile } from '../proplet-mcu/messages.ts';
 
@@ -148,10 +148,12 @@ export function mcuExamples(): McuExample[] {
 
 export function renderMcuExample(e: McuExample): string {
   const json = JSON.parse(encode(e.kind, e.msg as never, 'json').toString('utf8')) as Record<string, unknown>;
+  // the will is set in CONNECT at QoS 1: the one heartbeat that must not be lost
+  const qos = e.name === 'will' ? 1 : publishQos(e.kind as TopicKind);
   return [
     `**${e.title}** (the device ${e.direction} it)`,
     '',
-    `Topic: \`${e.topic}\` · payload ${e.bytes.length} bytes · MQTT PUBLISH at QoS 1: ${publishPacketSize(e.topic, e.bytes.length)} bytes`,
+    `Topic: \`${e.topic}\` · payload ${e.bytes.length} bytes · MQTT PUBLISH at QoS ${qos}: ${publishPacketSize(e.topic, e.bytes.length, qos)} bytes`,
     '',
     '```hex',
     annotateCbor(e.kind, e.bytes, json),

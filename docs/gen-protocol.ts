@@ -30,7 +30,7 @@ import {
 } from '../protocol/index.ts';
 import { encodeModel, MODEL_FORMAT } from '../protocol/model-format.ts';
 import type { Fields, Type } from '../protocol/schema.ts';
-import { base, flUpdateTopic, parseTopic, ROOT_FL_FILTER, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
+import { base, flUpdateTopic, parseTopic, publishQos, ROOT_FL_FILTER, scope, topic, type Scope, type TopicKind } from '../topics/index.ts';
 import { embedStart, propellerChunks, rustStart, shapeStop } from '../control-plane/propeller-shapes.ts';
 
 export const DOC_PATH = fileURLToPath(new URL('./protocol.md', import.meta.url));
@@ -705,7 +705,7 @@ export function topicTable(): string {
     const addressing = r.kind === 'fl.update' ? 'per-proplet' : perProplet ? 'per-proplet' : 'shared';
     const direction = k.proplet ? 'proplet → control plane' : 'control plane → proplet';
     const rel = r.topic.slice(prefix.length);
-    lines.push(`| \`${r.kind}\` | \`${rel}\` | ${addressing} | ${direction} | 1 | never | ${mayPublish(r.kind, r.topic, perProplet).join(', ') || '—'} | ${maySubscribe(r.topic).join(', ') || '—'} |`);
+    lines.push(`| \`${r.kind}\` | \`${rel}\` | ${addressing} | ${direction} | ${publishQos(r.kind)} | never | ${mayPublish(r.kind, r.topic, perProplet).join(', ') || '—'} | ${maySubscribe(r.topic).join(', ') || '—'} |`);
   }
   return lines.join('\n');
 }
@@ -721,9 +721,9 @@ export function limitsTable(): string {
 
 // ---- Heartbeat sizes: payload and the whole MQTT 3.1.1 PUBLISH packet.
 
-/** Bytes of a QoS 1 PUBLISH packet: fixed header, topic, packet id, payload. */
-export function publishPacketSize(topicStr: string, payloadBytes: number): number {
-  const remaining = 2 + Buffer.byteLength(topicStr) + 2 + payloadBytes;
+/** Bytes of a PUBLISH packet: fixed header, topic, packet id (QoS 1), payload. */
+export function publishPacketSize(topicStr: string, payloadBytes: number, qos: 0 | 1 = 1): number {
+  const remaining = 2 + Buffer.byteLength(topicStr) + (qos > 0 ? 2 : 0) + payloadBytes;
   const lenBytes = remaining < 128 ? 1 : remaining < 16384 ? 2 : remaining < 2097152 ? 3 : 4;
   return 1 + lenBytes + remaining;
 }
@@ -732,7 +732,7 @@ export function heartbeatTable(): string {
   const shared = topic(S, 'proplet.alive');
   const direct = topic(S, 'proplet.alive', ESP32);
   const lines = [
-    '| heartbeat | encoding | topic | payload bytes | PUBLISH packet bytes (QoS 1) |',
+    `| heartbeat | encoding | topic | payload bytes | PUBLISH packet bytes (QoS ${publishQos('proplet.alive')}) |`,
     '|---|---|---|---|---|',
   ];
   const variants: [string, MessageByKind['proplet.alive']][] = [
@@ -743,9 +743,9 @@ export function heartbeatTable(): string {
     const json = encode('proplet.alive', msg, 'json');
     const cbor = encode('proplet.alive', msg, 'cbor');
     const omitted = encode('proplet.alive', msg, 'cbor', { omitSender: true });
-    lines.push(`| ${label} | JSON | shared | ${json.length} | ${publishPacketSize(shared, json.length)} |`);
-    lines.push(`| ${label} | compact CBOR, binary id | shared | ${cbor.length} | ${publishPacketSize(shared, cbor.length)} |`);
-    lines.push(`| ${label} | compact CBOR, id in the topic | per-proplet | ${omitted.length} | ${publishPacketSize(direct, omitted.length)} |`);
+    lines.push(`| ${label} | JSON | shared | ${json.length} | ${publishPacketSize(shared, json.length, publishQos('proplet.alive'))} |`);
+    lines.push(`| ${label} | compact CBOR, binary id | shared | ${cbor.length} | ${publishPacketSize(shared, cbor.length, publishQos('proplet.alive'))} |`);
+    lines.push(`| ${label} | compact CBOR, id in the topic | per-proplet | ${omitted.length} | ${publishPacketSize(direct, omitted.length, publishQos('proplet.alive'))} |`);
   }
   return lines.join('\n');
 }

@@ -27,7 +27,7 @@ import { decode, encode, ProtocolError, sha256Digest, type Chunk, type FlUpdate,
 import { encodeResult, outcomeOf, PAGE_BYTES, PropletCore, readStartRef, taskRun, type Command, type Event, type RamBudget } from '../proplet-core/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { clipText, parseModule, WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
-import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type Scope } from '../topics/index.ts';
 import { Backoff, type BackoffOptions } from './backoff.ts';
 import { DownloadError, ModuleDownload, type Ask, type DownloadFaults } from './download.ts';
 import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, willMsg, type DeviceProfile } from './messages.ts';
@@ -403,7 +403,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
   }
 
   private publish<K extends 'proplet.create' | 'proplet.alive' | 'registry.proplet'>(kind: K, msg: MessageByKind[K]): boolean {
-    return this.publishBytes(this.topicOf(kind), encode(kind, msg, 'cbor'));
+    return this.publishBytes(this.topicOf(kind), encode(kind, msg, 'cbor'), publishQos(kind));
   }
 
   /** Where this device publishes a kind: the shared topic, or its own with `perPropletTopics`. */
@@ -411,10 +411,10 @@ export class McuProplet extends EventEmitter<McuEvents> {
     return topic(this.o.scope, kind, this.o.perPropletTopics ? this.o.id : undefined);
   }
 
-  private publishBytes(t: string, payload: Uint8Array): boolean {
+  private publishBytes(t: string, payload: Uint8Array, qos: 0 | 1 = 1): boolean {
     const c = this.client;
     if (!c || !c.connected || this.st !== 'online') return false;
-    c.publish(t, payload as Buffer, { qos: 1 }, () => {});
+    c.publish(t, payload as Buffer, { qos }, () => {});
     return true;
   }
 

@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Start } from '../protocol/index.ts';
 import { encodeResult, outcomeOf, PropletCore, readStartRef, taskRun, type Command, type Event } from '../proplet-core/index.ts';
-import { flUpdateTopic, parseTopic, propletSubscriptions, topic, type Scope } from '../topics/index.ts';
+import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
 import { WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
@@ -263,7 +263,7 @@ export class NodeProplet {
   }
 
   private send<K extends 'proplet.create' | 'proplet.alive'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
-    this.client?.publish(topic(this.o.scope, kind, this.o.id), encode(kind, msg, this.encoding), { qos: 1 });
+    this.client?.publish(topic(this.o.scope, kind, this.o.id), encode(kind, msg, this.encoding), { qos: publishQos(kind) });
   }
 
   // --- inbound --------------------------------------------------------------------------

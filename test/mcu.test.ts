@@ -406,3 +406,19 @@ test('reconnect backoff grows with jitter up to its cap and resets', (t) => {
   b.reset();
   t.is(b.ceiling(), 100);
 });
+
+test.serial('both proplet kinds send heartbeats at QoS 0 and everything else at QoS 1', async (t) => {
+  const watch = await s.client(`watch-${Date.now()}`, 'debug');
+  const seen = new Map<string, number>();
+  watch.on('message', (tp, _p, packet) => {
+    const key = `${tp.split('/').slice(-2).join('/')} qos ${packet.qos}`;
+    seen.set(key, (seen.get(key) ?? 0) + 1);
+  });
+  await watch.subscribeAsync([topic(scope, 'proplet.alive') + '/+', topic(scope, 'proplet.create') + '/+'], { qos: 1 });
+  const node = await s.addProplet(`qos-node-${Date.now()}`);
+  await until(() => [...seen.keys()].filter((k) => k.includes(MCU) || k.includes(node.id)).length >= 3, 'heartbeats of both and a registration');
+  await until(() => [...seen.keys()].some((k) => k.startsWith(`alive/${MCU}`)), 'an MCU heartbeat');
+  const keys = [...seen.keys()].filter((k) => k.includes(MCU) || k.includes(node.id)).sort();
+  t.deepEqual(keys, [`alive/${MCU} qos 0`, `alive/${node.id} qos 0`, `create/${node.id} qos 1`].sort(), 'delivered at the QoS they were published with (a QoS 1 subscription)');
+  await watch.endAsync();
+});

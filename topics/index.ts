@@ -115,6 +115,16 @@ const ADDRESSABLE = new Set<TopicKind>([
   'registry.server',
 ]);
 
+/**
+ * The QoS a kind is published with. A heartbeat is QoS 0: the next one
+ * replaces a lost one (liveness waits several periods), and a queued one would
+ * only arrive stale: to a control plane back from a restart, as proof of life
+ * of a device that may have gone since. Everything else is QoS 1.
+ */
+export function publishQos(kind: TopicKind): 0 | 1 {
+  return kind === 'proplet.alive' ? 0 : 1;
+}
+
 /** Builds the shared topic of a kind, or its per-proplet form when `propletId` is given, in a layout (default ours). */
 export function topic(s: Scope, kind: Exclude<TopicKind, 'fl.update'>, propletId?: string, layout: Layout = 'messages'): string {
   const t = `${base(s, layout)}/${SUFFIX[kind]}`;
