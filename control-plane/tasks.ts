@@ -774,9 +774,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private dispatch(t: Task, p: Proplet): void {
+    // first: the reason was the last field added (placePending), and deleting the last one keeps the object fast in V8
+    delete t.pending_reason;
     t.attempt += 1;
     t.proplet_id = p.id;
-    delete t.pending_reason;
     const at = this.iso();
     t.attempts.push({ attempt: t.attempt, proplet_id: p.id, started_at: at });
     this.addActive(p.id, t.id);
