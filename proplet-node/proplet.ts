@@ -299,7 +299,7 @@ export class NodeProplet {
   // --- loading and running ------------------------------------------------------------
 
   /** Module (and FL model) in hand, kept for the run. */
-  private loaded = new Map<string, { bytes: Uint8Array; round?: FlInput }>();
+  private loaded = new Map<string, { bytes: Uint8Array; digest: string; round?: FlInput }>();
 
   private async load(key: string, msg: Start): Promise<void> {
     try {
@@ -307,7 +307,7 @@ export class NodeProplet {
       // an FL round task: the module trains the round's model (wasm-runtime/fl.ts)
       const round = isFlTask(msg.env) ? flInput((await this.modules.load({ id: msg.id, image_url: msg.env!.MODEL_URI, digest: msg.env!.MODEL_DIGEST })).bytes) : undefined;
       if (!this.core.holds(key)) return; // stopped meanwhile
-      this.loaded.set(key, { bytes: loaded.bytes, ...(round ? { round } : {}) });
+      this.loaded.set(key, { bytes: loaded.bytes, digest: loaded.digest, ...(round ? { round } : {}) });
       this.dispatch({ t: 'loaded', key, moduleBytes: loaded.bytes.length, linearBytes: msg.memory_bytes ?? 0 });
       if (!this.core.holds(key)) this.loaded.delete(key);
     } catch (e) {
@@ -325,6 +325,7 @@ export class NodeProplet {
     const res = await this.runner.run({
       taskId: key,
       module: held.bytes,
+      digest: held.digest,
       ...taskRun(msg, 60_000),
       maxMemoryBytes: msg.memory_bytes ?? this.o.defaultTaskMemoryBytes ?? 256 * 1024 * 1024,
       ...(held.round ? { stdin: held.round.stdin, files: held.round.files } : {}),

@@ -23,6 +23,8 @@ export interface RunRequest {
    * only be checked after the fact and its inputs are typed by guessing.
    */
   module: WebAssembly.Module | Uint8Array;
+  /** sha256 of the bytes (hex, or `sha256:<hex>`), when the caller has it: the compiled-module cache is keyed by it, so the bytes are not hashed again for every run */
+  digest?: string;
   /** export to call for core modules (Propeller semantics); ignored when the module has _start */
   name: string;
   /** the full argv: args[0] is the task name, then the cli_args; an empty list means [name] */
@@ -230,7 +232,7 @@ export class WasmRunner {
       };
       this.tasks.set(req.taskId, task);
 
-      prepare(req.module, req.maxMemoryBytes)
+      prepare(req.module, req.maxMemoryBytes, req.digest)
         .then((prepared) => {
           if (task.state !== 'preparing') return; // cancelled meanwhile
           task.prepared = prepared;
@@ -511,6 +513,7 @@ function validate(req: RunRequest): string | undefined {
   if (!req || typeof req !== 'object') return 'invalid run request';
   if (typeof req.taskId !== 'string' || req.taskId === '') return 'taskId must be a non-empty string';
   if (typeof req.name !== 'string') return 'name must be a string';
+  if (req.digest !== undefined && (typeof req.digest !== 'string' || !/^(sha256:)?[0-9a-f]{64}$/.test(req.digest))) return 'digest must be a sha256 digest in hex';
   if (!Array.isArray(req.args) || req.args.some((a) => typeof a !== 'string')) return 'args must be an array of strings';
   if (req.env === null || typeof req.env !== 'object' || Object.values(req.env).some((v) => typeof v !== 'string')) {
     return 'env must map names to strings';
