@@ -3,7 +3,6 @@
 // store as one record. Placement is event driven (task started, proplet up,
 // capacity freed) with a bounded retry timer as a safety net.
 
-import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { sha256Digest, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
 import type { Logger } from './log.ts';
@@ -14,6 +13,7 @@ import type { Load, SchedulingView } from './scheduling/index.ts';
 import type { Registry } from './registry.ts';
 import { DEFAULT_RETENTION, ExpiryQueue, RunHistory, type RetentionConfig } from './retention.ts';
 import type { Store } from './store.ts';
+import { taskId } from './task-id.ts';
 import { TaskIndex, type Page } from './task-index.ts';
 import type { TaskInput } from './task-input.ts';
 
@@ -202,7 +202,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
   create(input: TaskInput, o: { start?: boolean } = {}): Task {
     const at = this.creationTime();
     const t: Task = {
-      id: randomUUID(),
+      id: taskId(),
       name: input.name,
       cli_args: input.cli_args,
       inputs: input.inputs,
@@ -246,7 +246,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const at = this.creationTime();
     const run: Task = {
       ...structuredClone(template),
-      id: randomUUID(),
+      id: taskId(),
       state: 'Pending',
       start_requested: false,
       attempt: 0,
