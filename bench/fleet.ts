@@ -118,7 +118,7 @@ export async function run(argv: string[]): Promise<void> {
   const transitions = { offline: 0, failed: 0, alive: 0 };
   s.cp.registry.on('state', (p) => void transitions[p.state]++);
   // FLEET_CHILD_NODE_ARGS: extra node flags for the devices process (e.g. --cpu-prof)
-  const child = fork(fileURLToPath(import.meta.url), ['--fleet-child'], { execArgv: ['--import', 'tsx', ...(process.env.FLEET_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean)], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(fileURLToPath(import.meta.url), ['--fleet-child'], { execArgv: [...process.execArgv, ...(process.env.FLEET_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean)], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const ask = rpc(child);
   const rssMain = () => process.memoryUsage().rss;
   const cpuMain = () => {
