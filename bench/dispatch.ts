@@ -168,7 +168,7 @@ export async function run(argv: string[]): Promise<void> {
     }
     const par: (Measured & { conc: number })[] = [];
     for (const [i, conc] of levels.entries()) {
-      // the proplets may have retired idle workers during the sequential rows: start them again first
+      // the proplets retire workers idle for 2 s (during the sequential rows): start them again first
       for (let i = 0; i < 4; i++) await Promise.all(Array.from({ length: conc }, oneCall));
       const perf = perfDir && i === levels.length - 1 ? startPerf(perfDir, [serve.proc.pid!, ...proplets.map((p) => p.proc.pid!), process.pid]) : undefined;
       const m = await concurrent(conc, oneCall);

@@ -77,11 +77,8 @@ export class NodeProplet {
     this.core = new PropletCore<Start>({ propletId: o.id, maxTasks: this.maxTasks, maxModuleBytes, ramBudgetBytes: o.memoryBytes });
     // One warm worker for the next task (a cold one costs ~40 ms, more than a small task); the
     // others start on demand up to maxTasks and retire when idle: each costs ~9 MB of RSS, so an
-    // idle proplet stays near 75 MB instead of ~105 MB with four (npm run bench -- startup). They
-    // retire after 30 s idle, not the runner's 2 s: the runner hands out the most recently used
-    // worker first, so under a steady stream the last few sat idle 2 s, retired, and were started
-    // again cold (~40 ms of CPU each, the proplet's CPU of a hundred small tasks) at the next burst.
-    this.runner = new WasmRunner({ poolSize: 1, maxConcurrent: this.maxTasks, idleRetireMs: 30_000 });
+    // idle proplet stays near 75 MB instead of ~105 MB with four (npm run bench -- startup).
+    this.runner = new WasmRunner({ poolSize: 1, maxConcurrent: this.maxTasks });
   }
 
   get id(): string {
