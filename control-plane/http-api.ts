@@ -212,11 +212,8 @@ export class HttpApi {
         throw new HttpError(400, `proplet_id: no proplet ${JSON.stringify(input.proplet_id)} is registered`, 'proplet_id');
       }
       const wait = url.searchParams.get('wait');
-      const t = tasks.create(input);
-      if (start === 'true') {
-        tasks.start(t.id);
-        if (wait) await this.waitTerminal(t.id, wait);
-      }
+      const t = tasks.create(input, { start: start === 'true' });
+      if (start === 'true' && wait) await this.waitTerminal(t.id, wait);
       return tasks.require(t.id);
     }, 201);
     // newest first, `limit` at a time; `continue` (from the previous page) goes on with older ones

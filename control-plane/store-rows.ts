@@ -96,12 +96,36 @@ const COLUMNS = new Set(['id', 'name', 'state', 'attempt', 'proplet_id', 'labels
 /** Fields that change during a task's lifecycle; everything else is spec. */
 const STATUS = new Set(['start_requested', 'pending_reason', 'excluded_proplets', 'attempts', 'error', 'result', 'suspended', 'cron']);
 
-export function taskToRow(t: Task): TaskRow {
+/**
+ * The spec JSON last written for each task object, with the values it was made of: a task is
+ * written at every transition (five times for a short run) and its spec seldom changes. Spec
+ * values are replaced when they change, never changed in place (TaskService.update assigns the
+ * patch's), so the same keys holding the same values give the same JSON.
+ */
+const specs = new WeakMap<Task, { keys: string[]; values: unknown[]; json: string }>();
+
+function specJson(t: Task, keys: string[], values: unknown[]): string {
+  const last = specs.get(t);
+  if (last && last.keys.length === keys.length && last.keys.every((k, i) => k === keys[i] && last.values[i] === values[i])) return last.json;
   const spec: Record<string, unknown> = {};
+  keys.forEach((k, i) => (spec[k] = values[i]));
+  const json = JSON.stringify(spec);
+  specs.set(t, { keys, values, json });
+  return json;
+}
+
+export function taskToRow(t: Task): TaskRow {
+  const keys: string[] = [];
+  const values: unknown[] = [];
   const status: Record<string, unknown> = {};
   for (const k of Object.keys(t)) {
     if (COLUMNS.has(k)) continue;
-    (STATUS.has(k) ? status : spec)[k] = (t as unknown as Record<string, unknown>)[k];
+    const v = (t as unknown as Record<string, unknown>)[k];
+    if (STATUS.has(k)) status[k] = v;
+    else {
+      keys.push(k);
+      values.push(v);
+    }
   }
   return {
     id: t.id,
@@ -114,7 +138,7 @@ export function taskToRow(t: Task): TaskRow {
     updated_at: t.updated_at,
     started_at: t.started_at ?? null,
     finished_at: t.finished_at ?? null,
-    spec: JSON.stringify(spec),
+    spec: specJson(t, keys, values),
     status: JSON.stringify(status),
   };
 }

@@ -3,7 +3,6 @@
 // store as one record. Placement is event driven (task started, proplet up,
 // capacity freed) with a bounded retry timer as a safety net.
 
-import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { sha256Digest, type Result, type Start, type Stop, type TaskRef } from '../protocol/index.ts';
 import type { Logger } from './log.ts';
@@ -14,6 +13,7 @@ import type { Load, SchedulingView } from './scheduling/index.ts';
 import type { Registry } from './registry.ts';
 import { DEFAULT_RETENTION, ExpiryQueue, RunHistory, type RetentionConfig } from './retention.ts';
 import type { Store } from './store.ts';
+import { taskId } from './task-id.ts';
 import { TaskIndex, type Page } from './task-index.ts';
 import type { TaskInput } from './task-input.ts';
 
@@ -195,10 +195,14 @@ export class TaskService extends EventEmitter<TaskEvents> {
     return t;
   }
 
-  create(input: TaskInput): Task {
+  /**
+   * A new task; `start`: started at once, as start() would (POST /tasks?start=true), in one
+   * write instead of two. A start start() would refuse (no module) leaves the task created, as before.
+   */
+  create(input: TaskInput, o: { start?: boolean } = {}): Task {
     const at = this.creationTime();
     const t: Task = {
-      id: randomUUID(),
+      id: taskId(),
       name: input.name,
       cli_args: input.cli_args,
       inputs: input.inputs,
@@ -229,7 +233,11 @@ export class TaskService extends EventEmitter<TaskEvents> {
       if (input.timezone) t.timezone = input.timezone;
     }
     if (!t.image_url && !t.module_digest) t.pending_reason = 'no module yet: upload one with PUT /tasks/{id}/upload';
+    const now = o.start === true && !t.schedule && !t.pending_reason;
+    if (now) this.requestStart(t);
     this.save(t);
+    if (now) this.afterStart(t);
+    else if (o.start) return this.start(t.id);
     return t;
   }
 
@@ -238,7 +246,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     const at = this.creationTime();
     const run: Task = {
       ...structuredClone(template),
-      id: randomUUID(),
+      id: taskId(),
       state: 'Pending',
       start_requested: false,
       attempt: 0,
@@ -383,12 +391,7 @@ export class TaskService extends EventEmitter<TaskEvents> {
     if (t.state === 'Scheduled' || t.state === 'Running') throw new TaskError('conflict', `task ${id} is already ${t.state}`);
     if (t.start_requested && t.state === 'Pending') return t;
     if (!t.image_url && !t.module_digest) throw new TaskError('invalid', `task ${id} has no module: set image_url or file, or upload one`);
-    t.start_requested = true;
-    // file takes precedence over image_url (seed 000); a module fetched from the URL before is fetched again (tags move)
-    if (t.image_url && this.o.resolveModule && (!t.module_digest || t.module_from_url)) {
-      this.resolving.add(t.id);
-      t.pending_reason = `fetching module ${t.image_url}`;
-    }
+    this.requestStart(t);
     if (t.state !== 'Pending') {
       // a re-run of a finished task: a fresh set of attempts
       t.attempts = [];
@@ -401,9 +404,23 @@ export class TaskService extends EventEmitter<TaskEvents> {
       t.updated_at = this.iso();
       this.save(t);
     }
+    this.afterStart(t);
+    return t;
+  }
+
+  private requestStart(t: Task): void {
+    t.start_requested = true;
+    // file takes precedence over image_url (seed 000); a module fetched from the URL before is fetched again (tags move)
+    if (t.image_url && this.o.resolveModule && (!t.module_digest || t.module_from_url)) {
+      this.resolving.add(t.id);
+      t.pending_reason = `fetching module ${t.image_url}`;
+    }
+  }
+
+  /** A start was saved: fetch its module, or place it. */
+  private afterStart(t: Task): void {
     if (this.resolving.has(t.id)) void this.resolve(t);
     else this.schedulePlacement();
-    return t;
   }
 
   private async resolve(t: Task): Promise<void> {
@@ -757,9 +774,10 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private dispatch(t: Task, p: Proplet): void {
+    // first: the reason was the last field added (placePending), and deleting the last one keeps the object fast in V8
+    delete t.pending_reason;
     t.attempt += 1;
     t.proplet_id = p.id;
-    delete t.pending_reason;
     const at = this.iso();
     t.attempts.push({ attempt: t.attempt, proplet_id: p.id, started_at: at });
     this.addActive(p.id, t.id);

@@ -1,11 +1,17 @@
-// FL aggregation: FedAvg against a naive weighted mean, order independence,
+// FL aggregation: FedAvg against Flower's aggregate() in real numpy (float32,
+// the default, bit for bit) and a naive float64 weighted mean (float64),
 // streamed (chunked) updates, refusals that change nothing, robustness of
 // fedmedian and trimmed-mean to a poisoned update, memory bounds, metrics,
 // config errors, and the wasm kernel's bytes against its text.
 
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
 import wabtInit from 'wabt';
 import {
+  ACCUMULATORS,
   AggregatorError,
   createAggregator,
   FedAvg,
@@ -51,6 +57,27 @@ function updates(n: number, seed: number, center = 0): Update[] {
   return Array.from({ length: n }, (_, i) => ({ participant: `proplet-${i}`, numSamples: 1 + Math.floor(r() * 1000), model: model(r, center) }));
 }
 
+/**
+ * Flower's aggregate() as numpy (NEP 50 promotion) computes it, per value:
+ * float32(numSamples) × value rounded to float32, summed in float32 in order
+ * (the first product copied), divided by float32(total) in float32.
+ */
+function flower32(us: Update[], reference = ref): Float32Array[] {
+  const total = Math.fround(us.reduce((a, u) => a + u.numSamples, 0));
+  return reference.tensors.map((_, t) => {
+    const out = new Float32Array(reference.tensors[t]!.data.length);
+    for (let i = 0; i < out.length; i++) {
+      let s = 0;
+      for (const [k, u] of us.entries()) {
+        const x = Math.fround(Math.fround(u.numSamples) * u.model.tensors[t]!.data[i]!);
+        s = k === 0 ? x : Math.fround(s + x);
+      }
+      out[i] = s / total;
+    }
+    return out;
+  });
+}
+
 /** The weighted mean in float64, per value, rounded to float32 at the end. */
 function naiveFedAvg(us: Update[], reference = ref): Float32Array[] {
   const total = us.reduce((a, u) => a + u.numSamples, 0);
@@ -78,6 +105,10 @@ function maxRelDiff(a: Model, b: Float32Array[]): number {
 const STAGE = 262144;
 
 const bits = (m: Model) => Buffer.from(encodeModel({ ...m, meta: undefined }));
+/** bits() of the reference's shapes over the given data. */
+const bitsOf = (data: Float32Array[], reference = ref) => bits({ ...reference, tensors: reference.tensors.map((x, i) => ({ ...x, data: data[i]! })) });
+/** The expected result of each accumulator, as bits(). */
+const want = (acc: (typeof ACCUMULATORS)[number], us: Update[], reference = ref) => bitsOf(acc === 'float32' ? flower32(us, reference) : naiveFedAvg(us, reference), reference);
 
 function refused(t: { throws(f: () => unknown, e?: unknown): unknown; is(a: unknown, b: unknown, m?: string): void; regex(s: string, r: RegExp): void }, f: () => unknown, reason: UpdateErrorReason, msg?: RegExp): void {
   const e = t.throws(f, { instanceOf: UpdateError }) as UpdateError | undefined;
@@ -109,14 +140,16 @@ function stream(a: Aggregator, u: Update, r: () => number): void {
   a.commit(u.participant);
 }
 
-test('fedavg equals the naive sample-weighted mean', (t) => {
+test('fedavg is the sample-weighted mean: Flower\'s float32 arithmetic by default, close to the float64 mean', (t) => {
   const us = updates(12, 2);
   const a = new FedAvg(ref);
   for (const u of us) a.add(u);
   t.is(a.count, 12);
   t.is(a.totalSamples, us.reduce((s, u) => s + u.numSamples, 0));
   const res = a.result();
-  t.true(maxRelDiff(res, naiveFedAvg(us)) < 1e-6);
+  t.deepEqual(bits(res), want('float32', us));
+  const wide = naiveFedAvg(us);
+  t.true(res.tensors.every((x, i) => x.data.every((v, j) => Math.abs(v - wide[i]![j]!) < 1e-6)));
   t.deepEqual(
     res.tensors.map((x) => [x.name, x.shape]),
     ref.tensors.map((x) => [x.name, x.shape]),
@@ -128,11 +161,11 @@ test('fedavg equals the naive sample-weighted mean', (t) => {
   t.is(a.count, 13);
 });
 
-test('fedavg does not depend on the order of updates', (t) => {
+test('fedavg with the float64 accumulator does not depend on the order of updates', (t) => {
   const us = updates(10, 3);
-  const a = new FedAvg(ref);
+  const a = new FedAvg(ref, { accumulator: 'float64' });
   for (const u of us) a.add(u);
-  const b = new FedAvg(ref);
+  const b = new FedAvg(ref, { accumulator: 'float64' });
   for (const u of [...us].reverse()) b.add(u);
   const want = naiveFedAvg(us);
   t.true(maxRelDiff(a.result(), want) < 1e-6);
@@ -164,7 +197,7 @@ test('a streamed update (chunks in any order, any alignment) folds exactly like 
   }
   inter.commit(u1!.participant);
   inter.commit(u2!.participant);
-  t.true(maxRelDiff(inter.result(), naiveFedAvg([u1!, u2!])) < 1e-6);
+  t.deepEqual(bits(inter.result()), want('float32', [u1!, u2!]));
 });
 
 test('bad updates are refused with a reason and change nothing', (t) => {
@@ -208,7 +241,7 @@ test('bad updates are refused with a reason and change nothing', (t) => {
   t.deepEqual(bits(a.result()), before);
   // and the participant refused can still send a good update
   a.add(base);
-  t.true(maxRelDiff(a.result(), naiveFedAvg(us)) < 1e-6);
+  t.deepEqual(bits(a.result()), want('float32', us));
 });
 
 test('a bad stream is aborted and changes nothing; a good one may follow', (t) => {
@@ -249,19 +282,22 @@ test('a bad stream is aborted and changes nothing; a good one may follow', (t) =
   t.is(a.count, 1);
   t.deepEqual(bits(a.result()), before);
   stream(a, u, rng(8));
-  t.true(maxRelDiff(a.result(), naiveFedAvg(us)) < 1e-6);
+  t.deepEqual(bits(a.result()), want('float32', us));
   t.deepEqual(a.participants(), ['proplet-0', 'proplet-1']);
 });
 
-test('fedavg is bit-identical to the naive float64 loop in arrival order (the 1e-6 tolerance is for other orders)', (t) => {
+test('fedavg is bit-identical to its reference loop in arrival order: Flower\'s float32 (default), or float64 rounded once', (t) => {
   const us = updates(7, 14);
-  for (const via of ['add', 'stream'] as const) {
-    const a = new FedAvg(ref);
-    for (const u of us) {
-      if (via === 'add') a.add(u);
-      else stream(a, u, rng(15));
+  for (const accumulator of ACCUMULATORS) {
+    for (const via of ['add', 'addEncoded', 'stream'] as const) {
+      const a = new FedAvg(ref, { accumulator });
+      for (const u of us) {
+        if (via === 'add') a.add(u);
+        else if (via === 'addEncoded') a.addEncoded(u.participant, u.numSamples, encodeModel(u.model));
+        else stream(a, u, rng(15));
+      }
+      t.deepEqual(bits(a.finish()), want(accumulator, us), `${accumulator} ${via}`);
     }
-    t.deepEqual(bits(a.finish()), bits({ ...ref, tensors: ref.tensors.map((x, i) => ({ ...x, data: naiveFedAvg(us)[i]! })) }), via);
   }
 });
 
@@ -284,11 +320,11 @@ function streamInOrder(a: Aggregator, u: Update, chunk: number): void {
   a.commit(u.participant);
 }
 
-test('a big update with a NaN in its middle, its last block or its last chunk is refused whole: the aggregate stays bit-identical', (t) => {
+for (const accumulator of ACCUMULATORS) test(`${accumulator}: a big update with a NaN in its middle, its last block or its very last value is refused whole: the aggregate stays bit-identical`, (t) => {
   const r = rng(16);
   const bigRef = bigModel(r);
   const good: Update[] = [0, 1, 2].map((i) => ({ participant: `good-${i}`, numSamples: 10 + i * 7, model: bigModel(r) }));
-  const a = new FedAvg(bigRef);
+  const a = new FedAvg(bigRef, { accumulator });
   a.add(good[0]!);
   a.add(good[1]!);
   const before = bits(a.result());
@@ -312,8 +348,7 @@ test('a big update with a NaN in its middle, its last block or its last chunk is
     t.deepEqual(bits(a.result()), before, `${v} at ${ti}:${i}`);
   }
   streamInOrder(a, good[2]!, 65536);
-  const want = naiveFedAvg(good, bigRef);
-  t.deepEqual(bits(a.finish()), bits({ ...bigRef, tensors: bigRef.tensors.map((x, i) => ({ ...x, data: want[i]! })) }));
+  t.deepEqual(bits(a.finish()), want(accumulator, good, bigRef));
 });
 
 test('streams share slots in the kernel memory: interleaved, refused and aborted streams leave exactly the committed ones', (t) => {
@@ -390,8 +425,9 @@ test('addEncoded: an update in its CBOR form folds like the decoded one, and is 
   }
 });
 
-test('add() stages through the ring, a free stream slot, or the 256 KiB area while every slot is busy: same sums, exact refusals', (t) => {
-  const r = rng(21);
+/** A big model, five good updates of it, and the last one with a NaN at element i of 'big'. */
+function fiveBig(seed: number) {
+  const r = rng(seed);
   const bigRef = bigModel(r);
   const good: Update[] = [0, 1, 2, 3, 4].map((i) => ({ participant: `good-${i}`, numSamples: 3 + i * 11, model: bigModel(r) }));
   const poisoned = (i: number): Update => {
@@ -399,7 +435,12 @@ test('add() stages through the ring, a free stream slot, or the 256 KiB area whi
     m.tensors[0]!.data[i] = NaN;
     return { ...good[4]!, participant: 'bad', model: m };
   };
-  const a = new FedAvg(bigRef, { maxInFlight: 1 });
+  return { bigRef, good, poisoned };
+}
+
+test('float64: add() stages through the ring, a free stream slot, or the 256 KiB area while every slot is busy: same sums, exact refusals', (t) => {
+  const { bigRef, good, poisoned } = fiveBig(21);
+  const a = new FedAvg(bigRef, { maxInFlight: 1, accumulator: 'float64' });
   const check = (label: string) => {
     const before = bits(a.result());
     // a NaN in the first piece (copied in again by the fold), in the middle, in the last piece (still staged)
@@ -416,14 +457,40 @@ test('add() stages through the ring, a free stream slot, or the 256 KiB area whi
   check('free slot');
   streamInOrder(a, good[3]!, 65536);
   a.add(good[4]!);
-  const want = naiveFedAvg(good, bigRef);
-  t.deepEqual(bits(a.finish()), bits({ ...bigRef, tensors: bigRef.tensors.map((x, i) => ({ ...x, data: want[i]! })) }));
+  t.deepEqual(bits(a.finish()), want('float64', good, bigRef));
+});
+
+test('float32: add() stages a whole update in a free slot, or a new one while every slot holds a stream: same sums, exact refusals, memory of sum + slots', (t) => {
+  releaseFedAvgMemory(); // a memory kept by another test's finishWith() may be bigger
+  const { bigRef, good, poisoned } = fiveBig(25);
+  const slot = Math.ceil((4 * 300_004) / 16) * 16;
+  const pages = (bytes: number) => Math.ceil(bytes / 65536) * 65536;
+  const a = new FedAvg(bigRef, { maxInFlight: 1 });
+  t.is(a.memoryBytes, pages(STAGE + 2 * slot), 'the float32 sum and one slot');
+  const check = (label: string) => {
+    const before = bits(a.result());
+    for (const i of [5, 150_000, 299_999]) refused(t, () => a.add(poisoned(i)), 'non_finite', new RegExp(`NaN at index ${i}\\b`));
+    refused(t, () => a.addEncoded('bad', 9, encodeModel(poisoned(300_000).model, { checkFinite: false })), 'non_finite', /NaN at index 300000\b/);
+    t.deepEqual(bits(a.result()), before, label);
+  };
+  a.add(good[0]!);
+  check('first');
+  a.begin('open', 1); // the slot now holds a stream: add() stages in a second one
+  a.add(good[1]!);
+  check('every slot busy');
+  t.is(a.memoryBytes, pages(STAGE + 3 * slot));
+  a.abort('open');
+  a.add(good[2]!);
+  streamInOrder(a, good[3]!, 65536);
+  a.add(good[4]!);
+  t.is(a.memoryBytes, pages(STAGE + 3 * slot), 'slots are reused');
+  t.deepEqual(bits(a.finish()), want('float32', good, bigRef));
 });
 
 test('finishWith() hands the memory to the next fedavg of the same model: detached views, a zeroed sum, bounded and dropped for another size', (t) => {
   releaseFedAvgMemory();
   const us = updates(6, 22);
-  const want = bits({ ...ref, tensors: ref.tensors.map((x, i) => ({ ...x, data: naiveFedAvg(us.slice(3))[i]! })) });
+  const expected = want('float32', us.slice(3));
   const first = new FedAvg(ref);
   for (const u of us.slice(0, 3)) stream(first, u, rng(23)); // the kept memory has grown by a slot, and holds sums
   let kept: Float32Array | undefined;
@@ -441,7 +508,18 @@ test('finishWith() hands the memory to the next fedavg of the same model: detach
   t.is(second.memoryBytes, grown);
   t.is(releaseFedAvgMemory(), 0, 'taken from the pool');
   for (const u of us.slice(3)) second.add(u);
-  t.deepEqual(second.finishWith((m) => bits(m)), want);
+  t.deepEqual(second.finishWith((m) => bits(m)), expected);
+  // a float64 aggregator on a memory a float32 one kept (and back): its sum is zeroed
+  const third = new FedAvg(ref);
+  third.add(us[0]!);
+  third.finishWith(() => undefined);
+  const wide = new FedAvg(ref, { accumulator: 'float64' });
+  for (const u of us.slice(3)) wide.add(u);
+  t.deepEqual(wide.finishWith((m) => bits(m)), want('float64', us.slice(3)));
+  const narrow = new FedAvg(ref);
+  for (const u of us.slice(3)) narrow.add(u);
+  t.deepEqual(narrow.finishWith((m) => bits(m)), expected);
+  releaseFedAvgMemory();
   // a third aggregator while two finish: at most two memories are kept
   const [x, y, z] = [new FedAvg(ref), new FedAvg(ref), new FedAvg(ref)];
   for (const a of [x, y, z]) a.add(us[0]!);
@@ -520,11 +598,11 @@ test('fedmedian and trimmed-mean refuse updates past maxBufferedValues', (t) => 
     t.is(a.count, 3);
     t.is(a.memoryBytes, 3 * P * 4);
   }
-  // fedavg holds its float64 sum (after a 256 KiB staging area) in wasm memory, then add()'s ring of a
+  // fedavg (float64) holds its float64 sum (after a 256 KiB staging area) in wasm memory, then add()'s ring of a
   // quarter of a model (a whole one for a model this small) where slot 0 goes, which becomes slot 0 when a stream opens;
   // the memory grows by a slot per stream open at once and does not shrink: the slots are reused by later streams
   releaseFedAvgMemory(); // a memory kept by another test's finishWith() may be bigger
-  const f = new FedAvg(ref, { maxInFlight: 3 });
+  const f = new FedAvg(ref, { maxInFlight: 3, accumulator: 'float64' });
   const pages = (bytes: number) => Math.ceil(bytes / 65536) * 65536;
   const slot = Math.ceil((4 * P) / 16) * 16;
   for (const u of us) f.add(u);
@@ -580,6 +658,10 @@ test('createAggregator: unknown algorithms, bad config and bad reference are Agg
   err(() => createAggregator('trimmed-mean', ref, { trim: 1.5 }), 'config', /trim must be an integer/);
   err(() => createAggregator('fedavg', ref, { maxSamples: 0 }), 'config', /maxSamples must be an integer between 1/);
   err(() => createAggregator('fedavg', ref, [] as unknown as Record<string, unknown>), 'config', /must be an object/);
+  err(() => createAggregator('fedavg', ref, { accumulator: 'float16' }), 'config', /aggregator\.config\.accumulator must be "float32" \(Flower's arithmetic, the default\) or "float64" \(a float64 sum\), not "float16"/);
+  err(() => createAggregator('fedavg', ref, { accumulator: 64 }), 'config', /accumulator must be "float32".* not 64/);
+  err(() => createAggregator('fedmedian', ref, { accumulator: 'float64' }), 'config', /accumulator is not a setting of fedmedian/);
+  t.is(createAggregator('fedavg', ref, { accumulator: 'float64' }).algorithm, 'fedavg');
   const nan = structuredClone(ref);
   nan.tensors[0]!.data[3] = NaN;
   err(() => createAggregator('fedavg', nan), 'reference', /reference model: tensor 'conv\.w': value NaN at index 3/);
@@ -596,7 +678,7 @@ test('finish() gives the result and closes the aggregator', (t) => {
   const r = bits(a.result());
   const f = a.finish();
   t.deepEqual(bits(f), r);
-  t.true(maxRelDiff(f, naiveFedAvg(us)) < 1e-6);
+  t.deepEqual(bits(f), want('float32', us));
   refused(t, () => a.add({ ...us[0]!, participant: 'late' }), 'state', /finished/);
   refused(t, () => a.begin('late', 1), 'state', /finished/);
   t.throws(() => a.result(), { instanceOf: AggregatorError, message: /finished/ });
@@ -604,11 +686,112 @@ test('finish() gives the result and closes the aggregator', (t) => {
   const b = new FedAvg(ref);
   stream(b, us[0]!, rng(1));
   b.begin('open', 3);
-  t.deepEqual(bits(b.finish()), bits({ ...ref, tensors: ref.tensors.map((x, i) => ({ ...x, data: us[0]!.model.tensors[i]!.data })) }));
+  t.deepEqual(bits(b.finish()), want('float32', [us[0]!]));
   t.is(b.inFlight, 0);
   const m = new FedMedian(ref);
   m.add(us[0]!);
   t.deepEqual(bits(m.finish()), bits(us[0]!.model));
+});
+
+// ---------------------------------------------------------------- numpy
+
+const PYTHON = '/usr/bin/python3';
+/**
+ * Flower's aggregate() (flwr.server.strategy.aggregate, verbatim) over the
+ * updates in a raw file, each layer reshaped to its shape; prints the
+ * result's float32 bytes. NPY_PROMOTION_STATE=weak: NumPy 2's promotion
+ * (NEP 50), which NumPy 1.24 (Debian 12's) has as an opt-in: a Python int
+ * times a float32 array is float32 there, as in the NumPy Flower runs on today.
+ */
+const FLOWER_SCRIPT = String.raw`
+import json, sys
+from functools import reduce
+import numpy as np
+path, shapes, weights = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+flat = np.fromfile(path, dtype='<f4').reshape(len(weights), -1)
+results = []
+for i, n in enumerate(weights):
+    layers, o = [], 0
+    for s, k in zip(shapes, sizes):
+        layers.append(flat[i, o:o + k].astype(np.float32).reshape(s))
+        o += k
+    results.append((layers, n))
+def aggregate(results):
+    num_examples_total = sum(num_examples for (_, num_examples) in results)
+    weighted_weights = [[layer * num_examples for layer in weights] for weights, num_examples in results]
+    weights_prime = [reduce(np.add, layer_updates) / num_examples_total for layer_updates in zip(*weighted_weights)]
+    return weights_prime
+res = aggregate(results)
+assert all(np.asarray(x).dtype == np.float32 for x in res), [np.asarray(x).dtype for x in res]
+sys.stdout.buffer.write(b''.join(np.asarray(x, dtype='<f4').tobytes() for x in res))
+`;
+
+function numpyMissing(): string | undefined {
+  const r = spawnSync(PYTHON, ['-c', 'import numpy'], { encoding: 'utf8' });
+  if (r.error) return `${PYTHON} cannot run: ${r.error.message}`;
+  if (r.status !== 0) return `${PYTHON} cannot import numpy: ${r.stderr.trim().split('\n').at(-1)}`;
+  return undefined;
+}
+const noNumpy = numpyMissing();
+
+function flowerNumpy(us: Update[]): Buffer {
+  const dir = mkdtempSync(join(tmpdir(), 'flower-'));
+  try {
+    const file = join(dir, 'updates.f32');
+    writeFileSync(file, Buffer.concat(us.flatMap((u) => u.model.tensors.map((x) => float32ToLE(x.data)))));
+    const shapes = JSON.stringify(ref.tensors.map((x) => x.shape));
+    return execFileSync(PYTHON, ['-c', FLOWER_SCRIPT, file, shapes, JSON.stringify(us.map((u) => u.numSamples))], { env: { ...process.env, NPY_PROMOTION_STATE: 'weak' }, maxBuffer: 1 << 26 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Values of every kind a float32 sum meets: ordinary, tiny, huge (no overflow), subnormal, ±0; −0 at the same places in every update. */
+function oddModel(r: () => number): Model {
+  const m = model(r);
+  for (const x of m.tensors) {
+    for (let i = 0; i < x.data.length; i++) {
+      const k = r();
+      if (k < 0.1) x.data[i] = (r() - 0.5) * 2e-38 * r(); // subnormal or near it
+      else if (k < 0.13) x.data[i] = (r() < 0.5 ? -1 : 1) * 1.401298464324817e-45 * Math.floor(1 + r() * 8); // the smallest subnormals
+      else if (k < 0.16) x.data[i] = r() < 0.5 ? 0 : -0;
+      else if (k < 0.2) x.data[i] = (r() - 0.5) * 1e24; // times 1e9, summed 40 times: still finite
+      else if (k < 0.3) x.data[i] = (r() - 0.5) * 2 ** Math.floor(r() * 60 - 30);
+    }
+  }
+  for (let i = 0; i < 7; i++) m.tensors[3]!.data[i] = (r() - 0.5) * 1e-41; // fc.b: subnormal sums and means
+  m.tensors[1]!.data.fill(-0); // conv.b: −0 in every update stays −0 (Flower copies the first product, it does not add it to 0)
+  return m;
+}
+
+test('float32 (the default) is bit-identical to Flower\'s aggregate() in numpy: add, addEncoded and streamed, odd values and sample counts', (t) => {
+  if (noNumpy) {
+    if (process.env.PROPELLER_SKIP_NUMPY === '1') return void t.pass(`skipped (PROPELLER_SKIP_NUMPY=1): ${noNumpy}`);
+    throw new Error(`${noNumpy}. Install Debian's package python3-numpy (apt-get install python3-numpy), or set PROPELLER_SKIP_NUMPY=1 to skip this test`);
+  }
+  const r = rng(31);
+  // counts float32 holds exactly and counts it rounds (2^24 + 1, odd ones near 1e9), 40 updates
+  const counts = [1, 3, 16_777_217, 999_999_999, 123_456_789, 7, 65_536, 65_537, 2 ** 24 - 1, 33_554_435];
+  const us: Update[] = Array.from({ length: 40 }, (_, i) => ({ participant: `p${i}`, numSamples: counts[i % counts.length]! + (i >= counts.length ? Math.floor(r() * 1000) : 0), model: oddModel(r) }));
+  const np = flowerNumpy(us);
+  const mine = (via: 'add' | 'addEncoded' | 'stream', few = us) => {
+    const a = new FedAvg(ref, { maxSamples: 2e9 });
+    for (const u of few) {
+      if (via === 'add') a.add(u);
+      else if (via === 'addEncoded') a.addEncoded(u.participant, u.numSamples, encodeModel(u.model));
+      else stream(a, u, rng(32));
+    }
+    return Buffer.concat(a.finish().tensors.map((x) => float32ToLE(x.data)));
+  };
+  for (const via of ['add', 'addEncoded', 'stream'] as const) t.true(mine(via).equals(np), via);
+  t.true(Buffer.concat(flower32(us).map((x) => float32ToLE(x))).equals(np), 'the JavaScript reference loop agrees');
+  // one update: w·x / w, rounded twice, not always x
+  t.true(mine('add', us.slice(2, 3)).equals(flowerNumpy(us.slice(2, 3))), 'one update');
+  // −0 where every update has −0; subnormals in the result
+  const res = new Float32Array(new Uint8Array(np).buffer);
+  t.true(Object.is(res[ref.tensors[0]!.data.length], -0));
+  t.true(res.some((x) => x !== 0 && Math.abs(x) < 1.1754943508222875e-38));
 });
 
 test('the embedded wasm kernel is FOLD_KERNEL_WAT compiled by wabt', async (t) => {

@@ -76,6 +76,14 @@ test('upload: raw wasm and multipart are accepted, anything else is refused at u
   const start0 = await call('POST', `/tasks/${task.id}/start`);
   t.is(start0.status, 400);
   t.regex(start0.body.error, /has no module/);
+  // created and started in one request: refused the same way, and the task stays created, not started
+  const both = await call('POST', '/tasks?start=true', JSON.stringify({ name: 'hello', labels: { case: 'start-without-module' } }));
+  t.is(both.status, 400);
+  t.regex(both.body.error, /has no module/);
+  const kept = (await call('GET', '/tasks?label=case=start-without-module')).body.tasks;
+  t.is(kept.length, 1);
+  t.is(kept[0].state, 'Pending');
+  t.false(kept[0].start_requested);
 
   const notWasm = await call('PUT', `/tasks/${task.id}/upload`, Buffer.from('#!/bin/sh\necho hi\n'), 'application/octet-stream');
   t.is(notWasm.status, 400);

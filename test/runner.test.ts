@@ -371,3 +371,26 @@ test('cancel interrupts a module sleeping in poll_oneoff at once, not when its s
     await r.close();
   }
 });
+
+test('a worker keeps a bounded set of compiled modules: more modules than it keeps, in turn, each run gets its own', async (t) => {
+  const wabt = await wabtInit();
+  const one = new WasmRunner({ poolSize: 1, maxConcurrent: 1 });
+  try {
+    const mods = Array.from({ length: 20 }, (_, i) => {
+      const m = wabt.parseWat(`k${i}.wat`, `(module (func (export "k") (result i32) (i32.const ${i})))`);
+      const bytes = new Uint8Array(m.toBinary({}).buffer);
+      m.destroy();
+      return bytes;
+    });
+    // twice round: the second pass finds the first modules dropped from the worker and sends them again
+    for (let pass = 0; pass < 2; pass++) {
+      for (const [i, module] of mods.entries()) {
+        const r = await one.run({ taskId: `k${pass}-${i}`, module, name: 'k', args: [], env: {}, inputs: [], timeoutMs: 5000, maxMemoryBytes: 0 });
+        t.is(r.returnValue, i, r.error);
+      }
+    }
+    t.is(one.workers, 1);
+  } finally {
+    await one.close();
+  }
+});

@@ -131,6 +131,27 @@ for (const e of ENGINES) {
     await c.close();
   });
 
+  it("a task's spec, written again with each transition, is the one it has now: a replaced value, one added, one removed", async (t, e) => {
+    const loc = await e.fresh();
+    const a = await openStore(loc);
+    const x = task('spec');
+    a.tasks.put(x.id, x);
+    step(x, 'Scheduled', '2026-12-06T10:00:01.000Z', { proplet_id: 'p1', attempt: 1 });
+    a.tasks.put(x.id, x); // same spec values: written from what the last write made of them
+    await a.flush();
+    x.env = { A: 'c' };
+    x.timeout_ms = 5000;
+    delete (x as Partial<Task>).daemon;
+    step(x, 'Running', '2026-12-06T10:00:02.000Z');
+    a.tasks.put(x.id, x);
+    await a.close();
+    const b = await openStore(loc);
+    t.deepEqual(b.tasks.get('spec'), x);
+    t.deepEqual(b.tasks.get('spec')?.env, { A: 'c' });
+    t.is(b.tasks.get('spec')?.daemon, undefined);
+    await b.close();
+  });
+
   it('atomically: a group lands together or not at all, nested groups roll back alone', async (t, e) => {
     const loc = await e.fresh();
     const a = await openStore(loc);

@@ -5,7 +5,7 @@ import { closeSync, openSync } from 'node:fs';
 import { devNull } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
-import { prepare, PrepareError, type ModuleMeta } from './modules.ts';
+import { prepare, PrepareError, type ModuleMeta, type PreparedModule } from './modules.ts';
 import { clipBytes } from './output.ts';
 export { clipText, TRUNCATED_MARKER } from './output.ts';
 
@@ -23,6 +23,8 @@ export interface RunRequest {
    * only be checked after the fact and its inputs are typed by guessing.
    */
   module: WebAssembly.Module | Uint8Array;
+  /** sha256 of the bytes (hex, or `sha256:<hex>`), when the caller has it: the compiled-module cache is keyed by it, so the bytes are not hashed again for every run */
+  digest?: string;
   /** export to call for core modules (Propeller semantics); ignored when the module has _start */
   name: string;
   /** the full argv: args[0] is the task name, then the cli_args; an empty list means [name] */
@@ -69,6 +71,17 @@ export interface WasmRunnerOptions {
 }
 
 const DEFAULT_OUTPUT_LIMIT = 1 << 20;
+/** Compiled modules each worker keeps for the next runs (see the worker's `modules`). */
+const MODULES_PER_WORKER = 16;
+
+/** The id a compiled module has in the workers' caches. */
+const moduleIds = new WeakMap<WebAssembly.Module, number>();
+let lastModuleId = 0;
+function moduleId(m: WebAssembly.Module): number {
+  let id = moduleIds.get(m);
+  if (id === undefined) moduleIds.set(m, (id = ++lastModuleId));
+  return id;
+}
 const WORKER_URL = new URL('./wasm-worker.js', import.meta.url);
 
 interface Outcome {
@@ -118,6 +131,8 @@ interface Slot {
   settle: () => void;
   /** an extra worker's retirement, due while it stays idle */
   retireTimer: NodeJS.Timeout | null;
+  /** ids of the modules this worker holds, least recently run first (the worker keeps the same list) */
+  modules: Map<number, true>;
 }
 
 type TaskState = 'preparing' | 'queued' | 'running' | 'done';
@@ -133,7 +148,7 @@ interface Task {
   stdout: Capture;
   stderr: Capture;
   decoder: TextDecoder | null;
-  job: Record<string, unknown> | null;
+  prepared: PreparedModule | null;
 }
 
 export class WasmRunner {
@@ -213,14 +228,14 @@ export class WasmRunner {
         stdout: new Capture(this.outputLimitBytes),
         stderr: new Capture(this.outputLimitBytes),
         decoder: req.onStdout ? new TextDecoder() : null,
-        job: null,
+        prepared: null,
       };
       this.tasks.set(req.taskId, task);
 
-      prepare(req.module, req.maxMemoryBytes)
+      prepare(req.module, req.maxMemoryBytes, req.digest)
         .then((prepared) => {
           if (task.state !== 'preparing') return; // cancelled meanwhile
-          task.job = makeJob(task, prepared.module, prepared.meta, this.outputLimitBytes);
+          task.prepared = prepared;
           task.state = 'queued';
           this.queue.push(task);
           this.pump();
@@ -309,7 +324,7 @@ export class WasmRunner {
     });
     let settle = (): void => {};
     const started = new Promise<void>((resolve) => (settle = resolve));
-    const slot: Slot = { worker, task: null, ready: false, dead: false, started, settle, retireTimer: null };
+    const slot: Slot = { worker, task: null, ready: false, dead: false, started, settle, retireTimer: null, modules: new Map() };
     this.slots.add(slot);
     worker.unref();
     worker.on('message', (msg: WorkerMessage) => this.onMessage(slot, msg));
@@ -428,14 +443,17 @@ export class WasmRunner {
     task.startedAt = performance.now();
     slot.worker.ref();
     try {
-      slot.worker.postMessage(task.job);
+      slot.worker.postMessage(runMessage(task, slot, this.outputLimitBytes));
     } catch (err) {
       slot.task = null;
       this.finish(task, { ok: false, exitCode: null, error: `error: cannot send the run to a worker: ${(err as Error).message}` });
-      this.release(slot);
+      // its list of held modules may no longer match the worker's: a fresh worker instead
+      this.retire(slot);
+      this.fillPool();
+      this.pump();
       return;
     }
-    task.job = null;
+    task.prepared = null;
     const limit = task.req.timeoutMs;
     if (limit > 0) {
       task.timer = setTimeout(() => this.stop(task, `time limit of ${limit} ms exceeded`), limit);
@@ -464,7 +482,7 @@ export class WasmRunner {
     if (wasRunning) this.busy--;
     if (task.timer) clearTimeout(task.timer);
     task.timer = null;
-    task.job = null;
+    task.prepared = null;
     if (this.tasks.get(task.req.taskId) === task) this.tasks.delete(task.req.taskId);
     if (task.decoder && task.req.onStdout) {
       const rest = task.decoder.decode();
@@ -495,6 +513,7 @@ function validate(req: RunRequest): string | undefined {
   if (!req || typeof req !== 'object') return 'invalid run request';
   if (typeof req.taskId !== 'string' || req.taskId === '') return 'taskId must be a non-empty string';
   if (typeof req.name !== 'string') return 'name must be a string';
+  if (req.digest !== undefined && (typeof req.digest !== 'string' || !/^(sha256:)?[0-9a-f]{64}$/.test(req.digest))) return 'digest must be a sha256 digest in hex';
   if (!Array.isArray(req.args) || req.args.some((a) => typeof a !== 'string')) return 'args must be an array of strings';
   if (req.env === null || typeof req.env !== 'object' || Object.values(req.env).some((v) => typeof v !== 'string')) {
     return 'env must map names to strings';
@@ -518,26 +537,44 @@ function validate(req: RunRequest): string | undefined {
   return undefined;
 }
 
-function makeJob(task: Task, module: WebAssembly.Module, meta: ModuleMeta, outCap: number): Record<string, unknown> {
+/** A run for this worker: the module named by id, and posted with its facts only if the worker does not hold it. */
+function runMessage(task: Task, slot: Slot, outCap: number): Record<string, unknown> {
   const req = task.req;
-  return {
+  const { module, meta } = task.prepared!;
+  const mid = moduleId(module);
+  const msg: Record<string, unknown> = {
     t: 'run',
     id: task.seq,
-    module,
-    command: meta.command,
+    mid,
     name: req.name,
-    exportNames: meta.exportNames.filter((n) => n !== '_initialize'),
-    signature: meta.signatures?.get(req.name) ?? null,
-    needsWasi: meta.needsWasi,
     args: req.args.length > 0 ? req.args : [req.name],
     env: { ...req.env },
     inputs: req.inputs,
     stdin: req.stdin ?? null,
     files: req.files ?? null,
-    memoryImport: meta.memoryImport,
     limitBytes: req.maxMemoryBytes,
-    capped: meta.capped,
     stream: Boolean(req.onStdout),
     outCap,
   };
+  const held = slot.modules;
+  if (held.delete(mid)) {
+    held.set(mid, true); // most recently run last
+    return msg;
+  }
+  msg.load = {
+    module,
+    command: meta.command,
+    exportNames: meta.exportNames.filter((n) => n !== '_initialize'),
+    signatures: meta.signatures,
+    needsWasi: meta.needsWasi,
+    memoryImport: meta.memoryImport,
+    capped: meta.capped,
+  };
+  held.set(mid, true);
+  if (held.size > MODULES_PER_WORKER) {
+    const oldest = held.keys().next().value!;
+    held.delete(oldest);
+    msg.drop = [oldest];
+  }
+  return msg;
 }

@@ -169,8 +169,8 @@ function foreignMeta(module: WebAssembly.Module): ModuleMeta {
 }
 
 /** Module or bytes -> a module compiled for this memory limit, with its metadata. */
-export async function prepare(input: WebAssembly.Module | Uint8Array, maxMemoryBytes: number): Promise<PreparedModule> {
-  if (input instanceof Uint8Array) return prepareBytes(input, maxMemoryBytes);
+export async function prepare(input: WebAssembly.Module | Uint8Array, maxMemoryBytes: number, digest?: string): Promise<PreparedModule> {
+  if (input instanceof Uint8Array) return prepareBytes(input, maxMemoryBytes, digest?.replace(/^sha256:/, ''));
   if (!(input instanceof WebAssembly.Module)) throw new PrepareError('module must be a WebAssembly.Module or the wasm bytes');
   const meta = registry.get(input);
   if (meta) {

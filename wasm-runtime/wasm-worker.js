@@ -1,8 +1,10 @@
 // @ts-check
 // Worker thread of the WasmRunner pool (plain JS: worker threads cannot load .ts on Node 20).
 //
-// Each 'run' message instantiates the given WebAssembly.Module afresh (new WASI,
+// Each 'run' message instantiates its WebAssembly.Module afresh (new WASI,
 // new instance, nothing kept between runs) and answers with one 'done' message.
+// The compiled Module itself is kept (by the runner's id) for the next run of
+// the same module: posting it again on every run cost more than running it.
 // Output written to fd 1/2 is posted to the parent as it is written ('out'
 // messages), so it survives even when the parent terminates this worker.
 //
@@ -29,25 +31,31 @@ const { WASI } = await import('node:wasi');
  * @typedef {{ params: ValType[], results: ValType[] }} Signature
  * @typedef {{ module: string, name: string, initial: number, maximum: number | undefined, shared: boolean }} MemoryImport
  * @typedef {{
- *   t: 'run',
- *   id: number,
  *   module: WebAssembly.Module,
  *   command: boolean,
- *   name: string,
  *   exportNames: string[],
- *   signature: Signature | null,
+ *   signatures: Map<string, Signature> | null,
  *   needsWasi: boolean,
+ *   memoryImport: MemoryImport | null,
+ *   capped: boolean,
+ * }} ModuleFacts
+ * @typedef {{
+ *   t: 'run',
+ *   id: number,
+ *   mid: number,
+ *   load?: ModuleFacts,
+ *   drop?: number[],
+ *   name: string,
  *   args: string[],
  *   env: Record<string, string>,
  *   inputs: (number | bigint | string)[],
  *   stdin: Uint8Array | null,
  *   files: Record<string, Uint8Array> | null,
- *   memoryImport: MemoryImport | null,
  *   limitBytes: number,
- *   capped: boolean,
  *   stream: boolean,
  *   outCap: number,
- * }} Job
+ * }} RunMessage
+ * @typedef {Omit<ModuleFacts, 'signatures'> & Omit<RunMessage, 'load' | 'drop'> & { signature: Signature | null }} Job
  * @typedef {{ ok: boolean, exitCode: number | null, returnValue?: unknown, error?: string }} Outcome
  */
 
@@ -79,6 +87,7 @@ const WRITE_RIGHTS = RIGHT.FD_WRITE | RIGHT.FD_ALLOCATE | RIGHT.FD_FILESTAT_SET_
 const MAX_OPEN_FILES = 1024;
 const PRELOAD_DIR = '/data';
 const PAGE = 65536;
+const dataDirName = new TextEncoder().encode(PRELOAD_DIR);
 
 /** Thrown by our proc_exit to unwind the wasm stack. */
 class ProcExit {
@@ -163,7 +172,6 @@ function runJob(job) {
   const handles = new Map();
   let nextFd = 3;
   if (job.stdin) handles.set(0, { node: { kind: 'file', ino: 0, data: job.stdin }, pos: 0, preopen: false });
-  const dataDirName = new TextEncoder().encode(PRELOAD_DIR);
   if (job.files) handles.set(nextFd++, { node: buildTree(job.files), pos: 0, preopen: true });
 
   const wasi = job.needsWasi
@@ -180,7 +188,8 @@ function runJob(job) {
 
   /** @type {Record<string, any>} */
   const base = wasi ? wasi.wasiImport : {};
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  /** @type {Int32Array | undefined} */
+  let sleeper;
   /** @type {Record<string, any>} */
   const imp = Object.assign(Object.create(null), base);
 
@@ -309,7 +318,7 @@ function runJob(job) {
           if (waitNs < 0n || ns < waitNs) waitNs = ns;
         }
         const end = performance.now() + Number(waitNs / 1_000_000n);
-        for (let left = end - performance.now(); left > 0; left = end - performance.now()) Atomics.wait(sleeper, 0, 0, Math.min(left, 50));
+        for (let left = end - performance.now(); left > 0; left = end - performance.now()) Atomics.wait((sleeper ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, Math.min(left, 50));
         // the wait is over: ask node with zero timeouts so it fills in the events,
         // then put the guest's subscriptions back as they were
         const saved = [];
@@ -693,20 +702,37 @@ function toResult(v) {
   return String(v); // references (externref/funcref) cannot leave the worker
 }
 
-port.on('message', (/** @type {Job} */ job) => {
-  if (!job || job.t !== 'run') return;
+/**
+ * Modules this worker has been sent, by the runner's id: a run names its module and the
+ * runner posts the module (and its facts) only to a worker that does not hold it yet, and
+ * says which to forget (it keeps the same bounded list for each worker).
+ * @type {Map<number, ModuleFacts>}
+ */
+const modules = new Map();
+
+port.on('message', (/** @type {RunMessage} */ msg) => {
+  if (!msg || msg.t !== 'run') return;
+  if (msg.load) modules.set(msg.mid, msg.load);
+  if (msg.drop) for (const id of msg.drop) modules.delete(id);
+  const facts = modules.get(msg.mid);
   /** @type {Outcome} */
   let outcome;
   try {
-    outcome = runJob(job);
+    if (!facts) throw new Error(`internal: module ${msg.mid} was not sent to this worker`);
+    outcome = runJob({
+      t: 'run', id: msg.id, mid: msg.mid, module: facts.module, command: facts.command, name: msg.name,
+      exportNames: facts.exportNames, signature: facts.signatures?.get(msg.name) ?? null, needsWasi: facts.needsWasi,
+      args: msg.args, env: msg.env, inputs: msg.inputs, stdin: msg.stdin, files: msg.files, memoryImport: facts.memoryImport,
+      limitBytes: msg.limitBytes, capped: facts.capped, stream: msg.stream, outCap: msg.outCap,
+    });
   } catch (err) {
     outcome = { ok: false, exitCode: null, error: describeError(err) };
   }
   try {
-    port.postMessage({ t: 'done', id: job.id, outcome });
+    port.postMessage({ t: 'done', id: msg.id, outcome });
   } catch (err) {
     // e.g. a return value that cannot be cloned
-    port.postMessage({ t: 'done', id: job.id, outcome: { ok: false, exitCode: outcome.exitCode, error: describeError(err) } });
+    port.postMessage({ t: 'done', id: msg.id, outcome: { ok: false, exitCode: outcome.exitCode, error: describeError(err) } });
   }
 });
 

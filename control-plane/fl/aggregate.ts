@@ -7,10 +7,11 @@
 // A bad update is refused with an UpdateError carrying a reason code and
 // changes nothing.
 //
-// - FedAvg: the sample-weighted mean. Streaming: one float64 running sum per
-//   parameter (one float64 array in the kernel's wasm memory, tensor after
-//   tensor), O(model) memory whatever the number of updates; never holds the
-//   updates themselves.
+// - FedAvg: the sample-weighted mean. Streaming: one running sum per
+//   parameter (in the kernel's wasm memory, tensor after tensor), O(model)
+//   memory whatever the number of updates; never holds the updates
+//   themselves. The sum is float32 by default, Flower's aggregate() bit for
+//   bit, or float64 (aggregator.config.accumulator).
 // - FedMedian, TrimmedMean: coordinate-wise median / trimmed mean, robust to a
 //   few poisoned updates. They need every update at once, so they hold them
 //   (float32, n × params values) up to maxBufferedValues and refuse beyond.
@@ -110,12 +111,21 @@ export interface AggregatorConfig {
   trimFraction?: number;
   /** trimmed-mean: number of updates dropped at each end per coordinate (instead of trimFraction). */
   trim?: number;
+  /**
+   * fedavg: the running sum's type. 'float32' (default): Flower's aggregate()
+   * arithmetic, bit for bit (see FedAvg); 'float64': a float64 sum rounded
+   * to float32 once at the end (twice the memory, no order dependence).
+   */
+  accumulator?: Accumulator;
 }
 
-export const DEFAULT_AGGREGATOR_CONFIG = Object.freeze({ maxSamples: 1e9, maxInFlight: 4, maxBufferedValues: 2 ** 26, trimFraction: 0.1 });
+export type Accumulator = 'float32' | 'float64';
+export const ACCUMULATORS: readonly Accumulator[] = ['float32', 'float64'];
+
+export const DEFAULT_AGGREGATOR_CONFIG = Object.freeze({ maxSamples: 1e9, maxInFlight: 4, maxBufferedValues: 2 ** 26, trimFraction: 0.1, accumulator: 'float32' as Accumulator });
 
 const CONFIG_KEYS: Record<AlgorithmName, readonly (keyof AggregatorConfig)[]> = {
-  fedavg: ['maxSamples', 'maxInFlight'],
+  fedavg: ['maxSamples', 'maxInFlight', 'accumulator'],
   fedmedian: ['maxSamples', 'maxInFlight', 'maxBufferedValues'],
   'trimmed-mean': ['maxSamples', 'maxInFlight', 'maxBufferedValues', 'trimFraction', 'trim'],
 };
@@ -126,6 +136,7 @@ interface Resolved {
   maxBufferedValues: number;
   trimFraction: number;
   trim: number | undefined;
+  accumulator: Accumulator;
 }
 
 function resolveConfig(algorithm: AlgorithmName, config: unknown): Resolved {
@@ -149,7 +160,15 @@ function resolveConfig(algorithm: AlgorithmName, config: unknown): Resolved {
     maxBufferedValues: int('maxBufferedValues', 0, Number.MAX_SAFE_INTEGER, d.maxBufferedValues),
     trimFraction: d.trimFraction,
     trim: c.trim === undefined ? undefined : int('trim', 0, 1 << 24, 0),
+    accumulator: d.accumulator,
   };
+  if (c.accumulator !== undefined) {
+    const a = c.accumulator;
+    if (!ACCUMULATORS.includes(a as Accumulator)) {
+      throw new AggregatorError('config', `aggregator.config.accumulator must be "float32" (Flower's arithmetic, the default) or "float64" (a float64 sum), not ${JSON.stringify(a)}`);
+    }
+    r.accumulator = a as Accumulator;
+  }
   if (c.trimFraction !== undefined) {
     const f = c.trimFraction;
     if (typeof f !== 'number' || !(f >= 0 && f < 0.5)) throw new AggregatorError('config', `aggregator.config.trimFraction must be a number in [0, 0.5), not ${JSON.stringify(f)}`);
@@ -581,8 +600,9 @@ function insertRange(list: number[], s: number, e: number): boolean {
  * The FedAvg kernel, in WebAssembly SIMD. Plain JavaScript folds a float32
  * update into a float64 sum at 1.5-5 ns per value on the development
  * machine (scalar, one value at a time); the kernel checks and folds with
- * 128-bit vectors (an OR-accumulated exponent test, two f64x2 lanes per four
- * values), 2-3x faster there, near what memory allows; at finish() it
+ * 128-bit vectors (an OR-accumulated exponent test; for the float64 sum, two
+ * f64x2 lanes per four values; for the float32 one, f32x4 multiply and add
+ * fused with the test in one pass), near what memory allows; at finish() it
  * writes the float32 result over the sum in place. Wasm memory is
  * little-endian on every host, so update bytes off the wire (float32 LE) are
  * copied in as they are. The bytes below are this text compiled by wabt
@@ -660,16 +680,100 @@ export const FOLD_KERNEL_WAT = String.raw`(module
         (local.set $o (i32.add (local.get $o) (i32.const 8)))
         (br $next)))
     (if (i32.and (local.get $n) (i32.const 1))
-      (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t))))))))
+      (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t)))))))
+  ;; The float32 accumulator (Flower's arithmetic): every operation one IEEE float32
+  ;; operation as numpy does it (wasm has no fused multiply-add outside relaxed SIMD,
+  ;; and keeps subnormals), eight values per iteration. The new sum is written over the
+  ;; update's staged values (d), never over the old sum (s): an update refused midway
+  ;; leaves the sum as it was. Both return 1 if any staged value was NaN or ±Infinity.
+  ;; scale32(d, n, w): d[i] = w * d[i], the first update (copied, not added to 0: -0 stays -0).
+  (func (export "scale32") (param $d i32) (param $n i32) (param $w f32) (result i32)
+    (local $end i32) (local $wv v128) (local $m v128) (local $acc v128) (local $x v128) (local $y v128) (local $bad i32)
+    (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $x (v128.load (local.get $d)))
+        (local.set $y (v128.load offset=16 (local.get $d)))
+        (local.set $acc (v128.or (local.get $acc)
+          (v128.or (i32x4.eq (v128.and (local.get $x) (local.get $m)) (local.get $m))
+                   (i32x4.eq (v128.and (local.get $y) (local.get $m)) (local.get $m)))))
+        (v128.store (local.get $d) (f32x4.mul (local.get $x) (local.get $wv)))
+        (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $y) (local.get $wv)))
+        (local.set $d (i32.add (local.get $d) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $bad (i32.or (local.get $bad)
+          (i32.eq (i32.and (i32.load (local.get $d)) (i32.const 0x7f800000)) (i32.const 0x7f800000))))
+        (f32.store (local.get $d) (f32.mul (f32.load (local.get $d)) (local.get $w)))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (br $next)))
+    (i32.or (local.get $bad) (v128.any_true (local.get $acc))))
+  ;; fold32(s, d, n, w): d[i] = s[i] + w * d[i], s the sum, d the staged update.
+  (func (export "fold32") (param $s i32) (param $d i32) (param $n i32) (param $w f32) (result i32)
+    (local $end i32) (local $wv v128) (local $m v128) (local $acc v128) (local $x v128) (local $y v128) (local $bad i32)
+    (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $x (v128.load (local.get $d)))
+        (local.set $y (v128.load offset=16 (local.get $d)))
+        (local.set $acc (v128.or (local.get $acc)
+          (v128.or (i32x4.eq (v128.and (local.get $x) (local.get $m)) (local.get $m))
+                   (i32x4.eq (v128.and (local.get $y) (local.get $m)) (local.get $m)))))
+        (v128.store (local.get $d) (f32x4.add (v128.load (local.get $s)) (f32x4.mul (local.get $x) (local.get $wv))))
+        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $y) (local.get $wv))))
+        (local.set $d (i32.add (local.get $d) (i32.const 32)))
+        (local.set $s (i32.add (local.get $s) (i32.const 32)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $bad (i32.or (local.get $bad)
+          (i32.eq (i32.and (i32.load (local.get $d)) (i32.const 0x7f800000)) (i32.const 0x7f800000))))
+        (f32.store (local.get $d) (f32.add (f32.load (local.get $s)) (f32.mul (f32.load (local.get $d)) (local.get $w))))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (local.set $s (i32.add (local.get $s) (i32.const 4)))
+        (br $next)))
+    (i32.or (local.get $bad) (v128.any_true (local.get $acc))))
+  ;; divide32(s, n, t): sum[i] = sum[i] / t in place, float32.
+  (func (export "divide32") (param $s i32) (param $n i32) (param $t f32)
+    (local $end i32) (local $tv v128)
+    (local.set $tv (f32x4.splat (local.get $t)))
+    (local.set $end (i32.add (local.get $s) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $s) (local.get $end)))
+        (v128.store (local.get $s) (f32x4.div (v128.load (local.get $s)) (local.get $tv)))
+        (local.set $s (i32.add (local.get $s) (i32.const 16)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 3)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $s) (local.get $end)))
+        (f32.store (local.get $s) (f32.div (f32.load (local.get $s)) (local.get $t)))
+        (local.set $s (i32.add (local.get $s) (i32.const 4)))
+        (br $next)))))
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABFANgAn9/AX9gBH9/f3wAYAN/f3wAAg8BA2VudgZtZW1vcnkCAAEDBAMAAQIHHQMJbm9uZmluaXRlAAAEZm9sZAABBmRpdmlkZQACCsYDA5wBAgF/Anv9DAAAgH8AAIB/AACAfwAAgH8hBCAAIAFBeHFBAnRqIQICQANAIAAgAk8NASADIAD9AAQAIAT9TiAE/TcgAP0ABBAgBP1OIAT9N/1Q/VAhAyAAQSBqIQAMAAsLIAIgAUEHcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgAgBP1OIAT9N/1QIQMgAEEEaiEADAALCyAD/VMLwAECAX8CeyAD/RQhBSABIAJBfHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEGIAAgAP0ABAAgBv1fIAX98gH98AH9CwQAIAAgAP0ABBAgBiAG/Q0ICQoLDA0ODwABAgMEBQYH/V8gBf3yAf3wAf0LBBAgAUEQaiEBIABBIGohAAwACwsgBCACQQNxQQJ0aiEEAkADQCABIARPDQEgACAAKwMAIAEqAgC7IAOioDkDACABQQRqIQEgAEEIaiEADAALCwtkAgJ/AXsgAv0UIQUgACEDIAAgAUF+cUEDdGohBAJAA0AgACAETw0BIAMgAP0ABAAgBf3zAf1e/VsDAAAgAEEQaiEAIANBCGohAwwACwsgAUEBcQRAIAMgACsDACACo7Y4AgALCw==';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABKQZgAn9/AX9gBH9/f3wAYAN/f3wAYAN/f30Bf2AEf39/fQF/YAN/f30AAg8BA2VudgZtZW1vcnkCAAEDBwYAAQIDBAUHOwYJbm9uZmluaXRlAAAEZm9sZAABBmRpdmlkZQACB3NjYWxlMzIAAwZmb2xkMzIABAhkaXZpZGUzMgAFCpUIBpwBAgF/Anv9DAAAgH8AAIB/AACAfwAAgH8hBCAAIAFBeHFBAnRqIQICQANAIAAgAk8NASADIAD9AAQAIAT9TiAE/TcgAP0ABBAgBP1OIAT9N/1Q/VAhAyAAQSBqIQAMAAsLIAIgAUEHcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgAgBP1OIAT9N/1QIQMgAEEEaiEADAALCyAD/VMLwAECAX8CeyAD/RQhBSABIAJBfHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEGIAAgAP0ABAAgBv1fIAX98gH98AH9CwQAIAAgAP0ABBAgBiAG/Q0ICQoLDA0ODwABAgMEBQYH/V8gBf3yAf3wAf0LBBAgAUEQaiEBIABBIGohAAwACwsgBCACQQNxQQJ0aiEEAkADQCABIARPDQEgACAAKwMAIAEqAgC7IAOioDkDACABQQRqIQEgAEEIaiEADAALCwtkAgJ/AXsgAv0UIQUgACEDIAAgAUF+cUEDdGohBAJAA0AgACAETw0BIAMgAP0ABAAgBf3zAf1e/VsDAAAgAEEQaiEAIANBCGohAwwACwsgAUEBcQRAIAMgACsDACACo7Y4AgALC9oBAwF/BXsBfyAC/RMhBP0MAACAfwAAgH8AAIB/AACAfyEFIAAgAUF4cUECdGohAwJAA0AgACADTw0BIAD9AAQAIQcgAP0ABBAhCCAGIAcgBf1OIAX9NyAIIAX9TiAF/Tf9UP1QIQYgACAHIAT95gH9CwQAIAAgCCAE/eYB/QsEECAAQSBqIQAMAAsLIAMgAUEHcUECdGohAwJAA0AgACADTw0BIAkgACgCAEGAgID8B3FBgICA/AdGciEJIAAgACoCACAClDgCACAAQQRqIQAMAAsLIAkgBv1TcguAAgMBfwV7AX8gA/0TIQX9DAAAgH8AAIB/AACAfwAAgH8hBiABIAJBeHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEIIAH9AAQQIQkgByAIIAb9TiAG/TcgCSAG/U4gBv03/VD9UCEHIAEgAP0ABAAgCCAF/eYB/eQB/QsEACABIAD9AAQQIAkgBf3mAf3kAf0LBBAgAUEgaiEBIABBIGohAAwACwsgBCACQQdxQQJ0aiEEAkADQCABIARPDQEgCiABKAIAQYCAgPwHcUGAgID8B0ZyIQogASAAKgIAIAEqAgAgA5SSOAIAIAFBBGohASAAQQRqIQAMAAsLIAogB/1TcgtwAgF/AXsgAv0TIQQgACABQXxxQQJ0aiEDAkADQCAAIANPDQEgACAA/QAEACAE/ecB/QsEACAAQRBqIQAMAAsLIAMgAUEDcUECdGohAwJAA0AgACADTw0BIAAgACoCACAClTgCACAAQQRqIQAMAAsLCw==';
 
 interface Kernel {
   nonfinite(p: number, n: number): number;
   fold(s: number, d: number, n: number, w: number): void;
   divide(s: number, n: number, t: number): void;
+  scale32(d: number, n: number, w: number): number;
+  fold32(s: number, d: number, n: number, w: number): number;
+  divide32(s: number, n: number, t: number): void;
 }
 
 let kernelModule: WebAssembly.Module | undefined;
@@ -735,9 +839,26 @@ export function releaseFedAvgMemory(): number {
 }
 
 /**
- * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value,
- * accumulated in float64 and rounded to float32 once at the end.
+ * Sample-weighted mean: result = Σ numSamples·w / Σ numSamples, per value.
  *
+ * accumulator 'float32' (the default) is Flower's aggregate()
+ * (flwr.server.strategy.aggregate) in numpy, bit for bit: each value times
+ * float32(numSamples) rounded to float32, summed in float32 in the order the
+ * updates count (the first one copied, not added to 0), the sum divided by
+ * float32(totalSamples). Memory: slots of 4 bytes × params, one of which
+ * holds the sum. add() and addEncoded() copy a whole update into a free slot
+ * a piece at a time (PIECE, L2-sized), and each piece, right after its copy
+ * while it is in cache, is checked and folded in place by one kernel pass
+ * (slot = sum + w × update; the sum is only read). When every piece is in,
+ * that slot is the sum and the old sum's slot is free; a NaN midway frees
+ * the slot and the sum was never written. So the caller's data and the sum
+ * are each read once per update, and the refusal is exact. A streamed
+ * update is its slot already (chunks copied and checked as they arrive) and
+ * is folded the same way at commit(). Sum + one slot: 2× a model, plus a
+ * slot per open stream.
+ *
+ * accumulator 'float64': accumulated in float64 and rounded to float32
+ * once at the end (the order of updates changes nothing in practice).
  * Memory, all in the kernel's wasm memory: a staging area (STAGE_BYTES),
  * the float64 sum (8 bytes × params), add()'s ring (a quarter of a model) and, once
  * updates stream (begin...commit), one slot of 4 bytes × params per stream
@@ -781,19 +902,31 @@ export class FedAvg extends BaseAggregator {
   private readonly freeSlots: number[] = [];
   /** Per piece of the update being added: tensor, byte offset, position in the ring's stream of bytes. */
   private readonly pieces: number[] = [];
+  /** The float64 accumulator (else float32, Flower's arithmetic). */
+  private readonly wide: boolean;
+  /** float32: the slot that holds the sum (-1 before the first update). */
+  private sumSlot = -1;
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
-    this.slotsAt = SUM_AT + this.params * 8;
+    this.wide = this.cfg.accumulator === 'float64';
     this.slotBytes = Math.ceil((this.params * 4) / 16) * 16;
+    // float32: the sum is one of the slots (whichever an update was last folded into)
+    this.slotsAt = this.wide ? SUM_AT + this.params * 8 : SUM_AT;
     this.ringBytes = ringBytesFor(this.params * 4, this.slotBytes);
-    const pages = pagesFor(this.slotsAt);
-    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs a ${this.params * 8}-byte sum, beyond 4 GiB of wasm memory`);
-    this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes)));
+    // float32: the sum's slot and the one add() stages into (touched only when used)
+    const pages = pagesFor(this.wide ? this.slotsAt : this.slotsAt + 2 * this.slotBytes);
+    if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs ${pages * PAGE} bytes for its sum and staging, beyond 4 GiB of wasm memory`);
+    // float32: the sum's slot, one per stream, and one for add()
+    const staged = this.wide ? Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes) : (this.cfg.maxInFlight + 2) * this.slotBytes;
+    this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + staged));
     const kept = takePooled(this.params, this.maximum);
     if (kept) {
       this.memory = kept;
-      new Uint8Array(kept.buffer).fill(0, SUM_AT, this.slotsAt);
+      const short = pages - kept.buffer.byteLength / PAGE; // a memory kept by the other accumulator
+      if (short > 0) kept.grow(short);
+      // float32 needs no zeroing: the first update's products are the sum
+      if (this.wide) new Uint8Array(kept.buffer).fill(0, SUM_AT, this.slotsAt);
     } else {
       try {
         this.memory = new WebAssembly.Memory({ initial: pages, maximum: this.maximum });
@@ -839,6 +972,7 @@ export class FedAvg extends BaseAggregator {
   }
 
   protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
+    if (!this.wide) return this.stageAndFold(tensors, weight, participant);
     const [base, R] = this.ring();
     const pieces = this.pieces;
     pieces.length = 0;
@@ -875,6 +1009,79 @@ export class FedAvg extends BaseAggregator {
     }
   }
 
+  /**
+   * float32: the update copied into a free slot a piece at a time, and each
+   * piece, while in cache, checked and folded there in one pass: the slot
+   * then holds sum + weight × update. Once every piece is in, the slot is the
+   * sum and the old sum's slot is free; a NaN midway frees the slot and the
+   * sum was never written.
+   */
+  private stageAndFold(tensors: Uint8Array[], weight: number, participant: string): void {
+    const slot = this.takeSlot(participant);
+    const at = this.slotAt(slot);
+    const sum = this.sumSlot < 0 ? -1 : this.slotAt(this.sumSlot);
+    try {
+      for (let t = 0; t < tensors.length; t++) {
+        const bytes = tensors[t]!;
+        const o4 = this.offsets[t]! * 4;
+        for (let o = 0; o < bytes.length; o += PIECE) {
+          const piece = bytes.subarray(o, o + PIECE);
+          const d = at + o4 + o;
+          this.u8.set(piece, d);
+          const n = piece.length >>> 2;
+          if (sum < 0 ? this.k.scale32(d, n, weight) : this.k.fold32(sum + o4 + o, d, n, weight)) {
+            const i = o / 4 + firstNonFiniteLE(piece);
+            throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
+          }
+        }
+      }
+    } catch (e) {
+      this.freeSlots.push(slot);
+      throw e;
+    }
+    this.adopt(slot);
+  }
+
+  /** float32: a streamed update's slot (every value checked) becomes sum + weight × update, a piece at a time from the end (the chunks that came last are the likeliest still in cache). */
+  private foldSlot(slot: number, weight: number): void {
+    const at = this.slotAt(slot);
+    const sum = this.sumSlot < 0 ? -1 : this.slotAt(this.sumSlot);
+    const step = PIECE / 4;
+    for (let end = this.params; end > 0; end -= step) {
+      const start = Math.max(0, end - step);
+      if (sum < 0) this.k.scale32(at + start * 4, end - start, weight);
+      else this.k.fold32(sum + start * 4, at + start * 4, end - start, weight);
+    }
+    this.adopt(slot);
+  }
+
+  /** float32: `slot` holds the new sum; the old sum's slot is free. */
+  private adopt(slot: number): void {
+    if (this.sumSlot >= 0) this.freeSlots.push(this.sumSlot);
+    this.sumSlot = slot;
+  }
+
+  private slotAt(slot: number): number {
+    return this.slotsAt + slot * this.slotBytes;
+  }
+
+  /** Byte address of the sum: fixed for float64, the slot that holds it for float32. */
+  private sumAddress(): number {
+    return this.wide ? SUM_AT : this.slotAt(this.sumSlot);
+  }
+
+  /** A free slot, or a new one (the memory grows); UpdateError 'capacity' if it cannot. */
+  private takeSlot(participant: string): number {
+    const free = this.freeSlots.pop();
+    if (free !== undefined) return free;
+    const i = this.slots;
+    if (!this.growTo(this.slotsAt + (i + 1) * this.slotBytes)) {
+      throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot`, participant);
+    }
+    this.slots++;
+    return i;
+  }
+
   protected accept(tensors: Tensor[], weight: number, participant: string): void {
     // On little-endian hosts these are views, not copies.
     this.acceptBytes(
@@ -885,15 +1092,7 @@ export class FedAvg extends BaseAggregator {
   }
 
   protected openSlot(participant: string): Slot {
-    let i = this.freeSlots.pop();
-    if (i === undefined) {
-      i = this.slots;
-      if (!this.growTo(this.slotsAt + (i + 1) * this.slotBytes)) {
-        throw new UpdateError('capacity', `update from ${participant} refused: cannot grow the kernel's memory by a ${this.slotBytes}-byte slot`, participant);
-      }
-      this.slots++;
-    }
-    const slot = i;
+    const slot = this.takeSlot(participant);
     const at = this.slotsAt + slot * this.slotBytes;
     let open = true;
     const free = () => {
@@ -906,8 +1105,13 @@ export class FedAvg extends BaseAggregator {
         return this.k.nonfinite(at + pos * 4, bytes.length >>> 2) ? pos + firstNonFiniteLE(bytes) : -1;
       },
       commit: (weight) => {
-        this.k.fold(SUM_AT, at, this.params, weight);
-        free();
+        if (this.wide) {
+          this.k.fold(SUM_AT, at, this.params, weight);
+          free();
+        } else {
+          open = false; // the slot is the sum now
+          this.foldSlot(slot, weight);
+        }
       },
       release: free,
     };
@@ -916,7 +1120,17 @@ export class FedAvg extends BaseAggregator {
   protected compute(): Float32Array {
     const out = new Float32Array(this.params);
     const total = this.totalSamples;
-    if (HOST_LITTLE_ENDIAN) {
+    if (!this.wide) {
+      // float32 ÷ float32 in float64, rounded to float32: the float32 quotient exactly
+      const t = Math.fround(total);
+      if (HOST_LITTLE_ENDIAN) {
+        const sum = new Float32Array(this.memory.buffer, this.sumAddress(), this.params);
+        for (let i = 0; i < out.length; i++) out[i] = sum[i]! / t;
+      } else {
+        const dv = new DataView(this.memory.buffer, this.sumAddress());
+        for (let i = 0; i < out.length; i++) out[i] = dv.getFloat32(i * 4, true) / t;
+      }
+    } else if (HOST_LITTLE_ENDIAN) {
       const sum = new Float64Array(this.memory.buffer, SUM_AT, this.params);
       for (let i = 0; i < out.length; i++) out[i] = sum[i]! / total;
     } else {
@@ -937,8 +1151,10 @@ export class FedAvg extends BaseAggregator {
     this.checkResult();
     let f32: Float32Array;
     if (HOST_LITTLE_ENDIAN) {
-      this.k.divide(SUM_AT, this.params, this.totalSamples);
-      f32 = new Float32Array(this.memory.buffer, SUM_AT, this.params);
+      const at = this.sumAddress();
+      if (this.wide) this.k.divide(at, this.params, this.totalSamples);
+      else this.k.divide32(at, this.params, this.totalSamples); // float32(total) at the boundary
+      f32 = new Float32Array(this.memory.buffer, at, this.params);
     } else {
       // wasm memory is little-endian: a host-order Float32Array needs a copy
       f32 = this.compute();
