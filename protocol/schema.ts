@@ -75,9 +75,16 @@ export function uuidToBytes(s: string): Uint8Array | undefined {
   return Buffer.from(s.replaceAll('-', ''), 'hex');
 }
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+// Task ids arrive as 16 bytes in compact CBOR (one per running task in each heartbeat):
+// a table lookup per byte, without a hex string to slice into five more.
 function bytesToUuid(b: Uint8Array): string {
-  const h = Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  const x = HEX;
+  return (
+    x[b[0]!]! + x[b[1]!]! + x[b[2]!]! + x[b[3]!]! + '-' + x[b[4]!]! + x[b[5]!]! + '-' + x[b[6]!]! + x[b[7]!]! + '-' +
+    x[b[8]!]! + x[b[9]!]! + '-' + x[b[10]!]! + x[b[11]!]! + x[b[12]!]! + x[b[13]!]! + x[b[14]!]! + x[b[15]!]!
+  );
 }
 
 const fail = (path: string, msg: string): never => {

@@ -20,7 +20,7 @@ import {
   type Result,
   type Start,
 } from '../protocol/index.ts';
-import { checkStruct } from '../protocol/schema.ts';
+import { check, checkStruct } from '../protocol/schema.ts';
 import { checkCborStructure } from '../protocol/structure.ts';
 
 const uuid = '8b1c9e9e-3f0e-4c4a-9e1d-0f5d2b7c1a11';
@@ -382,4 +382,14 @@ test('CBOR duplicate keys: found in small and large maps, and never across nesti
     const nested = cborPairs([...pairs.slice(0, -1), [pairs.at(-1)![0], new Map(pairs)]]);
     t.notThrows(() => checkCborStructure(Buffer.concat([Buffer.from([0x82]), nested, cborPairs(pairs)]), lim), `${size} keys, nested`);
   }
+});
+
+test('a 16-byte id reads as the UUID its hex spells', (t) => {
+  for (let i = 0; i < 2000; i++) {
+    const b = i < 256 ? Buffer.alloc(16, i) : randomBytes(16);
+    const h = b.toString('hex');
+    t.is(check({ t: 'id' }, b, 'id'), `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`);
+  }
+  const u = randomUUID();
+  t.is(decode('proplet.alive', encode('proplet.alive', { proplet_id: 'p1', running: [{ task_id: u }] }, 'cbor')).msg.running?.[0]?.task_id, u);
 });
