@@ -425,8 +425,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
   }
 
   private register(): void {
+    // no heartbeat with it (see the node proplet's register)
     this.publish('proplet.create', registerMsg(this.profile, this.core.running()));
-    this.sendAlive();
   }
 
   private sendAlive(): void {

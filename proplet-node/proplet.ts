@@ -225,7 +225,8 @@ export class NodeProplet {
       addressing: 'direct',
       running: this.core.running(),
     });
-    this.sendAlive();
+    // No heartbeat with it: registering marks the proplet alive, and a QoS 0
+    // heartbeat may overtake the QoS 1 registration and arrive from an unknown proplet.
   }
 
   /** An alive after a task ended: now, or once at the end of the current ALIVE_AFTER_FINISH_MS. */
