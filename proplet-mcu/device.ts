@@ -402,8 +402,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
     client.on('close', () => onDown('connection closed'));
   }
 
-  private publish<K extends 'proplet.create' | 'proplet.alive' | 'registry.proplet'>(kind: K, msg: MessageByKind[K]): boolean {
-    return this.publishBytes(this.topicOf(kind), encode(kind, msg, 'cbor'), publishQos(kind));
+  private publish<K extends 'proplet.create' | 'proplet.alive' | 'registry.proplet'>(kind: K, msg: MessageByKind[K], qos = publishQos(kind)): boolean {
+    return this.publishBytes(this.topicOf(kind), encode(kind, msg, 'cbor'), qos);
   }
 
   /** Where this device publishes a kind: the shared topic, or its own with `perPropletTopics`. */
@@ -429,8 +429,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
     this.publish('proplet.create', registerMsg(this.profile, this.core.running()));
   }
 
-  private sendAlive(): void {
-    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.core.running(), this.budget.usedBytes))) this.stats.heartbeats++;
+  private sendAlive(qos: 0 | 1 = publishQos('proplet.alive')): void {
+    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.core.running(), this.budget.usedBytes), qos)) this.stats.heartbeats++;
   }
 
   // --- the core's commands ------------------------------------------------------------
@@ -490,7 +490,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
         this.register();
         return;
       case 'alive':
-        this.sendAlive();
+        // after a task ended: QoS 1, as the result before it (a QoS 0 heartbeat could overtake it)
+        this.sendAlive(1);
         return;
       case 'ignored':
         this.log('debug', 'message ignored', { id: this.o.id, task_id: c.id, reason: c.reason, ...(c.detail ? { detail: c.detail } : {}) });

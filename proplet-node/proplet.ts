@@ -235,7 +235,8 @@ export class NodeProplet {
       this.aliveAfterFinish.again = true;
       return;
     }
-    this.sendAlive();
+    // QoS 1, as the result before it: a QoS 0 heartbeat could overtake the result and report the task gone unfinished
+    this.sendAlive(1);
     const timer = setTimeout(() => {
       const again = this.aliveAfterFinish?.again;
       this.aliveAfterFinish = undefined;
@@ -245,7 +246,7 @@ export class NodeProplet {
     this.aliveAfterFinish = { timer, again: false };
   }
 
-  private sendAlive(): void {
+  private sendAlive(qos: 0 | 1 = publishQos('proplet.alive')): void {
     if (!this.client?.connected) return;
     const running = this.core.running();
     this.send('proplet.alive', {
@@ -255,7 +256,7 @@ export class NodeProplet {
       running_tasks: running.length,
       memory_used: process.memoryUsage.rss(),
       running,
-    });
+    }, qos);
   }
 
   /** An FL update, before the task's result: the round counts the update, the result only ends the task. */
@@ -263,8 +264,8 @@ export class NodeProplet {
     this.client?.publish(flUpdateTopic(this.o.scope, u.round_id, this.o.id), encode('fl.update', u, this.encoding), { qos: 1 });
   }
 
-  private send<K extends 'proplet.create' | 'proplet.alive'>(kind: K, msg: Parameters<typeof encode<K>>[1]): void {
-    this.client?.publish(topic(this.o.scope, kind, this.o.id), encode(kind, msg, this.encoding), { qos: publishQos(kind) });
+  private send<K extends 'proplet.create' | 'proplet.alive'>(kind: K, msg: Parameters<typeof encode<K>>[1], qos = publishQos(kind)): void {
+    this.client?.publish(topic(this.o.scope, kind, this.o.id), encode(kind, msg, this.encoding), { qos });
   }
 
   // --- inbound --------------------------------------------------------------------------

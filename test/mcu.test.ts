@@ -407,14 +407,19 @@ test('reconnect backoff grows with jitter up to its cap and resets', (t) => {
   t.is(b.ceiling(), 100);
 });
 
-test.serial('both proplet kinds send heartbeats at QoS 0 and everything else at QoS 1', async (t) => {
+test.serial('both proplet kinds send heartbeats at QoS 0, the one after a task at QoS 1 behind its result, everything else at QoS 1', async (t) => {
   const watch = await s.client(`watch-${Date.now()}`, 'debug');
   const seen = new Map<string, number>();
-  watch.on('message', (tp, _p, packet) => {
-    const key = `${tp.split('/').slice(-2).join('/')} qos ${packet.qos}`;
+  /** Per proplet, what it sent after the registration, in arrival order: kind, status of a result, QoS. */
+  const order = new Map<string, string[]>();
+  watch.on('message', (tp, payload, packet) => {
+    const [kind, id] = tp.split('/').slice(-2) as [string, string];
+    const key = `${kind}/${id} qos ${packet.qos}`;
     seen.set(key, (seen.get(key) ?? 0) + 1);
+    const status = kind === 'results' ? ` ${decode('proplet.results', payload, { propletId: id }).msg.status}` : '';
+    order.set(id, [...(order.get(id) ?? []), `${kind}${status} qos ${packet.qos}`]);
   });
-  await watch.subscribeAsync([topic(scope, 'proplet.alive') + '/+', topic(scope, 'proplet.create') + '/+'], { qos: 1 });
+  await watch.subscribeAsync([topic(scope, 'proplet.alive') + '/+', topic(scope, 'proplet.create') + '/+', topic(scope, 'proplet.results') + '/+'], { qos: 1 });
   const unknownBefore = await unknownPropletDrops();
   const node = await s.addProplet(`qos-node-${Date.now()}`);
   await until(() => [...seen.keys()].filter((k) => k.includes(MCU) || k.includes(node.id)).length >= 3, 'heartbeats of both and a registration');
@@ -423,6 +428,16 @@ test.serial('both proplet kinds send heartbeats at QoS 0 and everything else at 
   t.deepEqual(keys, [`alive/${MCU} qos 0`, `alive/${node.id} qos 0`, `create/${node.id} qos 1`].sort(), 'delivered at the QoS they were published with (a QoS 1 subscription)');
   // a heartbeat sent with the registration could overtake it and be dropped as from an unknown proplet
   t.is(await unknownPropletDrops(), unknownBefore, 'no heartbeat arrived before its registration');
+
+  const add = wasm('add').toString('base64');
+  for (const id of [MCU, node.id]) {
+    order.set(id, []);
+    const x = await run({ name: 'add', file: add, inputs: [2, 3], proplet_id: id });
+    t.is(x.state, 'Completed', x.error);
+    await until(() => order.get(id)!.includes('alive qos 1'), `the heartbeat after the task on ${id}`);
+    const sent = order.get(id)!.filter((m) => m !== 'alive qos 0'); // periodic ones may fall anywhere
+    t.deepEqual(sent.slice(0, 3), ['results running qos 1', 'results completed qos 1', 'alive qos 1'], `${id}: the heartbeat after the task comes behind its result`);
+  }
   await watch.endAsync();
 });
 

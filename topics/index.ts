@@ -119,7 +119,9 @@ const ADDRESSABLE = new Set<TopicKind>([
  * The QoS a kind is published with. A heartbeat is QoS 0: the next one
  * replaces a lost one (liveness waits several periods), and a queued one would
  * only arrive stale: to a control plane back from a restart, as proof of life
- * of a device that may have gone since. Everything else is QoS 1.
+ * of a device that may have gone since. Everything else is QoS 1, and so is
+ * the heartbeat a proplet sends because a task ended: a QoS 0 one could
+ * overtake the result before it and report the task gone unfinished.
  */
 export function publishQos(kind: TopicKind): 0 | 1 {
   return kind === 'proplet.alive' ? 0 : 1;
