@@ -148,8 +148,7 @@ export function mcuExamples(): McuExample[] {
 
 export function renderMcuExample(e: McuExample): string {
   const json = JSON.parse(encode(e.kind, e.msg as never, 'json').toString('utf8')) as Record<string, unknown>;
-  // the will is set in CONNECT at QoS 1: the one heartbeat that must not be lost
-  const qos = e.name === 'will' ? 1 : publishQos(e.kind as TopicKind);
+  const qos = publishQos(e.kind as TopicKind, e.name === 'will' ? 'will' : 'periodic');
   return [
     `**${e.title}** (the device ${e.direction} it)`,
     '',

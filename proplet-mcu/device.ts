@@ -27,7 +27,7 @@ import { decode, encode, ProtocolError, sha256Digest, type Chunk, type FlUpdate,
 import { encodeResult, outcomeOf, PAGE_BYTES, PropletCore, readStartRef, taskRun, type Command, type Event, type RamBudget } from '../proplet-core/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { clipText, parseModule, WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
-import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type Scope } from '../topics/index.ts';
+import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type AliveOccasion, type Scope } from '../topics/index.ts';
 import { Backoff, type BackoffOptions } from './backoff.ts';
 import { DownloadError, ModuleDownload, type Ask, type DownloadFaults } from './download.ts';
 import { aliveMsg, chunkMessageBytes, chunkRequestMsg, registerMsg, willMsg, type DeviceProfile } from './messages.ts';
@@ -344,7 +344,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
       connectTimeout: this.o.connectTimeoutMs ?? MCU_DEFAULTS.connectTimeoutMs,
       reconnectPeriod: 0, // our own loop below, with jittered backoff
       resubscribe: false,
-      will: { topic: this.topicOf('proplet.alive'), payload: encode('proplet.alive', willMsg(id), 'cbor'), qos: 1, retain: false },
+      will: { topic: this.topicOf('proplet.alive'), payload: encode('proplet.alive', willMsg(id), 'cbor'), qos: publishQos('proplet.alive', 'will'), retain: false },
     });
     this.client = client;
     let up = false;
@@ -429,8 +429,8 @@ export class McuProplet extends EventEmitter<McuEvents> {
     this.publish('proplet.create', registerMsg(this.profile, this.core.running()));
   }
 
-  private sendAlive(qos: 0 | 1 = publishQos('proplet.alive')): void {
-    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.core.running(), this.budget.usedBytes), qos)) this.stats.heartbeats++;
+  private sendAlive(occasion: AliveOccasion = 'periodic'): void {
+    if (this.publish('proplet.alive', aliveMsg(this.o.id, this.core.running(), this.budget.usedBytes), publishQos('proplet.alive', occasion))) this.stats.heartbeats++;
   }
 
   // --- the core's commands ------------------------------------------------------------
@@ -490,8 +490,7 @@ export class McuProplet extends EventEmitter<McuEvents> {
         this.register();
         return;
       case 'alive':
-        // after a task ended: QoS 1, as the result before it (a QoS 0 heartbeat could overtake it)
-        this.sendAlive(1);
+        this.sendAlive('after_task');
         return;
       case 'ignored':
         this.log('debug', 'message ignored', { id: this.o.id, task_id: c.id, reason: c.reason, ...(c.detail ? { detail: c.detail } : {}) });

@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Start } from '../protocol/index.ts';
 import { encodeResult, outcomeOf, PropletCore, readStartRef, taskRun, type Command, type Event } from '../proplet-core/index.ts';
-import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type Scope } from '../topics/index.ts';
+import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type AliveOccasion, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
 import { WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
@@ -102,7 +102,7 @@ export class NodeProplet {
       keepalive: 30,
       reconnectPeriod: 1000,
       // every publish on this proplet's own topics: the sender is in the topic, which any broker's ACL can check
-      will: { topic: topic(scope, 'proplet.alive', id), payload: encode('proplet.alive', { v: 1, proplet_id: id, status: 'offline' }, this.encoding), qos: 1, retain: false },
+      will: { topic: topic(scope, 'proplet.alive', id), payload: encode('proplet.alive', { v: 1, proplet_id: id, status: 'offline' }, this.encoding), qos: publishQos('proplet.alive', 'will'), retain: false },
     });
     this.client = client;
     client.on('message', (t, payload) => this.onMessage(t, payload));
@@ -235,8 +235,7 @@ export class NodeProplet {
       this.aliveAfterFinish.again = true;
       return;
     }
-    // QoS 1, as the result before it: a QoS 0 heartbeat could overtake the result and report the task gone unfinished
-    this.sendAlive(1);
+    this.sendAlive('after_task');
     const timer = setTimeout(() => {
       const again = this.aliveAfterFinish?.again;
       this.aliveAfterFinish = undefined;
@@ -246,7 +245,7 @@ export class NodeProplet {
     this.aliveAfterFinish = { timer, again: false };
   }
 
-  private sendAlive(qos: 0 | 1 = publishQos('proplet.alive')): void {
+  private sendAlive(occasion: AliveOccasion = 'periodic'): void {
     if (!this.client?.connected) return;
     const running = this.core.running();
     this.send('proplet.alive', {
@@ -256,7 +255,7 @@ export class NodeProplet {
       running_tasks: running.length,
       memory_used: process.memoryUsage.rss(),
       running,
-    }, qos);
+    }, publishQos('proplet.alive', occasion));
   }
 
   /** An FL update, before the task's result: the round counts the update, the result only ends the task. */

@@ -115,16 +115,20 @@ const ADDRESSABLE = new Set<TopicKind>([
   'registry.server',
 ]);
 
+/** Why a proplet sends an alive: its period, a task that ended, or its last will (set in CONNECT). */
+export type AliveOccasion = 'periodic' | 'after_task' | 'will';
+
 /**
- * The QoS a kind is published with. A heartbeat is QoS 0: the next one
- * replaces a lost one (liveness waits several periods), and a queued one would
- * only arrive stale: to a control plane back from a restart, as proof of life
- * of a device that may have gone since. Everything else is QoS 1, and so is
- * the heartbeat a proplet sends because a task ended: a QoS 0 one could
- * overtake the result before it and report the task gone unfinished.
+ * The QoS a kind is published with. A periodic heartbeat is QoS 0: the next
+ * one replaces a lost one (liveness waits several periods), and a queued one
+ * would only arrive stale: to a control plane back from a restart, as proof
+ * of life of a device that may have gone since. Everything else is QoS 1, and
+ * so are the will (the one heartbeat that must not be lost) and the heartbeat
+ * a proplet sends because a task ended (at QoS 0 it could overtake the result
+ * before it and report the task gone unfinished).
  */
-export function publishQos(kind: TopicKind): 0 | 1 {
-  return kind === 'proplet.alive' ? 0 : 1;
+export function publishQos(kind: TopicKind, occasion: AliveOccasion = 'periodic'): 0 | 1 {
+  return kind === 'proplet.alive' && occasion === 'periodic' ? 0 : 1;
 }
 
 /** Builds the shared topic of a kind, or its per-proplet form when `propletId` is given, in a layout (default ours). */

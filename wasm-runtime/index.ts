@@ -132,7 +132,7 @@ interface Slot {
   /** an extra worker's retirement, due while it stays idle */
   retireTimer: NodeJS.Timeout | null;
   /** ids of the modules this worker holds, least recently run first (the worker keeps the same list) */
-  modules: Map<number, true>;
+  modules: Set<number>;
 }
 
 type TaskState = 'preparing' | 'queued' | 'running' | 'done';
@@ -324,7 +324,7 @@ export class WasmRunner {
     });
     let settle = (): void => {};
     const started = new Promise<void>((resolve) => (settle = resolve));
-    const slot: Slot = { worker, task: null, ready: false, dead: false, started, settle, retireTimer: null, modules: new Map() };
+    const slot: Slot = { worker, task: null, ready: false, dead: false, started, settle, retireTimer: null, modules: new Set() };
     this.slots.add(slot);
     worker.unref();
     worker.on('message', (msg: WorkerMessage) => this.onMessage(slot, msg));
@@ -558,7 +558,7 @@ function runMessage(task: Task, slot: Slot, outCap: number): Record<string, unkn
   };
   const held = slot.modules;
   if (held.delete(mid)) {
-    held.set(mid, true); // most recently run last
+    held.add(mid); // most recently run last
     return msg;
   }
   msg.load = {
@@ -570,9 +570,9 @@ function runMessage(task: Task, slot: Slot, outCap: number): Record<string, unkn
     memoryImport: meta.memoryImport,
     capped: meta.capped,
   };
-  held.set(mid, true);
+  held.add(mid);
   if (held.size > MODULES_PER_WORKER) {
-    const oldest = held.keys().next().value!;
+    const oldest = held.values().next().value!;
     held.delete(oldest);
     msg.drop = [oldest];
   }
