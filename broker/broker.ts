@@ -45,6 +45,12 @@ const MQTT_MAX_PACKET = 268_435_460;
 
 export type LogFn = (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
 
+/** What `EmbeddedBroker.local()` gives the control plane in the same process (its `LocalBroker`). */
+export interface LocalLink {
+  subscribe(filter: string, deliver: (topic: string, payload: Buffer) => void): Promise<() => Promise<void>>;
+  publish(topic: string, payload: Buffer, qos: 0 | 1 | 2, done: (err?: Error) => void): void;
+}
+
 export interface BrokerOptions {
   /** The domain/channel this broker serves: every ACL rule is relative to its base topic. */
   scope: Scope;
@@ -457,6 +463,43 @@ export class EmbeddedBroker {
     const waiting = this.deferred;
     this.deferred = [];
     for (const go of waiting) go();
+  }
+
+  /**
+   * The control plane of this process as a subscriber and publisher without a
+   * socket: Aedes hands its deliveries over as packets it already holds, and
+   * takes its publishes as packets, so nothing is encoded, parsed or
+   * acknowledged between the two (for heartbeats and results the larger part
+   * of the broker's work). Its publishes get the manager account's ACL
+   * decision; it holds no session: it lives and dies with this process.
+   */
+  local(): LocalLink {
+    return {
+      subscribe: (filter, deliver) =>
+        new Promise((resolve, reject) => {
+          const onPacket = (packet: AedesPublishPacket, cb: () => void): void => {
+            try {
+              deliver(packet.topic, packet.payload as Buffer);
+            } finally {
+              cb();
+            }
+          };
+          this.aedes.subscribe(filter, onPacket, (err?: Error) => {
+            if (err) return reject(err);
+            resolve(() => new Promise<void>((done) => this.aedes.unsubscribe(filter, onPacket, () => done())));
+          });
+        }),
+      publish: (topic, payload, qos, done) => {
+        const d = this.managerPublish(topic);
+        if (!d.ok) {
+          this.drop(d.reason);
+          this.log('warn', 'mqtt publish refused', { clientId: 'control plane (in process)', topic: clip(topic), reason: d.reason });
+          return done(refusal(`publish refused: ${d.reason}`));
+        }
+        const packet = { cmd: 'publish', topic, payload, qos, retain: false, dup: false } as PublishPacket;
+        this.aedes.publish(packet, (err?: Error) => done(err ?? undefined));
+      },
+    };
   }
 
   /** Authenticated connections currently open. */

@@ -27,5 +27,6 @@ export {
   DEFAULT_MANAGER_MAX_PACKET_SIZE,
   type BrokerOptions,
   type Identity,
+  type LocalLink,
   type LogFn,
 } from './broker.ts';

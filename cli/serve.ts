@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CredentialStore, EmbeddedBroker, parseCredentials, type BrokerOptions } from '../broker/index.ts';
+import { CredentialStore, EmbeddedBroker, parseCredentials, type BrokerOptions, type LocalLink } from '../broker/index.ts';
 import { ConfigError, ControlPlane, healthFromEnv, parseDuration, type Store } from '../control-plane/index.ts';
 import { parseFetchList } from '../control-plane/modules/policy.ts';
 import { loadConfigFile, type FileConfig } from '../control-plane/config-file.ts';
@@ -179,7 +179,7 @@ ${scopeHelp}
     let broker: EmbeddedBroker | undefined;
     let creds: CredentialStore | undefined;
     let accounts: DynsecAccounts | undefined;
-    let mqtt: { url: string; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
+    let mqtt: { url: string; local?: LocalLink; username?: string; password?: string; trustPayloadSender?: boolean; shareGroup?: string; clientId?: string };
     if (external) {
       mqtt = {
         url: brokerUrl(external),
@@ -208,7 +208,7 @@ ${scopeHelp}
         ...(tlsPort ? { tls: { host, port: int('tls-port', tlsPort, 0), cert: readText(need(v, 'tls-cert')), key: readText(need(v, 'tls-key')) } } : {}),
         log: (lvl, msg, fields) => log(lvl, msg, { c: 'broker', ...fields }),
       });
-      mqtt = { url: broker.url, username: 'propeller-manager', password: managerSecret };
+      mqtt = { url: broker.url, local: broker.local(), username: 'propeller-manager', password: managerSecret };
       log('info', 'embedded broker listening', { url: broker.url, ...(broker.wsUrl ? { ws: broker.wsUrl } : {}), ...(broker.tlsUrl ? { tls: broker.tlsUrl } : {}) });
     }
     // replicas announce their store on the broker; another store there for this domain/channel is refused

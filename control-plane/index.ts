@@ -16,7 +16,7 @@ import { readiness, registerHealthMetrics, writesRefused, type Dependency } from
 import { HttpApi } from './http-api.ts';
 import { silent, type Logger } from './log.ts';
 import { ControlPlaneMetrics } from './metrics.ts';
-import { MqttGateway } from './mqtt-gateway.ts';
+import { MqttGateway, type LocalBroker } from './mqtt-gateway.ts';
 import { addPropellerApiRoutes } from './propeller-api.ts';
 import { PropellerCompat, wireOf } from './propeller-compat.ts';
 import type { ShapeOptions } from './propeller-shapes.ts';
@@ -34,7 +34,7 @@ import type { Task } from './model.ts';
 export interface ControlPlaneOptions {
   scope: Scope;
   /** `trustPayloadSender`: see GatewayOptions (external brokers only). */
-  mqtt: { url: string; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean; shareGroup?: string };
+  mqtt: { url: string; local?: LocalBroker; username?: string; password?: string; clientId?: string; trustPayloadSender?: boolean; shareGroup?: string };
   /** The HTTP API; `token` or `noAuth: true` is required (the API is never open by omission). */
   http: { host?: string; port?: number; token?: string; noAuth?: boolean; tokenHint?: string; maxBodyBytes?: number; maxUploadBytes?: number; staticDir?: string };
   health: HealthConfig;

@@ -24,8 +24,23 @@ function replyEncoding(p: Proplet): Encoding {
   return p.addressing === 'direct' ? p.encoding : 'json';
 }
 
+/**
+ * A broker in this very process (the embedded one), reached without a socket:
+ * nothing is encoded, parsed or acknowledged between the two. Whoever started
+ * both hands it in (cli/serve.ts); this code still does not know which broker
+ * it is, and `url` still names it for everyone else.
+ */
+export interface LocalBroker {
+  /** Delivers each message matching `filter`, in the broker's order, until the returned function is called. */
+  subscribe(filter: string, deliver: (topic: string, payload: Buffer) => void): Promise<() => Promise<void>>;
+  /** Publishes as the control plane's account would, under the same ACL. */
+  publish(topic: string, payload: Buffer, qos: Qos, done: (err?: Error) => void): void;
+}
+
 export interface GatewayOptions {
   url: string;
+  /** The broker in this process: used instead of a connection to `url`. */
+  local?: LocalBroker;
   username?: string;
   password?: string;
   clientId?: string;
@@ -89,6 +104,11 @@ export class MqttGateway implements Dispatcher {
   }
 
   private client?: MqttClient;
+  /** With a local broker: its subscriptions, to end on close. */
+  private localSubs?: (() => Promise<void>)[];
+  /** A local broker delivers synchronously, even inside our own publish: what arrives while a message is handled waits for it. */
+  private inbox: [string, Buffer][] = [];
+  private handling = false;
   /** Since when the broker connection is down, and the last reason heard. */
   private lost?: { since: number; error: string };
   /** Called when the connection comes back after it was lost (not on the first connect). */
@@ -99,7 +119,7 @@ export class MqttGateway implements Dispatcher {
   constructor(private o: GatewayOptions) {}
 
   get connected(): boolean {
-    return this.client?.connected ?? false;
+    return this.localSubs !== undefined || (this.client?.connected ?? false);
   }
 
   /** Set while the broker is unreachable: since when, and why. */
@@ -111,6 +131,7 @@ export class MqttGateway implements Dispatcher {
   async connect(handlers: Handlers): Promise<void> {
     this.handlers = handlers;
     this.usage ??= new PropletUsage(this.o.metrics.registry, () => handlers.registry.values(), (id) => handlers.tasks.get(id));
+    if (this.o.local) return this.connectLocal(this.o.local);
     const client = mqtt.connect(this.o.url, {
       protocolVersion: 4,
       username: this.o.username,
@@ -163,7 +184,28 @@ export class MqttGateway implements Dispatcher {
     });
   }
 
+  private async connectLocal(local: LocalBroker): Promise<void> {
+    const deliver = (t: string, payload: Buffer): void => {
+      if (this.handling) {
+        this.inbox.push([t, payload]);
+        return;
+      }
+      this.handling = true;
+      try {
+        this.handle(t, payload);
+        for (let next = this.inbox.shift(); next; next = this.inbox.shift()) this.handle(next[0], next[1]);
+      } finally {
+        this.handling = false;
+      }
+    };
+    this.localSubs = await Promise.all([...this.filters(), ROOT_FL_FILTER].map((f) => local.subscribe(f, deliver)));
+    this.o.log('info', 'broker in this process: linked without a socket', { url: this.o.url });
+  }
+
   async close(): Promise<void> {
+    const subs = this.localSubs;
+    this.localSubs = undefined;
+    if (subs) await Promise.all(subs.map((end) => end()));
     // not connected (broker gone or refusing us): nothing to flush, and a graceful end would wait for a connection forever
     await this.client?.endAsync(!this.client.connected);
   }
@@ -213,9 +255,12 @@ export class MqttGateway implements Dispatcher {
   /** Raw publish for other control-plane services (registry chunks, FL). */
   publish(t: string, payload: Uint8Array, qos: Qos = 1): void {
     tap(this, 'wire', 'out', t, payload);
-    this.client?.publish(t, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos }, (err) => {
+    const done = (err?: Error): void => {
       if (err) this.o.log('warn', 'publish failed', { topic: t, error: err.message });
-    });
+    };
+    const buf = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    if (this.localSubs) this.o.local!.publish(t, buf, qos, done);
+    else this.client?.publish(t, buf, { qos }, done);
   }
 
   /** Exposed for tests: handle one inbound message as if it came from the broker. */

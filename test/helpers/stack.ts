@@ -49,7 +49,8 @@ export async function startStack(
   const cp = new ControlPlane({
     scope,
     store,
-    mqtt: { url: broker.url, username: 'propeller-manager', password: creds.issue('propeller-manager', 'manager'), clientId: `cp-${Math.random()}` },
+    // as `propeller serve` does: the control plane reaches its embedded broker in process
+    mqtt: { url: broker.url, local: broker.local(), username: 'propeller-manager', password: creds.issue('propeller-manager', 'manager'), clientId: `cp-${Math.random()}` },
     health: { checkIntervalMs: 100, offlineThresholdMs: 5_000, failureThresholdMs: 10_000, ...o.health },
     credentials: { issue: (id) => creds.issue(id, 'proplet'), revoke: (id) => void creds.delete(id), role: (id) => creds.get(id)?.role },
     // test servers and registries live on loopback: allowed here explicitly (the default denies it)
