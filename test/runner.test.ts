@@ -374,7 +374,7 @@ test('cancel interrupts a module sleeping in poll_oneoff at once, not when its s
 
 test('a worker keeps a bounded set of compiled modules: more modules than it keeps, in turn, each run gets its own', async (t) => {
   const wabt = await wabtInit();
-  const one = new WasmRunner({ poolSize: 1, maxConcurrent: 1 });
+  const one = new WasmRunner({ poolSize: 1, maxConcurrent: 1, inline: false });
   try {
     const mods = Array.from({ length: 20 }, (_, i) => {
       const m = wabt.parseWat(`k${i}.wat`, `(module (func (export "k") (result i32) (i32.const ${i})))`);

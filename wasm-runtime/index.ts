@@ -6,6 +6,8 @@ import { devNull } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import { prepare, PrepareError, type ModuleMeta, type PreparedModule } from './modules.ts';
+import { checkMemory, convertInputs, describeError, toResult } from './call.js';
+import { FUEL_EXPORT } from './meter.ts';
 import { clipBytes } from './output.ts';
 export { clipText, TRUNCATED_MARKER } from './output.ts';
 
@@ -68,6 +70,11 @@ export interface WasmRunnerOptions {
    * once would start a cold worker (~40 ms) for nearly every run of a steady stream of concurrent runs.
    */
   idleRetireMs?: number;
+  /**
+   * Run pure modules (no imports) on this thread, metered (default true): no worker round trip,
+   * which cost about as much as the rest of a small task. False: every run in a worker.
+   */
+  inline?: boolean;
 }
 
 const DEFAULT_OUTPUT_LIMIT = 1 << 20;
@@ -156,6 +163,7 @@ export class WasmRunner {
   readonly maxConcurrent: number;
   readonly outputLimitBytes: number;
   readonly idleRetireMs: number;
+  readonly inline: boolean;
 
   private readonly slots = new Set<Slot>();
   private idle: Slot[] = [];
@@ -163,6 +171,11 @@ export class WasmRunner {
   private readonly tasks = new Map<string, Task>();
   private readonly terminations = new Set<Promise<unknown>>();
   private seq = 0;
+  /** Metered modules that ran out of fuel once: their runs go to workers. */
+  private readonly heavy = new WeakSet<WebAssembly.Module>();
+  /** Runs done on this thread (a pure module, metered), and runs that ran out of fuel there and went to a worker. */
+  inlineRuns = 0;
+  inlineFallbacks = 0;
   private closed = false;
   private busy = 0;
   private startFailures = 0;
@@ -182,6 +195,7 @@ export class WasmRunner {
     this.maxConcurrent = maxConcurrent;
     this.outputLimitBytes = opts.outputLimitBytes ?? DEFAULT_OUTPUT_LIMIT;
     this.idleRetireMs = opts.idleRetireMs ?? 2000;
+    this.inline = opts.inline ?? true;
     // Shared host fds behind WASI's stdin/stdout/stderr; guests cannot close them (see the worker).
     this.nullIn = openSync(devNull, 'r');
     this.nullOut = openSync(devNull, 'w');
@@ -235,6 +249,7 @@ export class WasmRunner {
       prepare(req.module, req.maxMemoryBytes, req.digest)
         .then((prepared) => {
           if (task.state !== 'preparing') return; // cancelled meanwhile
+          if (prepared.metered && this.inline && inlineable(req) && !this.heavy.has(prepared.metered) && this.runInline(task, prepared.metered, prepared.meta)) return;
           task.prepared = prepared;
           task.state = 'queued';
           this.queue.push(task);
@@ -253,6 +268,47 @@ export class WasmRunner {
           this.finish(task, { ok: false, exitCode: null, error: message });
         });
     });
+  }
+
+  /**
+   * A pure module (no imports) on this thread, metered (meter.ts): no worker round trip. False when
+   * the run must go to a worker after all: it ran out of fuel (nothing was observed, so running it
+   * again is safe; the module goes to workers from now on), or ended in a way that may depend on
+   * the thread (stack size) or that the worker reports in full (a missing export, bad inputs).
+   */
+  private runInline(task: Task, metered: WebAssembly.Module, meta: ModuleMeta): boolean {
+    const req = task.req;
+    let instance: WebAssembly.Instance | undefined;
+    let args: unknown[] | string = 'not called';
+    task.startedAt = performance.now();
+    let outcome: Outcome;
+    try {
+      instance = new WebAssembly.Instance(metered, {});
+      const fn = instance.exports[req.name];
+      if (typeof fn !== 'function') return false;
+      args = convertInputs(req.name, req.inputs, meta.signatures?.get(req.name) ?? null, fn.length);
+      if (typeof args === 'string') return false;
+      if (typeof instance.exports._initialize === 'function') (instance.exports._initialize as () => void)();
+      outcome = { ok: true, exitCode: 0, returnValue: toResult((fn as (...a: unknown[]) => unknown)(...args)) };
+    } catch (err) {
+      const fuel = (instance?.exports[FUEL_EXPORT] as WebAssembly.Global | undefined)?.value as number | undefined;
+      if (fuel !== undefined && fuel < 0) {
+        this.heavy.add(metered);
+        this.inlineFallbacks++;
+        return false;
+      }
+      // a trap is the module's own, the same on any thread; anything else (the stack) is the worker's to say
+      if (!(err instanceof WebAssembly.RuntimeError) || instance === undefined) return false;
+      outcome = { ok: false, exitCode: null, error: describeError(err) };
+    }
+    const memory = instance.exports.memory instanceof WebAssembly.Memory ? instance.exports.memory : null;
+    // the limit holds here too (fuel bounds a call to a few ms, a limit may be shorter)
+    if (performance.now() - task.startedAt > req.timeoutMs) outcome = { ok: false, exitCode: null, error: `time limit of ${req.timeoutMs} ms exceeded` };
+    task.state = 'running';
+    this.busy++;
+    this.inlineRuns++;
+    this.finish(task, checkMemory({ limitBytes: req.maxMemoryBytes, capped: meta.capped }, memory, outcome));
+    return true;
   }
 
   /** Stops a run: kills its worker if it is running, or drops it from the queue. */
@@ -507,6 +563,11 @@ function safeCall(fn: (chunk: string) => void, text: string): void {
   } catch {
     // a listener's failure must not break the run
   }
+}
+
+/** A run that needs nothing a worker provides (WASI, stdin, files, streamed output) and has a time limit. */
+function inlineable(req: RunRequest): boolean {
+  return req.timeoutMs > 0 && !req.stdin && !req.files && !req.onStdout;
 }
 
 function validate(req: RunRequest): string | undefined {

@@ -12,6 +12,7 @@ import {
   type FuncSignature,
   type ModuleInfo,
 } from './wasm-parse.ts';
+import { INLINE_FUEL, meterModule } from './meter.ts';
 
 export const PAGE_BYTES = 65536;
 /** wasm32 memories cannot exceed 4 GiB */
@@ -47,6 +48,8 @@ export interface ModuleMeta {
 export interface PreparedModule {
   module: WebAssembly.Module;
   meta: ModuleMeta;
+  /** The same code metering itself (meter.ts), when the module may run on the runner's own thread: it imports nothing. */
+  metered?: WebAssembly.Module;
 }
 
 /** Thrown for modules that cannot be prepared; the message is the run's error. */
@@ -119,7 +122,9 @@ async function compileFresh(bytes: Uint8Array, capPages: number | null, digest: 
   const module = await WebAssembly.compile(source(code));
   const meta = metaFromInfo(info, capPages, capped, bytes, digest);
   registry.set(module, meta);
-  return { module, meta };
+  const meteredBytes = info.imports.length === 0 && !meta.command ? meterModule(code, INLINE_FUEL) : null;
+  if (!meteredBytes) return { module, meta };
+  return { module, meta, metered: await WebAssembly.compile(source(meteredBytes)) };
 }
 
 /** Compiles (or takes from the cache) bytes for the given memory limit. */

@@ -14,6 +14,7 @@
 // file or fd is ever created, so nothing can leak when a worker is killed.
 
 import { parentPort, workerData } from 'node:worker_threads';
+import { checkMemory, convertInputs, describeError, toResult } from './call.js';
 
 // node:wasi prints an ExperimentalWarning once per thread; the runner is the only user here.
 {
@@ -86,7 +87,6 @@ const DIR_RIGHTS = RIGHT.PATH_OPEN | RIGHT.FD_READDIR | RIGHT.PATH_READLINK | RI
 const WRITE_RIGHTS = RIGHT.FD_WRITE | RIGHT.FD_ALLOCATE | RIGHT.FD_FILESTAT_SET_SIZE;
 const MAX_OPEN_FILES = 1024;
 const PRELOAD_DIR = '/data';
-const PAGE = 65536;
 const dataDirName = new TextEncoder().encode(PRELOAD_DIR);
 
 /** Thrown by our proc_exit to unwind the wasm stack. */
@@ -587,120 +587,6 @@ function runJob(job) {
   return checkMemory(job, memory, outcome);
 }
 
-/**
- * A trap while memory sits at the runner's cap is reported as the memory
- * limit (a refused memory.grow often ends in one); a module that exits with a
- * code of its own chose to, and keeps its reason. A module that somehow got
- * past the limit fails after the fact.
- * @param {Job} job @param {WebAssembly.Memory | null} memory @param {Outcome} outcome
- * @returns {Outcome}
- */
-function checkMemory(job, memory, outcome) {
-  if (!memory || job.limitBytes <= 0) return outcome;
-  const size = memory.buffer.byteLength;
-  const limit = `memory limit of ${job.limitBytes} bytes exceeded`;
-  if (size > job.limitBytes) {
-    return { ...outcome, ok: false, error: `${limit} (memory grew to ${size} bytes)` };
-  }
-  if (!outcome.ok && outcome.exitCode == null && job.capped && size + PAGE > job.limitBytes) {
-    return { ...outcome, error: `${limit} (${outcome.error})` };
-  }
-  return outcome;
-}
-
-/** @param {unknown} err */
-function describeError(err) {
-  if (err instanceof WebAssembly.RuntimeError) return `trap: ${err.message}`;
-  if (err instanceof WebAssembly.LinkError) return `link error: ${err.message.replace(/^WebAssembly\.Instance\(\): /, '')}`;
-  if (err instanceof WebAssembly.CompileError) return `compile error: ${err.message}`;
-  if (err instanceof RangeError && /call stack/i.test(err.message)) return 'trap: call stack exhausted';
-  if (err instanceof Error) return `${err.name === 'Error' ? 'error' : err.name}: ${err.message}`;
-  return `error: ${String(err)}`;
-}
-
-/**
- * Converts task inputs to the export's parameter types.
- * @param {string} name @param {(number | bigint | string)[]} inputs
- * @param {Signature | null} sig @param {number} arity
- * @returns {unknown[] | string} arguments, or an error message
- */
-function convertInputs(name, inputs, sig, arity) {
-  const want = sig ? sig.params.length : arity;
-  if (inputs.length < want) return `missing input: ${name} expects ${want} argument${want === 1 ? '' : 's'}, got ${inputs.length}`;
-  if (inputs.length > want) return `too many inputs: ${name} expects ${want} argument${want === 1 ? '' : 's'}, got ${inputs.length}`;
-  /** @type {unknown[]} */
-  const out = [];
-  for (let i = 0; i < inputs.length; i++) {
-    const v = inputs[i];
-    const type = sig ? sig.params[i] : guessType(v);
-    const bad = () => `invalid input ${i} for ${name}: ${typeof v === 'string' ? JSON.stringify(v) : String(v)} is not a valid ${type}`;
-    switch (type) {
-      case 'i32': {
-        const n = toInteger(v);
-        if (n === null || n < -(2n ** 31n) || n >= 2n ** 32n) return bad();
-        out.push(Number(BigInt.asIntN(32, n)));
-        break;
-      }
-      case 'i64': {
-        const n = toInteger(v);
-        if (n === null || n < -(2n ** 63n) || n >= 2n ** 64n) return bad();
-        out.push(BigInt.asIntN(64, n));
-        break;
-      }
-      case 'f32':
-      case 'f64': {
-        const n = typeof v === 'bigint' ? Number(v) : typeof v === 'number' ? v : parseFloatStrict(v);
-        if (n === null) return bad();
-        out.push(n);
-        break;
-      }
-      default:
-        return `input ${i} for ${name}: parameters of type ${type} cannot be passed from a task`;
-    }
-  }
-  return out;
-}
-
-/** Without a signature: integers are i32 unless they only fit in i64; other numbers f64. @param {unknown} v @returns {ValType} */
-function guessType(v) {
-  const n = toInteger(v);
-  if (n !== null) return n >= -(2n ** 31n) && n < 2n ** 31n && typeof v !== 'bigint' ? 'i32' : 'i64';
-  return 'f64';
-}
-
-/** @param {unknown} v @returns {bigint | null} */
-function toInteger(v) {
-  if (typeof v === 'bigint') return v;
-  if (typeof v === 'number') return Number.isSafeInteger(v) ? BigInt(v) : null;
-  if (typeof v === 'string') {
-    const s = v.trim();
-    if (!/^[+-]?(\d+|0x[0-9a-f]+)$/i.test(s)) return null;
-    try {
-      return s.startsWith('-') ? -BigInt(s.slice(1)) : BigInt(s.replace(/^\+/, ''));
-    } catch {
-      return null;
-    }
-  }
-  return null;
-}
-
-/** @param {unknown} v @returns {number | null} */
-function parseFloatStrict(v) {
-  if (typeof v !== 'string') return null;
-  const s = v.trim();
-  if (/^[+-]?nan$/i.test(s)) return NaN;
-  if (/^[+-]?inf(inity)?$/i.test(s)) return s.startsWith('-') ? -Infinity : Infinity;
-  if (s === '' || !/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(s)) return null;
-  return Number(s);
-}
-
-/** @param {unknown} v @returns {unknown} */
-function toResult(v) {
-  if (typeof v === 'bigint') return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
-  if (Array.isArray(v)) return v.map(toResult);
-  if (typeof v === 'number' || v === undefined || v === null) return v;
-  return String(v); // references (externref/funcref) cannot leave the worker
-}
 
 /**
  * Modules this worker has been sent, by the runner's id: a run names its module and the
