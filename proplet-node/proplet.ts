@@ -7,8 +7,8 @@
 
 import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
-import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Start } from '../protocol/index.ts';
-import { encodeResult, outcomeOf, PropletCore, readStartRef, taskRun, type Command, type Event } from '../proplet-core/index.ts';
+import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Result, type Start } from '../protocol/index.ts';
+import { encodeResult, outcomeOf, PropletCore, readStartRef, runKey, taskRun, type Command, type Event } from '../proplet-core/index.ts';
 import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type AliveOccasion, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
@@ -167,7 +167,10 @@ export class NodeProplet {
   // --- the core's commands ------------------------------------------------------------
 
   /** Set while this turn's packets are held for one write at its end (corkTurn). */
-  private corked = false;
+  private corked?: { cork(): void; uncork(): void };
+  /** `running` results of this turn, by run key: sent at its end unless the final result came first. */
+  private readonly heldRunning = new Map<string, Result>();
+  private turnEnd = false;
 
   /**
    * Holds what this turn sends (the acknowledgement of a start, running, the result, the alive) for one
@@ -177,13 +180,28 @@ export class NodeProplet {
    */
   private corkTurn(): void {
     const stream = this.client?.stream as { cork?: () => void; uncork?: () => void } | undefined;
-    if (this.corked || !stream?.cork || !stream.uncork) return;
-    this.corked = true;
-    stream.cork();
+    if (!this.corked && stream?.cork && stream.uncork) {
+      this.corked = stream as { cork(): void; uncork(): void };
+      this.corked.cork();
+    }
+    this.atTurnEnd();
+  }
+
+  private atTurnEnd(): void {
+    if (this.turnEnd) return;
+    this.turnEnd = true;
     setImmediate(() => {
-      this.corked = false;
-      stream.uncork!();
+      this.turnEnd = false;
+      for (const r of this.heldRunning.values()) this.publishResult(r);
+      this.heldRunning.clear();
+      const stream = this.corked;
+      this.corked = undefined;
+      stream?.uncork();
     });
+  }
+
+  private publishResult(r: Result): void {
+    this.client?.publish(topic(this.o.scope, 'proplet.results', this.o.id), encodeResult(r, this.encoding), { qos: 1 });
   }
 
   private dispatch(e: Event<Start>): void {
@@ -205,9 +223,16 @@ export class NodeProplet {
         return; // a fetch in flight ends on its own; the core no longer holds the task, so nothing runs
       case 'publish':
         this.corkTurn();
-        this.client?.publish(topic(this.o.scope, 'proplet.results', this.o.id), encodeResult(c.result, this.encoding), { qos: 1 });
+        if (c.result.status === 'running') {
+          // a small task's final result is ready before the turn ends, and says all that running would
+          this.heldRunning.set(runKey(c.result.task_id, c.result.attempt), c.result);
+          return;
+        }
+        // superseded: the final result is the first this attempt sends
+        this.heldRunning.delete(runKey(c.result.task_id, c.result.attempt));
+        this.publishResult(c.result);
         if (c.again) this.log('info', 'result sent again', { task_id: c.result.task_id, attempt: c.result.attempt, status: c.result.status, reason: 'asked by a stop for an attempt that ended here' });
-        else if (c.result.status !== 'running') {
+        else {
           const status = c.result.status ?? 'completed';
           this.log('info', status === 'refused' ? 'task refused' : 'task finished', { task_id: c.result.task_id, attempt: c.result.attempt, status, ...(c.result.error ? { error: c.result.error } : {}) });
           if (status !== 'refused') this.o.onTaskFinished?.(c.result.task_id, status as 'completed' | 'failed' | 'stopped');

@@ -436,7 +436,9 @@ test.serial('both proplet kinds send heartbeats at QoS 0, the one after a task a
     t.is(x.state, 'Completed', x.error);
     await until(() => order.get(id)!.includes('alive qos 1'), `the heartbeat after the task on ${id}`);
     const sent = order.get(id)!.filter((m) => m !== 'alive qos 0'); // periodic ones may fall anywhere
-    t.deepEqual(sent.slice(0, 3), ['results running qos 1', 'results completed qos 1', 'alive qos 1'], `${id}: the heartbeat after the task comes behind its result`);
+    // the node proplet leaves running out when the result is ready in the turn that loaded the task
+    const expected = id === MCU || sent[0] === 'results running qos 1' ? ['results running qos 1', 'results completed qos 1', 'alive qos 1'] : ['results completed qos 1', 'alive qos 1'];
+    t.deepEqual(sent.slice(0, expected.length), expected, `${id}: the heartbeat after the task comes behind its result`);
   }
   await watch.endAsync();
 });

@@ -1,0 +1,52 @@
+// When the node proplet says `running`, over real MQTT: a task whose final
+// result is ready before the end of the turn that loaded it (a small pure
+// module, run in process) sends only that result; a task that runs on (WASI,
+// in a worker) sends `running` first. Either way the final result arrives once
+// and the control plane completes the task.
+
+import test from 'ava';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { MqttClient } from 'mqtt';
+import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
+import { decode, type Result } from '../protocol/index.ts';
+import { topic } from '../topics/index.ts';
+import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+
+let s: Stack;
+let manager: MqttClient;
+const results: Result[] = [];
+const wasm = (name: string) => readFileSync(join(EXAMPLES_BUILD_DIR, `${name}.wasm`));
+
+test.before(async () => {
+  await buildExamples();
+  s = await startStack({ health: { offlineThresholdMs: 120_000, failureThresholdMs: 240_000 } });
+  await s.addProplet('runner-1');
+  manager = await s.client('running-test-manager', 'manager');
+  manager.on('message', (t, payload) => {
+    if (t.startsWith(topic(scope, 'proplet.results'))) results.push(decode('proplet.results', payload).msg);
+  });
+  await manager.subscribeAsync(`${topic(scope, 'proplet.results')}/#`, { qos: 1 });
+});
+test.after.always(async () => {
+  await s?.close();
+});
+
+/** The statuses the proplet sent for a task created and started through the API. */
+async function statuses(name: string, inputs: number[]): Promise<{ sent: (string | undefined)[]; result: unknown }> {
+  const task = await s.api.createTask({ name, file: wasm(name).toString('base64'), inputs });
+  await s.api.startTask(task.id);
+  await until(async () => (await s.api.getTask(task.id)).state === 'Completed', `${name} completed`);
+  await until(() => results.some((r) => r.task_id === task.id && r.status === 'completed'), `the result of ${name} seen`);
+  return { sent: results.filter((r) => r.task_id === task.id).map((r) => r.status), result: (await s.api.getTask(task.id)).result?.results };
+}
+
+test.serial('a small task whose result is ready in the same turn sends only its final result; the control plane completes it', async (t) => {
+  // the first run compiles the module (asynchronously): its result comes a turn later
+  await statuses('add', [1, 1]);
+  t.deepEqual(await statuses('add', [40, 2]), { sent: ['completed'], result: 42 });
+});
+
+test.serial('a task that runs on sends running first, then its final result', async (t) => {
+  t.deepEqual(await statuses('sleep', [50]), { sent: ['running', 'completed'], result: 50 });
+});
