@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import mqtt, { type MqttClient } from 'mqtt';
 import { decode, encode, ProtocolError, type Encoding, type FlUpdate, type Result, type Start } from '../protocol/index.ts';
 import { encodeResult, outcomeOf, PropletCore, readStartRef, runKey, taskRun, type Command, type Event } from '../proplet-core/index.ts';
-import { flUpdateTopic, parseTopic, propletSubscriptions, publishQos, topic, type AliveOccasion, type Scope } from '../topics/index.ts';
+import { flUpdateTopic, propletSubscriptions, publishQos, topic, type AliveOccasion, type Scope } from '../topics/index.ts';
 import { FlContractError, flInput, flOutcome, isFlTask, type FlInput } from '../wasm-runtime/fl.ts';
 import { ModuleError, ModuleSource } from './module-source.ts';
 import { WasmRunner, type RunResult } from '../wasm-runtime/index.ts';
@@ -67,11 +67,15 @@ export class NodeProplet {
   private readonly encoding: Encoding;
   private readonly maxTasks: number;
   private readonly log: Log;
+  private readonly startTopic: string;
+  private readonly stopTopic: string;
 
   constructor(private o: NodePropletOptions) {
     this.encoding = o.encoding ?? 'json';
     this.maxTasks = o.maxTasks ?? 4;
     this.log = o.log ?? (() => {});
+    this.startTopic = topic(o.scope, 'manager.start', o.id);
+    this.stopTopic = topic(o.scope, 'manager.stop', o.id);
     const maxModuleBytes = o.maxModuleBytes ?? 64 * 1024 * 1024;
     this.modules = new ModuleSource({ maxModuleBytes });
     this.core = new PropletCore<Start>({ propletId: o.id, maxTasks: this.maxTasks, maxModuleBytes, ramBudgetBytes: o.memoryBytes });
@@ -321,9 +325,9 @@ export class NodeProplet {
 
   private onMessage(t: string, payload: Buffer): void {
     this.corkTurn(); // mqtt.js acknowledges the message after this handler
-    const parsed = parseTopic(t);
     const now = Date.now();
-    if (parsed?.kind === 'manager.start') {
+    // exactly the topics subscribed to (propletSubscriptions: no wildcards)
+    if (t === this.startTopic) {
       let msg: Start;
       try {
         msg = decode('manager.start', payload).msg;
@@ -338,7 +342,7 @@ export class NodeProplet {
       const moduleBytes = msg.file && msg.file.length > 0 ? msg.file.length : msg.module_size;
       const start = { id: msg.id, attempt: msg.attempt, proplet_id: msg.proplet_id, fl: msg.env?.ROUND_ID !== undefined, payload: msg };
       this.dispatch({ t: 'start', start: { ...start, ...(moduleBytes !== undefined ? { moduleBytes } : {}), ...(msg.memory_bytes !== undefined ? { linearBytes: msg.memory_bytes } : {}) }, now });
-    } else if (parsed?.kind === 'manager.stop') {
+    } else if (t === this.stopTopic) {
       try {
         const msg = decode('manager.stop', payload).msg;
         this.dispatch({ t: 'stop', id: msg.id, attempt: msg.attempt, proplet_id: msg.proplet_id, now });

@@ -124,6 +124,7 @@ class Capture {
 
   /** At most `limit` bytes, the truncation marker included. */
   text(): string {
+    if (this.size === 0 && !this.truncated) return '';
     return clipBytes(Buffer.concat(this.chunks, this.size), this.limit, this.truncated);
   }
 }
