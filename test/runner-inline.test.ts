@@ -76,6 +76,51 @@ test('a pure module runs on the runner thread, with the results and errors a wor
   t.is(runner.inlineRuns, 6);
 });
 
+test('metered control flow, tables, globals, data and a start function give the results a worker gives', async (t) => {
+  const rich = wat(`(module
+    (type $un (func (param i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 16) "\\01\\02\\03\\04")
+    (global $g (mut i32) (i32.const 7))
+    (table 3 funcref)
+    (elem (i32.const 0) $dbl $neg $sq)
+    (func $dbl (type $un) (i32.mul (local.get 0) (i32.const 2)))
+    (func $neg (type $un) (i32.sub (i32.const 0) (local.get 0)))
+    (func $sq (type $un) (i32.mul (local.get 0) (local.get 0)))
+    (func $init (global.set $g (i32.add (global.get $g) (i32.load8_u (i32.const 18)))))
+    (start $init)
+    (func (export "pick") (param i32 i32) (result i32) (call_indirect (type $un) (local.get 1) (local.get 0)))
+    (func (export "sw") (param i32) (result i32)
+      (block $c (block $b (block $a (br_table $a $b $c (local.get 0))) (return (i32.const 10))) (return (i32.const 20)))
+      (i32.const 30))
+    (func (export "sum") (param i32) (result i64) (local $acc i64)
+      (block $done (loop $next
+        (br_if $done (i32.eqz (local.get 0)))
+        (local.set $acc (i64.add (local.get $acc) (i64.extend_i32_u (local.get 0))))
+        (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+        (br $next)))
+      (local.get $acc))
+    (func (export "g") (result i32) (global.get $g))
+    (func (export "sel") (param i32) (result f64)
+      (select (f64.const 1.5) (f64.const -2.25) (local.get 0)))
+    (func (export "mv") (param i32) (result i32 i32) (local.get 0) (i32.add (local.get 0) (i32.const 1)))
+    (func (export "ifelse") (param i32) (result i32)
+      (if (result i32) (local.get 0) (then (i32.const 1)) (else (i32.const 2)))))`);
+  const cases: [string, (number | string)[]][] = [
+    ['pick', [0, 21]], ['pick', [1, 5]], ['pick', [2, 9]], ['pick', [3, 1]],
+    ['sw', [0]], ['sw', [1]], ['sw', [2]], ['sw', [9]],
+    ['sum', [100000]], ['g', []], ['sel', [0]], ['sel', [1]], ['mv', [4]], ['ifelse', [0]], ['ifelse', [3]],
+  ];
+  const { inline, worker, runner } = await both(async (r) => {
+    const out = [];
+    for (const [name, inputs] of cases) out.push(same(await r.run(req(rich, name, inputs))));
+    return out;
+  });
+  t.deepEqual(inline, worker);
+  t.deepEqual(inline.map((x) => x.returnValue ?? x.error), [42, -5, 81, 'trap: table index is out of bounds', 10, 20, 30, 30, 5000050000, 10, -2.25, 1.5, [4, 5], 2, 1]);
+  t.is(runner.inlineRuns, cases.length);
+});
+
 test('a pure module that loops forever runs out of fuel at once, then its time limit kills it in a worker', async (t) => {
   const pure = wat(PURE);
   const r = new WasmRunner({ poolSize: 1 });

@@ -124,7 +124,11 @@ async function compileFresh(bytes: Uint8Array, capPages: number | null, digest: 
   registry.set(module, meta);
   const meteredBytes = info.imports.length === 0 && !meta.command ? meterModule(code, INLINE_FUEL) : null;
   if (!meteredBytes) return { module, meta };
-  return { module, meta, metered: await WebAssembly.compile(source(meteredBytes)) };
+  try {
+    return { module, meta, metered: await WebAssembly.compile(source(meteredBytes)) };
+  } catch {
+    return { module, meta }; // a rewrite the engine refuses: the module still runs, in workers
+  }
 }
 
 /** Compiles (or takes from the cache) bytes for the given memory limit. */
