@@ -400,10 +400,12 @@ export class HttpApi {
         return;
       }
       if (await this.mounted(req, res, url, false)) return;
-      const matching = this.routes.filter((r) => r.re.test(url.pathname));
-      if (matching.length === 0) throw new HttpError(404, `no such path: ${url.pathname}`);
-      const route = matching.find((r) => r.method === method);
-      if (!route) throw new HttpError(405, `${method} not allowed on ${url.pathname}; allowed: ${matching.map((r) => r.method).join(', ')}`);
+      const route = this.routes.find((r) => r.method === method && r.re.test(url.pathname));
+      if (!route) {
+        const matching = this.routes.filter((r) => r.re.test(url.pathname));
+        if (matching.length === 0) throw new HttpError(404, `no such path: ${url.pathname}`);
+        throw new HttpError(405, `${method} not allowed on ${url.pathname}; allowed: ${matching.map((r) => r.method).join(', ')}`);
+      }
       const params = route.re.exec(url.pathname)!.slice(1).map(decodeURIComponent);
       const refused = method === 'GET' || method === 'HEAD' ? undefined : this.o.refuseWrites?.();
       if (refused) throw new HttpError(503, refused);

@@ -25,6 +25,9 @@ const MIGRATIONS: string[] = [
      task_id text NOT NULL, seq integer NOT NULL, state text NOT NULL, at timestamptz NOT NULL,
      reason text, proplet_id text, attempt integer, PRIMARY KEY (task_id, seq));
    ALTER TABLE records ADD COLUMN version integer NOT NULL DEFAULT 1, ADD COLUMN seq bigint GENERATED ALWAYS AS IDENTITY;`,
+  // 3: no index beyond the keys: every read is a whole load at start (the store is a mirror), and
+  // each secondary index cost index writes per transition
+  `DROP INDEX IF EXISTS tasks_state; DROP INDEX IF EXISTS tasks_finished_at;`,
 ];
 export const PG_SCHEMA_VERSION = MIGRATIONS.length;
 

@@ -953,8 +953,16 @@ export class TaskService extends EventEmitter<TaskEvents> {
 
   private lastCreated = 0;
 
+  /** The last timestamp made: a task's transitions, and the tasks of one batch, mostly fall in one millisecond. */
+  private isoMs = NaN;
+  private isoText = '';
   private iso(): string {
-    return new Date(this.now()).toISOString();
+    const ms = this.now();
+    if (ms !== this.isoMs) {
+      this.isoMs = ms;
+      this.isoText = new Date(ms).toISOString();
+    }
+    return this.isoText;
   }
 
   /** Strictly increasing, so tasks list newest first in the order they were created, even within one millisecond. */

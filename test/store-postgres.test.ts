@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
+import { PG_SCHEMA_VERSION } from '../control-plane/pg-store.ts';
 import { BIN, startProplet, startServe, type Proc } from './helpers/procs.ts';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.ts';
 import { freePort, until } from './helpers/stack.ts';
@@ -60,7 +61,7 @@ it('a wrong, unreachable or newer store: one line on stderr, non-zero exit, no s
   await c.connect();
   await c.query('CREATE TABLE propeller_schema (version integer NOT NULL); INSERT INTO propeller_schema VALUES (7)');
   await c.end();
-  cases.push([['--store', url], /^propeller: the PostgreSQL database .* has schema version 7, newer than this propeller-edge knows \(2\): run a newer propeller-edge$/]);
+  cases.push([['--store', url], new RegExp(String.raw`^propeller: the PostgreSQL database .* has schema version 7, newer than this propeller-edge knows \(${PG_SCHEMA_VERSION}\): run a newer propeller-edge$`)]);
   for (const [args, re] of cases) {
     const r = await serveFails(...args);
     t.not(r.code, 0, args.join(' '));

@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { Task } from '../control-plane/model.ts';
 import { openStore, parseStoreUrl, StoreError, type StoreLocation } from '../control-plane/open-store.ts';
+import { PG_SCHEMA_VERSION } from '../control-plane/pg-store.ts';
+import { SQLITE_SCHEMA_VERSION } from '../control-plane/sqlite-store.ts';
 import type { RowKey } from '../control-plane/store-rows.ts';
 import { postgresMissing, startPostgres, type Postgres } from './helpers/postgres.ts';
 import { startStack, until } from './helpers/stack.ts';
@@ -341,6 +343,44 @@ for (const e of ENGINES) {
     }
   });
 
+  it('a database of the second schema loses the secondary task indexes no query reads, and keeps its tasks', async (t, e) => {
+    const loc = await e.fresh();
+    const s = await openStore(loc);
+    s.tasks.put('x', task('x'));
+    await s.close();
+    // as the second schema left it
+    const indexes = `CREATE INDEX tasks_state ON tasks (state); CREATE INDEX tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL;`;
+    const left = async (): Promise<string[]> => {
+      if (loc.engine === 'sqlite') {
+        const db = new Database(loc.path, { readonly: true });
+        const names = db.prepare<[], { name: string }>(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' AND sql IS NOT NULL`).all();
+        db.close();
+        return names.map((r) => r.name);
+      }
+      const c = new pg.Client({ connectionString: loc.url });
+      await c.connect();
+      const r = await c.query<{ indexname: string }>(`SELECT indexname FROM pg_indexes WHERE tablename = 'tasks' AND indexname <> 'tasks_pkey'`);
+      await c.end();
+      return r.rows.map((x) => x.indexname);
+    };
+    if (loc.engine === 'sqlite') {
+      const db = new Database(loc.path);
+      db.exec(indexes);
+      db.pragma('user_version = 2');
+      db.close();
+    } else {
+      const c = new pg.Client({ connectionString: loc.url });
+      await c.connect();
+      await c.query(`${indexes} UPDATE propeller_schema SET version = 2`);
+      await c.end();
+    }
+    t.deepEqual((await left()).sort(), ['tasks_finished_at', 'tasks_state']);
+    const again = await openStore(loc);
+    t.deepEqual(again.tasks.get('x'), task('x'));
+    await again.close();
+    t.deepEqual(await left(), []);
+  });
+
   it('a database written by a newer version is refused with one clear line', async (t, e) => {
     const loc = await e.fresh();
     await (await openStore(loc)).close();
@@ -355,7 +395,8 @@ for (const e of ENGINES) {
       await c.end();
     }
     const err = await t.throwsAsync(openStore(loc), { instanceOf: StoreError });
-    t.regex(err!.message, /schema version 99, newer than this propeller-edge knows \(2\)/);
+    const known = loc.engine === 'sqlite' ? SQLITE_SCHEMA_VERSION : PG_SCHEMA_VERSION;
+    t.true(err!.message.includes(`schema version 99, newer than this propeller-edge knows (${known})`), err!.message);
     t.notRegex(err!.message, /\n/);
   });
 }
@@ -418,7 +459,7 @@ test('sqlite: a file of the first schema (one JSON document per record) migrates
   s.tasks.put('x', y);
   await s.close();
   const db = new Database(path, { readonly: true });
-  t.is(db.pragma('user_version', { simple: true }), 2);
+  t.is(db.pragma('user_version', { simple: true }), SQLITE_SCHEMA_VERSION);
   t.deepEqual(db.prepare('SELECT state, attempt, proplet_id FROM tasks').all(), [{ state: 'Running', attempt: 1, proplet_id: 'p1' }], 'queryable columns');
   t.is((db.prepare('SELECT count(*) AS n FROM task_history').get() as { n: number }).n, 3);
   db.close();
