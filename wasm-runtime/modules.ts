@@ -119,16 +119,17 @@ async function compileFresh(bytes: Uint8Array, capPages: number | null, digest: 
       throw err;
     }
   }
-  const module = await WebAssembly.compile(source(code));
+  const command = info.exports.some((e) => e.kind === 'function' && e.name === '_start');
+  const meteredBytes = info.imports.length === 0 && !command ? meterModule(code, INLINE_FUEL) : null;
+  // both at once (the engine compiles off this thread): the first run waits for one compile, not two
+  const [module, metered] = await Promise.all([
+    WebAssembly.compile(source(code)),
+    // a rewrite the engine refuses leaves the module to workers
+    meteredBytes ? WebAssembly.compile(source(meteredBytes)).catch(() => undefined) : undefined,
+  ]);
   const meta = metaFromInfo(info, capPages, capped, bytes, digest);
   registry.set(module, meta);
-  const meteredBytes = info.imports.length === 0 && !meta.command ? meterModule(code, INLINE_FUEL) : null;
-  if (!meteredBytes) return { module, meta };
-  try {
-    return { module, meta, metered: await WebAssembly.compile(source(meteredBytes)) };
-  } catch {
-    return { module, meta }; // a rewrite the engine refuses: the module still runs, in workers
-  }
+  return metered ? { module, meta, metered } : { module, meta };
 }
 
 /** Compiles (or takes from the cache) bytes for the given memory limit. */
