@@ -196,7 +196,8 @@ export class NodeProplet {
     this.turnEnd = true;
     setImmediate(() => {
       this.turnEnd = false;
-      for (const r of this.heldRunning.values()) this.publishResult(r);
+      // offline meanwhile: not kept, as the core keeps no running result (the registration says what runs)
+      if (this.client?.connected) for (const r of this.heldRunning.values()) this.publishResult(r);
       this.heldRunning.clear();
       const stream = this.corked;
       this.corked = undefined;

@@ -280,14 +280,13 @@ export class WasmRunner {
   private runInline(task: Task, metered: WebAssembly.Module, meta: ModuleMeta): boolean {
     const req = task.req;
     let instance: WebAssembly.Instance | undefined;
-    let args: unknown[] | string = 'not called';
     task.startedAt = performance.now();
     let outcome: Outcome;
     try {
       instance = new WebAssembly.Instance(metered, {});
       const fn = instance.exports[req.name];
       if (typeof fn !== 'function') return false;
-      args = convertInputs(req.name, req.inputs, meta.signatures?.get(req.name) ?? null, fn.length);
+      const args = convertInputs(req.name, req.inputs, meta.signatures?.get(req.name) ?? null, fn.length);
       if (typeof args === 'string') return false;
       if (typeof instance.exports._initialize === 'function') (instance.exports._initialize as () => void)();
       outcome = { ok: true, exitCode: 0, returnValue: toResult((fn as (...a: unknown[]) => unknown)(...args)) };
@@ -303,7 +302,7 @@ export class WasmRunner {
       outcome = { ok: false, exitCode: null, error: describeError(err) };
     }
     const memory = instance.exports.memory instanceof WebAssembly.Memory ? instance.exports.memory : null;
-    // the limit holds here too (fuel bounds a call to a few ms, a limit may be shorter)
+    // the limit holds here too (fuel bounds a call to about a millisecond; a limit may be shorter)
     if (performance.now() - task.startedAt > req.timeoutMs) outcome = { ok: false, exitCode: null, error: `time limit of ${req.timeoutMs} ms exceeded` };
     task.state = 'running';
     this.busy++;
