@@ -548,6 +548,8 @@ export class TaskService extends EventEmitter<TaskEvents> {
     this.endAttempt(t, status, r.error);
     this.release(t);
     if (status === 'failed') t.error = r.error ?? 'failed';
+    // A run over before its first turn ended sends no `running` (the node proplet): it started when it was sent at the earliest.
+    if (!t.started_at) t.started_at = this.startedBefore(t, at, r.duration_ms);
     this.finish(t, status === 'completed' ? 'Completed' : 'Failed', at, r);
     return undefined;
   }
@@ -952,6 +954,14 @@ export class TaskService extends EventEmitter<TaskEvents> {
   }
 
   private lastCreated = 0;
+
+  /** When a run that ended at `at` after `ms` began, by this clock, but not before it was sent. */
+  private startedBefore(t: Task, at: string, ms: number | undefined): string {
+    const sent = t.attempts.at(-1)?.started_at;
+    const end = Date.parse(at);
+    const begun = Math.max(end - Math.max(0, ms ?? 0), sent ? Date.parse(sent) : -Infinity);
+    return begun >= end ? at : new Date(begun).toISOString();
+  }
 
   /** The last timestamp made: a task's transitions, and the tasks of one batch, mostly fall in one millisecond. */
   private isoMs = NaN;

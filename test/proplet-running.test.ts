@@ -45,6 +45,11 @@ test.serial('a small task whose result is ready in the same turn sends only its 
   // the first run compiles the module (asynchronously): its result comes a turn later
   await statuses('add', [1, 1]);
   t.deepEqual(await statuses('add', [40, 2]), { sent: ['completed'], result: 42 });
+  // it went from Scheduled to Completed, and still shows when it ran: not before it was sent, not after it ended
+  const [task] = (await s.api.listTasks()).tasks.filter((x) => x.name === 'add' && x.result?.results === 42);
+  t.deepEqual(task!.history.map((h) => h.state), ['Pending', 'Scheduled', 'Completed']);
+  t.truthy(task!.started_at);
+  t.true(task!.started_at! >= task!.attempts[0]!.started_at && task!.started_at! <= task!.finished_at!, `${task!.attempts[0]!.started_at} <= ${task!.started_at} <= ${task!.finished_at}`);
 });
 
 test.serial('a task that runs on sends running first, then its final result', async (t) => {
