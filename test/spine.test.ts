@@ -7,9 +7,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
-import { decode, encode } from '../protocol/index.ts';
-import { topic } from '../topics/index.ts';
-import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+import { startStack, until, type Stack } from './helpers/stack.ts';
 
 let s: Stack;
 const wasm = (name: string) => readFileSync(join(EXAMPLES_BUILD_DIR, `${name}.wasm`)).toString('base64');
@@ -113,33 +111,6 @@ test('stop kills a running daemon task', async (t) => {
   await s.api.stopTask(d.id);
   t.is((await s.api.getTask(d.id)).state, 'Stopped');
   await until(() => s.proplets.find((p) => p.id === 'p2')!.runningTasks === 0, 'daemon killed on the proplet');
-});
-
-test('a start published over MQTT reaches only its proplet, and results come back over MQTT', async (t) => {
-  const manager = await s.client('mgr-test', 'manager');
-  const results: unknown[] = [];
-  // the broker delivers p1's results on p1's own topic, whichever topic p1 published on
-  await manager.subscribeAsync(topic(scope, 'proplet.results', 'p1'), { qos: 1 });
-  manager.on('message', (_t, payload) => results.push(decode('proplet.results', payload).msg));
-  // a raw direct-addressed peer listening on its own topic must not see p1's start
-  const other = await s.client('bystander');
-  const seen: string[] = [];
-  await other.subscribeAsync(topic(scope, 'manager.start', 'bystander'), { qos: 1 });
-  other.on('message', (tp) => seen.push(tp));
-  const id = '11111111-2222-4333-8444-555555555555';
-  await manager.publishAsync(
-    topic(scope, 'manager.start', 'p1'),
-    encode('manager.start', { id, name: 'add', proplet_id: 'p1', file: Buffer.from(wasm('add'), 'base64'), inputs: [20, 22] }, 'json'),
-    { qos: 1 },
-  );
-  await until(() => results.some((r) => (r as { task_id: string; status: string }).task_id === id && (r as { status: string }).status === 'completed'), 'result over MQTT');
-  const done = results.find((r) => (r as { task_id: string; status: string }).task_id === id && (r as { status: string }).status === 'completed') as { results: number; proplet_id: string };
-  t.is(done.results, 42);
-  t.is(done.proplet_id, 'p1');
-  t.deepEqual(seen, []);
-  // the control plane never started this task, so it counts the result as ignored
-  const metrics = await (await fetch(`${s.apiUrl}/metrics`)).text();
-  t.regex(metrics, /propeller_results_ignored_total\{reason="unknown_task"\} [1-9]/);
 });
 
 test('metrics carry the seed names', async (t) => {
