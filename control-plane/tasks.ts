@@ -975,9 +975,13 @@ export class TaskService extends EventEmitter<TaskEvents> {
     return this.isoText;
   }
 
-  /** Strictly increasing, so tasks list newest first in the order they were created, even within one millisecond. */
+  /**
+   * Never earlier than the last one (a clock stepped back), so that tasks list in the order they
+   * were created: within one millisecond their ids, which only grow, order them (task-index.ts).
+   * Not one millisecond apart each, which ran ahead of the clock past 1,000 creations a second.
+   */
   private creationTime(): string {
-    this.lastCreated = Math.max(this.now(), this.lastCreated + 1);
+    this.lastCreated = Math.max(this.now(), this.lastCreated);
     return new Date(this.lastCreated).toISOString();
   }
 }

@@ -73,6 +73,18 @@ test.serial('GET /tasks pages newest first with a continue token and a total; a 
   await t.throwsAsync(s.api.listTasks({ state: 'sleepy' }), { message: /state: must be one of/ });
 });
 
+test.serial('tasks made faster than one a millisecond are stamped with the clock, not ahead of it, and list in the order they were made', async (t) => {
+  const made: string[] = [];
+  const before = new Date().toISOString();
+  const file = readFileSync(join(EXAMPLES_BUILD_DIR, 'add.wasm'));
+  for (let i = 0; i < 3000; i++) made.push(s.cp.tasks.create({ name: `burst${i}`, file, cli_args: [], inputs: [], env: {}, daemon: false, resources: {}, labels: { burst: 'yes' } }).id);
+  const after = new Date().toISOString();
+  const tasks = made.map((id) => s.cp.tasks.get(id)!);
+  t.true(tasks.every((x) => x.created_at >= before && x.created_at <= after), `created between ${before} and ${after}: ${tasks[0]!.created_at} … ${tasks.at(-1)!.created_at}`);
+  const listed = await s.api.listTasks({ limit: 1000, label: ['burst=yes'] });
+  t.deepEqual(listed.tasks.map((x) => x.id), made.slice(-1000).reverse());
+});
+
 test.serial('task list says when it cut the list', async (t) => {
   for (let i = 0; i < 3; i++) await s.api.createTask({ name: `cut${i}`, file: wasm('add') });
   const r = await exec('node', [BIN, 'task', 'list', '--api', s.apiUrl, '--limit', '2']);
