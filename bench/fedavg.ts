@@ -9,8 +9,9 @@
 // - naive JS loop: sum[i] += x[i] into a Float64Array, no weighting, no checks;
 // - naive "hold every update, then average": the memory comparison;
 // - numpy: Flower's aggregate() and a BLAS sgemv on the same updates, in a
-//   python3 child kept alive (see startNumpy) and timed just before each
-//   fedavg path, and the same arithmetic in float64.
+//   python3 child kept alive (see startNumpy), the Flower aggregate timed in
+//   turns with each fedavg path (numpy, cold, warm, numpy, ...), and the same
+//   arithmetic in float64.
 //   Goal: every fedavg path with the float32 accumulator (the default,
 //   Flower's arithmetic: its result is compared with numpy's bit for bit)
 //   ≤ 0.8× the CPU time of the Flower aggregate timed beside it, peak RSS <
@@ -24,8 +25,9 @@
 // updates that arrived over the network; medians of --runs runs after a
 // warm-up. FedAvg runs each way in twice: cold (a new aggregator on fresh
 // memory, the first round of a model in a process: releaseFedAvgMemory()
-// before each run) and warm (a new aggregator on the memory the previous one
-// handed back with finishWith(), every later round of the same model). Peak
+// before each run) and warm (a new aggregator on the memory the previous one,
+// the cold run just before, handed back with finishWith(): every later round
+// of the same model). Peak
 // RSS growth: measured in fresh child processes per variant (median of
 // three; `--single-threaded`: V8's background compiler and GC threads
 // otherwise touch 0-4 MB of their malloc arenas at random moments), in which each
@@ -367,7 +369,7 @@ export async function run(argv: string[]): Promise<void> {
   // child keeps freed memory (no page faults): numpy at its best, as context.
   const npHot = await startNumpy(data, MODEL_SHAPES(P).map(([, n]) => n), weights, { MALLOC_MMAP_THRESHOLD_: String(2 ** 30), MALLOC_TRIM_THRESHOLD_: String(2 ** 40) });
   const hotSamples: Samples = [];
-  // numpy's runs, all of them, and the CPU median of those timed just before each of our paths
+  // numpy's runs, all of them, and the CPU median of those timed just before a block of ours (sgemv, float64)
   const npSamples: Record<NumpyRun, Samples> = { flower: [], flower64: [], sgemv: [] };
   const npTime = async (name: NumpyRun): Promise<number> => {
     if (np === undefined) return NaN;
@@ -417,6 +419,37 @@ export async function run(argv: string[]): Promise<void> {
     hotSamples.push(...xs);
     return median(xs.map((x) => x[1]).sort((a, b) => a - b));
   };
+  // Each path in turns with numpy's Flower aggregate(), run by run: numpy, cold,
+  // warm (on the memory the cold run handed back), numpy, cold, warm... On this
+  // shared machine the load drifts within seconds: a block of numpy's runs
+  // before a block of ours made the ratio swing by ±10 % from one run to the next.
+  const inTurns = async (acc: Accumulator, path: Path) => {
+    const f = fedavg(acc, path);
+    f(); // JIT
+    const wall = { cold: [] as number[], warm: [] as number[] };
+    const cpu = { cold: [] as number[], warm: [] as number[] };
+    const flower: Samples = [];
+    const one = (temp: 'cold' | 'warm') => {
+      if (temp === 'cold') cold();
+      gc();
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      f();
+      wall[temp].push(performance.now() - t0);
+      const c = process.cpuUsage(c0);
+      cpu[temp].push((c.user + c.system) / 1000);
+    };
+    for (let r = 0; r < runs; r++) {
+      if (np !== undefined) flower.push(...(await np.time('flower', 1)));
+      one('cold');
+      one('warm');
+    }
+    gc();
+    npSamples.flower.push(...flower);
+    for (const temp of ['cold', 'warm'] as const) cpuTimes.set(`${acc} ${path} ${temp}`, cpu[temp].sort((a, b) => a - b));
+    const byCpu = flower.map((x) => x[1]).sort((a, b) => a - b);
+    return { cold: wall.cold.sort((a, b) => a - b), warm: wall.warm.sort((a, b) => a - b), flower: byCpu.length ? median(byCpu) : NaN };
+  };
   for (const acc of ACCUMULATORS) {
     nearCpu[acc] = {} as never;
     // the result of each path, outside the timed runs: the checksum, the sha256 of its float32 bytes, the same on every path
@@ -434,9 +467,10 @@ export async function run(argv: string[]): Promise<void> {
     results[acc] = { ...digests[0]!, same: digests.every((d) => d.sha256 === digests[0]!.sha256) };
     times[acc] = {} as never;
     for (const path of PATHS) {
-      nearCpu[acc][path] = { flower: await npTime('flower'), flower64: acc === 'float64' ? await npTime('flower64') : NaN, hot: acc === 'float32' ? await hotTime() : NaN };
-      const f = fedavg(acc, path);
-      times[acc][path] = { cold: timeRuns(runs, f, true, `${acc} ${path} cold`, cold), warm: timeRuns(runs, f, true, `${acc} ${path} warm`) };
+      const context = { flower64: acc === 'float64' ? await npTime('flower64') : NaN, hot: acc === 'float32' ? await hotTime() : NaN };
+      const t = await inTurns(acc, path);
+      times[acc][path] = { cold: t.cold, warm: t.warm };
+      nearCpu[acc][path] = { flower: t.flower, ...context };
     }
     releaseFedAvgMemory();
   }
@@ -551,7 +585,7 @@ export async function run(argv: string[]): Promise<void> {
   const np64Cpu = cpuOf(npSamples.flower64);
   const pathName: Record<Path, string> = { add: 'add()', encoded: 'addEncoded()', stream: 'streamed' };
   // CPU time decides the goal (steadier than wall time on a shared machine), against numpy's runs
-  // timed just before the path's (the load drifts within a minute); against all of numpy's runs beside it.
+  // timed in turns with the path's (the load drifts within seconds); against all of numpy's runs beside it.
   const line = (acc: Accumulator, path: Path, temp: 'cold' | 'warm') => {
     const t = times[acc][path][temp];
     const cpu = median(cpuTimes.get(`${acc} ${path} ${temp}`)!);

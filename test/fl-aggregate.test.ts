@@ -105,6 +105,8 @@ function maxRelDiff(a: Model, b: Float32Array[]): number {
 const STAGE = 262144;
 
 const bits = (m: Model) => Buffer.from(encodeModel({ ...m, meta: undefined }));
+/** A model's values as little-endian float32 bytes (any value, ±Infinity included). */
+const raw = (m: Model) => Buffer.concat(m.tensors.map((x) => float32ToLE(x.data)));
 /** bits() of the reference's shapes over the given data. */
 const bitsOf = (data: Float32Array[], reference = ref) => bits({ ...reference, tensors: reference.tensors.map((x, i) => ({ ...x, data: data[i]! })) });
 /** The expected result of each accumulator, as bits(). */
@@ -115,6 +117,14 @@ function refused(t: { throws(f: () => unknown, e?: unknown): unknown; is(a: unkn
   if (!e) return;
   t.is(e.reason, reason, e.message);
   if (msg) t.regex(e.message, msg);
+}
+
+type Via = 'add' | 'addEncoded' | 'stream';
+/** Gives an aggregator an update whole, in its CBOR form, or streamed (random chunks from a generator seeded with `seed`). */
+function give(a: Aggregator, u: Update, via: Via, seed: number): void {
+  if (via === 'add') a.add(u);
+  else if (via === 'addEncoded') a.addEncoded(u.participant, u.numSamples, encodeModel(u.model));
+  else stream(a, u, rng(seed));
 }
 
 /** Streams an update's data in random-sized chunks, in random order. */
@@ -291,11 +301,7 @@ test('fedavg is bit-identical to its reference loop in arrival order: Flower\'s 
   for (const accumulator of ACCUMULATORS) {
     for (const via of ['add', 'addEncoded', 'stream'] as const) {
       const a = new FedAvg(ref, { accumulator });
-      for (const u of us) {
-        if (via === 'add') a.add(u);
-        else if (via === 'addEncoded') a.addEncoded(u.participant, u.numSamples, encodeModel(u.model));
-        else stream(a, u, rng(15));
-      }
+      for (const u of us) give(a, u, via, 15);
       t.deepEqual(bits(a.finish()), want(accumulator, us), `${accumulator} ${via}`);
     }
   }
@@ -387,6 +393,165 @@ test('streams share slots in the kernel memory: interleaved, refused and aborted
   for (const u of [u0, u3, u4]) whole.add(u);
   t.deepEqual(bits(a.result()), bits(whole.result()));
   t.deepEqual(a.participants(), [u0.participant, u3.participant, u4.participant]);
+});
+
+/** Sends the chunks of one tensor of an update (all of it, in two halves: the second half first). */
+function sendTensor(a: Aggregator, u: Update, ti: number): void {
+  const bytes = float32ToLE(u.model.tensors[ti]!.data);
+  const half = Math.floor(bytes.length / 8) * 4;
+  a.addChunk(u.participant, ti, half / 4, bytes.subarray(half));
+  if (half > 0) a.addChunk(u.participant, ti, 0, bytes.subarray(0, half));
+}
+/** Sends every tensor of an update but those given. */
+function sendRest(a: Aggregator, u: Update, ...sent: number[]): void {
+  for (let ti = 0; ti < u.model.tensors.length; ti++) if (!sent.includes(ti)) sendTensor(a, u, ti);
+}
+
+test('float32: a stream that begins alone folds as it arrives; updates that count meanwhile wait and count after it, in their order', (t) => {
+  const us = updates(6, 41);
+  const [u0, u1, u2, u3, u4, u5] = us as [Update, Update, Update, Update, Update, Update];
+  const a = new FedAvg(ref);
+  a.add(u0);
+  a.begin(u1.participant, u1.numSamples); // nothing else streams or waits: u1 folds as it arrives
+  sendTensor(a, u1, 2);
+  a.add(u2); // u1 has folded a chunk: u2 waits behind it
+  stream(a, u3, rng(42)); // begins while u1 streams, commits before it: waits too
+  a.addEncoded(u4.participant, u4.numSamples, encodeModel(u4.model));
+  t.is(a.count, 4);
+  t.true(a.has(u2.participant) && a.has(u3.participant) && !a.has(u1.participant));
+  t.deepEqual(a.participants(), [u0, u2, u3, u4].map((u) => u.participant));
+  // result() meanwhile: the updates that count, in that order, without u1
+  t.deepEqual(bits(a.result()), want('float32', [u0, u2, u3, u4]));
+  sendRest(a, u1, 2);
+  a.commit(u1.participant); // u1 counts before those that waited
+  t.deepEqual(a.participants(), [u0, u1, u2, u3, u4].map((u) => u.participant));
+  t.deepEqual(bits(a.result()), want('float32', [u0, u1, u2, u3, u4]));
+  // nothing waits now: commit order again
+  a.add(u5);
+  t.deepEqual(bits(a.finish()), want('float32', [u0, u1, u2, u3, u4, u5]));
+});
+
+test('float32: a folding stream aborted, refused or dropped at finish leaves the sum as it was; those that waited are folded in their order', (t) => {
+  const us = updates(5, 43);
+  const [u0, u1, u2, u3, u4] = us as [Update, Update, Update, Update, Update];
+  for (const end of ['abort', 'nan-last', 'incomplete', 'finish'] as const) {
+    const a = new FedAvg(ref);
+    a.add(u0);
+    const before = bits(a.result());
+    a.begin(u1.participant, u1.numSamples);
+    sendRest(a, u1, 0); // every tensor but the first
+    a.add(u2);
+    stream(a, u3, rng(44));
+    t.deepEqual(a.participants(), [u0, u2, u3].map((u) => u.participant), end);
+    t.deepEqual(bits(a.result()), want('float32', [u0, u2, u3]), end);
+    if (end === 'abort') t.true(a.abort(u1.participant));
+    else if (end === 'nan-last') {
+      // the stream's very last chunk ends in a NaN: everything before it was folded into its slot
+      const bad = Uint8Array.from(float32ToLE(u1.model.tensors[0]!.data));
+      new DataView(bad.buffer).setFloat32(bad.length - 4, NaN, true);
+      refused(t, () => a.addChunk(u1.participant, 0, 0, bad), 'non_finite', new RegExp(`tensor 'conv\\.w' has NaN at index ${bad.length / 4 - 1}`));
+    } else if (end === 'incomplete') refused(t, () => a.commit(u1.participant), 'shape', /is incomplete: tensor 'conv\.w'/);
+    else {
+      t.deepEqual(bits(a.finish()), want('float32', [u0, u2, u3]), end);
+      continue;
+    }
+    t.is(a.inFlight, 0);
+    t.deepEqual(bits(a.result()), want('float32', [u0, u2, u3]), end);
+    a.add(u4);
+    t.deepEqual(a.participants(), [u0, u2, u3, u4].map((u) => u.participant), end);
+    t.deepEqual(bits(a.finish()), want('float32', [u0, u2, u3, u4]), end);
+    void before;
+  }
+  // the sum untouched by the refused stream: the same bits as without it
+  const b = new FedAvg(ref);
+  b.add(u0);
+  const before = bits(b.result());
+  b.begin(u1.participant, u1.numSamples);
+  sendRest(b, u1, 0);
+  t.true(b.abort(u1.participant));
+  t.deepEqual(bits(b.result()), before);
+});
+
+test('float32: the first update waiting behind a folding stream, the stream first of all, and a stream that folded nothing yet', (t) => {
+  const us = updates(5, 45);
+  const [u0, u1, u2, u3, u4] = us as [Update, Update, Update, Update, Update];
+  // the folding stream is the round's first update: its chunks are scaled, not added to a sum
+  const a = new FedAvg(ref);
+  a.begin(u0.participant, u0.numSamples);
+  sendTensor(a, u0, 0);
+  a.add(u1);
+  t.deepEqual(bits(a.result()), want('float32', [u1]), 'only the update waiting');
+  a.add(u4);
+  sendRest(a, u0, 0);
+  a.commit(u0.participant);
+  t.deepEqual(a.participants(), [u0, u1, u4].map((u) => u.participant));
+  t.deepEqual(bits(a.finish()), want('float32', [u0, u1, u4]));
+  // a stream that has received nothing when another update counts does not fold as it arrives: commit order
+  const b = new FedAvg(ref);
+  b.begin(u2.participant, u2.numSamples);
+  b.add(u3);
+  t.deepEqual(b.participants(), [u3.participant]);
+  sendRest(b, u2);
+  b.commit(u2.participant);
+  t.deepEqual(b.participants(), [u3.participant, u2.participant]);
+  t.deepEqual(bits(b.finish()), want('float32', [u3, u2]));
+  void u4;
+  // float64 keeps commit order: its sum does not depend on it
+  const c = new FedAvg(ref, { accumulator: 'float64' });
+  c.begin(u2.participant, u2.numSamples);
+  sendTensor(c, u2, 2);
+  c.add(u3);
+  sendRest(c, u2, 2);
+  c.commit(u2.participant);
+  t.deepEqual(c.participants(), [u3.participant, u2.participant]);
+});
+
+test('float32: at most maxInFlight updates wait behind a folding stream; the memory stays within sum, one slot for add() and 2 × maxInFlight slots', (t) => {
+  releaseFedAvgMemory();
+  const us = updates(6, 47);
+  const [u0, u1, u2, u3, u4] = us as [Update, Update, Update, Update, Update];
+  const a = new FedAvg(ref, { maxInFlight: 2 });
+  a.begin(u0.participant, u0.numSamples);
+  sendTensor(a, u0, 2);
+  a.add(u1);
+  a.add(u2);
+  refused(t, () => a.add(u3), 'capacity', /2 updates already wait for the stream from proplet-0, which folds as it arrives and counts before them \(maxInFlight 2\)/);
+  refused(t, () => a.begin(u3.participant, u3.numSamples), 'capacity', /already wait/);
+  t.is(a.count, 2);
+  sendRest(a, u0, 2);
+  a.commit(u0.participant);
+  a.add(u3); // nothing waits any more
+  stream(a, u4, rng(48));
+  const slot = Math.ceil((4 * paramCount(ref)) / 16) * 16;
+  t.true(a.memoryBytes <= STAGE + (2 * 2 + 2) * slot + 65536, `${a.memoryBytes}`);
+  t.deepEqual(bits(a.finish()), want('float32', [u0, u1, u2, u3, u4]));
+});
+
+test('values whose sum overflows float32 are not refused: the kernel\'s cheap check raises a false alarm that an exact look settles', (t) => {
+  const r = rng(49);
+  const huge = (seed: number): Update => {
+    const m = model(r);
+    for (const x of m.tensors) for (let i = 0; i < x.data.length; i++) x.data[i] = (i + seed) % 3 === 0 ? -3e38 : 3e38;
+    return { participant: `h${seed}`, numSamples: 1, model: m };
+  };
+  const us = [huge(0), huge(1)];
+  for (const accumulator of ACCUMULATORS) {
+    for (const via of ['add', 'addEncoded', 'stream'] as const) {
+      const a = new FedAvg(ref, { accumulator });
+      for (const u of us) give(a, u, via, 50);
+      t.is(a.count, 2, `${accumulator} ${via}`);
+      const res = a.finish();
+      // ±Infinity where float32 overflows, as in numpy
+      if (accumulator === 'float32') t.deepEqual(raw(res), Buffer.concat(flower32(us).map((x) => float32ToLE(x))), via);
+    }
+  }
+  // a plain stream (not the folding one) and one waiting behind it
+  const b = new FedAvg(ref);
+  b.begin(us[0]!.participant, 1);
+  sendTensor(b, us[0]!, 0);
+  stream(b, us[1]!, rng(51));
+  t.true(b.abort(us[0]!.participant));
+  t.deepEqual(raw(b.finish()), Buffer.concat(flower32([us[1]!]).map((x) => float32ToLE(x))));
 });
 
 test('addEncoded: an update in its CBOR form folds like the decoded one, and is validated the same', (t) => {
@@ -775,19 +940,30 @@ test('float32 (the default) is bit-identical to Flower\'s aggregate() in numpy: 
   const counts = [1, 3, 16_777_217, 999_999_999, 123_456_789, 7, 65_536, 65_537, 2 ** 24 - 1, 33_554_435];
   const us: Update[] = Array.from({ length: 40 }, (_, i) => ({ participant: `p${i}`, numSamples: counts[i % counts.length]! + (i >= counts.length ? Math.floor(r() * 1000) : 0), model: oddModel(r) }));
   const np = flowerNumpy(us);
-  const mine = (via: 'add' | 'addEncoded' | 'stream', few = us) => {
+  const mine = (via: Via, few = us) => {
     const a = new FedAvg(ref, { maxSamples: 2e9 });
-    for (const u of few) {
-      if (via === 'add') a.add(u);
-      else if (via === 'addEncoded') a.addEncoded(u.participant, u.numSamples, encodeModel(u.model));
-      else stream(a, u, rng(32));
-    }
+    for (const u of few) give(a, u, via, 32);
     return Buffer.concat(a.finish().tensors.map((x) => float32ToLE(x.data)));
   };
   for (const via of ['add', 'addEncoded', 'stream'] as const) t.true(mine(via).equals(np), via);
   t.true(Buffer.concat(flower32(us).map((x) => float32ToLE(x))).equals(np), 'the JavaScript reference loop agrees');
   // one update: w·x / w, rounded twice, not always x
   t.true(mine('add', us.slice(2, 3)).equals(flowerNumpy(us.slice(2, 3))), 'one update');
+  // a stream that folds as it arrives, overtaken by whole and streamed updates: they count after it, in the order participants() gives
+  const lead = new FedAvg(ref, { maxSamples: 2e9, maxInFlight: 8 });
+  const [x, ...rest] = us.slice(0, 9) as [Update, ...Update[]];
+  lead.begin(x.participant, x.numSamples);
+  sendTensor(lead, x, 2);
+  for (const [i, u] of rest.entries()) {
+    if (i % 3 === 0) lead.add(u);
+    else if (i % 3 === 1) lead.addEncoded(u.participant, u.numSamples, encodeModel(u.model));
+    else stream(lead, u, rng(33));
+  }
+  sendRest(lead, x, 2);
+  lead.commit(x.participant);
+  const order = lead.participants();
+  t.deepEqual(order, [x, ...rest].map((u) => u.participant));
+  t.true(raw(lead.finish()).equals(flowerNumpy(order.map((p) => us.find((u) => u.participant === p)!))), 'a folding stream overtaken');
   // −0 where every update has −0; subnormals in the result
   const res = new Float32Array(new Uint8Array(np).buffer);
   t.true(Object.is(res[ref.tensors[0]!.data.length], -0));

@@ -256,26 +256,22 @@ export function createAggregator(algorithm: AlgorithmName | (string & {}), refer
 
 // ---------------------------------------------------------------- common part
 
-/** Where a streamed update's values go until it commits. */
-interface Slot {
-  /** Copies LE float32 bytes to flat element `pos`; returns the flat index of the first non-finite value written, or -1. */
-  write(pos: number, bytes: Uint8Array): number;
-  /** The update counts: folded (FedAvg) or kept (robust). */
-  commit(weight: number): void;
-  release(): void;
-}
-
-interface Stream {
+/** A streamed update; `slot` is the aggregator's state for where its values go until it commits. */
+interface Stream<S> {
   participant: string;
   numSamples: number;
   metrics: ClientMetrics | undefined;
-  slot: Slot;
+  slot: S;
   /** Per tensor, the element ranges received: sorted, merged [start, end) pairs. */
   ranges: number[][];
   received: number;
 }
 
-abstract class BaseAggregator implements Aggregator {
+// Slots are plain state objects handled by the aggregator's methods, not
+// closures: optimized code that inlined a closure made per stream was thrown
+// away with it (after each round's aggregator was collected) and compiled
+// again: 20-30 ms of CPU per 100 streamed updates.
+abstract class BaseAggregator<S> implements Aggregator {
   readonly reference: Model;
   protected readonly params: number;
   /** Flat index of each tensor's first element. */
@@ -285,7 +281,7 @@ abstract class BaseAggregator implements Aggregator {
   protected finished = false;
   private readonly done: string[] = [];
   private readonly doneSet = new Set<string>();
-  private readonly streams = new Map<string, Stream>();
+  private readonly streams = new Map<string, Stream<S>>();
   private samples = 0;
   private lossSum = 0;
   private lossSamples = 0;
@@ -337,7 +333,16 @@ abstract class BaseAggregator implements Aggregator {
   protected abstract accept(tensors: Tensor[], weight: number, participant: string): void;
   /** accept() for tensors as little-endian float32 bytes (any alignment). */
   protected abstract acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void;
-  protected abstract openSlot(participant: string): Slot;
+  protected abstract openSlot(participant: string, weight: number): S;
+  /** Copies LE float32 bytes to flat element `pos`; returns the flat index of the first non-finite value written, or -1. */
+  protected abstract writeSlot(slot: S, pos: number, bytes: Uint8Array): number;
+  /**
+   * The update counts: folded (FedAvg) or kept (robust). Returns how many of
+   * the updates that already count come after it in the order of the
+   * aggregate (those that wait behind a FedAvg stream folding as it arrives).
+   */
+  protected abstract commitSlot(slot: S, weight: number): number;
+  protected abstract releaseSlot(slot: S): void;
   /** The aggregate, flat, float32. */
   protected abstract compute(): Float32Array;
   abstract get memoryBytes(): number;
@@ -406,8 +411,9 @@ abstract class BaseAggregator implements Aggregator {
     return new UpdateError('non_finite', `update from ${p}: tensor '${name}' has ${value} at index ${flat - this.offsets[t]!}`, p, name);
   }
 
-  private record(p: string, numSamples: number, metrics: ClientMetrics | undefined): void {
-    this.done.push(p);
+  /** `p` counts, ahead of the last `behind` updates that count (see commitSlot). */
+  private record(p: string, numSamples: number, metrics: ClientMetrics | undefined, behind = 0): void {
+    this.done.splice(this.done.length - behind, 0, p);
     this.doneSet.add(p);
     this.samples += numSamples;
     if (metrics?.loss !== undefined) {
@@ -455,19 +461,19 @@ abstract class BaseAggregator implements Aggregator {
     const h = this.checkHeader(participant, numSamples, metrics);
     if (this.streams.size >= this.cfg.maxInFlight) throw new UpdateError('capacity', `update from ${h.participant} refused: ${this.streams.size} updates already streaming (maxInFlight ${this.cfg.maxInFlight})`, h.participant);
     this.checkCapacity(h.participant);
-    const slot = this.openSlot(h.participant);
-    this.streams.set(h.participant, { ...h, slot, ranges: this.sizes.map(() => []), received: 0 });
+    const slot = this.openSlot(h.participant, h.numSamples);
+    this.streams.set(h.participant, { participant: h.participant, numSamples: h.numSamples, metrics: h.metrics, slot, ranges: this.sizes.map(() => []), received: 0 });
   }
 
-  private stream(participant: string): Stream {
+  private stream(participant: string): Stream<S> {
     const s = this.streams.get(participant);
     if (!s) throw new UpdateError('state', `no update from ${JSON.stringify(participant)} is streaming (begin() first)`, typeof participant === 'string' ? participant : undefined);
     return s;
   }
 
-  private drop(s: Stream): void {
+  private drop(s: Stream<S>): void {
     this.streams.delete(s.participant);
-    s.slot.release();
+    this.releaseSlot(s.slot);
   }
 
   addChunk(participant: string, tensorIndex: number, offset: number, bytes: Uint8Array): void {
@@ -490,7 +496,7 @@ abstract class BaseAggregator implements Aggregator {
         throw new UpdateError('shape', `update from ${p}: tensor '${name}': elements [${offset}, ${offset + n}) overlap elements already received`, p, name);
       }
       const pos = this.offsets[tensorIndex]! + offset;
-      const bad = s.slot.write(pos, bytes);
+      const bad = this.writeSlot(s.slot, pos, bytes);
       if (bad >= 0) throw this.nonFinite(p, bad, readFloat32LE(bytes, bad - pos));
       s.received += n;
     } catch (e) {
@@ -509,8 +515,8 @@ abstract class BaseAggregator implements Aggregator {
       throw new UpdateError('shape', `update from ${s.participant} is incomplete: tensor '${name}' has ${got} of ${this.sizes[i]} elements (${s.received} of ${this.params} in all)`, s.participant, name);
     }
     this.streams.delete(s.participant);
-    s.slot.commit(s.numSamples);
-    this.record(s.participant, s.numSamples, s.metrics);
+    const behind = this.commitSlot(s.slot, s.numSamples);
+    this.record(s.participant, s.numSamples, s.metrics, behind);
   }
 
   abort(participant: string): boolean {
@@ -565,8 +571,13 @@ abstract class BaseAggregator implements Aggregator {
   }
 
   protected close(): void {
-    for (const s of [...this.streams.values()]) this.drop(s);
+    this.dropStreams();
     this.finished = true;
+  }
+
+  /** Drops every stream still open. */
+  protected dropStreams(): void {
+    for (const s of [...this.streams.values()]) this.drop(s);
   }
 }
 
@@ -600,9 +611,12 @@ function insertRange(list: number[], s: number, e: number): boolean {
  * The FedAvg kernel, in WebAssembly SIMD. Plain JavaScript folds a float32
  * update into a float64 sum at 1.5-5 ns per value on the development
  * machine (scalar, one value at a time); the kernel checks and folds with
- * 128-bit vectors (an OR-accumulated exponent test; for the float64 sum, two
- * f64x2 lanes per four values; for the float32 one, f32x4 multiply and add
- * fused with the test in one pass), near what memory allows; at finish() it
+ * 128-bit vectors (the check a lane-wise sum of the values, one add per
+ * vector; for the float64 sum, two f64x2 lanes per four values; for the
+ * float32 one, f32x4 multiply and add fused with the check in one pass,
+ * sixteen values per iteration: these loops are bound by instructions, the
+ * earlier eight-value loop with an exponent test per value took 1.6× the
+ * time on data in cache); at finish() it
  * writes the float32 result over the sum in place. Wasm memory is
  * little-endian on every host, so update bytes off the wire (float32 LE) are
  * copied in as they are. The bytes below are this text compiled by wabt
@@ -611,30 +625,39 @@ function insertRange(list: number[], s: number, e: number): boolean {
 export const FOLD_KERNEL_WAT = String.raw`(module
   ;; Memory is imported: the aggregator sizes it (staging area, running sum, stream slots).
   (import "env" "memory" (memory 1))
-  ;; nonfinite(p, n): 1 if any of the n float32 at byte address p is NaN or ±Infinity
-  ;; (exponent bits all ones), else 0. Two vectors per iteration, OR-accumulated.
+  ;; Checks: an update's values are summed lane-wise (four vectors folded into an accumulator
+  ;; per iteration), and the sum is not finite if any of them is NaN or ±Infinity (NaN and
+  ;; Infinity survive every addition; +Inf + -Inf is NaN). It is also not finite when finite
+  ;; values near the float32 limit overflow it: a false alarm the callers settle with an exact
+  ;; look at the values (firstNonFiniteLE), rare enough to cost nothing. One add per vector,
+  ;; against three operations to test each value's exponent: these loops are bound by their
+  ;; instruction count, not by memory.
+  ;; nonfinite(p, n): 1 if the n float32 at byte address p may hold NaN or ±Infinity (see above), else 0.
   (func (export "nonfinite") (param $p i32) (param $n i32) (result i32)
-    (local $end i32) (local $acc v128) (local $m v128)
-    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-    (local.set $end (i32.add (local.get $p) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (local $end i32) (local $acc v128)
+    (local.set $end (i32.add (local.get $p) (i32.shl (i32.and (local.get $n) (i32.const -16)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
-        (local.set $acc (v128.or (local.get $acc)
-          (v128.or
-            (i32x4.eq (v128.and (v128.load (local.get $p)) (local.get $m)) (local.get $m))
-            (i32x4.eq (v128.and (v128.load offset=16 (local.get $p)) (local.get $m)) (local.get $m)))))
-        (local.set $p (i32.add (local.get $p) (i32.const 32)))
+        (local.set $acc (f32x4.add (local.get $acc)
+          (f32x4.add
+            (f32x4.add (v128.load (local.get $p)) (v128.load offset=16 (local.get $p)))
+            (f32x4.add (v128.load offset=32 (local.get $p)) (v128.load offset=48 (local.get $p))))))
+        (local.set $p (i32.add (local.get $p) (i32.const 64)))
         (br $next)))
-    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 15)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
-        (local.set $acc (v128.or (local.get $acc)
-          (i32x4.eq (v128.and (v128.load32_zero (local.get $p)) (local.get $m)) (local.get $m))))
+        (local.set $acc (f32x4.add (local.get $acc) (v128.load32_zero (local.get $p))))
         (local.set $p (i32.add (local.get $p) (i32.const 4)))
         (br $next)))
-    (v128.any_true (local.get $acc)))
+    (call $infinite (local.get $acc)))
+  ;; 1 if a lane of v is NaN or ±Infinity (exponent bits all ones).
+  (func $infinite (param $v v128) (result i32)
+    (v128.any_true (i32x4.eq
+      (v128.and (local.get $v) (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+      (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))))
   ;; fold(s, d, n, w): sum[i] += w * f64(data[i]) for i < n, with sum float64 at byte
   ;; address s and data float32 at byte address d (both little-endian, as wasm memory is).
   (func (export "fold") (param $s i32) (param $d i32) (param $n i32) (param $w f64)
@@ -683,67 +706,71 @@ export const FOLD_KERNEL_WAT = String.raw`(module
       (then (f32.store (local.get $o) (f32.demote_f64 (f64.div (f64.load (local.get $s)) (local.get $t)))))))
   ;; The float32 accumulator (Flower's arithmetic): every operation one IEEE float32
   ;; operation as numpy does it (wasm has no fused multiply-add outside relaxed SIMD,
-  ;; and keeps subnormals), eight values per iteration. The new sum is written over the
+  ;; and keeps subnormals), sixteen values per iteration. The new sum is written over the
   ;; update's staged values (d), never over the old sum (s): an update refused midway
-  ;; leaves the sum as it was. Both return 1 if any staged value was NaN or ±Infinity.
+  ;; leaves the sum as it was. Both return nonfinite()'s verdict on the staged values.
   ;; scale32(d, n, w): d[i] = w * d[i], the first update (copied, not added to 0: -0 stays -0).
   (func (export "scale32") (param $d i32) (param $n i32) (param $w f32) (result i32)
-    (local $end i32) (local $wv v128) (local $m v128) (local $acc v128) (local $x v128) (local $y v128) (local $bad i32)
+    (local $end i32) (local $wv v128) (local $acc v128) (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
     (local.set $wv (f32x4.splat (local.get $w)))
-    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -16)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (local.set $x (v128.load (local.get $d)))
-        (local.set $y (v128.load offset=16 (local.get $d)))
-        (local.set $acc (v128.or (local.get $acc)
-          (v128.or (i32x4.eq (v128.and (local.get $x) (local.get $m)) (local.get $m))
-                   (i32x4.eq (v128.and (local.get $y) (local.get $m)) (local.get $m)))))
-        (v128.store (local.get $d) (f32x4.mul (local.get $x) (local.get $wv)))
-        (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $y) (local.get $wv)))
-        (local.set $d (i32.add (local.get $d) (i32.const 32)))
+        (local.set $x0 (v128.load offset=0 (local.get $d)))
+        (local.set $x1 (v128.load offset=16 (local.get $d)))
+        (local.set $x2 (v128.load offset=32 (local.get $d)))
+        (local.set $x3 (v128.load offset=48 (local.get $d)))
+        (local.set $acc (f32x4.add (local.get $acc)
+          (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3)))))
+        (v128.store offset=0 (local.get $d) (f32x4.mul (local.get $x0) (local.get $wv)))
+        (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $x1) (local.get $wv)))
+        (v128.store offset=32 (local.get $d) (f32x4.mul (local.get $x2) (local.get $wv)))
+        (v128.store offset=48 (local.get $d) (f32x4.mul (local.get $x3) (local.get $wv)))
+        (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $next)))
-    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 15)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (local.set $bad (i32.or (local.get $bad)
-          (i32.eq (i32.and (i32.load (local.get $d)) (i32.const 0x7f800000)) (i32.const 0x7f800000))))
-        (f32.store (local.get $d) (f32.mul (f32.load (local.get $d)) (local.get $w)))
+        (local.set $x0 (v128.load32_zero (local.get $d)))
+        (local.set $acc (f32x4.add (local.get $acc) (local.get $x0)))
+        (f32.store (local.get $d) (f32.mul (f32x4.extract_lane 0 (local.get $x0)) (local.get $w)))
         (local.set $d (i32.add (local.get $d) (i32.const 4)))
         (br $next)))
-    (i32.or (local.get $bad) (v128.any_true (local.get $acc))))
+    (call $infinite (local.get $acc)))
   ;; fold32(s, d, n, w): d[i] = s[i] + w * d[i], s the sum, d the staged update.
   (func (export "fold32") (param $s i32) (param $d i32) (param $n i32) (param $w f32) (result i32)
-    (local $end i32) (local $wv v128) (local $m v128) (local $acc v128) (local $x v128) (local $y v128) (local $bad i32)
+    (local $end i32) (local $wv v128) (local $acc v128) (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
     (local.set $wv (f32x4.splat (local.get $w)))
-    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -8)) (i32.const 2))))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -16)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (local.set $x (v128.load (local.get $d)))
-        (local.set $y (v128.load offset=16 (local.get $d)))
-        (local.set $acc (v128.or (local.get $acc)
-          (v128.or (i32x4.eq (v128.and (local.get $x) (local.get $m)) (local.get $m))
-                   (i32x4.eq (v128.and (local.get $y) (local.get $m)) (local.get $m)))))
-        (v128.store (local.get $d) (f32x4.add (v128.load (local.get $s)) (f32x4.mul (local.get $x) (local.get $wv))))
-        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $y) (local.get $wv))))
-        (local.set $d (i32.add (local.get $d) (i32.const 32)))
-        (local.set $s (i32.add (local.get $s) (i32.const 32)))
+        (local.set $x0 (v128.load offset=0 (local.get $d)))
+        (local.set $x1 (v128.load offset=16 (local.get $d)))
+        (local.set $x2 (v128.load offset=32 (local.get $d)))
+        (local.set $x3 (v128.load offset=48 (local.get $d)))
+        (local.set $acc (f32x4.add (local.get $acc)
+          (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3)))))
+        (v128.store offset=0 (local.get $d) (f32x4.add (v128.load offset=0 (local.get $s)) (f32x4.mul (local.get $x0) (local.get $wv))))
+        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $x1) (local.get $wv))))
+        (v128.store offset=32 (local.get $d) (f32x4.add (v128.load offset=32 (local.get $s)) (f32x4.mul (local.get $x2) (local.get $wv))))
+        (v128.store offset=48 (local.get $d) (f32x4.add (v128.load offset=48 (local.get $s)) (f32x4.mul (local.get $x3) (local.get $wv))))
+        (local.set $d (i32.add (local.get $d) (i32.const 64)))
+        (local.set $s (i32.add (local.get $s) (i32.const 64)))
         (br $next)))
-    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 7)) (i32.const 2))))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 15)) (i32.const 2))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (local.set $bad (i32.or (local.get $bad)
-          (i32.eq (i32.and (i32.load (local.get $d)) (i32.const 0x7f800000)) (i32.const 0x7f800000))))
-        (f32.store (local.get $d) (f32.add (f32.load (local.get $s)) (f32.mul (f32.load (local.get $d)) (local.get $w))))
+        (local.set $x0 (v128.load32_zero (local.get $d)))
+        (local.set $acc (f32x4.add (local.get $acc) (local.get $x0)))
+        (f32.store (local.get $d) (f32.add (f32.load (local.get $s)) (f32.mul (f32x4.extract_lane 0 (local.get $x0)) (local.get $w))))
         (local.set $d (i32.add (local.get $d) (i32.const 4)))
         (local.set $s (i32.add (local.get $s) (i32.const 4)))
         (br $next)))
-    (i32.or (local.get $bad) (v128.any_true (local.get $acc))))
+    (call $infinite (local.get $acc)))
   ;; divide32(s, n, t): sum[i] = sum[i] / t in place, float32.
   (func (export "divide32") (param $s i32) (param $n i32) (param $t f32)
     (local $end i32) (local $tv v128)
@@ -765,9 +792,9 @@ export const FOLD_KERNEL_WAT = String.raw`(module
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABKQZgAn9/AX9gBH9/f3wAYAN/f3wAYAN/f30Bf2AEf39/fQF/YAN/f30AAg8BA2VudgZtZW1vcnkCAAEDBwYAAQIDBAUHOwYJbm9uZmluaXRlAAAEZm9sZAABBmRpdmlkZQACB3NjYWxlMzIAAwZmb2xkMzIABAhkaXZpZGUzMgAFCpUIBpwBAgF/Anv9DAAAgH8AAIB/AACAfwAAgH8hBCAAIAFBeHFBAnRqIQICQANAIAAgAk8NASADIAD9AAQAIAT9TiAE/TcgAP0ABBAgBP1OIAT9N/1Q/VAhAyAAQSBqIQAMAAsLIAIgAUEHcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgAgBP1OIAT9N/1QIQMgAEEEaiEADAALCyAD/VMLwAECAX8CeyAD/RQhBSABIAJBfHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEGIAAgAP0ABAAgBv1fIAX98gH98AH9CwQAIAAgAP0ABBAgBiAG/Q0ICQoLDA0ODwABAgMEBQYH/V8gBf3yAf3wAf0LBBAgAUEQaiEBIABBIGohAAwACwsgBCACQQNxQQJ0aiEEAkADQCABIARPDQEgACAAKwMAIAEqAgC7IAOioDkDACABQQRqIQEgAEEIaiEADAALCwtkAgJ/AXsgAv0UIQUgACEDIAAgAUF+cUEDdGohBAJAA0AgACAETw0BIAMgAP0ABAAgBf3zAf1e/VsDAAAgAEEQaiEAIANBCGohAwwACwsgAUEBcQRAIAMgACsDACACo7Y4AgALC9oBAwF/BXsBfyAC/RMhBP0MAACAfwAAgH8AAIB/AACAfyEFIAAgAUF4cUECdGohAwJAA0AgACADTw0BIAD9AAQAIQcgAP0ABBAhCCAGIAcgBf1OIAX9NyAIIAX9TiAF/Tf9UP1QIQYgACAHIAT95gH9CwQAIAAgCCAE/eYB/QsEECAAQSBqIQAMAAsLIAMgAUEHcUECdGohAwJAA0AgACADTw0BIAkgACgCAEGAgID8B3FBgICA/AdGciEJIAAgACoCACAClDgCACAAQQRqIQAMAAsLIAkgBv1TcguAAgMBfwV7AX8gA/0TIQX9DAAAgH8AAIB/AACAfwAAgH8hBiABIAJBeHFBAnRqIQQCQANAIAEgBE8NASAB/QAEACEIIAH9AAQQIQkgByAIIAb9TiAG/TcgCSAG/U4gBv03/VD9UCEHIAEgAP0ABAAgCCAF/eYB/eQB/QsEACABIAD9AAQQIAkgBf3mAf3kAf0LBBAgAUEgaiEBIABBIGohAAwACwsgBCACQQdxQQJ0aiEEAkADQCABIARPDQEgCiABKAIAQYCAgPwHcUGAgID8B0ZyIQogASAAKgIAIAEqAgAgA5SSOAIAIAFBBGohASAAQQRqIQAMAAsLIAogB/1TcgtwAgF/AXsgAv0TIQQgACABQXxxQQJ0aiEDAkADQCAAIANPDQEgACAA/QAEACAE/ecB/QsEACAAQRBqIQAMAAsLIAMgAUEDcUECdGohAwJAA0AgACADTw0BIAAgACoCACAClTgCACAAQQRqIQAMAAsLCw==';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABLgdgAn9/AX9gAXsBf2AEf39/fABgA39/fABgA39/fQF/YAR/f399AX9gA39/fQACDwEDZW52Bm1lbW9yeQIAAQMIBwABAgMEBQYHOwYJbm9uZmluaXRlAAAEZm9sZAACBmRpdmlkZQADB3NjYWxlMzIABAZmb2xkMzIABQhkaXZpZGUzMgAGCs8IB4YBAgF/AXsgACABQXBxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAA/QAEEP3kASAA/QAEICAA/QAEMP3kAf3kAf3kASEDIABBwABqIQAMAAsLIAIgAUEPcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgD95AEhAyAAQQRqIQAMAAsLIAMQAQsuACAA/QwAAIB/AACAfwAAgH8AAIB//U79DAAAgH8AAIB/AACAfwAAgH/9N/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwvhAQIBfwZ7IAL9EyEEIAAgAUFwcUECdGohAwJAA0AgACADTw0BIAD9AAQAIQYgAP0ABBAhByAA/QAEICEIIAD9AAQwIQkgBSAGIAf95AEgCCAJ/eQB/eQB/eQBIQUgACAGIAT95gH9CwQAIAAgByAE/eYB/QsEECAAIAggBP3mAf0LBCAgACAJIAT95gH9CwQwIABBwABqIQAMAAsLIAMgAUEPcUECdGohAwJAA0AgACADTw0BIAD9XAIAIQYgBSAG/eQBIQUgACAG/R8AIAKUOAIAIABBBGohAAwACwsgBRABC5oCAgF/BnsgA/0TIQUgASACQXBxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhByAB/QAEECEIIAH9AAQgIQkgAf0ABDAhCiAGIAcgCP3kASAJIAr95AH95AH95AEhBiABIAD9AAQAIAcgBf3mAf3kAf0LBAAgASAA/QAEECAIIAX95gH95AH9CwQQIAEgAP0ABCAgCSAF/eYB/eQB/QsEICABIAD9AAQwIAogBf3mAf3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyAEIAJBD3FBAnRqIQQCQANAIAEgBE8NASAB/VwCACEHIAYgB/3kASEGIAEgACoCACAH/R8AIAOUkjgCACABQQRqIQEgAEEEaiEADAALCyAGEAELcAIBfwF7IAL9EyEEIAAgAUF8cUECdGohAwJAA0AgACADTw0BIAAgAP0ABAAgBP3nAf0LBAAgAEEQaiEADAALCyADIAFBA3FBAnRqIQMCQANAIAAgA08NASAAIAAqAgAgApU4AgAgAEEEaiEADAALCws=';
 
-interface Kernel {
+interface KernelExports {
   nonfinite(p: number, n: number): number;
   fold(s: number, d: number, n: number, w: number): void;
   divide(s: number, n: number, t: number): void;
@@ -777,6 +804,57 @@ interface Kernel {
 }
 
 let kernelModule: WebAssembly.Module | undefined;
+
+/**
+ * The kernel instantiated over one memory. Every call into it goes through
+ * these methods, each one call site, which warm() makes megamorphic: code
+ * optimized for one instance's exported functions (a call site that only
+ * ever saw one) was thrown away when that instance was collected, after
+ * each round, and compiled again (10-30 ms of CPU a round).
+ */
+class Kernel implements KernelExports {
+  private readonly x: KernelExports;
+  constructor(memory: WebAssembly.Memory) {
+    kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
+    const e = new WebAssembly.Instance(kernelModule, { env: { memory } }).exports as unknown as KernelExports;
+    // one shape for every instance
+    this.x = { nonfinite: e.nonfinite, fold: e.fold, divide: e.divide, scale32: e.scale32, fold32: e.fold32, divide32: e.divide32 };
+  }
+  nonfinite(p: number, n: number): number {
+    return this.x.nonfinite(p, n);
+  }
+  fold(s: number, d: number, n: number, w: number): void {
+    this.x.fold(s, d, n, w);
+  }
+  divide(s: number, n: number, t: number): void {
+    this.x.divide(s, n, t);
+  }
+  scale32(d: number, n: number, w: number): number {
+    return this.x.scale32(d, n, w);
+  }
+  fold32(s: number, d: number, n: number, w: number): number {
+    return this.x.fold32(s, d, n, w);
+  }
+  divide32(s: number, n: number, t: number): void {
+    this.x.divide32(s, n, t);
+  }
+  /** Calls each method (on nothing) with two instances alternately, often enough for V8 to record it. */
+  static warm(): void {
+    const ks = [0, 1].map(() => new Kernel(new WebAssembly.Memory({ initial: 1, maximum: 1 })));
+    for (let i = 0; i < 32; i++) {
+      const k = ks[i & 1]!;
+      k.nonfinite(0, 0);
+      k.fold(0, 0, 0, 1);
+      k.divide(0, 0, 1);
+      k.scale32(0, 0, 1);
+      k.fold32(0, 0, 0, 1);
+      k.divide32(0, 0, 1);
+    }
+  }
+}
+
+/** One kernel per memory (a memory kept for the next aggregator keeps its kernel). */
+const kernels = new WeakMap<WebAssembly.Memory, Kernel>();
 
 const PAGE = 65536;
 const MAX_PAGES = 65535; // addresses stay below 2^32 - 1, so no i32 end pointer wraps
@@ -829,6 +907,27 @@ function keepPooled(p: Pooled): void {
   poolTimer.unref?.();
 }
 
+/**
+ * A small FedAvg that lives as long as the process, made with the first one.
+ * V8 holds the hidden classes an object goes through as it is built (one per
+ * field) only weakly: when no aggregator was alive at a full GC, as between
+ * two rounds, they were collected, every optimized function that had checked
+ * them was thrown away, and the next round compiled them again (20-30 ms of
+ * CPU per 100 streamed updates). An aggregator alive keeps them.
+ */
+let shapeKeeper: FedAvg | undefined;
+let keepingShapes = false;
+function keepShapes(): void {
+  if (shapeKeeper || keepingShapes) return;
+  keepingShapes = true;
+  try {
+    Kernel.warm();
+    shapeKeeper = new FedAvg({ format: MODEL_FORMAT, tensors: [{ name: 'x', shape: [1], data: new Float32Array(1) }] }, { maxInFlight: 1 });
+  } finally {
+    keepingShapes = false;
+  }
+}
+
 /** Drops the kernel memories kept for later FedAvg aggregators; returns how many there were. */
 export function releaseFedAvgMemory(): number {
   const n = pool.length;
@@ -836,6 +935,20 @@ export function releaseFedAvgMemory(): number {
   if (poolTimer) clearTimeout(poolTimer);
   poolTimer = undefined;
   return n;
+}
+
+/** FedAvg: a stream's slot in the kernel's memory. */
+interface StreamSlot {
+  participant: string;
+  /** The slot's index and byte address. */
+  slot: number;
+  at: number;
+  /** The update's numSamples. */
+  weight: number;
+  /** Neither committed nor released. */
+  open: boolean;
+  /** A chunk came (for the lead stream: was folded, so updates that count from then on wait behind it). */
+  received: boolean;
 }
 
 /**
@@ -852,10 +965,25 @@ export function releaseFedAvgMemory(): number {
  * (slot = sum + w × update; the sum is only read). When every piece is in,
  * that slot is the sum and the old sum's slot is free; a NaN midway frees
  * the slot and the sum was never written. So the caller's data and the sum
- * are each read once per update, and the refusal is exact. A streamed
- * update is its slot already (chunks copied and checked as they arrive) and
- * is folded the same way at commit(). Sum + one slot: 2× a model, plus a
- * slot per open stream.
+ * are each read once per update, and the refusal is exact. Sum + one slot:
+ * 2× a model, plus a slot per open stream.
+ *
+ * Streams, float32: a stream that begins while no other update streams or
+ * waits is the lead stream: each chunk, copied into its slot, becomes sum +
+ * w × chunk there in the same pass (the sum only read), so at commit() the
+ * slot is the new sum, as for add(). That needs the sum unchanged until it
+ * commits: an update that counts meanwhile (add, addEncoded, another stream's
+ * commit) waits, copied and checked in a slot of its own, and is folded after
+ * the lead stream commits, or when it is dropped, in the order they came:
+ * updates count in the order they complete, except that those completing
+ * while a lead stream is open count after it (participants() gives that
+ * order; docs/fl.md). A lead stream that has received nothing when another
+ * update counts is no lead any more. Any other stream is copied and checked
+ * as it arrives and folded at commit() (one more read of its slot). At most
+ * maxInFlight updates wait (then add() and begin() are refused 'capacity'),
+ * so memory stays within sum, add()'s slot and 2 × maxInFlight slots. Why not
+ * fold another update first and keep the lead stream's values: that is one
+ * more model-sized buffer (3× a model in all).
  *
  * accumulator 'float64': accumulated in float64 and rounded to float32
  * once at the end (the order of updates changes nothing in practice).
@@ -888,7 +1016,7 @@ export function releaseFedAvgMemory(): number {
  * straight into its slot in wasm memory and checked there as it arrives (one
  * copy), and commit() is one kernel call over the slot.
  */
-export class FedAvg extends BaseAggregator {
+export class FedAvg extends BaseAggregator<StreamSlot> {
   private readonly memory: WebAssembly.Memory;
   private readonly k: Kernel;
   /** A view of the whole memory, renewed when it grows (a new slot). */
@@ -906,9 +1034,14 @@ export class FedAvg extends BaseAggregator {
   private readonly wide: boolean;
   /** float32: the slot that holds the sum (-1 before the first update). */
   private sumSlot = -1;
+  /** float32: the stream that folds as it arrives, if one does. */
+  private lead: StreamSlot | undefined;
+  /** float32: the updates that count after the lead stream, in their order: slots of checked values, and weights. */
+  private readonly waiting: { slot: number; weight: number }[] = [];
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
+    keepShapes();
     this.wide = this.cfg.accumulator === 'float64';
     this.slotBytes = Math.ceil((this.params * 4) / 16) * 16;
     // float32: the sum is one of the slots (whichever an update was last folded into)
@@ -917,8 +1050,8 @@ export class FedAvg extends BaseAggregator {
     // float32: the sum's slot and the one add() stages into (touched only when used)
     const pages = pagesFor(this.wide ? this.slotsAt : this.slotsAt + 2 * this.slotBytes);
     if (pages > MAX_PAGES) throw new AggregatorError('reference', `fedavg: a model of ${this.params} parameters needs ${pages * PAGE} bytes for its sum and staging, beyond 4 GiB of wasm memory`);
-    // float32: the sum's slot, one per stream, and one for add()
-    const staged = this.wide ? Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes) : (this.cfg.maxInFlight + 2) * this.slotBytes;
+    // float32: the sum's slot, one for add(), one per stream and per update waiting behind the lead stream
+    const staged = this.wide ? Math.max(this.ringBytes, this.cfg.maxInFlight * this.slotBytes) : (2 * this.cfg.maxInFlight + 2) * this.slotBytes;
     this.maximum = Math.min(MAX_PAGES, pagesFor(this.slotsAt + staged));
     const kept = takePooled(this.params, this.maximum);
     if (kept) {
@@ -934,12 +1067,23 @@ export class FedAvg extends BaseAggregator {
         throw new AggregatorError('reference', `fedavg: cannot allocate ${pages * PAGE} bytes for the sum: ${(e as Error).message}`);
       }
     }
-    kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
-    this.k = new WebAssembly.Instance(kernelModule, { env: { memory: this.memory } }).exports as unknown as Kernel;
+    let k = kernels.get(this.memory);
+    if (!k) kernels.set(this.memory, (k = new Kernel(this.memory)));
+    this.k = k;
     this.u8 = new Uint8Array(this.memory.buffer);
   }
 
-  protected checkCapacity(): void {}
+  /** float32: at most maxInFlight updates wait behind a stream that folds as it arrives; while they do, no stream begins. */
+  protected checkCapacity(participant: string): void {
+    const lead = this.lead;
+    if (lead?.received && this.waiting.length >= this.cfg.maxInFlight) {
+      throw new UpdateError(
+        'capacity',
+        `update from ${participant} refused: ${this.waiting.length} updates already wait for the stream from ${lead.participant}, which folds as it arrives and counts before them (maxInFlight ${this.cfg.maxInFlight})`,
+        participant,
+      );
+    }
+  }
 
   get memoryBytes(): number {
     return this.memory.buffer.byteLength;
@@ -972,7 +1116,7 @@ export class FedAvg extends BaseAggregator {
   }
 
   protected acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void {
-    if (!this.wide) return this.stageAndFold(tensors, weight, participant);
+    if (!this.wide) return this.ahead() ? this.stageWaiting(tensors, weight, participant) : this.stageAndFold(tensors, weight, participant);
     const [base, R] = this.ring();
     const pieces = this.pieces;
     pieces.length = 0;
@@ -984,10 +1128,7 @@ export class FedAvg extends BaseAggregator {
         if ((v % R) + piece.length > R) v += R - (v % R);
         const at = base + (v % R);
         this.u8.set(piece, at);
-        if (this.k.nonfinite(at, piece.length >>> 2)) {
-          const i = o / 4 + firstNonFiniteLE(piece);
-          throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
-        }
+        if (this.k.nonfinite(at, piece.length >>> 2)) this.confirmNonFinite(participant, t, bytes, o, piece);
         pieces.push(t, o, v);
         v += (piece.length + 15) & ~15;
       }
@@ -1029,10 +1170,7 @@ export class FedAvg extends BaseAggregator {
           const d = at + o4 + o;
           this.u8.set(piece, d);
           const n = piece.length >>> 2;
-          if (sum < 0 ? this.k.scale32(d, n, weight) : this.k.fold32(sum + o4 + o, d, n, weight)) {
-            const i = o / 4 + firstNonFiniteLE(piece);
-            throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
-          }
+          if (sum < 0 ? this.k.scale32(d, n, weight) : this.k.fold32(sum + o4 + o, d, n, weight)) this.confirmNonFinite(participant, t, bytes, o, piece);
         }
       }
     } catch (e) {
@@ -1059,6 +1197,18 @@ export class FedAvg extends BaseAggregator {
   private adopt(slot: number): void {
     if (this.sumSlot >= 0) this.freeSlots.push(this.sumSlot);
     this.sumSlot = slot;
+  }
+
+  /**
+   * The kernel said a piece (bytes [o, o + piece.length) of tensor t) may hold
+   * NaN or ±Infinity: throws if it does; returns if that was a false alarm
+   * (finite values whose sum overflows float32).
+   */
+  private confirmNonFinite(participant: string, t: number, bytes: Uint8Array, o: number, piece: Uint8Array): void {
+    const j = firstNonFiniteLE(piece);
+    if (j < 0) return;
+    const i = o / 4 + j;
+    throw this.nonFinite(participant, this.offsets[t]! + i, readFloat32LE(bytes, i));
   }
 
   private slotAt(slot: number): number {
@@ -1091,30 +1241,94 @@ export class FedAvg extends BaseAggregator {
     );
   }
 
-  protected openSlot(participant: string): Slot {
+  protected openSlot(participant: string, weight: number): StreamSlot {
     const slot = this.takeSlot(participant);
-    const at = this.slotsAt + slot * this.slotBytes;
-    let open = true;
-    const free = () => {
-      if (open) this.freeSlots.push(slot);
-      open = false;
-    };
-    return {
-      write: (pos, bytes) => {
-        this.u8.set(bytes, at + pos * 4);
-        return this.k.nonfinite(at + pos * 4, bytes.length >>> 2) ? pos + firstNonFiniteLE(bytes) : -1;
-      },
-      commit: (weight) => {
-        if (this.wide) {
-          this.k.fold(SUM_AT, at, this.params, weight);
-          free();
-        } else {
-          open = false; // the slot is the sum now
-          this.foldSlot(slot, weight);
+    const s: StreamSlot = { participant, slot, at: this.slotAt(slot), weight, open: true, received: false };
+    // float32: a stream that begins while no other streams or waits folds as it arrives (see FedAvg)
+    if (!this.wide && this.inFlight === 0 && this.waiting.length === 0) this.lead = s;
+    return s;
+  }
+
+  protected writeSlot(s: StreamSlot, pos: number, bytes: Uint8Array): number {
+    const d = s.at + pos * 4;
+    this.u8.set(bytes, d);
+    const n = bytes.length >>> 2;
+    s.received = true;
+    let maybe: number;
+    // the lead stream's chunk becomes sum + weight × chunk while in cache; the sum is only read
+    if (this.lead === s) maybe = this.sumSlot < 0 ? this.k.scale32(d, n, s.weight) : this.k.fold32(this.slotAt(this.sumSlot) + pos * 4, d, n, s.weight);
+    else maybe = this.k.nonfinite(d, n);
+    if (!maybe) return -1;
+    const i = firstNonFiniteLE(bytes); // the kernel's verdict may be a false alarm
+    return i < 0 ? -1 : pos + i;
+  }
+
+  protected commitSlot(s: StreamSlot, weight: number): number {
+    s.open = false; // the slot is the sum now, or waits to be folded into it
+    if (this.wide) {
+      this.k.fold(SUM_AT, s.at, this.params, weight);
+      this.freeSlots.push(s.slot);
+      return 0;
+    }
+    if (this.lead === s) {
+      // every chunk is folded already: the slot is the new sum; then those that waited
+      this.lead = undefined;
+      this.adopt(s.slot);
+      const behind = this.waiting.length;
+      this.drain();
+      return behind;
+    }
+    if (this.ahead()) this.waiting.push({ slot: s.slot, weight });
+    else this.foldSlot(s.slot, weight);
+    return 0;
+  }
+
+  protected releaseSlot(s: StreamSlot): void {
+    if (!s.open) return;
+    s.open = false;
+    this.freeSlots.push(s.slot);
+    if (this.lead === s) {
+      this.lead = undefined;
+      this.drain();
+    }
+  }
+
+  /**
+   * float32: true if a stream folds as it arrives and has folded a chunk, so
+   * an update that counts now must wait behind it; one that has received
+   * nothing yet stops folding as it arrives instead (it streams like the others).
+   */
+  private ahead(): boolean {
+    if (this.lead?.received) return true;
+    this.lead = undefined;
+    return false;
+  }
+
+  /** float32: the updates that waited behind the lead stream, folded in their order. */
+  private drain(): void {
+    for (const w of this.waiting) this.foldSlot(w.slot, w.weight);
+    this.waiting.length = 0;
+  }
+
+  /** float32, while a stream folds ahead: the update copied into a slot of its own, checked, to be folded after it. */
+  private stageWaiting(tensors: Uint8Array[], weight: number, participant: string): void {
+    const slot = this.takeSlot(participant);
+    const at = this.slotAt(slot);
+    try {
+      for (let t = 0; t < tensors.length; t++) {
+        const bytes = tensors[t]!;
+        const o4 = this.offsets[t]! * 4;
+        for (let o = 0; o < bytes.length; o += PIECE) {
+          const piece = bytes.subarray(o, o + PIECE);
+          this.u8.set(piece, at + o4 + o);
+          if (this.k.nonfinite(at + o4 + o, piece.length >>> 2)) this.confirmNonFinite(participant, t, bytes, o, piece);
         }
-      },
-      release: free,
-    };
+      }
+    } catch (e) {
+      this.freeSlots.push(slot);
+      throw e;
+    }
+    this.waiting.push({ slot, weight });
   }
 
   protected compute(): Float32Array {
@@ -1123,7 +1337,10 @@ export class FedAvg extends BaseAggregator {
     if (!this.wide) {
       // float32 ÷ float32 in float64, rounded to float32: the float32 quotient exactly
       const t = Math.fround(total);
-      if (HOST_LITTLE_ENDIAN) {
+      if (this.waiting.length > 0) {
+        this.foldWaitingInto(out);
+        for (let i = 0; i < out.length; i++) out[i] = out[i]! / t;
+      } else if (HOST_LITTLE_ENDIAN) {
         const sum = new Float32Array(this.memory.buffer, this.sumAddress(), this.params);
         for (let i = 0; i < out.length; i++) out[i] = sum[i]! / t;
       } else {
@@ -1147,8 +1364,30 @@ export class FedAvg extends BaseAggregator {
    * tensors are views of the aggregator's memory (the sum, and the stream
    * slots if any; copy or encode the result to let it go).
    */
+  /**
+   * result() while updates wait behind the lead stream: the sum and each of
+   * them folded into `out` in their order, in JavaScript (the same float32
+   * operations), leaving the sum and the lead stream as they are.
+   */
+  private foldWaitingInto(out: Float32Array): void {
+    const dv = new DataView(this.memory.buffer);
+    let first = this.sumSlot < 0;
+    if (!first) for (let i = 0, at = this.slotAt(this.sumSlot); i < out.length; i++) out[i] = dv.getFloat32(at + i * 4, true);
+    for (const { slot, weight } of this.waiting) {
+      const w = Math.fround(weight);
+      const at = this.slotAt(slot);
+      // a Float32Array element rounds the float64 sum of two float32s: the float32 sum exactly
+      for (let i = 0; i < out.length; i++) {
+        const x = Math.fround(w * dv.getFloat32(at + i * 4, true));
+        out[i] = first ? x : out[i]! + x;
+      }
+      first = false;
+    }
+  }
+
   override finish(): Model {
     this.checkResult();
+    this.dropStreams(); // a lead stream dropped: the updates waiting behind it are folded now
     let f32: Float32Array;
     if (HOST_LITTLE_ENDIAN) {
       const at = this.sumAddress();
@@ -1188,7 +1427,13 @@ export class FedAvg extends BaseAggregator {
  * maxBufferedValues × 4 (streams in flight count), plus a working block of
  * 1024 × rows float64 and the float32 result at result().
  */
-abstract class BufferedAggregator extends BaseAggregator {
+/** A robust aggregator's stream: its row until it commits. */
+interface RowSlot {
+  row: Float32Array;
+  open: boolean;
+}
+
+abstract class BufferedAggregator extends BaseAggregator<RowSlot> {
   protected rows: Float32Array[] = [];
   private reserved = 0;
 
@@ -1228,25 +1473,25 @@ abstract class BufferedAggregator extends BaseAggregator {
     this.rows.push(row);
   }
 
-  protected openSlot(): Slot {
-    const row = new Float32Array(this.params);
+  protected openSlot(): RowSlot {
     this.reserved++;
-    let open = true;
-    const free = () => {
-      if (open) this.reserved--;
-      open = false;
-    };
-    return {
-      write: (pos, bytes) => {
-        float32FromLE(bytes, row, pos);
-        return firstNonFinite(row, pos, pos + bytes.length / 4);
-      },
-      commit: () => {
-        free();
-        this.rows.push(row);
-      },
-      release: free,
-    };
+    return { row: new Float32Array(this.params), open: true };
+  }
+
+  protected writeSlot({ row }: RowSlot, pos: number, bytes: Uint8Array): number {
+    float32FromLE(bytes, row, pos);
+    return firstNonFinite(row, pos, pos + bytes.length / 4);
+  }
+
+  protected commitSlot(s: RowSlot): number {
+    this.releaseSlot(s);
+    this.rows.push(s.row);
+    return 0;
+  }
+
+  protected releaseSlot(s: RowSlot): void {
+    if (s.open) this.reserved--;
+    s.open = false;
   }
 
   /** The value for one coordinate from its n values col[o, o+n), sorted ascending. */
