@@ -527,6 +527,32 @@ test('float32: at most maxInFlight updates wait behind a folding stream; the mem
   t.deepEqual(bits(a.finish()), want('float32', [u0, u1, u2, u3, u4]));
 });
 
+test('float32: a stream whose caller says more updates may come than could wait behind it does not fold as it arrives: none is refused for waiting, commit order', (t) => {
+  const us = updates(6, 49);
+  const [u0, u1, u2, u3, u4] = us as [Update, Update, Update, Update, Update];
+  const a = new FedAvg(ref, { maxInFlight: 2 });
+  a.begin(u0.participant, u0.numSamples, undefined, 4); // a round with 4 others still to come: more than 2 could wait
+  sendTensor(a, u0, 2);
+  a.add(u1);
+  a.add(u2);
+  a.add(u3); // the old code refused this one (capacity)
+  t.deepEqual(a.participants(), [u1, u2, u3].map((u) => u.participant));
+  sendRest(a, u0, 2);
+  a.commit(u0.participant);
+  a.add(u4);
+  t.deepEqual(a.participants(), [u1, u2, u3, u0, u4].map((u) => u.participant));
+  t.deepEqual(bits(a.finish()), want('float32', [u1, u2, u3, u0, u4]));
+  // as many others as could wait: it folds as it arrives
+  const b = new FedAvg(ref, { maxInFlight: 2 });
+  b.begin(u0.participant, u0.numSamples, undefined, 2);
+  sendTensor(b, u0, 2);
+  b.add(u1);
+  sendRest(b, u0, 2);
+  b.commit(u0.participant);
+  t.deepEqual(b.participants(), [u0, u1].map((u) => u.participant));
+  t.deepEqual(bits(b.finish()), want('float32', [u0, u1]));
+});
+
 test('values whose sum overflows float32 are not refused: the kernel\'s cheap check raises a false alarm that an exact look settles', (t) => {
   const r = rng(49);
   const huge = (seed: number): Update => {

@@ -3,7 +3,7 @@
 
 import test from 'ava';
 import type { FederatedJob, TrainingRound } from '../control-plane/fl/resources.ts';
-import { nextStep, onDeadline, onFolded, onTaskState, participantFailed, screenUpdate, type RoundCommand } from '../control-plane/fl/round-core.ts';
+import { nextStep, onDeadline, onFolded, onTaskState, participantFailed, screenUpdate, stillToCome, type RoundCommand } from '../control-plane/fl/round-core.ts';
 
 function job(o: { phase?: FederatedJob['status']['phase']; model?: boolean; completed?: number; total?: number; retries?: number } = {}): FederatedJob {
   return {
@@ -100,4 +100,10 @@ test('round: a participant reporting an error is out; the deadline fails a runni
   t.deepEqual(kinds(s.commands), ['abort-update', 'touch', 'fail-round NotEnoughUpdates']);
   t.deepEqual(kinds(onDeadline(round(1, 'Running'))), ['fail-round Timeout']);
   t.deepEqual(onDeadline(round(1, 'Completed')), []);
+});
+
+test('the updates still to come besides one participant: those not yet submitted, refused or failed', (t) => {
+  const r = round(1, 'Running', { participants: [['a', 'Pending'], ['b', 'Running'], ['c', 'Submitted'], ['d', 'Refused'], ['e', 'Failed'], ['f', 'Pending']] });
+  t.is(stillToCome(r, 'a'), 2); // b and f
+  t.is(stillToCome(r, 'c'), 3);
 });

@@ -211,8 +211,13 @@ export interface Aggregator {
    * bigger than the reference, 'non_finite' for NaN/Infinity). Its meta is ignored.
    */
   addEncoded(participant: string, numSamples: number, bytes: Uint8Array, metrics?: ClientMetrics): void;
-  /** Starts a streamed update; its data then arrives by addChunk(). */
-  begin(participant: string, numSamples: number, metrics?: ClientMetrics): void;
+  /**
+   * Starts a streamed update; its data then arrives by addChunk(). `othersAtMost`: how many other
+   * updates may still come while it streams, when the caller knows (a round's unsettled
+   * participants). fedavg's float32 stream folds as it arrives only when those could all wait
+   * behind it (at most maxInFlight), so that none is refused for waiting.
+   */
+  begin(participant: string, numSamples: number, metrics?: ClientMetrics, othersAtMost?: number): void;
   /**
    * Little-endian float32 values of tensor `tensorIndex` from element `offset`
    * (bytes.length a multiple of 4, any alignment). Chunks may come in any
@@ -333,7 +338,8 @@ abstract class BaseAggregator<S> implements Aggregator {
   protected abstract accept(tensors: Tensor[], weight: number, participant: string): void;
   /** accept() for tensors as little-endian float32 bytes (any alignment). */
   protected abstract acceptBytes(tensors: Uint8Array[], weight: number, participant: string): void;
-  protected abstract openSlot(participant: string, weight: number): S;
+  /** `mayLead`: every update that may still come while it streams could wait behind it. */
+  protected abstract openSlot(participant: string, weight: number, mayLead: boolean): S;
   /** Copies LE float32 bytes to flat element `pos`; returns the flat index of the first non-finite value written, or -1. */
   protected abstract writeSlot(slot: S, pos: number, bytes: Uint8Array): number;
   /**
@@ -457,11 +463,11 @@ abstract class BaseAggregator<S> implements Aggregator {
     this.record(p, h.numSamples, h.metrics);
   }
 
-  begin(participant: string, numSamples: number, metrics?: ClientMetrics): void {
+  begin(participant: string, numSamples: number, metrics?: ClientMetrics, othersAtMost?: number): void {
     const h = this.checkHeader(participant, numSamples, metrics);
     if (this.streams.size >= this.cfg.maxInFlight) throw new UpdateError('capacity', `update from ${h.participant} refused: ${this.streams.size} updates already streaming (maxInFlight ${this.cfg.maxInFlight})`, h.participant);
     this.checkCapacity(h.participant);
-    const slot = this.openSlot(h.participant, h.numSamples);
+    const slot = this.openSlot(h.participant, h.numSamples, othersAtMost === undefined || othersAtMost <= this.cfg.maxInFlight);
     this.streams.set(h.participant, { participant: h.participant, numSamples: h.numSamples, metrics: h.metrics, slot, ranges: this.sizes.map(() => []), received: 0 });
   }
 
@@ -1241,11 +1247,11 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
     );
   }
 
-  protected openSlot(participant: string, weight: number): StreamSlot {
+  protected openSlot(participant: string, weight: number, mayLead: boolean): StreamSlot {
     const slot = this.takeSlot(participant);
     const s: StreamSlot = { participant, slot, at: this.slotAt(slot), weight, open: true, received: false };
     // float32: a stream that begins while no other streams or waits folds as it arrives (see FedAvg)
-    if (!this.wide && this.inFlight === 0 && this.waiting.length === 0) this.lead = s;
+    if (mayLead && !this.wide && this.inFlight === 0 && this.waiting.length === 0) this.lead = s;
     return s;
   }
 

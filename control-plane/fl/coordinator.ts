@@ -31,7 +31,7 @@ import {
   type TrainingRoundSpec,
 } from './resources.ts';
 import { IndexedRecords } from './records.ts';
-import { isFinal, nextStep, onDeadline, onFolded, onTaskState, participantFailed, screenUpdate, type Folded, type RoundCommand } from './round-core.ts';
+import { isFinal, nextStep, onDeadline, onFolded, onTaskState, participantFailed, screenUpdate, stillToCome, type Folded, type RoundCommand } from './round-core.ts';
 
 /** Why an update was not taken; 'accepted' when it counts, 'partial' for a part of a streamed one. */
 export type UpdateOutcome = 'accepted' | 'partial' | 'duplicate' | 'unknown_round' | 'late' | 'not_participant' | 'stale' | 'invalid' | 'shape' | 'non_finite' | 'samples' | 'capacity' | 'failed_participant';
@@ -612,14 +612,14 @@ export class FlCoordinator {
     const screened = screenUpdate(r, msg, live !== undefined);
     this.execute(r, screened.commands);
     if (screened.verdict || !live) return screened.verdict ?? 'late';
-    const folded = this.fold(live, msg);
+    const folded = this.fold(live, msg, stillToCome(r, msg.proplet_id));
     const { verdict, commands } = onFolded(r, msg.proplet_id, folded);
     this.execute(r, commands);
     return verdict;
   }
 
-  /** Folds one update (or one part of a streamed one) into the round's aggregator. */
-  private fold(live: LiveRound, msg: FlUpdate): Folded {
+  /** Folds one update (or one part of a streamed one) into the round's aggregator; `others`: updates that may still come. */
+  private fold(live: LiveRound, msg: FlUpdate, others: number): Folded {
     const metrics = clientMetrics(msg.metrics);
     const agg = live.aggregator;
     const id = msg.proplet_id;
@@ -634,7 +634,7 @@ export class FlCoordinator {
         }
         let s = live.streams.get(id);
         if (!s) {
-          agg.begin(id, msg.num_samples, metrics);
+          agg.begin(id, msg.num_samples, metrics, others);
           live.streams.set(id, (s = { parts: msg.parts, seen: new Set() }));
         }
         if (msg.parts !== s.parts || msg.part >= s.parts) throw new UpdateError('shape', `part ${msg.part} of ${msg.parts} does not fit a stream of ${s.parts} parts`);

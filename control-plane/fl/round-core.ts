@@ -144,6 +144,13 @@ function reachable(r: TrainingRound): RoundCommand[] {
   return [{ t: 'fail-round', reason: 'NotEnoughUpdates', message: `only ${possible} of ${r.status.participants.length} participants can still send an update, ${r.spec.kOfN} required` }];
 }
 
+/** How many participants other than `propletId` may still send an update. */
+export function stillToCome(r: TrainingRound, propletId: string): number {
+  let n = 0;
+  for (const p of r.status.participants) if (p.propletId !== propletId && !settled(p.phase)) n++;
+  return n;
+}
+
 function settled(phase: string): boolean {
   return phase === 'Submitted' || phase === 'Refused' || phase === 'Failed';
 }
