@@ -39,6 +39,9 @@
 //
 // npm run bench -- fedavg [options] (the children for RSS run with this process's execArgv: the same loader)
 // options: --params N --updates N --robust-params N --robust-updates N --runs N --chunk BYTES
+//   --stream-others N: each stream begins saying N other updates may still come (begin's
+//   othersAtMost), as in a round where more than maxInFlight participants are still to come:
+//   it is copied on arrival and folded at commit instead of folding as it arrives
 
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -217,8 +220,8 @@ async function startNumpy(data: Float32Array[], shapes: number[], weights: numbe
   }
 }
 
-function streamInto(a: Aggregator, participant: string, n: number, m: Model, chunk: number): void {
-  a.begin(participant, n);
+function streamInto(a: Aggregator, participant: string, n: number, m: Model, chunk: number, others?: number): void {
+  a.begin(participant, n, undefined, others);
   for (const [t, x] of m.tensors.entries()) {
     const bytes = float32ToLE(x.data);
     for (let o = 0; o < bytes.length; o += chunk) a.addChunk(participant, t, o / 4, bytes.subarray(o, Math.min(bytes.length, o + chunk)));
@@ -341,9 +344,11 @@ export async function run(argv: string[]): Promise<void> {
       chunk: { type: 'string', default: '65536' },
       'rss-child': { type: 'string' },
       accumulator: { type: 'string', default: 'float32' },
+      'stream-others': { type: 'string' },
     },
   });
   const P = Number(values.params);
+  const others = values['stream-others'] === undefined ? undefined : Number(values['stream-others']);
   const N = Number(values.updates);
   const RP = Number(values['robust-params']);
   const RN = Number(values['robust-updates']);
@@ -407,7 +412,7 @@ export async function run(argv: string[]): Promise<void> {
     const a = new FedAvg(ref, { accumulator: acc });
     if (path === 'add') for (const [i, m] of models.entries()) a.add({ participant: `p${i}`, numSamples: samplesOf(i), model: m });
     else if (path === 'encoded') for (const [i, b] of enc.entries()) a.addEncoded(`p${i}`, samplesOf(i), b);
-    else for (const [i, m] of models.entries()) streamInto(a, `p${i}`, samplesOf(i), m, chunk);
+    else for (const [i, m] of models.entries()) streamInto(a, `p${i}`, samplesOf(i), m, chunk, others);
     a.finishWith((r) => check?.(r));
   };
   const times: Record<Accumulator, Record<Path, { cold: number[]; warm: number[] }>> = {} as never;
