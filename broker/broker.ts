@@ -14,6 +14,8 @@ import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { base, scope as makeScope, type Scope } from '../topics/index.ts';
 import { authorize, propletPayload, propletPublishPlan, type Decision, type DenyReason, type PublishPlan } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretSoon, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
+import { fastPublishParse, type MqttParser } from './fast-parse.ts';
+import { cacheMatches, type Matcher } from './match-cache.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
 import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
@@ -199,6 +201,7 @@ function slimClient(client: Client): void {
   if (!parser) return;
   if (BufferList && parser._list?.length === 0) parser._list = new BufferList();
   if (parser._states?.length === PARSER_STATES.length && PARSER_STATES.every((st, i) => parser._states![i] === st)) parser._states = PARSER_STATES as string[];
+  fastPublishParse(parser as unknown as MqttParser);
 }
 
 function refusal(message: string): Error {
@@ -410,6 +413,7 @@ export class EmbeddedBroker {
       authorizeForward: (client, packet) => self!.authorizeForward(client, packet),
     });
     silenceSys(aedes);
+    cacheMatches((aedes as unknown as { mq: { _matcher: Matcher } }).mq._matcher);
     const b = new EmbeddedBroker(opts, aedes, sizes);
     self = b;
     aedes.on('clientError', (client: Client, err: Error) => b.onClientError(client, err));
