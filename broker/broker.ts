@@ -116,6 +116,8 @@ export interface Identity {
   clientId: string;
   /** Set when the client is being closed for a refused publish or revoked credentials: nothing more is accepted from it, not even its will. */
   untrusted: boolean;
+  /** The credentials' generation at which this account was last found unchanged (-1: not yet). */
+  checked: number;
   /** A proplet's last publish topic and what the ACL decided from it (the topic's part of the decision depends on nothing else). */
   lastTopic: string | undefined;
   lastPlan: PublishPlan | undefined;
@@ -720,7 +722,7 @@ export class EmbeddedBroker {
         if (!d.ok) return refuse(5, 'will_refused', { topic: clip(will.topic), aclReason: d.reason });
       }
       if (!anonymous) this.userFails?.forget(id);
-      conn.identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false, lastTopic: undefined, lastPlan: undefined };
+      conn.identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false, checked: -1, lastTopic: undefined, lastPlan: undefined };
       // Client ids are free, so namespace them per account: a proplet reusing
       // the manager's client id must not take over (close) the manager's session.
       (client as { id: string }).id = `${anonymous ? '#anonymous' : id}/${wireId}`;
@@ -808,13 +810,22 @@ export class EmbeddedBroker {
     }
   }
 
-  /** True when the client's credentials were deleted or replaced since it connected, or it was marked untrusted. */
+  /**
+   * True when the client's credentials were deleted or replaced since it
+   * connected, or it was marked untrusted. With a lookup that tells its
+   * generation (CredentialStore), the account is read again only after some
+   * account changed: every publish, subscribe and delivery asks this.
+   */
   private revoked(idn: Identity): boolean {
     if (idn.untrusted) return true;
     if (idn.anonymous) return false;
+    const generation = this.credentials.generation;
+    if (generation !== undefined && generation === idn.checked) return false;
     const rec = this.lookup(idn.id);
     // fails closed: a lookup that throws counts as revoked
-    return rec === LOOKUP_FAILED || !rec || rec.hash !== idn.hash || rec.role !== idn.role;
+    const gone = rec === LOOKUP_FAILED || !rec || rec.hash !== idn.hash || rec.role !== idn.role;
+    if (!gone && generation !== undefined) idn.checked = generation;
+    return gone;
   }
 
   /** Drops the packet, counts and logs it, and marks the client so that nothing more is accepted from it. */
