@@ -197,11 +197,39 @@ const requireFromMqttPacket = createRequire(createRequire(import.meta.url).resol
 const { BufferList } = requireFromMqttPacket('bl') as { BufferList?: BufferListClass };
 const PARSER_STATES = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
 
+let parsersSlimmed = false;
+
+/**
+ * Once per process: mqtt-packet's parsers start (and restart after an error)
+ * with the plain BufferList instead of making the Duplex only for it to be
+ * replaced: on a connect storm the Duplex, its two stream states and its
+ * emitter were some 3 % of the broker's CPU besides their garbage. Every
+ * mqtt-packet parser of the process gets it (mqtt.js clients included): the
+ * parser uses the buffer-list methods only. Left alone if mqtt-packet's
+ * _resetState is not the one this was written against.
+ */
+function slimParsers(): void {
+  if (parsersSlimmed || !BufferList) return;
+  parsersSlimmed = true;
+  type ParserProto = { _resetState(this: Record<string, unknown>): void };
+  const Parser = requireFromMqttPacket('./parser.js') as { prototype?: ParserProto } | undefined;
+  const Packet = requireFromMqttPacket('./packet.js') as new () => object;
+  const proto = Parser?.prototype;
+  if (!proto || typeof Packet !== 'function' || !/this\._list = bl\(\)/.test(String(proto._resetState))) return;
+  const List = BufferList;
+  proto._resetState = function () {
+    this.packet = new Packet();
+    this.error = null;
+    this._list = new List();
+    this._stateCounter = 0;
+  };
+}
+
 /** Trims a fresh client's parser, before it has read anything (see BufferList above). */
 function slimClient(client: Client): void {
   const parser = (client as unknown as { _parser?: { _list?: { length?: number }; _states?: string[] } })._parser;
   if (!parser) return;
-  if (BufferList && parser._list?.length === 0) parser._list = new BufferList();
+  if (BufferList && !(parser._list instanceof BufferList) && parser._list?.length === 0) parser._list = new BufferList();
   if (parser._states?.length === PARSER_STATES.length && PARSER_STATES.every((st, i) => parser._states![i] === st)) parser._states = PARSER_STATES as string[];
   fastPublishParse(parser as unknown as MqttParser);
 }
@@ -400,6 +428,7 @@ export class EmbeddedBroker {
     // right after createBroker, before anything listens.
     let self: EmbeddedBroker | undefined;
     shortCircuitEmptyQueues();
+    slimParsers();
     const aedes = await Aedes.createBroker({
       connectTimeout,
       // Aedes' default (100) queues deliveries in mqemitter when a subscriber backs

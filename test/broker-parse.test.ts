@@ -175,3 +175,19 @@ test('over TCP: many publishes in one write, and one split across writes, all de
   t.deepEqual(s.broker.dropped(), {});
   t.truthy(propletSubscriptions(S, id).length);
 });
+
+test("once a broker runs, mqtt-packet's parsers buffer in a plain BufferList, not a Duplex, from the start and after an error", async (t) => {
+  const s = await startStack();
+  t.teardown(() => s.close());
+  const parser = mqttPacket.parser({ protocolVersion: 4 }) as unknown as MqttParser & { _list: object };
+  t.is(typeof (parser._list as { pipe?: unknown }).pipe, 'undefined');
+  const got: string[] = [];
+  parser.on('packet', (p: { cmd: string; topic?: string }) => got.push(p.topic ?? p.cmd));
+  parser.on('error', (e: Error) => got.push(`error: ${e.message}`));
+  const stream = gen({ cmd: 'publish', topic: 'a/b', payload: Buffer.from('x'.repeat(200)), qos: 1, messageId: 9 });
+  for (let i = 0; i < stream.length; i++) parser.parse(stream.subarray(i, i + 1));
+  parser.parse(Buffer.from([0x36, 0]));
+  parser.parse(gen({ cmd: 'pingreq' }));
+  t.deepEqual(got, ['a/b', 'error: Packet must not have both QoS bits set to 1', 'pingreq']);
+  t.is(typeof (parser._list as { pipe?: unknown }).pipe, 'undefined');
+});
