@@ -119,14 +119,18 @@ export class GuardState {
     if (chunk === null) return null;
     const v = g.scan(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
     if (!v) return chunk;
-    // Nothing of this chunk reaches Aedes: the connection is gone.
-    g.failed = true;
-    try {
-      g.policy.violation(g, v);
-    } finally {
-      this.destroy();
-    }
+    g.refuse(this, v);
     return null;
+  }
+
+  /** Nothing of the chunk reaches the reader: the violation is reported and the connection is gone. */
+  private refuse(stream: Duplex, v: Violation): void {
+    this.failed = true;
+    try {
+      this.policy.violation(this, v);
+    } finally {
+      stream.destroy();
+    }
   }
 
   /**
@@ -146,12 +150,7 @@ export class GuardState {
       policy.deliver!(g, chunk);
       return true;
     }
-    g.failed = true;
-    try {
-      policy.violation(g, v);
-    } finally {
-      this.destroy();
-    }
+    g.refuse(this, v);
     return false;
   }
 
