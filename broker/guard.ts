@@ -119,18 +119,14 @@ export class GuardState {
     if (chunk === null) return null;
     const v = g.scan(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
     if (!v) return chunk;
-    g.refuse(this, v);
-    return null;
-  }
-
-  /** Nothing of the chunk reaches the reader: the violation is reported and the connection is gone. */
-  private refuse(stream: Duplex, v: Violation): void {
-    this.failed = true;
+    // Nothing of this chunk reaches Aedes: the connection is gone.
+    g.failed = true;
     try {
-      this.policy.violation(this, v);
+      g.policy.violation(g, v);
     } finally {
-      stream.destroy();
+      this.destroy();
     }
+    return null;
   }
 
   /**
@@ -150,7 +146,12 @@ export class GuardState {
       policy.deliver!(g, chunk);
       return true;
     }
-    g.refuse(this, v);
+    g.failed = true;
+    try {
+      policy.violation(g, v);
+    } finally {
+      this.destroy();
+    }
     return false;
   }
 
