@@ -126,14 +126,6 @@ export interface Identity {
 const LOOKUP_FAILED = Symbol('propeller.lookupFailed');
 const REFUSED = Symbol('propeller.refused');
 
-/** What of Aedes' client the guard's direct delivery reads (Aedes 1.2, lib/client.js nextBatch). */
-interface AedesReader {
-  _parsingBatch: number;
-  _paused: boolean | undefined;
-  closed: boolean;
-  _parser: { parse(buf: Buffer): unknown };
-}
-
 interface ConnectionOwner extends GuardPolicy<Connection> {
   closed(c: Connection): void;
 }
@@ -342,14 +334,6 @@ export class EmbeddedBroker {
     },
     violation: (c, v) => this.onViolation(c, v),
     closed: (c) => this.closed(c),
-    // Aedes reads a connection's next chunk once every packet of the last one is handled
-    // (its _parsingBatch back at 0) and it is not paused: then a chunk can go to its parser
-    // straight from the socket, as its next 'readable' would have.
-    idle: (c) => {
-      const client = c.client as unknown as AedesReader | undefined;
-      return client !== undefined && client._parsingBatch === 0 && !client._paused && !client.closed;
-    },
-    deliver: (c, chunk) => (c.client as unknown as AedesReader)._parser.parse(chunk),
   };
   private readonly servers: net.Server[] = [];
   private wss?: WsServer;

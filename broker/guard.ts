@@ -26,14 +26,6 @@ export interface GuardPolicy<S extends GuardState> {
   limit(state: S, first: boolean): number;
   /** Called once, before the connection is destroyed. */
   violation(state: S, v: Violation): void;
-  /**
-   * A socket's reader can take a chunk right now (it is waiting for bytes
-   * and nothing is buffered): the chunk then goes to `deliver` from the
-   * socket's read callback instead of through the stream's buffer, its
-   * `'readable'` event and `read()`. Optional.
-   */
-  idle?(state: S): boolean;
-  deliver?(state: S, chunk: Buffer): void;
 }
 
 const HEADER = 0;
@@ -62,7 +54,7 @@ export class GuardState {
 
   constructor(
     readonly stream: Duplex,
-    readonly policy: GuardPolicy<GuardState>,
+    private readonly policy: GuardPolicy<GuardState>,
   ) {}
 
   /** The first violation in `chunk`, if any; the state moves past the headers and bodies it holds. */
@@ -130,32 +122,6 @@ export class GuardState {
   }
 
   /**
-   * What Node's socket read callback pushes (a chunk, or null at the end).
-   * When the reader is idle and the stream holds nothing, the chunk is
-   * scanned and delivered at once, as read() would have returned it one tick
-   * later; otherwise it is buffered as usual (and scanned when read).
-   */
-  static push(this: Guarded, chunk: unknown, encoding?: BufferEncoding): boolean {
-    const g = this[GUARD];
-    const policy = g.policy;
-    if (chunk === null || !Buffer.isBuffer(chunk) || g.failed || this.readableLength !== 0 || !policy.idle?.(g)) {
-      return (Object.getPrototypeOf(this) as Duplex).push.call(this, chunk, encoding);
-    }
-    const v = g.scan(chunk);
-    if (!v) {
-      policy.deliver!(g, chunk);
-      return true;
-    }
-    g.failed = true;
-    try {
-      policy.violation(g, v);
-    } finally {
-      this.destroy();
-    }
-    return false;
-  }
-
-  /**
    * Aedes writes each delivery from a setImmediate of its own (and
    * mqtt-packet uncorks on the next tick), so without this every delivered
    * packet was one writev system call. A socket stays corked from the first
@@ -197,10 +163,7 @@ export function guard(stream: Duplex, state: GuardState): void {
   (stream as Guarded)[GUARD] = state;
   stream.read = GuardState.read as Duplex['read'];
   stream.destroy = GuardState.destroy as Duplex['destroy'];
-  if (stream instanceof Socket) {
-    stream.write = GuardState.write as Duplex['write'];
-    if (state.policy.deliver) stream.push = GuardState.push as Duplex['push'];
-  }
+  if (stream instanceof Socket) stream.write = GuardState.write as Duplex['write'];
 }
 
 /** The guard state put on `stream`, if any. */
