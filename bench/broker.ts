@@ -62,6 +62,8 @@ interface Accounts {
 interface Usage {
   /** CPU µs, user + system. */
   cpu: number;
+  /** Of which system (kernel) µs. */
+  sys: number;
   rss: number;
   /** The embedded broker's V8 heap + external memory after a collection (Mosquitto: its RSS). */
   heap: number;
@@ -81,12 +83,12 @@ interface Target {
 
 // ---- the embedded broker's process ----
 
-async function serve(subs: number, conns: number, plain: boolean, profileDir: string | undefined): Promise<void> {
+async function serve(subs: number, conns: number, plain: boolean, profileDir: string | undefined, floor = false): Promise<void> {
   const creds = new CredentialStore();
   const accounts: Accounts = { manager: creds.issue(MANAGER, 'manager'), conn: [], subs: {} };
   for (let i = 0; i < conns; i++) accounts.conn.push(creds.issue(connUser(i), 'proplet'));
   for (let i = 0; i < subs; i++) accounts.subs[`bench-sub-${i}`] = creds.issue(`bench-sub-${i}`, 'proplet');
-  const broker = plain ? await plainAedes() : await EmbeddedBroker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
+  const broker = floor ? await bareFloor() : plain ? await plainAedes() : await EmbeddedBroker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
@@ -104,7 +106,7 @@ async function serve(subs: number, conns: number, plain: boolean, profileDir: st
         .then(() => process.send!({ profiling: true }));
     } else if (m === 'profile-stop' && profiler) {
       void post('Profiler.stop').then((r) => {
-        writeFileSync(join(profileDir!, `${plain ? 'aedes' : 'embedded'}-${process.pid}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
+        writeFileSync(join(profileDir!, `${floor ? 'floor' : plain ? 'aedes' : 'embedded'}-${process.pid}.cpuprofile`), JSON.stringify((r as { profile: unknown }).profile));
         process.send!({ profiled: true });
       });
     } else if (m === 'usage') {
@@ -112,7 +114,7 @@ async function serve(subs: number, conns: number, plain: boolean, profileDir: st
       gc();
       const c = process.cpuUsage();
       const m = process.memoryUsage();
-      process.send!({ usage: { cpu: c.user + c.system, rss: m.rss, heap: m.heapUsed + m.external } });
+      process.send!({ usage: { cpu: c.user + c.system, sys: c.system, rss: m.rss, heap: m.heapUsed + m.external } });
     } else if (m === 'exit') void broker.close().finally(() => process.exit(0));
   });
   process.send!({ ready: { port: broker.port, accounts } });
@@ -133,9 +135,57 @@ async function plainAedes(): Promise<{ port: number; close(): Promise<void> }> {
   };
 }
 
-async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = []): Promise<{ target: Target; accounts: Accounts }> {
+/**
+ * The floor of a connection in Node: a net server with the embedded broker's
+ * socket options that reads each connection's CONNECT (its fixed header's
+ * length, nothing parsed) and answers a fixed CONNACK (accepted). No MQTT
+ * library, no authentication, no timers, no per-connection object of its own.
+ */
+async function bareFloor(): Promise<{ port: number; close(): Promise<void> }> {
+  const CONNACK = Buffer.from([0x20, 2, 0, 0]);
+  const sockets = new Set<Socket>();
+  const server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 }, (s) => {
+    sockets.add(s);
+    let seen = 0;
+    let need = -1;
+    s.on('data', (d: Buffer) => {
+      if (need === -2) return; // answered: later bytes are ignored
+      if (need === -1 && seen === 0 && d.length >= 2) {
+        // remaining length: a variable byte integer after the first byte
+        let len = 0;
+        let mult = 1;
+        for (let i = 1; i < Math.min(d.length, 5); i++) {
+          len += (d[i]! & 0x7f) * mult;
+          mult *= 128;
+          if ((d[i]! & 0x80) === 0) {
+            need = 1 + i + len;
+            break;
+          }
+        }
+      }
+      seen += d.length;
+      if (need >= 0 && seen >= need) {
+        need = -2;
+        s.write(CONNACK);
+      }
+    });
+    s.on('error', () => {});
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = [], floor = false): Promise<{ target: Target; accounts: Accounts }> {
   const runTs = join(fileURLToPath(new URL('.', import.meta.url)), 'run.ts');
-  const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(profileDir ? ['--profile', profileDir] : [])];
+  const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(floor ? ['--floor'] : []), ...(profileDir ? ['--profile', profileDir] : [])];
   const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...nodeFlags] });
   const [ready] = (await once(child, 'message')) as [{ ready: { port: number; accounts: Accounts } }];
   const usage = async (): Promise<Usage> => {
@@ -148,7 +198,7 @@ async function startEmbedded(subs: number, conns: number, profileDir: string | u
   return {
     accounts: ready.ready.accounts,
     target: {
-      name: plain ? 'aedes' : 'embedded',
+      name: floor ? 'floor' : plain ? 'aedes' : 'embedded',
       port: ready.ready.port,
       usage,
       async profile(on) {
@@ -217,7 +267,7 @@ async function startMosquitto(accounts: Accounts): Promise<Target> {
       const stat = readFileSync(`/proc/${proc.pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       const rss = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${proc.pid}/status`, 'utf8'))![1]) * 1024;
-      return { cpu: (Number(f[11]) + Number(f[12])) * tick, rss, heap: rss };
+      return { cpu: (Number(f[11]) + Number(f[12])) * tick, sys: Number(f[12]) * tick, rss, heap: rss };
     },
     async stop() {
       if (proc.exitCode === null) {
@@ -407,6 +457,7 @@ interface Storm {
   perConn: number;
   heapPerConn: number;
   cpu: number;
+  sys: number;
   failed: number;
 }
 
@@ -463,7 +514,7 @@ async function connects(t: Target, acc: Accounts, n: number, window: number, pro
   await snapshot?.('open');
   for (const s of sockets) s.destroy();
   await new Promise((r) => setTimeout(r, 1000));
-  return { secs, perConn: (u1.rss - u0.rss) / n, heapPerConn: (u1.heap - u0.heap) / n, cpu: u1.cpu - u0.cpu, failed };
+  return { secs, perConn: (u1.rss - u0.rss) / n, heapPerConn: (u1.heap - u0.heap) / n, cpu: u1.cpu - u0.cpu, sys: u1.sys - u0.sys, failed };
 }
 
 /**
@@ -518,6 +569,7 @@ export async function run(argv: string[]): Promise<void> {
       profile: { type: 'string' },
       only: { type: 'string', default: 'connects,qos0,qos1,fanout' },
       'plain-aedes': { type: 'boolean', default: false },
+      floor: { type: 'boolean', default: false },
       'broker-node-flags': { type: 'string', default: '' },
       'heap-snapshot': { type: 'string' },
     },
@@ -525,7 +577,7 @@ export async function run(argv: string[]): Promise<void> {
   const only = new Set(values.only!.split(','));
   for (const o of only) if (!['connects', 'qos0', 'qos1', 'fanout'].includes(o)) throw new Error(`--only takes connects, qos0, qos1, fanout; got ${o}`);
   const subs = Number(values.subs);
-  if (values.serve) return serve(subs, Number(values.connects), values['plain-aedes']!, values.profile);
+  if (values.serve) return serve(subs, Number(values.connects), values['plain-aedes']!, values.profile, values.floor);
   const n0 = Number(values.messages);
   const n1 = Number(values['qos1-messages']);
   const nf = Number(values['fanout-messages']);
@@ -545,11 +597,13 @@ export async function run(argv: string[]): Promise<void> {
   const targets = [mos, emb];
   // --plain-aedes: Aedes without the wrapper as a third column, to tell the wrapper's cost from Aedes' own
   if (values['plain-aedes']) targets.push((await startEmbedded(subs, 0, values.profile, true)).target);
+  // --floor: a bare Node net server answering a fixed CONNACK, in the connect storms only
+  const floor = values.floor && only.has('connects') ? (await startEmbedded(0, 0, values.profile, false, [], true)).target : undefined;
   try {
     // The connect storms first, on fresh brokers: later, memory freed by the
     // other scenarios is reused by the connections and hides their cost.
     // Memory per connection is from the first round.
-    const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [], aedes: [] };
+    const storms: Record<string, Storm[]> = { mosquitto: [], embedded: [], aedes: [], floor: [] };
     const profiling = (on: boolean): Promise<unknown> => Promise.all(targets.map((t) => t.profile?.(on)));
     const stormsOnly = only.size === 1 && only.has('connects');
     // with --only connects, the profile covers the first round's CONNECTs
@@ -559,7 +613,8 @@ export async function run(argv: string[]): Promise<void> {
     if (snapDir) mkdirSync(snapDir, { recursive: true });
     const stormSnapshot = (t: Target, r: number): ((when: string) => Promise<void>) | undefined =>
       snapDir && r === 0 && t.snapshot ? (when) => t.snapshot!(join(snapDir, `${t.name}-${when}.heapsnapshot`)) : undefined;
-    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of targets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window']), stormProfile(t, r), stormSnapshot(t, r)));
+    const stormTargets = floor ? [...targets, floor] : targets;
+    if (only.has('connects')) for (let r = 0; r < Math.min(rounds, 2); r++) for (const t of stormTargets) storms[t.name]!.push(await connects(t, accounts, nc, Number(values['connect-window']), stormProfile(t, r), stormSnapshot(t, r)));
     // Warm-up: the JIT and both brokers' first allocations.
     if (!stormsOnly) for (const t of targets) await flow(t, accounts, 1, Math.min(n0, 20000), 0, window, payload);
     if (!stormsOnly) await profiling(true);
@@ -581,6 +636,7 @@ export async function run(argv: string[]): Promise<void> {
     const cpuPer = (fs: Flow[]): number => med(fs.map((f) => f.cpu / f.deliveries));
     const rows: (string | number)[][] = [];
     const verdicts: string[] = [];
+    const notes: string[] = [];
     const plain = values['plain-aedes'];
     const flowRow = (what: string, unit: string, r: Res, goal: number): void => {
       if (r.embedded!.length === 0) return;
@@ -608,8 +664,17 @@ export async function run(argv: string[]): Promise<void> {
       rows.push(['memory per open connection (RSS growth, first round)', `${me.toFixed(1)} KiB`, `${mm.toFixed(1)} KiB`, `${(me / mm).toFixed(1)}x`, `≤ 4 KiB: ${me <= 4 ? 'met' : 'NOT met'}`, '-', '-', ...extra(() => [`${kib('aedes').toFixed(1)} KiB`, '-'])]);
       rows.push(['  V8 heap + external growth per connection', `${(storms.embedded![0]!.heapPerConn / 1024).toFixed(1)} KiB`, '-', '-', '-', '-', '-', ...extra(() => [`${(storms.aedes![0]!.heapPerConn / 1024).toFixed(1)} KiB`, '-'])]);
       verdicts.push(`connects time: ${okT ? 'met' : 'NOT met'}`, `memory per connection: ${me <= 4 ? 'met' : 'NOT met'}`);
+      const sys = (name: string): string => (med(storms[name]!.map((s) => s.sys)) / nc).toFixed(1);
+      notes.push(`connect CPU µs of which system (kernel): ${stormTargets.map((t) => `${t.name} ${sys(t.name)} of ${cpu(t.name)}`).join(', ')}`);
+      if (floor) {
+        const fs = storms.floor!;
+        notes.push(
+          `floor, a bare Node net server reading each CONNECT and answering a fixed CONNACK (same socket options, its own process): ${secs('floor').toFixed(2)} s for ${nc.toLocaleString('en')} connects, ${cpu('floor')} µs CPU each; ` +
+            `${(fs[0]!.perConn / 1024).toFixed(1)} KiB RSS and ${(fs[0]!.heapPerConn / 1024).toFixed(1)} KiB V8 heap + external per open connection (first round)`,
+        );
+      }
     }
-    const failed = [...storms.embedded!, ...storms.mosquitto!, ...storms.aedes!].reduce((a, s) => a + s.failed, 0);
+    const failed = [...storms.embedded!, ...storms.mosquitto!, ...storms.aedes!, ...storms.floor!].reduce((a, s) => a + s.failed, 0);
 
     console.log(
       `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
@@ -618,6 +683,7 @@ export async function run(argv: string[]): Promise<void> {
     const head = ['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'];
     printTable(values['plain-aedes'] ? [...head, 'plain Aedes (no auth, ACL, guard)', 'plain Aedes CPU µs'] : head, rows);
     console.log(`\n${verdicts.join('; ')}${failed > 0 ? `; ${failed} connects FAILED` : ''}`);
+    for (const note of notes) console.log(`\n${note}`);
     if (snapDir) {
       // writing a snapshot grows the process: this run's memory figures are not comparable
       console.log(`\nheap snapshots in ${snapDir} (memory figures above are inflated by them); what the ${nc.toLocaleString('en')} open connections added, by constructor (self size):`);
@@ -629,5 +695,6 @@ export async function run(argv: string[]): Promise<void> {
     }
   } finally {
     for (const t of targets) await t.stop();
+    await floor?.stop();
   }
 }

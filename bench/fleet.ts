@@ -16,7 +16,11 @@
 //
 //   npm run bench -- fleet [--devices 10000] [--heartbeat 10s] [--steady 30s] [--tasks 10000]
 //        [--connect-rate 1000] [--max-pending 256] [--concurrency 64] [--runner-pool 4]
-//        [--no-baseline] [--time-limit 15m] [--mq-concurrency N]
+//        [--no-baseline] [--time-limit 15m] [--mq-concurrency N] [--profile DIR]
+//
+// --profile DIR writes a CPU profile of this process (broker + control plane)
+// over the steady phase only (DIR/fleet-steady-PID.cpuprofile); the devices'
+// process is profiled with FLEET_CHILD_NODE_ARGS='--cpu-prof'.
 //
 // --mq-concurrency is an experiment: it sets the embedded broker's mqemitter
 // concurrency (Aedes' default is 100) on the running broker, to compare with
@@ -24,7 +28,8 @@
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -90,6 +95,7 @@ export async function run(argv: string[]): Promise<void> {
       'no-baseline': { type: 'boolean', default: false },
       // experiment: the embedded broker's mqemitter concurrency (Aedes' default 100; 0 = unbounded)
       'mq-concurrency': { type: 'string' },
+      profile: { type: 'string' },
     },
   });
   const n = Number(values.devices);
@@ -168,11 +174,15 @@ export async function run(argv: string[]): Promise<void> {
     // 3. steady state
     const alive0 = await aliveReceived(s);
     const cs0 = ((await ask({ cmd: 'stats' }, left('stats'))) as Extract<FromChild, { t: 'stats' }>).stats;
+    const profiler = values.profile ? await startProfile() : undefined;
+    const su0 = process.cpuUsage();
     const sc0 = cpuMain();
     const st0 = performance.now();
     await sleep(Math.min(steadyMs, left('steady state')));
     const steadyWall = performance.now() - st0;
     const steadyCpu = cpuMain() - sc0;
+    const su = process.cpuUsage(su0);
+    if (profiler) console.log(`profile of the steady phase: ${await profiler(values.profile!)}`);
     const alive = (await aliveReceived(s)) - alive0;
     const cs1 = ((await ask({ cmd: 'stats' }, left('stats'))) as Extract<FromChild, { t: 'stats' }>).stats;
     const steadyRss = rssMain();
@@ -218,7 +228,7 @@ export async function run(argv: string[]): Promise<void> {
     const dl = lat(dispatch);
     const el = lat(e2e);
     rows.push(['heartbeats received by the control plane', `${fmt(alive / (steadyWall / 1000))} msg/s`, `expected ${fmt(n / (heartbeatMs / 1000))} msg/s`]);
-    rows.push(['broker + control plane CPU, steady', `${fmt((steadyCpu / steadyWall) * 100)} % of one core`, `${fmt((steadyCpu * 1000) / Math.max(1, alive))} µs per heartbeat`]);
+    rows.push(['broker + control plane CPU, steady', `${fmt((steadyCpu / steadyWall) * 100)} % of one core`, `${fmt((steadyCpu * 1000) / Math.max(1, alive))} µs per heartbeat (user ${fmt(su.user / Math.max(1, alive))}, system ${fmt(su.system / Math.max(1, alive))})`]);
     rows.push(['devices process CPU, steady', `${fmt(((cs1.cpuMs - cs0.cpuMs) / steadyWall) * 100)} % of one core`, `${cs1.heartbeats - cs0.heartbeats} heartbeats sent`]);
     rows.push(['false offline transitions (goal 0)', falseOffline, `${transitions.offline} offline, ${transitions.failed} failed; device reconnects ${csEnd.disconnects}`]);
     rows.push(['RSS broker + control plane', `${fmt(steadyRss / MiB)} MiB`, `${fmt(rss0 / MiB)} MiB before; ${fmt(stormRss / MiB)} MiB after the storm`]);
@@ -268,6 +278,23 @@ function rpc(child: ChildProcess): (m: ToChild, timeoutMs: number) => Promise<Fr
       };
       child.send(m);
     });
+}
+
+/** Starts the CPU profiler in this process; the function returned stops it and writes the profile into a directory. */
+async function startProfile(): Promise<(dir: string) => Promise<string>> {
+  const session = new Session();
+  session.connect();
+  const post = (method: string): Promise<unknown> => new Promise((resolve, reject) => session.post(method, (err, res) => (err ? reject(err) : resolve(res))));
+  await post('Profiler.enable');
+  await post('Profiler.start');
+  return async (dir) => {
+    const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+    session.disconnect();
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, `fleet-steady-${process.pid}.cpuprofile`);
+    writeFileSync(file, JSON.stringify(profile));
+    return file;
+  };
 }
 
 async function aliveReceived(s: Awaited<ReturnType<typeof startStack>>): Promise<number> {

@@ -14,6 +14,8 @@ import { MAX_PAYLOAD } from '../protocol/index.ts';
 import { base, scope as makeScope, type Scope } from '../topics/index.ts';
 import { authorize, propletPayload, propletPublishPlan, type Decision, type DenyReason, type PublishPlan } from './acl.ts';
 import { accountFor, isGroupId, verifyDummy, verifySecretSoon, type CredentialLookup, type CredentialRecord, type Role } from './credentials.ts';
+import { fastPublishParse, type MqttParser } from './fast-parse.ts';
+import { cacheMatches, type Matcher } from './match-cache.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
 import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
@@ -114,6 +116,8 @@ export interface Identity {
   clientId: string;
   /** Set when the client is being closed for a refused publish or revoked credentials: nothing more is accepted from it, not even its will. */
   untrusted: boolean;
+  /** The credentials' generation at which this account was last found unchanged (-1: not yet). */
+  checked: number;
   /** A proplet's last publish topic and what the ACL decided from it (the topic's part of the decision depends on nothing else). */
   lastTopic: string | undefined;
   lastPlan: PublishPlan | undefined;
@@ -193,12 +197,41 @@ const requireFromMqttPacket = createRequire(createRequire(import.meta.url).resol
 const { BufferList } = requireFromMqttPacket('bl') as { BufferList?: BufferListClass };
 const PARSER_STATES = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
 
+let parsersSlimmed = false;
+
+/**
+ * Once per process: mqtt-packet's parsers start (and restart after an error)
+ * with the plain BufferList instead of making the Duplex only for it to be
+ * replaced: on a connect storm the Duplex, its two stream states and its
+ * emitter were some 3 % of the broker's CPU besides their garbage. Every
+ * mqtt-packet parser of the process gets it (mqtt.js clients included): the
+ * parser uses the buffer-list methods only. Left alone if mqtt-packet's
+ * _resetState is not the one this was written against.
+ */
+function slimParsers(): void {
+  if (parsersSlimmed || !BufferList) return;
+  parsersSlimmed = true;
+  type ParserProto = { _resetState(this: Record<string, unknown>): void };
+  const Parser = requireFromMqttPacket('./parser.js') as { prototype?: ParserProto } | undefined;
+  const Packet = requireFromMqttPacket('./packet.js') as new () => object;
+  const proto = Parser?.prototype;
+  if (!proto || typeof Packet !== 'function' || !/this\._list = bl\(\)/.test(String(proto._resetState))) return;
+  const List = BufferList;
+  proto._resetState = function () {
+    this.packet = new Packet();
+    this.error = null;
+    this._list = new List();
+    this._stateCounter = 0;
+  };
+}
+
 /** Trims a fresh client's parser, before it has read anything (see BufferList above). */
 function slimClient(client: Client): void {
   const parser = (client as unknown as { _parser?: { _list?: { length?: number }; _states?: string[] } })._parser;
   if (!parser) return;
-  if (BufferList && parser._list?.length === 0) parser._list = new BufferList();
+  if (BufferList && !(parser._list instanceof BufferList) && parser._list?.length === 0) parser._list = new BufferList();
   if (parser._states?.length === PARSER_STATES.length && PARSER_STATES.every((st, i) => parser._states![i] === st)) parser._states = PARSER_STATES as string[];
+  fastPublishParse(parser as unknown as MqttParser);
 }
 
 function refusal(message: string): Error {
@@ -395,6 +428,7 @@ export class EmbeddedBroker {
     // right after createBroker, before anything listens.
     let self: EmbeddedBroker | undefined;
     shortCircuitEmptyQueues();
+    slimParsers();
     const aedes = await Aedes.createBroker({
       connectTimeout,
       // Aedes' default (100) queues deliveries in mqemitter when a subscriber backs
@@ -410,6 +444,7 @@ export class EmbeddedBroker {
       authorizeForward: (client, packet) => self!.authorizeForward(client, packet),
     });
     silenceSys(aedes);
+    cacheMatches((aedes as unknown as { mq: { _matcher: Matcher } }).mq._matcher);
     const b = new EmbeddedBroker(opts, aedes, sizes);
     self = b;
     aedes.on('clientError', (client: Client, err: Error) => b.onClientError(client, err));
@@ -716,7 +751,7 @@ export class EmbeddedBroker {
         if (!d.ok) return refuse(5, 'will_refused', { topic: clip(will.topic), aclReason: d.reason });
       }
       if (!anonymous) this.userFails?.forget(id);
-      conn.identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false, lastTopic: undefined, lastPlan: undefined };
+      conn.identity = { id, role, hash, anonymous, clientId: wireId, untrusted: false, checked: -1, lastTopic: undefined, lastPlan: undefined };
       // Client ids are free, so namespace them per account: a proplet reusing
       // the manager's client id must not take over (close) the manager's session.
       (client as { id: string }).id = `${anonymous ? '#anonymous' : id}/${wireId}`;
@@ -804,13 +839,22 @@ export class EmbeddedBroker {
     }
   }
 
-  /** True when the client's credentials were deleted or replaced since it connected, or it was marked untrusted. */
+  /**
+   * True when the client's credentials were deleted or replaced since it
+   * connected, or it was marked untrusted. With a lookup that tells its
+   * generation (CredentialStore), the account is read again only after some
+   * account changed: every publish, subscribe and delivery asks this.
+   */
   private revoked(idn: Identity): boolean {
     if (idn.untrusted) return true;
     if (idn.anonymous) return false;
+    const generation = this.credentials.generation;
+    if (generation !== undefined && generation === idn.checked) return false;
     const rec = this.lookup(idn.id);
     // fails closed: a lookup that throws counts as revoked
-    return rec === LOOKUP_FAILED || !rec || rec.hash !== idn.hash || rec.role !== idn.role;
+    const gone = rec === LOOKUP_FAILED || !rec || rec.hash !== idn.hash || rec.role !== idn.role;
+    if (!gone && generation !== undefined) idn.checked = generation;
+    return gone;
   }
 
   /** Drops the packet, counts and logs it, and marks the client so that nothing more is accepted from it. */

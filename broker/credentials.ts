@@ -33,6 +33,12 @@ export interface CredentialRecord {
 
 export interface CredentialLookup {
   get(id: string): CredentialRecord | undefined;
+  /**
+   * Optional: a number that changes whenever any record is added, replaced or
+   * deleted. When present, the broker re-reads a connection's account only
+   * after it changed, instead of on every publish, subscribe and delivery.
+   */
+  readonly generation?: number;
 }
 
 export type CredentialChange = CredentialRecord | { id: string; deleted: true };
@@ -226,6 +232,7 @@ export interface SetOptions {
 export class CredentialStore implements CredentialLookup {
   private readonly recs = new Map<string, CredentialRecord>();
   private readonly onChange: ((rec: CredentialChange) => void) | undefined;
+  private changes = 0;
 
   constructor(opts: { onChange?: (rec: CredentialChange) => void } = {}) {
     this.onChange = opts.onChange;
@@ -241,17 +248,24 @@ export class CredentialStore implements CredentialLookup {
   set(rec: CredentialRecord, opts: SetOptions = {}): void {
     const r = checkRecord(rec);
     this.recs.set(r.id, r);
+    this.changes++;
     if (opts.notify !== false) this.onChange?.(r);
   }
 
   delete(id: string, opts: SetOptions = {}): boolean {
     const had = this.recs.delete(id);
+    if (had) this.changes++;
     if (had && opts.notify !== false) this.onChange?.({ id, deleted: true });
     return had;
   }
 
   get(id: string): CredentialRecord | undefined {
     return this.recs.get(id);
+  }
+
+  /** Changes with every set, issue and delete (CredentialLookup.generation). */
+  get generation(): number {
+    return this.changes;
   }
 
   list(): CredentialRecord[] {

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { Registry } from 'prom-client';
-import { CredentialStore, EmbeddedBroker, type BrokerOptions } from '../broker/index.ts';
+import { CredentialStore, EmbeddedBroker, hashSecret, type BrokerOptions } from '../broker/index.ts';
 import { decode, encode } from '../protocol/index.ts';
 import { allFilter, base, managerFilters, propletSubscriptions, scope, topic } from '../topics/index.ts';
 
@@ -490,6 +490,39 @@ test('revoked or replaced credentials end the connection', async (t) => {
   const again = await s.connect('p1');
   await again.publishAsync(topic(S, 'proplet.alive', 'p1'), alive('p1'), { qos: 1 });
   t.is((await nextMessage(m.c)).topic, topic(S, 'proplet.alive', 'p1'));
+});
+
+test('an account is read again only after the credentials changed, and a change still ends a connection that published before it', async (t) => {
+  const s = await setup(t);
+  const m = await managerClient(s);
+  const p1 = await s.connect('p1');
+  const reads = new Map<string, number>();
+  const get = s.creds.get.bind(s.creds);
+  s.creds.get = (id: string) => {
+    reads.set(id, (reads.get(id) ?? 0) + 1);
+    return get(id);
+  };
+  for (let i = 0; i < 5; i++) await p1.publishAsync(topic(S, 'proplet.alive', 'p1'), alive('p1'), { qos: 1 });
+  t.is(reads.get('p1'), 1); // the first publish; the next four found the credentials unchanged
+  s.creds.issue('p9', 'proplet'); // another account: p1's is read once more, and still holds
+  await p1.publishAsync(topic(S, 'proplet.alive', 'p1'), alive('p1'), { qos: 1 });
+  await p1.publishAsync(topic(S, 'proplet.alive', 'p1'), alive('p1'), { qos: 1 });
+  t.is(reads.get('p1'), 2);
+  for (let i = 0; i < 7; i++) await nextMessage(m.c);
+
+  // p1 has published (its account was found unchanged): replacing its secret still cuts it at its next publish
+  s.secrets.p1 = s.creds.issue('p1', 'proplet');
+  p1.publish(topic(S, 'proplet.alive', 'p1'), alive('p1'), { qos: 1 });
+  await closed(p1);
+  t.is(s.broker.dropped().credentials_revoked, 1);
+  // and a deleted group account cuts its members that had published
+  s.creds.set({ id: 'grp-*', role: 'proplet', hash: hashSecret('g') });
+  const g = await s.connect('grp-a', 'g');
+  await g.publishAsync(topic(S, 'proplet.alive', 'grp-a'), alive('grp-a'), { qos: 1 });
+  s.creds.delete('grp-*');
+  g.publish(topic(S, 'proplet.alive', 'grp-a'), alive('grp-a'), { qos: 1 });
+  await closed(g);
+  t.is(s.broker.dropped().credentials_revoked, 2);
 });
 
 test('MQTT over WebSocket and over TLS', async (t) => {
