@@ -415,6 +415,10 @@ export class McuProplet extends EventEmitter<McuEvents> {
     const c = this.client;
     if (!c || !c.connected || this.st !== 'online') return false;
     c.publish(t, payload as Buffer, { qos }, () => {});
+    // MQTT 3.1.1 §3.1.2.10: a client pings only after a keepalive period in which it sent nothing, as
+    // device stacks (esp-mqtt) count it; mqtt.js 5 postpones its ping on acknowledgements received
+    // only, so a device heartbeating at QoS 0 also pinged every period.
+    c.reschedulePing(true);
     return true;
   }
 

@@ -407,6 +407,23 @@ test('reconnect backoff grows with jitter up to its cap and resets', (t) => {
   t.is(b.ceiling(), 100);
 });
 
+test.serial('a device that heartbeats within its keepalive sends no PINGREQ (what it sends keeps the connection alive)', async (t) => {
+  const id = 'mcu-quiet';
+  // not mcuOptions(): it issues the main MCU's secret again, which cuts that device's connection
+  const dev = new McuProplet({ id, secret: s.creds.issue(id, 'proplet'), url: s.broker.url, scope, deviceType: 'esp32', keepaliveSec: 2, heartbeatMs: 200, log: () => {} });
+  await dev.start();
+  const pings: number[] = [];
+  const client = (dev as unknown as { client: { on(e: 'packetsend', f: (p: { cmd: string }) => void): void } }).client;
+  client.on('packetsend', (p) => {
+    if (p.cmd === 'pingreq') pings.push(Date.now());
+  });
+  const from = dev.stats.heartbeats;
+  // 20 heartbeats at QoS 0: two keepalive periods at least
+  await until(() => dev.stats.heartbeats >= from + 20, '20 heartbeats');
+  await dev.close();
+  t.deepEqual(pings, []);
+});
+
 test.serial('both proplet kinds send heartbeats at QoS 0, the one after a task at QoS 1 behind its result, everything else at QoS 1', async (t) => {
   const watch = await s.client(`watch-${Date.now()}`, 'debug');
   const seen = new Map<string, number>();
