@@ -69,6 +69,7 @@ export class NodeProplet {
   private readonly log: Log;
   private readonly startTopic: string;
   private readonly stopTopic: string;
+  private readonly resultTopic: string;
 
   constructor(private o: NodePropletOptions) {
     this.encoding = o.encoding ?? 'json';
@@ -76,6 +77,7 @@ export class NodeProplet {
     this.log = o.log ?? (() => {});
     this.startTopic = topic(o.scope, 'manager.start', o.id);
     this.stopTopic = topic(o.scope, 'manager.stop', o.id);
+    this.resultTopic = topic(o.scope, 'proplet.results', o.id);
     const maxModuleBytes = o.maxModuleBytes ?? 64 * 1024 * 1024;
     this.modules = new ModuleSource({ maxModuleBytes });
     this.core = new PropletCore<Start>({ propletId: o.id, maxTasks: this.maxTasks, maxModuleBytes, ramBudgetBytes: o.memoryBytes });
@@ -206,7 +208,7 @@ export class NodeProplet {
   }
 
   private publishResult(r: Result): void {
-    this.client?.publish(topic(this.o.scope, 'proplet.results', this.o.id), encodeResult(r, this.encoding), { qos: 1 });
+    this.client?.publish(this.resultTopic, encodeResult(r, this.encoding), { qos: 1 });
   }
 
   private dispatch(e: Event<Start>): void {
