@@ -19,6 +19,7 @@ import { cacheMatches, type Matcher } from './match-cache.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
 import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
+import { CONNECT_PENDING, slimClients } from './slim-client.ts';
 
 const KiB = 1024;
 
@@ -143,6 +144,10 @@ class Connection extends GuardState {
   will: ConnectPacket['will'] | undefined = undefined;
   /** Counted in connectedClients. */
   live = false;
+  /** performance.now() when accepted: the connect timeout runs from here. */
+  readonly since = performance.now();
+  /** The MQTT keepalive's limit in ms (1.5 × the CONNECT's keepalive), 0 for none; watched once authenticated (with slim clients). */
+  keepalive = 0;
 
   constructor(
     stream: Duplex,
@@ -166,6 +171,8 @@ function connOf(client: Client | null | undefined): Connection | undefined {
 function onStreamClose(this: Duplex): void {
   const c = guardOf(this) as Connection;
   c.owner.closed(c);
+  // what Aedes' end-of-stream watcher did, which slim clients do without (Aedes' close() runs once)
+  c.client?.close();
 }
 
 /** The identity the broker attached to an Aedes client, if it authenticated. */
@@ -179,7 +186,10 @@ type ParserSettings = { protocolVersion?: number; bridgeMode?: boolean };
 const PARSER_SETTINGS = new Map<number | undefined, ParserSettings>([3, 4].map((v) => [v, Object.freeze({ protocolVersion: v, bridgeMode: false })]));
 
 function slimParser(client: Client): void {
-  const parser = (client as unknown as { _parser?: { settings?: ParserSettings } })._parser;
+  const parser = (client as unknown as { _parser?: { settings?: ParserSettings; _list?: { length?: number; _bufs?: unknown[] } } })._parser;
+  // the CONNECT's bytes are consumed, but the list's array keeps the room they took
+  const list = parser?._list;
+  if (list?.length === 0 && Array.isArray(list._bufs) && list._bufs.length === 0) list._bufs = [];
   const settings = parser?.settings;
   if (!settings || settings.bridgeMode) return;
   const slim = PARSER_SETTINGS.get(settings.protocolVersion);
@@ -347,6 +357,10 @@ export class EmbeddedBroker {
   private readonly allowAnonymous: boolean;
   private holding: boolean;
   private deferred: (() => void)[] = [];
+  /** Aedes' clients are slim ones (slim-client.ts): the connect timeout and keepalive are this broker's sweep. */
+  private slim = false;
+  private sweeper?: NodeJS.Timeout;
+  private connectTimeout = 30_000;
 
   /** Client ids with QoS 1/2 deliveries not yet acknowledged: none is kept for one that has nothing pending. */
   get outgoingQueues(): number {
@@ -447,6 +461,13 @@ export class EmbeddedBroker {
     cacheMatches((aedes as unknown as { mq: { _matcher: Matcher } }).mq._matcher);
     const b = new EmbeddedBroker(opts, aedes, sizes);
     self = b;
+    b.connectTimeout = connectTimeout;
+    b.slim = slimClients(aedes);
+    if (b.slim) {
+      // a connection is overdue between its limit and one period later
+      b.sweeper = setInterval(() => b.sweep(), Math.min(1000, Math.max(50, connectTimeout >> 2)));
+      b.sweeper.unref();
+    }
     aedes.on('clientError', (client: Client, err: Error) => b.onClientError(client, err));
     aedes.on('connectionError', (client: Client, err: Error) => b.onClientError(client, err));
     aedes.on('keepaliveTimeout', (client: Client) => b.log('info', 'mqtt keepalive timeout', b.who(client)));
@@ -593,6 +614,7 @@ export class EmbeddedBroker {
 
   close(): Promise<void> {
     this.closing ??= (async () => {
+      clearInterval(this.sweeper);
       const closed = this.servers.map(closeServer);
       this.wss?.close();
       await new Promise<void>((r) => this.aedes.close(() => r()));
@@ -618,6 +640,30 @@ export class EmbeddedBroker {
     // Aedes' typings want IncomingMessage & connDetails; it reads only what is there.
     c.client = this.aedes.handle(stream, req as Parameters<Aedes['handle']>[1]);
     slimClient(c.client);
+  }
+
+  /**
+   * Slim clients have no timers of their own: one pass over the connections
+   * (10,000 in some 0.1 ms) closes those whose CONNECT is overdue and the
+   * authenticated ones silent for longer than their keepalive allows, as
+   * Aedes' per-client timers did (same errors, same 'keepaliveTimeout'
+   * event). Any bytes read count as activity.
+   */
+  private sweep(): void {
+    const now = performance.now();
+    for (const c of this.conns) {
+      const client = c.client as (Client & { _connectTimer: unknown }) | undefined;
+      if (!client || client.closed) continue;
+      if (client._connectTimer === CONNECT_PENDING) {
+        if (now - c.since < this.connectTimeout) continue;
+        client._connectTimer = null;
+        client.emit('error', new Error('connect did not arrive in time'));
+      } else if (c.live && c.keepalive > 0 && now - c.lastRead > c.keepalive) {
+        c.keepalive = 0;
+        this.aedes.emit('keepaliveTimeout', client);
+        client.emit('error', new Error('keep alive timeout'));
+      }
+    }
   }
 
   /** The connection's stream closed: whatever it was counted in forgets it. */
@@ -679,6 +725,12 @@ export class EmbeddedBroker {
     // The will is checked against the ACL in authenticate(), once the role is known.
     const c = connOf(client);
     if (c) c.will = packet.will;
+    const keepalive = packet.keepalive ?? 0;
+    if (c && this.slim && keepalive > 0) {
+      // [MQTT-3.1.2-24] watched by sweep() from authentication on, where Aedes would start its timer
+      c.keepalive = keepalive * 1500 + 1;
+      packet.keepalive = 0;
+    }
     if (!packet.clean && this.roleOf(packet.username) !== 'manager') {
       // Persistent sessions outlive their connection, and client ids are free: an account could
       // leave any number of them behind, each queueing every QoS 1 start on the shared topic.
@@ -758,6 +810,7 @@ export class EmbeddedBroker {
       slimParser(client);
       if (client.conn.destroyed) return cb(null, true); // gone while verifying: Aedes drops it
       conn.live = true;
+      conn.lastRead = performance.now();
       this.liveCount++;
       if (!anonymous) {
         this.addUser(id, conn);

@@ -51,6 +51,8 @@ export class GuardState {
   private failed = false;
   /** A cork of ours is on the socket until the setImmediate that lifts it. */
   private held = false;
+  /** When the stream last gave bytes (performance.now()): its owner's keepalive clock. */
+  lastRead = 0;
 
   constructor(
     readonly stream: Duplex,
@@ -109,6 +111,7 @@ export class GuardState {
     if (g.failed) return null;
     const chunk = (Object.getPrototypeOf(this) as Duplex).read.call(this, n) as Buffer | string | null;
     if (chunk === null) return null;
+    g.lastRead = performance.now();
     const v = g.scan(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
     if (!v) return chunk;
     // Nothing of this chunk reaches Aedes: the connection is gone.

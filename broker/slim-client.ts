@@ -1,0 +1,366 @@
+// Aedes' Client, built leaner. Aedes 1.2 gives every connection, besides the
+// Client object: a connect timer (a Timeout and its closure), a keepalive
+// timer after CONNECT, an end-of-stream watcher on the socket (seven closures,
+// four more listeners, their arrays), three bound listeners, an event emitter
+// on the client for two events of its own, and closures for delivery that a
+// client which never subscribes never calls. With 10,000 idle devices those
+// were some 1.5 KiB of heap per connection and a good part of a CONNECT's CPU.
+//
+// `slimClients(aedes)` replaces `aedes.handle` with a constructor that keeps
+// Aedes' Client prototype, field for field, and differs in these only:
+// - no timers: the broker sweeps its connections for the connect timeout and
+//   the MQTT keepalive instead (broker.ts, `sweep`);
+// - no end-of-stream watcher: the broker's own 'close' listener on the
+//   stream closes the client (errors and 'end' still do, as in Aedes);
+// - shared listener functions instead of bound ones, and the client's and its
+//   parser's own events ('error', 'connected', 'packet') handled by an `emit`
+//   that calls what Aedes registered for them;
+// - the delivery functions made on a client's first subscription;
+// - `subscriptions` and `duplicates` as fast objects with an empty null
+//   prototype (inherited names still read back as absent, GHSA-52qw-whmv-87c5).
+// The code it copies (delivery, enqueue/dequeue) is Aedes 1.2.0's. It is
+// applied only when Aedes' client, connect and dispatch sources are the ones
+// it was written against (their SHA-256) and Aedes is the copy in
+// node_modules (not one bundled into another file); otherwise Aedes' own
+// handle stays. test/broker-slim-client.test.ts fails when it is not applied.
+
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Duplex } from 'node:stream';
+
+/** The SHA-256 of lib/client.js, lib/handlers/connect.js and lib/handlers/index.js of Aedes 1.2.0, in that order. */
+const WRITTEN_AGAINST = 'ea0239b185251876a9e4a4236fed384ee66a020c278b71fd3832179580a32869';
+
+/** A connection whose CONNECT is still awaited (Aedes keeps its Timeout in `_connectTimer`; `clearTimeout` ignores this). */
+export const CONNECT_PENDING: object = Object.freeze({});
+
+type Callback = (err?: Error | null) => void;
+type Packet = { qos: number; topic: string; retain?: boolean; clientId?: string; nl?: boolean; brokerId?: string; brokerCounter: number; writeCallback?: Callback };
+
+interface Parser {
+  client: SlimClient;
+  _queue: unknown[] | null;
+  emit(type: string, arg: unknown): boolean;
+  on(type: string, fn: (...a: unknown[]) => void): unknown;
+}
+
+interface Persistence {
+  outgoingUpdate(client: SlimClient, packet: Packet): Promise<unknown>;
+  outgoingClearMessageId(client: SlimClient, packet: Packet): Promise<unknown>;
+}
+
+interface Broker {
+  queueLimit: number;
+  persistence: Persistence;
+  authorizeForward(client: SlimClient, packet: Packet): Packet | null | undefined;
+  handle(conn: Duplex, req?: unknown): unknown;
+  opts: { concurrency: number };
+}
+
+/** The fields of Aedes' Client this module reads or sets. */
+interface SlimClient {
+  id: string | null;
+  closed: boolean;
+  clean: boolean;
+  connackSent: boolean;
+  broker: Broker;
+  conn: Duplex & { client?: SlimClient };
+  subscriptions: Record<string, { qos?: number }>;
+  duplicates: Record<string, number>;
+  _parser: Parser;
+  _parsingBatch: number;
+  _paused: boolean;
+  _nextBatch: Callback;
+  _deliver0: ((p: Packet, cb: Callback) => void) | null;
+  _deliverQoS: ((p: Packet, cb: Callback) => void) | null;
+  deliver0(p: Packet, cb: Callback): void;
+  _onError(err?: Error | null): void;
+  emit(type: string, ...args: unknown[]): boolean;
+}
+
+interface AedesInternals {
+  Client: { prototype: object };
+  handle: (client: SlimClient, packet: unknown, done: Callback) => void;
+  write: (client: SlimClient, packet: unknown, done: Callback) => void;
+  QoSPacket: new (p: Packet, client: SlimClient) => Packet;
+  Packet: new (p: Packet, broker: Broker) => Packet;
+  parser: () => Parser;
+  Aedes: unknown;
+}
+
+const require = createRequire(import.meta.url);
+
+async function loadInternals(): Promise<AedesInternals | undefined> {
+  let dir: string;
+  try {
+    dir = dirname(require.resolve('aedes'));
+  } catch {
+    return undefined;
+  }
+  const files = ['lib/client.js', 'lib/handlers/connect.js', 'lib/handlers/index.js'].map((f) => join(dir, f));
+  const hash = createHash('sha256');
+  try {
+    for (const f of files) hash.update(readFileSync(f));
+  } catch {
+    return undefined;
+  }
+  if (hash.digest('hex') !== WRITTEN_AGAINST) return undefined;
+  const load = async (f: string): Promise<Record<string, unknown>> => (await import(pathToFileURL(join(dir, f)).href)) as Record<string, unknown>;
+  const fromAedes = createRequire(join(dir, 'aedes.js'));
+  return {
+    Aedes: (await load('aedes.js')).Aedes,
+    Client: (await load('lib/client.js')).default as AedesInternals['Client'],
+    handle: (await load('lib/handlers/index.js')).default as AedesInternals['handle'],
+    write: (await load('lib/write.js')).default as AedesInternals['write'],
+    QoSPacket: (await load('lib/qos-packet.js')).default as AedesInternals['QoSPacket'],
+    Packet: fromAedes('aedes-packet') as AedesInternals['Packet'],
+    parser: (fromAedes('mqtt-packet') as { parser: AedesInternals['parser'] }).parser,
+  };
+}
+
+const internals = await loadInternals();
+
+function noop(): void {}
+
+// `subscriptions` and `duplicates` are keyed by strings from the wire: their
+// prototype is an empty null-prototype object, so 'constructor' or
+// '__proto__' read back as absent, while the objects themselves stay in V8's
+// fast mode (Object.create(null) makes a dictionary, ~80 bytes more each).
+const NoKeys = function (this: object) {} as unknown as new () => Record<string, never>;
+NoKeys.prototype = Object.create(null) as object;
+
+// ---- copied from Aedes 1.2.0 lib/client.js (the constructor's closures, as functions of the client) ----
+
+function dedupe(client: SlimClient, packet: Packet): boolean {
+  const id = packet.brokerId;
+  if (!id) return true;
+  const duplicates = client.duplicates;
+  const counter = packet.brokerCounter;
+  const result = (duplicates[id] || 0) < counter;
+  if (result) duplicates[id] = counter;
+  return result;
+}
+
+function toForwardPacket(client: SlimClient, packet: Packet): Packet | null | undefined | false {
+  // Mqttv5 3.8.3.1: no-local
+  if (packet.clientId === client.id && packet.nl) return undefined;
+  return dedupe(client, packet) && client.broker.authorizeForward(client, packet);
+}
+
+function deliverQoS0(this: SlimClient, _packet: Packet, cb: Callback): void {
+  const that = this;
+  const toForward = toForwardPacket(that, _packet);
+  if (toForward) {
+    setImmediate(() => {
+      const packet = new internals!.Packet(toForward, that.broker);
+      packet.qos = 0;
+      internals!.write(that, packet, (err) => {
+        that._onError(err);
+        cb(); // don't pass the error here or it will be thrown by mqemitter
+      });
+    });
+  } else {
+    setImmediate(cb);
+  }
+}
+
+function writeQoS(err: Error | null, client: SlimClient, packet: Packet): void {
+  if (err) {
+    client.emit('error', err);
+    packet.writeCallback!();
+  } else {
+    internals!.write(client, packet, (e) => {
+      if (e) client.emit('error', e);
+      packet.writeCallback!();
+    });
+  }
+}
+
+function deliverQoS(this: SlimClient, _packet: Packet, cb: Callback): void {
+  const that = this;
+  if (_packet.qos === 0) {
+    that.deliver0(_packet, cb);
+    return;
+  }
+  const toForward = toForwardPacket(that, _packet);
+  if (toForward) {
+    setImmediate(() => {
+      const packet = new internals!.QoSPacket(toForward, that);
+      // Downgrading to client subscription qos if needed
+      const clientSub = that.subscriptions[packet.topic];
+      if (clientSub && (clientSub.qos || 0) < packet.qos) packet.qos = clientSub.qos!;
+      packet.writeCallback = cb;
+      const doWriteQoS = (err: Error | null = null): void => writeQoS(err, that, packet);
+      if (that.clean || packet.retain) doWriteQoS();
+      else that.broker.persistence.outgoingUpdate(that, packet).then(() => doWriteQoS(), doWriteQoS);
+    });
+  } else if (that.clean === false) {
+    that.broker.persistence.outgoingClearMessageId(that, _packet).then(noop, noop);
+    setImmediate(cb);
+  } else {
+    setImmediate(cb);
+  }
+}
+
+function nextBatch(this: SlimClient, err?: Error | null): void {
+  if (err) {
+    this.emit('error', err);
+    return;
+  }
+  if (this._paused) return;
+  this._parsingBatch--;
+  if (this._parsingBatch <= 0) {
+    this._parsingBatch = 0;
+    const buf = this.conn.read() as Buffer | null; // Aedes passes null: the same as none
+    if (buf) (this._parser as unknown as { parse(b: Buffer): void }).parse(buf);
+  }
+}
+
+function enqueue(parser: Parser, packet: unknown): void {
+  const client = parser.client;
+  client._parsingBatch++;
+  // already connected or it's the first packet
+  if (client.connackSent || client._parsingBatch === 1) {
+    internals!.handle(client, packet, client._nextBatch);
+  } else if (parser._queue!.length < client.broker.queueLimit) {
+    parser._queue!.push(packet);
+  } else {
+    parser.emit('error', new Error('Client queue limit reached'));
+  }
+}
+
+function dequeue(client: SlimClient): void {
+  const q = client._parser._queue;
+  if (q) {
+    for (let i = 0, len = q.length; i < len; i++) internals!.handle(client, q[i], client._nextBatch);
+    client._parser._queue = null;
+  }
+}
+
+// ---- end of the copy ----
+
+const emitterEmit = EventEmitter.prototype.emit;
+
+/**
+ * The parser's events: Aedes listens to 'packet' (until the client closes:
+ * its close() removes that listener) and passes 'error' on to the client.
+ */
+function parserEmit(this: Parser, type: string, arg: unknown): boolean {
+  if (type === 'packet') {
+    if (!this.client.closed) enqueue(this, arg);
+    return true;
+  }
+  if (type === 'error') return this.client.emit('error', arg);
+  return emitterEmit.call(this, type, arg);
+}
+
+/** The stream's listeners, shared (Aedes binds them per client). */
+function onReadable(this: Duplex & { client: SlimClient }): void {
+  this.client._nextBatch();
+}
+function onConnError(this: Duplex & { client: SlimClient }, err: Error): void {
+  this.client.emit('error', err);
+}
+function onConnEnd(this: Duplex & { client: SlimClient }): void {
+  (this.client as unknown as { close(): void }).close();
+}
+
+function makeProto(Client: { prototype: object }): object {
+  const proto = Object.create(Client.prototype) as Record<string, unknown>;
+  Object.defineProperties(proto, {
+    deliver0: {
+      get(this: SlimClient) {
+        return (this._deliver0 ??= deliverQoS0.bind(this));
+      },
+    },
+    deliverQoS: {
+      get(this: SlimClient) {
+        return (this._deliverQoS ??= deliverQoS.bind(this));
+      },
+    },
+    /** Aedes registers `_onError` for 'error' and `dequeue` once for 'connected' on every client; listeners added by others still run. */
+    emit: {
+      value: function emit(this: SlimClient & { _events?: Record<string, unknown> }, type: string, ...args: unknown[]): boolean {
+        if (type === 'error') {
+          this._onError(args[0] as Error);
+          if (this._events?.error === undefined) return true;
+        } else if (type === 'connected') {
+          dequeue(this);
+        }
+        return emitterEmit.call(this, type, ...args);
+      },
+    },
+  });
+  return proto;
+}
+
+/**
+ * Replaces `aedes.handle` with the lean constructor; returns false (and
+ * leaves Aedes alone) when this Aedes is not the one it was written against.
+ * The caller then owns the connect timeout and the keepalive (see above).
+ */
+export function slimClients(aedes: object): boolean {
+  const x = internals;
+  if (!x || !(aedes instanceof (x.Aedes as new () => object))) return false;
+  const proto = makeProto(x.Client);
+  const broker = aedes as unknown as Broker;
+  const maxListeners = broker.opts.concurrency * 2;
+  // A constructor function: V8 gives its objects their fields in-object.
+  const SlimClient = function (this: Record<string, unknown>, conn: Duplex & { client?: unknown }, req?: { connDetails?: unknown }) {
+    // metadata
+    this.closed = false;
+    this.connecting = false;
+    this.connected = false;
+    this.connackSent = false;
+    this.errored = false;
+    // mqtt params
+    this.id = null;
+    this.clean = true;
+    this.version = null;
+    this.subscriptions = new NoKeys();
+    this.duplicates = new NoKeys();
+    this.broker = broker;
+    this.conn = conn;
+    conn.client = this;
+    this._disconnected = false;
+    this._authorized = false;
+    this._parsingBatch = 1;
+    this._nextId = Math.ceil(Math.random() * 65535);
+    this._inboundInflight = new Set();
+    this._drainTimer = null;
+    this._pendingDrains = [];
+    this._onDrainBound = undefined;
+    this._paused = false;
+    this.req = req;
+    this.connDetails = req ? req.connDetails : null;
+    this.will = null;
+    this._will = null;
+    const parser = x.parser();
+    parser.client = this as unknown as SlimClient;
+    parser._queue = [];
+    parser.emit = parserEmit;
+    // its emitter state too: nothing listens to it, parserEmit calls what Aedes would have registered
+    (parser as unknown as { _events?: object })._events = undefined;
+    this._parser = parser;
+    this._nextBatch = nextBatch.bind(this as unknown as SlimClient);
+    this._deliver0 = null;
+    this._deliverQoS = null;
+    this._keepaliveTimer = null;
+    this._keepaliveInterval = -1;
+    this._connectTimer = CONNECT_PENDING;
+    this._eos = noop;
+    conn.on('readable', onReadable);
+    conn.on('error', onConnError);
+    conn.on('end', onConnEnd);
+  } as unknown as new (conn: Duplex, req?: unknown) => object;
+  SlimClient.prototype = proto;
+  broker.handle = function handle(conn: Duplex, req?: unknown) {
+    conn.setMaxListeners(maxListeners);
+    return new SlimClient(conn, req);
+  };
+  return true;
+}

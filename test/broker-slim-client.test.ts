@@ -1,0 +1,95 @@
+// The broker builds Aedes' clients leaner (broker/slim-client.ts): no timers,
+// no end-of-stream watcher, no bound listeners, no per-client emitter. These
+// tests fail when that patch is not applied (an Aedes upgrade changes the
+// sources it was written against), and check what the missing timers did:
+// the connect timeout and the MQTT keepalive, now one sweep per broker.
+
+import test from 'ava';
+import net from 'node:net';
+import mqtt from 'mqtt';
+import mqttPacket from 'mqtt-packet';
+import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
+import { CONNECT_PENDING } from '../broker/slim-client.ts';
+import { topic } from '../topics/index.ts';
+import { scope as S, until } from './helpers/stack.ts';
+
+type Line = { level: string; msg: string; fields: Record<string, unknown> };
+
+async function setup(t: { teardown(fn: () => Promise<void>): void }, connectTimeout = 30_000) {
+  const creds = new CredentialStore();
+  const secret = creds.issue('p1', 'proplet');
+  const logs: Line[] = [];
+  const log = (level: string, msg: string, fields: Record<string, unknown> = {}): void => void logs.push({ level, msg, fields });
+  const broker = await EmbeddedBroker.start({ scope: S, credentials: creds, port: 0, connectTimeout, log });
+  t.teardown(() => broker.close());
+  const aedes = (broker as unknown as { aedes: { clients: Record<string, Record<string, unknown>> } }).aedes;
+  return { broker, secret, logs, aedes };
+}
+
+function rawSocket(port: number): Promise<net.Socket> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => resolve(s));
+    s.on('error', () => {});
+    s.resume(); // read the CONNACK, so that the broker's close is seen
+  });
+}
+
+function connectBytes(secret: string, keepalive: number): Buffer {
+  return mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'raw', clean: true, keepalive, username: 'p1', password: Buffer.from(secret) });
+}
+
+test("Aedes' clients are the slim ones: no timers, no watcher, no emitters of their own", async (t) => {
+  const { broker, secret, aedes } = await setup(t);
+  const sock = await rawSocket(broker.port);
+  await until(() => (broker as unknown as { conns: Set<unknown> }).conns.size === 1, 'the connection accepted');
+  const conn = [...(broker as unknown as { conns: Set<{ client: Record<string, unknown> }> }).conns][0]!;
+  t.is(conn.client._connectTimer, CONNECT_PENDING, 'no connect Timeout: the sweep watches it (patch not applied: did Aedes change?)');
+  sock.write(connectBytes(secret, 60));
+  await until(() => broker.connectedClients === 1, 'connected');
+  const client = aedes.clients['p1/raw']!;
+  t.is(client._keepaliveTimer, null, 'no keepalive Timeout');
+  t.is(client._deliver0, null, 'no delivery closures before a subscription');
+  t.is((client._parser as { _events?: unknown })._events, undefined, 'the parser has no emitter state');
+  const stream = client.conn as net.Socket;
+  t.is(stream.listenerCount('close'), 1, "one 'close' listener (the broker's), no end-of-stream watcher");
+  t.is(stream.listenerCount('finish'), 0);
+  t.is((client.subscriptions as Record<string, unknown>).constructor as unknown, undefined, "inherited names read back as absent ('constructor')");
+  sock.destroy();
+  await until(() => broker.connectedClients === 0, 'closed');
+});
+
+test('a connection that sends no CONNECT is closed after connectTimeout', async (t) => {
+  const { broker, logs } = await setup(t, 200);
+  const sock = await rawSocket(broker.port);
+  const t0 = performance.now();
+  await new Promise<void>((r) => sock.once('close', () => r()));
+  t.true(performance.now() - t0 >= 190, 'not before its time');
+  t.true(logs.some((l) => String(l.fields.error).includes('connect did not arrive in time')));
+});
+
+test('a silent client is dropped after 1.5 × its keepalive; one that pings stays, and delivery still works', async (t) => {
+  const { broker, secret, logs } = await setup(t, 1000);
+  const sock = await rawSocket(broker.port);
+  sock.write(connectBytes(secret, 1));
+  const t0 = performance.now();
+  await new Promise<void>((r) => sock.once('close', () => r()));
+  t.true(performance.now() - t0 >= 1400, 'not before 1.5 × keepalive');
+  t.true(logs.some((l) => l.msg === 'mqtt keepalive timeout'));
+
+  const c = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, keepalive: 1, username: 'p1', password: secret });
+  t.teardown(() => c.endAsync());
+  let pongs = 0;
+  c.on('packetreceive', (p) => {
+    if (p.cmd === 'pingresp') pongs++;
+  });
+  await until(() => pongs >= 2, 'two keepalive periods with pings (past 1.5 × keepalive)');
+  t.true(c.connected);
+  // its delivery functions are made on its first subscription
+  const inbox: string[] = [];
+  c.on('message', (topic) => inbox.push(topic));
+  const own = topic(S, 'manager.start', 'p1');
+  await c.subscribeAsync(own, { qos: 1 });
+  await new Promise<void>((resolve, reject) => broker.local().publish(own, Buffer.from('{}'), 1, (err) => (err ? reject(err) : resolve())));
+  await until(() => inbox.length === 1, 'the start delivered');
+  t.is(inbox[0], own);
+});
