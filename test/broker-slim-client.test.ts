@@ -5,13 +5,14 @@
 // the connect timeout and the MQTT keepalive, now one sweep per broker.
 
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import mqtt from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
 import { CONNECT_PENDING } from '../broker/slim-client.ts';
 import { topic } from '../topics/index.ts';
-import { scope as S, until } from './helpers/stack.ts';
+import { hasCommand, scope as S, until } from './helpers/stack.ts';
 
 type Line = { level: string; msg: string; fields: Record<string, unknown> };
 
@@ -92,4 +93,29 @@ test('a silent client is dropped after 1.5 × its keepalive; one that pings stay
   await new Promise<void>((resolve, reject) => broker.local().publish(own, Buffer.from('{}'), 1, (err) => (err ? reject(err) : resolve())));
   await until(() => inbox.length === 1, 'the start delivered');
   t.is(inbox[0], own);
+});
+
+test('TCP keepalive is on for clients whose MQTT keepalive would find a dead peer later (0, or over 490 s), off for the others', async (t) => {
+  if (!hasCommand('ss')) return t.pass('ss (iproute2) is not installed');
+  const creds = new CredentialStore();
+  const broker = await EmbeddedBroker.start({ scope: S, credentials: creds, port: 0, log: () => {} });
+  t.teardown(() => broker.close());
+  const ports = new Map<number, number>();
+  for (const keepalive of [0, 60, 600]) {
+    const id = `p${keepalive}`;
+    const secret = creds.issue(id, 'proplet');
+    const sock = await rawSocket(broker.port);
+    t.teardown(() => sock.destroy());
+    ports.set(sock.localPort!, keepalive);
+    sock.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clientId: 'c', clean: true, keepalive, username: id, password: Buffer.from(secret) }));
+  }
+  await until(() => broker.connectedClients === 3, 'three connected');
+  // the broker's side of each connection, as the kernel sees it: `timer:(keepalive,...)` when SO_KEEPALIVE is on
+  const lines = execFileSync('ss', ['-tnoH', 'state', 'established', 'src', `127.0.0.1:${broker.port}`], { encoding: 'utf8' }).trim().split('\n');
+  const probed = new Map<number, boolean>();
+  for (const line of lines) {
+    const m = /127\.0\.0\.1:\d+\s+127\.0\.0\.1:(\d+)/.exec(line);
+    if (m && ports.has(Number(m[1]))) probed.set(ports.get(Number(m[1]))!, line.includes('timer:(keepalive'));
+  }
+  t.deepEqual(Object.fromEntries(probed), { 0: true, 60: false, 600: true });
 });
