@@ -11,11 +11,14 @@
 // - no timers: the broker sweeps its connections for the connect timeout and
 //   the MQTT keepalive instead (broker.ts, `sweep`);
 // - no end-of-stream watcher: the broker's own 'close' listener on the
-//   stream closes the client (errors and 'end' still do, as in Aedes);
+//   stream closes the client (errors still do, as in Aedes, and 'end' on a
+//   WebSocket stream; a socket closes after its 'end');
 // - shared listener functions instead of bound ones, and the client's and its
 //   parser's own events ('error', 'connected', 'packet') handled by an `emit`
 //   that calls what Aedes registered for them;
-// - the delivery functions made on a client's first subscription;
+// - the delivery functions made on a client's first subscription, the QoS 2
+//   in-flight set on its first QoS 2 publish, the list of writes waiting for
+//   'drain' when one first waits;
 // - `subscriptions` and `duplicates` as fast objects with an empty null
 //   prototype (inherited names still read back as absent, GHSA-52qw-whmv-87c5).
 // The code it copies (delivery, enqueue/dequeue) is Aedes 1.2.0's. It is
@@ -30,6 +33,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** The SHA-256 of lib/client.js, lib/handlers/connect.js and lib/handlers/index.js of Aedes 1.2.0, in that order. */
@@ -282,6 +286,23 @@ function makeProto(Client: { prototype: object }): object {
         return (this._deliverQoS ??= deliverQoS.bind(this));
       },
     },
+    // Made when first used: QoS 2 publishes (Aedes' publish and pubrel handlers) and writes that wait for 'drain'.
+    _inboundInflight: {
+      get(this: { _inflight: Set<unknown> | null }) {
+        return (this._inflight ??= new Set());
+      },
+      set(this: { _inflight: Set<unknown> | null }, v: Set<unknown>) {
+        this._inflight = v;
+      },
+    },
+    _pendingDrains: {
+      get(this: { _drains: unknown[] | null }) {
+        return (this._drains ??= []);
+      },
+      set(this: { _drains: unknown[] | null }, v: unknown[]) {
+        this._drains = v;
+      },
+    },
     /** Aedes registers `_onError` for 'error' and `dequeue` once for 'connected' on every client; listeners added by others still run. */
     emit: {
       value: function emit(this: SlimClient & { _events?: Record<string, unknown> }, type: string, ...args: unknown[]): boolean {
@@ -330,9 +351,9 @@ export function slimClients(aedes: object): boolean {
     this._authorized = false;
     this._parsingBatch = 1;
     this._nextId = Math.ceil(Math.random() * 65535);
-    this._inboundInflight = new Set();
+    this._inflight = null;
     this._drainTimer = null;
-    this._pendingDrains = [];
+    this._drains = null;
     this._onDrainBound = undefined;
     this._paused = false;
     this.req = req;
@@ -355,7 +376,9 @@ export function slimClients(aedes: object): boolean {
     this._eos = noop;
     conn.on('readable', onReadable);
     conn.on('error', onConnError);
-    conn.on('end', onConnEnd);
+    // A socket (TCP, TLS) that ends closes too (allowHalfOpen is false), and the broker's 'close'
+    // listener closes the client; a WebSocket stream does not close by itself.
+    if (!(conn instanceof Socket)) conn.on('end', onConnEnd);
   } as unknown as new (conn: Duplex, req?: unknown) => object;
   SlimClient.prototype = proto;
   broker.handle = function handle(conn: Duplex, req?: unknown) {

@@ -54,6 +54,7 @@ test("Aedes' clients are the slim ones: no timers, no watcher, no emitters of th
   const stream = client.conn as net.Socket;
   t.is(stream.listenerCount('close'), 1, "one 'close' listener (the broker's), no end-of-stream watcher");
   t.is(stream.listenerCount('finish'), 0);
+  t.is(stream.listenerCount('end'), 1, "Node's own: the socket closes after it");
   t.is((client.subscriptions as Record<string, unknown>).constructor as unknown, undefined, "inherited names read back as absent ('constructor')");
   sock.destroy();
   await until(() => broker.connectedClients === 0, 'closed');
