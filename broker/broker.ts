@@ -155,13 +155,21 @@ class Connection extends GuardState {
     stream: Duplex,
     readonly owner: ConnectionOwner,
     readonly transport: string,
-    readonly remote: string,
+    /** The TCP socket under the stream (the stream itself, but for a WebSocket). */
+    readonly peer: net.Socket,
   ) {
     super(stream, owner);
+    // Node keeps the address once asked, and answers from it after the socket is gone (logs of
+    // closed connections): kept there rather than as a string of ours (88 bytes per connection).
+    void peer.remotePort;
+  }
+
+  get remote(): string {
+    return remoteOf(this.peer);
   }
 
   get ip(): string {
-    return this.remote.slice(0, this.remote.lastIndexOf(':'));
+    return this.peer.remoteAddress ?? 'unknown';
   }
 }
 
@@ -476,7 +484,7 @@ export class EmbeddedBroker {
 
     try {
       // TCP keepalive is set per connection, in preConnect()
-      const tcp = net.createServer({ noDelay: true }, (s) => b.accept(s, 'tcp', remoteOf(s)));
+      const tcp = net.createServer({ noDelay: true }, (s) => b.accept(s, 'tcp', s));
       b.servers.push(tcp);
       b._port = await listen(tcp, opts.port ?? 1883, host);
       b._url = `mqtt://${urlHost(host)}:${b._port}`;
@@ -491,7 +499,7 @@ export class EmbeddedBroker {
         const wss = new ws.WebSocketServer({ server: httpServer, perMessageDeflate: false, maxPayload: Math.max(sizes.max, sizes.manager) });
         wss.on('error', () => {}); // the http server's errors surface on listen()
         wss.on('connection', (socket: unknown, req: http.IncomingMessage) => {
-          b.accept(ws.createWebSocketStream(socket), 'ws', remoteOf(req.socket), req);
+          b.accept(ws.createWebSocketStream(socket), 'ws', req.socket, req);
         });
         b.wss = wss;
         const wsHost = opts.ws.host ?? host;
@@ -502,7 +510,7 @@ export class EmbeddedBroker {
         const t = opts.tls;
         const tlsServer = tls.createServer(
           { key: t.key, cert: t.cert, ca: t.ca, minVersion: 'TLSv1.2', handshakeTimeout: connectTimeout },
-          (s) => b.accept(s, 'tls', remoteOf(s)),
+          (s) => b.accept(s, 'tls', s),
         );
         tlsServer.on('tlsClientError', (e, s) => b.log('info', 'mqtt tls handshake failed', { remote: remoteOf(s), error: e.message }));
         b.servers.push(tlsServer);
@@ -631,12 +639,12 @@ export class EmbeddedBroker {
 
   // ---- connections ----
 
-  private accept(stream: Duplex, transport: string, remote: string, req?: http.IncomingMessage): void {
+  private accept(stream: Duplex, transport: string, peer: net.Socket, req?: http.IncomingMessage): void {
     if (this.closing) {
       stream.destroy();
       return;
     }
-    const c = new Connection(stream, this.owner, transport, remote);
+    const c = new Connection(stream, this.owner, transport, peer);
     guard(stream, c);
     this.conns.add(c);
     stream.on('close', onStreamClose);
