@@ -138,6 +138,10 @@ const NoKeys = function (this: object) {} as unknown as new () => Record<string,
 NoKeys.prototype = Object.create(null) as object;
 
 // ---- copied from Aedes 1.2.0 lib/client.js (the constructor's closures, as functions of the client) ----
+// MIT License
+// Copyright (c) Aedes Contributors
+// Copyright (c) 2015-2020 Matteo Collina, http://matteocollina.com
+// (the whole notice: node_modules/aedes/LICENSE)
 
 function dedupe(client: SlimClient, packet: Packet): boolean {
   const id = packet.brokerId;
