@@ -472,7 +472,7 @@ export class EmbeddedBroker {
     const b = new EmbeddedBroker(opts, aedes, sizes);
     self = b;
     b.connectTimeout = connectTimeout;
-    b.slim = slimClients(aedes);
+    b.slim = await slimClients(aedes);
     if (b.slim) {
       // a connection is overdue between its limit and one period later
       b.sweeper = setInterval(() => b.sweep(), Math.min(1000, Math.max(50, connectTimeout >> 2)));

@@ -24,7 +24,7 @@
 // The code it copies (delivery, enqueue/dequeue) is Aedes 1.2.0's. It is
 // applied only when Aedes' client, connect and dispatch sources are the ones
 // it was written against (their SHA-256) and Aedes is the copy in
-// node_modules (not one bundled into another file); otherwise Aedes' own
+// node_modules (not one bundled with this file); otherwise Aedes' own
 // handle stays. test/broker-slim-client.test.ts fails when it is not applied.
 
 import { createHash } from 'node:crypto';
@@ -126,7 +126,12 @@ async function loadInternals(): Promise<AedesInternals | undefined> {
   };
 }
 
-const internals = await loadInternals();
+let internals: AedesInternals | undefined;
+let loading: Promise<AedesInternals | undefined> | undefined;
+
+// Bundled (dist/), this module is not its .ts source and Aedes is a copy inside the bundle: it
+// would not be patched, and loading node_modules' Aedes beside it would only cost startup time.
+const FROM_SOURCE = import.meta.url.endsWith('/slim-client.ts');
 
 function noop(): void {}
 
@@ -328,7 +333,9 @@ function makeProto(Client: { prototype: object }): object {
  * leaves Aedes alone) when this Aedes is not the one it was written against.
  * The caller then owns the connect timeout and the keepalive (see above).
  */
-export function slimClients(aedes: object): boolean {
+export async function slimClients(aedes: object): Promise<boolean> {
+  if (!FROM_SOURCE) return false;
+  internals ??= await (loading ??= loadInternals());
   const x = internals;
   if (!x || !(aedes instanceof (x.Aedes as new () => object))) return false;
   const proto = makeProto(x.Client);
