@@ -1,4 +1,5 @@
 import test from 'ava';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -137,4 +138,18 @@ test('loadFile: one-line errors naming the line, never the secret, and nothing a
 
 test('generated secrets never start with a dash (they go on command lines)', (t) => {
   for (let i = 0; i < 2000; i++) t.not(generateSecret()[0], '-');
+});
+
+test('sha256 hashes are HMAC-SHA256 (RFC 2104) of the secret keyed by the salt, whatever the salt length and the secret', (t) => {
+  // verification computes the HMAC from two one-shot digests: it must give createHmac's bytes
+  for (const saltLen of [8, 16, 33, 63, 64]) {
+    for (const secret of ['x', generateSecret(), 'päss wörd ✓ 🔑', 'a'.repeat(200)]) {
+      const salt = randomBytes(saltLen);
+      const mac = createHmac('sha256', salt).update(secret, 'utf8').digest();
+      const hash = `sha256$${salt.toString('base64url')}$${mac.toString('base64url')}`;
+      t.true(verifySecret(secret, hash), `salt ${saltLen} bytes, secret ${JSON.stringify(secret.slice(0, 12))}`);
+      t.false(verifySecret(secret + ' ', hash));
+      t.false(verifySecret(secret.slice(1) || 'y', hash));
+    }
+  }
 });
