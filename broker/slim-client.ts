@@ -18,9 +18,10 @@
 //   that calls what Aedes registered for them;
 // - the delivery functions made on a client's first subscription, the QoS 2
 //   in-flight set on its first QoS 2 publish, the list of writes waiting for
-//   'drain' when one first waits;
-// - `subscriptions` and `duplicates` as fast objects with an empty null
-//   prototype (inherited names still read back as absent, GHSA-52qw-whmv-87c5).
+//   'drain' when one first waits, `subscriptions` and `duplicates` when first
+//   read (fast objects with an empty null prototype: inherited names still
+//   read back as absent, GHSA-52qw-whmv-87c5); fields most connections never
+//   change are read from the prototype until one does.
 // The code it copies (delivery, enqueue/dequeue) is Aedes 1.2.0's. It is
 // applied only when Aedes' client, connect and dispatch sources are the ones
 // it was written against (their SHA-256) and Aedes is the copy in
@@ -35,6 +36,7 @@ import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { fastPublishParse, type MqttParser } from './fast-parse.ts';
 
 /** The SHA-256 of lib/client.js, lib/handlers/connect.js and lib/handlers/index.js of Aedes 1.2.0, in that order. */
 const WRITTEN_AGAINST = 'ea0239b185251876a9e4a4236fed384ee66a020c278b71fd3832179580a32869';
@@ -92,7 +94,7 @@ interface AedesInternals {
   write: (client: SlimClient, packet: unknown, done: Callback) => void;
   QoSPacket: new (p: Packet, client: SlimClient) => Packet;
   Packet: new (p: Packet, broker: Broker) => Packet;
-  parser: () => Parser;
+  Parser: new () => Parser;
   Aedes: unknown;
 }
 
@@ -122,7 +124,7 @@ async function loadInternals(): Promise<AedesInternals | undefined> {
     write: (await load('lib/write.js')).default as AedesInternals['write'],
     QoSPacket: (await load('lib/qos-packet.js')).default as AedesInternals['QoSPacket'],
     Packet: fromAedes('aedes-packet') as AedesInternals['Packet'],
-    parser: (fromAedes('mqtt-packet') as { parser: AedesInternals['parser'] }).parser,
+    Parser: createRequire(fromAedes.resolve('mqtt-packet'))('./parser.js') as AedesInternals['Parser'],
   };
 }
 
@@ -282,9 +284,70 @@ function onConnEnd(this: Duplex & { client: SlimClient }): void {
   (this.client as unknown as { close(): void }).close();
 }
 
+/**
+ * mqtt-packet's Parser with Aedes' two fields and the packet shortcut's
+ * (fast-parse.ts) declared in its constructor, so that V8 keeps them all in
+ * the object (added afterwards they took an 88-byte property array per
+ * connection), and no emitter state (`parserEmit` calls what Aedes would
+ * have registered).
+ */
+function slimParserClass(Base: new () => Parser): new (client: SlimClient) => Parser {
+  const original = (Base.prototype as { parse?: unknown }).parse;
+  const SlimParser = class extends (Base as new () => Parser & Record<string, unknown>) {
+    constructor(client: SlimClient) {
+      super();
+      // placeholders first, in the order mqtt-packet's parser() sets them
+      this.settings = null;
+      this._states = null;
+      this.packet = null;
+      this.error = null;
+      this._list = null;
+      this._stateCounter = 0;
+      this.client = client;
+      this._queue = [];
+      this._events = undefined;
+      this.parse = original;
+      (this.parser as () => void)();
+      fastPublishParse(this as unknown as MqttParser);
+    }
+  };
+  Object.defineProperty(SlimParser.prototype, 'emit', { value: parserEmit, writable: true });
+  return SlimParser as unknown as new (client: SlimClient) => Parser;
+}
+
 function makeProto(Client: { prototype: object }): object {
   const proto = Object.create(Client.prototype) as Record<string, unknown>;
+  // Fields Aedes' constructor sets that most connections never change: read from here until one
+  // does (an own field each was 8 bytes per connection).
+  const defaults: Record<string, unknown> = {
+    errored: false,
+    _disconnected: false,
+    req: undefined,
+    connDetails: null,
+    _drainTimer: null,
+    _onDrainBound: undefined,
+    _keepaliveTimer: null,
+    _keepaliveInterval: -1,
+    _eos: noop,
+    _deliver0: null,
+    _deliverQoS: null,
+    _inflight: null,
+    _drains: null,
+    _subs: null,
+    _dups: null,
+  };
+  for (const [k, value] of Object.entries(defaults)) Object.defineProperty(proto, k, { value, writable: true });
+  const lazy = (field: string, make: () => unknown): PropertyDescriptor => ({
+    get(this: Record<string, unknown>) {
+      return (this[field] ??= make());
+    },
+    set(this: Record<string, unknown>, v: unknown) {
+      this[field] = v;
+    },
+  });
   Object.defineProperties(proto, {
+    subscriptions: lazy('_subs', () => new NoKeys()),
+    duplicates: lazy('_dups', () => new NoKeys()),
     deliver0: {
       get(this: SlimClient) {
         return (this._deliver0 ??= deliverQoS0.bind(this));
@@ -296,22 +359,8 @@ function makeProto(Client: { prototype: object }): object {
       },
     },
     // Made when first used: QoS 2 publishes (Aedes' publish and pubrel handlers) and writes that wait for 'drain'.
-    _inboundInflight: {
-      get(this: { _inflight: Set<unknown> | null }) {
-        return (this._inflight ??= new Set());
-      },
-      set(this: { _inflight: Set<unknown> | null }, v: Set<unknown>) {
-        this._inflight = v;
-      },
-    },
-    _pendingDrains: {
-      get(this: { _drains: unknown[] | null }) {
-        return (this._drains ??= []);
-      },
-      set(this: { _drains: unknown[] | null }, v: unknown[]) {
-        this._drains = v;
-      },
-    },
+    _inboundInflight: lazy('_inflight', () => new Set()),
+    _pendingDrains: lazy('_drains', () => []),
     /** Aedes registers `_onError` for 'error' and `dequeue` once for 'connected' on every client; listeners added by others still run. */
     emit: {
       value: function emit(this: SlimClient & { _events?: Record<string, unknown> }, type: string, ...args: unknown[]): boolean {
@@ -348,43 +397,26 @@ export async function slimClients(aedes: object): Promise<boolean> {
     this.connecting = false;
     this.connected = false;
     this.connackSent = false;
-    this.errored = false;
     // mqtt params
     this.id = null;
     this.clean = true;
     this.version = null;
-    this.subscriptions = new NoKeys();
-    this.duplicates = new NoKeys();
     this.broker = broker;
     this.conn = conn;
     conn.client = this;
-    this._disconnected = false;
     this._authorized = false;
     this._parsingBatch = 1;
     this._nextId = Math.ceil(Math.random() * 65535);
-    this._inflight = null;
-    this._drainTimer = null;
-    this._drains = null;
-    this._onDrainBound = undefined;
     this._paused = false;
-    this.req = req;
-    this.connDetails = req ? req.connDetails : null;
+    if (req) {
+      this.req = req;
+      this.connDetails = req.connDetails;
+    }
     this.will = null;
     this._will = null;
-    const parser = x.parser();
-    parser.client = this as unknown as SlimClient;
-    parser._queue = [];
-    parser.emit = parserEmit;
-    // its emitter state too: nothing listens to it, parserEmit calls what Aedes would have registered
-    (parser as unknown as { _events?: object })._events = undefined;
-    this._parser = parser;
+    this._parser = new SlimParser(this as unknown as SlimClient);
     this._nextBatch = nextBatch.bind(this as unknown as SlimClient);
-    this._deliver0 = null;
-    this._deliverQoS = null;
-    this._keepaliveTimer = null;
-    this._keepaliveInterval = -1;
     this._connectTimer = CONNECT_PENDING;
-    this._eos = noop;
     conn.on('readable', onReadable);
     conn.on('error', onConnError);
     // A socket (TCP, TLS) that ends closes too (allowHalfOpen is false), and the broker's 'close'
@@ -392,6 +424,7 @@ export async function slimClients(aedes: object): Promise<boolean> {
     if (!(conn instanceof Socket)) conn.on('end', onConnEnd);
   } as unknown as new (conn: Duplex, req?: unknown) => object;
   SlimClient.prototype = proto;
+  const SlimParser = slimParserClass(x.Parser);
   broker.handle = function handle(conn: Duplex, req?: unknown) {
     conn.setMaxListeners(maxListeners);
     return new SlimClient(conn, req);
