@@ -157,6 +157,7 @@ test('an option value that starts with a dash is one clear line', async (t) => {
   t.is(r.code, 2);
   t.is(r.stderr.trim().split('\n').length, 1);
   t.regex(r.stderr, /--secret/);
+  t.regex(r.stderr, /--secret=-XYZ/, 'and says how to write it');
 });
 
 test('the overview loads no command: no control plane, no wasm runtime, no Kubernetes client', async (t) => {
