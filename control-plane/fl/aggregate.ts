@@ -1008,13 +1008,14 @@ interface StreamSlot {
  * w × chunk there in the same pass (the sum only read), so at commit() the
  * slot is the new sum, as for add(). That needs the sum unchanged until it
  * commits: an update that counts meanwhile (add, addEncoded, another stream's
- * commit) waits, copied and checked in a slot of its own, and is folded after
+ * commit) waits, copied, checked and scaled (w × update) in a slot of its own, and is added after
  * the lead stream commits, or when it is dropped, in the order they came:
  * updates count in the order they complete, except that those completing
  * while a lead stream is open count after it (participants() gives that
  * order; docs/fl.md). A lead stream that has received nothing when another
- * update counts is no lead any more. Any other stream is copied and checked
- * as it arrives and folded at commit() (one more read of its slot). At most
+ * update counts is no lead any more. Any other stream is copied, checked and
+ * scaled (w × chunk) as it arrives, and commit() adds the sum to it (add32:
+ * one more read of its slot, an add per value). At most
  * maxInFlight updates wait (then add() and begin() are refused 'capacity'),
  * so memory stays within sum, add()'s slot and 2 × maxInFlight slots. Why not
  * fold another update first and keep the lead stream's values: that is one
