@@ -236,6 +236,9 @@ function streamInto(a: Aggregator, participant: string, n: number, m: Model, chu
   a.commit(participant);
 }
 
+/** --stream-others: what each stream's begin() is told, in the timed runs and in the RSS children alike. */
+let streamOthers: number | undefined;
+
 type Variant = 'fedavg-add' | 'fedavg-encoded' | 'fedavg-stream' | 'naive-hold-all' | 'fedavg' | 'fedmedian' | 'trimmed-mean';
 
 /**
@@ -292,7 +295,7 @@ function rssOnce(variant: Variant, params: number, updates: number, chunk: numbe
       if (encoded) a.addEncoded(`p${i}`, samplesOf(i), encoded);
       else {
         fill(buf, i + 1);
-        if (variant === 'fedavg-stream') streamInto(a, `p${i}`, samplesOf(i), m, chunk);
+        if (variant === 'fedavg-stream') streamInto(a, `p${i}`, samplesOf(i), m, chunk, streamOthers);
         else a.add({ participant: `p${i}`, numSamples: samplesOf(i), model: m });
       }
       sample();
@@ -306,7 +309,7 @@ function rssOnce(variant: Variant, params: number, updates: number, chunk: numbe
 
 function measureRss(variant: Variant, params: number, updates: number, chunk: number, acc: Accumulator = 'float32'): { growth: number; held: number } {
   const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-  const code = `import('./bench/fedavg.ts').then(m => m.run(['--rss-child', '${variant}', '--params', '${params}', '--updates', '${updates}', '--chunk', '${chunk}', '--accumulator', '${acc}']))`;
+  const code = `import('./bench/fedavg.ts').then(m => m.run(['--rss-child', '${variant}', '--params', '${params}', '--updates', '${updates}', '--chunk', '${chunk}', '--accumulator', '${acc}'${streamOthers === undefined ? '' : `, '--stream-others', '${streamOthers}'`}]))`;
   const runs = [0, 1, 2].map(() => JSON.parse(execFileSync(process.execPath, [...process.execArgv, '--single-threaded', '-e', code], { cwd: root, encoding: 'utf8', maxBuffer: 1 << 20 })) as { growth: number; held: number });
   return runs.sort((a, b) => a.growth - b.growth)[1]!;
 }
@@ -356,6 +359,7 @@ export async function run(argv: string[]): Promise<void> {
   });
   const P = Number(values.params);
   const others = values['stream-others'] === undefined ? undefined : Number(values['stream-others']);
+  streamOthers = others;
   const N = Number(values.updates);
   const RP = Number(values['robust-params']);
   const RN = Number(values['robust-updates']);
@@ -613,7 +617,7 @@ export async function run(argv: string[]): Promise<void> {
     const f64 = results.float64;
     console.log(`
 numpy ${np.info.numpy} (/usr/bin/python3, NPY_PROMOTION_STATE=weak; ${np.info.blas}), timed beside each path: CPU ms per run (median of all runs): Flower aggregate ${npCpu.toFixed(1)} (${np.info.dtype}; without page faults ${cpuOf(hotSamples).toFixed(1)}), float64 variant ${np64Cpu.toFixed(1)}, sgemv ${cpuOf(npSamples.sgemv).toFixed(1)}
-numpy beside is warm: its allocator hands back memory its earlier runs touched. A cold fedavg run (the first round of a model in a process) first touches its sum and staging slot (8 MB); numpy's first aggregate() in its process, on fresh memory, took ${np.info.first_cpu.toFixed(1)} ms CPU (one run, its 400 MB of products page-faulted). The goal is judged against numpy beside, cold runs included
+numpy beside is warm: its allocator hands back memory its earlier runs touched. A cold fedavg run (the first round of a model in a process) first touches its sum and staging slot (${((2 * P * 4) / MB).toFixed(0)} MB); numpy's first aggregate() in its process, on fresh memory, took ${np.info.first_cpu.toFixed(1)} ms CPU (one run, its 400 MB of products page-faulted). The goal is judged against numpy beside, cold runs included
 same data, same result: float32 checksum numpy ${np.info.checksum.toFixed(3)}, fedavg ${f32.checksum.toFixed(3)}; bit-identical to numpy's Flower aggregate: ${f32.sha256 === np.info.sha256 ? 'yes' : 'NO'} (sha256 ${f32.sha256.slice(0, 16)}, every path ${f32.same ? 'the same' : 'NOT the same'})
 float64 checksum numpy ${np.info.checksum64.toFixed(3)}, fedavg ${f64.checksum.toFixed(3)}; bit-identical to numpy's float64 variant: ${f64.sha256 === np.info.sha256_64 ? 'yes' : 'no'} (every path ${f64.same ? 'the same' : 'NOT the same'})`);
   }
