@@ -18,6 +18,7 @@ import {
   FedMedian,
   FOLD_KERNEL_WASM,
   FOLD_KERNEL_WAT,
+  keptFedAvgMemoryBytes,
   releaseFedAvgMemory,
   TrimmedMean,
   UpdateError,
@@ -715,7 +716,9 @@ test('finishWith() hands the memory to the next fedavg of the same model: detach
   const [x, y, z] = [new FedAvg(ref), new FedAvg(ref), new FedAvg(ref)];
   for (const a of [x, y, z]) a.add(us[0]!);
   for (const a of [x, y, z]) a.finishWith(() => undefined);
+  t.is(keptFedAvgMemoryBytes(), 2 * x.memoryBytes);
   t.is(releaseFedAvgMemory(), 2);
+  t.is(keptFedAvgMemoryBytes(), 0);
   // a model of another size drops the memories kept for this one
   const w = new FedAvg(ref);
   w.add(us[0]!);

@@ -915,8 +915,10 @@ const pagesFor = (bytes: number) => Math.ceil(bytes / PAGE);
  * touch of a fresh memory again: page faults are 20-40 % of an aggregator's
  * time on a VM (5-19 µs per 4 KiB page measured here). Bounded: at most
  * POOL_SIZE memories, all for one model size (a new aggregator for another
- * size drops them), dropped after POOL_IDLE_MS without use or by
- * releaseFedAvgMemory().
+ * size drops them), kept until releaseFedAvgMemory(), which the coordinator
+ * calls when its last running job ends. No idle timer: rounds wait for
+ * devices to train, minutes apart, and a timer shorter than that made every
+ * round pay the page faults again.
  */
 interface Pooled {
   memory: WebAssembly.Memory;
@@ -924,9 +926,7 @@ interface Pooled {
   maximum: number;
 }
 const POOL_SIZE = 2;
-const POOL_IDLE_MS = 60_000;
 const pool: Pooled[] = [];
-let poolTimer: ReturnType<typeof setTimeout> | undefined;
 
 function takePooled(params: number, maximum: number): WebAssembly.Memory | undefined {
   for (let i = pool.length - 1; i >= 0; i--) if (pool[i]!.params !== params) pool.splice(i, 1);
@@ -937,9 +937,6 @@ function takePooled(params: number, maximum: number): WebAssembly.Memory | undef
 function keepPooled(p: Pooled): void {
   pool.push(p);
   if (pool.length > POOL_SIZE) pool.shift();
-  if (poolTimer) clearTimeout(poolTimer);
-  poolTimer = setTimeout(releaseFedAvgMemory, POOL_IDLE_MS);
-  poolTimer.unref?.();
 }
 
 /**
@@ -963,12 +960,15 @@ function keepShapes(): void {
   }
 }
 
+/** Bytes of kernel memory kept for later FedAvg aggregators. */
+export function keptFedAvgMemoryBytes(): number {
+  return pool.reduce((n, p) => n + p.memory.buffer.byteLength, 0);
+}
+
 /** Drops the kernel memories kept for later FedAvg aggregators; returns how many there were. */
 export function releaseFedAvgMemory(): number {
   const n = pool.length;
   pool.length = 0;
-  if (poolTimer) clearTimeout(poolTimer);
-  poolTimer = undefined;
   return n;
 }
 
