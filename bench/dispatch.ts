@@ -13,6 +13,7 @@
 // `perf report -i DIR/perf.data --sort pid,sym`.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -80,7 +81,7 @@ export async function run(argv: string[]): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'propeller-dispatch-'));
   const nodeArgs = perfDir ? ['--perf-basic-prof'] : [];
   const serve = await startServe(root, work, [...nodeArgs, ...(values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : [])]);
-  const api = new Api(`http://127.0.0.1:${serve.httpPort}`, Math.max(...levels));
+  const api = new Api(`http://127.0.0.1:${serve.httpPort}`, serve.token, Math.max(...levels));
   const proplets: Child[] = [];
   try {
     for (let i = 1; i <= Number(values.proplets); i++) {
@@ -237,6 +238,7 @@ class Api {
   private readonly host: string;
   constructor(
     private base: string,
+    private token: string,
     private sockets: number,
   ) {
     const u = new URL(base);
@@ -245,7 +247,7 @@ class Api {
   /** `body`: a value, or JSON text already encoded (the same task posted again and again) */
   async call<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
     const text = body === undefined || typeof body === 'string' ? body : JSON.stringify(body);
-    const head = `${method} ${path} HTTP/1.1\r\nhost: ${this.host}\r\n${text === undefined ? '' : `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n`}\r\n`;
+    const head = `${method} ${path} HTTP/1.1\r\nhost: ${this.host}\r\nauthorization: Bearer ${this.token}\r\n${text === undefined ? '' : `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n`}\r\n`;
     const c = await this.take();
     try {
       const { status, body: out } = await c.request(text === undefined ? head : head + text);
@@ -285,7 +287,7 @@ class Api {
   /** the store's transactions so far (group commit: one per event-loop turn at most); not measured, so node:http */
   async commits(): Promise<number> {
     const text = await new Promise<string>((resolve, reject) => {
-      request(this.base + '/metrics', { agent: this.agent }, (res) => {
+      request(this.base + '/metrics', { agent: this.agent, headers: { authorization: `Bearer ${this.token}` } }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
@@ -399,6 +401,8 @@ function startChild(root: string, work: string, name: string, nodeArgs: string[]
 
 interface Serve extends Child {
   httpPort: number;
+  /** serve runs as shipped: its API requires this token */
+  token: string;
   mqttPort: number;
   compiled: boolean;
 }
@@ -407,7 +411,8 @@ async function startServe(root: string, work: string, nodeArgs: string[]): Promi
   const [httpPort, mqttPort] = [await freePort(), await freePort()];
   const dataDir = join(work, 'data');
   mkdirSync(dataDir);
-  const child = startChild(root, work, 'serve', nodeArgs, ['serve', '--http-port', String(httpPort), '--mqtt-port', String(mqttPort), '--no-auth', '--data-dir', dataDir, '--console-dir', '']);
+  const token = randomBytes(24).toString('hex');
+  const child = startChild(root, work, 'serve', nodeArgs, ['serve', '--http-port', String(httpPort), '--mqtt-port', String(mqttPort), '--api-token', token, '--data-dir', dataDir, '--console-dir', '']);
   const { distState } = (await import(join(root, 'bin/dist-state.js'))) as { distState(): string };
   for (;;) {
     if (child.proc.exitCode !== null) throw new Error(`serve exited with ${child.proc.exitCode}: ${child.errors()}`);
@@ -415,7 +420,7 @@ async function startServe(root: string, work: string, nodeArgs: string[]): Promi
     if (ok) break;
     await new Promise((r) => setTimeout(r, 20));
   }
-  return { ...child, httpPort, mqttPort, compiled: distState() === 'fresh' };
+  return { ...child, httpPort, mqttPort, token, compiled: distState() === 'fresh' };
 }
 
 /** `perf record -g` of these processes until stop(). */

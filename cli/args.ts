@@ -27,8 +27,12 @@ export function parse(cmd: Command, argv: string[]) {
     const { values, positionals } = parseArgs({ args: own, options: { ...cmd.options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
     return { values: values as Record<string, string | boolean | string[] | undefined>, positionals, rest };
   } catch (e) {
-    // node's messages run over several lines of advice: keep the first, which says what is wrong
-    throw new UsageError((e as Error).message.split('\n')[0]!.replace(/\. To specify a positional argument.*$/s, ''));
+    // node's messages run over several lines of advice: keep the first, which says what is wrong,
+    // and for a value that starts with a dash (a token, a negative number) the way to write it
+    const lines = (e as Error).message.split('\n');
+    const dashed = lines.find((l) => l.startsWith('To specify an option argument starting with a dash'));
+    const first = lines[0]!.replace(/\. To specify a positional argument.*$/s, '');
+    throw new UsageError(dashed ? `${first.replace(/\.$/, '')}: a value that starts with a dash is written ${dashed.replace(/^.* use /, '').replace(/\.$/, '')}` : first);
   }
 }
 

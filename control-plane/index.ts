@@ -114,6 +114,7 @@ export class ControlPlane {
         flJobPhases: () => this.fl.jobPhaseCounts(),
         flRoundPhases: () => this.fl.roundPhaseCounts(),
         flActiveRounds: () => this.fl.activeRounds,
+        flKeptMemoryBytes: () => this.fl.keptMemoryBytes,
       },
       { defaultMetrics: o.defaultMetrics },
     );

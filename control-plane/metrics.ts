@@ -13,6 +13,7 @@ export interface MetricsSources {
   flJobPhases?(): Iterable<string> | ReadonlyMap<string, number>;
   flRoundPhases?(): Iterable<string> | ReadonlyMap<string, number>;
   flActiveRounds?(): number;
+  flKeptMemoryBytes?(): number;
 }
 
 const TASK_STATES: TaskState[] = ['Pending', 'Scheduled', 'Running', 'Completed', 'Failed', 'Stopped'];
@@ -128,6 +129,14 @@ export class ControlPlaneMetrics {
       registers,
       collect() {
         this.set(sources.flActiveRounds?.() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'propeller_fl_kept_memory_bytes',
+      help: 'Aggregation memory kept between the rounds of running FederatedJobs (released when the last one ends)',
+      registers,
+      collect() {
+        this.set(sources.flKeptMemoryBytes?.() ?? 0);
       },
     });
     this.flTasksCreated = new Counter({ name: 'propeller_jobs_created_total', help: 'Participant tasks created for FL rounds (the seed\'s Jobs per participant)', registers });

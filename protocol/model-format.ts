@@ -160,7 +160,25 @@ const utf8Strict = new TextDecoder('utf-8', { fatal: true });
 
 /** The index of the first NaN/±Infinity in data[from, to), or -1. */
 export function firstNonFinite(data: Float32Array, from = 0, to = data.length): number {
-  for (let i = from; i < to; i++) {
+  // Blocks of 1024 summed in float64 in four lanes (twice as fast as a test per value): NaN and
+  // ±Infinity survive any sum, and 1024 finite float32s cannot overflow a float64; the first
+  // block whose sum is not finite, and what follows it, is searched value by value.
+  let i = from;
+  for (; i + 1024 <= to; i += 1024) {
+    let a = 0;
+    let b = 0;
+    let c = 0;
+    let d = 0;
+    for (let j = i; j < i + 1024; j += 4) {
+      a += data[j]!;
+      b += data[j + 1]!;
+      c += data[j + 2]!;
+      d += data[j + 3]!;
+    }
+    const s = a + b + c + d;
+    if (s - s !== 0) break;
+  }
+  for (; i < to; i++) {
     const x = data[i]!;
     if (x - x !== 0) return i; // NaN - NaN and Inf - Inf are NaN; finite x - x is 0
   }
@@ -404,6 +422,7 @@ interface Head {
 }
 
 class Reader {
+  static kept: [Reader, Head] | undefined;
   pos = 0;
   readonly dv: DataView;
   constructor(readonly b: Uint8Array) {
@@ -475,6 +494,18 @@ class Reader {
     this.pos += n;
     return v;
   }
+}
+
+// A Reader and a Head alive for the life of the process (a static of the
+// class, so they stay reachable). V8 holds the hidden classes an object goes
+// through as its fields are set only weakly: when no Reader was alive at a
+// full GC (between two rounds of updates), they were collected, the optimized
+// head() and need() were thrown away ('weak objects' in --trace-deopt) and
+// compiled again each round (~4 ms of CPU per 100 decodes). They hold no
+// update's bytes.
+{
+  const r = new Reader(new Uint8Array([0xa0]));
+  Reader.kept = [r, r.head('kept')];
 }
 
 function halfToNumber(h: number): number {

@@ -157,6 +157,7 @@ test('an option value that starts with a dash is one clear line', async (t) => {
   t.is(r.code, 2);
   t.is(r.stderr.trim().split('\n').length, 1);
   t.regex(r.stderr, /--secret/);
+  t.regex(r.stderr, /--secret=-XYZ/, 'and says how to write it');
 });
 
 test('the overview loads no command: no control plane, no wasm runtime, no Kubernetes client', async (t) => {
@@ -168,7 +169,9 @@ test('the overview loads no command: no control plane, no wasm runtime, no Kuber
   try {
     const { stdout } = await exec('node', ['--import', join(dir, 'register.mjs'), BIN, '--help'], { timeout: 30_000 });
     t.regex(stdout, /^ {2}serve {2,}/m);
-    const loaded = readFileSync(trace, 'utf8').trim().split('\n');
+    // judged on paths inside the checkout, so that a checkout under a folder named like a part still passes
+    const root = new URL('..', import.meta.url).href;
+    const loaded = readFileSync(trace, 'utf8').trim().split('\n').map((u) => (u.startsWith(root) ? u.slice(root.length) : u));
     for (const part of ['control-plane', 'wasm-runtime', 'broker', 'k8s-adapter', '@kubernetes', 'aedes', 'mqtt', 'serve']) {
       t.false(loaded.some((u) => u.includes(part)), `--help loaded ${loaded.find((u) => u.includes(part))}`);
     }

@@ -18,6 +18,7 @@ import {
   FedMedian,
   FOLD_KERNEL_WASM,
   FOLD_KERNEL_WAT,
+  keptFedAvgMemoryBytes,
   releaseFedAvgMemory,
   TrimmedMean,
   UpdateError,
@@ -715,7 +716,9 @@ test('finishWith() hands the memory to the next fedavg of the same model: detach
   const [x, y, z] = [new FedAvg(ref), new FedAvg(ref), new FedAvg(ref)];
   for (const a of [x, y, z]) a.add(us[0]!);
   for (const a of [x, y, z]) a.finishWith(() => undefined);
+  t.is(keptFedAvgMemoryBytes(), 2 * x.memoryBytes);
   t.is(releaseFedAvgMemory(), 2);
+  t.is(keptFedAvgMemoryBytes(), 0);
   // a model of another size drops the memories kept for this one
   const w = new FedAvg(ref);
   w.add(us[0]!);
@@ -990,6 +993,22 @@ test('float32 (the default) is bit-identical to Flower\'s aggregate() in numpy: 
   const order = lead.participants();
   t.deepEqual(order, [x, ...rest].map((u) => u.participant));
   t.true(raw(lead.finish()).equals(flowerNumpy(order.map((p) => us.find((u) => u.participant === p)!))), 'a folding stream overtaken');
+  // streams told that more updates may come than could wait (othersAtMost): each is scaled as it
+  // arrives and added to the sum at commit, in commit order; interleaved, the first update among them
+  const others = new FedAvg(ref, { maxSamples: 2e9, maxInFlight: 3 });
+  const few = us.slice(0, 12);
+  for (let i = 0; i < few.length; i += 3) {
+    const group = few.slice(i, i + 3);
+    for (const u of group) others.begin(u.participant, u.numSamples, undefined, 100);
+    for (const u of group) sendTensor(others, u, 1);
+    for (const u of [...group].reverse()) {
+      sendRest(others, u, 1);
+      others.commit(u.participant);
+    }
+  }
+  const committed = others.participants();
+  t.deepEqual(committed, [2, 1, 0, 5, 4, 3, 8, 7, 6, 11, 10, 9].map((i) => `p${i}`));
+  t.true(raw(others.finish()).equals(flowerNumpy(committed.map((p) => us.find((u) => u.participant === p)!))), 'streams folded at commit');
   // −0 where every update has −0; subnormals in the result
   const res = new Float32Array(new Uint8Array(np).buffer);
   t.true(Object.is(res[ref.tensors[0]!.data.length], -0));

@@ -22,7 +22,7 @@ test.after.always(async () => {
 
 const model = (w: number[], b: number): Model => ({ format: MODEL_FORMAT, tensors: [{ name: 'w', shape: [w.length], data: new Float32Array(w) }, { name: 'b', shape: [], data: new Float32Array([b]) }] });
 
-type Answer = { model?: Model; samples?: number; delayMs?: number; error?: string; streamed?: boolean; none?: boolean; poisoned?: boolean; staleFirst?: boolean };
+type Answer = { model?: Model; samples?: number; delayMs?: number; after?: Promise<unknown>; error?: string; streamed?: boolean; none?: boolean; poisoned?: boolean; staleFirst?: boolean };
 
 /** A model whose first value is NaN: encodeModel refuses to write one, so the bytes are patched. */
 function poisoned(m: Model): Uint8Array {
@@ -53,6 +53,7 @@ async function participant(id: string, answer: (start: Start, reference: Model) 
       const reference = decodeModel(await s.api.pullModel(env.MODEL_DIGEST!));
       const a = answer(start, reference);
       if (a.delayMs) await new Promise((r) => setTimeout(r, a.delayMs));
+      await a.after;
       if (!a.none) {
         const head = { v: 1, proplet_id: id, round_id: env.ROUND_ID!, task_id: start.id };
         const updates: FlUpdate[] = a.error
@@ -89,6 +90,24 @@ const metric = async (line: RegExp): Promise<number> => {
   const m = text.split('\n').find((l) => line.test(l));
   return m ? Number(m.split(' ').at(-1)) : 0;
 };
+
+// serial: ava runs it before the others, so no other job keeps memory or ends meanwhile
+test.serial('FedAvg memory handed back between rounds is released when the last running job ends', async (t) => {
+  const kept = async () => {
+    const line = (await (await fetch(`${s.apiUrl}/metrics`)).text()).split('\n').find((l) => l.startsWith('propeller_fl_kept_memory_bytes '));
+    if (!line) throw new Error('no propeller_fl_kept_memory_bytes in /metrics');
+    return Number(line.split(' ')[1]);
+  };
+  let open!: () => void;
+  const lastRound = new Promise<void>((r) => (open = r));
+  await participant('mem-a', (st, ref) => ({ model: model([ref.tensors[0]!.data[0]! + 1, 1], 1), after: st.env?.ROUND_ID === 'round-2-mem' ? lastRound : undefined }));
+  await job('mem', ['mem-a'], { kOfN: 1 });
+  await until(async () => (await s.api.getFlRound('round-2-mem').catch(() => undefined))?.status.phase === 'Running', 'round 2 running');
+  open();
+  await until(async () => (await s.api.getFlJob('mem')).status.phase === 'Completed', 'job completed');
+  t.is((await s.api.flCheckpoints('mem')).checkpoints.length, 2, 'both rounds aggregated (each handed its memory back)');
+  t.is(await kept(), 0);
+});
 
 test('k of n: each round closes on the first k updates, the slow one is refused as late, the next round trains the aggregate', async (t) => {
   const lateBefore = await metric(/^propeller_fl_updates_total\{result="late"\}/);

@@ -11,6 +11,7 @@ import {
   decodeModel,
   decodeModelView,
   encodeModel,
+  firstNonFinite,
   MODEL_FORMAT,
   ModelError,
   modelDigest,
@@ -426,3 +427,24 @@ const DOC_EXAMPLE: Model = {
   ],
   meta: { round: 3 },
 };
+
+test('firstNonFinite finds the first NaN or ±Infinity wherever it is, block edges and ranges included', (t) => {
+  const x = new Float32Array(10_000).map((_, i) => (i % 2 ? -3.4e38 : 3.4e38)); // finite, huge: no sum of them may raise an alarm
+  t.is(firstNonFinite(x), -1);
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    for (const at of [0, 1, 1023, 1024, 1025, 4096, 9215, 9216, 9999]) {
+      const y = x.slice();
+      y[at] = bad;
+      t.is(firstNonFinite(y), at, `${bad} at ${at}`);
+      t.is(firstNonFinite(y, at + 1), -1, `after ${at}`);
+      t.is(firstNonFinite(y, 0, at), -1, `before ${at}`);
+      if (at >= 3) t.is(firstNonFinite(y, 3), at, `from 3 to ${at}`);
+    }
+  }
+  const z = x.slice();
+  z[2000] = Infinity;
+  z[2001] = -Infinity; // Inf + -Inf is NaN: still found, the first of them
+  z[5000] = NaN;
+  t.is(firstNonFinite(z), 2000);
+  t.is(firstNonFinite(z, 2002), 5000);
+});

@@ -16,6 +16,8 @@
 // memory, SIMD, threads, exceptions, tail calls, GC) makes the module
 // ineligible and it runs in a worker as before.
 
+import { Reader } from './wasm-parse.ts';
+
 /** Name of the exported fuel global in a metered module. */
 export const FUEL_EXPORT = '__propeller_fuel';
 
@@ -33,36 +35,6 @@ export const MAX_METERED_BYTES = 64 * 1024;
 class Ineligible extends Error {}
 
 const SIMPLE_VALTYPES = new Set([0x7f, 0x7e, 0x7d, 0x7c, 0x70, 0x6f]);
-
-class Cursor {
-  constructor(
-    readonly b: Uint8Array,
-    public pos: number,
-    readonly end: number,
-  ) {}
-  u8(): number {
-    if (this.pos >= this.end) throw new Ineligible('unexpected end');
-    return this.b[this.pos++]!;
-  }
-  u32(): number {
-    let result = 0;
-    for (let shift = 0; shift < 35; shift += 7) {
-      const byte = this.u8();
-      result += (byte & 0x7f) * 2 ** shift;
-      if ((byte & 0x80) === 0) return result;
-    }
-    throw new Ineligible('LEB128 too long');
-  }
-  /** skips a LEB128 of at most `max` bytes */
-  leb(max: number): void {
-    for (let i = 0; i < max; i++) if ((this.u8() & 0x80) === 0) return;
-    throw new Ineligible('LEB128 too long');
-  }
-  skip(n: number): void {
-    if (n > this.end - this.pos) throw new Ineligible('unexpected end');
-    this.pos += n;
-  }
-}
 
 function uleb(n: number): number[] {
   const out: number[] = [];
@@ -92,14 +64,14 @@ function check(global: number, weight: number): number[] {
   return [0x23, ...g, 0x41, ...sleb(weight), 0x6b, 0x24, ...g, 0x23, ...g, 0x41, 0x00, 0x48, 0x04, 0x40, 0x00, 0x0b];
 }
 
-function blockType(c: Cursor): void {
-  const b = c.b[c.pos];
+function blockType(c: Reader): void {
+  const b = c.bytes[c.pos];
   if (b === 0x40 || (b !== undefined && SIMPLE_VALTYPES.has(b))) c.pos++;
   else c.leb(5); // a type index (s33)
 }
 
 /** Where one body gets its checks: [offset in the body, weight] */
-function bodyChecks(c: Cursor): [number, number][] {
+function bodyChecks(c: Reader): [number, number][] {
   const start = c.pos;
   const groups = c.u32();
   for (let i = 0; i < groups; i++) {
@@ -207,7 +179,7 @@ const rank = (id: number) => ORDER.indexOf(id);
 
 function meter(bytes: Uint8Array, fuel: number): Uint8Array {
   if (bytes.length > MAX_METERED_BYTES || bytes.length < 8) throw new Ineligible('size');
-  const c = new Cursor(bytes, 8, bytes.length);
+  const c = new Reader(bytes, 8, bytes.length);
   const sections: { id: number; start: number; content: number; end: number }[] = [];
   while (c.pos < c.end) {
     const start = c.pos;
@@ -224,11 +196,11 @@ function meter(bytes: Uint8Array, fuel: number): Uint8Array {
   if (!code) throw new Ineligible('no code');
 
   const globals = find(6);
-  const globalCount = globals ? new Cursor(bytes, globals.content, globals.end).u32() : 0;
+  const globalCount = globals ? new Reader(bytes, globals.content, globals.end).u32() : 0;
   const newGlobal = [0x7f, 0x01, 0x41, ...sleb(fuel), 0x0b];
   const globalSection = globals
     ? (() => {
-        const g = new Cursor(bytes, globals.content, globals.end);
+        const g = new Reader(bytes, globals.content, globals.end);
         g.u32();
         return section(6, [...uleb(globalCount + 1), ...bytes.subarray(g.pos, globals.end), ...newGlobal]);
       })()
@@ -239,7 +211,7 @@ function meter(bytes: Uint8Array, fuel: number): Uint8Array {
   const exports = find(7);
   let exportSection: Uint8Array;
   if (exports) {
-    const e = new Cursor(bytes, exports.content, exports.end);
+    const e = new Reader(bytes, exports.content, exports.end);
     const n = e.u32();
     const listed = e.pos;
     for (let i = 0; i < n; i++) {
@@ -253,13 +225,13 @@ function meter(bytes: Uint8Array, fuel: number): Uint8Array {
     exportSection = section(7, [...uleb(n + 1), ...bytes.subarray(listed, exports.end), ...newExport]);
   } else exportSection = section(7, [1, ...newExport]);
 
-  const k = new Cursor(bytes, code.content, code.end);
+  const k = new Reader(bytes, code.content, code.end);
   const bodies = k.u32();
   const out: number[] = [...uleb(bodies)];
   for (let i = 0; i < bodies; i++) {
     const size = k.u32();
     const start = k.pos;
-    const body = new Cursor(bytes, start, start + size);
+    const body = new Reader(bytes, start, start + size);
     const checks = bodyChecks(body);
     k.skip(size);
     const parts: number[] = [];

@@ -88,7 +88,8 @@ const MAX_NAME_BYTES = 100_000;
 const PAGE = 65536;
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
 
-class Reader {
+/** Bounds-checked reading of a wasm binary from `start` to `end`; every failure is a WasmParseError. */
+export class Reader {
   pos: number;
   constructor(readonly bytes: Uint8Array, start: number, readonly end: number) {
     this.pos = start;
@@ -135,6 +136,18 @@ class Reader {
       shift += 7;
     }
     return this.fail('u64 LEB128 too long', start);
+  }
+
+  /** skips a LEB128 of at most `max` bytes */
+  leb(max: number): void {
+    const start = this.pos;
+    for (let i = 0; i < max; i++) if ((this.u8() & 0x80) === 0) return;
+    this.fail('LEB128 too long', start);
+  }
+
+  skip(n: number): void {
+    if (n > this.remaining) this.fail('unexpected end');
+    this.pos += n;
   }
 
   /** signed LEB128 up to 33 bits (heap types); only its length matters here */

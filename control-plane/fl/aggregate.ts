@@ -777,6 +777,30 @@ export const FOLD_KERNEL_WAT = String.raw`(module
         (local.set $s (i32.add (local.get $s) (i32.const 4)))
         (br $next)))
     (call $infinite (local.get $acc)))
+  ;; add32(s, d, n): d[i] = s[i] + d[i], s the sum, d an update already checked and scaled by
+  ;; scale32 (a streamed update, copied and scaled as it arrived): the fold of fold32 with its
+  ;; multiply and its check done earlier, while each chunk was in cache.
+  (func (export "add32") (param $s i32) (param $d i32) (param $n i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -16)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (v128.store offset=0 (local.get $d) (f32x4.add (v128.load offset=0 (local.get $s)) (v128.load offset=0 (local.get $d))))
+        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (v128.load offset=16 (local.get $d))))
+        (v128.store offset=32 (local.get $d) (f32x4.add (v128.load offset=32 (local.get $s)) (v128.load offset=32 (local.get $d))))
+        (v128.store offset=48 (local.get $d) (f32x4.add (v128.load offset=48 (local.get $s)) (v128.load offset=48 (local.get $d))))
+        (local.set $d (i32.add (local.get $d) (i32.const 64)))
+        (local.set $s (i32.add (local.get $s) (i32.const 64)))
+        (br $next)))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 15)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (f32.store (local.get $d) (f32.add (f32.load (local.get $s)) (f32.load (local.get $d))))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (local.set $s (i32.add (local.get $s) (i32.const 4)))
+        (br $next))))
   ;; divide32(s, n, t): sum[i] = sum[i] / t in place, float32.
   (func (export "divide32") (param $s i32) (param $n i32) (param $t f32)
     (local $end i32) (local $tv v128)
@@ -798,7 +822,7 @@ export const FOLD_KERNEL_WAT = String.raw`(module
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABLgdgAn9/AX9gAXsBf2AEf39/fABgA39/fABgA39/fQF/YAR/f399AX9gA39/fQACDwEDZW52Bm1lbW9yeQIAAQMIBwABAgMEBQYHOwYJbm9uZmluaXRlAAAEZm9sZAACBmRpdmlkZQADB3NjYWxlMzIABAZmb2xkMzIABQhkaXZpZGUzMgAGCs8IB4YBAgF/AXsgACABQXBxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAA/QAEEP3kASAA/QAEICAA/QAEMP3kAf3kAf3kASEDIABBwABqIQAMAAsLIAIgAUEPcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgD95AEhAyAAQQRqIQAMAAsLIAMQAQsuACAA/QwAAIB/AACAfwAAgH8AAIB//U79DAAAgH8AAIB/AACAfwAAgH/9N/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwvhAQIBfwZ7IAL9EyEEIAAgAUFwcUECdGohAwJAA0AgACADTw0BIAD9AAQAIQYgAP0ABBAhByAA/QAEICEIIAD9AAQwIQkgBSAGIAf95AEgCCAJ/eQB/eQB/eQBIQUgACAGIAT95gH9CwQAIAAgByAE/eYB/QsEECAAIAggBP3mAf0LBCAgACAJIAT95gH9CwQwIABBwABqIQAMAAsLIAMgAUEPcUECdGohAwJAA0AgACADTw0BIAD9XAIAIQYgBSAG/eQBIQUgACAG/R8AIAKUOAIAIABBBGohAAwACwsgBRABC5oCAgF/BnsgA/0TIQUgASACQXBxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhByAB/QAEECEIIAH9AAQgIQkgAf0ABDAhCiAGIAcgCP3kASAJIAr95AH95AH95AEhBiABIAD9AAQAIAcgBf3mAf3kAf0LBAAgASAA/QAEECAIIAX95gH95AH9CwQQIAEgAP0ABCAgCSAF/eYB/eQB/QsEICABIAD9AAQwIAogBf3mAf3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyAEIAJBD3FBAnRqIQQCQANAIAEgBE8NASAB/VwCACEHIAYgB/3kASEGIAEgACoCACAH/R8AIAOUkjgCACABQQRqIQEgAEEEaiEADAALCyAGEAELcAIBfwF7IAL9EyEEIAAgAUF8cUECdGohAwJAA0AgACADTw0BIAAgAP0ABAAgBP3nAf0LBAAgAEEQaiEADAALCyADIAFBA3FBAnRqIQMCQANAIAAgA08NASAAIAAqAgAgApU4AgAgAEEEaiEADAALCws=';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABNAhgAn9/AX9gAXsBf2AEf39/fABgA39/fABgA39/fQF/YAR/f399AX9gA39/fwBgA39/fQACDwEDZW52Bm1lbW9yeQIAAQMJCAABAgMEBQYHB0MHCW5vbmZpbml0ZQAABGZvbGQAAgZkaXZpZGUAAwdzY2FsZTMyAAQGZm9sZDMyAAUFYWRkMzIABghkaXZpZGUzMgAHCo8KCIYBAgF/AXsgACABQXBxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAA/QAEEP3kASAA/QAEICAA/QAEMP3kAf3kAf3kASEDIABBwABqIQAMAAsLIAIgAUEPcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgD95AEhAyAAQQRqIQAMAAsLIAMQAQsuACAA/QwAAIB/AACAfwAAgH8AAIB//U79DAAAgH8AAIB/AACAfwAAgH/9N/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwvhAQIBfwZ7IAL9EyEEIAAgAUFwcUECdGohAwJAA0AgACADTw0BIAD9AAQAIQYgAP0ABBAhByAA/QAEICEIIAD9AAQwIQkgBSAGIAf95AEgCCAJ/eQB/eQB/eQBIQUgACAGIAT95gH9CwQAIAAgByAE/eYB/QsEECAAIAggBP3mAf0LBCAgACAJIAT95gH9CwQwIABBwABqIQAMAAsLIAMgAUEPcUECdGohAwJAA0AgACADTw0BIAD9XAIAIQYgBSAG/eQBIQUgACAG/R8AIAKUOAIAIABBBGohAAwACwsgBRABC5oCAgF/BnsgA/0TIQUgASACQXBxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhByAB/QAEECEIIAH9AAQgIQkgAf0ABDAhCiAGIAcgCP3kASAJIAr95AH95AH95AEhBiABIAD9AAQAIAcgBf3mAf3kAf0LBAAgASAA/QAEECAIIAX95gH95AH9CwQQIAEgAP0ABCAgCSAF/eYB/eQB/QsEICABIAD9AAQwIAogBf3mAf3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyAEIAJBD3FBAnRqIQQCQANAIAEgBE8NASAB/VwCACEHIAYgB/3kASEGIAEgACoCACAH/R8AIAOUkjgCACABQQRqIQEgAEEEaiEADAALCyAGEAELvgEBAX8gASACQXBxQQJ0aiEDAkADQCABIANPDQEgASAA/QAEACAB/QAEAP3kAf0LBAAgASAA/QAEECAB/QAEEP3kAf0LBBAgASAA/QAEICAB/QAEIP3kAf0LBCAgASAA/QAEMCAB/QAEMP3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyADIAJBD3FBAnRqIQMCQANAIAEgA08NASABIAAqAgAgASoCAJI4AgAgAUEEaiEBIABBBGohAAwACwsLcAIBfwF7IAL9EyEEIAAgAUF8cUECdGohAwJAA0AgACADTw0BIAAgAP0ABAAgBP3nAf0LBAAgAEEQaiEADAALCyADIAFBA3FBAnRqIQMCQANAIAAgA08NASAAIAAqAgAgApU4AgAgAEEEaiEADAALCws=';
 
 interface KernelExports {
   nonfinite(p: number, n: number): number;
@@ -806,6 +830,7 @@ interface KernelExports {
   divide(s: number, n: number, t: number): void;
   scale32(d: number, n: number, w: number): number;
   fold32(s: number, d: number, n: number, w: number): number;
+  add32(s: number, d: number, n: number): void;
   divide32(s: number, n: number, t: number): void;
 }
 
@@ -824,7 +849,7 @@ class Kernel implements KernelExports {
     kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
     const e = new WebAssembly.Instance(kernelModule, { env: { memory } }).exports as unknown as KernelExports;
     // one shape for every instance
-    this.x = { nonfinite: e.nonfinite, fold: e.fold, divide: e.divide, scale32: e.scale32, fold32: e.fold32, divide32: e.divide32 };
+    this.x = { nonfinite: e.nonfinite, fold: e.fold, divide: e.divide, scale32: e.scale32, fold32: e.fold32, add32: e.add32, divide32: e.divide32 };
   }
   nonfinite(p: number, n: number): number {
     return this.x.nonfinite(p, n);
@@ -841,6 +866,9 @@ class Kernel implements KernelExports {
   fold32(s: number, d: number, n: number, w: number): number {
     return this.x.fold32(s, d, n, w);
   }
+  add32(s: number, d: number, n: number): void {
+    this.x.add32(s, d, n);
+  }
   divide32(s: number, n: number, t: number): void {
     this.x.divide32(s, n, t);
   }
@@ -854,6 +882,7 @@ class Kernel implements KernelExports {
       k.divide(0, 0, 1);
       k.scale32(0, 0, 1);
       k.fold32(0, 0, 0, 1);
+      k.add32(0, 0, 0);
       k.divide32(0, 0, 1);
     }
   }
@@ -886,8 +915,10 @@ const pagesFor = (bytes: number) => Math.ceil(bytes / PAGE);
  * touch of a fresh memory again: page faults are 20-40 % of an aggregator's
  * time on a VM (5-19 µs per 4 KiB page measured here). Bounded: at most
  * POOL_SIZE memories, all for one model size (a new aggregator for another
- * size drops them), dropped after POOL_IDLE_MS without use or by
- * releaseFedAvgMemory().
+ * size drops them), kept until releaseFedAvgMemory(), which the coordinator
+ * calls when its last running job ends. No idle timer: rounds wait for
+ * devices to train, minutes apart, and a timer shorter than that made every
+ * round pay the page faults again.
  */
 interface Pooled {
   memory: WebAssembly.Memory;
@@ -895,9 +926,7 @@ interface Pooled {
   maximum: number;
 }
 const POOL_SIZE = 2;
-const POOL_IDLE_MS = 60_000;
 const pool: Pooled[] = [];
-let poolTimer: ReturnType<typeof setTimeout> | undefined;
 
 function takePooled(params: number, maximum: number): WebAssembly.Memory | undefined {
   for (let i = pool.length - 1; i >= 0; i--) if (pool[i]!.params !== params) pool.splice(i, 1);
@@ -908,9 +937,6 @@ function takePooled(params: number, maximum: number): WebAssembly.Memory | undef
 function keepPooled(p: Pooled): void {
   pool.push(p);
   if (pool.length > POOL_SIZE) pool.shift();
-  if (poolTimer) clearTimeout(poolTimer);
-  poolTimer = setTimeout(releaseFedAvgMemory, POOL_IDLE_MS);
-  poolTimer.unref?.();
 }
 
 /**
@@ -934,12 +960,15 @@ function keepShapes(): void {
   }
 }
 
+/** Bytes of kernel memory kept for later FedAvg aggregators. */
+export function keptFedAvgMemoryBytes(): number {
+  return pool.reduce((n, p) => n + p.memory.buffer.byteLength, 0);
+}
+
 /** Drops the kernel memories kept for later FedAvg aggregators; returns how many there were. */
 export function releaseFedAvgMemory(): number {
   const n = pool.length;
   pool.length = 0;
-  if (poolTimer) clearTimeout(poolTimer);
-  poolTimer = undefined;
   return n;
 }
 
@@ -979,13 +1008,14 @@ interface StreamSlot {
  * w × chunk there in the same pass (the sum only read), so at commit() the
  * slot is the new sum, as for add(). That needs the sum unchanged until it
  * commits: an update that counts meanwhile (add, addEncoded, another stream's
- * commit) waits, copied and checked in a slot of its own, and is folded after
+ * commit) waits, copied, checked and scaled (w × update) in a slot of its own, and is added after
  * the lead stream commits, or when it is dropped, in the order they came:
  * updates count in the order they complete, except that those completing
  * while a lead stream is open count after it (participants() gives that
  * order; docs/fl.md). A lead stream that has received nothing when another
- * update counts is no lead any more. Any other stream is copied and checked
- * as it arrives and folded at commit() (one more read of its slot). At most
+ * update counts is no lead any more. Any other stream is copied, checked and
+ * scaled (w × chunk) as it arrives, and commit() adds the sum to it (add32:
+ * one more read of its slot, an add per value). At most
  * maxInFlight updates wait (then add() and begin() are refused 'capacity'),
  * so memory stays within sum, add()'s slot and 2 × maxInFlight slots. Why not
  * fold another update first and keep the lead stream's values: that is one
@@ -1043,7 +1073,7 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
   /** float32: the stream that folds as it arrives, if one does. */
   private lead: StreamSlot | undefined;
   /** float32: the updates that count after the lead stream, in their order: slots of checked values, and weights. */
-  private readonly waiting: { slot: number; weight: number }[] = [];
+  private readonly waiting: number[] = [];
 
   constructor(reference: Model, config?: AggregatorConfig | Record<string, unknown>) {
     super('fedavg', reference, config);
@@ -1186,15 +1216,21 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
     this.adopt(slot);
   }
 
-  /** float32: a streamed update's slot (every value checked) becomes sum + weight × update, a piece at a time from the end (the chunks that came last are the likeliest still in cache). */
-  private foldSlot(slot: number, weight: number): void {
-    const at = this.slotAt(slot);
-    const sum = this.sumSlot < 0 ? -1 : this.slotAt(this.sumSlot);
-    const step = PIECE / 4;
-    for (let end = this.params; end > 0; end -= step) {
-      const start = Math.max(0, end - step);
-      if (sum < 0) this.k.scale32(at + start * 4, end - start, weight);
-      else this.k.fold32(sum + start * 4, at + start * 4, end - start, weight);
+  /**
+   * float32: a slot of checked, scaled values (w × update: a stream's, scaled
+   * as it arrived, or an update that waited) becomes the new sum, sum + slot,
+   * a piece at a time from the end (the chunks that came last are the
+   * likeliest still in cache); the first update's is the sum as it is.
+   */
+  private foldSlot(slot: number): void {
+    if (this.sumSlot >= 0) {
+      const at = this.slotAt(slot);
+      const sum = this.slotAt(this.sumSlot);
+      const step = PIECE / 4;
+      for (let end = this.params; end > 0; end -= step) {
+        const start = Math.max(0, end - step);
+        this.k.add32(sum + start * 4, at + start * 4, end - start);
+      }
     }
     this.adopt(slot);
   }
@@ -1262,8 +1298,10 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
     s.received = true;
     let maybe: number;
     // the lead stream's chunk becomes sum + weight × chunk while in cache; the sum is only read
-    if (this.lead === s) maybe = this.sumSlot < 0 ? this.k.scale32(d, n, s.weight) : this.k.fold32(this.slotAt(this.sumSlot) + pos * 4, d, n, s.weight);
-    else maybe = this.k.nonfinite(d, n);
+    if (this.wide) maybe = this.k.nonfinite(d, n);
+    else if (this.lead === s && this.sumSlot >= 0) maybe = this.k.fold32(this.slotAt(this.sumSlot) + pos * 4, d, n, s.weight);
+    // float32, any other stream: w × chunk while in cache; commit() adds the sum (add32)
+    else maybe = this.k.scale32(d, n, s.weight);
     if (!maybe) return -1;
     const i = firstNonFiniteLE(bytes); // the kernel's verdict may be a false alarm
     return i < 0 ? -1 : pos + i;
@@ -1284,8 +1322,8 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
       this.drain();
       return behind;
     }
-    if (this.ahead()) this.waiting.push({ slot: s.slot, weight });
-    else this.foldSlot(s.slot, weight);
+    if (this.ahead()) this.waiting.push(s.slot);
+    else this.foldSlot(s.slot);
     return 0;
   }
 
@@ -1312,11 +1350,11 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
 
   /** float32: the updates that waited behind the lead stream, folded in their order. */
   private drain(): void {
-    for (const w of this.waiting) this.foldSlot(w.slot, w.weight);
+    for (const slot of this.waiting) this.foldSlot(slot);
     this.waiting.length = 0;
   }
 
-  /** float32, while a stream folds ahead: the update copied into a slot of its own, checked, to be folded after it. */
+  /** float32, while a stream folds ahead: the update copied into a slot of its own, checked and scaled (w × update), to be folded after it. */
   private stageWaiting(tensors: Uint8Array[], weight: number, participant: string): void {
     const slot = this.takeSlot(participant);
     const at = this.slotAt(slot);
@@ -1327,14 +1365,14 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
         for (let o = 0; o < bytes.length; o += PIECE) {
           const piece = bytes.subarray(o, o + PIECE);
           this.u8.set(piece, at + o4 + o);
-          if (this.k.nonfinite(at + o4 + o, piece.length >>> 2)) this.confirmNonFinite(participant, t, bytes, o, piece);
+          if (this.k.scale32(at + o4 + o, piece.length >>> 2, weight)) this.confirmNonFinite(participant, t, bytes, o, piece);
         }
       }
     } catch (e) {
       this.freeSlots.push(slot);
       throw e;
     }
-    this.waiting.push({ slot, weight });
+    this.waiting.push(slot);
   }
 
   protected compute(): Float32Array {
@@ -1379,12 +1417,11 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
     const dv = new DataView(this.memory.buffer);
     let first = this.sumSlot < 0;
     if (!first) for (let i = 0, at = this.slotAt(this.sumSlot); i < out.length; i++) out[i] = dv.getFloat32(at + i * 4, true);
-    for (const { slot, weight } of this.waiting) {
-      const w = Math.fround(weight);
-      const at = this.slotAt(slot);
+    for (const slot of this.waiting) {
+      const at = this.slotAt(slot); // w × update, scaled as it was staged
       // a Float32Array element rounds the float64 sum of two float32s: the float32 sum exactly
       for (let i = 0; i < out.length; i++) {
-        const x = Math.fround(w * dv.getFloat32(at + i * 4, true));
+        const x = dv.getFloat32(at + i * 4, true);
         out[i] = first ? x : out[i]! + x;
       }
       first = false;

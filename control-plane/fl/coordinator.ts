@@ -21,7 +21,7 @@ import { TERMINAL, type Proplet, type PropletGroup, type Task } from '../model.t
 import type { Store } from '../store.ts';
 import { TaskError, type TaskService } from '../tasks.ts';
 import { InputError } from '../task-input.ts';
-import { createAggregator, UpdateError, type Aggregator } from './aggregate.ts';
+import { createAggregator, keptFedAvgMemoryBytes, releaseFedAvgMemory, UpdateError, type Aggregator } from './aggregate.ts';
 import {
   type FederatedJob,
   type FederatedJobSpec,
@@ -170,6 +170,11 @@ export class FlCoordinator {
     return this.live.size;
   }
 
+  /** Aggregation memory kept between the rounds of running jobs (released when the last one ends). */
+  get keptMemoryBytes(): number {
+    return keptFedAvgMemoryBytes();
+  }
+
   // --- models ---------------------------------------------------------------
 
   /** Stores a model (compact CBOR) after checking it decodes; returns its ref. */
@@ -222,6 +227,12 @@ export class FlCoordinator {
     }
     this.jobRecs.delete(job.metadata.name);
     tap(this, 'fl-removed', 'job', job.metadata.name);
+    this.releaseMemoryWhenIdle();
+  }
+
+  /** The kernel memory kept between rounds (aggregate.ts) is for running jobs only. */
+  private releaseMemoryWhenIdle(): void {
+    if (!this.jobRecs.list().some((x) => x.status.phase === 'Pending' || x.status.phase === 'Running')) releaseFedAvgMemory();
   }
 
   /** A standalone TrainingRound (the seed allows one without a job driving it). */
@@ -265,6 +276,7 @@ export class FlCoordinator {
     this.closed = true;
     for (const l of this.live.values()) this.disarm(l);
     this.live.clear();
+    releaseFedAvgMemory();
   }
 
   /**
@@ -372,6 +384,7 @@ export class FlCoordinator {
     j.status.reason = reason;
     this.saveJob(j);
     this.o.log(phase === 'Completed' ? 'info' : 'warn', `federated job ${phase.toLowerCase()}`, { job: name, reason, message });
+    this.releaseMemoryWhenIdle();
   }
 
   private countCompleted(job: FederatedJob, r: TrainingRound): void {
