@@ -11,7 +11,8 @@ import mqtt from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
 import { CONNECT_PENDING } from '../broker/slim-client.ts';
-import { topic } from '../topics/index.ts';
+import { encode } from '../protocol/index.ts';
+import { managerFilters, topic } from '../topics/index.ts';
 import { hasCommand, scope as S, until } from './helpers/stack.ts';
 
 type Line = { level: string; msg: string; fields: Record<string, unknown> };
@@ -133,4 +134,31 @@ test('TCP keepalive is on for clients whose MQTT keepalive would find a dead pee
     if (m && ports.has(Number(m[1]))) probed.set(ports.get(Number(m[1]))!, line.includes('timer:(keepalive'));
   }
   t.deepEqual(Object.fromEntries(probed), { 0: true, 60: false, 600: true });
+});
+
+test('without the end-of-stream watcher, every way a connection ends still closes its client: DISCONNECT, a dropped TCP socket (its will published), a dropped WebSocket', async (t) => {
+  const creds = new CredentialStore();
+  const secrets = Object.fromEntries(['p1', 'p2', 'p3'].map((id) => [id, creds.issue(id, 'proplet')]));
+  const managerSecret = creds.issue('manager', 'manager');
+  const broker = await EmbeddedBroker.start({ scope: S, credentials: creds, port: 0, ws: { port: 0 }, log: () => {} });
+  t.teardown(() => broker.close());
+  const aedes = (broker as unknown as { aedes: { clients: Record<string, unknown> } }).aedes;
+  const m = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, username: 'manager', password: managerSecret });
+  t.teardown(() => m.endAsync(true));
+  const wills: string[] = [];
+  m.on('message', (tp, payload) => {
+    if (tp.startsWith(topic(S, 'proplet.alive', 'p'))) wills.push(payload.toString());
+  });
+  await m.subscribeAsync(managerFilters(S));
+  const will = (id: string) => ({ topic: topic(S, 'proplet.alive', id), payload: encode('proplet.alive', { proplet_id: id, status: 'offline' }, 'json'), qos: 0 as const, retain: false });
+  const clean = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, username: 'p1', password: secrets.p1, will: will('p1') });
+  const dropped = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, username: 'p2', password: secrets.p2, will: will('p2') });
+  const ws = await mqtt.connectAsync(broker.wsUrl!, { protocolVersion: 4, reconnectPeriod: 0, username: 'p3', password: secrets.p3, will: will('p3') });
+  await until(() => broker.connectedClients === 4, 'all connected');
+  await clean.endAsync(); // DISCONNECT: no will
+  (dropped as unknown as { stream: net.Socket }).stream.destroy();
+  (ws as unknown as { stream: { destroy(): void } }).stream.destroy();
+  await until(() => broker.connectedClients === 1 && Object.keys(aedes.clients).length === 1, 'only the manager left, in the broker and in Aedes');
+  await until(() => wills.length === 2, 'the wills of the two dropped connections');
+  t.deepEqual(wills.map((w) => JSON.parse(w).proplet_id).sort(), ['p2', 'p3']);
 });
