@@ -4,7 +4,6 @@
 
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
-import { createRequire } from 'node:module';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -19,7 +18,7 @@ import { cacheMatches, type Matcher } from './match-cache.ts';
 import { guard, guardOf, GuardState, type GuardPolicy, type Violation } from './guard.ts';
 import { checkBackoff, checkLimits, FailureLog, type AuthBackoff, type ConnectionLimits } from './limits.ts';
 import { leanMemoryPersistence, shortCircuitEmptyQueues, type LeanPersistence } from './persistence.ts';
-import { CONNECT_PENDING, slimClients } from './slim-client.ts';
+import { aedesModules, CONNECT_PENDING, slimClients } from './slim-client.ts';
 
 const KiB = 1024;
 
@@ -213,11 +212,11 @@ function slimParser(client: Client): void {
 // (the one mqtt-packet resolves) has them all, for a fraction of the memory.
 // The parser's table of state names is the same for every connection.
 type BufferListClass = new () => object;
-const requireFromMqttPacket = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'));
-const { BufferList } = requireFromMqttPacket('bl') as { BufferList?: BufferListClass };
+/** Set by slimParsers(). */
+let BufferList: BufferListClass | undefined;
 const PARSER_STATES = Object.freeze(['_parseHeader', '_parseLength', '_parsePayload', '_newPacket']);
 
-let parsersSlimmed = false;
+let parsersSlimmed: Promise<void> | undefined;
 
 /**
  * Once per process: mqtt-packet's parsers start (and restart after an error)
@@ -226,23 +225,27 @@ let parsersSlimmed = false;
  * emitter were some 3 % of the broker's CPU besides their garbage. Every
  * mqtt-packet parser of the process gets it (mqtt.js clients included): the
  * parser uses the buffer-list methods only. Left alone if mqtt-packet's
- * _resetState is not the one this was written against.
+ * _resetState is not the one this was written against. The modules are the
+ * ones Aedes uses (slim-client.ts, aedesModules()), in dist/ too.
  */
-function slimParsers(): void {
-  if (parsersSlimmed || !BufferList) return;
-  parsersSlimmed = true;
-  type ParserProto = { _resetState(this: Record<string, unknown>): void };
-  const Parser = requireFromMqttPacket('./parser.js') as { prototype?: ParserProto } | undefined;
-  const Packet = requireFromMqttPacket('./packet.js') as new () => object;
-  const proto = Parser?.prototype;
-  if (!proto || typeof Packet !== 'function' || !/this\._list = bl\(\)/.test(String(proto._resetState))) return;
-  const List = BufferList;
-  proto._resetState = function () {
-    this.packet = new Packet();
-    this.error = null;
-    this._list = new List();
-    this._stateCounter = 0;
-  };
+function slimParsers(): Promise<void> {
+  parsersSlimmed ??= (async () => {
+    const m = await aedesModules();
+    if (!m) return;
+    type ParserProto = { _resetState(this: Record<string, unknown>): void };
+    const proto = (m.Parser as unknown as { prototype?: ParserProto }).prototype;
+    const Packet = m.MqttPacket;
+    if (!proto || typeof Packet !== 'function' || typeof m.BufferList !== 'function' || !/this\._list = bl\(\)/.test(String(proto._resetState))) return;
+    const List = m.BufferList;
+    BufferList = List;
+    proto._resetState = function () {
+      this.packet = new Packet();
+      this.error = null;
+      this._list = new List();
+      this._stateCounter = 0;
+    };
+  })();
+  return parsersSlimmed;
 }
 
 /** Trims a fresh client's parser, before it has read anything (see BufferList above). */
@@ -452,7 +455,7 @@ export class EmbeddedBroker {
     // right after createBroker, before anything listens.
     let self: EmbeddedBroker | undefined;
     shortCircuitEmptyQueues();
-    slimParsers();
+    await slimParsers();
     const aedes = await Aedes.createBroker({
       connectTimeout,
       // Aedes' default (100) queues deliveries in mqemitter when a subscriber backs
@@ -473,6 +476,8 @@ export class EmbeddedBroker {
     self = b;
     b.connectTimeout = connectTimeout;
     b.slim = await slimClients(aedes);
+    // which clients this process runs (slim-client.ts), e.g. to check a build
+    b.log('info', 'mqtt clients', { lean: b.slim, ...(b.slim ? {} : { why: 'Aedes is not the version slim-client.ts was written against (or its files cannot be read)' }) });
     if (b.slim) {
       // a connection is overdue between its limit and one period later
       b.sweeper = setInterval(() => b.sweep(), Math.min(1000, Math.max(50, connectTimeout >> 2)));

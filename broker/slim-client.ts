@@ -23,17 +23,18 @@
 //   read back as absent, GHSA-52qw-whmv-87c5); fields most connections never
 //   change are read from the prototype until one does.
 // The code it copies (delivery, enqueue/dequeue) is Aedes 1.2.0's. It is
-// applied only when Aedes' client, connect and dispatch sources are the ones
-// it was written against (their SHA-256) and Aedes is the copy in
-// node_modules (not one bundled with this file); otherwise Aedes' own
-// handle stays. test/broker-slim-client.test.ts fails when it is not applied.
+// applied only when Aedes' client, connect and dispatch sources in
+// node_modules are the ones it was written against (their SHA-256);
+// otherwise Aedes' own handle stays. Aedes' internals are imported by literal
+// relative paths, so that the bundle (dist/) patches its own Aedes too.
+// test/broker-slim-client.test.ts fails when it is not applied, and
+// test/broker-dist.test.ts when the built command does not apply it.
 
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { fastPublishParse, type MqttParser } from './fast-parse.ts';
@@ -88,52 +89,85 @@ interface SlimClient {
   emit(type: string, ...args: unknown[]): boolean;
 }
 
-interface AedesInternals {
+export interface AedesModules {
+  /** The class of the Aedes these modules belong to. */
+  Aedes: new (...a: never[]) => object;
   Client: { prototype: object };
   handle: (client: SlimClient, packet: unknown, done: Callback) => void;
   write: (client: SlimClient, packet: unknown, done: Callback) => void;
   QoSPacket: new (p: Packet, client: SlimClient) => Packet;
   Packet: new (p: Packet, broker: Broker) => Packet;
   Parser: new () => Parser;
-  Aedes: unknown;
+  /** mqtt-packet's Packet (the parser's packet under construction). */
+  MqttPacket: new () => object;
+  /** bl's plain BufferList. */
+  BufferList: new () => object;
 }
+type AedesInternals = AedesModules;
 
 const require = createRequire(import.meta.url);
 
+/**
+ * Aedes' internals and the mqtt-packet, aedes-packet and bl modules Aedes
+ * itself uses. Literal relative paths: Node loads them without the packages'
+ * "exports" check, as the very modules Aedes imported (the same files), and
+ * esbuild (bin/build.js) bundles them as the modules it bundles for Aedes,
+ * so dist/ gets the same classes. Undefined when they cannot be loaded.
+ */
+export async function aedesModules(): Promise<AedesModules | undefined> {
+  try {
+    const [aedes, client, handlers, write, qos, packet, parser, mqttPacket, bl] = await Promise.all([
+      import('../node_modules/aedes/aedes.js'),
+      // @ts-expect-error Aedes' internals come without types
+      import('../node_modules/aedes/lib/client.js'),
+      // @ts-expect-error
+      import('../node_modules/aedes/lib/handlers/index.js'),
+      // @ts-expect-error
+      import('../node_modules/aedes/lib/write.js'),
+      // @ts-expect-error
+      import('../node_modules/aedes/lib/qos-packet.js'),
+      import('../node_modules/aedes-packet/packet.js'),
+      // @ts-expect-error
+      import('../node_modules/mqtt-packet/parser.js'),
+      // @ts-expect-error
+      import('../node_modules/mqtt-packet/packet.js'),
+      import('../node_modules/bl/BufferList.js'),
+    ]);
+    return {
+      Aedes: aedes.Aedes,
+      Client: client.default,
+      handle: handlers.default,
+      write: write.default,
+      QoSPacket: qos.default,
+      Packet: packet.default,
+      Parser: parser.default,
+      MqttPacket: mqttPacket.default,
+      BufferList: bl.default,
+    } as unknown as AedesModules;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when Aedes' client, connect and dispatch sources (in node_modules) are the ones this was written against. */
+function writtenAgainst(): boolean {
+  try {
+    const dir = dirname(require.resolve('aedes'));
+    const hash = createHash('sha256');
+    for (const f of ['lib/client.js', 'lib/handlers/connect.js', 'lib/handlers/index.js']) hash.update(readFileSync(join(dir, f)));
+    return hash.digest('hex') === WRITTEN_AGAINST;
+  } catch {
+    return false;
+  }
+}
+
 async function loadInternals(): Promise<AedesInternals | undefined> {
-  let dir: string;
-  try {
-    dir = dirname(require.resolve('aedes'));
-  } catch {
-    return undefined;
-  }
-  const files = ['lib/client.js', 'lib/handlers/connect.js', 'lib/handlers/index.js'].map((f) => join(dir, f));
-  const hash = createHash('sha256');
-  try {
-    for (const f of files) hash.update(readFileSync(f));
-  } catch {
-    return undefined;
-  }
-  if (hash.digest('hex') !== WRITTEN_AGAINST) return undefined;
-  const load = async (f: string): Promise<Record<string, unknown>> => (await import(pathToFileURL(join(dir, f)).href)) as Record<string, unknown>;
-  const fromAedes = createRequire(join(dir, 'aedes.js'));
-  return {
-    Aedes: (await load('aedes.js')).Aedes,
-    Client: (await load('lib/client.js')).default as AedesInternals['Client'],
-    handle: (await load('lib/handlers/index.js')).default as AedesInternals['handle'],
-    write: (await load('lib/write.js')).default as AedesInternals['write'],
-    QoSPacket: (await load('lib/qos-packet.js')).default as AedesInternals['QoSPacket'],
-    Packet: fromAedes('aedes-packet') as AedesInternals['Packet'],
-    Parser: createRequire(fromAedes.resolve('mqtt-packet'))('./parser.js') as AedesInternals['Parser'],
-  };
+  if (!writtenAgainst()) return undefined;
+  return aedesModules();
 }
 
 let internals: AedesInternals | undefined;
 let loading: Promise<AedesInternals | undefined> | undefined;
-
-// Bundled (dist/), this module is not its .ts source and Aedes is a copy inside the bundle: it
-// would not be patched, and loading node_modules' Aedes beside it would only cost startup time.
-const FROM_SOURCE = import.meta.url.endsWith('/slim-client.ts');
 
 function noop(): void {}
 
@@ -383,10 +417,10 @@ function makeProto(Client: { prototype: object }): object {
  * The caller then owns the connect timeout and the keepalive (see above).
  */
 export async function slimClients(aedes: object): Promise<boolean> {
-  if (!FROM_SOURCE) return false;
   internals ??= await (loading ??= loadInternals());
   const x = internals;
-  if (!x || !(aedes instanceof (x.Aedes as new () => object))) return false;
+  // another Aedes than the one these modules belong to (another copy in node_modules): left alone
+  if (!x || !(aedes instanceof x.Aedes)) return false;
   const proto = makeProto(x.Client);
   const broker = aedes as unknown as Broker;
   const maxListeners = broker.opts.concurrency * 2;
