@@ -23,6 +23,9 @@
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
+// --built runs the embedded broker bundled as bin/build.js bundles the
+// command (dist/: Aedes inside the bundle), instead of from its sources.
+//
 // --profile DIR writes a CPU profile of the embedded broker's process (and of
 // plain Aedes with --plain-aedes) there, covering the message scenarios (or,
 // with --only connects, the first storm's CONNECTs, not their closing), not
@@ -30,7 +33,7 @@
 
 import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,12 +86,13 @@ interface Target {
 
 // ---- the embedded broker's process ----
 
-async function serve(subs: number, conns: number, plain: boolean, profileDir: string | undefined, floor = false): Promise<void> {
+async function serve(subs: number, conns: number, plain: boolean, profileDir: string | undefined, floor = false, built?: string): Promise<void> {
+  const Broker = built ? ((await import(built)) as { EmbeddedBroker: typeof EmbeddedBroker }).EmbeddedBroker : EmbeddedBroker;
   const creds = new CredentialStore();
   const accounts: Accounts = { manager: creds.issue(MANAGER, 'manager'), conn: [], subs: {} };
   for (let i = 0; i < conns; i++) accounts.conn.push(creds.issue(connUser(i), 'proplet'));
   for (let i = 0; i < subs; i++) accounts.subs[`bench-sub-${i}`] = creds.issue(`bench-sub-${i}`, 'proplet');
-  const broker = floor ? await bareFloor() : plain ? await plainAedes() : await EmbeddedBroker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
+  const broker = floor ? await bareFloor() : plain ? await plainAedes() : await Broker.start({ scope: SCOPE, credentials: creds, port: 0, log: () => {} });
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
@@ -183,9 +187,30 @@ async function bareFloor(): Promise<{ port: number; close(): Promise<void> }> {
   };
 }
 
-async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = [], floor = false): Promise<{ target: Target; accounts: Accounts }> {
+/** The broker bundled with bin/build.js's esbuild options (as dist/ has it), in a temporary directory; returns its file. */
+async function bundleBroker(dir: string): Promise<string> {
+  const { build } = await import('esbuild');
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  // the bundle reads Aedes' files at start (slim-client.ts), as dist/ does from the checkout
+  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
+  await build({
+    absWorkingDir: root,
+    entryPoints: { broker: 'broker/index.ts' },
+    outdir: join(dir, 'out'),
+    bundle: true,
+    splitting: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node20',
+    banner: { js: "import { createRequire as __propellerRequire } from 'node:module'; const require = __propellerRequire(import.meta.url);" },
+    logLevel: 'warning',
+  });
+  return join(dir, 'out', 'broker.js');
+}
+
+async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = [], floor = false, built?: string): Promise<{ target: Target; accounts: Accounts }> {
   const runTs = join(fileURLToPath(new URL('.', import.meta.url)), 'run.ts');
-  const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(floor ? ['--floor'] : []), ...(profileDir ? ['--profile', profileDir] : [])];
+  const args = ['broker', '--serve', '--subs', String(subs), '--connects', String(conns), ...(plain ? ['--plain-aedes'] : []), ...(floor ? ['--floor'] : []), ...(profileDir ? ['--profile', profileDir] : []), ...(built ? ['--built-module', built] : [])];
   const child = fork(runTs, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [...process.execArgv, ...nodeFlags] });
   const [ready] = (await once(child, 'message')) as [{ ready: { port: number; accounts: Accounts } }];
   const usage = async (): Promise<Usage> => {
@@ -572,12 +597,14 @@ export async function run(argv: string[]): Promise<void> {
       floor: { type: 'boolean', default: false },
       'broker-node-flags': { type: 'string', default: '' },
       'heap-snapshot': { type: 'string' },
+      built: { type: 'boolean', default: false },
+      'built-module': { type: 'string' },
     },
   });
   const only = new Set(values.only!.split(','));
   for (const o of only) if (!['connects', 'qos0', 'qos1', 'fanout'].includes(o)) throw new Error(`--only takes connects, qos0, qos1, fanout; got ${o}`);
   const subs = Number(values.subs);
-  if (values.serve) return serve(subs, Number(values.connects), values['plain-aedes']!, values.profile, values.floor);
+  if (values.serve) return serve(subs, Number(values.connects), values['plain-aedes']!, values.profile, values.floor, values['built-module']);
   const n0 = Number(values.messages);
   const n1 = Number(values['qos1-messages']);
   const nf = Number(values['fanout-messages']);
@@ -592,7 +619,9 @@ export async function run(argv: string[]): Promise<void> {
   const load0 = load();
 
   const brokerFlags = values['broker-node-flags']!.split(' ').filter(Boolean);
-  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile, false, brokerFlags);
+  const builtDir = values.built ? mkdtempSync(join(tmpdir(), 'bench-broker-built-')) : undefined;
+  const built = builtDir ? await bundleBroker(builtDir) : undefined;
+  const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile, false, brokerFlags, false, built);
   const mos = await startMosquitto(accounts);
   const targets = [mos, emb];
   // --plain-aedes: Aedes without the wrapper as a third column, to tell the wrapper's cost from Aedes' own
@@ -677,7 +706,7 @@ export async function run(argv: string[]): Promise<void> {
     const failed = [...storms.embedded!, ...storms.mosquitto!, ...storms.aedes!, ...storms.floor!].reduce((a, s) => a + s.failed, 0);
 
     console.log(
-      `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
+      `\nbroker: embedded (Aedes + auth + ACL + packet guard, its own process${built ? ', bundled as dist/ is' : ''}) vs Mosquitto (${spawnSync(MOSQUITTO, ['-h']).stdout.toString().split('\n')[0]}; password file + ACL file), loopback; ` +
         `${payload.length}-byte payloads, window ${window} messages (fan-out: ${window * 10} deliveries), medians of ${rounds} alternating rounds; Node ${process.version}${brokerFlags.length ? ` (embedded broker: ${brokerFlags.join(' ')})` : ''}; ${availableParallelism()} CPUs; load average ${load0} → ${load()}\n`,
     );
     const head = ['measure', 'embedded', 'Mosquitto', 'embedded / Mosquitto', 'goal', 'embedded CPU µs per msg (or connect)', 'Mosquitto CPU µs per msg (or connect)'];
@@ -696,5 +725,6 @@ export async function run(argv: string[]): Promise<void> {
   } finally {
     for (const t of targets) await t.stop();
     await floor?.stop();
+    if (builtDir) rmSync(builtDir, { recursive: true, force: true });
   }
 }
