@@ -33,7 +33,7 @@
 
 import { execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,6 +41,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setFlagsFromString, writeHeapSnapshot } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { bundleLikeDist } from './bundle-broker.ts';
 import { Session } from 'node:inspector';
 import { Aedes } from 'aedes';
 import { CredentialStore, EmbeddedBroker } from '../broker/index.ts';
@@ -185,27 +186,6 @@ async function bareFloor(): Promise<{ port: number; close(): Promise<void> }> {
         server.close(() => r());
       }),
   };
-}
-
-/** The broker bundled with bin/build.js's esbuild options (as dist/ has it), in a temporary directory; returns its file. */
-async function bundleBroker(dir: string): Promise<string> {
-  const { build } = await import('esbuild');
-  const root = fileURLToPath(new URL('..', import.meta.url));
-  // the bundle reads Aedes' files at start (slim-client.ts), as dist/ does from the checkout
-  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
-  await build({
-    absWorkingDir: root,
-    entryPoints: { broker: 'broker/index.ts' },
-    outdir: join(dir, 'out'),
-    bundle: true,
-    splitting: true,
-    format: 'esm',
-    platform: 'node',
-    target: 'node20',
-    banner: { js: "import { createRequire as __propellerRequire } from 'node:module'; const require = __propellerRequire(import.meta.url);" },
-    logLevel: 'warning',
-  });
-  return join(dir, 'out', 'broker.js');
 }
 
 async function startEmbedded(subs: number, conns: number, profileDir: string | undefined, plain = false, nodeFlags: string[] = [], floor = false, built?: string): Promise<{ target: Target; accounts: Accounts }> {
@@ -620,7 +600,7 @@ export async function run(argv: string[]): Promise<void> {
 
   const brokerFlags = values['broker-node-flags']!.split(' ').filter(Boolean);
   const builtDir = values.built ? mkdtempSync(join(tmpdir(), 'bench-broker-built-')) : undefined;
-  const built = builtDir ? await bundleBroker(builtDir) : undefined;
+  const built = builtDir ? await bundleLikeDist('broker/index.ts', 'broker', builtDir) : undefined;
   const { target: emb, accounts } = await startEmbedded(subs, Number(values.connects), values.profile, false, brokerFlags, false, built);
   const mos = await startMosquitto(accounts);
   const targets = [mos, emb];

@@ -6,18 +6,16 @@
 
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { build } from 'esbuild';
+import { bundleLikeDist } from '../bench/bundle-broker.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 
 test('bundled as bin/build.js bundles the command, the broker still builds lean clients, and they work', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'broker-bundle-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // the bundle reads Aedes' files at run time (their SHA-256), as dist/ does from the checkout
-  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
   const entry = join(dir, 'entry.ts');
   writeFileSync(
     entry,
@@ -37,19 +35,8 @@ sock.destroy();
 await b.close();
 `,
   );
-  await build({
-    absWorkingDir: ROOT,
-    entryPoints: [entry],
-    outdir: join(dir, 'out'),
-    bundle: true,
-    splitting: true,
-    format: 'esm',
-    platform: 'node',
-    target: 'node20',
-    banner: { js: "import { createRequire as __propellerRequire } from 'node:module'; const require = __propellerRequire(import.meta.url);" },
-    logLevel: 'warning',
-  });
-  const out = JSON.parse(execFileSync('node', [join(dir, 'out', 'entry.js')], { encoding: 'utf8' }).trim()) as Record<string, unknown>;
+  const bundle = await bundleLikeDist(entry, 'entry', dir);
+  const out = JSON.parse(execFileSync('node', [bundle], { encoding: 'utf8' }).trim()) as Record<string, unknown>;
   // the parser's plain BufferList (slimParsers in broker.ts), not bl's Duplex BufferListStream
   t.deepEqual(out, { clients: { lean: true }, connack: [0x20, 2, 0, 0], keepaliveTimer: null, connected: 1, parserList: 'BufferList' });
 });
