@@ -145,8 +145,8 @@ class Connection extends GuardState {
   will: ConnectPacket['will'] | undefined = undefined;
   /** Counted in connectedClients. */
   live = false;
-  /** performance.now() when accepted: the connect timeout runs from here. */
-  readonly since = performance.now();
+  /** When accepted, in whole ms of performance.now(), rounded up so that nothing fires early (a small integer, not a boxed double): the connect timeout runs from here. */
+  readonly since = Math.ceil(performance.now());
   /** The MQTT keepalive's limit in ms (1.5 × the CONNECT's keepalive), 0 for none; watched once authenticated (with slim clients). */
   keepalive = 0;
 
@@ -830,7 +830,7 @@ export class EmbeddedBroker {
       slimParser(client);
       if (client.conn.destroyed) return cb(null, true); // gone while verifying: Aedes drops it
       conn.live = true;
-      conn.lastRead = performance.now();
+      conn.lastRead = Math.ceil(performance.now());
       this.liveCount++;
       if (!anonymous) {
         this.addUser(id, conn);

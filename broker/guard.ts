@@ -51,7 +51,7 @@ export class GuardState {
   private failed = false;
   /** A cork of ours is on the socket until the setImmediate that lifts it. */
   private held = false;
-  /** When the stream last gave bytes (performance.now()): its owner's keepalive clock. */
+  /** When the stream last gave bytes, in whole ms of performance.now() (an integer: no boxed double per connection): its owner's keepalive clock. */
   lastRead = 0;
 
   constructor(
@@ -111,7 +111,7 @@ export class GuardState {
     if (g.failed) return null;
     const chunk = (Object.getPrototypeOf(this) as Duplex).read.call(this, n) as Buffer | string | null;
     if (chunk === null) return null;
-    g.lastRead = performance.now();
+    g.lastRead = Math.ceil(performance.now());
     const v = g.scan(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
     if (!v) return chunk;
     // Nothing of this chunk reaches Aedes: the connection is gone.
