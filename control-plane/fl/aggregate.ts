@@ -1097,9 +1097,13 @@ interface StreamSlot {
  * updates count in the order they complete, except that those completing
  * while a lead stream is open count after it (participants() gives that
  * order; docs/fl.md). A lead stream that has received nothing when another
- * update counts is no lead any more. Any other stream is copied, checked and
- * scaled (w × chunk) as it arrives, and commit() adds the sum to it (add32:
- * one more read of its slot, an add per value). At most
+ * update counts is no lead any more. Any other stream is only copied as it
+ * arrives (a chunk costs its copy and its checks of range and overlap), and
+ * commit() checks, scales and folds the slot in one pass (commit32: slot =
+ * sum + w × update, the sum only read; a NaN or ±Infinity is refused there,
+ * by its index, with the sum as it was). A pass of its own per chunk, to
+ * check or scale it while in cache, cost a fifth of such a stream's CPU;
+ * commit's pass reads the slot and the sum anyway and is bound by that. At most
  * maxInFlight updates wait (then add() and begin() are refused 'capacity'),
  * so memory stays within sum, add()'s slot and 2 × maxInFlight slots. Why not
  * fold another update first and keep the lead stream's values: that is one
@@ -1133,8 +1137,8 @@ interface StreamSlot {
  * out every honest contribution below ~1e14 (catastrophic cancellation), so an
  * aborted update could still change the result. With a slot, nothing reaches
  * the sum before commit() has seen every element. Each chunk is copied
- * straight into its slot in wasm memory and checked there as it arrives (one
- * copy), and commit() is one kernel call over the slot.
+ * straight into its slot in wasm memory as it arrives (one copy), and
+ * commit() is one kernel pass over the slot.
  */
 export class FedAvg extends BaseAggregator<StreamSlot> {
   private readonly memory: WebAssembly.Memory;
