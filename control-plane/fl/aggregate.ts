@@ -833,7 +833,7 @@ ${FOLD16}
   ;; commit32(s, d, n, w): d[i] = s[i] + w * d[i], s the sum (or, for s = 0, the first update:
   ;; d[i] = w * d[i]), d a streamed update copied in as it arrived and not yet checked: its check,
   ;; scale and fold in one pass at commit (bound by reading d and s, so the check costs next to
-  ;; nothing there, where a pass of its own over each chunk cost a fifth of the stream's time).
+  ;; nothing there, where a pass of its own over each chunk cost about a sixth of the stream's time).
   ;; Sixteen values at a time, checked before any of them is written: their lane-wise sum, then,
   ;; if that is not finite, each value's exponent (a sum of finite values can overflow). Returns n,
   ;; or the index of the first of the sixteen (in the tail: the one) holding a NaN or ±Infinity,
@@ -1102,7 +1102,7 @@ interface StreamSlot {
  * commit() checks, scales and folds the slot in one pass (commit32: slot =
  * sum + w × update, the sum only read; a NaN or ±Infinity is refused there,
  * by its index, with the sum as it was). A pass of its own per chunk, to
- * check or scale it while in cache, cost a fifth of such a stream's CPU;
+ * check or scale it while in cache, cost about a sixth of such a stream's CPU;
  * commit's pass reads the slot and the sum anyway and is bound by that. At most
  * maxInFlight updates wait (then add() and begin() are refused 'capacity'),
  * so memory stays within sum, add()'s slot and 2 × maxInFlight slots. Why not
