@@ -317,9 +317,9 @@ function bigModel(r: () => number): Model {
   return { format: MODEL_FORMAT, tensors: BIG.map(([name, shape]) => ({ name, shape, data: Float32Array.from({ length: shape[0]! }, () => r() - 0.5) })) };
 }
 
-/** Streams an update in order, in chunks of `chunk` bytes. */
-function streamInOrder(a: Aggregator, u: Update, chunk: number): void {
-  a.begin(u.participant, u.numSamples);
+/** Streams an update in order, in chunks of `chunk` bytes; `others`: begin()'s othersAtMost. */
+function streamInOrder(a: Aggregator, u: Update, chunk: number, others?: number): void {
+  a.begin(u.participant, u.numSamples, undefined, others);
   for (const [ti, x] of u.model.tensors.entries()) {
     const bytes = float32ToLE(x.data);
     for (let o = 0; o < bytes.length; o += chunk) a.addChunk(u.participant, ti, o / 4, bytes.subarray(o, o + chunk));
@@ -341,20 +341,23 @@ for (const accumulator of ACCUMULATORS) test(`${accumulator}: a big update with 
     return { ...good[2]!, model: m };
   };
   const cases: [number, number, number, RegExp][] = [
-    [0, 150_000, NaN, /tensor 'big' has NaN at index 150000/], // the middle
-    [0, 300_000, Infinity, /tensor 'big' has Infinity at index 300000/], // the last value of the last, partial block
-    [1, 2, NaN, /tensor 'tail' has NaN at index 2/], // the update's very last value
+    [0, 0, -Infinity, /tensor 'big' has -Infinity at index 0$/], // the first value
+    [0, 150_007, NaN, /tensor 'big' has NaN at index 150007$/], // the middle, inside a block of sixteen
+    [0, 300_000, Infinity, /tensor 'big' has Infinity at index 300000$/], // the last value of the last, partial block
+    [1, 2, NaN, /tensor 'tail' has NaN at index 2$/], // the update's very last value
   ];
   for (const [ti, i, v, msg] of cases) {
     const u = poisoned(ti, i, v);
     refused(t, () => a.add(u), 'non_finite', msg);
     refused(t, () => a.addEncoded(u.participant, u.numSamples, encodeModel(u.model, { checkFinite: false })), 'non_finite', msg);
-    refused(t, () => streamInOrder(a, u, 65536), 'non_finite', msg);
+    refused(t, () => streamInOrder(a, u, 65536), 'non_finite', msg); // folds as it arrives: refused by the chunk
+    // told more updates may come than could wait: copied as it arrives, checked where it is folded, at commit
+    refused(t, () => streamInOrder(a, u, 4096, 100), 'non_finite', msg);
     t.is(a.inFlight, 0);
     t.is(a.count, 2);
     t.deepEqual(bits(a.result()), before, `${v} at ${ti}:${i}`);
   }
-  streamInOrder(a, good[2]!, 65536);
+  streamInOrder(a, good[2]!, 65536, 100);
   t.deepEqual(bits(a.finish()), want(accumulator, good, bigRef));
 });
 
@@ -365,19 +368,26 @@ test('streams share slots in the kernel memory: interleaved, refused and aborted
   for (const u of [u0, u1, u2]) a.begin(u.participant, u.numSamples);
   const grown = a.memoryBytes;
   // interleaved chunks, each stream in its own slot
+  let half2 = 0;
   for (const [ti, x] of ref.tensors.entries()) {
-    for (const u of ti > 2 ? [u0, u2] : [u0, u1, u2]) {
+    for (const u of [u0, u1, u2]) {
       const bytes = float32ToLE(u.model.tensors[ti]!.data);
       const half = Math.floor(x.data.length / 2) * 4;
       a.addChunk(u.participant, ti, half / 4, bytes.subarray(half));
       if (u === u1 && ti === 2) {
-        // u1's last chunk of fc.w ends in a NaN: u1 is dropped, the others go on
+        // u1's last chunk of fc.w ends in a NaN: u1 (begun while u0 streams: it does not fold as it
+        // arrives) is checked where it is folded, at commit
         const bad = Uint8Array.from(bytes.subarray(0, half));
         new DataView(bad.buffer).setFloat32(bad.length - 4, NaN, true);
-        refused(t, () => a.addChunk(u.participant, ti, 0, bad), 'non_finite', new RegExp(`tensor 'fc\\.w' has NaN at index ${half / 4 - 1}`));
+        a.addChunk(u.participant, ti, 0, bad);
+        half2 = half;
       } else a.addChunk(u.participant, ti, 0, bytes.subarray(0, half));
     }
   }
+  t.is(a.inFlight, 3);
+  // refused whole at commit, and dropped: the others go on
+  refused(t, () => a.commit(u1.participant), 'non_finite', new RegExp(`update from ${u1.participant}: tensor 'fc\\.w' has NaN at index ${half2 / 4 - 1}$`));
+  t.false(a.has(u1.participant));
   t.is(a.inFlight, 2);
   t.true(a.abort(u2.participant));
   a.commit(u0.participant);
@@ -572,6 +582,11 @@ test('values whose sum overflows float32 are not refused: the kernel\'s cheap ch
       if (accumulator === 'float32') t.deepEqual(raw(res), Buffer.concat(flower32(us).map((x) => float32ToLE(x))), via);
     }
   }
+  // streams that do not fold as they arrive (othersAtMost): checked, scaled and folded at commit
+  const c = new FedAvg(ref);
+  for (const u of us) streamInOrder(c, u, 64, 100);
+  t.is(c.count, 2);
+  t.deepEqual(raw(c.finish()), Buffer.concat(flower32(us).map((x) => float32ToLE(x))));
   // a plain stream (not the folding one) and one waiting behind it
   const b = new FedAvg(ref);
   b.begin(us[0]!.participant, 1);
@@ -993,8 +1008,9 @@ test('float32 (the default) is bit-identical to Flower\'s aggregate() in numpy: 
   const order = lead.participants();
   t.deepEqual(order, [x, ...rest].map((u) => u.participant));
   t.true(raw(lead.finish()).equals(flowerNumpy(order.map((p) => us.find((u) => u.participant === p)!))), 'a folding stream overtaken');
-  // streams told that more updates may come than could wait (othersAtMost): each is scaled as it
-  // arrives and added to the sum at commit, in commit order; interleaved, the first update among them
+  // streams told that more updates may come than could wait (othersAtMost): each is copied as it
+  // arrives, then checked, scaled and added to the sum at commit, in commit order; interleaved, the
+  // first update among them
   const others = new FedAvg(ref, { maxSamples: 2e9, maxInFlight: 3 });
   const few = us.slice(0, 12);
   for (let i = 0; i < few.length; i += 3) {

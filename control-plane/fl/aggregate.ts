@@ -221,10 +221,14 @@ export interface Aggregator {
   /**
    * Little-endian float32 values of tensor `tensorIndex` from element `offset`
    * (bytes.length a multiple of 4, any alignment). Chunks may come in any
-   * order but not overlap. A bad chunk aborts the whole stream (UpdateError).
+   * order but not overlap. A chunk that does not fit (tensor, range, overlap,
+   * length) aborts the whole stream (UpdateError). A NaN or ±Infinity aborts
+   * it here or at commit(), wherever the values are checked: fedavg's
+   * float32 streams that do not fold as they arrive are checked at commit, in
+   * the pass that folds them (see FedAvg); the others chunk by chunk.
    */
   addChunk(participant: string, tensorIndex: number, offset: number, bytes: Uint8Array): void;
-  /** The update counts from here if every element arrived; else it is aborted (UpdateError 'shape'). */
+  /** The update counts from here if every element arrived and (if not checked yet) is finite; else it is aborted (UpdateError 'shape', 'non_finite'). */
   commit(participant: string): void;
   /** Drops a streamed update; true if there was one. */
   abort(participant: string): boolean;
@@ -489,18 +493,13 @@ abstract class BaseAggregator<S> implements Aggregator {
       if (!Number.isInteger(tensorIndex) || tensorIndex < 0 || tensorIndex >= this.sizes.length) {
         throw new UpdateError('shape', `update from ${p}: no tensor #${tensorIndex} (the round's model has ${this.sizes.length})`, p);
       }
-      const name = this.reference.tensors[tensorIndex]!.name;
       const size = this.sizes[tensorIndex]!;
-      if (!(bytes instanceof Uint8Array)) throw new UpdateError('invalid', `update from ${p}: tensor '${name}': a chunk must be bytes`, p, name);
-      if (bytes.length % 4 !== 0) throw new UpdateError('shape', `update from ${p}: tensor '${name}': a chunk of ${bytes.length} bytes is not whole float32 values`, p, name);
+      if (!(bytes instanceof Uint8Array)) throw this.chunkError('invalid', p, tensorIndex, 'a chunk must be bytes');
+      if (bytes.length % 4 !== 0) throw this.chunkError('shape', p, tensorIndex, `a chunk of ${bytes.length} bytes is not whole float32 values`);
       const n = bytes.length / 4;
-      if (!Number.isSafeInteger(offset) || offset < 0 || offset + n > size) {
-        throw new UpdateError('shape', `update from ${p}: tensor '${name}': elements [${offset}, ${offset + n}) are outside its ${size}`, p, name);
-      }
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset + n > size) throw this.chunkError('shape', p, tensorIndex, `elements [${offset}, ${offset + n}) are outside its ${size}`);
       if (n === 0) return;
-      if (!insertRange(s.ranges[tensorIndex]!, offset, offset + n)) {
-        throw new UpdateError('shape', `update from ${p}: tensor '${name}': elements [${offset}, ${offset + n}) overlap elements already received`, p, name);
-      }
+      if (!insertRange(s.ranges[tensorIndex]!, offset, offset + n)) throw this.chunkError('shape', p, tensorIndex, `elements [${offset}, ${offset + n}) overlap elements already received`);
       const pos = this.offsets[tensorIndex]! + offset;
       const bad = this.writeSlot(s.slot, pos, bytes);
       if (bad >= 0) throw this.nonFinite(p, bad, readFloat32LE(bytes, bad - pos));
@@ -509,6 +508,12 @@ abstract class BaseAggregator<S> implements Aggregator {
       this.drop(s);
       throw e;
     }
+  }
+
+  /** A chunk refused (its tensor's name looked up only then: a good chunk pays nothing for it). */
+  private chunkError(reason: UpdateErrorReason, p: string, t: number, what: string): UpdateError {
+    const name = this.reference.tensors[t]!.name;
+    return new UpdateError(reason, `update from ${p}: tensor '${name}': ${what}`, p, name);
   }
 
   commit(participant: string): void {
@@ -521,7 +526,13 @@ abstract class BaseAggregator<S> implements Aggregator {
       throw new UpdateError('shape', `update from ${s.participant} is incomplete: tensor '${name}' has ${got} of ${this.sizes[i]} elements (${s.received} of ${this.params} in all)`, s.participant, name);
     }
     this.streams.delete(s.participant);
-    const behind = this.commitSlot(s.slot, s.numSamples);
+    let behind: number;
+    try {
+      behind = this.commitSlot(s.slot, s.numSamples);
+    } catch (e) {
+      this.releaseSlot(s.slot); // a value checked at commit (FedAvg) is NaN or ±Infinity: nothing of it counts
+      throw e;
+    }
     this.record(s.participant, s.numSamples, s.metrics, behind);
   }
 
@@ -612,6 +623,27 @@ function insertRange(list: number[], s: number, e: number): boolean {
 }
 
 // ---------------------------------------------------------------- FedAvg
+
+/** fold32's and commit32's fold of sixteen values: d = s + w × x, from the four vectors loaded. */
+const FOLD16 = String.raw`        (v128.store offset=0 (local.get $d) (f32x4.add (v128.load offset=0 (local.get $s)) (f32x4.mul (local.get $x0) (local.get $wv))))
+        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $x1) (local.get $wv))))
+        (v128.store offset=32 (local.get $d) (f32x4.add (v128.load offset=32 (local.get $s)) (f32x4.mul (local.get $x2) (local.get $wv))))
+        (v128.store offset=48 (local.get $d) (f32x4.add (v128.load offset=48 (local.get $s)) (f32x4.mul (local.get $x3) (local.get $wv))))`;
+
+/**
+ * commit32's loop head (in both of its loops): sixteen values loaded and checked, leaving the
+ * loop ($done) at the end or at a NaN or ±Infinity before anything of them is written.
+ */
+const COMMIT32_CHECK = String.raw`            (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+            (local.set $x0 (v128.load offset=0 (local.get $d)))
+            (local.set $x1 (v128.load offset=16 (local.get $d)))
+            (local.set $x2 (v128.load offset=32 (local.get $d)))
+            (local.set $x3 (v128.load offset=48 (local.get $d)))
+            (local.set $t (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3))))
+            (if (v128.any_true (i32x4.eq (v128.and (local.get $t) (local.get $m)) (local.get $m)))
+              (then (br_if $done (v128.any_true (v128.or
+                (v128.or (i32x4.eq (v128.and (local.get $x0) (local.get $m)) (local.get $m)) (i32x4.eq (v128.and (local.get $x1) (local.get $m)) (local.get $m)))
+                (v128.or (i32x4.eq (v128.and (local.get $x2) (local.get $m)) (local.get $m)) (i32x4.eq (v128.and (local.get $x3) (local.get $m)) (local.get $m))))))))`;
 
 /**
  * The FedAvg kernel, in WebAssembly SIMD. Plain JavaScript folds a float32
@@ -759,10 +791,7 @@ export const FOLD_KERNEL_WAT = String.raw`(module
         (local.set $x3 (v128.load offset=48 (local.get $d)))
         (local.set $acc (f32x4.add (local.get $acc)
           (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3)))))
-        (v128.store offset=0 (local.get $d) (f32x4.add (v128.load offset=0 (local.get $s)) (f32x4.mul (local.get $x0) (local.get $wv))))
-        (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $x1) (local.get $wv))))
-        (v128.store offset=32 (local.get $d) (f32x4.add (v128.load offset=32 (local.get $s)) (f32x4.mul (local.get $x2) (local.get $wv))))
-        (v128.store offset=48 (local.get $d) (f32x4.add (v128.load offset=48 (local.get $s)) (f32x4.mul (local.get $x3) (local.get $wv))))
+${FOLD16}
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (local.set $s (i32.add (local.get $s) (i32.const 64)))
         (br $next)))
@@ -778,8 +807,8 @@ export const FOLD_KERNEL_WAT = String.raw`(module
         (br $next)))
     (call $infinite (local.get $acc)))
   ;; add32(s, d, n): d[i] = s[i] + d[i], s the sum, d an update already checked and scaled by
-  ;; scale32 (a streamed update, copied and scaled as it arrived): the fold of fold32 with its
-  ;; multiply and its check done earlier, while each chunk was in cache.
+  ;; scale32 (one that waited behind a stream folding as it arrived): the fold of fold32 with its
+  ;; multiply and its check done earlier, while each piece was in cache.
   (func (export "add32") (param $s i32) (param $d i32) (param $n i32)
     (local $end i32)
     (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -16)) (i32.const 2))))
@@ -801,6 +830,56 @@ export const FOLD_KERNEL_WAT = String.raw`(module
         (local.set $d (i32.add (local.get $d) (i32.const 4)))
         (local.set $s (i32.add (local.get $s) (i32.const 4)))
         (br $next))))
+  ;; commit32(s, d, n, w): d[i] = s[i] + w * d[i], s the sum (or, for s = 0, the first update:
+  ;; d[i] = w * d[i]), d a streamed update copied in as it arrived and not yet checked: its check,
+  ;; scale and fold in one pass at commit (bound by reading d and s, so the check costs next to
+  ;; nothing there, where a pass of its own over each chunk cost about a sixth of the stream's time).
+  ;; Sixteen values at a time, checked before any of them is written: their lane-wise sum, then,
+  ;; if that is not finite, each value's exponent (a sum of finite values can overflow). Returns n,
+  ;; or the index of the first of the sixteen (in the tail: the one) holding a NaN or ±Infinity,
+  ;; with nothing written from there on: the values still there tell which one.
+  (func (export "commit32") (param $s i32) (param $d i32) (param $n i32) (param $w f32) (result i32)
+    (local $start i32) (local $end i32) (local $wv v128) (local $m v128) (local $t v128)
+    (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128) (local $x f32)
+    (local.set $start (local.get $d))
+    (local.set $wv (f32x4.splat (local.get $w)))
+    (local.set $m (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
+    (local.set $end (i32.add (local.get $d) (i32.shl (i32.and (local.get $n) (i32.const -16)) (i32.const 2))))
+    (if (i32.eqz (local.get $s))
+      (then
+        (block $done
+          (loop $next
+${COMMIT32_CHECK}
+            (v128.store offset=0 (local.get $d) (f32x4.mul (local.get $x0) (local.get $wv)))
+            (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $x1) (local.get $wv)))
+            (v128.store offset=32 (local.get $d) (f32x4.mul (local.get $x2) (local.get $wv)))
+            (v128.store offset=48 (local.get $d) (f32x4.mul (local.get $x3) (local.get $wv)))
+            (local.set $d (i32.add (local.get $d) (i32.const 64)))
+            (br $next))))
+      (else
+        (block $done
+          (loop $next
+${COMMIT32_CHECK}
+${FOLD16}
+            (local.set $s (i32.add (local.get $s) (i32.const 64)))
+            (local.set $d (i32.add (local.get $d) (i32.const 64)))
+            (br $next)))))
+    (if (i32.lt_u (local.get $d) (local.get $end))
+      (then (return (i32.shr_u (i32.sub (local.get $d) (local.get $start)) (i32.const 2)))))
+    (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 15)) (i32.const 2))))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+        (local.set $x (f32.load (local.get $d)))
+        (br_if $done (i32.eq (i32.and (i32.reinterpret_f32 (local.get $x)) (i32.const 0x7f800000)) (i32.const 0x7f800000)))
+        (if (i32.eqz (local.get $s))
+          (then (f32.store (local.get $d) (f32.mul (local.get $x) (local.get $w))))
+          (else
+            (f32.store (local.get $d) (f32.add (f32.load (local.get $s)) (f32.mul (local.get $x) (local.get $w))))
+            (local.set $s (i32.add (local.get $s) (i32.const 4)))))
+        (local.set $d (i32.add (local.get $d) (i32.const 4)))
+        (br $next)))
+    (i32.shr_u (i32.sub (local.get $d) (local.get $start)) (i32.const 2)))
   ;; divide32(s, n, t): sum[i] = sum[i] / t in place, float32.
   (func (export "divide32") (param $s i32) (param $n i32) (param $t f32)
     (local $end i32) (local $tv v128)
@@ -822,7 +901,7 @@ export const FOLD_KERNEL_WAT = String.raw`(module
 `;
 
 /** FOLD_KERNEL_WAT compiled (base64). */
-export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABNAhgAn9/AX9gAXsBf2AEf39/fABgA39/fABgA39/fQF/YAR/f399AX9gA39/fwBgA39/fQACDwEDZW52Bm1lbW9yeQIAAQMJCAABAgMEBQYHB0MHCW5vbmZpbml0ZQAABGZvbGQAAgZkaXZpZGUAAwdzY2FsZTMyAAQGZm9sZDMyAAUFYWRkMzIABghkaXZpZGUzMgAHCo8KCIYBAgF/AXsgACABQXBxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAA/QAEEP3kASAA/QAEICAA/QAEMP3kAf3kAf3kASEDIABBwABqIQAMAAsLIAIgAUEPcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgD95AEhAyAAQQRqIQAMAAsLIAMQAQsuACAA/QwAAIB/AACAfwAAgH8AAIB//U79DAAAgH8AAIB/AACAfwAAgH/9N/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwvhAQIBfwZ7IAL9EyEEIAAgAUFwcUECdGohAwJAA0AgACADTw0BIAD9AAQAIQYgAP0ABBAhByAA/QAEICEIIAD9AAQwIQkgBSAGIAf95AEgCCAJ/eQB/eQB/eQBIQUgACAGIAT95gH9CwQAIAAgByAE/eYB/QsEECAAIAggBP3mAf0LBCAgACAJIAT95gH9CwQwIABBwABqIQAMAAsLIAMgAUEPcUECdGohAwJAA0AgACADTw0BIAD9XAIAIQYgBSAG/eQBIQUgACAG/R8AIAKUOAIAIABBBGohAAwACwsgBRABC5oCAgF/BnsgA/0TIQUgASACQXBxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhByAB/QAEECEIIAH9AAQgIQkgAf0ABDAhCiAGIAcgCP3kASAJIAr95AH95AH95AEhBiABIAD9AAQAIAcgBf3mAf3kAf0LBAAgASAA/QAEECAIIAX95gH95AH9CwQQIAEgAP0ABCAgCSAF/eYB/eQB/QsEICABIAD9AAQwIAogBf3mAf3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyAEIAJBD3FBAnRqIQQCQANAIAEgBE8NASAB/VwCACEHIAYgB/3kASEGIAEgACoCACAH/R8AIAOUkjgCACABQQRqIQEgAEEEaiEADAALCyAGEAELvgEBAX8gASACQXBxQQJ0aiEDAkADQCABIANPDQEgASAA/QAEACAB/QAEAP3kAf0LBAAgASAA/QAEECAB/QAEEP3kAf0LBBAgASAA/QAEICAB/QAEIP3kAf0LBCAgASAA/QAEMCAB/QAEMP3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyADIAJBD3FBAnRqIQMCQANAIAEgA08NASABIAAqAgAgASoCAJI4AgAgAUEEaiEBIABBBGohAAwACwsLcAIBfwF7IAL9EyEEIAAgAUF8cUECdGohAwJAA0AgACADTw0BIAAgAP0ABAAgBP3nAf0LBAAgAEEQaiEADAALCyADIAFBA3FBAnRqIQMCQANAIAAgA08NASAAIAAqAgAgApU4AgAgAEEEaiEADAALCws=';
+export const FOLD_KERNEL_WASM = 'AGFzbQEAAAABNAhgAn9/AX9gAXsBf2AEf39/fABgA39/fABgA39/fQF/YAR/f399AX9gA39/fwBgA39/fQACDwEDZW52Bm1lbW9yeQIAAQMKCQABAgMEBQYFBwdOCAlub25maW5pdGUAAARmb2xkAAIGZGl2aWRlAAMHc2NhbGUzMgAEBmZvbGQzMgAFBWFkZDMyAAYIY29tbWl0MzIABwhkaXZpZGUzMgAICvMOCYYBAgF/AXsgACABQXBxQQJ0aiECAkADQCAAIAJPDQEgAyAA/QAEACAA/QAEEP3kASAA/QAEICAA/QAEMP3kAf3kAf3kASEDIABBwABqIQAMAAsLIAIgAUEPcUECdGohAgJAA0AgACACTw0BIAMgAP1cAgD95AEhAyAAQQRqIQAMAAsLIAMQAQsuACAA/QwAAIB/AACAfwAAgH8AAIB//U79DAAAgH8AAIB/AACAfwAAgH/9N/1TC8ABAgF/AnsgA/0UIQUgASACQXxxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhBiAAIAD9AAQAIAb9XyAF/fIB/fAB/QsEACAAIAD9AAQQIAYgBv0NCAkKCwwNDg8AAQIDBAUGB/1fIAX98gH98AH9CwQQIAFBEGohASAAQSBqIQAMAAsLIAQgAkEDcUECdGohBAJAA0AgASAETw0BIAAgACsDACABKgIAuyADoqA5AwAgAUEEaiEBIABBCGohAAwACwsLZAICfwF7IAL9FCEFIAAhAyAAIAFBfnFBA3RqIQQCQANAIAAgBE8NASADIAD9AAQAIAX98wH9Xv1bAwAAIABBEGohACADQQhqIQMMAAsLIAFBAXEEQCADIAArAwAgAqO2OAIACwvhAQIBfwZ7IAL9EyEEIAAgAUFwcUECdGohAwJAA0AgACADTw0BIAD9AAQAIQYgAP0ABBAhByAA/QAEICEIIAD9AAQwIQkgBSAGIAf95AEgCCAJ/eQB/eQB/eQBIQUgACAGIAT95gH9CwQAIAAgByAE/eYB/QsEECAAIAggBP3mAf0LBCAgACAJIAT95gH9CwQwIABBwABqIQAMAAsLIAMgAUEPcUECdGohAwJAA0AgACADTw0BIAD9XAIAIQYgBSAG/eQBIQUgACAG/R8AIAKUOAIAIABBBGohAAwACwsgBRABC5oCAgF/BnsgA/0TIQUgASACQXBxQQJ0aiEEAkADQCABIARPDQEgAf0ABAAhByAB/QAEECEIIAH9AAQgIQkgAf0ABDAhCiAGIAcgCP3kASAJIAr95AH95AH95AEhBiABIAD9AAQAIAcgBf3mAf3kAf0LBAAgASAA/QAEECAIIAX95gH95AH9CwQQIAEgAP0ABCAgCSAF/eYB/eQB/QsEICABIAD9AAQwIAogBf3mAf3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyAEIAJBD3FBAnRqIQQCQANAIAEgBE8NASAB/VwCACEHIAYgB/3kASEGIAEgACoCACAH/R8AIAOUkjgCACABQQRqIQEgAEEEaiEADAALCyAGEAELvgEBAX8gASACQXBxQQJ0aiEDAkADQCABIANPDQEgASAA/QAEACAB/QAEAP3kAf0LBAAgASAA/QAEECAB/QAEEP3kAf0LBBAgASAA/QAEICAB/QAEIP3kAf0LBCAgASAA/QAEMCAB/QAEMP3kAf0LBDAgAUHAAGohASAAQcAAaiEADAALCyADIAJBD3FBAnRqIQMCQANAIAEgA08NASABIAAqAgAgASoCAJI4AgAgAUEEaiEBIABBBGohAAwACwsL4gQDAn8HewF9IAEhBCAD/RMhBv0MAACAfwAAgH8AAIB/AACAfyEHIAEgAkFwcUECdGohBSAARQRAAkADQCABIAVPDQEgAf0ABAAhCSAB/QAEECEKIAH9AAQgIQsgAf0ABDAhDCAJIAr95AEgCyAM/eQB/eQBIQggCCAH/U4gB/03/VMEQCAJIAf9TiAH/TcgCiAH/U4gB/03/VAgCyAH/U4gB/03IAwgB/1OIAf9N/1Q/VD9Uw0CCyABIAkgBv3mAf0LBAAgASAKIAb95gH9CwQQIAEgCyAG/eYB/QsEICABIAwgBv3mAf0LBDAgAUHAAGohAQwACwsFAkADQCABIAVPDQEgAf0ABAAhCSAB/QAEECEKIAH9AAQgIQsgAf0ABDAhDCAJIAr95AEgCyAM/eQB/eQBIQggCCAH/U4gB/03/VMEQCAJIAf9TiAH/TcgCiAH/U4gB/03/VAgCyAH/U4gB/03IAwgB/1OIAf9N/1Q/VD9Uw0CCyABIAD9AAQAIAkgBv3mAf3kAf0LBAAgASAA/QAEECAKIAb95gH95AH9CwQQIAEgAP0ABCAgCyAG/eYB/eQB/QsEICABIAD9AAQwIAwgBv3mAf3kAf0LBDAgAEHAAGohACABQcAAaiEBDAALCwsgASAFSQRAIAEgBGtBAnYPCyAFIAJBD3FBAnRqIQUCQANAIAEgBU8NASABKgIAIQ0gDbxBgICA/AdxQYCAgPwHRg0BIABFBEAgASANIAOUOAIABSABIAAqAgAgDSADlJI4AgAgAEEEaiEACyABQQRqIQEMAAsLIAEgBGtBAnYLcAIBfwF7IAL9EyEEIAAgAUF8cUECdGohAwJAA0AgACADTw0BIAAgAP0ABAAgBP3nAf0LBAAgAEEQaiEADAALCyADIAFBA3FBAnRqIQMCQANAIAAgA08NASAAIAAqAgAgApU4AgAgAEEEaiEADAALCws=';
 
 interface KernelExports {
   nonfinite(p: number, n: number): number;
@@ -831,6 +910,7 @@ interface KernelExports {
   scale32(d: number, n: number, w: number): number;
   fold32(s: number, d: number, n: number, w: number): number;
   add32(s: number, d: number, n: number): void;
+  commit32(s: number, d: number, n: number, w: number): number;
   divide32(s: number, n: number, t: number): void;
 }
 
@@ -849,7 +929,7 @@ class Kernel implements KernelExports {
     kernelModule ??= new WebAssembly.Module(Buffer.from(FOLD_KERNEL_WASM, 'base64'));
     const e = new WebAssembly.Instance(kernelModule, { env: { memory } }).exports as unknown as KernelExports;
     // one shape for every instance
-    this.x = { nonfinite: e.nonfinite, fold: e.fold, divide: e.divide, scale32: e.scale32, fold32: e.fold32, add32: e.add32, divide32: e.divide32 };
+    this.x = { nonfinite: e.nonfinite, fold: e.fold, divide: e.divide, scale32: e.scale32, fold32: e.fold32, add32: e.add32, commit32: e.commit32, divide32: e.divide32 };
   }
   nonfinite(p: number, n: number): number {
     return this.x.nonfinite(p, n);
@@ -869,6 +949,9 @@ class Kernel implements KernelExports {
   add32(s: number, d: number, n: number): void {
     this.x.add32(s, d, n);
   }
+  commit32(s: number, d: number, n: number, w: number): number {
+    return this.x.commit32(s, d, n, w);
+  }
   divide32(s: number, n: number, t: number): void {
     this.x.divide32(s, n, t);
   }
@@ -883,6 +966,7 @@ class Kernel implements KernelExports {
       k.scale32(0, 0, 1);
       k.fold32(0, 0, 0, 1);
       k.add32(0, 0, 0);
+      k.commit32(0, 0, 0, 1);
       k.divide32(0, 0, 1);
     }
   }
@@ -1013,9 +1097,13 @@ interface StreamSlot {
  * updates count in the order they complete, except that those completing
  * while a lead stream is open count after it (participants() gives that
  * order; docs/fl.md). A lead stream that has received nothing when another
- * update counts is no lead any more. Any other stream is copied, checked and
- * scaled (w × chunk) as it arrives, and commit() adds the sum to it (add32:
- * one more read of its slot, an add per value). At most
+ * update counts is no lead any more. Any other stream is only copied as it
+ * arrives (a chunk costs its copy and its checks of range and overlap), and
+ * commit() checks, scales and folds the slot in one pass (commit32: slot =
+ * sum + w × update, the sum only read; a NaN or ±Infinity is refused there,
+ * by its index, with the sum as it was). A pass of its own per chunk, to
+ * check or scale it while in cache, cost about a sixth of such a stream's CPU;
+ * commit's pass reads the slot and the sum anyway and is bound by that. At most
  * maxInFlight updates wait (then add() and begin() are refused 'capacity'),
  * so memory stays within sum, add()'s slot and 2 × maxInFlight slots. Why not
  * fold another update first and keep the lead stream's values: that is one
@@ -1049,8 +1137,8 @@ interface StreamSlot {
  * out every honest contribution below ~1e14 (catastrophic cancellation), so an
  * aborted update could still change the result. With a slot, nothing reaches
  * the sum before commit() has seen every element. Each chunk is copied
- * straight into its slot in wasm memory and checked there as it arrives (one
- * copy), and commit() is one kernel call over the slot.
+ * straight into its slot in wasm memory as it arrives (one copy), and
+ * commit() is one kernel pass over the slot.
  */
 export class FedAvg extends BaseAggregator<StreamSlot> {
   private readonly memory: WebAssembly.Memory;
@@ -1217,8 +1305,8 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
   }
 
   /**
-   * float32: a slot of checked, scaled values (w × update: a stream's, scaled
-   * as it arrived, or an update that waited) becomes the new sum, sum + slot,
+   * float32: a slot of checked, scaled values (w × update: an update that
+   * waited behind the lead stream) becomes the new sum, sum + slot,
    * a piece at a time from the end (the chunks that came last are the
    * likeliest still in cache); the first update's is the sum as it is.
    */
@@ -1294,37 +1382,71 @@ export class FedAvg extends BaseAggregator<StreamSlot> {
   protected writeSlot(s: StreamSlot, pos: number, bytes: Uint8Array): number {
     const d = s.at + pos * 4;
     this.u8.set(bytes, d);
-    const n = bytes.length >>> 2;
     s.received = true;
+    // float32, any stream but the lead: only copied; commit() checks, scales and folds it in one pass (commit32)
+    if (!this.wide && this.lead !== s) return -1;
+    const n = bytes.length >>> 2;
     let maybe: number;
     // the lead stream's chunk becomes sum + weight × chunk while in cache; the sum is only read
     if (this.wide) maybe = this.k.nonfinite(d, n);
-    else if (this.lead === s && this.sumSlot >= 0) maybe = this.k.fold32(this.slotAt(this.sumSlot) + pos * 4, d, n, s.weight);
-    // float32, any other stream: w × chunk while in cache; commit() adds the sum (add32)
-    else maybe = this.k.scale32(d, n, s.weight);
+    else if (this.sumSlot >= 0) maybe = this.k.fold32(this.slotAt(this.sumSlot) + pos * 4, d, n, s.weight);
+    else maybe = this.k.scale32(d, n, s.weight); // the lead stream, the first update: w × chunk
     if (!maybe) return -1;
     const i = firstNonFiniteLE(bytes); // the kernel's verdict may be a false alarm
     return i < 0 ? -1 : pos + i;
   }
 
   protected commitSlot(s: StreamSlot, weight: number): number {
-    s.open = false; // the slot is the sum now, or waits to be folded into it
     if (this.wide) {
+      s.open = false;
       this.k.fold(SUM_AT, s.at, this.params, weight);
       this.freeSlots.push(s.slot);
       return 0;
     }
     if (this.lead === s) {
       // every chunk is folded already: the slot is the new sum; then those that waited
+      s.open = false;
       this.lead = undefined;
       this.adopt(s.slot);
       const behind = this.waiting.length;
       this.drain();
       return behind;
     }
-    if (this.ahead()) this.waiting.push(s.slot);
-    else this.foldSlot(s.slot);
+    this.checkAndFold(s);
+    s.open = false; // the slot is the sum now, or waits to be folded into it
     return 0;
+  }
+
+  /**
+   * float32, at commit of a stream that did not fold as it arrived: its slot,
+   * copied in chunk by chunk and nothing more, checked, scaled and folded in
+   * one pass (commit32: slot = sum + w × update, or w × update for the first
+   * update or one that waits behind the lead stream), a piece at a time from
+   * the end (the chunks that came last are the likeliest still in cache). A
+   * NaN or ±Infinity throws UpdateError 'non_finite' (the caller drops the
+   * stream): only the slot was written, the sum is as it was.
+   */
+  private checkAndFold(s: StreamSlot): void {
+    const wait = this.lead?.received === true;
+    const sum = wait || this.sumSlot < 0 ? 0 : this.slotAt(this.sumSlot); // 0: no sum to add (the staging area is never one)
+    const step = PIECE / 4;
+    for (let end = this.params; end > 0; end -= step) {
+      const start = Math.max(0, end - step);
+      const n = end - start;
+      const d = s.at + start * 4;
+      const done = this.k.commit32(sum && sum + start * 4, d, n, s.weight);
+      if (done < n) {
+        // the values from there on are as they came
+        const rest = this.u8.subarray(d + done * 4, d + n * 4);
+        const i = firstNonFiniteLE(rest);
+        throw this.nonFinite(s.participant, start + done + i, readFloat32LE(rest, i));
+      }
+    }
+    if (wait) this.waiting.push(s.slot);
+    else {
+      this.lead = undefined; // a lead stream that has received nothing is no lead any more (see ahead())
+      this.adopt(s.slot);
+    }
   }
 
   protected releaseSlot(s: StreamSlot): void {
