@@ -23,6 +23,8 @@
 // Goals (issue 16): QoS 0 ≥ 0.8× Mosquitto's rate, QoS 1 ≥ 1.0×, fan-out
 // ≥ 0.7×, connects ≤ 1.2× Mosquitto's time and ≤ 4 KiB per connection.
 //
+// --keepalive S: the clients' MQTT keepalive (default 60 s, as devices use).
+//
 // --built runs the embedded broker bundled as bin/build.js bundles the
 // command (dist/: Aedes inside the bundle), instead of from its sources.
 //
@@ -444,7 +446,14 @@ async function flow(t: Target, acc: Accounts, subs: number, n: number, qos: 0 | 
   return { secs, cpu: u1.cpu - u0.cpu, deliveries: want };
 }
 
-/** A minimal MQTT 3.1.1 CONNECT (clean session, keepalive 600 s, username and password). */
+/**
+ * The clients' MQTT keepalive, in s (--keepalive): 60 by default, mqtt.js's default and what device
+ * stacks use (the MCU proplet: 30). Until 2026-12-07 10:20 UTC the bench used 600 s, which since
+ * round 7 also has the embedded broker set TCP keepalive on each socket (broker/README.md).
+ */
+let keepaliveSec = 60;
+
+/** A minimal MQTT 3.1.1 CONNECT (clean session, keepalive --keepalive, username and password). */
 function connectPacket(clientId: string, username: string, password: string): Buffer {
   const str = (s: string): Buffer => {
     const b = Buffer.from(s, 'utf8');
@@ -453,7 +462,7 @@ function connectPacket(clientId: string, username: string, password: string): Bu
     b.copy(out, 2);
     return out;
   };
-  const body = Buffer.concat([str('MQTT'), Buffer.from([4, 0xc2, 0x02, 0x58]), str(clientId), str(username), str(password)]);
+  const body = Buffer.concat([str('MQTT'), Buffer.from([4, 0xc2, keepaliveSec >> 8, keepaliveSec & 0xff]), str(clientId), str(username), str(password)]);
   return Buffer.concat([Buffer.from([0x10, ...varint(body.length)]), body]);
 }
 
@@ -579,8 +588,11 @@ export async function run(argv: string[]): Promise<void> {
       'heap-snapshot': { type: 'string' },
       built: { type: 'boolean', default: false },
       'built-module': { type: 'string' },
+      keepalive: { type: 'string', default: '60' },
     },
   });
+  keepaliveSec = Number(values.keepalive);
+  if (!Number.isInteger(keepaliveSec) || keepaliveSec < 0 || keepaliveSec > 65535) throw new Error(`--keepalive takes whole seconds 0-65535, got ${values.keepalive}`);
   const only = new Set(values.only!.split(','));
   for (const o of only) if (!['connects', 'qos0', 'qos1', 'fanout'].includes(o)) throw new Error(`--only takes connects, qos0, qos1, fanout; got ${o}`);
   const subs = Number(values.subs);
