@@ -1,12 +1,13 @@
 // The broker bundled as bin/build.js bundles the command (dist/: Aedes and its
 // dependencies inside the bundle), into a directory of its own: for
 // `bench broker --built` and test/broker-bundle.test.ts, which must not touch
-// dist/ (other runs may be using it). The esbuild options are bin/build.js's.
+// dist/ (other runs may be using it). The esbuild options are bin/build.js's (bin/bundle-options.js).
 
 import { symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { BUNDLE_OPTIONS } from '../bin/bundle-options.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -18,13 +19,7 @@ export async function bundleLikeDist(entry: string, name: string, dir: string): 
     absWorkingDir: ROOT,
     entryPoints: { [name]: entry },
     outdir: join(dir, 'out'),
-    bundle: true,
-    splitting: true,
-    format: 'esm',
-    platform: 'node',
-    target: 'node20',
-    banner: { js: "import { createRequire as __propellerRequire } from 'node:module'; const require = __propellerRequire(import.meta.url);" },
-    logLevel: 'warning',
+    ...BUNDLE_OPTIONS,
   });
   return join(dir, 'out', `${name}.js`);
 }

@@ -22,6 +22,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { BUNDLE_OPTIONS } from './bundle-options.js';
 import { DIST, INPUTS, ROOT, STAMP, distState } from './dist-state.js';
 
 if (process.argv.includes('--if-stale') && distState() === 'fresh') process.exit(0);
@@ -41,16 +42,8 @@ const result = await esbuild.build({
   absWorkingDir: ROOT,
   entryPoints: { main: 'cli/main.ts', 'wasm-worker': 'wasm-runtime/wasm-worker.js' },
   outdir: DIST,
-  bundle: true,
-  splitting: true,
-  format: 'esm',
-  platform: 'node',
-  target: 'node20',
-  external: ['better-sqlite3', 'cbor-extract', '@kubernetes/client-node', 'pg', 'tsx'],
-  // bundled CommonJS packages call require() for Node's own modules
-  banner: { js: "import { createRequire as __propellerRequire } from 'node:module'; const require = __propellerRequire(import.meta.url);" },
+  ...BUNDLE_OPTIONS,
   metafile: true,
-  logLevel: 'warning',
 }).catch(() => process.exit(1));
 // our sources in the bundle, for dist-state.js to compare against
 const inputs = Object.keys(result.metafile.inputs).filter((f) => !f.includes('node_modules/')).sort();
