@@ -9,16 +9,16 @@ import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
 import { McuProplet } from '../proplet-mcu/device.ts';
-import { decode, encode, type Encoding, type Result, type Start } from '../protocol/index.ts';
+import { encode, type Encoding, type Result, type Start } from '../protocol/index.ts';
 import { topic } from '../topics/index.ts';
 import { TRUNCATED_MARKER } from '../wasm-runtime/index.ts';
-import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+import { scope, startStack, until, watchResults, type Stack } from './helpers/stack.ts';
 
 const MCU = '0b5f7c1e-8a2d-4c3b-9e6f-1a2b3c4d5e6f';
 let s: Stack;
 let manager: MqttClient;
 let mcu: McuProplet;
-const results: Result[] = [];
+let results: Result[] = [];
 const wasm = (name: string) => readFileSync(join(EXAMPLES_BUILD_DIR, `${name}.wasm`));
 
 test.before(async () => {
@@ -30,11 +30,7 @@ test.before(async () => {
   await mcu.start();
   await until(() => s.cp.registry.get(MCU)?.state === 'alive', 'MCU registered');
   // the control plane's role: it may publish starts on any proplet's topic and read results
-  manager = await s.client('limits-test-manager', 'manager');
-  manager.on('message', (t, payload) => {
-    if (t.startsWith(topic(scope, 'proplet.results'))) results.push(decode('proplet.results', payload).msg);
-  });
-  await manager.subscribeAsync(`${topic(scope, 'proplet.results')}/#`, { qos: 1 });
+  ({ client: manager, results } = await watchResults(s, 'limits-test-manager'));
 });
 test.after.always(async () => {
   await mcu?.close();

@@ -7,26 +7,19 @@
 import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { MqttClient } from 'mqtt';
 import { buildExamples, EXAMPLES_BUILD_DIR } from '../examples/build.ts';
-import { decode, type Result } from '../protocol/index.ts';
-import { topic } from '../topics/index.ts';
-import { scope, startStack, until, type Stack } from './helpers/stack.ts';
+import type { Result } from '../protocol/index.ts';
+import { startStack, until, watchResults, type Stack } from './helpers/stack.ts';
 
 let s: Stack;
-let manager: MqttClient;
-const results: Result[] = [];
+let results: Result[] = [];
 const wasm = (name: string) => readFileSync(join(EXAMPLES_BUILD_DIR, `${name}.wasm`));
 
 test.before(async () => {
   await buildExamples();
   s = await startStack({ health: { offlineThresholdMs: 120_000, failureThresholdMs: 240_000 } });
   await s.addProplet('runner-1');
-  manager = await s.client('running-test-manager', 'manager');
-  manager.on('message', (t, payload) => {
-    if (t.startsWith(topic(scope, 'proplet.results'))) results.push(decode('proplet.results', payload).msg);
-  });
-  await manager.subscribeAsync(`${topic(scope, 'proplet.results')}/#`, { qos: 1 });
+  ({ results } = await watchResults(s, 'running-test-manager'));
 });
 test.after.always(async () => {
   await s?.close();

@@ -14,7 +14,8 @@ import type { HealthConfig } from '../../control-plane/config.ts';
 import { ControlPlane, type ControlPlaneOptions } from '../../control-plane/index.ts';
 import { SqliteStore } from '../../control-plane/sqlite-store.ts';
 import { NodeProplet, type NodePropletOptions } from '../../proplet-node/proplet.ts';
-import { scope as mkScope } from '../../topics/index.ts';
+import { decode, type Result } from '../../protocol/index.ts';
+import { scope as mkScope, topic } from '../../topics/index.ts';
 
 export const scope = mkScope('propeller', 'control');
 
@@ -98,6 +99,17 @@ export async function startStack(
  * limit only bounds a wait for something that never happens, and a busy machine must not fail a test
  * whose event comes late.
  */
+/** A manager-role client that collects every proplet result the broker delivers, in arrival order. */
+export async function watchResults(s: Stack, id: string): Promise<{ client: MqttClient; results: Result[] }> {
+  const client = await s.client(id, 'manager');
+  const results: Result[] = [];
+  client.on('message', (t, payload) => {
+    if (t.startsWith(topic(scope, 'proplet.results'))) results.push(decode('proplet.results', payload).msg);
+  });
+  await client.subscribeAsync(`${topic(scope, 'proplet.results')}/#`, { qos: 1 });
+  return { client, results };
+}
+
 export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
   const end = Date.now() + Math.max(ms, 30_000);
   while (!(await cond())) {
