@@ -624,6 +624,25 @@ function insertRange(list: number[], s: number, e: number): boolean {
 
 // ---------------------------------------------------------------- FedAvg
 
+// Pieces of the float32 loops below, shared by scale32, fold32 and commit32
+// (spliced into the text; the compiled bytes are the same as written out).
+
+/** Sixteen values at d loaded into $x0..$x3. */
+const LOAD16 = String.raw`        (local.set $x0 (v128.load offset=0 (local.get $d)))
+        (local.set $x1 (v128.load offset=16 (local.get $d)))
+        (local.set $x2 (v128.load offset=32 (local.get $d)))
+        (local.set $x3 (v128.load offset=48 (local.get $d)))`;
+
+/** scale32's and fold32's check of the sixteen values loaded: their lane-wise sum, added to $acc. */
+const CHECK16 = String.raw`        (local.set $acc (f32x4.add (local.get $acc)
+          (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3)))))`;
+
+/** scale32's and commit32's first update: d = w × x, from the four vectors loaded. */
+const SCALE16 = String.raw`        (v128.store offset=0 (local.get $d) (f32x4.mul (local.get $x0) (local.get $wv)))
+        (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $x1) (local.get $wv)))
+        (v128.store offset=32 (local.get $d) (f32x4.mul (local.get $x2) (local.get $wv)))
+        (v128.store offset=48 (local.get $d) (f32x4.mul (local.get $x3) (local.get $wv)))`;
+
 /** fold32's and commit32's fold of sixteen values: d = s + w × x, from the four vectors loaded. */
 const FOLD16 = String.raw`        (v128.store offset=0 (local.get $d) (f32x4.add (v128.load offset=0 (local.get $s)) (f32x4.mul (local.get $x0) (local.get $wv))))
         (v128.store offset=16 (local.get $d) (f32x4.add (v128.load offset=16 (local.get $s)) (f32x4.mul (local.get $x1) (local.get $wv))))
@@ -635,10 +654,7 @@ const FOLD16 = String.raw`        (v128.store offset=0 (local.get $d) (f32x4.add
  * loop ($done) at the end or at a NaN or ±Infinity before anything of them is written.
  */
 const COMMIT32_CHECK = String.raw`            (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-            (local.set $x0 (v128.load offset=0 (local.get $d)))
-            (local.set $x1 (v128.load offset=16 (local.get $d)))
-            (local.set $x2 (v128.load offset=32 (local.get $d)))
-            (local.set $x3 (v128.load offset=48 (local.get $d)))
+${LOAD16}
             (local.set $t (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3))))
             (if (v128.any_true (i32x4.eq (v128.and (local.get $t) (local.get $m)) (local.get $m)))
               (then (br_if $done (v128.any_true (v128.or
@@ -755,16 +771,9 @@ export const FOLD_KERNEL_WAT = String.raw`(module
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (local.set $x0 (v128.load offset=0 (local.get $d)))
-        (local.set $x1 (v128.load offset=16 (local.get $d)))
-        (local.set $x2 (v128.load offset=32 (local.get $d)))
-        (local.set $x3 (v128.load offset=48 (local.get $d)))
-        (local.set $acc (f32x4.add (local.get $acc)
-          (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3)))))
-        (v128.store offset=0 (local.get $d) (f32x4.mul (local.get $x0) (local.get $wv)))
-        (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $x1) (local.get $wv)))
-        (v128.store offset=32 (local.get $d) (f32x4.mul (local.get $x2) (local.get $wv)))
-        (v128.store offset=48 (local.get $d) (f32x4.mul (local.get $x3) (local.get $wv)))
+${LOAD16}
+${CHECK16}
+${SCALE16}
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $next)))
     (local.set $end (i32.add (local.get $end) (i32.shl (i32.and (local.get $n) (i32.const 15)) (i32.const 2))))
@@ -785,12 +794,8 @@ export const FOLD_KERNEL_WAT = String.raw`(module
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
-        (local.set $x0 (v128.load offset=0 (local.get $d)))
-        (local.set $x1 (v128.load offset=16 (local.get $d)))
-        (local.set $x2 (v128.load offset=32 (local.get $d)))
-        (local.set $x3 (v128.load offset=48 (local.get $d)))
-        (local.set $acc (f32x4.add (local.get $acc)
-          (f32x4.add (f32x4.add (local.get $x0) (local.get $x1)) (f32x4.add (local.get $x2) (local.get $x3)))))
+${LOAD16}
+${CHECK16}
 ${FOLD16}
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (local.set $s (i32.add (local.get $s) (i32.const 64)))
@@ -850,10 +855,7 @@ ${FOLD16}
         (block $done
           (loop $next
 ${COMMIT32_CHECK}
-            (v128.store offset=0 (local.get $d) (f32x4.mul (local.get $x0) (local.get $wv)))
-            (v128.store offset=16 (local.get $d) (f32x4.mul (local.get $x1) (local.get $wv)))
-            (v128.store offset=32 (local.get $d) (f32x4.mul (local.get $x2) (local.get $wv)))
-            (v128.store offset=48 (local.get $d) (f32x4.mul (local.get $x3) (local.get $wv)))
+${SCALE16}
             (local.set $d (i32.add (local.get $d) (i32.const 64)))
             (br $next))))
       (else
