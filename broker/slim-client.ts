@@ -28,7 +28,7 @@
 // otherwise Aedes' own handle stays. Aedes' internals are imported by literal
 // relative paths, so that the bundle (dist/) patches its own Aedes too.
 // test/broker-slim-client.test.ts fails when it is not applied, and
-// test/broker-dist.test.ts when the built command does not apply it.
+// test/broker-bundle.test.ts when the bundled broker does not apply it.
 
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -103,7 +103,6 @@ export interface AedesModules {
   /** bl's plain BufferList. */
   BufferList: new () => object;
 }
-type AedesInternals = AedesModules;
 
 const require = createRequire(import.meta.url);
 
@@ -161,13 +160,13 @@ function writtenAgainst(): boolean {
   }
 }
 
-async function loadInternals(): Promise<AedesInternals | undefined> {
+async function loadInternals(): Promise<AedesModules | undefined> {
   if (!writtenAgainst()) return undefined;
   return aedesModules();
 }
 
-let internals: AedesInternals | undefined;
-let loading: Promise<AedesInternals | undefined> | undefined;
+let internals: AedesModules | undefined;
+let loading: Promise<AedesModules | undefined> | undefined;
 
 function noop(): void {}
 
