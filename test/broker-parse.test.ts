@@ -74,7 +74,7 @@ const pick = <T>(rnd: () => number, xs: readonly T[]): T => xs[Math.floor(rnd() 
 function randomConnect(rnd: () => number): Buffer {
   const v = rnd() < 0.3 ? 3 : 4;
   const clientId = pick(rnd, v === 3 ? ['c', 'propeller-manager', 'ü日🙂', 'x'.repeat(300)] : ['', 'c', 'propeller-manager', 'ü日🙂', 'x'.repeat(300)]);
-  const username = rnd() < 0.7 ? pick(rnd, ['', 'p1', 'proplet-ü', 'u'.repeat(70_000 / 3)]) : undefined;
+  const username = rnd() < 0.7 ? pick(rnd, ['', 'p1', 'proplet-ü', 'u'.repeat(20_000)]) : undefined;
   return gen({
     cmd: 'connect',
     protocolId: v === 4 ? 'MQTT' : 'MQIsdp',
@@ -133,7 +133,7 @@ test('valid streams, cut anywhere: the same packets as mqtt-packet alone', (t) =
     const cuts = Array.from({ length: Math.floor(rnd() * 6) }, () => Math.floor(rnd() * stream.length));
     const { a, b } = feed(stream, cuts);
     t.deepEqual(b, a, `seed ${seed}`);
-    t.true(a.length > 0);
+    t.true(a.some(([kind]) => kind === 'packet'));
   }
 });
 
@@ -225,7 +225,6 @@ test('whole MQTT 3.1/3.1.1 CONNECTs are read by the shortcut, into what mqtt-pac
     rawConnect({ flags: CLEAN | USER | PASS, fields: ['ü日🙂', 'proplet-ü', Buffer.alloc(300, 7)] }), // multi-byte UTF-8
     rawConnect({ flags: CLEAN | USER | PASS | WILL, fields: [Buffer.from([0xc3, 0x28]), Buffer.from([0xff, 0xfe, 0x61]), Buffer.from([1]), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from([0xf0, 0x9f])] }), // invalid UTF-8: U+FFFD, as mqtt-packet decodes it
     rawConnect({ flags: CLEAN | USER | PASS, fields: ['x'.repeat(65_535), 'u'.repeat(65_535), Buffer.alloc(65_535, 1)] }), // longest strings, 4-byte remaining length
-    withLength(bodyOf(rawConnect({ flags: CLEAN, fields: ['short'] }))), // (the helper's own encoding of the length)
     Buffer.concat([Buffer.from([0x10, 0x80 | 13, 0x80, 0x00]), bodyOf(rawConnect({ flags: CLEAN, fields: ['c'] }))]), // a length (13) in more bytes than needed
   ];
   for (const [i, c] of cases.entries()) {
@@ -249,11 +248,11 @@ test('whole MQTT 3.1/3.1.1 CONNECTs are read by the shortcut, into what mqtt-pac
 
 test("the will payload and the password are views of the chunk, as mqtt-packet's buffer list gives", (t) => {
   const c = rawConnect({ flags: CLEAN | WILL | USER | PASS, fields: ['v', 't', Buffer.from('payload'), 'u', Buffer.from('pass')] });
-  for (const [name, parser] of Object.entries(both())) {
-    if (name !== 'slow' && name !== 'fast') continue;
+  const { slow, fast } = both();
+  for (const [name, parser] of [['mqtt-packet', slow], ['shortcut', fast]] as const) {
     const got: Record<string, { password: Buffer; will: { payload: Buffer } }> = {};
-    (parser as MqttParser).once('packet', (p) => (got.p = p));
-    (parser as MqttParser).parse(c);
+    parser.once('packet', (p) => (got.p = p));
+    parser.parse(c);
     t.is(got.p!.password.buffer, c.buffer, name);
     t.is(got.p!.will.payload.buffer, c.buffer, name);
     t.is(got.p!.password.byteOffset, c.byteOffset + c.length - 4, name);
