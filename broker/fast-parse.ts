@@ -1,14 +1,18 @@
 // A shortcut in front of Aedes' parser (mqtt-packet) for what a fleet sends
-// most: whole PUBLISH and PINGREQ packets. mqtt-packet appends every chunk to a
-// buffer list, walks four named states per packet through string-keyed
-// dispatch, and calls `debug()` a dozen times per packet, enabled or not: with
-// heartbeats, some 12 % of the JS samples of the broker's process. When the parser sits at a
-// packet boundary with nothing buffered, the chunk's leading complete PUBLISH
-// and PINGREQ packets are read here into the same Packet objects, field for
-// field (payload a view of the chunk, as the buffer list gives), and emitted
-// the same way; everything else (a partial packet, any other type, anything
-// mqtt-packet would refuse or read differently) is handed to mqtt-packet's own
-// parse from that byte on, so its errors and its state stay its own.
+// most: whole PUBLISH and PINGREQ packets, and the CONNECT that opens each of
+// its connections. mqtt-packet appends every chunk to a buffer list, walks four
+// named states per packet through string-keyed dispatch, and calls `debug()` a
+// dozen times per packet, enabled or not: with heartbeats, some 12 % of the JS
+// samples of the broker's process; in a connect storm 7-8 % of its samples,
+// half of them in _parseConnect (each field of a CONNECT goes through the
+// list's slice, a string then through toString). When the parser sits at a
+// packet boundary with nothing buffered, the chunk's leading complete PUBLISH,
+// PINGREQ and MQTT 3.1/3.1.1 CONNECT packets are read here into the same
+// Packet objects, field for field (payload, will payload and password views of
+// the chunk, as the buffer list gives), and emitted the same way; everything
+// else (a partial packet, any other type, MQTT 5, anything mqtt-packet would
+// refuse or read differently) is handed to mqtt-packet's own parse from that
+// byte on, so its errors and its state stay its own.
 // test/broker-parse.test.ts compares both on random and adversarial streams.
 
 import type { EventEmitter } from 'node:events';
@@ -24,6 +28,19 @@ interface PacketLike {
   messageId?: number;
 }
 
+/** The fields mqtt-packet's _parseConnect adds, in the order it adds them. */
+interface ConnectLike extends PacketLike {
+  protocolId?: string;
+  protocolVersion?: number;
+  bridgeMode?: boolean;
+  will?: { retain: boolean; qos: number; topic: string; payload: Buffer };
+  clean?: boolean;
+  keepalive?: number;
+  clientId?: string;
+  username?: string;
+  password?: Buffer;
+}
+
 /** The part of mqtt-packet's Parser this reads. */
 export interface MqttParser extends EventEmitter {
   settings: { protocolVersion?: number } | undefined;
@@ -34,6 +51,7 @@ export interface MqttParser extends EventEmitter {
   parse(buf: Buffer): number;
 }
 
+const CONNECT = 1;
 const PUBLISH = 3;
 const PINGREQ = 12;
 
@@ -79,7 +97,7 @@ function parseChunk(p: MqttParser, buf: Buffer, original: Parse): void {
   while (i < n && atBoundary(p)) {
     const b0 = buf[i]!;
     const type = b0 >> 4;
-    if (type !== PUBLISH && type !== PINGREQ) break;
+    if (type !== PUBLISH && type !== PINGREQ && type !== CONNECT) break;
     // remaining length: a variable byte integer of at most 4 bytes
     let len = 0;
     let mult = 1;
@@ -97,9 +115,12 @@ function parseChunk(p: MqttParser, buf: Buffer, original: Parse): void {
     if (!complete) break;
     const end = j + len;
     if (end > n) break;
-    const Packet = p.packet.constructor as new () => PacketLike;
+    const Packet = p.packet.constructor as new () => ConnectLike;
     const packet = new Packet();
-    if (type === PINGREQ) {
+    if (type === CONNECT) {
+      if (b0 !== 0x10 || !readConnect(packet, buf, j, end)) break;
+      p.settings = packet; // as _parseConnect does: the version it names reads the packets after it
+    } else if (type === PINGREQ) {
       if ((b0 & 0x0f) !== 0) break; // reserved flags: mqtt-packet's error
       packet.cmd = 'pingreq';
       packet.length = len;
@@ -122,6 +143,67 @@ function parseChunk(p: MqttParser, buf: Buffer, original: Parse): void {
     p.emit('packet', packet);
   }
   if (i < n) original.call(p, i === 0 ? buf : buf.subarray(i));
+}
+
+// The protocol name and level an MQTT 3.1.1 and an MQTT 3.1 CONNECT start
+// with. mqtt-packet takes either name with level 3, 4 or 5; other pairings are
+// left to it, as MQTT 5 is (its properties).
+const MQTT_311 = Buffer.from('\x00\x04MQTT\x04', 'latin1');
+const MQTT_31 = Buffer.from('\x00\x06MQIsdp\x03', 'latin1');
+
+/**
+ * Reads the body buf[at, end) of an MQTT 3.1/3.1.1 CONNECT into `packet` as
+ * mqtt-packet's _parseConnect does (strings decoded as UTF-8 without checks,
+ * bad bytes as U+FFFD, as it does; will payload and password views of the
+ * chunk). False, with nothing read, when mqtt-packet would refuse it or when
+ * it is odd: a password without a user name, a will of QoS 3 (mqtt-packet
+ * reads both as given), bytes after the last field (it skips them); Aedes
+ * then gets whatever mqtt-packet makes of it.
+ */
+function readConnect(packet: ConnectLike, buf: Buffer, at: number, end: number): boolean {
+  const name = startsWith(buf, at, end, MQTT_311) ? MQTT_311 : startsWith(buf, at, end, MQTT_31) ? MQTT_31 : undefined;
+  if (!name) return false;
+  const v = at + name.length - 1; // the level; bit 7: a bridge, mqtt-packet's bridgeMode (its SUBSCRIBE parser reads it too)
+  if (v + 4 > end) return false; // flags and keepalive
+  const level = buf[v]!;
+  const flags = buf[v + 1]!;
+  const will = (flags & 0x04) !== 0;
+  const willQos = (flags >> 3) & 3;
+  // reserved bit, will QoS or retain without a will: mqtt-packet's errors; will QoS 3, password without user name: odd
+  if ((flags & 0x01) !== 0 || (will ? willQos === 3 : (flags & 0x38) !== 0) || (flags & 0xc0) === 0x40) return false;
+  const idEnd = field(buf, v + 4, end);
+  const topicEnd = will ? field(buf, idEnd, end) : idEnd;
+  const payloadEnd = will ? field(buf, topicEnd, end) : topicEnd;
+  const userEnd = (flags & 0x80) !== 0 ? field(buf, payloadEnd, end) : payloadEnd;
+  const passEnd = (flags & 0x40) !== 0 ? field(buf, userEnd, end) : userEnd;
+  if (passEnd !== end) return false; // a field past the packet (-1), or bytes after the last
+  packet.cmd = 'connect';
+  packet.length = end - at;
+  packet.protocolId = name === MQTT_311 ? 'MQTT' : 'MQIsdp';
+  packet.protocolVersion = level & 0x7f;
+  if (level & 0x80) packet.bridgeMode = true;
+  if (will) packet.will = { retain: (flags & 0x20) !== 0, qos: willQos, topic: buf.toString('utf8', idEnd + 2, topicEnd), payload: buf.subarray(topicEnd + 2, payloadEnd) };
+  packet.clean = (flags & 0x02) !== 0;
+  packet.keepalive = buf.readUInt16BE(v + 2);
+  packet.clientId = buf.toString('utf8', v + 6, idEnd);
+  if ((flags & 0x80) !== 0) packet.username = buf.toString('utf8', payloadEnd + 2, userEnd);
+  if ((flags & 0x40) !== 0) packet.password = buf.subarray(userEnd + 2, passEnd);
+  return true;
+}
+
+/** Whether buf[at, end) starts with `bytes`, the last one (the level) read without bit 7. */
+function startsWith(buf: Buffer, at: number, end: number, bytes: Buffer): boolean {
+  if (at + bytes.length > end) return false;
+  const last = bytes.length - 1;
+  for (let k = 0; k < last; k++) if (buf[at + k] !== bytes[k]) return false;
+  return (buf[at + last]! & 0x7f) === bytes[last];
+}
+
+/** Where the field with a 2-byte length at `pos` ends, or -1 when it runs past `end` (or pos is -1). */
+function field(buf: Buffer, pos: number, end: number): number {
+  if (pos < 0 || pos + 2 > end) return -1;
+  const e = pos + 2 + buf.readUInt16BE(pos);
+  return e > end ? -1 : e;
 }
 
 /** mqtt-packet is between packets, with nothing buffered and no error, on MQTT 3.1/3.1.1. */
