@@ -87,6 +87,16 @@ class LeanMemoryPersistence extends MemoryPersistence {
     return held;
   }
 
+  /**
+   * What an earlier persistent session of this client id left queued, which
+   * a clean session never gets (Aedes' own CONNECT walks the queue and drops
+   * each packet): fast-connect.ts. Its presence also tells that this store's
+   * methods do their work when called, before their promise settles.
+   */
+  dropOutgoing(clientId: string): void {
+    this.outgoing.delete(clientId);
+  }
+
   outgoingStream(client: { id: string }): Iterable<Outgoing> {
     const q = this.outgoing.get(client.id);
     // a copy: the queue changes while Aedes walks it

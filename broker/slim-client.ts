@@ -37,6 +37,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { connect, takesConnect } from './fast-connect.ts';
 import { fastPublishParse, type MqttParser } from './fast-parse.ts';
 
 /** The SHA-256 of lib/client.js, lib/handlers/connect.js and lib/handlers/index.js of Aedes 1.2.0, in that order. */
@@ -273,7 +274,7 @@ function enqueue(parser: Parser, packet: unknown): void {
   client._parsingBatch++;
   // already connected or it's the first packet
   if (client.connackSent || client._parsingBatch === 1) {
-    internals!.handle(client, packet, client._nextBatch);
+    handle(client, packet);
   } else if (parser._queue!.length < client.broker.queueLimit) {
     parser._queue!.push(packet);
   } else {
@@ -284,12 +285,20 @@ function enqueue(parser: Parser, packet: unknown): void {
 function dequeue(client: SlimClient): void {
   const q = client._parser._queue;
   if (q) {
-    for (let i = 0, len = q.length; i < len; i++) internals!.handle(client, q[i], client._nextBatch);
+    for (let i = 0, len = q.length; i < len; i++) handle(client, q[i]);
     client._parser._queue = null;
   }
 }
 
 // ---- end of the copy ----
+
+/** Aedes' dispatch, but for the CONNECTs fast-connect.ts answers. */
+function handle(client: SlimClient, packet: unknown): void {
+  const c = client as unknown as Parameters<typeof takesConnect>[0];
+  const p = packet as { cmd: string };
+  if (takesConnect(c, p)) connect(c, p, client._nextBatch, internals!.write as unknown as Parameters<typeof connect>[3]);
+  else internals!.handle(client, packet, client._nextBatch);
+}
 
 const emitterEmit = EventEmitter.prototype.emit;
 

@@ -162,3 +162,46 @@ test('without the end-of-stream watcher, every way a connection ends still close
   await until(() => wills.length === 2, 'the wills of the two dropped connections');
   t.deepEqual(wills.map((w) => JSON.parse(w).proplet_id).sort(), ['p2', 'p3']);
 });
+
+test("a clean CONNECT is answered in one pass (fast-connect.ts) with Aedes' events and store calls; a persistent one goes through Aedes' steps, and its queue is dropped when its client id comes back clean", async (t) => {
+  const creds = new CredentialStore();
+  const secret = creds.issue('p1', 'proplet');
+  const managerSecret = creds.issue('manager', 'manager');
+  const broker = await EmbeddedBroker.start({ scope: S, credentials: creds, port: 0, log: () => {} });
+  t.teardown(() => broker.close());
+  type Store = Record<string, (...a: unknown[]) => unknown>;
+  const aedes = (broker as unknown as { aedes: { persistence: Store; on(e: string, fn: () => void): void } }).aedes;
+  const calls: string[] = [];
+  for (const name of ['outgoingStream', 'dropOutgoing', 'cleanSubscriptions', 'delWill', 'putWill', 'cleanIncoming']) {
+    const own = aedes.persistence[name]!;
+    aedes.persistence[name] = function (this: unknown, ...a: unknown[]) {
+      calls.push(name);
+      return own.apply(this, a);
+    };
+  }
+  const events: string[] = [];
+  for (const e of ['client', 'connackSent', 'clientReady']) aedes.on(e, () => void events.push(e));
+  const will = { topic: topic(S, 'proplet.alive', 'p1'), payload: encode('proplet.alive', { proplet_id: 'p1', status: 'offline' }, 'json'), qos: 0 as const, retain: false };
+  const p1 = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, username: 'p1', password: secret, will });
+  t.teardown(() => p1.endAsync(true));
+  await until(() => events.length === 3, 'the three events');
+  t.deepEqual(calls, ['cleanSubscriptions', 'delWill', 'putWill', 'cleanIncoming', 'dropOutgoing'], "the clean CONNECT's store calls, in Aedes' order; its queue dropped, not piped (fast path not taken?)");
+  t.deepEqual(events, ['client', 'connackSent', 'clientReady']);
+
+  // the manager's persistent session: Aedes' own steps (it pipes the session's queue)
+  calls.length = 0;
+  const m = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, clientId: 'ctl', clean: false, username: 'manager', password: managerSecret });
+  await until(() => calls.includes('outgoingStream'), "Aedes' emptyQueue step");
+  t.false(calls.includes('dropOutgoing'));
+  await m.subscribeAsync(managerFilters(S), { qos: 1 });
+  await m.endAsync();
+  await until(() => broker.connectedClients === 1, 'the manager gone, its session kept');
+  await p1.publishAsync(topic(S, 'proplet.alive', 'p1'), encode('proplet.alive', { proplet_id: 'p1', status: 'alive' }, 'json'), { qos: 1 });
+  await until(() => broker.outgoingQueues === 1, "a heartbeat queued for the manager's session");
+  // the same client id, clean: what its earlier session had queued is never delivered
+  calls.length = 0;
+  const again = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0, clientId: 'ctl', clean: true, username: 'manager', password: managerSecret });
+  t.teardown(() => again.endAsync(true));
+  t.true(calls.includes('dropOutgoing'));
+  t.is(broker.outgoingQueues, 0);
+});
