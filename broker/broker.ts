@@ -195,10 +195,7 @@ type ParserSettings = { protocolVersion?: number; bridgeMode?: boolean };
 const PARSER_SETTINGS = new Map<number | undefined, ParserSettings>([3, 4].map((v) => [v, Object.freeze({ protocolVersion: v, bridgeMode: false })]));
 
 function slimParser(client: Client): void {
-  const parser = (client as unknown as { _parser?: { settings?: ParserSettings; _list?: { length?: number; _bufs?: unknown[] } } })._parser;
-  // the CONNECT's bytes are consumed, but the list's array keeps the room they took
-  const list = parser?._list;
-  if (list?.length === 0 && Array.isArray(list._bufs) && list._bufs.length === 0) list._bufs = [];
+  const parser = (client as unknown as { _parser?: { settings?: ParserSettings } })._parser;
   const settings = parser?.settings;
   if (!settings || settings.bridgeMode) return;
   const slim = PARSER_SETTINGS.get(settings.protocolVersion);

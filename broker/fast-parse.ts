@@ -70,6 +70,34 @@ type Shortcut = MqttParser & { [WAITING]: Buffer[] | null };
 /** Busy with nothing waiting: no array per chunk until a nested call needs one. */
 const BUSY: Buffer[] = Object.freeze([]) as unknown as Buffer[];
 
+// Between packets, a parser's Packet under construction and its buffer list
+// are empty, and on an idle connection they stay so for hours: then they are
+// shared ones (one of each, frozen), some 160 bytes less per connection, and
+// a parser gets its own again before mqtt-packet's parse runs.
+let idlePacket: PacketLike | undefined;
+let idleList: { length: number } | undefined;
+
+/** Lends the shared empty Packet and list to a parser between packets (of the classes the first parser had). */
+function rest(p: MqttParser): void {
+  if (p.packet === idlePacket || !atBoundary(p)) return;
+  if (!idlePacket) {
+    idlePacket = Object.freeze(new (p.packet.constructor as new () => PacketLike)());
+    const list = new (p._list.constructor as new () => { length: number; _bufs?: unknown[] })();
+    if (list.length !== 0) return;
+    if (Array.isArray(list._bufs)) Object.freeze(list._bufs);
+    idleList = Object.freeze(list);
+  }
+  if (p.packet.constructor !== idlePacket.constructor || p._list.constructor !== idleList!.constructor) return;
+  p.packet = idlePacket;
+  p._list = idleList!;
+}
+
+/** Gives a parser its own Packet and list again, before mqtt-packet's parse writes to them. */
+function wake(p: MqttParser): void {
+  if (p.packet === idlePacket) p.packet = new (idlePacket.constructor as new () => PacketLike)();
+  if (p._list === idleList) p._list = new (idleList.constructor as new () => { length: number })();
+}
+
 function fastParse(this: Shortcut, buf: Buffer): number {
   const waiting = this[WAITING];
   if (waiting) {
@@ -85,6 +113,7 @@ function fastParse(this: Shortcut, buf: Buffer): number {
       const q = this[WAITING]!;
       next = q === BUSY ? undefined : q.shift();
     }
+    rest(this);
   } finally {
     this[WAITING] = null;
   }
@@ -142,7 +171,10 @@ function parseChunk(p: MqttParser, buf: Buffer, original: Parse): void {
     i = end;
     p.emit('packet', packet);
   }
-  if (i < n) original.call(p, i === 0 ? buf : buf.subarray(i));
+  if (i < n) {
+    wake(p);
+    original.call(p, i === 0 ? buf : buf.subarray(i));
+  }
 }
 
 // The protocol name and level an MQTT 3.1.1 and an MQTT 3.1 CONNECT start
@@ -218,4 +250,5 @@ export function fastPublishParse(parser: MqttParser): void {
   original = own;
   (parser as Shortcut)[WAITING] = null;
   parser.parse = fastParse as Parse;
+  rest(parser);
 }

@@ -344,6 +344,29 @@ test('a CONNECT then other packets, in one chunk and split across chunks: the sa
   }
 });
 
+test('between packets, parsers share one frozen empty Packet and buffer list; a partial packet gets its own, and the packet comes out whole', (t) => {
+  const [p1, p2] = [0, 1].map(() => {
+    const p = mqttPacket.parser({ protocolVersion: 4 }) as unknown as MqttParser;
+    fastPublishParse(p);
+    return p;
+  }) as [MqttParser, MqttParser];
+  t.is(p1.packet, p2.packet, 'shared from the start (not applied?)');
+  t.is(p1._list, p2._list);
+  t.true(Object.isFrozen(p1.packet) && Object.isFrozen(p1._list));
+  const got: { topic: string; payload: Buffer }[] = [];
+  p1.on('packet', (p: { topic: string; payload: Buffer }) => void got.push(p));
+  const pub = mqttPacket.generate({ cmd: 'publish', topic: 'a/b', payload: Buffer.from('hello'), qos: 0, retain: false, dup: false });
+  p1.parse(pub.subarray(0, 6));
+  t.not(p1.packet, p2.packet, 'its own while a packet is partial');
+  t.false(Object.isFrozen(p1.packet) || Object.isFrozen(p1._list));
+  p1.parse(pub.subarray(6));
+  t.deepEqual(got.map((p) => [p.topic, p.payload.toString()]), [['a/b', 'hello']]);
+  t.is(p1.packet, p2.packet, 'shared again');
+  t.is(p1._list, p2._list);
+  p1.parse(pub);
+  t.is(got.length, 2, 'a whole packet, by the shortcut');
+});
+
 test('a chunk handed over while a packet is being emitted waits for the rest of the chunk it came after', (t) => {
   const { fast, b } = both();
   const p = (s: string): Buffer => gen({ cmd: 'publish', topic: s, payload: Buffer.alloc(0), qos: 0 });
