@@ -17,7 +17,8 @@
 //   full size (a fixed room for new objects, 32 MiB with Node 20's defaults,
 //   that any broker busy for a while has grown into; a fresh process would
 //   grow into it during the storm: up to 1.8 KiB per connection of 10,000),
-//   and whatever it still gains or loses in RSS is taken out (its own row).
+//   and whatever it still gains or loses in RSS is taken out (its own row);
+//   the figure is never less than the V8 heap's growth (perConnection()).
 //   Each reading follows a full collection and 0.3 s for V8 to give freed
 //   pages back (the bench's collection is not in the CPU figures).
 // --only connects,qos0,qos1,fanout picks scenarios; --plain-aedes adds Aedes
@@ -584,11 +585,22 @@ async function connects(t: Target, acc: Accounts, n: number, window: number, pro
   if (settleSec > 0) {
     await new Promise((r) => setTimeout(r, settleSec * 1000));
     const us = await t.usage();
-    settledPerConn = (us.rss - u0.rss - (us.young - u0.young)) / n;
+    settledPerConn = perConnection(u0, us, n);
   }
   for (const s of sockets) s.destroy();
   await new Promise((r) => setTimeout(r, 1000));
-  return { secs, perConn: (u1.rss - u0.rss - (u1.young - u0.young)) / n, heapPerConn: (u1.heap - u0.heap) / n, youngPerConn: (u1.young - u0.young) / n, cpu: u1.cpu - u0.cpu, sys: u1.sys - u0.sys, failed, ...(settledPerConn === undefined ? {} : { settledPerConn }) };
+  return { secs, perConn: perConnection(u0, u1, n), heapPerConn: (u1.heap - u0.heap) / n, youngPerConn: (u1.young - u0.young) / n, cpu: u1.cpu - u0.cpu, sys: u1.sys - u0.sys, failed, ...(settledPerConn === undefined ? {} : { settledPerConn }) };
+}
+
+/**
+ * Memory per connection: the RSS growth outside V8's young generation, but
+ * never less than the growth of V8's heap and external memory, which the
+ * connections' objects hold for sure. RSS alone can read lower: pages and
+ * malloc memory freed before the storm (the accounts' set-up) and reused by
+ * it, or released by V8 during it, offset what the connections take.
+ */
+function perConnection(u0: Usage, u1: Usage, n: number): number {
+  return Math.max(u1.rss - u0.rss - (u1.young - u0.young), u1.heap - u0.heap) / n;
 }
 
 /**
@@ -745,7 +757,7 @@ export async function run(argv: string[]): Promise<void> {
       const kib = (name: string): number => storms[name]![0]!.perConn / 1024;
       const me = kib('embedded');
       const mm = kib('mosquitto');
-      rows.push(["memory per open connection (RSS growth outside V8's young generation, first round)", `${me.toFixed(1)} KiB`, `${mm.toFixed(1)} KiB`, `${(me / mm).toFixed(1)}x`, `≤ 4 KiB: ${me <= 4 ? 'met' : 'NOT met'}`, '-', '-', ...extra(() => [`${kib('aedes').toFixed(1)} KiB`, '-'])]);
+      rows.push(["memory per open connection (RSS growth outside V8's young generation, at least the heap's; first round)", `${me.toFixed(1)} KiB`, `${mm.toFixed(1)} KiB`, `${(me / mm).toFixed(1)}x`, `≤ 4 KiB: ${me <= 4 ? 'met' : 'NOT met'}`, '-', '-', ...extra(() => [`${kib('aedes').toFixed(1)} KiB`, '-'])]);
       if (settleSec > 0) {
         const settled = (name: string): string => `${(storms[name]![0]!.settledPerConn! / 1024).toFixed(1)} KiB`;
         rows.push([`  the same after ${settleSec} s idle (context; the goal is judged above)`, settled('embedded'), settled('mosquitto'), '-', '-', '-', '-', ...extra(() => [settled('aedes'), '-'])]);
