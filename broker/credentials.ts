@@ -105,10 +105,15 @@ type ParsedHash =
 
 const B64_RE = /^[A-Za-z0-9+/_-]+={0,2}$/;
 
+/** The length `s` decodes to when it is base64 (or base64url) of min to max bytes; -1 otherwise. */
+function b64Length(s: string | undefined, min: number, max: number): number {
+  if (s === undefined || !B64_RE.test(s)) return -1;
+  const n = Buffer.byteLength(s, 'base64');
+  return n >= min && n <= max ? n : -1;
+}
+
 function b64field(s: string | undefined, min: number, max: number): Buffer | undefined {
-  if (s === undefined || !B64_RE.test(s)) return undefined;
-  const b = Buffer.from(s, 'base64');
-  return b.length >= min && b.length <= max ? b : undefined;
+  return b64Length(s, min, max) < 0 ? undefined : Buffer.from(s!, 'base64');
 }
 
 function smallInt(s: string | undefined, min: number, max: number): number | undefined {
@@ -183,9 +188,9 @@ function equal(a: Buffer, b: Buffer): boolean {
 
 /** Checks a secret against a stored hash (constant-time compare). Never throws: a malformed hash verifies nothing. */
 export function verifySecret(secret: string, hash: string): boolean {
+  if (typeof hash === 'string' && hash.startsWith('sha256$')) return typeof secret === 'string' && verifyIssued(secret, hash);
   const h = parseHash(hash);
-  if (!h || typeof secret !== 'string') return false;
-  if (h.kind === 'sha256') return equal(hmac(h.salt, secret), h.mac);
+  if (h?.kind !== 'scrypt' || typeof secret !== 'string') return false;
   try {
     const key = scryptSync(secret, h.salt, h.key.length, { N: h.N, r: h.r, p: h.p, maxmem: scryptMaxmem(h.N, h.r) });
     return equal(key, h.key);
@@ -209,14 +214,35 @@ export function verifySecretAsync(secret: string, hash: string): Promise<boolean
  * promise. Only scrypt answers with a promise.
  */
 export function verifySecretSoon(secret: string, hash: string): boolean | Promise<boolean> {
+  if (typeof hash === 'string' && hash.startsWith('sha256$')) return typeof secret === 'string' && verifyIssued(secret, hash);
   const h = parseHash(hash);
-  if (!h || typeof secret !== 'string') return false;
-  if (h.kind === 'sha256') return equal(hmac(h.salt, secret), h.mac);
+  if (h?.kind !== 'scrypt' || typeof secret !== 'string') return false;
   return new Promise((resolve) => {
     scrypt(secret, h.salt, h.key.length, { N: h.N, r: h.r, p: h.p, maxmem: scryptMaxmem(h.N, h.r) }, (err, key) => {
       resolve(!err && equal(key, h.key));
     });
   });
+}
+
+/** verifyIssued()'s salt and mac, decoded in place (it runs to the end before another call). */
+const saltScratch = Buffer.alloc(64);
+const macScratch = Buffer.alloc(32);
+
+/**
+ * A 'sha256$<salt>$<mac>' hash checked with parseHash's rules, but read in
+ * place: no array, strings or buffers per CONNECT but the digest.
+ */
+function verifyIssued(secret: string, hash: string): boolean {
+  if (hash.length > 512) return false;
+  const d = hash.indexOf('$', 7);
+  if (d < 0 || hash.indexOf('$', d + 1) >= 0) return false;
+  const salt = hash.slice(7, d);
+  const mac = hash.slice(d + 1);
+  const saltLen = b64Length(salt, 8, 64);
+  if (saltLen < 0 || b64Length(mac, 32, 32) < 0) return false;
+  saltScratch.write(salt, 'base64');
+  macScratch.write(mac, 'base64');
+  return timingSafeEqual(hmac(saltScratch.subarray(0, saltLen), secret), macScratch);
 }
 
 const DUMMY_HASH = hashSecret('propeller-dummy-secret');

@@ -92,6 +92,14 @@ function rest(p: MqttParser): void {
   p._list = idleList!;
 }
 
+/** Gives a new parser the shared empty Packet and list, once the first parser has made them; false before. */
+export function startIdle(p: MqttParser): boolean {
+  if (!idlePacket) return false;
+  p.packet = idlePacket;
+  p._list = idleList!;
+  return true;
+}
+
 /** Gives a parser its own Packet and list again, before mqtt-packet's parse writes to them. */
 function wake(p: MqttParser): void {
   if (p.packet === idlePacket) p.packet = new (idlePacket.constructor as new () => PacketLike)();

@@ -38,7 +38,7 @@ import { dirname, join } from 'node:path';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect, takesConnect } from './fast-connect.ts';
-import { fastPublishParse, type MqttParser } from './fast-parse.ts';
+import { fastPublishParse, startIdle, type MqttParser } from './fast-parse.ts';
 
 /** The SHA-256 of lib/client.js, lib/handlers/connect.js and lib/handlers/index.js of Aedes 1.2.0, in that order. */
 const WRITTEN_AGAINST = 'ea0239b185251876a9e4a4236fed384ee66a020c278b71fd3832179580a32869';
@@ -335,6 +335,11 @@ function onConnEnd(this: Duplex & { client: SlimClient }): void {
  */
 function slimParserClass(Base: new () => Parser): new (client: SlimClient) => Parser {
   const original = (Base.prototype as { parse?: unknown }).parse;
+  // What mqtt-packet's parser() gives every parser, made once: its table of
+  // states, settings until a CONNECT is read (which replaces, never changes,
+  // them) and, from fast-parse.ts, the idle Packet and buffer list.
+  let states: readonly string[] | undefined;
+  const noSettings = Object.freeze({});
   const SlimParser = class extends (Base as new () => Parser & Record<string, unknown>) {
     constructor(client: SlimClient) {
       super();
@@ -349,7 +354,15 @@ function slimParserClass(Base: new () => Parser): new (client: SlimClient) => Pa
       this._queue = [];
       this._events = undefined;
       this.parse = original;
-      (this.parser as () => void)();
+      if (states) {
+        this.settings = noSettings;
+        this._states = states;
+        if (!startIdle(this as unknown as MqttParser)) (this._resetState as () => void)();
+      } else {
+        (this.parser as () => void)();
+        states = Object.freeze(this._states as string[]);
+        this._states = states;
+      }
       fastPublishParse(this as unknown as MqttParser);
     }
   };
