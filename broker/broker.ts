@@ -158,9 +158,18 @@ class Connection extends GuardState {
     readonly peer: net.Socket,
   ) {
     super(stream, owner);
-    // Node keeps the address once asked, and answers from it after the socket is gone (logs of
-    // closed connections): kept there rather than as a string of ours (88 bytes per connection).
-    void peer.remotePort;
+  }
+
+  /**
+   * Node keeps the peer's address once asked, and answers from it after the
+   * socket is gone: asked here when the stream is destroyed with an error (a
+   * log with the address follows), not on every CONNECT (a system call and
+   * some 90 bytes per open connection). A peer that reset the connection has
+   * no address left to ask for: its logs say 'unknown', beside its client id
+   * and username.
+   */
+  destroying(err: Error | undefined): void {
+    if (err) void this.peer.remotePort;
   }
 
   get remote(): string {
@@ -353,6 +362,7 @@ export class EmbeddedBroker {
       return c.identity?.role === 'manager' ? this.managerMaxPacket : this.maxPacket;
     },
     violation: (c, v) => this.onViolation(c, v),
+    destroying: (c, err) => c.destroying(err),
     closed: (c) => this.closed(c),
   };
   private readonly servers: net.Server[] = [];
@@ -652,7 +662,8 @@ export class EmbeddedBroker {
     stream.on('close', onStreamClose);
     // Aedes' typings want IncomingMessage & connDetails; it reads only what is there.
     c.client = this.aedes.handle(stream, req as Parameters<Aedes['handle']>[1]);
-    slimClient(c.client);
+    // lean clients' parsers start trimmed (slim-client.ts)
+    if (!this.slim) slimClient(c.client);
   }
 
   /**

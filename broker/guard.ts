@@ -26,6 +26,8 @@ export interface GuardPolicy<S extends GuardState> {
   limit(state: S, first: boolean): number;
   /** Called once, before the connection is destroyed. */
   violation(state: S, v: Violation): void;
+  /** Called when the stream is destroyed, before its handle closes (`err`: why, if for an error). */
+  destroying?(state: S, err: Error | undefined): void;
 }
 
 const HEADER = 0;
@@ -149,6 +151,8 @@ export class GuardState {
   }
 
   static destroy(this: Guarded, err?: Error): Duplex {
+    const g = this[GUARD];
+    g.policy.destroying?.(g, err);
     // What was written before the close (a refusing CONNACK) still goes out.
     GuardState.release(this);
     return (Object.getPrototypeOf(this) as Duplex).destroy.call(this, err);
