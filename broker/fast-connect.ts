@@ -64,8 +64,6 @@ interface Client {
   _will: object | null | undefined;
   will: object | null | undefined;
   _connectTimer: unknown;
-  _keepaliveInterval: number;
-  _keepaliveTimer: NodeJS.Timeout | null;
   broker: Broker;
   conn: Duplex;
   pause(): void;
@@ -118,17 +116,17 @@ export function connect(client: Client, packet: ConnectPacket, done: Callback, w
     client.version = packet.protocolVersion;
     client._will = packet.will;
     client.pause();
-    client.broker.authenticate(client, packet.username, packet.password, (e, ok) => authenticated(client, packet, done, write, e, ok));
+    client.broker.authenticate(client, packet.username, packet.password, (e, ok) => authenticated(client, done, write, e, ok));
   });
 }
 
-function authenticated(client: Client, packet: ConnectPacket, done: Callback, write: Write, err: (Error & { returnCode?: number; errorCode?: number }) | null, successful: boolean | null): void {
+function authenticated(client: Client, done: Callback, write: Write, err: (Error & { returnCode?: number; errorCode?: number }) | null, successful: boolean | null): void {
   const broker = client.broker;
   // client.close() or broker.close() happened before authenticate() came back
   if (client.closed || broker.closed) return;
   if (!err && successful) {
     client._authorized = true;
-    return accepted(client, packet, done);
+    return accepted(client, done);
   }
   let returnCode = 5;
   if (err) {
@@ -150,18 +148,11 @@ function authenticated(client: Client, packet: ConnectPacket, done: Callback, wr
   });
 }
 
-function accepted(client: Client, packet: ConnectPacket, done: Callback): void {
+function accepted(client: Client, done: Callback): void {
   const broker = client.broker;
   const store = broker.persistence as SyncStore;
   const failed = (e: Error): void => void client.emit('error', e);
-  // setKeepAlive (lean clients have none here: the broker's sweep watches it)
-  if (packet.keepalive > 0) {
-    client._keepaliveInterval = packet.keepalive * 1500 + 1;
-    client._keepaliveTimer = setTimeout(() => {
-      broker.emit('keepaliveTimeout', client);
-      client.emit('error', new Error('keep alive timeout'));
-    }, client._keepaliveInterval);
-  }
+  // setKeepAlive: none; the broker's preConnect gave the keepalive to its sweep (packet.keepalive is 0)
   // fetchSubs, restoreSubs: a clean session has none, and none of an earlier one stays [MQTT-3.2.2-1]
   store.cleanSubscriptions(client).catch(failed);
   // storeWill

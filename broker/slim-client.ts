@@ -22,6 +22,7 @@
 //   read (fast objects with an empty null prototype: inherited names still
 //   read back as absent, GHSA-52qw-whmv-87c5); fields a live connection
 //   never changes are read from the prototype.
+// - a clean MQTT 3.1/3.1.1 CONNECT is answered in one pass (fast-connect.ts).
 // The code it copies (delivery, enqueue/dequeue) is Aedes 1.2.0's. It is
 // applied only when Aedes' client, connect and dispatch sources in
 // node_modules are the ones it was written against (their SHA-256);
