@@ -155,7 +155,7 @@ const BLOCK = 64;
 /** Node ≥ 20.12's one-shot digest; @types/node does not declare it yet. */
 const oneShot = (crypto as { hash?: (alg: string, data: Buffer, enc: 'buffer') => Buffer }).hash;
 /** hmac()'s working buffer: the key block, then the secret or the inner digest; wiped after each use. */
-let scratch = Buffer.alloc(BLOCK + 128);
+const scratch = Buffer.alloc(BLOCK + 128);
 
 /**
  * HMAC-SHA256 (RFC 2104) as two one-shot digests. createHmac() sets up an
@@ -165,8 +165,8 @@ let scratch = Buffer.alloc(BLOCK + 128);
 function hmac(salt: Buffer, secret: string): Buffer {
   if (!oneShot || salt.length > BLOCK) return createHmac('sha256', salt).update(secret, 'utf8').digest();
   const len = Buffer.byteLength(secret, 'utf8');
-  if (scratch.length < BLOCK + len) scratch = Buffer.alloc(BLOCK + len);
-  const b = scratch;
+  // an issued secret is 43 bytes; a longer one (up to a CONNECT's 64 KiB) gets a buffer of its own
+  const b = BLOCK + len <= scratch.length ? scratch : Buffer.alloc(BLOCK + len);
   for (let i = 0; i < BLOCK; i++) b[i] = (i < salt.length ? salt[i]! : 0) ^ 0x36;
   b.write(secret, BLOCK, 'utf8');
   const inner = oneShot('sha256', b.subarray(0, BLOCK + len), 'buffer');
