@@ -520,7 +520,7 @@ interface Storm {
   secs: number;
   perConn: number;
   heapPerConn: number;
-  /** The young generation's growth in RSS, per connection: room V8 gave itself to make objects in, not what the connections hold (not in perConn). */
+  /** The young generation's growth in RSS, per connection: room V8 gave itself to make objects in, not what the connections hold (taken out of perConn). */
   youngPerConn: number;
   cpu: number;
   sys: number;

@@ -26,7 +26,6 @@ interface ConnectPacket {
   protocolVersion: number;
   clientId: string;
   clean: boolean;
-  keepalive: number;
   will?: object;
   username?: string;
   password?: Buffer;

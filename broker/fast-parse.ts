@@ -81,11 +81,11 @@ let idleList: { length: number } | undefined;
 function rest(p: MqttParser): void {
   if (p.packet === idlePacket || !atBoundary(p)) return;
   if (!idlePacket) {
-    idlePacket = Object.freeze(new (p.packet.constructor as new () => PacketLike)());
     const list = new (p._list.constructor as new () => { length: number; _bufs?: unknown[] })();
     if (list.length !== 0) return;
     if (Array.isArray(list._bufs)) Object.freeze(list._bufs);
     idleList = Object.freeze(list);
+    idlePacket = Object.freeze(new (p.packet.constructor as new () => PacketLike)());
   }
   if (p.packet.constructor !== idlePacket.constructor || p._list.constructor !== idleList!.constructor) return;
   p.packet = idlePacket;
